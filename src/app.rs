@@ -1,0 +1,170 @@
+//! The composition root: builds everything from a [`Config`], binds the listeners and returns
+//! their addresses (tests bind port 0 and read them here), and drains on shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::task::TaskTracker;
+
+use crate::Direction;
+use crate::admin::{self, Readiness};
+use crate::authz::AllowPeers;
+use crate::config::Config;
+use crate::forward::{ToApp, ToMesh};
+use crate::hygiene::Hygiene;
+use crate::listener::{ListenerContext, serve_plain, serve_tls};
+use crate::observe::Observe;
+use crate::stack;
+use crate::tls::{CertStore, TlsError, spawn_reloader};
+use crate::upstream::{AppClient, MeshClient};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("certificates: {0}")]
+    Tls(#[from] TlsError),
+    #[error("cannot listen on {addr} ({name}): {source}")]
+    Bind {
+        name: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running vakt.
+pub struct App {
+    pub inbound_addr: Option<SocketAddr>,
+    pub outbound_addr: Option<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    pub readiness: Arc<Readiness>,
+    pub certs: Arc<CertStore>,
+    grace_period: Duration,
+    shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
+    tracker: TaskTracker,
+    listeners: Vec<JoinHandle<()>>,
+    admin: JoinHandle<()>,
+}
+
+async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { name, addr, source })
+}
+
+impl App {
+    /// Load certificates, bind every listener and start serving. Fails (and serves nothing)
+    /// if the certificates are unusable or an address cannot be bound.
+    pub async fn start(config: Config) -> Result<Self, StartError> {
+        let metrics = crate::metrics::install();
+        let readiness = Arc::new(Readiness::default());
+        let certs = Arc::new(CertStore::load(&config.identity, config.tls.min_version)?);
+        readiness.set_certificates_loaded();
+
+        let limits = Arc::new(config.limits.clone());
+        let tracker = TaskTracker::new();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
+        let context = |direction, stack, shutdown| ListenerContext {
+            direction,
+            stack,
+            limits: limits.clone(),
+            shutdown,
+            tracker: tracker.clone(),
+        };
+
+        let mut listeners = Vec::new();
+        let mut inbound_addr = None;
+        if let Some(inbound) = &config.inbound {
+            let listener = bind("inbound.listen", inbound.listen).await?;
+            inbound_addr = listener.local_addr().ok();
+            let stack = stack::inbound(
+                Observe::new(Direction::Inbound),
+                Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
+                AllowPeers::new(inbound.allowed_peers.iter().cloned()),
+                ToApp::new(
+                    AppClient::new(inbound.app, inbound.app_protocol, &limits),
+                    tracker.clone(),
+                ),
+            );
+            let ctx = context(Direction::Inbound, stack, shutdown_rx.clone());
+            listeners.push(tokio::spawn(serve_tls(listener, certs.clone(), ctx)));
+        }
+        let mut outbound_addr = None;
+        if let Some(outbound) = &config.outbound {
+            let listener = bind("outbound.listen", outbound.listen).await?;
+            outbound_addr = listener.local_addr().ok();
+            let stack = stack::outbound(
+                Observe::new(Direction::Outbound),
+                Hygiene::outbound(),
+                ToMesh::new(
+                    MeshClient::new(&outbound.upstreams, certs.clone(), &limits),
+                    tracker.clone(),
+                ),
+            );
+            let ctx = context(Direction::Outbound, stack, shutdown_rx.clone());
+            listeners.push(tokio::spawn(serve_plain(listener, ctx)));
+        }
+        let admin_listener = bind("admin.listen", config.admin.listen).await?;
+        let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
+        let admin_ctx = ListenerContext {
+            direction: Direction::Admin,
+            stack: admin::stack(readiness.clone(), metrics),
+            limits: limits.clone(),
+            shutdown: admin_shutdown_rx.clone(),
+            tracker: TaskTracker::new(),
+        };
+        let admin = tokio::spawn(serve_plain(admin_listener, admin_ctx));
+        listeners.push(spawn_reloader(certs.clone(), shutdown_rx));
+        readiness.set_listeners_bound();
+
+        tracing::info!(
+            identity = %certs.current().material.identity,
+            inbound = ?inbound_addr,
+            outbound = ?outbound_addr,
+            admin = %admin_addr,
+            "vakt started"
+        );
+        Ok(Self {
+            inbound_addr,
+            outbound_addr,
+            admin_addr,
+            readiness,
+            certs,
+            grace_period: config.shutdown.grace_period,
+            shutdown,
+            admin_shutdown,
+            tracker,
+            listeners,
+            admin,
+        })
+    }
+
+    /// Stop accepting, let in-flight requests finish within the grace period, then stop.
+    /// Returns `true` when everything drained in time.
+    pub async fn shutdown(self) -> bool {
+        self.readiness.set_draining();
+        let _ = self.shutdown.send(true);
+        for listener in self.listeners {
+            let _ = listener.await;
+        }
+        self.tracker.close();
+        let drained = tokio::time::timeout(self.grace_period, self.tracker.wait())
+            .await
+            .is_ok();
+        if drained {
+            tracing::info!("all connections drained");
+        } else {
+            tracing::warn!(
+                grace_period = ?self.grace_period,
+                "grace period over; closing the remaining connections"
+            );
+        }
+        let _ = self.admin_shutdown.send(true);
+        let _ = self.admin.await;
+        drained
+    }
+}

@@ -1,0 +1,133 @@
+//! Every way vakt refuses a request, in one place: reason code, HTTP status, message.
+//!
+//! Layers never return errors: a refusal is a response built by [`DenyReason::into_response`],
+//! which carries the reason in the response extensions so the outer layers (metrics, later
+//! audit) record exactly why. Messages never hold tokens, keys or personal data; inbound
+//! messages do not reveal policy internals.
+
+use std::borrow::Cow;
+
+use http::header::{CONTENT_TYPE, HeaderValue};
+use http::{Response, StatusCode};
+
+use crate::body::{ProxyBody, full};
+use crate::hygiene::FramingError;
+use crate::identity::SpiffeId;
+
+/// Why vakt itself answered instead of the app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The request's framing is ambiguous (request smuggling risk).
+    BadFraming(FramingError),
+    /// The request arrived without a verified peer identity (should not happen behind mTLS).
+    NoPeerIdentity,
+    /// The verified peer is not allowed to call this service.
+    PeerNotAllowed,
+    /// Outbound: the request names no destination (no absolute URI, no Host).
+    MissingDestination,
+    /// Outbound: the destination is not in the egress table.
+    UnknownDestination { authority: String },
+    /// Outbound: CONNECT tunnels are not offered; vakt originates mTLS itself.
+    ConnectNotSupported,
+    /// Connecting to the app / the remote sidecar took too long.
+    UpstreamConnectTimeout,
+    /// The app / the remote sidecar could not be reached or broke the connection.
+    UpstreamUnavailable,
+    /// Outbound: the TLS handshake with the remote sidecar failed.
+    UpstreamTlsFailed { reason: &'static str },
+    /// Outbound: the remote sidecar is not the identity the egress table names.
+    UpstreamIdentityMismatch {
+        expected: SpiffeId,
+        presented: Option<SpiffeId>,
+    },
+    /// The app / the remote sidecar did not answer in time.
+    UpstreamTimeout,
+}
+
+impl DenyReason {
+    /// Stable reason code: metric label, audit reason, JSON `error` field. A bounded set.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Self::BadFraming(_) => "bad_framing",
+            Self::NoPeerIdentity => "no_peer_identity",
+            Self::PeerNotAllowed => "peer_not_allowed",
+            Self::MissingDestination => "missing_destination",
+            Self::UnknownDestination { .. } => "unknown_destination",
+            Self::ConnectNotSupported => "connect_not_supported",
+            Self::UpstreamConnectTimeout => "upstream_connect_timeout",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTlsFailed { .. } => "upstream_tls_failed",
+            Self::UpstreamIdentityMismatch { .. } => "upstream_identity_mismatch",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadFraming(_) | Self::MissingDestination => StatusCode::BAD_REQUEST,
+            Self::NoPeerIdentity | Self::PeerNotAllowed | Self::UnknownDestination { .. } => {
+                StatusCode::FORBIDDEN
+            }
+            Self::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
+            Self::UpstreamUnavailable
+            | Self::UpstreamTlsFailed { .. }
+            | Self::UpstreamIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
+            Self::UpstreamConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A plain-words message for the caller.
+    pub fn message(&self) -> Cow<'static, str> {
+        match self {
+            Self::BadFraming(e) => format!("ambiguous request framing: {e}").into(),
+            Self::NoPeerIdentity => "no verified peer identity".into(),
+            Self::PeerNotAllowed => "the calling workload is not allowed to access this service".into(),
+            Self::MissingDestination => {
+                "no destination: send an absolute URI (HTTP proxy form) or a Host header".into()
+            }
+            Self::UnknownDestination { authority } => format!(
+                "destination {authority} is not in this sidecar's egress table (outbound.upstreams)"
+            )
+            .into(),
+            Self::ConnectNotSupported => {
+                "CONNECT is not supported: send plain HTTP to vakt, which originates mutual TLS".into()
+            }
+            Self::UpstreamConnectTimeout => "timed out connecting to the upstream".into(),
+            Self::UpstreamUnavailable => "the upstream is unavailable".into(),
+            Self::UpstreamTlsFailed { reason } => {
+                format!("mutual TLS with the upstream sidecar failed: {reason}").into()
+            }
+            Self::UpstreamIdentityMismatch {
+                expected,
+                presented: Some(p),
+            } => format!("the upstream presented identity {p}, expected {expected}").into(),
+            Self::UpstreamIdentityMismatch {
+                expected,
+                presented: None,
+            } => format!("the upstream did not present the expected identity {expected}").into(),
+            Self::UpstreamTimeout => "the upstream did not answer in time".into(),
+        }
+    }
+
+    /// The response vakt sends: status, small JSON body (reason code, message, request id), and
+    /// the reason itself in the extensions for the outer layers.
+    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+        let body = serde_json::json!({
+            "error": self.code(),
+            "message": self.message(),
+            "request_id": request_id.and_then(|v| v.to_str().ok()),
+        });
+        let mut response = Response::new(full(body.to_string()));
+        *response.status_mut() = self.status();
+        response
+            .headers_mut()
+            .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(id) = request_id {
+            response
+                .headers_mut()
+                .insert(crate::hygiene::X_REQUEST_ID, id.clone());
+        }
+        response.extensions_mut().insert(self);
+        response
+    }
+}

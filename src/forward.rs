@@ -1,0 +1,178 @@
+//! The innermost services: hand the request to the app (inbound) or to the destination's sidecar
+//! over mTLS (outbound). Hop-by-hop headers are removed both ways; protocol upgrades (WebSocket)
+//! are tunnelled byte for byte once both sides agreed on `101 Switching Protocols`.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use http::header::HOST;
+use http::{HeaderValue, Method, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio_util::task::TaskTracker;
+
+use crate::body;
+use crate::config::Authority;
+use crate::error::DenyReason;
+use crate::hygiene::{self, RequestId};
+use crate::stack::{Req, Resp};
+use crate::upstream::{AppClient, MeshClient};
+
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+/// Strip hop-by-hop headers, send, and wire up an upgrade if the upstream accepted one.
+async fn proxy<F, Fut>(mut req: Req, tracker: TaskTracker, send: F) -> Resp
+where
+    F: FnOnce(Req, bool) -> Fut,
+    Fut: Future<Output = Result<Response<Incoming>, DenyReason>>,
+{
+    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let upgrade = hygiene::is_upgrade_request(&req);
+    let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
+    hygiene::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let mut response = match send(req, upgrade).await {
+        Ok(response) => response,
+        Err(reason) => return reason.into_response(request_id.as_ref()),
+    };
+    let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+    match (switching, client_side) {
+        (true, Some(client_side)) => {
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tracker.spawn(async move {
+                match tokio::try_join!(client_side, upstream_side) {
+                    Ok((client, upstream)) => {
+                        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                        if let Err(error) =
+                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+                        {
+                            tracing::debug!(%error, "upgraded connection ended with an error");
+                        }
+                    }
+                    Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
+                }
+            });
+        }
+        // A 101 nobody asked for cannot be relayed.
+        (true, None) => return DenyReason::UpstreamUnavailable.into_response(request_id.as_ref()),
+        (false, _) => {}
+    }
+    hygiene::strip_hop_by_hop(response.headers_mut(), switching);
+    response.map(body::boxed)
+}
+
+/// Inbound: to the local app over the pooled plaintext client.
+#[derive(Clone)]
+pub struct ToApp {
+    client: AppClient,
+    tracker: TaskTracker,
+}
+
+impl ToApp {
+    pub fn new(client: AppClient, tracker: TaskTracker) -> Self {
+        Self { client, tracker }
+    }
+}
+
+impl tower::Service<Req> for ToApp {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            // HTTP/2 carries the host in :authority; the app (HTTP/1.1) needs a Host header.
+            if !req.headers().contains_key(HOST)
+                && let Some(value) = req
+                    .uri()
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            {
+                req.headers_mut().insert(HOST, value);
+            }
+            let client = this.client;
+            Ok(proxy(req, this.tracker, move |req, _upgrade| async move {
+                client.send(req).await
+            })
+            .await)
+        })
+    }
+}
+
+/// Outbound: look the destination up in the egress table and send it over mTLS.
+#[derive(Clone)]
+pub struct ToMesh {
+    client: MeshClient,
+    tracker: TaskTracker,
+}
+
+impl ToMesh {
+    pub fn new(client: MeshClient, tracker: TaskTracker) -> Self {
+        Self { client, tracker }
+    }
+
+    /// The destination the app asked for: absolute-form URI (HTTP proxy), else the Host header.
+    fn destination(req: &Req) -> Result<(Authority, HeaderValue), DenyReason> {
+        if req.method() == Method::CONNECT {
+            return Err(DenyReason::ConnectNotSupported);
+        }
+        let default_port = if req.uri().scheme_str() == Some("https") {
+            443
+        } else {
+            80
+        };
+        let raw = match req.uri().authority() {
+            Some(a) => a.as_str(),
+            None => req
+                .headers()
+                .get(HOST)
+                .and_then(|h| h.to_str().ok())
+                .ok_or(DenyReason::MissingDestination)?,
+        };
+        let authority = Authority::parse(raw, default_port).ok_or(DenyReason::MissingDestination)?;
+        let host = HeaderValue::from_str(raw).map_err(|_| DenyReason::MissingDestination)?;
+        Ok((authority, host))
+    }
+}
+
+impl tower::Service<Req> for ToMesh {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+            let checked = Self::destination(&req).and_then(|(authority, host)| {
+                if this.client.knows(&authority) {
+                    Ok((authority, host))
+                } else {
+                    Err(DenyReason::UnknownDestination {
+                        authority: authority.to_string(),
+                    })
+                }
+            });
+            let (authority, host) = match checked {
+                Ok(found) => found,
+                Err(reason) => return Ok(reason.into_response(request_id.as_ref())),
+            };
+            req.headers_mut().entry(HOST).or_insert(host);
+            let client = this.client;
+            Ok(proxy(req, this.tracker, move |req, upgrade| async move {
+                client.send(&authority, req, upgrade).await
+            })
+            .await)
+        })
+    }
+}

@@ -1,0 +1,92 @@
+//! The hygiene stage: runs before any decision, on every request in both directions.
+
+use std::sync::Arc;
+
+use http::{HeaderName, HeaderValue};
+
+use super::{
+    X_FORWARDED_CLIENT_CERT, X_REQUEST_ID, check_request_framing, ensure_request_id,
+    ensure_traceparent, strip_identity_headers, xfcc_value,
+};
+use crate::Direction;
+use crate::error::DenyReason;
+use crate::identity::PeerIdentity;
+use crate::stack::{Next, Req, Resp, Stage};
+use crate::tls::CertStore;
+
+/// The framing verdict on this request's raw HTTP/1 head, set by the listener from the byte
+/// stream before hyper parsed it (hyper silently resolves `Content-Length` + `Transfer-Encoding`).
+#[derive(Debug, Clone, Copy)]
+pub struct FramingVerdict(pub Result<(), super::FramingError>);
+
+/// The request id in effect (kept from the client when valid, else new), in request extensions.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub HeaderValue);
+
+/// Request id and trace context, framing checks, identity-header stripping and (inbound)
+/// `x-forwarded-client-cert` from the verified peer.
+pub struct Hygiene {
+    direction: Direction,
+    strip_extra: Vec<HeaderName>,
+    /// Inbound only: our own identity, the `By=` of `x-forwarded-client-cert`.
+    certs: Option<Arc<CertStore>>,
+}
+
+impl Hygiene {
+    pub fn inbound(strip_extra: Vec<HeaderName>, certs: Arc<CertStore>) -> Self {
+        Self {
+            direction: Direction::Inbound,
+            strip_extra,
+            certs: Some(certs),
+        }
+    }
+
+    pub fn outbound() -> Self {
+        Self {
+            direction: Direction::Outbound,
+            strip_extra: Vec::new(),
+            certs: None,
+        }
+    }
+
+    /// `Err` is the reason to refuse the request; the request is rewritten in place otherwise.
+    fn prepare(&self, req: &mut Req) -> Result<(), DenyReason> {
+        // The raw HTTP/1 head as the client sent it (hyper hides CL+TE from us).
+        if let Some(FramingVerdict(Err(e))) = req.extensions().get::<FramingVerdict>() {
+            return Err(DenyReason::BadFraming(*e));
+        }
+        check_request_framing(req.version(), req.headers()).map_err(DenyReason::BadFraming)?;
+        ensure_traceparent(req.headers_mut());
+        strip_identity_headers(req.headers_mut(), &self.strip_extra);
+        if self.direction == Direction::Inbound {
+            let peer = req
+                .extensions()
+                .get::<PeerIdentity>()
+                .ok_or(DenyReason::NoPeerIdentity)?;
+            let by = self
+                .certs
+                .as_ref()
+                .map(|c| c.current().material.identity.clone())
+                .ok_or(DenyReason::NoPeerIdentity)?;
+            let xfcc = xfcc_value(by.as_str(), &peer.cert_sha256, peer.spiffe_id.as_str());
+            req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, xfcc);
+        }
+        Ok(())
+    }
+}
+
+impl Stage for Hygiene {
+    async fn handle(&self, mut req: Req, next: Next) -> Resp {
+        let request_id = ensure_request_id(req.headers_mut());
+        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let mut response = match self.prepare(&mut req) {
+            Ok(()) => next.run(req).await,
+            Err(reason) => reason.into_response(Some(&request_id)),
+        };
+        response
+            .headers_mut()
+            .entry(X_REQUEST_ID)
+            .or_insert(request_id);
+        response
+    }
+}

@@ -1,0 +1,45 @@
+//! vakt: a zero-trust service-mesh sidecar. See `ARCHITECTURE.md` for the request path and where
+//! each concern lives.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod authz;
+pub mod body;
+pub mod certs;
+pub mod config;
+pub mod demo;
+pub mod devmesh;
+pub mod error;
+pub mod forward;
+pub mod h1_framing;
+pub mod hygiene;
+pub mod identity;
+pub mod listener;
+pub mod metrics;
+pub mod observe;
+pub mod stack;
+pub mod tls;
+pub mod upstream;
+
+/// Which way a request travels through this sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    /// From another workload (mTLS) to the local app.
+    Inbound,
+    /// From the local app to another workload (mTLS).
+    Outbound,
+    /// The admin listener.
+    Admin,
+}
+
+impl Direction {
+    /// The metrics label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Inbound => metrics::INBOUND,
+            Self::Outbound => metrics::OUTBOUND,
+            Self::Admin => "admin",
+        }
+    }
+}

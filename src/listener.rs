@@ -1,0 +1,354 @@
+//! Accept loops and per-connection serving: TLS handshake (inbound), peer identity, HTTP/1.1 and
+//! HTTP/2 with limits, idle timeout and graceful drain.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use http::Request;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use crate::Direction;
+use crate::body;
+use crate::config::Limits;
+use crate::h1_framing::{FramingVerdicts, ScannedIo};
+use crate::hygiene::FramingVerdict;
+use crate::identity::{PeerIdentity, SpiffeId};
+use crate::metrics as m;
+use crate::stack::BoxStack;
+use crate::tls::{ALPN_H2, CertStore, handshake_failure_reason};
+
+/// What every connection of one listener shares.
+#[derive(Clone)]
+pub struct ListenerContext {
+    pub direction: Direction,
+    pub stack: BoxStack,
+    pub limits: Arc<Limits>,
+    pub shutdown: watch::Receiver<bool>,
+    pub tracker: TaskTracker,
+}
+
+/// Accept connections until shutdown; each one is served on its own task in `tracker`.
+async fn accept_loop<F, Fut>(listener: TcpListener, mut ctx: ListenerContext, on_accept: F)
+where
+    F: Fn(TcpStream, SocketAddr, ListenerContext) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = ctx.shutdown.changed() => break,
+        };
+        match accepted {
+            Ok((tcp, remote)) => {
+                let _ = tcp.set_nodelay(true);
+                metrics::counter!(m::CONNECTIONS, "direction" => ctx.direction.as_str())
+                    .increment(1);
+                ctx.tracker.spawn(on_accept(tcp, remote, ctx.clone()));
+            }
+            Err(error) => {
+                // Usually EMFILE/ENFILE: back off instead of spinning.
+                tracing::warn!(%error, direction = ctx.direction.as_str(), "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Inbound mTLS listener: handshake (with timeout), SVID of the peer, then HTTP.
+pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: ListenerContext) {
+    accept_loop(listener, ctx, move |tcp, remote, ctx| {
+        // A new acceptor per connection: a reloaded certificate or trust bundle applies to the
+        // next handshake, while established connections keep theirs.
+        let acceptor = TlsAcceptor::from(certs.current().server_config.clone());
+        async move {
+            let direction = ctx.direction.as_str();
+            let refuse = |reason: &'static str| {
+                metrics::counter!(m::HANDSHAKE_FAILURES, "direction" => direction, "reason" => reason)
+                    .increment(1);
+                tracing::info!(%remote, direction, reason, "TLS handshake refused");
+            };
+            let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp)).await {
+                Err(_) => return refuse("handshake_timeout"),
+                Ok(Err(error)) => return refuse(handshake_failure_reason(&error)),
+                Ok(Ok(tls)) => tls,
+            };
+            let (_, session) = tls.get_ref();
+            let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) else {
+                return refuse("no_client_certificate");
+            };
+            // Already checked by the verifier during the handshake; parsed once more into a type.
+            let spiffe_id = match SpiffeId::from_svid_der(leaf) {
+                Ok(id) => id,
+                Err(e) => return refuse(e.reason_code()),
+            };
+            let mut cert_sha256 = [0u8; 32];
+            cert_sha256.copy_from_slice(
+                aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref(),
+            );
+            let h2 = session.alpn_protocol() == Some(ALPN_H2);
+            let peer = PeerIdentity {
+                spiffe_id,
+                cert_sha256,
+            };
+            tracing::debug!(%remote, peer = %peer.spiffe_id, h2, "mTLS connection established");
+            serve_connection(tls, Some(peer), !h2, ctx).await;
+        }
+    })
+    .await;
+}
+
+/// Plaintext listener (outbound from the local app, admin).
+pub async fn serve_plain(listener: TcpListener, ctx: ListenerContext) {
+    accept_loop(listener, ctx, |tcp, _remote, ctx| async move {
+        serve_connection(tcp, None, true, ctx).await;
+    })
+    .await;
+}
+
+/// Serve HTTP/1.1 or HTTP/2 on one connection until it closes, idles out or is drained.
+async fn serve_connection<I>(
+    io: I,
+    peer: Option<PeerIdentity>,
+    scan_h1: bool,
+    mut ctx: ListenerContext,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let direction = ctx.direction.as_str();
+    let _active = ActiveConnection::open(direction);
+    let activity = Arc::new(Activity::new());
+    let io = ActivityIo {
+        inner: io,
+        activity: activity.clone(),
+    };
+    let (io, verdicts): (Box<dyn Io>, Option<Arc<FramingVerdicts>>) = if scan_h1 {
+        let (scanned, verdicts) = ScannedIo::new(io);
+        (Box::new(scanned), Some(verdicts))
+    } else {
+        (Box::new(io), None)
+    };
+    let request_index = Arc::new(AtomicU64::new(0));
+    let stack = ctx.stack.clone();
+    let service = {
+        let activity = activity.clone();
+        service_fn(move |req: Request<Incoming>| {
+            let mut req = req.map(body::boxed);
+            if let Some(peer) = &peer {
+                req.extensions_mut().insert(peer.clone());
+            }
+            if let Some(verdicts) = &verdicts {
+                let index = request_index.fetch_add(1, Ordering::Relaxed);
+                if let Some(verdict) = verdicts.take(index) {
+                    req.extensions_mut().insert(FramingVerdict(verdict));
+                }
+            }
+            let in_flight = activity.begin_request();
+            let response: crate::stack::ResponseFuture = Box::pin(stack.clone().oneshot(req));
+            async move {
+                let response = response.await;
+                drop(in_flight);
+                response
+            }
+        })
+    };
+
+    let limits = &ctx.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(Duration::from_secs(30)));
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+
+    let idle_timeout = limits.idle_timeout;
+    let mut idle_check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
+    let mut draining = false;
+    loop {
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(error) = result {
+                    record_connection_error(direction, &*error);
+                }
+                break;
+            }
+            _ = ctx.shutdown.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ = idle_check.tick(), if !draining => {
+                if activity.idle_for() >= idle_timeout {
+                    draining = true;
+                    metrics::counter!(m::LIMITS_EXCEEDED, "direction" => direction, "limit" => "idle_timeout").increment(1);
+                    connection.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Count what hyper refused on its own (it answers 400/431 or closes before our stack runs).
+fn record_connection_error(direction: &'static str, error: &(dyn std::error::Error + 'static)) {
+    let Some(hyper_error) = error.downcast_ref::<hyper::Error>() else {
+        tracing::debug!(%error, direction, "connection ended with an error");
+        return;
+    };
+    let limit = if hyper_error.is_parse_too_large() {
+        Some("max_header_bytes")
+    } else if hyper_error.is_timeout() {
+        Some("header_read_timeout")
+    } else {
+        None
+    };
+    if let Some(limit) = limit {
+        metrics::counter!(m::LIMITS_EXCEEDED, "direction" => direction, "limit" => limit)
+            .increment(1);
+    } else if hyper_error.is_parse() {
+        metrics::counter!(m::DENIALS, "direction" => direction, "reason" => "malformed_request")
+            .increment(1);
+    }
+    tracing::debug!(error = %hyper_error, direction, "connection ended with an error");
+}
+
+trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// Keeps the active-connections gauge right however the connection ends.
+struct ActiveConnection(&'static str);
+
+impl ActiveConnection {
+    fn open(direction: &'static str) -> Self {
+        metrics::gauge!(m::ACTIVE_CONNECTIONS, "direction" => direction).increment(1.0);
+        Self(direction)
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(m::ACTIVE_CONNECTIONS, "direction" => self.0).decrement(1.0);
+    }
+}
+
+/// When the connection last moved bytes, and how many requests are in flight on it.
+struct Activity {
+    started: Instant,
+    last_ms: AtomicU64,
+    in_flight: Arc<AtomicUsize>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self {
+            started: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn begin_request(&self) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Zero while a request is being handled.
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return Duration::ZERO;
+        }
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+    }
+}
+
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Records activity on every successful read or write.
+struct ActivityIo<I> {
+    inner: I,
+    activity: Arc<Activity>,
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(result, Poll::Ready(Ok(()))) {
+            self.activity.touch();
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(_))) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(_))) {
+            self.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}

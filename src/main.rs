@@ -1,0 +1,244 @@
+//! The `vakt` command line: run the sidecar, check a config, manage the dev PKI, run the demo.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use vakt::app::App;
+use vakt::certs::{CertificateAuthority, LeafSpec};
+use vakt::config::{Config, LogFormat};
+use vakt::identity::{SpiffeId, TrustDomain};
+
+#[derive(Parser)]
+#[command(name = "vakt", version, about = "Zero-trust service-mesh sidecar (mTLS, SPIFFE, OIDC, policy, audit)")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the sidecar.
+    Run {
+        #[arg(long, short, env = "VAKT_CONFIG")]
+        config: PathBuf,
+    },
+    /// Validate a config file without starting anything (non-zero exit on error).
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Also load the certificate files the config names.
+        #[arg(long)]
+        with_certs: bool,
+    },
+    /// Development PKI: a throwaway CA and workload certificates (never for production).
+    Certs {
+        #[command(subcommand)]
+        command: CertsCommand,
+    },
+    /// Start a mesh on loopback, send requests through it and explain what happened.
+    Demo,
+}
+
+#[derive(Subcommand)]
+enum CertsCommand {
+    /// Create a development CA (ca.pem, ca-key.pem) in DIR.
+    Init {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        trust_domain: String,
+        /// CA validity, e.g. 365d.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "365d")]
+        validity: Duration,
+        /// Replace an existing CA in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Issue a workload certificate (X509-SVID, ECDSA P-256) into OUT: cert.pem, key.pem, bundle.pem.
+    Issue {
+        /// Directory of the CA made by `vakt certs init`.
+        #[arg(long)]
+        ca: PathBuf,
+        #[arg(long)]
+        spiffe_id: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// Certificate validity, e.g. 24h (short-lived by default).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "24h")]
+        validity: Duration,
+    },
+}
+
+fn main() -> ExitCode {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config } => run(config),
+        Command::Check { config, with_certs } => check(config, with_certs),
+        Command::Certs { command } => certs(command),
+        Command::Demo => demo(),
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vakt: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+    Config::from_file(path).map_err(|e| {
+        eprintln!("vakt: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+fn run(path: PathBuf) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    init_logging(config.log.format, &config.log.level);
+    runtime().block_on(async move {
+        let app = match App::start(config).await {
+            Ok(app) => app,
+            Err(e) => {
+                tracing::error!(error = %e, "vakt cannot start");
+                eprintln!("vakt: cannot start: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        wait_for_shutdown_signal(&app).await;
+        tracing::info!("shutting down: draining in-flight requests");
+        // A drain that outlasts the grace period is still a clean, requested stop.
+        app.shutdown().await;
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_shutdown_signal(app: &App) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading certificates");
+                let certs = app.certs.clone();
+                let _ = tokio::task::spawn_blocking(move || certs.reload()).await;
+            }
+        }
+    }
+}
+
+fn check(path: PathBuf, with_certs: bool) -> ExitCode {
+    let config = match load(&path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if with_certs {
+        if let Err(e) = vakt::tls::TlsMaterial::load(&config.identity) {
+            eprintln!("vakt: certificates: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    println!(
+        "{}: OK (inbound: {}, outbound: {} upstream(s))",
+        path.display(),
+        config
+            .inbound
+            .as_ref()
+            .map_or("off".to_owned(), |i| format!("{} allowed peer(s)", i.allowed_peers.len())),
+        config.outbound.as_ref().map_or(0, |o| o.upstreams.len()),
+    );
+    ExitCode::SUCCESS
+}
+
+fn certs(command: CertsCommand) -> ExitCode {
+    let result = match command {
+        CertsCommand::Init {
+            dir,
+            trust_domain,
+            validity,
+            force,
+        } => trust_domain
+            .parse::<TrustDomain>()
+            .map_err(|e| format!("--trust-domain {trust_domain:?}: {e}"))
+            .and_then(|td| {
+                let ca = CertificateAuthority::generate(td.as_str(), validity)
+                    .map_err(|e| e.to_string())?;
+                ca.save(&dir, force).map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "created development CA for trust domain {td} in {} (ca.pem, ca-key.pem); never use it in production",
+                    dir.display()
+                ))
+            }),
+        CertsCommand::Issue {
+            ca,
+            spiffe_id,
+            out,
+            validity,
+        } => spiffe_id
+            .parse::<SpiffeId>()
+            .map_err(|e| format!("--spiffe-id {spiffe_id:?}: {e}"))
+            .and_then(|id| {
+                let ca = CertificateAuthority::load(&ca).map_err(|e| e.to_string())?;
+                let issued = ca
+                    .issue(&LeafSpec::svid(id.as_str(), validity))
+                    .map_err(|e| e.to_string())?;
+                issued.save(&out, &ca).map_err(|e| e.to_string())?;
+                Ok(format!(
+                    "issued {id} valid for {} into {} (cert.pem, key.pem, bundle.pem)",
+                    humantime::format_duration(validity),
+                    out.display()
+                ))
+            }),
+    };
+    match result {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vakt certs: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn demo() -> ExitCode {
+    init_logging(LogFormat::Text, "warn");
+    let mut stdout = std::io::stdout();
+    match runtime().block_on(vakt::demo::run(&mut stdout)) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vakt demo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Metric names, their descriptions and the Prometheus exporter.
+//!
+//! Every label has a bounded set of values (direction, status class, reason codes, result):
+//! never a peer identity, path, subject or token. The catalogue lives in `docs/METRICS.md`.
+
+use std::sync::OnceLock;
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+pub const REQUESTS: &str = "vakt_requests_total";
+pub const REQUEST_DURATION: &str = "vakt_request_duration_seconds";
+pub const DENIALS: &str = "vakt_requests_denied_total";
+pub const HANDSHAKE_FAILURES: &str = "vakt_tls_handshake_failures_total";
+pub const ACTIVE_CONNECTIONS: &str = "vakt_active_connections";
+pub const CONNECTIONS: &str = "vakt_connections_total";
+pub const LIMITS_EXCEEDED: &str = "vakt_limits_exceeded_total";
+pub const UPSTREAM_ERRORS: &str = "vakt_upstream_errors_total";
+pub const CERT_EXPIRY: &str = "vakt_certificate_expiry_timestamp_seconds";
+pub const CERT_RELOADS: &str = "vakt_certificate_reloads_total";
+pub const BUILD_INFO: &str = "vakt_build_info";
+
+/// Traffic direction label values.
+pub const INBOUND: &str = "inbound";
+pub const OUTBOUND: &str = "outbound";
+
+const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Install the process-wide recorder once and return its handle (for `/metrics`). Later calls
+/// (a second vakt in the same test process, the demo) share it.
+pub fn install() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
+                .map(PrometheusBuilder::build_recorder)
+                .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+            let handle = recorder.handle();
+            // Fails only if another recorder was installed first (not done anywhere in vakt);
+            // the handle then renders an empty page rather than lying.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    describe_counter!(
+        REQUESTS,
+        "Requests answered, by direction and status class"
+    );
+    describe_histogram!(
+        REQUEST_DURATION,
+        Unit::Seconds,
+        "Time from request received to response headers sent, by direction"
+    );
+    describe_counter!(
+        DENIALS,
+        "Requests refused by vakt itself, by direction and reason code"
+    );
+    describe_counter!(
+        HANDSHAKE_FAILURES,
+        "TLS handshakes refused or failed, by direction and reason"
+    );
+    describe_gauge!(
+        ACTIVE_CONNECTIONS,
+        "Connections currently open, by direction"
+    );
+    describe_counter!(CONNECTIONS, "Connections accepted, by direction");
+    describe_counter!(
+        LIMITS_EXCEEDED,
+        "Requests or connections cut off by a configured limit, by direction and limit"
+    );
+    describe_counter!(
+        UPSTREAM_ERRORS,
+        "Failures talking to the app or to another sidecar, by direction and reason"
+    );
+    describe_gauge!(
+        CERT_EXPIRY,
+        Unit::Seconds,
+        "Expiry (Unix time) of the workload certificate and of the earliest trust anchor"
+    );
+    describe_counter!(
+        CERT_RELOADS,
+        "Certificate reloads after a file change, by result (success, failure)"
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version label says which build runs");
+}
+
+/// `2xx`, `4xx`, ... for the status class label.
+pub fn status_class(status: http::StatusCode) -> &'static str {
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}

@@ -1,0 +1,142 @@
+//! The order of the layers, in one place, with the reason for each position.
+//!
+//! Every stage is a small struct implementing [`Stage`]: it looks at the request, either answers
+//! itself (a denial, as a response carrying its [`DenyReason`](crate::error::DenyReason)) or
+//! passes it on with [`Next::run`]. [`StageLayer`] makes any stage a `tower::Layer`, so the stacks
+//! below are ordinary `tower::ServiceBuilder` chains. Layers never return errors.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use tower::{Layer, Service, ServiceBuilder};
+
+use crate::body::ProxyBody;
+
+pub type Req = Request<ProxyBody>;
+pub type Resp = Response<ProxyBody>;
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+/// One step of the request path.
+pub trait Stage: Send + Sync + 'static {
+    fn handle(&self, req: Req, next: Next) -> impl Future<Output = Resp> + Send;
+}
+
+/// The rest of the stack after the current stage.
+pub struct Next {
+    inner: BoxStack,
+}
+
+impl Next {
+    pub fn run(mut self, req: Req) -> impl Future<Output = Resp> + Send + 'static {
+        // Every service in vakt's stacks is always ready (they apply no backpressure of their
+        // own), so `call` without `poll_ready` is sound here. Holding only the boxed future
+        // (not the service) also keeps the future `Send` for the compiler.
+        let response = self.inner.call(req);
+        async move {
+            match response.await {
+                Ok(response) => response,
+                Err(never) => match never {},
+            }
+        }
+    }
+}
+
+/// Turns a [`Stage`] into a `tower::Layer`.
+pub struct StageLayer<T>(Arc<T>);
+
+impl<T> StageLayer<T> {
+    pub fn new(stage: T) -> Self {
+        Self(Arc::new(stage))
+    }
+}
+
+impl<T, S> Layer<S> for StageLayer<T>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    type Service = StageService<T>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StageService {
+            stage: self.0.clone(),
+            inner: BoxStack::new(inner),
+        }
+    }
+}
+
+pub struct StageService<T> {
+    stage: Arc<T>,
+    inner: BoxStack,
+}
+
+impl<T> Clone for StageService<T> {
+    fn clone(&self) -> Self {
+        Self {
+            stage: self.stage.clone(),
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<T: Stage> Service<Req> for StageService<T> {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Stages apply no backpressure; see `Next::run`.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let stage = self.stage.clone();
+        let next = Next {
+            inner: self.inner.clone(),
+        };
+        Box::pin(async move { Ok(stage.handle(req, next).await) })
+    }
+}
+
+/// A boxed, cloneable stack, as the listeners hold it.
+pub type BoxStack = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
+
+/// Inbound: requests from other workloads (already mTLS-authenticated at the handshake; the
+/// peer's `PeerIdentity` is in the extensions) to the local app.
+pub fn inbound(
+    observe: crate::observe::Observe,
+    hygiene: crate::hygiene::Hygiene,
+    authorize: crate::authz::AllowPeers,
+    forward: crate::forward::ToApp,
+) -> BoxStack {
+    let stack = ServiceBuilder::new()
+        // Outermost: counts and times every request, whoever answered it.
+        .layer(StageLayer::new(observe))
+        // Before any decision: refuse ambiguous framing, drop spoofable identity headers, set
+        // request id / traceparent / x-forwarded-client-cert from what we verified.
+        .layer(StageLayer::new(hygiene))
+        // Deny by default: only listed peers reach the app.
+        .layer(StageLayer::new(authorize))
+        // Innermost: the pooled client to the app.
+        .service(forward);
+    BoxStack::new(stack)
+}
+
+/// Outbound: plaintext requests from the local app to other services over mTLS.
+pub fn outbound(
+    observe: crate::observe::Observe,
+    hygiene: crate::hygiene::Hygiene,
+    forward: crate::forward::ToMesh,
+) -> BoxStack {
+    let stack = ServiceBuilder::new()
+        // Outermost: counts and times every request, whoever answered it.
+        .layer(StageLayer::new(observe))
+        // Framing checks and request id before the egress decision.
+        .layer(StageLayer::new(hygiene))
+        // The egress table lookup and the mTLS client; an unknown destination is refused there.
+        .service(forward);
+    BoxStack::new(stack)
+}

@@ -1,0 +1,306 @@
+//! TLS for the mesh: the workload certificate and trust bundle loaded from PEM files, the rustls
+//! server config for the inbound listener and client configs for outbound mTLS.
+//!
+//! One TLS stack, one provider: rustls on aws-lc-rs (hybrid post-quantum key exchange
+//! X25519MLKEM768 preferred by default). Configs are always built with the explicit provider.
+
+mod reload;
+mod verify;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls::server::ParsedCertificate;
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use x509_parser::prelude::{FromDer, X509Certificate};
+
+use crate::config::{IdentityConfig, TlsVersion};
+use crate::identity::{SpiffeId, TrustDomain};
+
+pub use reload::{CertStore, spawn_reloader};
+pub use verify::{
+    SpiffeClientVerifier, SpiffeServerVerifier, UnexpectedServerIdentity,
+    handshake_failure_reason, tls_error_reason,
+};
+
+/// ALPN identifiers offered and accepted between sidecars.
+pub const ALPN_H2: &[u8] = b"h2";
+pub const ALPN_HTTP11: &[u8] = b"http/1.1";
+
+/// Largest PEM file we read (a chain or bundle is a few KiB).
+const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// The process-wide crypto provider (aws-lc-rs). Installed as the default in `main` too, so a
+/// stray `builder()` anywhere cannot pick another one.
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();
+    PROVIDER
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+        .clone()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is larger than {MAX_PEM_BYTES} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("{path}: {problem}")]
+    Pem { path: PathBuf, problem: String },
+    #[error("{path}: no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
+    NoCertificate { path: PathBuf },
+    #[error("{path}: the private key does not belong to the certificate: {source}")]
+    KeyMismatch { path: PathBuf, source: rustls::Error },
+    #[error("{path}: unusable private key: {source}")]
+    BadKey { path: PathBuf, source: rustls::Error },
+    #[error("{path}: the workload certificate is not a valid X509-SVID: {source}")]
+    NotSvid {
+        path: PathBuf,
+        source: crate::identity::IdentityError,
+    },
+    #[error("{path}: the workload certificate is for trust domain {found}, but the config says {expected}")]
+    WrongTrustDomain {
+        path: PathBuf,
+        found: String,
+        expected: TrustDomain,
+    },
+    #[error("{path}: the workload certificate does not chain to the trust bundle or is not valid now: {source}")]
+    Untrusted { path: PathBuf, source: rustls::Error },
+    #[error("{path}: not a valid CA certificate: {source}")]
+    BadCa { path: PathBuf, source: rustls::Error },
+    #[error("building the TLS configuration failed: {0}")]
+    Build(String),
+}
+
+/// The workload's certificate material, checked for consistency.
+#[derive(Debug)]
+pub struct TlsMaterial {
+    pub identity: SpiffeId,
+    pub certified_key: Arc<CertifiedKey>,
+    pub roots: Arc<RootCertStore>,
+    /// Expiry of the leaf, seconds since the epoch.
+    pub leaf_not_after: i64,
+    /// Earliest expiry among the trust anchors, seconds since the epoch.
+    pub bundle_not_after: i64,
+    /// SHA-256 over the three files as read, to notice real changes.
+    pub fingerprint: [u8; 32],
+}
+
+fn read_pem_file(path: &Path) -> Result<Vec<u8>, TlsError> {
+    let read = |source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    let len = std::fs::metadata(path).map_err(read)?.len();
+    if len > MAX_PEM_BYTES {
+        return Err(TlsError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    std::fs::read(path).map_err(read)
+}
+
+fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            problem: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: path.to_owned(),
+        });
+    }
+    Ok(certs)
+}
+
+fn not_after(der: &[u8]) -> i64 {
+    X509Certificate::from_der(der)
+        .map(|(_, c)| c.validity().not_after.timestamp())
+        .unwrap_or(0)
+}
+
+impl TlsMaterial {
+    /// Read and check the files named in the identity config. Nothing is half-loaded: either all
+    /// three files are valid and consistent, or an error says which one is wrong and why.
+    pub fn load(cfg: &IdentityConfig) -> Result<Self, TlsError> {
+        let cert_pem = read_pem_file(&cfg.cert)?;
+        let key_pem = read_pem_file(&cfg.key)?;
+        let bundle_pem = read_pem_file(&cfg.trust_bundle)?;
+
+        let chain = parse_certs(&cfg.cert, &cert_pem)?;
+        let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
+            path: cfg.key.clone(),
+            problem: format!("no usable private key: {e}"),
+        })?;
+        let provider = provider();
+        let signing_key =
+            provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|source| TlsError::BadKey {
+                    path: cfg.key.clone(),
+                    source,
+                })?;
+        let certified_key = CertifiedKey::new(chain.clone(), signing_key);
+        certified_key
+            .keys_match()
+            .map_err(|source| TlsError::KeyMismatch {
+                path: cfg.key.clone(),
+                source,
+            })?;
+
+        let identity =
+            SpiffeId::from_svid_der(&chain[0]).map_err(|source| TlsError::NotSvid {
+                path: cfg.cert.clone(),
+                source,
+            })?;
+        if identity.trust_domain() != cfg.trust_domain {
+            return Err(TlsError::WrongTrustDomain {
+                path: cfg.cert.clone(),
+                found: identity.trust_domain_str().to_owned(),
+                expected: cfg.trust_domain.clone(),
+            });
+        }
+
+        let anchors = parse_certs(&cfg.trust_bundle, &bundle_pem)?;
+        let mut roots = RootCertStore::empty();
+        for ca in &anchors {
+            roots.add(ca.clone()).map_err(|source| TlsError::BadCa {
+                path: cfg.trust_bundle.clone(),
+                source,
+            })?;
+        }
+        let leaf = ParsedCertificate::try_from(&chain[0]).map_err(|source| TlsError::Untrusted {
+            path: cfg.cert.clone(),
+            source,
+        })?;
+        rustls::client::verify_server_cert_signed_by_trust_anchor(
+            &leaf,
+            &roots,
+            &chain[1..],
+            UnixTime::now(),
+            provider.signature_verification_algorithms.all,
+        )
+        .map_err(|source| TlsError::Untrusted {
+            path: cfg.cert.clone(),
+            source,
+        })?;
+
+        let fingerprint = {
+            let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+            for part in [&cert_pem, &key_pem, &bundle_pem] {
+                ctx.update(&(part.len() as u64).to_be_bytes());
+                ctx.update(part);
+            }
+            let mut out = [0u8; 32];
+            out.copy_from_slice(ctx.finish().as_ref());
+            out
+        };
+
+        Ok(Self {
+            identity,
+            leaf_not_after: not_after(&chain[0]),
+            bundle_not_after: anchors.iter().map(|c| not_after(c)).min().unwrap_or(0),
+            certified_key: Arc::new(certified_key),
+            roots: Arc::new(roots),
+            fingerprint,
+        })
+    }
+}
+
+fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVersion] {
+    static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+    static TLS13_AND_12: &[&rustls::SupportedProtocolVersion] =
+        &[&rustls::version::TLS13, &rustls::version::TLS12];
+    match min {
+        TlsVersion::Tls13 => TLS13_ONLY,
+        TlsVersion::Tls12 => TLS13_AND_12,
+    }
+}
+
+/// Inbound server config: client certificate required and checked as an X509-SVID from an
+/// accepted trust domain; ALPN h2 and http/1.1.
+pub fn server_config(
+    material: &TlsMaterial,
+    accepted: Vec<TrustDomain>,
+    min_version: TlsVersion,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let verifier = SpiffeClientVerifier::new(material.roots.clone(), accepted, provider.clone())
+        .map_err(|e| TlsError::Build(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(min_version))
+        .map_err(|e| TlsError::Build(e.to_string()))?
+        .with_client_cert_verifier(Arc::new(verifier))
+        .with_cert_resolver(Arc::new(SingleCert(material.certified_key.clone())));
+    config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves one certified key (chain + key) whatever the client asks for.
+#[derive(Debug)]
+struct SingleCert(Arc<CertifiedKey>);
+
+impl rustls::server::ResolvesServerCert for SingleCert {
+    fn resolve(&self, _hello: rustls::server::ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+}
+
+/// Which application protocols an outbound connection offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum OutboundAlpn {
+    /// h2 preferred, http/1.1 accepted: normal requests, multiplexed between sidecars.
+    H2OrHttp11,
+    /// http/1.1 only: requests that upgrade the connection (WebSocket).
+    Http11Only,
+}
+
+/// Outbound client config: our workload certificate as client certificate, the server must be
+/// exactly `expected`.
+pub fn client_config(
+    material: &TlsMaterial,
+    expected: SpiffeId,
+    min_version: TlsVersion,
+    alpn: OutboundAlpn,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let provider = provider();
+    let verifier = SpiffeServerVerifier::new(material.roots.clone(), expected, &provider);
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions(min_version))
+        .map_err(|e| TlsError::Build(e.to_string()))?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_client_cert_resolver(Arc::new(ClientCert(material.certified_key.clone())));
+    config.alpn_protocols = match alpn {
+        OutboundAlpn::H2OrHttp11 => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
+        OutboundAlpn::Http11Only => vec![ALPN_HTTP11.to_vec()],
+    };
+    Ok(Arc::new(config))
+}
+
+#[derive(Debug)]
+struct ClientCert(Arc<CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}

@@ -1,0 +1,211 @@
+//! The current certificate material, swapped atomically when the files change.
+//!
+//! cert-manager rotates by rewriting files and Kubernetes Secrets swap a `..data` symlink, so we
+//! watch the directories (not the files) and also re-read on a slow interval as a safety net. A
+//! new set is loaded and checked completely before it replaces the old one; a broken set is
+//! rejected, logged and counted, and the running one stays. Existing connections keep the config
+//! they were accepted with; new connections get the new certificate.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::{RecursiveMode, Watcher};
+use rustls::{ClientConfig, ServerConfig};
+use tokio::sync::mpsc;
+
+use super::{OutboundAlpn, TlsError, TlsMaterial, client_config, server_config};
+use crate::config::{IdentityConfig, TlsVersion};
+use crate::identity::{SpiffeId, TrustDomain};
+use crate::metrics as m;
+
+/// One loaded generation of TLS material with the configs built from it.
+#[derive(Debug)]
+pub struct LoadedTls {
+    pub material: TlsMaterial,
+    pub server_config: Arc<ServerConfig>,
+    /// Outbound client configs per expected server identity, built on first use. Each generation
+    /// starts empty, so a rotation never mixes old and new certificates; within a generation the
+    /// config (and its TLS session cache) is reused.
+    client_configs: Mutex<HashMap<(SpiffeId, OutboundAlpn), Arc<ClientConfig>>>,
+}
+
+/// Holds the current [`LoadedTls`] and knows how to reload it.
+#[derive(Debug)]
+pub struct CertStore {
+    current: ArcSwap<LoadedTls>,
+    identity: IdentityConfig,
+    accepted: Vec<TrustDomain>,
+    min_version: TlsVersion,
+}
+
+impl CertStore {
+    /// Load the initial material; an error here stops vakt from starting.
+    pub fn load(identity: &IdentityConfig, min_version: TlsVersion) -> Result<Self, TlsError> {
+        let accepted = identity.accepted();
+        let loaded = Self::build(identity, &accepted, min_version)?;
+        record_expiry(&loaded.material);
+        Ok(Self {
+            current: ArcSwap::from_pointee(loaded),
+            identity: identity.clone(),
+            accepted,
+            min_version,
+        })
+    }
+
+    fn build(
+        identity: &IdentityConfig,
+        accepted: &[TrustDomain],
+        min_version: TlsVersion,
+    ) -> Result<LoadedTls, TlsError> {
+        Self::assemble(TlsMaterial::load(identity)?, accepted, min_version)
+    }
+
+    fn assemble(
+        material: TlsMaterial,
+        accepted: &[TrustDomain],
+        min_version: TlsVersion,
+    ) -> Result<LoadedTls, TlsError> {
+        let server_config = server_config(&material, accepted.to_vec(), min_version)?;
+        Ok(LoadedTls {
+            material,
+            server_config,
+            client_configs: Mutex::default(),
+        })
+    }
+
+    pub fn current(&self) -> Arc<LoadedTls> {
+        self.current.load_full()
+    }
+
+    /// The client config for connecting to a server that must be `expected`.
+    pub fn client_config(
+        &self,
+        expected: &SpiffeId,
+        alpn: OutboundAlpn,
+    ) -> Result<Arc<ClientConfig>, TlsError> {
+        let loaded = self.current.load();
+        let key = (expected.clone(), alpn);
+        let mut cache = loaded
+            .client_configs
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(config) = cache.get(&key) {
+            return Ok(config.clone());
+        }
+        let config = client_config(&loaded.material, expected.clone(), self.min_version, alpn)?;
+        cache.insert(key, config.clone());
+        Ok(config)
+    }
+
+    /// Re-read the files; swap only if they changed and the new set is valid.
+    pub fn reload(&self) -> ReloadOutcome {
+        match TlsMaterial::load(&self.identity) {
+            Ok(material) if material.fingerprint == self.current.load().material.fingerprint => {
+                ReloadOutcome::Unchanged
+            }
+            Ok(material) => match Self::assemble(material, &self.accepted, self.min_version) {
+                Ok(loaded) => {
+                    record_expiry(&loaded.material);
+                    tracing::info!(
+                        identity = %loaded.material.identity,
+                        not_after = loaded.material.leaf_not_after,
+                        "certificate material reloaded"
+                    );
+                    self.current.store(Arc::new(loaded));
+                    metrics::counter!(m::CERT_RELOADS, "result" => "success").increment(1);
+                    ReloadOutcome::Reloaded
+                }
+                Err(e) => self.rejected(e),
+            },
+            Err(e) => self.rejected(e),
+        }
+    }
+
+    fn rejected(&self, error: TlsError) -> ReloadOutcome {
+        tracing::error!(%error, "new certificate material rejected; keeping the current one");
+        metrics::counter!(m::CERT_RELOADS, "result" => "failure").increment(1);
+        ReloadOutcome::Rejected(error)
+    }
+
+    fn watched_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = [
+            &self.identity.cert,
+            &self.identity.key,
+            &self.identity.trust_bundle,
+        ]
+        .iter()
+        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
+        .map(|d| if d.as_os_str().is_empty() { ".".into() } else { d })
+        .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
+    }
+}
+
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    Unchanged,
+    Reloaded,
+    Rejected(TlsError),
+}
+
+fn record_expiry(material: &TlsMaterial) {
+    metrics::gauge!(m::CERT_EXPIRY, "certificate" => "workload")
+        .set(material.leaf_not_after as f64);
+    metrics::gauge!(m::CERT_EXPIRY, "certificate" => "trust_bundle")
+        .set(material.bundle_not_after as f64);
+}
+
+/// Watch the certificate directories and reload on change (debounced) and on every
+/// `reload_interval`. Ends when `shutdown` fires.
+pub fn spawn_reloader(
+    store: Arc<CertStore>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let watcher = {
+        let tx = tx.clone();
+        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.try_send(());
+            }
+        })
+    };
+    let watcher = match watcher {
+        Ok(mut w) => {
+            for dir in store.watched_dirs() {
+                if let Err(error) = w.watch(&dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(dir = %dir.display(), %error, "cannot watch certificate directory; relying on periodic reload");
+                }
+            }
+            Some(w)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "file watching unavailable; relying on periodic reload");
+            None
+        }
+    };
+    let interval = store.identity.reload_interval;
+    tokio::spawn(async move {
+        let _watcher = watcher; // dropped (and stopped) when the task ends
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                Some(()) = rx.recv() => {
+                    // Let a burst of events (several files, symlink swap) settle first.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = shutdown.changed() => return,
+            }
+            let store = store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
+        }
+    })
+}

@@ -1,0 +1,376 @@
+//! Pooled clients: to the local app (plaintext HTTP/1.1 or h2c) and to other sidecars (mTLS,
+//! HTTP/2 when both offer it). Errors are mapped to a [`DenyReason`] here, once.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use http::{Request, Response, Uri};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
+
+use crate::body::ProxyBody;
+use crate::config::{AppProtocol, Authority, Limits, UpstreamConfig};
+use crate::error::DenyReason;
+use crate::identity::SpiffeId;
+use crate::tls::{CertStore, OutboundAlpn, UnexpectedServerIdentity, tls_error_reason};
+
+/// Send a request and map every failure to the reason vakt answers with.
+async fn send<C>(
+    client: &Client<C, ProxyBody>,
+    request: Request<ProxyBody>,
+    response_timeout: Duration,
+) -> Result<Response<Incoming>, DenyReason>
+where
+    C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
+{
+    match tokio::time::timeout(response_timeout, client.request(request)).await {
+        Err(_) => Err(DenyReason::UpstreamTimeout),
+        Ok(Ok(response)) => Ok(response),
+        Ok(Err(error)) => Err(classify(&error)),
+    }
+}
+
+fn classify(error: &hyper_util::client::legacy::Error) -> DenyReason {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(mesh) = e.downcast_ref::<MeshConnectError>() {
+            return mesh.to_deny_reason();
+        }
+        if let Some(io) = e.downcast_ref::<io::Error>()
+            && io.kind() == io::ErrorKind::TimedOut
+        {
+            return DenyReason::UpstreamConnectTimeout;
+        }
+        source = e.source();
+    }
+    tracing::debug!(%error, "upstream request failed");
+    DenyReason::UpstreamUnavailable
+}
+
+/// The pooled plaintext client to the local app.
+#[derive(Clone)]
+pub struct AppClient {
+    client: Client<HttpConnector, ProxyBody>,
+    base: Arc<str>,
+    protocol: AppProtocol,
+    response_timeout: Duration,
+}
+
+impl AppClient {
+    pub fn new(app: SocketAddr, protocol: AppProtocol, limits: &Limits) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(limits.upstream_connect_timeout));
+        connector.set_nodelay(true);
+        let mut builder = Client::builder(TokioExecutor::new());
+        builder
+            .timer(TokioTimer::new())
+            .pool_timer(TokioTimer::new())
+            .pool_idle_timeout(limits.upstream_pool_idle_timeout)
+            .pool_max_idle_per_host(limits.upstream_pool_max_idle_per_host)
+            .http2_only(protocol == AppProtocol::H2c);
+        Self {
+            client: builder.build(connector),
+            base: format!("http://{app}").into(),
+            protocol,
+            response_timeout: limits.upstream_response_timeout,
+        }
+    }
+
+    /// Send `request` (origin-form path already canonical) to the app.
+    pub async fn send(
+        &self,
+        mut request: Request<ProxyBody>,
+    ) -> Result<Response<Incoming>, DenyReason> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
+        *request.uri_mut() = format!("{}{path}", self.base)
+            .parse()
+            .map_err(|_| DenyReason::UpstreamUnavailable)?;
+        *request.version_mut() = match self.protocol {
+            AppProtocol::Http1 => http::Version::HTTP_11,
+            AppProtocol::H2c => http::Version::HTTP_2,
+        };
+        send(&self.client, request, self.response_timeout).await
+    }
+}
+
+/// Why an outbound mTLS connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum MeshConnectError {
+    #[error("destination {0} is not in the egress table")]
+    UnknownDestination(String),
+    #[error("connecting to {address} timed out")]
+    ConnectTimeout { address: String },
+    #[error("connecting to {address} failed: {source}")]
+    Connect { address: String, source: io::Error },
+    #[error("TLS client configuration unavailable: {0}")]
+    Config(String),
+    #[error("TLS handshake with {address} failed ({reason})")]
+    Handshake {
+        address: String,
+        reason: &'static str,
+        expected: SpiffeId,
+        presented: Option<SpiffeId>,
+    },
+}
+
+impl MeshConnectError {
+    fn to_deny_reason(&self) -> DenyReason {
+        match self {
+            Self::UnknownDestination(authority) => DenyReason::UnknownDestination {
+                authority: authority.clone(),
+            },
+            Self::ConnectTimeout { .. } => DenyReason::UpstreamConnectTimeout,
+            Self::Connect { .. } | Self::Config(_) => DenyReason::UpstreamUnavailable,
+            Self::Handshake {
+                reason: "unexpected_server_identity",
+                expected,
+                presented,
+                ..
+            } => DenyReason::UpstreamIdentityMismatch {
+                expected: expected.clone(),
+                presented: presented.clone(),
+            },
+            Self::Handshake { reason, .. } => DenyReason::UpstreamTlsFailed { reason },
+        }
+    }
+}
+
+/// One egress table entry, resolved for connecting.
+#[derive(Debug, Clone)]
+struct Destination {
+    address: String,
+    server_name: ServerName<'static>,
+    spiffe_id: SpiffeId,
+}
+
+/// Dials the sidecar of a destination and performs mTLS, checking its SPIFFE ID. The pool keys
+/// connections by the request URI's authority, which is the egress table key.
+#[derive(Clone)]
+struct MeshConnector {
+    table: Arc<HashMap<String, Destination>>,
+    certs: Arc<CertStore>,
+    alpn: OutboundAlpn,
+    connect_timeout: Duration,
+    handshake_timeout: Duration,
+}
+
+impl tower::Service<Uri> for MeshConnector {
+    type Response = TokioIo<MeshStream>;
+    type Error = MeshConnectError;
+    type Future =
+        Pin<Box<dyn Future<Output = Result<TokioIo<MeshStream>, MeshConnectError>> + Send>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let key = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let dest = this
+                .table
+                .get(key)
+                .cloned()
+                .ok_or_else(|| MeshConnectError::UnknownDestination(key.to_owned()))?;
+            let config = this
+                .certs
+                .client_config(&dest.spiffe_id, this.alpn)
+                .map_err(|e| MeshConnectError::Config(e.to_string()))?;
+            let tcp = tokio::time::timeout(this.connect_timeout, TcpStream::connect(&dest.address))
+                .await
+                .map_err(|_| MeshConnectError::ConnectTimeout {
+                    address: dest.address.clone(),
+                })?
+                .map_err(|source| MeshConnectError::Connect {
+                    address: dest.address.clone(),
+                    source,
+                })?;
+            let _ = tcp.set_nodelay(true);
+            let handshake = TlsConnector::from(config).connect(dest.server_name.clone(), tcp);
+            let handshake_error = |reason, presented| MeshConnectError::Handshake {
+                address: dest.address.clone(),
+                reason,
+                expected: dest.spiffe_id.clone(),
+                presented,
+            };
+            let tls = match tokio::time::timeout(this.handshake_timeout, handshake).await {
+                Err(_) => return Err(handshake_error("handshake_timeout", None)),
+                Ok(Err(e)) => {
+                    let rustls_error = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                    let presented = rustls_error.and_then(presented_identity);
+                    let reason = rustls_error.map_or("connection_closed", tls_error_reason);
+                    metrics::counter!(crate::metrics::HANDSHAKE_FAILURES,
+                        "direction" => crate::metrics::OUTBOUND, "reason" => reason)
+                    .increment(1);
+                    return Err(handshake_error(reason, presented));
+                }
+                Ok(Ok(tls)) => tls,
+            };
+            Ok(TokioIo::new(MeshStream(tls)))
+        })
+    }
+}
+
+fn presented_identity(error: &rustls::Error) -> Option<SpiffeId> {
+    match error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => other
+            .0
+            .downcast_ref::<UnexpectedServerIdentity>()
+            .map(|e| e.presented.clone()),
+        _ => None,
+    }
+}
+
+/// An outbound mTLS stream; tells the pool whether h2 was negotiated.
+pub struct MeshStream(TlsStream<TcpStream>);
+
+impl Connection for MeshStream {
+    fn connected(&self) -> Connected {
+        let connected = Connected::new();
+        if self.0.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+}
+
+/// Pooled mTLS clients to other sidecars: one preferring h2 for ordinary requests, one on
+/// HTTP/1.1 for requests that upgrade the connection.
+#[derive(Clone)]
+pub struct MeshClient {
+    multiplexed: Client<MeshConnector, ProxyBody>,
+    upgradable: Client<MeshConnector, ProxyBody>,
+    table: Arc<HashMap<String, Destination>>,
+    response_timeout: Duration,
+}
+
+impl MeshClient {
+    pub fn new(upstreams: &[UpstreamConfig], certs: Arc<CertStore>, limits: &Limits) -> Self {
+        let table: Arc<HashMap<String, Destination>> = Arc::new(
+            upstreams
+                .iter()
+                .map(|u| {
+                    let host = Authority::parse(&u.address, 0)
+                        .map(|a| a.host().to_owned())
+                        .unwrap_or_default();
+                    let server_name = ServerName::try_from(host)
+                        .unwrap_or_else(|_| ServerName::try_from("vakt.invalid").expect("valid name"));
+                    (
+                        u.authority.as_str().to_owned(),
+                        Destination {
+                            address: u.address.clone(),
+                            server_name,
+                            spiffe_id: u.spiffe_id.clone(),
+                        },
+                    )
+                })
+                .collect(),
+        );
+        let client = |alpn| {
+            let connector = MeshConnector {
+                table: table.clone(),
+                certs: certs.clone(),
+                alpn,
+                connect_timeout: limits.upstream_connect_timeout,
+                handshake_timeout: limits.handshake_timeout,
+            };
+            Client::builder(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new())
+                .pool_idle_timeout(limits.upstream_pool_idle_timeout)
+                .pool_max_idle_per_host(limits.upstream_pool_max_idle_per_host)
+                .build(connector)
+        };
+        Self {
+            multiplexed: client(OutboundAlpn::H2OrHttp11),
+            upgradable: client(OutboundAlpn::Http11Only),
+            table,
+            response_timeout: limits.upstream_response_timeout,
+        }
+    }
+
+    /// Is `authority` (normalised) in the egress table?
+    pub fn knows(&self, authority: &Authority) -> bool {
+        self.table.contains_key(authority.as_str())
+    }
+
+    pub async fn send(
+        &self,
+        authority: &Authority,
+        mut request: Request<ProxyBody>,
+        upgrade: bool,
+    ) -> Result<Response<Incoming>, DenyReason> {
+        let path = request
+            .uri()
+            .path_and_query()
+            .map_or("/", |pq| pq.as_str());
+        *request.uri_mut() = format!("https://{authority}{path}")
+            .parse()
+            .map_err(|_| DenyReason::MissingDestination)?;
+        *request.version_mut() = http::Version::HTTP_11;
+        let client = if upgrade {
+            &self.upgradable
+        } else {
+            &self.multiplexed
+        };
+        send(client, request, self.response_timeout).await
+    }
+}
