@@ -1277,7 +1277,11 @@ mod tests {
         ca.save(dir.path(), false).unwrap();
         let cert_path = dir.path().join(CA_CERT_FILE);
 
-        fs::write(&cert_path, pem::encode(&pem::Pem::new("PRIVATE KEY", ca.cert_der()))).unwrap();
+        fs::write(
+            &cert_path,
+            pem::encode(&pem::Pem::new("PRIVATE KEY", ca.cert_der())),
+        )
+        .unwrap();
         let err = CertificateAuthority::load(dir.path()).unwrap_err();
         assert!(
             matches!(&err, PkiError::InvalidCa { reason, .. } if reason.contains("CERTIFICATE")),

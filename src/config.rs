@@ -79,7 +79,10 @@ pub struct IdentityConfig {
     /// PEM file with one or more CA certificates (several during a CA rotation).
     pub trust_bundle: PathBuf,
     /// How often the files are re-read as a safety net besides file-change notifications.
-    #[serde(default = "defaults::reload_interval", deserialize_with = "de_duration")]
+    #[serde(
+        default = "defaults::reload_interval",
+        deserialize_with = "de_duration"
+    )]
     pub reload_interval: Duration,
 }
 
@@ -216,21 +219,36 @@ impl Default for AdminConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
-    #[serde(default = "defaults::handshake_timeout", deserialize_with = "de_duration")]
+    #[serde(
+        default = "defaults::handshake_timeout",
+        deserialize_with = "de_duration"
+    )]
     pub handshake_timeout: Duration,
-    #[serde(default = "defaults::header_read_timeout", deserialize_with = "de_duration")]
+    #[serde(
+        default = "defaults::header_read_timeout",
+        deserialize_with = "de_duration"
+    )]
     pub header_read_timeout: Duration,
     #[serde(default = "defaults::max_header_bytes")]
     pub max_header_bytes: usize,
     #[serde(default = "defaults::idle_timeout", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
-    #[serde(default = "defaults::connect_timeout", deserialize_with = "de_duration")]
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "de_duration"
+    )]
     pub upstream_connect_timeout: Duration,
-    #[serde(default = "defaults::response_timeout", deserialize_with = "de_duration")]
+    #[serde(
+        default = "defaults::response_timeout",
+        deserialize_with = "de_duration"
+    )]
     pub upstream_response_timeout: Duration,
     #[serde(default = "defaults::max_concurrent_streams")]
     pub http2_max_concurrent_streams: u32,
-    #[serde(default = "defaults::pool_idle_timeout", deserialize_with = "de_duration")]
+    #[serde(
+        default = "defaults::pool_idle_timeout",
+        deserialize_with = "de_duration"
+    )]
     pub upstream_pool_idle_timeout: Duration,
     #[serde(default = "defaults::pool_max_idle")]
     pub upstream_pool_max_idle_per_host: usize,
@@ -545,8 +563,14 @@ impl Config {
             ("limits.handshake_timeout", l.handshake_timeout),
             ("limits.header_read_timeout", l.header_read_timeout),
             ("limits.idle_timeout", l.idle_timeout),
-            ("limits.upstream_connect_timeout", l.upstream_connect_timeout),
-            ("limits.upstream_response_timeout", l.upstream_response_timeout),
+            (
+                "limits.upstream_connect_timeout",
+                l.upstream_connect_timeout,
+            ),
+            (
+                "limits.upstream_response_timeout",
+                l.upstream_response_timeout,
+            ),
             ("identity.reload_interval", self.identity.reload_interval),
         ] {
             if value.is_zero() {
@@ -666,10 +690,7 @@ inbound:
                 ),
                 "neither is configured",
             ),
-            (
-                format!("{MINIMAL}tls:\n  min_version: \"1.1\"\n"),
-                "1.1",
-            ),
+            (format!("{MINIMAL}tls:\n  min_version: \"1.1\"\n"), "1.1"),
             (
                 format!("{MINIMAL}limits:\n  max_header_bytes: 100\n"),
                 "limits.max_header_bytes: 100 is out of range",
@@ -691,7 +712,10 @@ inbound:
             Authority::parse("billing:8080", 80).unwrap().as_str(),
             "billing:8080"
         );
-        assert_eq!(Authority::parse("billing:8080", 80).unwrap().host(), "billing");
+        assert_eq!(
+            Authority::parse("billing:8080", 80).unwrap().host(),
+            "billing"
+        );
         assert!(Authority::parse("user@billing", 80).is_none());
         assert!(Authority::parse("bill ing", 80).is_none());
     }

@@ -27,17 +27,26 @@ struct Expectation {
 }
 
 pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
-    writeln!(out, "vakt demo — a service mesh on 127.0.0.1, built from scratch\n")?;
+    writeln!(
+        out,
+        "vakt demo — a service mesh on 127.0.0.1, built from scratch\n"
+    )?;
     let pki = DevPki::new(TRUST_DOMAIN).context("creating the demo CA")?;
     let rogue = DevPki::new(TRUST_DOMAIN).context("creating a second, untrusted CA")?;
     let orders_id = pki.spiffe_id("shop", "orders");
     let web_id = pki.spiffe_id("shop", "web");
     let batch_id = pki.spiffe_id("shop", "batch");
-    writeln!(out, "1. A throwaway CA for trust domain {TRUST_DOMAIN} issued workload certificates:")?;
+    writeln!(
+        out,
+        "1. A throwaway CA for trust domain {TRUST_DOMAIN} issued workload certificates:"
+    )?;
     for id in [&orders_id, &web_id, &batch_id] {
         writeln!(out, "     {id}")?;
     }
-    writeln!(out, "   and an impostor got a certificate for {web_id} from ANOTHER CA.\n")?;
+    writeln!(
+        out,
+        "   and an impostor got a certificate for {web_id} from ANOTHER CA.\n"
+    )?;
 
     let app = EchoApp::start().await.context("starting the demo app")?;
     let orders_dir = pki.workload("orders", &orders_id)?;
@@ -61,9 +70,14 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
             base_config_yaml(dir, TRUST_DOMAIN)
         )
     };
-    let web = App::start(Config::from_yaml(&client_yaml(&pki.workload("web", &web_id)?))?).await?;
-    let batch =
-        App::start(Config::from_yaml(&client_yaml(&pki.workload("batch", &batch_id)?))?).await?;
+    let web = App::start(Config::from_yaml(&client_yaml(
+        &pki.workload("web", &web_id)?,
+    ))?)
+    .await?;
+    let batch = App::start(Config::from_yaml(&client_yaml(
+        &pki.workload("batch", &batch_id)?,
+    ))?)
+    .await?;
     // The impostor trusts the real CA too (so it would accept the real server); its own
     // certificate is what the server must refuse.
     let impostor_dir = rogue.workload("impostor", &web_id)?;
@@ -77,8 +91,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
         "3. Client-side vakts for 'web', 'batch' and the impostor take plaintext from their app and\n   originate mTLS to orders.shop, checking that the server really is {orders_id}.\n"
     )?;
 
-    let client: Client<_, ProxyBody> =
-        Client::builder(TokioExecutor::new()).build_http();
+    let client: Client<_, ProxyBody> = Client::builder(TokioExecutor::new()).build_http();
     let mut all_held = true;
     let cases = [
         (
@@ -134,7 +147,9 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
 
     match impostor {
         Ok(impostor) => {
-            let addr = impostor.outbound_addr.context("impostor outbound address")?;
+            let addr = impostor
+                .outbound_addr
+                .context("impostor outbound address")?;
             let before = handshake_refusals(&server).await;
             let (status, body) = get(&client, addr, "orders.shop").await?;
             let after = handshake_refusals(&server).await;
@@ -151,7 +166,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
         }
         Err(e) => {
             all_held = false;
-            writeln!(out, "   [UNEXPECTED] the impostor's vakt did not start: {e}")?;
+            writeln!(
+                out,
+                "   [UNEXPECTED] the impostor's vakt did not start: {e}"
+            )?;
         }
     }
 
@@ -162,7 +180,11 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
         out,
         "\n5. The app saw {} request(s), all from {web_id}: {}",
         seen.len(),
-        if only_web { "as expected" } else { "UNEXPECTED" }
+        if only_web {
+            "as expected"
+        } else {
+            "UNEXPECTED"
+        }
     )?;
 
     for app in [web, batch, server] {

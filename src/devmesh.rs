@@ -93,6 +93,7 @@ pub struct SeenRequest {
 /// - `/echo` (any method): streams the request body back unchanged.
 /// - `/slow?ms=N`: answers after N milliseconds.
 /// - `/bytes?n=N`: answers with N bytes, streamed.
+/// - `/trailers`: a body followed by gRPC-style trailers.
 /// - `/upgrade`: accepts `Upgrade: echo` with 101 and echoes raw bytes.
 /// - anything else: a short text naming the caller from `x-forwarded-client-cert`.
 pub struct EchoApp {
@@ -152,7 +153,10 @@ fn query_number(req: &Request<Incoming>, key: &str) -> u64 {
         .unwrap_or(0)
 }
 
-async fn echo(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<SeenRequest>>>) -> Response<ProxyBody> {
+async fn echo(
+    mut req: Request<Incoming>,
+    seen: Arc<Mutex<Vec<SeenRequest>>>,
+) -> Response<ProxyBody> {
     let mut record = SeenRequest {
         method: req.method().clone(),
         path_and_query: req
@@ -169,14 +173,26 @@ async fn echo(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<SeenRequest>>>) ->
             let push = seen.clone();
             let rec = record.clone();
             // Record first (the body streams back, it is not buffered here).
-            push.lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(rec);
+            push.lock().unwrap_or_else(|p| p.into_inner()).push(rec);
             return Response::new(body::boxed(req.into_body()));
         }
         "/slow" => {
             tokio::time::sleep(Duration::from_millis(query_number(&req, "ms"))).await;
             Response::new(body::full("slow answer\n"))
+        }
+        "/trailers" => {
+            // A gRPC-style answer: data, then trailers.
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+            trailers.insert("grpc-message", http::HeaderValue::from_static("ok"));
+            let frames = [
+                http_body::Frame::data(Bytes::from_static(b"payload")),
+                http_body::Frame::trailers(trailers),
+            ]
+            .map(Ok::<_, Infallible>);
+            Response::new(body::boxed(http_body_util::StreamBody::new(
+                futures_util::stream::iter(frames),
+            )))
         }
         "/bytes" => {
             let n = query_number(&req, "n") as usize;
@@ -192,9 +208,10 @@ async fn echo(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<SeenRequest>>>) ->
             });
             let mut response = Response::new(body::empty());
             *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-            response
-                .headers_mut()
-                .insert(http::header::UPGRADE, http::HeaderValue::from_static("echo"));
+            response.headers_mut().insert(
+                http::header::UPGRADE,
+                http::HeaderValue::from_static("echo"),
+            );
             response.headers_mut().insert(
                 http::header::CONNECTION,
                 http::HeaderValue::from_static("upgrade"),
@@ -209,7 +226,12 @@ async fn echo(mut req: Request<Incoming>, seen: Arc<Mutex<Vec<SeenRequest>>>) ->
                 .and_then(|v| v.split(';').find_map(|p| p.strip_prefix("URI=")))
                 .unwrap_or("an unknown caller")
                 .to_owned();
-            let body = req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
             record.body_len = body.len();
             Response::new(body::full(format!("hello {caller}, this is the app\n")))
         }
@@ -227,5 +249,7 @@ fn lazy_bytes(n: usize) -> ProxyBody {
         let len = CHUNK.min(n - i * CHUNK);
         Ok::<_, Infallible>(http_body::Frame::data(Bytes::from(vec![b'x'; len])))
     });
-    body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(frames)))
+    body::boxed(http_body_util::StreamBody::new(futures_util::stream::iter(
+        frames,
+    )))
 }

@@ -81,7 +81,9 @@ impl DenyReason {
         match self {
             Self::BadFraming(e) => format!("ambiguous request framing: {e}").into(),
             Self::NoPeerIdentity => "no verified peer identity".into(),
-            Self::PeerNotAllowed => "the calling workload is not allowed to access this service".into(),
+            Self::PeerNotAllowed => {
+                "the calling workload is not allowed to access this service".into()
+            }
             Self::MissingDestination => {
                 "no destination: send an absolute URI (HTTP proxy form) or a Host header".into()
             }
@@ -90,7 +92,8 @@ impl DenyReason {
             )
             .into(),
             Self::ConnectNotSupported => {
-                "CONNECT is not supported: send plain HTTP to vakt, which originates mutual TLS".into()
+                "CONNECT is not supported: send plain HTTP to vakt, which originates mutual TLS"
+                    .into()
             }
             Self::UpstreamConnectTimeout => "timed out connecting to the upstream".into(),
             Self::UpstreamUnavailable => "the upstream is unavailable".into(),

@@ -43,7 +43,8 @@ where
             tracker.spawn(async move {
                 match tokio::try_join!(client_side, upstream_side) {
                     Ok((client, upstream)) => {
-                        let (mut client, mut upstream) = (TokioIo::new(client), TokioIo::new(upstream));
+                        let (mut client, mut upstream) =
+                            (TokioIo::new(client), TokioIo::new(upstream));
                         if let Err(error) =
                             tokio::io::copy_bidirectional(&mut client, &mut upstream).await
                         {
@@ -135,7 +136,8 @@ impl ToMesh {
                 .and_then(|h| h.to_str().ok())
                 .ok_or(DenyReason::MissingDestination)?,
         };
-        let authority = Authority::parse(raw, default_port).ok_or(DenyReason::MissingDestination)?;
+        let authority =
+            Authority::parse(raw, default_port).ok_or(DenyReason::MissingDestination)?;
         let host = HeaderValue::from_str(raw).map_err(|_| DenyReason::MissingDestination)?;
         Ok((authority, host))
     }

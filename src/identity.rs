@@ -250,10 +250,7 @@ mod tests {
         let id: SpiffeId = "spiffe://cluster.local/ns/billing/sa/api".parse().unwrap();
         assert_eq!(id.trust_domain_str(), "cluster.local");
         assert_eq!(id.path(), "/ns/billing/sa/api");
-        assert_eq!(
-            id.namespace_and_service_account(),
-            Some(("billing", "api"))
-        );
+        assert_eq!(id.namespace_and_service_account(), Some(("billing", "api")));
         let other: SpiffeId = "spiffe://td/workload-1".parse().unwrap();
         assert_eq!(other.namespace_and_service_account(), None);
     }
@@ -266,8 +263,14 @@ mod tests {
             ("SPIFFE://td/ns/a/sa/b", IdentityError::WrongScheme),
             ("spiffe:///ns/a", IdentityError::EmptyTrustDomain),
             ("spiffe://TD/ns/a", IdentityError::InvalidTrustDomainChar),
-            ("spiffe://td:443/ns/a", IdentityError::InvalidTrustDomainChar),
-            ("spiffe://user@td/ns/a", IdentityError::InvalidTrustDomainChar),
+            (
+                "spiffe://td:443/ns/a",
+                IdentityError::InvalidTrustDomainChar,
+            ),
+            (
+                "spiffe://user@td/ns/a",
+                IdentityError::InvalidTrustDomainChar,
+            ),
             ("spiffe://td", IdentityError::EmptyPath),
             ("spiffe://td/", IdentityError::EmptyPath),
             ("spiffe://td/ns//a", IdentityError::InvalidPathSegment),

@@ -11,7 +11,11 @@ use vakt::config::{Config, LogFormat};
 use vakt::identity::{SpiffeId, TrustDomain};
 
 #[derive(Parser)]
-#[command(name = "vakt", version, about = "Zero-trust service-mesh sidecar (mTLS, SPIFFE, OIDC, policy, audit)")]
+#[command(
+    name = "vakt",
+    version,
+    about = "Zero-trust service-mesh sidecar (mTLS, SPIFFE, OIDC, policy, audit)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -83,7 +87,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vakt: cannot start the async runtime: {e}");
@@ -172,7 +179,10 @@ fn check(path: PathBuf, with_certs: bool) -> ExitCode {
         config
             .inbound
             .as_ref()
-            .map_or("off".to_owned(), |i| format!("{} allowed peer(s)", i.allowed_peers.len())),
+            .map_or("off".to_owned(), |i| format!(
+                "{} allowed peer(s)",
+                i.allowed_peers.len()
+            )),
         config.outbound.as_ref().map_or(0, |o| o.upstreams.len()),
     );
     ExitCode::SUCCESS

@@ -50,10 +50,7 @@ pub fn install() -> PrometheusHandle {
 }
 
 fn describe() {
-    describe_counter!(
-        REQUESTS,
-        "Requests answered, by direction and status class"
-    );
+    describe_counter!(REQUESTS, "Requests answered, by direction and status class");
     describe_histogram!(
         REQUEST_DURATION,
         Unit::Seconds,
@@ -89,7 +86,10 @@ fn describe() {
         CERT_RELOADS,
         "Certificate reloads after a file change, by result (success, failure)"
     );
-    describe_gauge!(BUILD_INFO, "Always 1; the version label says which build runs");
+    describe_gauge!(
+        BUILD_INFO,
+        "Always 1; the version label says which build runs"
+    );
 }
 
 /// `2xx`, `4xx`, ... for the status class label.

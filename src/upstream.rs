@@ -49,10 +49,17 @@ fn classify(error: &hyper_util::client::legacy::Error) -> DenyReason {
         if let Some(mesh) = e.downcast_ref::<MeshConnectError>() {
             return mesh.to_deny_reason();
         }
-        if let Some(io) = e.downcast_ref::<io::Error>()
-            && io.kind() == io::ErrorKind::TimedOut
-        {
-            return DenyReason::UpstreamConnectTimeout;
+        if let Some(io) = e.downcast_ref::<io::Error>() {
+            if io.kind() == io::ErrorKind::TimedOut {
+                return DenyReason::UpstreamConnectTimeout;
+            }
+            // TLS 1.3: the server checks our certificate after our side of the handshake has
+            // finished, so its refusal arrives as an alert on the first read.
+            if let Some(tls) = io.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()) {
+                return DenyReason::UpstreamTlsFailed {
+                    reason: tls_error_reason(tls),
+                };
+            }
         }
         source = e.source();
     }
@@ -94,10 +101,7 @@ impl AppClient {
         &self,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, DenyReason> {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str());
+        let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         *request.uri_mut() = format!("{}{path}", self.base)
             .parse()
             .map_err(|_| DenyReason::UpstreamUnavailable)?;
@@ -311,8 +315,9 @@ impl MeshClient {
                     let host = Authority::parse(&u.address, 0)
                         .map(|a| a.host().to_owned())
                         .unwrap_or_default();
-                    let server_name = ServerName::try_from(host)
-                        .unwrap_or_else(|_| ServerName::try_from("vakt.invalid").expect("valid name"));
+                    let server_name = ServerName::try_from(host).unwrap_or_else(|_| {
+                        ServerName::try_from("vakt.invalid").expect("valid name")
+                    });
                     (
                         u.authority.as_str().to_owned(),
                         Destination {
@@ -358,10 +363,7 @@ impl MeshClient {
         mut request: Request<ProxyBody>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, DenyReason> {
-        let path = request
-            .uri()
-            .path_and_query()
-            .map_or("/", |pq| pq.as_str());
+        let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
         *request.uri_mut() = format!("https://{authority}{path}")
             .parse()
             .map_err(|_| DenyReason::MissingDestination)?;

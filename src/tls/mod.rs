@@ -23,8 +23,8 @@ use crate::identity::{SpiffeId, TrustDomain};
 
 pub use reload::{CertStore, spawn_reloader};
 pub use verify::{
-    SpiffeClientVerifier, SpiffeServerVerifier, UnexpectedServerIdentity,
-    handshake_failure_reason, tls_error_reason,
+    SpiffeClientVerifier, SpiffeServerVerifier, UnexpectedServerIdentity, handshake_failure_reason,
+    tls_error_reason,
 };
 
 /// ALPN identifiers offered and accepted between sidecars.
@@ -57,24 +57,40 @@ pub enum TlsError {
     #[error("{path}: no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
     NoCertificate { path: PathBuf },
     #[error("{path}: the private key does not belong to the certificate: {source}")]
-    KeyMismatch { path: PathBuf, source: rustls::Error },
+    KeyMismatch {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{path}: unusable private key: {source}")]
-    BadKey { path: PathBuf, source: rustls::Error },
+    BadKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{path}: the workload certificate is not a valid X509-SVID: {source}")]
     NotSvid {
         path: PathBuf,
         source: crate::identity::IdentityError,
     },
-    #[error("{path}: the workload certificate is for trust domain {found}, but the config says {expected}")]
+    #[error(
+        "{path}: the workload certificate is for trust domain {found}, but the config says {expected}"
+    )]
     WrongTrustDomain {
         path: PathBuf,
         found: String,
         expected: TrustDomain,
     },
-    #[error("{path}: the workload certificate does not chain to the trust bundle or is not valid now: {source}")]
-    Untrusted { path: PathBuf, source: rustls::Error },
+    #[error(
+        "{path}: the workload certificate does not chain to the trust bundle or is not valid now: {source}"
+    )]
+    Untrusted {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("{path}: not a valid CA certificate: {source}")]
-    BadCa { path: PathBuf, source: rustls::Error },
+    BadCa {
+        path: PathBuf,
+        source: rustls::Error,
+    },
     #[error("building the TLS configuration failed: {0}")]
     Build(String),
 }
@@ -142,14 +158,13 @@ impl TlsMaterial {
             problem: format!("no usable private key: {e}"),
         })?;
         let provider = provider();
-        let signing_key =
-            provider
-                .key_provider
-                .load_private_key(key)
-                .map_err(|source| TlsError::BadKey {
-                    path: cfg.key.clone(),
-                    source,
-                })?;
+        let signing_key = provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(|source| TlsError::BadKey {
+                path: cfg.key.clone(),
+                source,
+            })?;
         let certified_key = CertifiedKey::new(chain.clone(), signing_key);
         certified_key
             .keys_match()
@@ -158,11 +173,10 @@ impl TlsMaterial {
                 source,
             })?;
 
-        let identity =
-            SpiffeId::from_svid_der(&chain[0]).map_err(|source| TlsError::NotSvid {
-                path: cfg.cert.clone(),
-                source,
-            })?;
+        let identity = SpiffeId::from_svid_der(&chain[0]).map_err(|source| TlsError::NotSvid {
+            path: cfg.cert.clone(),
+            source,
+        })?;
         if identity.trust_domain() != cfg.trust_domain {
             return Err(TlsError::WrongTrustDomain {
                 path: cfg.cert.clone(),
@@ -179,10 +193,11 @@ impl TlsMaterial {
                 source,
             })?;
         }
-        let leaf = ParsedCertificate::try_from(&chain[0]).map_err(|source| TlsError::Untrusted {
-            path: cfg.cert.clone(),
-            source,
-        })?;
+        let leaf =
+            ParsedCertificate::try_from(&chain[0]).map_err(|source| TlsError::Untrusted {
+                path: cfg.cert.clone(),
+                source,
+            })?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &leaf,
             &roots,

@@ -138,7 +138,13 @@ impl CertStore {
         ]
         .iter()
         .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
-        .map(|d| if d.as_os_str().is_empty() { ".".into() } else { d })
+        .map(|d| {
+            if d.as_os_str().is_empty() {
+                ".".into()
+            } else {
+                d
+            }
+        })
         .collect();
         dirs.sort();
         dirs.dedup();

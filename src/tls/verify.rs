@@ -16,8 +16,8 @@ use rustls::crypto::{
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ParsedCertificate, WebPkiClientVerifier};
 use rustls::{
-    CertificateError, DigitallySignedStruct, DistinguishedName, Error, OtherError, RootCertStore,
-    SignatureScheme,
+    AlertDescription, CertificateError, DigitallySignedStruct, DistinguishedName, Error,
+    OtherError, RootCertStore, SignatureScheme,
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
@@ -38,7 +38,10 @@ pub struct UnexpectedServerIdentity {
 /// Parse and check the SVID of a peer's leaf certificate against the accepted trust domains.
 fn svid_identity(leaf: &CertificateDer<'_>, accepted: &[TrustDomain]) -> Result<SpiffeId, Error> {
     let id = SpiffeId::from_svid_der(leaf).map_err(identity_error)?;
-    if !accepted.iter().any(|td| td.as_str() == id.trust_domain_str()) {
+    if !accepted
+        .iter()
+        .any(|td| td.as_str() == id.trust_domain_str())
+    {
         return Err(identity_error(IdentityError::TrustDomainNotAccepted(
             id.trust_domain(),
         )));
@@ -229,6 +232,16 @@ pub fn tls_error_reason(err: &Error) -> &'static str {
             }
             _ => "invalid_certificate",
         },
+        Error::AlertReceived(
+            AlertDescription::UnknownCA
+            | AlertDescription::BadCertificate
+            | AlertDescription::CertificateUnknown
+            | AlertDescription::CertificateRequired
+            | AlertDescription::CertificateExpired
+            | AlertDescription::CertificateRevoked
+            | AlertDescription::UnsupportedCertificate
+            | AlertDescription::AccessDenied,
+        ) => "certificate_refused_by_peer",
         Error::AlertReceived(_) => "alert_received",
         Error::NoApplicationProtocol => "no_application_protocol",
         Error::PeerIncompatible(_) => "peer_incompatible",

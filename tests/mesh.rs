@@ -1,0 +1,421 @@
+//! Traffic through the real two-hop mesh: app -> client vakt (plaintext in, mTLS out) ->
+//! server vakt (mTLS in) -> app, over 127.0.0.1.
+
+mod common;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use futures_util::{SinkExt, StreamExt};
+use http::Request;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn xfcc_uri(headers: &http::HeaderMap) -> Vec<String> {
+    headers
+        .get_all("x-forwarded-client-cert")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allowed_peer_reaches_the_app_over_http1_and_http2() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let web_id = server.pki.spiffe_id("shop", "web");
+
+    // HTTP/1.1 from the app to its sidecar; the sidecars talk h2 between them.
+    let response = plain_send(
+        web.outbound_addr.unwrap(),
+        get("/orders/1?x=1", "orders.shop"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    assert!(response.headers().contains_key("x-request-id"));
+    assert_eq!(
+        body_string(response).await,
+        format!("hello {web_id}, this is the app\n")
+    );
+
+    // HTTP/2 (prior knowledge) from the app to its sidecar.
+    let tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    let req = Request::get("http://orders.shop/orders/2")
+        .body(Full::default())
+        .unwrap();
+    let response = h2_send(tcp, req).await.unwrap();
+    assert_eq!(response.status(), 200);
+
+    // HTTP/2 straight to the server's inbound listener, as another sidecar would.
+    let tls = mtls_connect(
+        server.addr(),
+        raw_client_config(
+            Some(&server.pki.workload("web2", &web_id).unwrap()),
+            &server.dir,
+            &server.id,
+            &[b"h2"],
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let req = Request::get("https://orders.shop/orders/3")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(h2_send(tls, req).await.unwrap().status(), 200);
+
+    let seen = server.app.seen();
+    assert_eq!(seen.len(), 3);
+    for request in &seen {
+        // The app speaks HTTP/1.1, with Host preserved and the query untouched.
+        assert_eq!(request.version, http::Version::HTTP_11);
+        assert_eq!(request.headers.get("host").unwrap(), "orders.shop");
+        let xfcc = xfcc_uri(&request.headers);
+        assert_eq!(xfcc.len(), 1);
+        assert!(
+            xfcc[0].starts_with(&format!("By={};Hash=", server.id)),
+            "{xfcc:?}"
+        );
+        assert!(xfcc[0].ends_with(&format!(";URI={web_id}")), "{xfcc:?}");
+        assert!(request.headers.contains_key("x-request-id"));
+        assert!(request.headers.contains_key("traceparent"));
+    }
+    assert_eq!(seen[0].path_and_query, "/orders/1?x=1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spoofed_identity_headers_never_reach_the_app() {
+    let server = server(&["web"], "  strip_headers: [x-user-id]\n").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let req = Request::get("/admin")
+        .header("host", "orders.shop")
+        .header(
+            "x-forwarded-client-cert",
+            "By=spiffe://test.vakt.local/ns/x/sa/y;URI=spiffe://test.vakt.local/ns/kube-system/sa/root",
+        )
+        .header("X-Vakt-Peer", "spiffe://test.vakt.local/ns/kube-system/sa/root")
+        .header("x-user-id", "admin")
+        .header("x-request-id", "keep-me-123")
+        .body(Full::default())
+        .unwrap();
+    let response = plain_send(web.outbound_addr.unwrap(), req).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers().get("x-request-id").unwrap(),
+        "keep-me-123"
+    );
+    let seen = server.app.seen();
+    assert_eq!(seen.len(), 1);
+    let headers = &seen[0].headers;
+    let xfcc = xfcc_uri(headers);
+    assert_eq!(xfcc.len(), 1, "{xfcc:?}");
+    assert!(xfcc[0].ends_with(";URI=spiffe://test.vakt.local/ns/shop/sa/web"));
+    assert!(!xfcc[0].contains("kube-system"));
+    assert!(!headers.contains_key("x-vakt-peer"));
+    assert!(!headers.contains_key("x-user-id"));
+    assert_eq!(headers.get("x-request-id").unwrap(), "keep-me-123");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_bodies_of_several_megabytes_pass_intact_both_ways() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let upload: Vec<u8> = (0..6 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
+    let req = Request::post("/echo")
+        .header("host", "orders.shop")
+        .body(Full::new(Bytes::from(upload.clone())))
+        .unwrap();
+    let response = plain_send(web.outbound_addr.unwrap(), req).await;
+    assert_eq!(response.status(), 200);
+    let echoed = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(echoed.len(), upload.len());
+    assert!(echoed == upload, "echoed body differs");
+
+    let response = plain_send(
+        web.outbound_addr.unwrap(),
+        get("/bytes?n=8388608", "orders.shop"),
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let downloaded = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(downloaded.len(), 8 * 1024 * 1024);
+    assert!(downloaded.iter().all(|b| *b == b'x'));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_style_trailers_cross_the_mesh_over_http2() {
+    let server = server(&["web"], "  app_protocol: h2c\n").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    let req = Request::post("http://orders.shop/trailers")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"request")))
+        .unwrap();
+    let response = h2_send(tcp, req).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let collected = response.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers forwarded");
+    assert_eq!(trailers.get("grpc-status").unwrap(), "0");
+    assert_eq!(collected.to_bytes(), Bytes::from_static(b"payload"));
+    let seen = server.app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].version, http::Version::HTTP_2);
+    assert_eq!(seen[0].headers.get("te").unwrap(), "trailers");
+}
+
+/// A WebSocket app: echoes every message.
+async fn websocket_app() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        ws.send(msg).await.unwrap();
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_echo_through_the_mesh() {
+    init();
+    let pki = vakt::devmesh::DevPki::new(TD).unwrap();
+    let app = websocket_app().await;
+    let orders = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &orders).unwrap();
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  allowed_peers: [{}]\n",
+        vakt::devmesh::base_config_yaml(&dir, TD),
+        pki.spiffe_id("shop", "web")
+    );
+    let server = vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap();
+    let web = client_sidecar(&pki, "web", server.inbound_addr.unwrap(), &orders).await;
+
+    let tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    let (mut ws, response) = tokio_tungstenite::client_async("ws://orders.shop/chat", tcp)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 101);
+    for text in ["hei", "hallo verden", &"x".repeat(100_000)] {
+        ws.send(tokio_tungstenite::tungstenite::Message::text(text))
+            .await
+            .unwrap();
+        let echoed = tokio::time::timeout(Duration::from_secs(5), ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(echoed.into_text().unwrap().as_str(), text);
+    }
+    ws.close(None).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_protocol_upgrade_is_tunnelled() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let mut tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    tcp.write_all(b"GET /upgrade HTTP/1.1\r\nHost: orders.shop\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        tcp.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("upgrade: echo"),
+        "{head}"
+    );
+    tcp.write_all(b"ping through two sidecars").await.unwrap();
+    let mut echoed = [0u8; 25];
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_exact(&mut echoed))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&echoed, b"ping through two sidecars");
+}
+
+/// Send raw bytes and read the whole answer until the peer closes (or 3 s pass).
+async fn raw_exchange<S>(mut stream: S, request: &[u8]) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    stream.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(3), stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
+const SMUGGLE: &[u8] = b"POST /echo HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: orders.shop\r\n\r\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_refused_outbound() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    let answer = raw_exchange(tcp, SMUGGLE).await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad_framing"), "{answer}");
+    assert!(!answer.contains("HTTP/1.1 200"), "{answer}");
+    assert!(
+        server.app.seen().is_empty(),
+        "the app saw {:?}",
+        server.app.seen()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_with_transfer_encoding_is_refused_inbound() {
+    let server = server(&["web"], "").await;
+    let web_dir = server
+        .pki
+        .workload("web", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    let config = raw_client_config(Some(&web_dir), &server.dir, &server.id, &[b"http/1.1"]);
+    // A normal request first on the same connection, then the ambiguous one.
+    let tls = mtls_connect(server.addr(), config).await.unwrap();
+    let mut request = b"GET /first HTTP/1.1\r\nHost: orders.shop\r\n\r\n".to_vec();
+    request.extend_from_slice(SMUGGLE);
+    let answer = raw_exchange(tls, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad_framing"), "{answer}");
+    let seen: Vec<_> = server
+        .app
+        .seen()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect();
+    assert_eq!(seen, vec!["/first".to_owned()]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_destination_and_connect_are_refused_outbound() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let admin = web.admin_addr;
+    let before = metric_sum(
+        &metrics_text(admin).await,
+        "vakt_requests_denied_total",
+        &[("direction", "outbound"), ("reason", "unknown_destination")],
+    );
+    // Absolute-form (HTTP_PROXY style) to a host that is not in the egress table.
+    let req = Request::get("http://payments.shop:8080/pay")
+        .body(Full::default())
+        .unwrap();
+    let response = plain_send(web.outbound_addr.unwrap(), req).await;
+    assert_eq!(response.status(), 403);
+    let body: serde_json::Value = serde_json::from_str(&body_string(response).await).unwrap();
+    assert_eq!(body["error"], "unknown_destination");
+    assert!(
+        body["message"]
+            .as_str()
+            .unwrap()
+            .contains("payments.shop:8080")
+    );
+    assert!(body["request_id"].is_string());
+    wait_for_metric(
+        admin,
+        "vakt_requests_denied_total",
+        &[("direction", "outbound"), ("reason", "unknown_destination")],
+        before + 1.0,
+    )
+    .await;
+
+    // The absolute form of a known destination works (HTTP_PROXY=http://127.0.0.1:15001).
+    let req = Request::get("http://orders.shop/via-proxy")
+        .body(Full::default())
+        .unwrap();
+    assert_eq!(
+        plain_send(web.outbound_addr.unwrap(), req).await.status(),
+        200
+    );
+
+    let tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    let answer = raw_exchange(
+        tcp,
+        b"CONNECT orders.shop:443 HTTP/1.1\r\nHost: orders.shop:443\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 405"), "{answer}");
+    assert!(answer.contains("connect_not_supported"), "{answer}");
+    assert_eq!(server.app.seen().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_endpoints_report_liveness_readiness_and_metrics() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    assert_eq!(
+        plain_send(web.outbound_addr.unwrap(), get("/m", "orders.shop"))
+            .await
+            .status(),
+        200
+    );
+    let admin = server.vakt.admin_addr;
+    let live = plain_send(admin, get("/live", "admin")).await;
+    assert_eq!(live.status(), 200);
+    let ready = plain_send(admin, get("/ready", "admin")).await;
+    assert_eq!(ready.status(), 200);
+    assert_eq!(plain_send(admin, get("/nope", "admin")).await.status(), 404);
+    let text = metrics_text(admin).await;
+    for name in [
+        "vakt_requests_total",
+        "vakt_request_duration_seconds_bucket",
+        "vakt_active_connections",
+        "vakt_certificate_expiry_timestamp_seconds",
+        "vakt_build_info",
+    ] {
+        assert!(text.contains(name), "{name} missing from /metrics");
+    }
+    assert!(
+        metric_sum(
+            &text,
+            "vakt_requests_total",
+            &[("direction", "inbound"), ("status_class", "2xx")]
+        ) >= 1.0
+    );
+    let expiry = metric_sum(
+        &text,
+        "vakt_certificate_expiry_timestamp_seconds",
+        &[("certificate", "workload")],
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        expiry > now && expiry < now + 2.0 * 3600.0,
+        "expiry {expiry}"
+    );
+    // No identity, path or token in any label.
+    assert!(!text.contains("spiffe://"));
+    assert!(!text.contains("/m\""));
+}
