@@ -1,0 +1,360 @@
+//! The sidecar's life: config checks with the real binary, certificate rotation under traffic,
+//! SIGTERM drain, the dev-PKI commands.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use common::*;
+use vakt::certs::LeafSpec;
+
+fn vakt() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_vakt"))
+}
+
+fn run_check(config: &Path, extra: &[&str]) -> (i32, String, String) {
+    let out = vakt()
+        .arg("check")
+        .arg("--config")
+        .arg(config)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn check_accepts_every_example_config() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let (code, stdout, stderr) = run_check(&path, &[]);
+            assert_eq!(code, 0, "{}: {stderr}", path.display());
+            assert!(stdout.contains("OK"), "{stdout}");
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3, "expected the example configs in config/");
+}
+
+#[test]
+fn check_rejects_broken_configs_with_the_key_and_the_problem() {
+    let base = "identity:\n  trust_domain: cluster.local\n  cert: c.pem\n  key: k.pem\n  trust_bundle: b.pem\n";
+    let inbound = "inbound:\n  allowed_peers: [spiffe://cluster.local/ns/a/sa/b]\n";
+    let cases: Vec<(String, &str)> = vec![
+        (
+            format!("{base}{inbound}listen: 1\n"),
+            "unknown field `listen`",
+        ),
+        (
+            format!(
+                "{base}inbound:\n  allowed_peers: [spiffe://cluster.local/ns/a/sa/b]\n  alowed_peers: []\n"
+            ),
+            "unknown field `alowed_peers`",
+        ),
+        (
+            format!("{base}inbound:\n  allowed_peers: [spiffe://Cluster.local/ns/a]\n"),
+            "is not a valid SPIFFE ID",
+        ),
+        (
+            format!("{base}{inbound}outbound:\n  listen: 0.0.0.0:15001\n"),
+            "outbound.listen: 0.0.0.0:15001 is not a loopback address",
+        ),
+        (
+            format!("{base}{inbound}limits:\n  header_read_timeout: ten seconds\n"),
+            "is not a duration",
+        ),
+        (
+            format!("{base}{inbound}tls:\n  min_version: 1.0\n"),
+            "min_version",
+        ),
+        (format!("{base}"), "neither is configured"),
+        ("identity: [unclosed\n".to_owned(), "config.yaml"),
+    ];
+    let tmp = tempfile::tempdir().unwrap();
+    for (yaml, expected) in cases {
+        let path = tmp.path().join("config.yaml");
+        std::fs::write(&path, &yaml).unwrap();
+        let (code, _, stderr) = run_check(&path, &[]);
+        assert_eq!(code, 2, "expected failure for {yaml:?}");
+        assert!(
+            stderr.contains(expected),
+            "expected {expected:?} in {stderr:?} for {yaml:?}"
+        );
+    }
+    let (code, _, stderr) = run_check(&tmp.path().join("missing.yaml"), &[]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("cannot read config file"), "{stderr}");
+}
+
+#[test]
+fn certs_commands_make_an_identity_that_check_accepts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ca = tmp.path().join("ca");
+    let out = tmp.path().join("web");
+    let status = vakt()
+        .args(["certs", "init", "--trust-domain", "cluster.local", "--dir"])
+        .arg(&ca)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // A second init must not overwrite the CA.
+    let again = vakt()
+        .args(["certs", "init", "--trust-domain", "cluster.local", "--dir"])
+        .arg(&ca)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let issue = vakt()
+        .args([
+            "certs",
+            "issue",
+            "--spiffe-id",
+            "spiffe://cluster.local/ns/frontend/sa/web",
+            "--ca",
+        ])
+        .arg(&ca)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        issue.status.success(),
+        "{}",
+        String::from_utf8_lossy(&issue.stderr)
+    );
+    let bad = vakt()
+        .args([
+            "certs",
+            "issue",
+            "--spiffe-id",
+            "spiffe://cluster.local/",
+            "--ca",
+        ])
+        .arg(&ca)
+        .arg("--out")
+        .arg(tmp.path().join("bad"))
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--spiffe-id"));
+
+    let config = tmp.path().join("vakt.yaml");
+    std::fs::write(
+        &config,
+        "identity:\n  trust_domain: cluster.local\n  cert: web/cert.pem\n  key: web/key.pem\n  trust_bundle: web/bundle.pem\ninbound:\n  allowed_peers: []\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run_check(&config, &["--with-certs"]);
+    assert_eq!(code, 0, "{stderr}");
+    // The same config with the wrong trust domain is refused once the certificate is read.
+    std::fs::write(
+        &config,
+        "identity:\n  trust_domain: other.local\n  cert: web/cert.pem\n  key: web/key.pem\n  trust_bundle: web/bundle.pem\ninbound:\n  allowed_peers: []\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run_check(&config, &["--with-certs"]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("trust domain cluster.local"), "{stderr}");
+}
+
+/// The server's leaf certificate as seen by a fresh client connection, after one request.
+async fn one_request(
+    server: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<Vec<u8>, String> {
+    let tls = mtls_connect(server, config)
+        .await
+        .map_err(|e| e.to_string())?;
+    let leaf = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let response = h1_send(tls, get("/rotation", "orders.shop"))
+        .await
+        .map_err(|e| e.to_string())?;
+    if response.status() != 200 {
+        return Err(format!("status {}", response.status()));
+    }
+    Ok(leaf)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_under_traffic_drops_nothing() {
+    let server = server(&["web"], "").await;
+    let web_dir = server
+        .pki
+        .workload("web", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    let config = raw_client_config(Some(&web_dir), &server.dir, &server.id, &[b"http/1.1"]);
+    let addr = server.addr();
+    let old_leaf = one_request(addr, config.clone()).await.unwrap();
+    let admin = server.vakt.admin_addr;
+    let reloads = |text: &str, result| {
+        metric_sum(
+            text,
+            "vakt_certificate_reloads_total",
+            &[("result", result)],
+        )
+    };
+    let before = metrics_text(admin).await;
+
+    // Traffic on new connections the whole time.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let traffic = {
+        let (stop, failures, done, config) =
+            (stop.clone(), failures.clone(), done.clone(), config.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                match one_request(addr, config.clone()).await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        eprintln!("request failed during rotation: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed)
+                    }
+                };
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // A broken file first: rejected, the running certificate stays.
+    std::fs::write(
+        server.dir.join("cert.pem"),
+        "-----BEGIN CERTIFICATE-----\nnot base64\n",
+    )
+    .unwrap();
+    wait_for_metric(
+        admin,
+        "vakt_certificate_reloads_total",
+        &[("result", "failure")],
+        reloads(&before, "failure") + 1.0,
+    )
+    .await;
+    assert_eq!(one_request(addr, config.clone()).await.unwrap(), old_leaf);
+    assert_eq!(
+        plain_send(admin, get("/ready", "admin")).await.status(),
+        200
+    );
+
+    // Then a real rotation, as cert-manager does it.
+    let new = server
+        .pki
+        .issue(&LeafSpec::svid(&server.id, Duration::from_secs(3600)))
+        .unwrap();
+    new.save(&server.dir, &server.pki.ca).unwrap();
+    wait_for_metric(
+        admin,
+        "vakt_certificate_reloads_total",
+        &[("result", "success")],
+        reloads(&before, "success") + 1.0,
+    )
+    .await;
+    let mut rotated = false;
+    for _ in 0..50 {
+        if one_request(addr, config.clone()).await.unwrap() == new.cert_der {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    assert!(rotated, "new connections never got the new certificate");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "requests failed during rotation"
+    );
+    assert!(
+        done.load(Ordering::Relaxed) > 10,
+        "too little traffic to mean anything"
+    );
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
+    init();
+    let pki = vakt::devmesh::DevPki::new(TD).unwrap();
+    let app = vakt::devmesh::EchoApp::start().await.unwrap();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let web_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
+    let (inbound, admin) = (free_port(), free_port());
+    let config_path = pki.path().join("vakt.yaml");
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n  allowed_peers: [{}]\n",
+        vakt::devmesh::base_config_yaml(&dir, TD)
+            .replace("127.0.0.1:0", &format!("127.0.0.1:{admin}")),
+        app.addr,
+        pki.spiffe_id("shop", "web")
+    );
+    std::fs::write(&config_path, yaml).unwrap();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vakt"))
+        .arg("run")
+        .arg("--config")
+        .arg(&config_path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let admin_addr: std::net::SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(admin_addr).await
+            && let Ok(r) = h1_send(tcp, get("/ready", "admin")).await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "vakt did not become ready");
+
+    let config = raw_client_config(Some(&web_dir), &dir, &id, &[b"http/1.1"]);
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
+    let tls = mtls_connect(addr, config.clone()).await.unwrap();
+    let slow = tokio::spawn(h1_send(tls, get("/slow?ms=1500", "orders.shop")));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pid = child.id().unwrap().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+
+    let response = slow.await.unwrap().expect("in-flight request completed");
+    assert_eq!(response.status(), 200);
+    assert_eq!(body_string(response).await, "slow answer\n");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("vakt exited after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(
+        mtls_connect(addr, config).await.is_err(),
+        "still accepting after exit"
+    );
+}
