@@ -15,7 +15,6 @@ pub const HANDSHAKE_FAILURES: &str = "vakt_tls_handshake_failures_total";
 pub const ACTIVE_CONNECTIONS: &str = "vakt_active_connections";
 pub const CONNECTIONS: &str = "vakt_connections_total";
 pub const LIMITS_EXCEEDED: &str = "vakt_limits_exceeded_total";
-pub const UPSTREAM_ERRORS: &str = "vakt_upstream_errors_total";
 pub const CERT_EXPIRY: &str = "vakt_certificate_expiry_timestamp_seconds";
 pub const CERT_RELOADS: &str = "vakt_certificate_reloads_total";
 pub const BUILD_INFO: &str = "vakt_build_info";
@@ -72,10 +71,6 @@ fn describe() {
     describe_counter!(
         LIMITS_EXCEEDED,
         "Requests or connections cut off by a configured limit, by direction and limit"
-    );
-    describe_counter!(
-        UPSTREAM_ERRORS,
-        "Failures talking to the app or to another sidecar, by direction and reason"
     );
     describe_gauge!(
         CERT_EXPIRY,
