@@ -133,7 +133,9 @@ impl fmt::Debug for CertificateAuthority {
 impl CertificateAuthority {
     /// New self-signed CA for `trust_domain` (e.g. `example.org`).
     ///
-    /// Subject: CN = "<trust_domain> dev CA", O = "vakt development CA", OU = trust domain.
+    /// Subject: CN = "<trust_domain> dev CA <8 random hex>", O = "vakt development CA",
+    /// OU = trust domain. The random part keeps two CAs of the same trust domain distinct, so a
+    /// certificate from the other one is reported as from an unknown CA, not as a bad signature.
     /// SAN: the URI `spiffe://<trust_domain>`. Basic constraints cA=true, pathLen 0 (it signs
     /// leaves only). Key usages keyCertSign, cRLSign, digitalSignature. Valid from one minute
     /// ago until now + `validity`.
@@ -160,7 +162,14 @@ impl CertificateAuthority {
         params.not_after = not_after;
         params.serial_number = Some(random_serial()?);
         let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, format!("{trust_domain} dev CA"));
+        let mut tag = [0u8; 4];
+        aws_lc_rs::rand::fill(&mut tag).map_err(|_| PkiError::InvalidCertificate {
+            reason: "the system random number generator failed".into(),
+        })?;
+        dn.push(
+            DnType::CommonName,
+            format!("{trust_domain} dev CA {}", hex::encode(tag)),
+        );
         dn.push(DnType::OrganizationName, CA_ORGANIZATION);
         dn.push(DnType::OrganizationalUnitName, trust_domain);
         params.distinguished_name = dn;
@@ -765,7 +774,14 @@ mod tests {
     fn ca_subject_names_the_trust_domain() {
         let ca = new_ca();
         let cert = parse(ca.cert_der());
-        assert_eq!(common_name(&cert).as_deref(), Some("example.org dev CA"));
+        let cn = common_name(&cert).unwrap();
+        assert!(cn.starts_with("example.org dev CA "), "{cn}");
+        let other = CertificateAuthority::generate("example.org", DEFAULT_CA_VALIDITY).unwrap();
+        assert_ne!(
+            common_name(&parse(other.cert_der())).unwrap(),
+            cn,
+            "two CAs of one trust domain must have distinct subjects"
+        );
         let org = cert.subject().iter_organization().next().unwrap();
         assert_eq!(org.as_str().unwrap(), "vakt development CA");
         let ou = cert.subject().iter_organizational_unit().next().unwrap();

@@ -8,6 +8,7 @@ impl FramingVerdicts {
     }
 }
 pub struct ScannedIo<T>(T);
+#[allow(clippy::new_ret_no_self)]
 impl<T> ScannedIo<T> {
     pub fn new(inner: T) -> (T, Arc<FramingVerdicts>) {
         (inner, Arc::new(FramingVerdicts))

@@ -1,6 +1,6 @@
 //! The `vakt` command line: run the sidecar, check a config, manage the dev PKI, run the demo.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -109,7 +109,7 @@ fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
-fn load(path: &PathBuf) -> Result<Config, ExitCode> {
+fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::from_file(path).map_err(|e| {
         eprintln!("vakt: invalid configuration: {e}");
         ExitCode::from(2)
@@ -167,11 +167,9 @@ fn check(path: PathBuf, with_certs: bool) -> ExitCode {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if with_certs {
-        if let Err(e) = vakt::tls::TlsMaterial::load(&config.identity) {
-            eprintln!("vakt: certificates: {e}");
-            return ExitCode::from(2);
-        }
+    if with_certs && let Err(e) = vakt::tls::TlsMaterial::load(&config.identity) {
+        eprintln!("vakt: certificates: {e}");
+        return ExitCode::from(2);
     }
     println!(
         "{}: OK (inbound: {}, outbound: {} upstream(s))",

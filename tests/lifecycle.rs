@@ -78,7 +78,7 @@ fn check_rejects_broken_configs_with_the_key_and_the_problem() {
             format!("{base}{inbound}tls:\n  min_version: 1.0\n"),
             "min_version",
         ),
-        (format!("{base}"), "neither is configured"),
+        (base.to_string(), "neither is configured"),
         ("identity: [unclosed\n".to_owned(), "config.yaml"),
     ];
     let tmp = tempfile::tempdir().unwrap();

@@ -1,0 +1,306 @@
+//! End-to-end tests of vakt's limits: header size, slow and idle clients, upstream timeouts and
+//! failures, and HTTP/2 stream concurrency. Every client is an allowed mTLS peer, so whatever
+//! refuses it is the limit under test and not the policy.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{
+    Server, TD, TestBody, body_string, get, h1_send, metric_sum, metrics_text, mtls_connect,
+    raw_client_config, server, wait_for_metric,
+};
+use http::{Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use vakt::app::App;
+use vakt::config::Config;
+use vakt::devmesh::{DevPki, base_config_yaml};
+use vakt::metrics::{DENIALS, LIMITS_EXCEEDED};
+
+/// A client config for the allowed peer `sa/web`, offering `alpn`.
+fn web_client(server: &Server, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
+    let dir = server
+        .pki
+        .workload("web", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    raw_client_config(Some(&dir), &server.dir, &server.id, alpn)
+}
+
+async fn counter(admin: SocketAddr, name: &str, labels: &[(&str, &str)]) -> f64 {
+    metric_sum(&metrics_text(admin).await, name, labels)
+}
+
+/// Wait until `name{labels}` reached `before + 1`, and fail with the related samples otherwise.
+async fn assert_counted(admin: SocketAddr, name: &str, labels: &[(&str, &str)], before: f64) {
+    let after = wait_for_metric(admin, name, labels, before + 1.0).await;
+    if after < before + 1.0 {
+        let text = metrics_text(admin).await;
+        let related: Vec<_> = text.lines().filter(|l| l.starts_with(name)).collect();
+        panic!(
+            "expected {name}{labels:?} to go up by 1 (before {before}, after {after}); now:\n{}",
+            related.join("\n")
+        );
+    }
+}
+
+async fn json_error(response: hyper::Response<hyper::body::Incoming>) -> serde_json::Value {
+    let text = body_string(response).await;
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not JSON ({e}): {text:?}"))
+}
+
+/// Read from `stream` until the peer closes it (EOF or error), up to `limit`. Returns what was
+/// read, or `None` if it was still open at the deadline.
+async fn read_until_closed<S>(stream: &mut S, limit: Duration) -> Option<Vec<u8>>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(limit, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    closed.ok().map(|()| received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_header_gets_431() {
+    let server = server(&["web"], "limits:\n  max_header_bytes: 8192\n").await;
+    let admin = server.vakt.admin_addr;
+    let labels = [("direction", "inbound"), ("limit", "max_header_bytes")];
+    let before = counter(admin, LIMITS_EXCEEDED, &labels).await;
+
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let mut request = get("/big", "orders.shop");
+    request
+        .headers_mut()
+        .insert("x-big", "a".repeat(20 * 1024).parse().unwrap());
+    let response = tokio::time::timeout(Duration::from_secs(3), h1_send(tls, request))
+        .await
+        .expect("no answer within 3 s")
+        .expect("vakt should answer 431, not break the connection");
+    assert_eq!(
+        response.status(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+
+    assert!(server.app.seen().is_empty(), "{:?}", server.app.seen());
+    assert_counted(admin, LIMITS_EXCEEDED, &labels, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_by_the_header_read_timeout() {
+    let server = server(&["web"], "limits:\n  header_read_timeout: 500ms\n").await;
+    let admin = server.vakt.admin_addr;
+    let labels = [("direction", "inbound"), ("limit", "header_read_timeout")];
+    let before = counter(admin, LIMITS_EXCEEDED, &labels).await;
+
+    let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let started = Instant::now();
+
+    let received = read_until_closed(&mut tls, Duration::from_secs(3))
+        .await
+        .expect("vakt kept a connection with unfinished headers open for more than 3 s");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?}, before the 500 ms header timeout"
+    );
+    let text = String::from_utf8_lossy(&received);
+    assert!(
+        !text.starts_with("HTTP/1.1 2"),
+        "an unfinished request must not be answered with success: {text:?}"
+    );
+
+    assert!(server.app.seen().is_empty(), "{:?}", server.app.seen());
+    assert_counted(admin, LIMITS_EXCEEDED, &labels, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_app_gets_504_upstream_timeout() {
+    let server = server(&["web"], "limits:\n  upstream_response_timeout: 300ms\n").await;
+    let admin = server.vakt.admin_addr;
+    let labels = [("direction", "inbound"), ("reason", "upstream_timeout")];
+    let before = counter(admin, DENIALS, &labels).await;
+
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let response = h1_send(tls, get("/slow?ms=2000", "orders.shop"))
+        .await
+        .unwrap();
+    let waited = started.elapsed();
+    assert_eq!(response.status(), StatusCode::GATEWAY_TIMEOUT);
+    assert!(
+        waited < Duration::from_millis(1500),
+        "the 504 came after {waited:?}: the 300 ms response timeout did not cut the wait"
+    );
+    let body = json_error(response).await;
+    assert_eq!(body["error"], "upstream_timeout", "{body}");
+
+    assert_counted(admin, DENIALS, &labels, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn app_down_gets_502_upstream_unavailable() {
+    common::init();
+    let pki = DevPki::new(TD).unwrap();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    // A port nobody listens on any more.
+    let closed_port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {closed_port}\n  allowed_peers: [{}]\n",
+        base_config_yaml(&dir, TD),
+        pki.spiffe_id("shop", "web"),
+    );
+    let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
+    let admin = vakt.admin_addr;
+    let labels = [("direction", "inbound"), ("reason", "upstream_unavailable")];
+    let before = counter(admin, DENIALS, &labels).await;
+
+    let client_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
+    let config = raw_client_config(Some(&client_dir), &dir, &id, &[b"http/1.1"]);
+    let tls = mtls_connect(vakt.inbound_addr.unwrap(), config)
+        .await
+        .unwrap();
+    let response = h1_send(tls, get("/", "orders.shop")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_GATEWAY);
+    let body = json_error(response).await;
+    assert_eq!(body["error"], "upstream_unavailable", "{body}");
+    assert!(
+        !body.to_string().contains(&closed_port.to_string()),
+        "the caller should not learn the app's address: {body}"
+    );
+
+    assert_counted(admin, DENIALS, &labels, before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connection_is_closed_after_the_idle_timeout() {
+    let server = server(&["web"], "limits:\n  idle_timeout: 500ms\n").await;
+    let admin = server.vakt.admin_addr;
+    let labels = [("direction", "inbound"), ("limit", "idle_timeout")];
+    let before = counter(admin, LIMITS_EXCEEDED, &labels).await;
+
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    let connection = tokio::spawn(connection);
+    let response = sender
+        .send_request(get("/first", "orders.shop"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    body_string(response).await;
+    let idle_since = Instant::now();
+
+    // We keep `sender`, so the client never closes the connection: only vakt can end it.
+    let ended = tokio::time::timeout(Duration::from_secs(3), connection).await;
+    let waited = idle_since.elapsed();
+    assert!(
+        ended.is_ok(),
+        "vakt kept an idle connection open for more than 3 s (idle_timeout 500ms)"
+    );
+    assert!(
+        waited >= Duration::from_millis(400),
+        "closed after {waited:?} of idleness, before the 500 ms idle timeout"
+    );
+    assert!(sender.is_closed(), "the connection should be unusable now");
+    assert_eq!(server.app.seen().len(), 1);
+
+    assert_counted(admin, LIMITS_EXCEEDED, &labels, before).await;
+}
+
+fn h2_get(path: &str) -> Request<TestBody> {
+    // HTTP/2 needs :scheme and :authority, so an absolute URI.
+    Request::get(format!("https://orders.shop{path}"))
+        .body(TestBody::default())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_stream_limit_throttles_without_failing() {
+    let server = server(&["web"], "limits:\n  http2_max_concurrent_streams: 2\n").await;
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+
+    // One request first: once it is answered, the client has vakt's SETTINGS (with the stream
+    // limit). Streams opened before that could be refused by h2 itself, which is not the point.
+    let response = sender
+        .clone()
+        .send_request(h2_get("/warm-up"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+
+    let started = Instant::now();
+    let requests: Vec<_> = (0..5)
+        .map(|i| {
+            let mut sender = sender.clone();
+            tokio::spawn(async move {
+                let response = sender
+                    .send_request(h2_get(&format!("/slow?ms=500&i={i}")))
+                    .await?;
+                let status = response.status();
+                Ok::<_, hyper::Error>((status, body_string(response).await))
+            })
+        })
+        .collect();
+    for (i, request) in requests.into_iter().enumerate() {
+        let (status, body) = request
+            .await
+            .unwrap()
+            .unwrap_or_else(|e| panic!("request {i} failed instead of waiting for a stream: {e}"));
+        assert_eq!(status, StatusCode::OK, "request {i}: {body}");
+        assert_eq!(body, "slow answer\n");
+    }
+    let took = started.elapsed();
+    // At most 2 of the 5 run at once: 3 rounds of 500 ms.
+    assert!(
+        took >= Duration::from_millis(1400),
+        "5 x 500 ms took only {took:?}: more than 2 streams ran at once"
+    );
+    assert!(took < Duration::from_secs(4), "took {took:?}");
+
+    let mut slow: Vec<_> = server
+        .app
+        .seen()
+        .into_iter()
+        .map(|s| s.path_and_query)
+        .filter(|p| p.starts_with("/slow"))
+        .collect();
+    slow.sort();
+    let expected: Vec<_> = (0..5).map(|i| format!("/slow?ms=500&i={i}")).collect();
+    assert_eq!(slow, expected);
+}
