@@ -639,7 +639,11 @@ fn random_serial() -> Result<SerialNumber, PkiError> {
 
 /// PEM text of a DER certificate.
 fn pem_certificate(der: &[u8]) -> Result<String, PkiError> {
-    Ok(pem::encode(&pem::Pem::new("CERTIFICATE", der)))
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    Ok(pem::encode_config(
+        &pem::Pem::new("CERTIFICATE", der),
+        config,
+    ))
 }
 
 #[cfg(test)]

@@ -130,6 +130,12 @@ impl DenyReason {
                 .headers_mut()
                 .insert(crate::hygiene::X_REQUEST_ID, id.clone());
         }
+        if matches!(self, Self::BadFraming(_)) {
+            // After ambiguous framing the rest of the byte stream cannot be trusted.
+            response
+                .headers_mut()
+                .insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         response.extensions_mut().insert(self);
         response
     }

@@ -24,8 +24,8 @@ use tower::ServiceExt;
 use crate::Direction;
 use crate::body;
 use crate::config::Limits;
-use crate::h1_framing::{FramingVerdicts, ScannedIo};
-use crate::hygiene::FramingVerdict;
+use crate::h1_framing::{FramingVerdicts, ScannedIo, ScannerConfig};
+use crate::hygiene::{FramingError, FramingVerdict};
 use crate::identity::{PeerIdentity, SpiffeId};
 use crate::metrics as m;
 use crate::stack::BoxStack;
@@ -136,7 +136,12 @@ async fn serve_connection<I>(
         activity: activity.clone(),
     };
     let (io, verdicts): (Box<dyn Io>, Option<Arc<FramingVerdicts>>) = if scan_h1 {
-        let (scanned, verdicts) = ScannedIo::new(io);
+        let scanner = ScannerConfig {
+            // The scanner must follow every head hyper accepts.
+            max_head_size: ctx.limits.max_header_bytes.max(8192),
+            ..ScannerConfig::default()
+        };
+        let (scanned, verdicts) = ScannedIo::with_config(io, scanner);
         (Box::new(scanned), Some(verdicts))
     } else {
         (Box::new(io), None)
@@ -150,11 +155,16 @@ async fn serve_connection<I>(
             if let Some(peer) = &peer {
                 req.extensions_mut().insert(peer.clone());
             }
-            if let Some(verdicts) = &verdicts {
+            if let Some(verdicts) = &verdicts
+                && req.version() <= http::Version::HTTP_11
+            {
                 let index = request_index.fetch_add(1, Ordering::Relaxed);
-                if let Some(verdict) = verdicts.take(index) {
-                    req.extensions_mut().insert(FramingVerdict(verdict));
-                }
+                // No verdict for an HTTP/1 request means the scanner gave up on this
+                // connection: refuse rather than forward what nobody checked.
+                let verdict = verdicts
+                    .take(index)
+                    .unwrap_or(Err(FramingError::Unverified));
+                req.extensions_mut().insert(FramingVerdict(verdict));
             }
             let in_flight = activity.begin_request();
             let response: crate::stack::ResponseFuture = Box::pin(stack.clone().oneshot(req));
