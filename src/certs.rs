@@ -674,36 +674,28 @@ mod tests {
         CertificateAuthority::generate(TD, DEFAULT_CA_VALIDITY).expect("generate CA")
     }
 
-    fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
+    fn sans<'a>(
+        cert: &'a X509Certificate<'_>,
+        pick: impl Fn(&GeneralName<'a>) -> Option<&'a str>,
+    ) -> Vec<&'a str> {
         cert.subject_alternative_name()
             .expect("SAN parses")
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::URI(u) => Some(*u),
-                        _ => None,
-                    })
-                    .collect()
-            })
+            .map(|san| san.value.general_names.iter().filter_map(&pick).collect())
             .unwrap_or_default()
     }
 
+    fn uri_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
+        sans(cert, |n| match n {
+            GeneralName::URI(u) => Some(*u),
+            _ => None,
+        })
+    }
+
     fn dns_sans<'a>(cert: &'a X509Certificate<'_>) -> Vec<&'a str> {
-        cert.subject_alternative_name()
-            .expect("SAN parses")
-            .map(|san| {
-                san.value
-                    .general_names
-                    .iter()
-                    .filter_map(|n| match n {
-                        GeneralName::DNSName(d) => Some(*d),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        sans(cert, |n| match n {
+            GeneralName::DNSName(d) => Some(*d),
+            _ => None,
+        })
     }
 
     fn common_name(cert: &X509Certificate<'_>) -> Option<String> {

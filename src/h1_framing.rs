@@ -672,18 +672,10 @@ fn hex_digit(b: u8) -> Option<u8> {
     }
 }
 
-/// hyper's `Content-Length` line parse: `1*DIGIT` fitting a u64, nothing else.
+/// hyper's `Content-Length` line parse: `1*DIGIT` fitting a u64, nothing else — the same rule
+/// as the header check's.
 fn digits(value: &[u8]) -> Option<u64> {
-    if value.is_empty() {
-        return None;
-    }
-    value.iter().try_fold(0u64, |acc, &b| {
-        if b.is_ascii_digit() {
-            acc.checked_mul(10)?.checked_add(u64::from(b - b'0'))
-        } else {
-            None
-        }
-    })
+    crate::hygiene::parse_content_length(value)
 }
 
 /// hyper's `is_chunked_` on one `Transfer-Encoding` line: its last comma-separated element,

@@ -63,6 +63,19 @@ async fn allowed_peer_reaches_the_app_over_http1_and_http2() {
     .await
     .unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // Hybrid post-quantum key exchange is what two aws-lc-rs peers agree on by default.
+    assert_eq!(
+        tls.get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .unwrap()
+            .name(),
+        rustls::NamedGroup::X25519MLKEM768
+    );
+    assert_eq!(
+        tls.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     let req = Request::get("https://orders.shop/orders/3")
         .body(Full::default())
         .unwrap();

@@ -143,7 +143,7 @@ fn list_elements<'a>(
 }
 
 /// `Content-Length = 1*DIGIT` (RFC 9110 §8.6), as a u64.
-fn parse_content_length(s: &[u8]) -> Option<u64> {
+pub(crate) fn parse_content_length(s: &[u8]) -> Option<u64> {
     if s.is_empty() {
         return None;
     }
