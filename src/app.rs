@@ -12,12 +12,14 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::admin::{self, Readiness};
-use crate::authz::AllowPeers;
 use crate::config::Config;
 use crate::forward::{ToApp, ToMesh};
 use crate::hygiene::Hygiene;
 use crate::listener::{ListenerContext, serve_plain, serve_tls};
 use crate::observe::Observe;
+use crate::policy::PolicyError;
+use crate::policy::reload::PolicyStore;
+use crate::policy::stage::PolicyStage;
 use crate::stack;
 use crate::tls::{CertStore, TlsError, spawn_reloader};
 use crate::upstream::{AppClient, MeshClient};
@@ -26,6 +28,8 @@ use crate::upstream::{AppClient, MeshClient};
 pub enum StartError {
     #[error("certificates: {0}")]
     Tls(#[from] TlsError),
+    #[error("policy: {0}")]
+    Policy(#[from] PolicyError),
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         name: &'static str,
@@ -41,6 +45,7 @@ pub struct App {
     pub admin_addr: SocketAddr,
     pub readiness: Arc<Readiness>,
     pub certs: Arc<CertStore>,
+    pub policy: Option<Arc<PolicyStore>>,
     grace_period: Duration,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
@@ -78,13 +83,21 @@ impl App {
 
         let mut listeners = Vec::new();
         let mut inbound_addr = None;
+        let mut policy = None;
         if let Some(inbound) = &config.inbound {
+            let store = Arc::new(PolicyStore::load(
+                &inbound.policy,
+                config.identity.accepted(),
+            )?);
+            listeners
+                .extend(store.spawn_reloader(config.identity.reload_interval, shutdown_rx.clone()));
+            policy = Some(store.clone());
             let listener = bind("inbound.listen", inbound.listen).await?;
             inbound_addr = listener.local_addr().ok();
             let stack = stack::inbound(
                 Observe::new(Direction::Inbound),
                 Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
-                AllowPeers::new(inbound.allowed_peers.iter().cloned()),
+                PolicyStage::new(store),
                 ToApp::new(
                     AppClient::new(inbound.app, inbound.app_protocol, &limits),
                     tracker.clone(),
@@ -134,6 +147,7 @@ impl App {
             admin_addr,
             readiness,
             certs,
+            policy,
             grace_period: config.shutdown.grace_period,
             shutdown,
             admin_shutdown,
@@ -141,6 +155,19 @@ impl App {
             listeners,
             admin,
         })
+    }
+
+    /// Re-read certificates and policy now (SIGHUP).
+    pub async fn reload(&self) {
+        let certs = self.certs.clone();
+        let policy = self.policy.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            certs.reload();
+            if let Some(policy) = policy {
+                policy.reload();
+            }
+        })
+        .await;
     }
 
     /// Stop accepting, let in-flight requests finish within the grace period, then stop.

@@ -136,9 +136,9 @@ pub struct InboundConfig {
     pub app: SocketAddr,
     #[serde(default)]
     pub app_protocol: AppProtocol,
-    /// Peers allowed to call the app. Empty means nobody: deny by default.
-    #[serde(default)]
-    pub allowed_peers: Vec<SpiffeId>,
+    /// The per-route policy file (a YAML file of its own, e.g. from a ConfigMap). Watched and
+    /// hot-reloaded; requests matching no route are denied.
+    pub policy: PathBuf,
     /// Further client-sent headers removed before forwarding (identity headers the app trusts).
     #[serde(default, deserialize_with = "de_header_names")]
     pub strip_headers: Vec<HeaderName>,
@@ -458,11 +458,15 @@ impl Config {
     }
 
     fn resolve_paths(&mut self, base: &Path) {
+        let policy = self.inbound.as_mut().map(|i| &mut i.policy);
         for p in [
             &mut self.identity.cert,
             &mut self.identity.key,
             &mut self.identity.trust_bundle,
-        ] {
+        ]
+        .into_iter()
+        .chain(policy)
+        {
             if p.is_relative() {
                 *p = base.join(&*p);
             }
@@ -486,23 +490,6 @@ impl Config {
                     "inbound.app",
                     "is the same address as inbound.listen (requests would loop)",
                 ));
-            }
-            for (i, peer) in inbound.allowed_peers.iter().enumerate() {
-                if !accepted.contains(&peer.trust_domain()) {
-                    return Err(ConfigError::invalid(
-                        format!("inbound.allowed_peers[{i}]"),
-                        format!(
-                            "{peer} is outside the accepted trust domains ({}); such a peer could never connect",
-                            join(&accepted)
-                        ),
-                    ));
-                }
-                if inbound.allowed_peers[..i].contains(peer) {
-                    return Err(ConfigError::invalid(
-                        format!("inbound.allowed_peers[{i}]"),
-                        format!("{peer} is listed twice"),
-                    ));
-                }
             }
         }
         if let Some(outbound) = &self.outbound {
@@ -620,7 +607,7 @@ identity:
   key: key.pem
   trust_bundle: bundle.pem
 inbound:
-  allowed_peers: [spiffe://cluster.local/ns/a/sa/b]
+  policy: policy.yaml
 ";
 
     #[test]
@@ -648,12 +635,20 @@ inbound:
                 "unknown field `colour`",
             ),
             (
-                MINIMAL.replace("ns/a/sa/b", "ns/a/sa/b/"),
+                format!(
+                    "{MINIMAL}outbound:\n  upstreams:\n  - authority: a\n    address: x:1\n    spiffe_id: spiffe://cluster.local/ns/x/sa/y/\n"
+                ),
                 "is not a valid SPIFFE ID",
             ),
             (
-                MINIMAL.replace("spiffe://cluster.local/ns", "spiffe://other.td/ns"),
-                "inbound.allowed_peers[0]: spiffe://other.td/ns/a/sa/b is outside the accepted trust domains",
+                format!(
+                    "{MINIMAL}outbound:\n  upstreams:\n  - authority: a\n    address: x:1\n    spiffe_id: spiffe://other.td/ns/x/sa/y\n"
+                ),
+                "outbound.upstreams[0].spiffe_id: spiffe://other.td/ns/x/sa/y is outside the accepted trust domains",
+            ),
+            (
+                MINIMAL.replace("  policy: policy.yaml\n", "  app: 127.0.0.1:8080\n"),
+                "missing field `policy`",
             ),
             (
                 format!("{MINIMAL}limits:\n  handshake_timeout: soon\n"),
@@ -684,10 +679,7 @@ inbound:
                 "inbound.listen: 0.0.0.0:15443 is already used by admin.listen",
             ),
             (
-                MINIMAL.replace(
-                    "inbound:\n  allowed_peers: [spiffe://cluster.local/ns/a/sa/b]\n",
-                    "",
-                ),
+                MINIMAL.replace("inbound:\n  policy: policy.yaml\n", ""),
                 "neither is configured",
             ),
             (format!("{MINIMAL}tls:\n  min_version: \"1.1\"\n"), "1.1"),

@@ -22,6 +22,7 @@ struct Expectation {
     what: &'static str,
     via: &'static str,
     host: &'static str,
+    path: &'static str,
     status: StatusCode,
     reason: Option<&'static str>,
 }
@@ -50,17 +51,24 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
 
     let app = EchoApp::start().await.context("starting the demo app")?;
     let orders_dir = pki.workload("orders", &orders_id)?;
+    let policy = crate::devmesh::write_policy(
+        &orders_dir,
+        &format!(
+            "routes:\n  - id: orders-read\n    methods: [GET]\n    path: /orders/{{id}}\n    allow:\n      - peers: [\"{web_id}\"]\n"
+        ),
+    )?;
     let server = App::start(Config::from_yaml(&format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  allowed_peers: [{web_id}]\n",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
         base_config_yaml(&orders_dir, TRUST_DOMAIN),
-        app.addr
+        app.addr,
+        policy.display()
     ))?)
     .await
     .context("starting the server-side vakt")?;
     let server_addr = server.inbound_addr.context("server inbound address")?;
     writeln!(
         out,
-        "2. The app 'orders' listens on {} (plaintext, loopback only); its vakt accepts mTLS on {server_addr}\n   and lets only {web_id} through.\n",
+        "2. The app 'orders' listens on {} (plaintext, loopback only); its vakt accepts mTLS on {server_addr}.\n   Its policy has one route: GET /orders/{{id}}, allowed for {web_id} only.\n",
         app.addr
     )?;
 
@@ -96,9 +104,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     let cases = [
         (
             Expectation {
-                what: "web calls orders (allowed)",
+                what: "web reads an order (allowed)",
                 via: "web",
                 host: "orders.shop",
+                path: "/orders/42",
                 status: StatusCode::OK,
                 reason: None,
             },
@@ -106,9 +115,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
         ),
         (
             Expectation {
-                what: "batch calls orders (valid certificate, but not an allowed peer)",
+                what: "batch reads an order (valid certificate, but not an allowed peer)",
                 via: "batch",
                 host: "orders.shop",
+                path: "/orders/42",
                 status: StatusCode::FORBIDDEN,
                 reason: Some("peer_not_allowed"),
             },
@@ -119,8 +129,31 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 what: "web calls payments.shop (not in web's egress table)",
                 via: "web",
                 host: "payments.shop",
+                path: "/orders/42",
                 status: StatusCode::FORBIDDEN,
                 reason: Some("unknown_destination"),
+            },
+            web.outbound_addr,
+        ),
+        (
+            Expectation {
+                what: "web asks for /admin (no route in the policy: deny by default)",
+                via: "web",
+                host: "orders.shop",
+                path: "/admin",
+                status: StatusCode::FORBIDDEN,
+                reason: Some("no_route"),
+            },
+            web.outbound_addr,
+        ),
+        (
+            Expectation {
+                what: "web hides a path behind an encoded slash (/orders%2F..%2Fadmin)",
+                via: "web",
+                host: "orders.shop",
+                path: "/orders%2F..%2Fadmin",
+                status: StatusCode::BAD_REQUEST,
+                reason: Some("invalid_path"),
             },
             web.outbound_addr,
         ),
@@ -128,7 +161,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     writeln!(out, "4. Requests through the mesh:")?;
     for (expect, addr) in cases {
         let addr = addr.context("client outbound address")?;
-        let (status, body) = get(&client, addr, expect.host).await?;
+        let (status, body) = get(&client, addr, expect.host, expect.path).await?;
         let held = status == expect.status
             && expect
                 .reason
@@ -151,7 +184,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 .outbound_addr
                 .context("impostor outbound address")?;
             let before = handshake_refusals(&server).await;
-            let (status, body) = get(&client, addr, "orders.shop").await?;
+            let (status, body) = get(&client, addr, "orders.shop", "/orders/42").await?;
             let after = handshake_refusals(&server).await;
             let held = !status.is_success() && after > before;
             all_held &= held;
@@ -174,7 +207,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     }
 
     let seen = app.seen();
-    let only_web = seen.len() == 1;
+    let only_web = seen.len() == 1 && seen[0].path_and_query == "/orders/42";
     all_held &= only_web;
     writeln!(
         out,
@@ -206,8 +239,9 @@ async fn get(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, ProxyBody>,
     proxy: std::net::SocketAddr,
     host: &str,
+    path: &str,
 ) -> anyhow::Result<(StatusCode, String)> {
-    let request = Request::get(format!("http://{proxy}/orders/42"))
+    let request = Request::get(format!("http://{proxy}{path}"))
         .header(http::header::HOST, host)
         .body(body::empty())?;
     let response = client.request(request).await?;

@@ -78,6 +78,25 @@ pub fn base_config_yaml(dir: &Path, trust_domain: &str) -> String {
     )
 }
 
+/// A policy allowing `peers` every method on every path (`/**`), for tests and the demo.
+pub fn allow_peers_policy_yaml(peers: &[String]) -> String {
+    let list = peers
+        .iter()
+        .map(|p| format!("\"{p}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "routes:\n  - id: everything\n    methods: [GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS]\n    path: /**\n    allow:\n      - peers: [{list}]\n"
+    )
+}
+
+/// Write `yaml` as `<dir>/policy.yaml` and return its path.
+pub fn write_policy(dir: &Path, yaml: &str) -> std::io::Result<PathBuf> {
+    let path = dir.join("policy.yaml");
+    std::fs::write(&path, yaml)?;
+    Ok(path)
+}
+
 /// What the echo app saw of one request.
 #[derive(Debug, Clone)]
 pub struct SeenRequest {

@@ -11,18 +11,24 @@ use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
 use crate::body::{ProxyBody, full};
-use crate::hygiene::FramingError;
+use crate::hygiene::{FramingError, RequestIds};
 use crate::identity::SpiffeId;
+use crate::policy::Reason;
+use crate::policy::path::PathError;
 
 /// Why vakt itself answered instead of the app.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DenyReason {
     /// The request's framing is ambiguous (request smuggling risk).
     BadFraming(FramingError),
+    /// The request path is ambiguous or malformed (path-confusion risk).
+    InvalidPath(PathError),
     /// The request arrived without a verified peer identity (should not happen behind mTLS).
     NoPeerIdentity,
-    /// The verified peer is not allowed to call this service.
-    PeerNotAllowed,
+    /// The policy denied the request (no route, method, peer, ...).
+    Policy(Reason),
+    /// Over the route's rate limit for this caller.
+    RateLimited { retry_after_secs: u64 },
     /// Outbound: the request names no destination (no absolute URI, no Host).
     MissingDestination,
     /// Outbound: the destination is not in the egress table.
@@ -49,8 +55,10 @@ impl DenyReason {
     pub fn code(&self) -> &'static str {
         match self {
             Self::BadFraming(_) => "bad_framing",
+            Self::InvalidPath(_) => "invalid_path",
             Self::NoPeerIdentity => "no_peer_identity",
-            Self::PeerNotAllowed => "peer_not_allowed",
+            Self::Policy(reason) => reason.code(),
+            Self::RateLimited { .. } => "rate_limited",
             Self::MissingDestination => "missing_destination",
             Self::UnknownDestination { .. } => "unknown_destination",
             Self::ConnectNotSupported => "connect_not_supported",
@@ -64,10 +72,13 @@ impl DenyReason {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadFraming(_) | Self::MissingDestination => StatusCode::BAD_REQUEST,
-            Self::NoPeerIdentity | Self::PeerNotAllowed | Self::UnknownDestination { .. } => {
+            Self::BadFraming(_) | Self::InvalidPath(_) | Self::MissingDestination => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::NoPeerIdentity | Self::Policy(_) | Self::UnknownDestination { .. } => {
                 StatusCode::FORBIDDEN
             }
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnavailable
             | Self::UpstreamTlsFailed { .. }
@@ -80,9 +91,12 @@ impl DenyReason {
     pub fn message(&self) -> Cow<'static, str> {
         match self {
             Self::BadFraming(e) => format!("ambiguous request framing: {e}").into(),
+            Self::InvalidPath(e) => format!("invalid request path: {e}").into(),
             Self::NoPeerIdentity => "no verified peer identity".into(),
-            Self::PeerNotAllowed => {
-                "the calling workload is not allowed to access this service".into()
+            // Deliberately vague: the caller learns the reason code, not the policy.
+            Self::Policy(_) => "access denied by policy".into(),
+            Self::RateLimited { retry_after_secs } => {
+                format!("rate limit exceeded; retry after {retry_after_secs} s").into()
             }
             Self::MissingDestination => {
                 "no destination: send an absolute URI (HTTP proxy form) or a Host header".into()
@@ -112,13 +126,15 @@ impl DenyReason {
         }
     }
 
-    /// The response vakt sends: status, small JSON body (reason code, message, request id), and
-    /// the reason itself in the extensions for the outer layers.
-    pub fn into_response(self, request_id: Option<&HeaderValue>) -> Response<ProxyBody> {
+    /// The response vakt sends: status, small JSON body (reason code, message, request and
+    /// decision ids), and the reason itself in the extensions for the outer layers.
+    pub fn into_response(self, ids: Option<&RequestIds>) -> Response<ProxyBody> {
+        let request_id = ids.map(|i| &i.request_id);
         let body = serde_json::json!({
             "error": self.code(),
             "message": self.message(),
             "request_id": request_id.and_then(|v| v.to_str().ok()),
+            "decision_id": ids.map(|i| i.decision_id.as_str()),
         });
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = self.status();
@@ -129,6 +145,12 @@ impl DenyReason {
             response
                 .headers_mut()
                 .insert(crate::hygiene::X_REQUEST_ID, id.clone());
+        }
+        if let Self::RateLimited { retry_after_secs } = self {
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from(retry_after_secs),
+            );
         }
         if matches!(self, Self::BadFraming(_)) {
             // After ambiguous framing the rest of the byte stream cannot be trusted.

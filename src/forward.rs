@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 use crate::body;
 use crate::config::Authority;
 use crate::error::DenyReason;
-use crate::hygiene::{self, RequestId};
+use crate::hygiene::{self, RequestIds};
 use crate::stack::{Req, Resp};
 use crate::upstream::{AppClient, MeshClient};
 
@@ -28,13 +28,13 @@ where
     F: FnOnce(Req, bool) -> Fut,
     Fut: Future<Output = Result<Response<Incoming>, DenyReason>>,
 {
-    let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+    let ids = req.extensions().get::<RequestIds>().cloned();
     let upgrade = hygiene::is_upgrade_request(&req);
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     hygiene::strip_hop_by_hop(req.headers_mut(), upgrade);
     let mut response = match send(req, upgrade).await {
         Ok(response) => response,
-        Err(reason) => return reason.into_response(request_id.as_ref()),
+        Err(reason) => return reason.into_response(ids.as_ref()),
     };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match (switching, client_side) {
@@ -56,7 +56,7 @@ where
             });
         }
         // A 101 nobody asked for cannot be relayed.
-        (true, None) => return DenyReason::UpstreamUnavailable.into_response(request_id.as_ref()),
+        (true, None) => return DenyReason::UpstreamUnavailable.into_response(ids.as_ref()),
         (false, _) => {}
     }
     hygiene::strip_hop_by_hop(response.headers_mut(), switching);
@@ -155,7 +155,7 @@ impl tower::Service<Req> for ToMesh {
     fn call(&mut self, mut req: Req) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+            let ids = req.extensions().get::<RequestIds>().cloned();
             let checked = Self::destination(&req).and_then(|(authority, host)| {
                 if this.client.knows(&authority) {
                     Ok((authority, host))
@@ -167,7 +167,7 @@ impl tower::Service<Req> for ToMesh {
             });
             let (authority, host) = match checked {
                 Ok(found) => found,
-                Err(reason) => return Ok(reason.into_response(request_id.as_ref())),
+                Err(reason) => return Ok(reason.into_response(ids.as_ref())),
             };
             req.headers_mut().entry(HOST).or_insert(host);
             let client = this.client;

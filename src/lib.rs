@@ -4,7 +4,6 @@
 
 pub mod admin;
 pub mod app;
-pub mod authz;
 pub mod body;
 pub mod certs;
 pub mod config;
@@ -18,9 +17,12 @@ pub mod identity;
 pub mod listener;
 pub mod metrics;
 pub mod observe;
+pub mod policy;
+pub mod ratelimit;
 pub mod stack;
 pub mod tls;
 pub mod upstream;
+pub mod watch;
 
 /// Which way a request travels through this sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

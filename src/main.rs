@@ -9,6 +9,8 @@ use vakt::app::App;
 use vakt::certs::{CertificateAuthority, LeafSpec};
 use vakt::config::{Config, LogFormat};
 use vakt::identity::{SpiffeId, TrustDomain};
+use vakt::policy::Policy;
+use vakt::policy::explain::RequestSpec;
 
 #[derive(Parser)]
 #[command(
@@ -28,13 +30,40 @@ enum Command {
         #[arg(long, short, env = "VAKT_CONFIG")]
         config: PathBuf,
     },
-    /// Validate a config file without starting anything (non-zero exit on error).
+    /// Validate a sidecar config and/or a policy file without starting anything (non-zero
+    /// exit on any error, so it can run in a service's CI).
     Check {
+        /// Sidecar config; its policy file is checked too.
+        #[arg(long, short, required_unless_present = "policy")]
+        config: Option<PathBuf>,
+        /// A policy file on its own.
         #[arg(long, short)]
-        config: PathBuf,
+        policy: Option<PathBuf>,
+        /// With --policy: the trust domains peers may come from (repeatable).
+        #[arg(long = "trust-domain")]
+        trust_domains: Vec<String>,
         /// Also load the certificate files the config names.
         #[arg(long)]
         with_certs: bool,
+    },
+    /// Show how the policy decides one request: canonical path, route, each rule, decision.
+    Explain {
+        #[arg(long, short)]
+        policy: PathBuf,
+        #[arg(long, short, default_value = "GET")]
+        method: String,
+        #[arg(long)]
+        path: String,
+        #[arg(long)]
+        host: Option<String>,
+        /// The caller's SPIFFE ID.
+        #[arg(long)]
+        peer: Option<String>,
+    },
+    /// Run a policy test file (cases: request -> expected decision and reason).
+    Test {
+        /// The test file (it names the policy it tests).
+        file: PathBuf,
     },
     /// Development PKI: a throwaway CA and workload certificates (never for production).
     Certs {
@@ -80,7 +109,20 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
-        Command::Check { config, with_certs } => check(config, with_certs),
+        Command::Check {
+            config,
+            policy,
+            trust_domains,
+            with_certs,
+        } => check(config, policy, trust_domains, with_certs),
+        Command::Explain {
+            policy,
+            method,
+            path,
+            host,
+            peer,
+        } => explain(policy, method, path, host, peer),
+        Command::Test { file } => policy_test(file),
         Command::Certs { command } => certs(command),
         Command::Demo => demo(),
     }
@@ -154,36 +196,122 @@ async fn wait_for_shutdown_signal(app: &App) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading certificates");
-                let certs = app.certs.clone();
-                let _ = tokio::task::spawn_blocking(move || certs.reload()).await;
+                tracing::info!("SIGHUP: reloading certificates and policy");
+                app.reload().await;
             }
         }
     }
 }
 
-fn check(path: PathBuf, with_certs: bool) -> ExitCode {
-    let config = match load(&path) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    if with_certs && let Err(e) = vakt::tls::TlsMaterial::load(&config.identity) {
-        eprintln!("vakt: certificates: {e}");
-        return ExitCode::from(2);
+fn check(
+    config: Option<PathBuf>,
+    policy: Option<PathBuf>,
+    trust_domains: Vec<String>,
+    with_certs: bool,
+) -> ExitCode {
+    let mut policy_checks: Vec<(PathBuf, Vec<TrustDomain>)> = Vec::new();
+    if let Some(path) = config {
+        let config = match load(&path) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        if with_certs && let Err(e) = vakt::tls::TlsMaterial::load(&config.identity) {
+            eprintln!("vakt: certificates: {e}");
+            return ExitCode::from(2);
+        }
+        if let Some(inbound) = &config.inbound {
+            policy_checks.push((inbound.policy.clone(), config.identity.accepted()));
+        }
+        println!(
+            "{}: OK (inbound: {}, outbound: {} upstream(s))",
+            path.display(),
+            if config.inbound.is_some() {
+                "on"
+            } else {
+                "off"
+            },
+            config.outbound.as_ref().map_or(0, |o| o.upstreams.len()),
+        );
     }
-    println!(
-        "{}: OK (inbound: {}, outbound: {} upstream(s))",
-        path.display(),
-        config
-            .inbound
-            .as_ref()
-            .map_or("off".to_owned(), |i| format!(
-                "{} allowed peer(s)",
-                i.allowed_peers.len()
-            )),
-        config.outbound.as_ref().map_or(0, |o| o.upstreams.len()),
-    );
+    if let Some(path) = policy {
+        let mut tds = Vec::new();
+        for td in &trust_domains {
+            match td.parse::<TrustDomain>() {
+                Ok(td) => tds.push(td),
+                Err(e) => {
+                    eprintln!("vakt: --trust-domain {td:?}: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        policy_checks.push((path, tds));
+    }
+    for (path, tds) in policy_checks {
+        match Policy::from_file(&path, &tds) {
+            Ok(policy) => println!("{}: OK ({} route(s))", path.display(), policy.routes.len()),
+            Err(e) => {
+                eprintln!("vakt: invalid policy:\n{e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     ExitCode::SUCCESS
+}
+
+fn explain(
+    policy: PathBuf,
+    method: String,
+    path: String,
+    host: Option<String>,
+    peer: Option<String>,
+) -> ExitCode {
+    let peer = match peer
+        .map(|p| p.parse::<SpiffeId>().map_err(|e| (p, e)))
+        .transpose()
+    {
+        Ok(peer) => peer,
+        Err((p, e)) => {
+            eprintln!("vakt explain: --peer {p:?}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let policy = match Policy::from_file(&policy, &[]) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("vakt: invalid policy:\n{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let request = RequestSpec {
+        method,
+        path,
+        host,
+        peer,
+    };
+    match vakt::policy::explain::explain(&policy, &request) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vakt explain: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn policy_test(file: PathBuf) -> ExitCode {
+    let mut report = String::new();
+    let result = vakt::policy::explain::run_tests(&file, &mut report);
+    print!("{report}");
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("vakt test: {e}");
+            ExitCode::from(2)
+        }
+    }
 }
 
 fn certs(command: CertsCommand) -> ExitCode {

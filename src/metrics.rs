@@ -18,6 +18,10 @@ pub const LIMITS_EXCEEDED: &str = "vakt_limits_exceeded_total";
 pub const CERT_EXPIRY: &str = "vakt_certificate_expiry_timestamp_seconds";
 pub const CERT_RELOADS: &str = "vakt_certificate_reloads_total";
 pub const BUILD_INFO: &str = "vakt_build_info";
+pub const POLICY_DECISIONS: &str = "vakt_policy_decisions_total";
+pub const POLICY_RELOADS: &str = "vakt_policy_reloads_total";
+pub const POLICY_ROUTES: &str = "vakt_policy_routes";
+pub const RATE_LIMITED: &str = "vakt_rate_limited_total";
 
 /// Traffic direction label values.
 pub const INBOUND: &str = "inbound";

@@ -6,6 +6,7 @@ use std::time::Instant;
 use crate::Direction;
 use crate::error::DenyReason;
 use crate::metrics as m;
+use crate::policy::stage::DecisionRecord;
 use crate::stack::{Next, Req, Resp, Stage};
 
 pub struct Observe {
@@ -29,6 +30,11 @@ impl Stage for Observe {
             .increment(1);
         metrics::histogram!(m::REQUEST_DURATION, "direction" => direction)
             .record(started.elapsed().as_secs_f64());
+        if let Some(record) = response.extensions().get::<DecisionRecord>() {
+            let route = record.route_id.as_deref().unwrap_or("none").to_owned();
+            metrics::counter!(m::POLICY_DECISIONS, "route" => route, "decision" => record.outcome.as_str(), "reason" => record.reason)
+                .increment(1);
+        }
         if let Some(reason) = response.extensions().get::<DenyReason>() {
             metrics::counter!(m::DENIALS, "direction" => direction, "reason" => reason.code())
                 .increment(1);

@@ -109,17 +109,20 @@ pub type BoxStack = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
 pub fn inbound(
     observe: crate::observe::Observe,
     hygiene: crate::hygiene::Hygiene,
-    authorize: crate::authz::AllowPeers,
+    policy: crate::policy::stage::PolicyStage,
     forward: crate::forward::ToApp,
 ) -> BoxStack {
     let stack = ServiceBuilder::new()
-        // Outermost: counts and times every request, whoever answered it.
+        // Outermost: counts and times every request and decision, whoever answered it.
         .layer(StageLayer::new(observe))
-        // Before any decision: refuse ambiguous framing, drop spoofable identity headers, set
-        // request id / traceparent / x-forwarded-client-cert from what we verified.
+        // Before any decision: refuse ambiguous framing and paths, canonicalise the path the
+        // policy will see (and the app will get), drop spoofable identity headers, set request
+        // id / traceparent / x-forwarded-client-cert from what we verified.
         .layer(StageLayer::new(hygiene))
-        // Deny by default: only listed peers reach the app.
-        .layer(StageLayer::new(authorize))
+        // Deny by default: the route table and its rules (dry-run routes pass, recorded).
+        .layer(StageLayer::new(policy))
+        // Only for requests the policy let through, so denied floods do not eat the budget.
+        .layer(StageLayer::new(crate::policy::stage::RateLimitStage))
         // Innermost: the pooled client to the app.
         .service(forward);
     BoxStack::new(stack)

@@ -32,38 +32,67 @@ fn run_check(config: &Path, extra: &[&str]) -> (i32, String, String) {
 }
 
 #[test]
-fn check_accepts_every_example_config() {
+fn every_example_config_policy_and_policy_test_passes() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
-    let mut checked = 0;
+    let (mut configs, mut policies, mut tests) = (0, 0, 0);
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
-        if path.extension().is_some_and(|e| e == "yaml") {
-            let (code, stdout, stderr) = run_check(&path, &[]);
-            assert_eq!(code, 0, "{}: {stderr}", path.display());
-            assert!(stdout.contains("OK"), "{stdout}");
-            checked += 1;
-        }
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let args: Vec<String> = if name.ends_with(".test.yaml") {
+            tests += 1;
+            vec!["test".into(), path.display().to_string()]
+        } else if name.starts_with("policy") && name.ends_with(".yaml") {
+            policies += 1;
+            vec![
+                "check".into(),
+                "--policy".into(),
+                path.display().to_string(),
+            ]
+        } else if name.ends_with(".yaml") {
+            configs += 1;
+            vec![
+                "check".into(),
+                "--config".into(),
+                path.display().to_string(),
+            ]
+        } else {
+            continue;
+        };
+        let out = vakt().args(&args).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{name}: {stdout}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            stdout.contains("OK") || stdout.contains(" 0 failed"),
+            "{stdout}"
+        );
     }
-    assert!(checked >= 3, "expected the example configs in config/");
+    assert!(
+        configs >= 3 && policies >= 1 && tests >= 1,
+        "expected the examples in config/"
+    );
 }
 
 #[test]
 fn check_rejects_broken_configs_with_the_key_and_the_problem() {
     let base = "identity:\n  trust_domain: cluster.local\n  cert: c.pem\n  key: k.pem\n  trust_bundle: b.pem\n";
-    let inbound = "inbound:\n  allowed_peers: [spiffe://cluster.local/ns/a/sa/b]\n";
+    let inbound = "inbound:\n  policy: policy.yaml\n";
     let cases: Vec<(String, &str)> = vec![
         (
             format!("{base}{inbound}listen: 1\n"),
             "unknown field `listen`",
         ),
         (
-            format!(
-                "{base}inbound:\n  allowed_peers: [spiffe://cluster.local/ns/a/sa/b]\n  alowed_peers: []\n"
-            ),
+            format!("{base}inbound:\n  policy: policy.yaml\n  alowed_peers: []\n"),
             "unknown field `alowed_peers`",
         ),
         (
-            format!("{base}inbound:\n  allowed_peers: [spiffe://Cluster.local/ns/a]\n"),
+            format!(
+                "{base}outbound:\n  upstreams:\n  - authority: a\n    address: a:1\n    spiffe_id: spiffe://Cluster.local/ns/a\n"
+            ),
             "is not a valid SPIFFE ID",
         ),
         (
@@ -151,8 +180,13 @@ fn certs_commands_make_an_identity_that_check_accepts() {
 
     let config = tmp.path().join("vakt.yaml");
     std::fs::write(
+        tmp.path().join("policy.yaml"),
+        vakt::devmesh::allow_peers_policy_yaml(&["spiffe://cluster.local/ns/shop/sa/web".into()]),
+    )
+    .unwrap();
+    std::fs::write(
         &config,
-        "identity:\n  trust_domain: cluster.local\n  cert: web/cert.pem\n  key: web/key.pem\n  trust_bundle: web/bundle.pem\ninbound:\n  allowed_peers: []\n",
+        "identity:\n  trust_domain: cluster.local\n  cert: web/cert.pem\n  key: web/key.pem\n  trust_bundle: web/bundle.pem\ninbound:\n  policy: policy.yaml\n",
     )
     .unwrap();
     let (code, _, stderr) = run_check(&config, &["--with-certs"]);
@@ -160,7 +194,7 @@ fn certs_commands_make_an_identity_that_check_accepts() {
     // The same config with the wrong trust domain is refused once the certificate is read.
     std::fs::write(
         &config,
-        "identity:\n  trust_domain: other.local\n  cert: web/cert.pem\n  key: web/key.pem\n  trust_bundle: web/bundle.pem\ninbound:\n  allowed_peers: []\n",
+        "identity:\n  trust_domain: other.local\n  cert: web/cert.pem\n  key: web/key.pem\n  trust_bundle: web/bundle.pem\ninbound:\n  policy: policy.yaml\n",
     )
     .unwrap();
     let (code, _, stderr) = run_check(&config, &["--with-certs"]);
@@ -300,12 +334,17 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
     let web_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
     let (inbound, admin) = (free_port(), free_port());
     let config_path = pki.path().join("vakt.yaml");
+    let policy = vakt::devmesh::write_policy(
+        &dir,
+        &vakt::devmesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
     let yaml = format!(
-        "{}inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n  allowed_peers: [{}]\n",
+        "{}inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n  policy: {}\n",
         vakt::devmesh::base_config_yaml(&dir, TD)
             .replace("127.0.0.1:0", &format!("127.0.0.1:{admin}")),
         app.addr,
-        pki.spiffe_id("shop", "web")
+        policy.display()
     );
     std::fs::write(&config_path, yaml).unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vakt"))

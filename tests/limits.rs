@@ -169,10 +169,15 @@ async fn app_down_gets_502_upstream_unavailable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
+    let policy = vakt::devmesh::write_policy(
+        &dir,
+        &vakt::devmesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
     let yaml = format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {closed_port}\n  allowed_peers: [{}]\n",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {closed_port}\n  policy: {}\n",
         base_config_yaml(&dir, TD),
-        pki.spiffe_id("shop", "web"),
+        policy.display(),
     );
     let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
     let admin = vakt.admin_addr;

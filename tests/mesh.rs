@@ -209,10 +209,15 @@ async fn websocket_echo_through_the_mesh() {
     let app = websocket_app().await;
     let orders = pki.spiffe_id("shop", "orders");
     let dir = pki.workload("orders", &orders).unwrap();
+    let policy = vakt::devmesh::write_policy(
+        &dir,
+        &vakt::devmesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
     let yaml = format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  allowed_peers: [{}]\n",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  policy: {}\n",
         vakt::devmesh::base_config_yaml(&dir, TD),
-        pki.spiffe_id("shop", "web")
+        policy.display()
     );
     let server = vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
         .await

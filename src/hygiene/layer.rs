@@ -11,6 +11,7 @@ use super::{
 use crate::Direction;
 use crate::error::DenyReason;
 use crate::identity::PeerIdentity;
+use crate::policy::path::{CanonicalPath, canonicalize};
 use crate::stack::{Next, Req, Resp, Stage};
 use crate::tls::CertStore;
 
@@ -19,9 +20,13 @@ use crate::tls::CertStore;
 #[derive(Debug, Clone, Copy)]
 pub struct FramingVerdict(pub Result<(), super::FramingError>);
 
-/// The request id in effect (kept from the client when valid, else new), in request extensions.
+/// Ids of one request, in its extensions: the request id in effect (kept from the client when
+/// valid, else new) and a fresh decision id (in denial bodies and, later, the audit event).
 #[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+pub struct RequestIds {
+    pub request_id: HeaderValue,
+    pub decision_id: String,
+}
 
 /// Request id and trace context, framing checks, identity-header stripping and (inbound)
 /// `x-forwarded-client-cert` from the verified peer.
@@ -56,6 +61,12 @@ impl Hygiene {
             return Err(DenyReason::BadFraming(*e));
         }
         check_request_framing(req.version(), req.headers()).map_err(DenyReason::BadFraming)?;
+        if self.direction == Direction::Inbound {
+            // One canonical path: the policy decides on it and the app receives exactly it.
+            let canonical = canonicalize(req.uri().path()).map_err(DenyReason::InvalidPath)?;
+            set_path(req, &canonical)?;
+            req.extensions_mut().insert(canonical);
+        }
         ensure_traceparent(req.headers_mut());
         strip_identity_headers(req.headers_mut(), &self.strip_extra);
         if self.direction == Direction::Inbound {
@@ -75,13 +86,37 @@ impl Hygiene {
     }
 }
 
+/// Replace the request's path with the canonical one, keeping the query exactly as sent.
+fn set_path(req: &mut Req, canonical: &CanonicalPath) -> Result<(), DenyReason> {
+    if req.uri().path() == canonical.as_str() {
+        return Ok(());
+    }
+    let mut parts = req.uri().clone().into_parts();
+    let path_and_query = match req.uri().query() {
+        Some(query) => format!("{canonical}?{query}"),
+        None => canonical.to_string(),
+    };
+    parts.path_and_query = Some(
+        path_and_query
+            .parse()
+            .map_err(|_| DenyReason::InvalidPath(crate::policy::path::PathError::NotAbsolute))?,
+    );
+    *req.uri_mut() = http::Uri::from_parts(parts)
+        .map_err(|_| DenyReason::InvalidPath(crate::policy::path::PathError::NotAbsolute))?;
+    Ok(())
+}
+
 impl Stage for Hygiene {
     async fn handle(&self, mut req: Req, next: Next) -> Resp {
         let request_id = ensure_request_id(req.headers_mut());
-        req.extensions_mut().insert(RequestId(request_id.clone()));
+        let ids = RequestIds {
+            request_id: request_id.clone(),
+            decision_id: uuid::Uuid::new_v4().to_string(),
+        };
+        req.extensions_mut().insert(ids.clone());
         let mut response = match self.prepare(&mut req) {
             Ok(()) => next.run(req).await,
-            Err(reason) => reason.into_response(Some(&request_id)),
+            Err(reason) => reason.into_response(Some(&ids)),
         };
         response
             .headers_mut()

@@ -22,7 +22,7 @@
 
 mod layer;
 
-pub use layer::{FramingVerdict, Hygiene, RequestId};
+pub use layer::{FramingVerdict, Hygiene, RequestIds};
 
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,

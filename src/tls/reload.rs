@@ -9,12 +9,9 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify::{RecursiveMode, Watcher};
 use rustls::{ClientConfig, ServerConfig};
-use tokio::sync::mpsc;
 
 use super::{OutboundAlpn, TlsError, TlsMaterial, client_config, server_config};
 use crate::config::{IdentityConfig, TlsVersion};
@@ -131,24 +128,14 @@ impl CertStore {
     }
 
     fn watched_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = [
+        [
             &self.identity.cert,
             &self.identity.key,
             &self.identity.trust_bundle,
         ]
         .iter()
-        .filter_map(|p| p.parent().map(|d| d.to_path_buf()))
-        .map(|d| {
-            if d.as_os_str().is_empty() {
-                ".".into()
-            } else {
-                d
-            }
-        })
-        .collect();
-        dirs.sort();
-        dirs.dedup();
-        dirs
+        .map(|p| crate::watch::parent_dir(p))
+        .collect()
     }
 }
 
@@ -170,48 +157,11 @@ fn record_expiry(material: &TlsMaterial) {
 /// `reload_interval`. Ends when `shutdown` fires.
 pub fn spawn_reloader(
     store: Arc<CertStore>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    let (tx, mut rx) = mpsc::channel::<()>(1);
-    let watcher = {
-        let tx = tx.clone();
-        notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-            if event.is_ok() {
-                let _ = tx.try_send(());
-            }
-        })
-    };
-    let watcher = match watcher {
-        Ok(mut w) => {
-            for dir in store.watched_dirs() {
-                if let Err(error) = w.watch(&dir, RecursiveMode::NonRecursive) {
-                    tracing::warn!(dir = %dir.display(), %error, "cannot watch certificate directory; relying on periodic reload");
-                }
-            }
-            Some(w)
-        }
-        Err(error) => {
-            tracing::warn!(%error, "file watching unavailable; relying on periodic reload");
-            None
-        }
-    };
+    let dirs = store.watched_dirs();
     let interval = store.identity.reload_interval;
-    tokio::spawn(async move {
-        let _watcher = watcher; // dropped (and stopped) when the task ends
-        let mut ticker = tokio::time::interval(interval);
-        ticker.tick().await;
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {}
-                Some(()) = rx.recv() => {
-                    // Let a burst of events (several files, symlink swap) settle first.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    while rx.try_recv().is_ok() {}
-                }
-                _ = shutdown.changed() => return,
-            }
-            let store = store.clone();
-            let _ = tokio::task::spawn_blocking(move || store.reload()).await;
-        }
+    crate::watch::spawn_watcher("certificates", dirs, interval, shutdown, move || {
+        store.reload();
     })
 }

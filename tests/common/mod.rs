@@ -20,7 +20,7 @@ use tokio_rustls::client::TlsStream;
 use vakt::app::App;
 use vakt::certs::{BUNDLE_FILE, CERT_FILE, KEY_FILE};
 use vakt::config::Config;
-use vakt::devmesh::{DevPki, EchoApp, base_config_yaml};
+use vakt::devmesh::{DevPki, EchoApp, allow_peers_policy_yaml, base_config_yaml, write_policy};
 
 pub const TD: &str = "test.vakt.local";
 
@@ -59,11 +59,12 @@ pub async fn server(allowed: &[&str], extra: &str) -> Server {
     let id = pki.spiffe_id("shop", "orders");
     let dir = pki.workload("orders", &id).unwrap();
     let peers: Vec<String> = allowed.iter().map(|sa| pki.spiffe_id("shop", sa)).collect();
+    let policy = write_policy(&dir, &allow_peers_policy_yaml(&peers)).unwrap();
     let yaml = format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  allowed_peers: [{}]\n{extra}",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n{extra}",
         base_config_yaml(&dir, TD),
         app.addr,
-        peers.join(", ")
+        policy.display()
     );
     let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
     Server {

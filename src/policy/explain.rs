@@ -1,0 +1,276 @@
+//! For the people who write policy: `vakt explain` (why one request is allowed or denied) and
+//! `vakt test` (a file of cases kept next to the policy, checked in the service's CI). Both run
+//! the same canonicalisation and [`evaluate`] as the sidecar.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use http::Method;
+use serde::Deserialize;
+
+use super::path::{CanonicalPath, PathError, canonicalize};
+use super::{Decision, Policy, RequestCtx, evaluate};
+use crate::identity::{SpiffeId, TrustDomain};
+
+/// One request as the policy author describes it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequestSpec {
+    pub method: String,
+    /// The path as sent (may be non-canonical: it is canonicalised like in the sidecar).
+    pub path: String,
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub peer: Option<SpiffeId>,
+}
+
+/// What the sidecar would do with a request.
+pub enum Verdict {
+    /// Refused before the policy: the path is ambiguous.
+    InvalidPath(PathError),
+    Decided {
+        canonical: CanonicalPath,
+        decision: Decision,
+    },
+}
+
+impl Verdict {
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::InvalidPath(_) => "deny",
+            Self::Decided { decision, .. } => match (decision.allowed, decision.would_deny) {
+                (true, None) => "allow",
+                (true, Some(_)) => "would_deny",
+                (false, _) => "deny",
+            },
+        }
+    }
+
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::InvalidPath(_) => "invalid_path",
+            Self::Decided { decision, .. } => decision.reason.code(),
+        }
+    }
+
+    pub fn route<'p>(&self, policy: &'p Policy) -> Option<&'p str> {
+        match self {
+            Self::Decided { decision, .. } => decision.route.map(|r| &*policy.routes[r].id),
+            Self::InvalidPath(_) => None,
+        }
+    }
+}
+
+pub fn decide(policy: &Policy, request: &RequestSpec) -> Result<Verdict, String> {
+    let method: Method = request
+        .method
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| format!("\"{}\" is not an HTTP method", request.method))?;
+    let raw_path = request.path.split('?').next().unwrap_or_default();
+    let canonical = match canonicalize(raw_path) {
+        Ok(c) => c,
+        Err(e) => return Ok(Verdict::InvalidPath(e)),
+    };
+    let host = request.host.as_deref().map(str::to_ascii_lowercase);
+    let decision = evaluate(
+        policy,
+        &RequestCtx {
+            method: &method,
+            host: host.as_deref(),
+            path: &canonical,
+            peer: request.peer.as_ref(),
+        },
+    );
+    Ok(Verdict::Decided {
+        canonical,
+        decision,
+    })
+}
+
+/// A readable account of one decision: canonical path, matched route, every rule and
+/// condition, and the outcome.
+pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String> {
+    let verdict = decide(policy, request)?;
+    let mut out = String::new();
+    let peer = request
+        .peer
+        .as_ref()
+        .map_or("(none)".to_owned(), ToString::to_string);
+    let _ = writeln!(
+        out,
+        "request:   {} {}  host: {}  peer: {peer}",
+        request.method.to_ascii_uppercase(),
+        request.path,
+        request.host.as_deref().unwrap_or("(any)")
+    );
+    match &verdict {
+        Verdict::InvalidPath(e) => {
+            let _ = writeln!(out, "path:      refused before matching: {e}");
+        }
+        Verdict::Decided {
+            canonical,
+            decision,
+        } => {
+            let _ = writeln!(out, "canonical: {canonical}");
+            match decision.route {
+                None => {
+                    let _ = writeln!(
+                        out,
+                        "route:     none matches (reason {})",
+                        decision.reason.code()
+                    );
+                }
+                Some(r) => {
+                    let route = &policy.routes[r];
+                    let methods: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
+                    let _ = writeln!(
+                        out,
+                        "route:     {} ({} {}{}, mode {})",
+                        route.id,
+                        methods.join(","),
+                        route.pattern,
+                        route
+                            .host
+                            .as_deref()
+                            .map_or(String::new(), |h| format!(" host {h}")),
+                        route.mode.as_str()
+                    );
+                    let names = route.pattern.segments.iter().filter_map(|s| match s {
+                        super::router::PatternSegment::Param(n) => Some(n.as_str()),
+                        _ => None,
+                    });
+                    for (name, (_, range)) in names.zip(&decision.captures.params) {
+                        let _ = writeln!(
+                            out,
+                            "  param:   {name} = {}",
+                            &canonical.as_str()[range.clone()]
+                        );
+                    }
+                    if route.public {
+                        let _ = writeln!(out, "  public:  every verified peer is allowed");
+                    }
+                    let peer = request.peer.as_ref();
+                    for (i, rule) in route.rules.iter().enumerate() {
+                        let held = peer.is_some()
+                            && rule.peers_hold(&RequestCtx {
+                                method: &Method::GET,
+                                host: None,
+                                path: canonical,
+                                peer,
+                            });
+                        let _ = writeln!(
+                            out,
+                            "  rule {i}:  {}",
+                            if held { "HOLDS" } else { "does not hold" }
+                        );
+                        if let Some(patterns) = &rule.peers {
+                            let list: Vec<String> =
+                                patterns.iter().map(ToString::to_string).collect();
+                            let _ = writeln!(
+                                out,
+                                "    peers [{}]: {}",
+                                list.join(", "),
+                                if held { "passed" } else { "failed" }
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "decision:  {} ({})",
+        verdict.outcome().to_ascii_uppercase(),
+        verdict.reason()
+    );
+    Ok(out)
+}
+
+/// A policy test file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFile {
+    /// The policy under test, relative to the test file.
+    pub policy: PathBuf,
+    /// Trust domains for the policy's lint (default: none checked).
+    #[serde(default)]
+    pub trust_domains: Vec<TrustDomain>,
+    pub cases: Vec<TestCase>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestCase {
+    pub name: String,
+    pub request: RequestSpec,
+    pub expect: Expectation,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Expectation {
+    /// allow, deny or would_deny.
+    pub decision: String,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub route: Option<String>,
+}
+
+/// Run a test file; the report goes to `out`. `Ok(true)` when every case passed.
+pub fn run_tests(file: &Path, out: &mut String) -> Result<bool, String> {
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    let tests: TestFile =
+        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+    let policy_path = crate::watch::parent_dir(file).join(&tests.policy);
+    let policy =
+        Policy::from_file(&policy_path, &tests.trust_domains).map_err(|e| e.to_string())?;
+    let mut failed = 0;
+    for case in &tests.cases {
+        if !["allow", "deny", "would_deny"].contains(&case.expect.decision.as_str()) {
+            return Err(format!(
+                "case \"{}\": expect.decision \"{}\" must be allow, deny or would_deny",
+                case.name, case.expect.decision
+            ));
+        }
+        let verdict =
+            decide(&policy, &case.request).map_err(|e| format!("case \"{}\": {e}", case.name))?;
+        let mut mismatches = Vec::new();
+        if verdict.outcome() != case.expect.decision {
+            mismatches.push(format!(
+                "decision {} (expected {})",
+                verdict.outcome(),
+                case.expect.decision
+            ));
+        }
+        if let Some(reason) = &case.expect.reason
+            && verdict.reason() != reason
+        {
+            mismatches.push(format!("reason {} (expected {reason})", verdict.reason()));
+        }
+        if let Some(route) = &case.expect.route
+            && verdict.route(&policy) != Some(route.as_str())
+        {
+            mismatches.push(format!(
+                "route {} (expected {route})",
+                verdict.route(&policy).unwrap_or("none")
+            ));
+        }
+        if mismatches.is_empty() {
+            let _ = writeln!(out, "ok    {}", case.name);
+        } else {
+            failed += 1;
+            let _ = writeln!(out, "FAIL  {}: {}", case.name, mismatches.join("; "));
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n{} passed, {failed} failed",
+        tests.cases.len() - failed
+    );
+    Ok(failed == 0)
+}

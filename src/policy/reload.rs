@@ -1,0 +1,114 @@
+//! The running policy, swapped atomically when the file changes or on SIGHUP. A new policy is
+//! parsed and checked completely first; an invalid one is rejected, logged and counted, and the
+//! running policy keeps answering. Readiness is not affected by a rejected reload.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+
+use super::{Policy, PolicyError, read_policy_file};
+use crate::identity::TrustDomain;
+use crate::metrics as m;
+
+pub struct PolicyStore {
+    current: ArcSwap<Policy>,
+    path: PathBuf,
+    trust_domains: Vec<TrustDomain>,
+    /// The file content the current policy came from (reloads of identical bytes are skipped).
+    loaded_text: Mutex<String>,
+}
+
+#[derive(Debug)]
+pub enum PolicyReload {
+    Unchanged,
+    Reloaded,
+    Rejected(PolicyError),
+}
+
+impl PolicyStore {
+    pub fn load(path: &Path, trust_domains: Vec<TrustDomain>) -> Result<Self, PolicyError> {
+        let text = read_policy_file(path)?;
+        let policy = Policy::from_yaml(&text, &trust_domains).map_err(|e| e.in_file(path))?;
+        record_loaded(&policy);
+        Ok(Self {
+            current: ArcSwap::from_pointee(policy),
+            path: path.to_owned(),
+            trust_domains,
+            loaded_text: Mutex::new(text),
+        })
+    }
+
+    pub fn current(&self) -> Arc<Policy> {
+        self.current.load_full()
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn reload(&self) -> PolicyReload {
+        let outcome = self.try_reload();
+        match &outcome {
+            PolicyReload::Unchanged => {}
+            PolicyReload::Reloaded => {
+                metrics::counter!(m::POLICY_RELOADS, "result" => "success").increment(1);
+                tracing::info!(path = %self.path.display(), routes = self.current().routes.len(), "policy reloaded");
+            }
+            PolicyReload::Rejected(error) => {
+                metrics::counter!(m::POLICY_RELOADS, "result" => "failure").increment(1);
+                tracing::error!(path = %self.path.display(), %error, "new policy rejected; the running policy stays");
+            }
+        }
+        outcome
+    }
+
+    fn try_reload(&self) -> PolicyReload {
+        let text = match read_policy_file(&self.path) {
+            Ok(t) => t,
+            Err(e) => return PolicyReload::Rejected(e),
+        };
+        let mut loaded = self.loaded_text.lock().unwrap_or_else(|p| p.into_inner());
+        if *loaded == text {
+            return PolicyReload::Unchanged;
+        }
+        match Policy::from_yaml(&text, &self.trust_domains) {
+            Ok(policy) => {
+                record_loaded(&policy);
+                self.current.store(Arc::new(policy));
+                *loaded = text;
+                PolicyReload::Reloaded
+            }
+            Err(e) => PolicyReload::Rejected(e.in_file(&self.path)),
+        }
+    }
+
+    /// Watch the policy file's directory and reload on change, on every `interval`, until
+    /// shutdown; prune idle rate-limit keys every minute.
+    pub fn spawn_reloader(
+        self: &Arc<Self>,
+        interval: Duration,
+        shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let store = self.clone();
+        let watcher = crate::watch::spawn_watcher(
+            "policy",
+            vec![crate::watch::parent_dir(&self.path)],
+            interval,
+            shutdown.clone(),
+            move || {
+                store.reload();
+            },
+        );
+        let store = self.clone();
+        let pruner = crate::ratelimit::spawn_pruner(Duration::from_secs(60), shutdown, move || {
+            store.current().limits.prune();
+        });
+        vec![watcher, pruner]
+    }
+}
+
+fn record_loaded(policy: &Policy) {
+    metrics::gauge!(m::POLICY_ROUTES).set(policy.routes.len() as f64);
+}

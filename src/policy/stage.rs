@@ -1,0 +1,180 @@
+//! The policy and rate-limit stages of the inbound stack.
+
+use std::sync::Arc;
+
+use http::header::HOST;
+
+use super::path::CanonicalPath;
+use super::reload::PolicyStore;
+use super::{Decision, Mode, Policy, Reason, RequestCtx, evaluate};
+use crate::error::DenyReason;
+use crate::hygiene::RequestIds;
+use crate::identity::PeerIdentity;
+use crate::metrics as m;
+use crate::ratelimit::retry_after_secs;
+use crate::stack::{Next, Req, Resp, Stage};
+
+/// What was decided about a request, for the outer layers (metrics, audit). Travels in the
+/// response extensions.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    pub route_id: Option<Arc<str>>,
+    pub rule: Option<usize>,
+    pub mode: Mode,
+    pub outcome: Outcome,
+    /// The reason code of the outcome (`rule_matched`, `no_route`, `rate_limited`, ...).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Dry-run: let through, but would have been denied.
+    WouldDeny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::WouldDeny => "would_deny",
+        }
+    }
+}
+
+impl DecisionRecord {
+    fn from_decision(policy: &Policy, decision: &Decision) -> Self {
+        let outcome = match (decision.allowed, decision.would_deny) {
+            (true, None) => Outcome::Allow,
+            (true, Some(_)) => Outcome::WouldDeny,
+            (false, _) => Outcome::Deny,
+        };
+        Self {
+            route_id: decision.route.map(|r| policy.routes[r].id.clone()),
+            rule: decision.rule,
+            mode: decision.mode,
+            outcome,
+            reason: decision.reason.code(),
+        }
+    }
+}
+
+/// The route the policy matched, for the rate-limit stage (same policy generation).
+#[derive(Clone)]
+pub struct MatchedRoute {
+    pub policy: Arc<Policy>,
+    pub route: usize,
+}
+
+/// Lowercase host without port, from `Host` or the URI authority.
+fn request_host(req: &Req) -> Option<String> {
+    let raw = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
+    let authority: http::uri::Authority = raw.parse().ok()?;
+    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
+}
+
+/// Deny by default: evaluate the request against the current policy.
+pub struct PolicyStage {
+    store: Arc<PolicyStore>,
+}
+
+impl PolicyStage {
+    pub fn new(store: Arc<PolicyStore>) -> Self {
+        Self { store }
+    }
+}
+
+impl Stage for PolicyStage {
+    async fn handle(&self, mut req: Req, next: Next) -> Resp {
+        let policy = self.store.current();
+        let ids = req.extensions().get::<RequestIds>().cloned();
+        let Some(path) = req.extensions().get::<CanonicalPath>().cloned() else {
+            // Hygiene always sets it inbound; without it nothing can be decided: fail closed.
+            return DenyReason::Policy(Reason::NoRoute).into_response(ids.as_ref());
+        };
+        let host = request_host(&req);
+        let decision = {
+            let peer = req.extensions().get::<PeerIdentity>().map(|p| &p.spiffe_id);
+            let ctx = RequestCtx {
+                method: req.method(),
+                host: host.as_deref(),
+                path: &path,
+                peer,
+            };
+            evaluate(&policy, &ctx)
+        };
+        let record = DecisionRecord::from_decision(&policy, &decision);
+        if record.outcome == Outcome::WouldDeny {
+            tracing::info!(route = ?record.route_id, reason = record.reason, "dry-run: request would have been denied");
+        }
+        if !decision.allowed {
+            let mut response = DenyReason::Policy(decision.reason).into_response(ids.as_ref());
+            response.extensions_mut().insert(record);
+            return response;
+        }
+        if let Some(route) = decision.route {
+            req.extensions_mut().insert(MatchedRoute {
+                policy: policy.clone(),
+                route,
+            });
+        }
+        let mut response = next.run(req).await;
+        response.extensions_mut().get_or_insert_with(|| record);
+        response
+    }
+}
+
+/// Per-route, per-peer rate limits of the matched route (429 with `Retry-After` when over).
+pub struct RateLimitStage;
+
+impl Stage for RateLimitStage {
+    async fn handle(&self, req: Req, next: Next) -> Resp {
+        let Some(matched) = req.extensions().get::<MatchedRoute>().cloned() else {
+            return next.run(req).await;
+        };
+        let route = &matched.policy.routes[matched.route];
+        if route.rate_limit.is_none() {
+            return next.run(req).await;
+        }
+        let Some(peer) = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .map(|p| p.spiffe_id.clone())
+        else {
+            return next.run(req).await;
+        };
+        let Err(wait) = matched.policy.limits.check(matched.route, &peer) else {
+            return next.run(req).await;
+        };
+        metrics::counter!(m::RATE_LIMITED, "route" => route.id.to_string()).increment(1);
+        let record = DecisionRecord {
+            route_id: Some(route.id.clone()),
+            rule: None,
+            mode: route.mode,
+            outcome: if route.mode == Mode::DryRun {
+                Outcome::WouldDeny
+            } else {
+                Outcome::Deny
+            },
+            reason: "rate_limited",
+        };
+        if route.mode == Mode::DryRun {
+            let mut response = next.run(req).await;
+            response.extensions_mut().insert(record);
+            return response;
+        }
+        let ids = req.extensions().get::<RequestIds>().cloned();
+        let mut response = DenyReason::RateLimited {
+            retry_after_secs: retry_after_secs(wait),
+        }
+        .into_response(ids.as_ref());
+        response.extensions_mut().insert(record);
+        response
+    }
+}

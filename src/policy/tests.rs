@@ -1,0 +1,518 @@
+//! Table tests for the policy: one row per case, no I/O.
+
+use super::path::canonicalize;
+use super::*;
+
+const TD: &str = "cluster.local";
+
+const POLICY: &str = r#"
+default_mode: enforce
+routes:
+  - id: health
+    methods: [GET]
+    path: /healthz
+    public: true
+  - id: journal-read
+    methods: [GET, HEAD]
+    path: /patients/{pid}/journal
+    allow:
+      - peers: [spiffe://cluster.local/ns/frontend/sa/web]
+      - peers: [spiffe://cluster.local/ns/records/sa/*, spiffe://cluster.local/ns/*/sa/auditor]
+  - id: journal-me
+    methods: [GET]
+    path: /patients/me/journal
+    allow:
+      - peers: [spiffe://cluster.local/ns/portal/sa/citizen]
+  - id: journal-write
+    methods: [POST]
+    path: /patients/{pid}/journal
+    mode: dry-run
+    allow:
+      - peers: [spiffe://cluster.local/ns/records/sa/writer]
+  - id: static
+    methods: [GET]
+    path: /static/**
+    host: web.svc
+    allow:
+      - peers: [spiffe://cluster.local/ns/frontend/sa/web]
+"#;
+
+fn policy(yaml: &str) -> Policy {
+    Policy::from_yaml(yaml, &[TD.parse().unwrap()]).unwrap()
+}
+
+struct Row {
+    method: &'static str,
+    host: Option<&'static str>,
+    path: &'static str,
+    peer: Option<&'static str>,
+    allowed: bool,
+    reason: Reason,
+    route: Option<&'static str>,
+    rule: Option<usize>,
+    would_deny: bool,
+}
+
+fn check(policy: &Policy, rows: &[Row]) {
+    for row in rows {
+        let method: Method = row.method.parse().unwrap();
+        let path = canonicalize(row.path).unwrap();
+        let peer: Option<SpiffeId> = row.peer.map(|p| p.parse().unwrap());
+        let d = evaluate(
+            policy,
+            &RequestCtx {
+                method: &method,
+                host: row.host,
+                path: &path,
+                peer: peer.as_ref(),
+            },
+        );
+        let label = format!(
+            "{} {} host {:?} peer {:?}",
+            row.method, row.path, row.host, row.peer
+        );
+        assert_eq!(d.allowed, row.allowed, "allowed: {label}");
+        assert_eq!(d.reason, row.reason, "reason: {label}");
+        assert_eq!(
+            d.route.map(|r| &*policy.routes[r].id),
+            row.route,
+            "route: {label}"
+        );
+        assert_eq!(d.rule, row.rule, "rule: {label}");
+        assert_eq!(
+            d.would_deny.is_some(),
+            row.would_deny,
+            "would_deny: {label}"
+        );
+    }
+}
+
+const WEB: Option<&str> = Some("spiffe://cluster.local/ns/frontend/sa/web");
+
+#[test]
+fn evaluate_table() {
+    let p = policy(POLICY);
+    let row = |method, host, path, peer, allowed, reason, route, rule, would_deny| Row {
+        method,
+        host,
+        path,
+        peer,
+        allowed,
+        reason,
+        route,
+        rule,
+        would_deny,
+    };
+    use Reason::*;
+    check(
+        &p,
+        &[
+            row(
+                "GET",
+                None,
+                "/healthz",
+                WEB,
+                true,
+                Public,
+                Some("health"),
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/healthz",
+                None,
+                true,
+                Public,
+                Some("health"),
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/journal",
+                WEB,
+                true,
+                RuleMatched,
+                Some("journal-read"),
+                Some(0),
+                false,
+            ),
+            row(
+                "HEAD",
+                None,
+                "/patients/1/journal",
+                WEB,
+                true,
+                RuleMatched,
+                Some("journal-read"),
+                Some(0),
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/journal",
+                Some("spiffe://cluster.local/ns/records/sa/archiver"),
+                true,
+                RuleMatched,
+                Some("journal-read"),
+                Some(1),
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/journal",
+                Some("spiffe://cluster.local/ns/billing/sa/auditor"),
+                true,
+                RuleMatched,
+                Some("journal-read"),
+                Some(1),
+                false,
+            ),
+            // '*' is exactly one segment.
+            row(
+                "GET",
+                None,
+                "/patients/1/journal",
+                Some("spiffe://cluster.local/ns/records/sa/a/b"),
+                false,
+                PeerNotAllowed,
+                Some("journal-read"),
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/journal",
+                Some("spiffe://cluster.local/ns/billing/sa/api"),
+                false,
+                PeerNotAllowed,
+                Some("journal-read"),
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/journal",
+                Some("spiffe://other.td/ns/frontend/sa/web"),
+                false,
+                PeerNotAllowed,
+                Some("journal-read"),
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/journal",
+                None,
+                false,
+                NoPeerIdentity,
+                Some("journal-read"),
+                None,
+                false,
+            ),
+            // The literal route is more specific than {pid}, whatever the order.
+            row(
+                "GET",
+                None,
+                "/patients/me/journal",
+                WEB,
+                false,
+                PeerNotAllowed,
+                Some("journal-me"),
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/me/journal",
+                Some("spiffe://cluster.local/ns/portal/sa/citizen"),
+                true,
+                RuleMatched,
+                Some("journal-me"),
+                Some(0),
+                false,
+            ),
+            // Dry-run: passes, but the would-deny is recorded.
+            row(
+                "POST",
+                None,
+                "/patients/1/journal",
+                WEB,
+                true,
+                PeerNotAllowed,
+                Some("journal-write"),
+                None,
+                true,
+            ),
+            row(
+                "POST",
+                None,
+                "/patients/1/journal",
+                Some("spiffe://cluster.local/ns/records/sa/writer"),
+                true,
+                RuleMatched,
+                Some("journal-write"),
+                Some(0),
+                false,
+            ),
+            row(
+                "DELETE",
+                None,
+                "/patients/1/journal",
+                WEB,
+                false,
+                MethodNotAllowed,
+                None,
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/notes",
+                WEB,
+                false,
+                NoRoute,
+                None,
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/patients/1/journal/",
+                WEB,
+                false,
+                NoRoute,
+                None,
+                None,
+                false,
+            ),
+            row("GET", None, "/", WEB, false, NoRoute, None, None, false),
+            row(
+                "GET",
+                Some("web.svc"),
+                "/static/app.js",
+                WEB,
+                true,
+                RuleMatched,
+                Some("static"),
+                Some(0),
+                false,
+            ),
+            row(
+                "GET",
+                Some("other.svc"),
+                "/static/app.js",
+                WEB,
+                false,
+                NoRoute,
+                None,
+                None,
+                false,
+            ),
+            row(
+                "GET",
+                None,
+                "/static/app.js",
+                WEB,
+                false,
+                NoRoute,
+                None,
+                None,
+                false,
+            ),
+            // Canonicalisation happened before: the dot segment cannot reach another route.
+            row(
+                "GET",
+                Some("web.svc"),
+                "/static/../patients/1/journal",
+                WEB,
+                true,
+                RuleMatched,
+                Some("journal-read"),
+                Some(0),
+                false,
+            ),
+        ],
+    );
+}
+
+#[test]
+fn dry_run_default_applies_to_requests_without_a_route() {
+    let p = policy(&POLICY.replace("default_mode: enforce", "default_mode: dry-run"));
+    use Reason::*;
+    check(
+        &p,
+        &[Row {
+            method: "GET",
+            host: None,
+            path: "/nowhere",
+            peer: WEB,
+            allowed: true,
+            reason: NoRoute,
+            route: None,
+            rule: None,
+            would_deny: true,
+        }],
+    );
+    // Routes with their own mode keep it.
+    assert_eq!(p.routes[1].mode, Mode::DryRun);
+    let enforced = policy(
+        &POLICY
+            .replace("default_mode: enforce", "default_mode: dry-run")
+            .replace(
+                "    path: /healthz\n",
+                "    path: /healthz\n    mode: enforce\n",
+            ),
+    );
+    assert_eq!(enforced.routes[0].mode, Mode::Enforce);
+}
+
+fn problems(yaml: &str) -> String {
+    match Policy::from_yaml(yaml, &[TD.parse().unwrap()]) {
+        Ok(_) => panic!("expected the policy to be refused:\n{yaml}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn lint_refuses_unsafe_or_meaningless_policies() {
+    let route =
+        |extra: &str| format!("routes:\n  - id: r\n    methods: [GET]\n    path: /a\n{extra}");
+    let peers = "    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/b]\n";
+    let cases: Vec<(String, &str)> = vec![
+        (route("    allow:\n      - {}\n"), "a rule with no conditions allows everybody; say public: true"),
+        (route(""), "no rules, so nobody is allowed"),
+        (route("    public: true\n    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/b]\n"), "public: true allows every peer; remove the allow rules"),
+        (route("    allow:\n      - peers: []\n"), "empty list; this rule can never match"),
+        (route("    allow:\n      - peers: [spiffe://elsewhere.td/ns/a/sa/b]\n"), "outside the accepted trust domains"),
+        (route("    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/b, spiffe://cluster.local/ns/a/sa/b]\n"), "listed twice"),
+        (route("    allow:\n      - peers: [spiffe://cluster.local/ns/a*/sa/b]\n"), "SPIFFE ID path may hold only letters"),
+        (route("    allow:\n      - peers: [http://x]\n"), "is not a SPIFFE ID or pattern"),
+        (format!("{}  - id: r\n    methods: [GET]\n    path: /b\n{peers}", route(peers)), "duplicate route id"),
+        (format!("{}  - id: r2\n    methods: [GET, POST]\n    path: /a\n{peers}", route(peers)), "GET /a duplicates route r"),
+        (
+            "routes:\n  - id: a\n    methods: [GET]\n    path: /p/{x}\n    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/b]\n  - id: b\n    methods: [GET]\n    path: /p/{y}\n    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/b]\n".into(),
+            "duplicates route a (same host, method and path shape /p/{})",
+        ),
+        (route(peers).replace("path: /a", "path: /a/**/b"), "'**' may only be the last segment"),
+        (route(peers).replace("path: /a", "path: a"), "must start with '/'"),
+        (route(peers).replace("path: /a", "path: /a/%2e%2e"), "mixes literal text"),
+        (route(peers).replace("methods: [GET]", "methods: []"), "methods: empty"),
+        (route(peers).replace("methods: [GET]", "methods: [CONNECT]"), "is not a method a route can allow"),
+        (route(peers).replace("id: r", "id: \"r r\""), "must be letters, digits"),
+        (format!("{}    colour: red\n", route(peers)), "unknown field `colour`"),
+        (format!("verison: 1\n{}", route(peers)), "unknown field `verison`"),
+        ("version: 2\nroutes: []\n".into(), "version: 2 is not supported"),
+        ("routes: []\n".into(), "routes: empty"),
+        (route(peers).replace("path: /a", "path: /a\n    host: \"*.svc\""), "is not a host name"),
+        (format!("{}    rate_limit: {{ per_second: 0 }}\n", route(peers)), "rate_limit"),
+    ];
+    for (yaml, expected) in cases {
+        let msg = problems(&yaml);
+        assert!(
+            msg.contains(expected),
+            "expected {expected:?} in:\n{msg}\nfor:\n{yaml}"
+        );
+    }
+}
+
+#[test]
+fn every_problem_is_reported_at_once_with_its_route() {
+    let yaml = "routes:\n  - id: a\n    methods: [GET]\n    path: /a\n  - id: b\n    methods: [GET]\n    path: /b\n    allow:\n      - {}\n";
+    let msg = problems(yaml);
+    assert!(msg.contains("routes[0] (a).allow: no rules"), "{msg}");
+    assert!(
+        msg.contains("routes[1] (b).allow[0]: a rule with no conditions"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn peer_patterns() {
+    let cases = [
+        ("spiffe://td/ns/a/sa/b", "spiffe://td/ns/a/sa/b", true),
+        ("spiffe://td/ns/a/sa/*", "spiffe://td/ns/a/sa/b", true),
+        ("spiffe://td/ns/*/sa/b", "spiffe://td/ns/x/sa/b", true),
+        ("spiffe://td/ns/a/sa/*", "spiffe://td/ns/a/sa/b/c", false),
+        ("spiffe://td/ns/a/sa/*", "spiffe://td/ns/a/sa", false),
+        ("spiffe://td/ns/a/sa/*", "spiffe://other/ns/a/sa/b", false),
+        ("spiffe://td/ns/a/sa/b", "spiffe://td/ns/a/sa/bb", false),
+        ("spiffe://td/*", "spiffe://td/x", true),
+    ];
+    for (pattern, id, expected) in cases {
+        let p: PeerPattern = pattern.parse().unwrap();
+        assert_eq!(
+            p.matches(&id.parse().unwrap()),
+            expected,
+            "{pattern} vs {id}"
+        );
+    }
+}
+
+/// Property: the decision on the path the app receives (the canonical path, canonicalised once
+/// more as the next hop would) is the decision vakt made on the raw path. Random paths from an
+/// alphabet heavy in confusion characters; deterministic seed.
+#[test]
+fn decision_on_the_forwarded_path_equals_decision_on_the_raw_path() {
+    let p = policy(POLICY);
+    let alphabet: &[&str] = &[
+        "/", "/", "/", ".", "..", "%2e", "%2E", "%2f", "%5c", "%25", ";", "\\", "patients", "1",
+        "me", "journal", "static", "healthz", "%41", "%7e", "~", "%00", "a", "//", "?",
+    ];
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut next = || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let peer: SpiffeId = WEB.unwrap().parse().unwrap();
+    let (mut accepted, mut refused) = (0, 0);
+    for _ in 0..20_000 {
+        let len = 1 + (next() % 12) as usize;
+        let mut raw = String::from("/");
+        for _ in 0..len {
+            raw.push_str(alphabet[(next() % alphabet.len() as u64) as usize]);
+        }
+        let Ok(canonical) = canonicalize(&raw) else {
+            refused += 1;
+            continue;
+        };
+        accepted += 1;
+        let again = canonicalize(canonical.as_str()).expect("canonical paths are accepted");
+        assert_eq!(again, canonical, "not idempotent for {raw}");
+        for method in [Method::GET, Method::POST] {
+            let decide = |path| {
+                evaluate(
+                    &p,
+                    &RequestCtx {
+                        method: &method,
+                        host: Some("web.svc"),
+                        path,
+                        peer: Some(&peer),
+                    },
+                )
+            };
+            assert_eq!(
+                decide(&canonical),
+                decide(&again),
+                "decision differs for {raw}"
+            );
+        }
+    }
+    assert!(
+        accepted > 1_000 && refused > 1_000,
+        "accepted {accepted}, refused {refused}"
+    );
+}

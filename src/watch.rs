@@ -1,0 +1,70 @@
+//! Reload-on-change for files mounted from Kubernetes: watch the directories (ConfigMaps and
+//! Secrets update by swapping a `..data` symlink, which a watch on the file itself misses), settle
+//! bursts of events, and also reload on a slow interval as a safety net.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use notify::{RecursiveMode, Watcher};
+use tokio::sync::{mpsc, watch};
+
+/// Run `reload` (on a blocking thread) after changes in `dirs` and every `interval`, until
+/// `shutdown` fires. `what` names the files in logs.
+pub fn spawn_watcher<F>(
+    what: &'static str,
+    mut dirs: Vec<PathBuf>,
+    interval: Duration,
+    mut shutdown: watch::Receiver<bool>,
+    reload: F,
+) -> tokio::task::JoinHandle<()>
+where
+    F: Fn() + Clone + Send + Sync + 'static,
+{
+    dirs.sort();
+    dirs.dedup();
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send(());
+        }
+    });
+    let watcher = match watcher {
+        Ok(mut w) => {
+            for dir in &dirs {
+                if let Err(error) = w.watch(dir, RecursiveMode::NonRecursive) {
+                    tracing::warn!(what, dir = %dir.display(), %error, "cannot watch directory; relying on periodic reload");
+                }
+            }
+            Some(w)
+        }
+        Err(error) => {
+            tracing::warn!(what, %error, "file watching unavailable; relying on periodic reload");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        let _watcher = watcher; // stops watching when the task ends
+        let mut ticker = tokio::time::interval(interval);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                _ = ticker.tick() => {}
+                Some(()) = rx.recv() => {
+                    // Let a burst of events (several files, a symlink swap) settle first.
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    while rx.try_recv().is_ok() {}
+                }
+                _ = shutdown.changed() => return,
+            }
+            let _ = tokio::task::spawn_blocking(reload.clone()).await;
+        }
+    })
+}
+
+/// The directory of `path` (`.` for a bare file name).
+pub fn parent_dir(path: &std::path::Path) -> PathBuf {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    }
+}
