@@ -25,7 +25,8 @@ fn policy(n: usize) -> Policy {
             "  - id: r{i}\n    methods: [GET, POST]\n    path: {path}\n    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/web, spiffe://cluster.local/ns/b/sa/*]\n"
         ));
     }
-    Policy::from_yaml(&yaml, &[]).expect("bench policy is valid")
+    Policy::from_yaml(&yaml, &vakt::policy::PolicyContext::default())
+        .expect("bench policy is valid")
 }
 
 fn decisions(c: &mut Criterion) {
@@ -46,6 +47,8 @@ fn decisions(c: &mut Criterion) {
                         host: None,
                         path: &path,
                         peer: Some(&peer),
+                        principal: None,
+                        now: 0,
                     }),
                 );
                 assert!(d.allowed);
@@ -61,6 +64,8 @@ fn decisions(c: &mut Criterion) {
                         host: None,
                         path: &miss,
                         peer: Some(&peer),
+                        principal: None,
+                        now: 0,
                     }),
                 )
             })

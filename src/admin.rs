@@ -11,12 +11,15 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use crate::body::full;
 use crate::stack::{BoxStack, Req, Resp};
 
+type Condition = Box<dyn Fn() -> bool + Send + Sync>;
+
 /// Conditions for `/ready`. Each is set by the part of vakt that owns it.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Readiness {
     certificates_loaded: AtomicBool,
     listeners_bound: AtomicBool,
     draining: AtomicBool,
+    conditions: std::sync::Mutex<Vec<(&'static str, Condition)>>,
 }
 
 impl Readiness {
@@ -31,6 +34,18 @@ impl Readiness {
         self.draining.store(true, Ordering::SeqCst);
     }
 
+    /// A further condition, asked on every `/ready` (e.g. signing keys loaded).
+    pub fn add_condition(
+        &self,
+        name: &'static str,
+        check: impl Fn() -> bool + Send + Sync + 'static,
+    ) {
+        self.conditions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((name, Box::new(check)));
+    }
+
     /// The conditions not met, in words; empty when ready.
     pub fn unmet(&self) -> Vec<&'static str> {
         let mut unmet = Vec::new();
@@ -42,6 +57,16 @@ impl Readiness {
         }
         if self.draining.load(Ordering::SeqCst) {
             unmet.push("shutting down");
+        }
+        for (name, check) in self
+            .conditions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if !check() {
+                unmet.push(name);
+            }
         }
         unmet
     }

@@ -12,6 +12,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::admin::{self, Readiness};
+use crate::authn::http_client::IdpClient;
+use crate::authn::jwks::IssuerKeys;
+use crate::authn::stage::Authenticate;
+use crate::authn::verify::Verifier;
 use crate::config::Config;
 use crate::forward::{ToApp, ToMesh};
 use crate::hygiene::Hygiene;
@@ -20,6 +24,7 @@ use crate::observe::Observe;
 use crate::policy::PolicyError;
 use crate::policy::reload::PolicyStore;
 use crate::policy::stage::PolicyStage;
+use crate::pseudonym::{PseudonymError, Pseudonymiser};
 use crate::stack;
 use crate::tls::{CertStore, TlsError, spawn_reloader};
 use crate::upstream::{AppClient, MeshClient};
@@ -30,6 +35,10 @@ pub enum StartError {
     Tls(#[from] TlsError),
     #[error("policy: {0}")]
     Policy(#[from] PolicyError),
+    #[error("pseudonymisation: {0}")]
+    Pseudonym(#[from] PseudonymError),
+    #[error("oidc client: {0}")]
+    Oidc(std::io::Error),
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         name: &'static str,
@@ -82,13 +91,38 @@ impl App {
         };
 
         let mut listeners = Vec::new();
+        let pseudonyms = Arc::new(match &config.pseudonymisation {
+            Some(p) => Pseudonymiser::from_config(p)?,
+            None => {
+                tracing::warn!(
+                    "no pseudonymisation key configured: using a random per-process key"
+                );
+                Pseudonymiser::ephemeral()
+            }
+        });
+        let verifier = match &config.oidc {
+            None => None,
+            Some(oidc) => {
+                let client = IdpClient::new().map_err(StartError::Oidc)?;
+                let issuers: Vec<Arc<IssuerKeys>> = oidc
+                    .issuers
+                    .iter()
+                    .map(|i| Arc::new(IssuerKeys::new(Arc::new(i.clone()), oidc, client.clone())))
+                    .collect();
+                for keys in &issuers {
+                    listeners.push(keys.clone().spawn_refresher(shutdown_rx.clone()));
+                }
+                let ready_keys = issuers.clone();
+                readiness.add_condition("signing keys of every issuer loaded", move || {
+                    ready_keys.iter().all(|k| k.is_ready())
+                });
+                Some(Arc::new(Verifier::new(issuers, oidc)))
+            }
+        };
         let mut inbound_addr = None;
         let mut policy = None;
         if let Some(inbound) = &config.inbound {
-            let store = Arc::new(PolicyStore::load(
-                &inbound.policy,
-                config.identity.accepted(),
-            )?);
+            let store = Arc::new(PolicyStore::load(&inbound.policy, config.policy_context())?);
             listeners
                 .extend(store.spawn_reloader(config.identity.reload_interval, shutdown_rx.clone()));
             policy = Some(store.clone());
@@ -97,7 +131,8 @@ impl App {
             let stack = stack::inbound(
                 Observe::new(Direction::Inbound),
                 Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
-                PolicyStage::new(store),
+                Authenticate::new(verifier.clone()),
+                PolicyStage::new(store, pseudonyms.clone()),
                 ToApp::new(
                     AppClient::new(inbound.app, inbound.app_protocol, &limits),
                     tracker.clone(),

@@ -54,6 +54,13 @@ pub struct Config {
     /// Traffic from the local app to other services (plaintext in, mTLS out).
     #[serde(default)]
     pub outbound: Option<OutboundConfig>,
+    /// End-user access tokens: trusted OIDC issuers (omit for mTLS-only services).
+    #[serde(default)]
+    pub oidc: Option<crate::authn::OidcConfig>,
+    /// Keyed pseudonyms for national ids (a Kubernetes Secret). Without it a random per-process
+    /// key is used: nothing leaves in clear, but pseudonyms are not stable.
+    #[serde(default)]
+    pub pseudonymisation: Option<crate::pseudonym::PseudonymConfig>,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -389,7 +396,7 @@ impl<'de> Deserialize<'de> for TrustDomain {
     }
 }
 
-fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let s = String::deserialize(d)?;
     humantime::parse_duration(&s).map_err(|e| {
         serde::de::Error::custom(format!(
@@ -420,6 +427,19 @@ fn de_authority<'de, D: Deserializer<'de>>(d: D) -> Result<Authority, D::Error> 
 }
 
 impl Config {
+    /// The policy-check context this sidecar gives its policy file.
+    pub fn policy_context(&self) -> crate::policy::PolicyContext {
+        crate::policy::PolicyContext {
+            trust_domains: self.identity.accepted(),
+            issuers: Some(
+                self.oidc
+                    .iter()
+                    .flat_map(|o| o.issuers.iter().map(|i| i.issuer.clone()))
+                    .collect(),
+            ),
+        }
+    }
+
     /// Read, parse and check a config file. Relative paths inside it are resolved against the
     /// file's directory.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -459,6 +479,7 @@ impl Config {
 
     fn resolve_paths(&mut self, base: &Path) {
         let policy = self.inbound.as_mut().map(|i| &mut i.policy);
+        let key = self.pseudonymisation.as_mut().map(|p| &mut p.key_file);
         for p in [
             &mut self.identity.cert,
             &mut self.identity.key,
@@ -466,6 +487,7 @@ impl Config {
         ]
         .into_iter()
         .chain(policy)
+        .chain(key)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -578,6 +600,16 @@ impl Config {
                 "limits.http2_max_concurrent_streams",
                 "must be at least 1",
             ));
+        }
+        if let Some(oidc) = &self.oidc {
+            oidc.validate()
+                .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+            if self.inbound.is_none() {
+                return Err(ConfigError::invalid(
+                    "oidc",
+                    "tokens are checked on inbound requests; configure inbound or remove oidc",
+                ));
+            }
         }
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return Err(ConfigError::invalid(

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::authn::TokenError;
 use crate::body::{ProxyBody, full};
 use crate::hygiene::{FramingError, RequestIds};
 use crate::identity::SpiffeId;
@@ -27,6 +28,14 @@ pub enum DenyReason {
     NoPeerIdentity,
     /// The policy denied the request (no route, method, peer, ...).
     Policy(Reason),
+    /// A presented access token was refused (401 `invalid_token`; 503 when keys are unavailable).
+    Token(TokenError),
+    /// The token is valid but its assurance or login age is not enough: RFC 9470 step-up.
+    StepUp {
+        reason: Reason,
+        acr_values: Option<&'static str>,
+        max_age: Option<u64>,
+    },
     /// Over the route's rate limit for this caller.
     RateLimited { retry_after_secs: u64 },
     /// Outbound: the request names no destination (no absolute URI, no Host).
@@ -57,7 +66,8 @@ impl DenyReason {
             Self::BadFraming(_) => "bad_framing",
             Self::InvalidPath(_) => "invalid_path",
             Self::NoPeerIdentity => "no_peer_identity",
-            Self::Policy(reason) => reason.code(),
+            Self::Policy(reason) | Self::StepUp { reason, .. } => reason.code(),
+            Self::Token(e) => e.code(),
             Self::RateLimited { .. } => "rate_limited",
             Self::MissingDestination => "missing_destination",
             Self::UnknownDestination { .. } => "unknown_destination",
@@ -74,6 +84,10 @@ impl DenyReason {
         match self {
             Self::BadFraming(_) | Self::InvalidPath(_) | Self::MissingDestination => {
                 StatusCode::BAD_REQUEST
+            }
+            Self::Token(TokenError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Token(_) | Self::StepUp { .. } | Self::Policy(Reason::TokenRequired) => {
+                StatusCode::UNAUTHORIZED
             }
             Self::NoPeerIdentity | Self::Policy(_) | Self::UnknownDestination { .. } => {
                 StatusCode::FORBIDDEN
@@ -94,7 +108,14 @@ impl DenyReason {
             Self::InvalidPath(e) => format!("invalid request path: {e}").into(),
             Self::NoPeerIdentity => "no verified peer identity".into(),
             // Deliberately vague: the caller learns the reason code, not the policy.
+            Self::Policy(Reason::TokenRequired) => "an access token is required".into(),
             Self::Policy(_) => "access denied by policy".into(),
+            Self::Token(TokenError::KeysUnavailable) => {
+                "token verification is temporarily unavailable".into()
+            }
+            // No detail that helps an attacker: the code says which check failed.
+            Self::Token(_) => "the access token was refused".into(),
+            Self::StepUp { .. } => "a stronger or more recent authentication is required".into(),
             Self::RateLimited { retry_after_secs } => {
                 format!("rate limit exceeded; retry after {retry_after_secs} s").into()
             }
@@ -126,6 +147,34 @@ impl DenyReason {
         }
     }
 
+    /// The `WWW-Authenticate` challenge (RFC 6750, RFC 9470) for token-related answers.
+    fn www_authenticate(&self) -> Option<HeaderValue> {
+        let value = match self {
+            Self::Token(TokenError::KeysUnavailable) => return None,
+            Self::Token(_) => r#"Bearer realm="vakt", error="invalid_token""#.to_owned(),
+            Self::Policy(Reason::TokenRequired) => r#"Bearer realm="vakt""#.to_owned(),
+            Self::Policy(Reason::InsufficientScope) => {
+                r#"Bearer realm="vakt", error="insufficient_scope""#.to_owned()
+            }
+            Self::StepUp {
+                acr_values,
+                max_age,
+                ..
+            } => {
+                let mut v = r#"Bearer realm="vakt", error="insufficient_user_authentication", error_description="A different authentication level is required""#.to_owned();
+                if let Some(acr) = acr_values {
+                    v.push_str(&format!(r#", acr_values="{acr}""#));
+                }
+                if let Some(age) = max_age {
+                    v.push_str(&format!(r#", max_age="{age}""#));
+                }
+                v
+            }
+            _ => return None,
+        };
+        HeaderValue::from_str(&value).ok()
+    }
+
     /// The response vakt sends: status, small JSON body (reason code, message, request and
     /// decision ids), and the reason itself in the extensions for the outer layers.
     pub fn into_response(self, ids: Option<&RequestIds>) -> Response<ProxyBody> {
@@ -145,6 +194,11 @@ impl DenyReason {
             response
                 .headers_mut()
                 .insert(crate::hygiene::X_REQUEST_ID, id.clone());
+        }
+        if let Some(challenge) = self.www_authenticate() {
+            response
+                .headers_mut()
+                .insert(http::header::WWW_AUTHENTICATE, challenge);
         }
         if let Self::RateLimited { retry_after_secs } = self {
             response.headers_mut().insert(

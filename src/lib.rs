@@ -4,6 +4,7 @@
 
 pub mod admin;
 pub mod app;
+pub mod authn;
 pub mod body;
 pub mod certs;
 pub mod config;
@@ -18,6 +19,7 @@ pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
+pub mod pseudonym;
 pub mod ratelimit;
 pub mod stack;
 pub mod tls;

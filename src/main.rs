@@ -9,8 +9,8 @@ use vakt::app::App;
 use vakt::certs::{CertificateAuthority, LeafSpec};
 use vakt::config::{Config, LogFormat};
 use vakt::identity::{SpiffeId, TrustDomain};
-use vakt::policy::Policy;
 use vakt::policy::explain::RequestSpec;
+use vakt::policy::{Policy, PolicyContext};
 
 #[derive(Parser)]
 #[command(
@@ -42,6 +42,10 @@ enum Command {
         /// With --policy: the trust domains peers may come from (repeatable).
         #[arg(long = "trust-domain")]
         trust_domains: Vec<String>,
+        /// With --policy: the sidecar's OIDC issuers (repeatable); token conditions are checked
+        /// against them.
+        #[arg(long = "issuer")]
+        issuers: Vec<String>,
         /// Also load the certificate files the config names.
         #[arg(long)]
         with_certs: bool,
@@ -59,6 +63,15 @@ enum Command {
         /// The caller's SPIFFE ID.
         #[arg(long)]
         peer: Option<String>,
+        /// A JSON file with the access token's claims.
+        #[arg(long)]
+        claims: Option<PathBuf>,
+        /// How to read the claims: helseid, bankid, signicat, idporten, generic.
+        #[arg(long, default_value = "generic")]
+        profile: String,
+        /// The sidecar's OIDC issuers (repeatable); routes then default to token: required.
+        #[arg(long = "issuer")]
+        issuers: Vec<String>,
     },
     /// Run a policy test file (cases: request -> expected decision and reason).
     Test {
@@ -113,15 +126,19 @@ fn main() -> ExitCode {
             config,
             policy,
             trust_domains,
+            issuers,
             with_certs,
-        } => check(config, policy, trust_domains, with_certs),
+        } => check(config, policy, trust_domains, issuers, with_certs),
         Command::Explain {
             policy,
             method,
             path,
             host,
             peer,
-        } => explain(policy, method, path, host, peer),
+            claims,
+            profile,
+            issuers,
+        } => explain(policy, method, path, host, peer, claims, profile, issuers),
         Command::Test { file } => policy_test(file),
         Command::Certs { command } => certs(command),
         Command::Demo => demo(),
@@ -207,9 +224,10 @@ fn check(
     config: Option<PathBuf>,
     policy: Option<PathBuf>,
     trust_domains: Vec<String>,
+    issuers: Vec<String>,
     with_certs: bool,
 ) -> ExitCode {
-    let mut policy_checks: Vec<(PathBuf, Vec<TrustDomain>)> = Vec::new();
+    let mut policy_checks: Vec<(PathBuf, PolicyContext)> = Vec::new();
     if let Some(path) = config {
         let config = match load(&path) {
             Ok(c) => c,
@@ -220,7 +238,7 @@ fn check(
             return ExitCode::from(2);
         }
         if let Some(inbound) = &config.inbound {
-            policy_checks.push((inbound.policy.clone(), config.identity.accepted()));
+            policy_checks.push((inbound.policy.clone(), config.policy_context()));
         }
         println!(
             "{}: OK (inbound: {}, outbound: {} upstream(s))",
@@ -244,10 +262,17 @@ fn check(
                 }
             }
         }
-        policy_checks.push((path, tds));
+        let issuers = (!issuers.is_empty()).then_some(issuers);
+        policy_checks.push((
+            path,
+            PolicyContext {
+                trust_domains: tds,
+                issuers,
+            },
+        ));
     }
-    for (path, tds) in policy_checks {
-        match Policy::from_file(&path, &tds) {
+    for (path, context) in policy_checks {
+        match Policy::from_file(&path, &context) {
             Ok(policy) => println!("{}: OK ({} route(s))", path.display(), policy.routes.len()),
             Err(e) => {
                 eprintln!("vakt: invalid policy:\n{e}");
@@ -258,13 +283,43 @@ fn check(
     ExitCode::SUCCESS
 }
 
+#[allow(clippy::too_many_arguments)]
 fn explain(
     policy: PathBuf,
     method: String,
     path: String,
     host: Option<String>,
     peer: Option<String>,
+    claims: Option<PathBuf>,
+    profile: String,
+    issuers: Vec<String>,
 ) -> ExitCode {
+    let claims = match claims
+        .map(|f| {
+            std::fs::read(&f)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                .map_err(|e| format!("--claims {}: {e}", f.display()))
+        })
+        .transpose()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("vakt explain: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let profile = match serde_json::from_value::<vakt::authn::Profile>(serde_json::Value::String(
+        profile.clone(),
+    )) {
+        Ok(p) => p,
+        Err(_) => {
+            eprintln!(
+                "vakt explain: --profile {profile:?}: expected helseid, bankid, signicat, idporten or generic"
+            );
+            return ExitCode::from(2);
+        }
+    };
     let peer = match peer
         .map(|p| p.parse::<SpiffeId>().map_err(|e| (p, e)))
         .transpose()
@@ -275,7 +330,11 @@ fn explain(
             return ExitCode::from(2);
         }
     };
-    let policy = match Policy::from_file(&policy, &[]) {
+    let context = PolicyContext {
+        trust_domains: Vec::new(),
+        issuers: (!issuers.is_empty()).then_some(issuers),
+    };
+    let policy = match Policy::from_file(&policy, &context) {
         Ok(p) => p,
         Err(e) => {
             eprintln!("vakt: invalid policy:\n{e}");
@@ -287,6 +346,8 @@ fn explain(
         path,
         host,
         peer,
+        claims,
+        profile: Some(profile),
     };
     match vakt::policy::explain::explain(&policy, &request) {
         Ok(report) => {

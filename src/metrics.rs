@@ -22,6 +22,11 @@ pub const POLICY_DECISIONS: &str = "vakt_policy_decisions_total";
 pub const POLICY_RELOADS: &str = "vakt_policy_reloads_total";
 pub const POLICY_ROUTES: &str = "vakt_policy_routes";
 pub const RATE_LIMITED: &str = "vakt_rate_limited_total";
+pub const AUTHN_FAILURES: &str = "vakt_authn_failures_total";
+pub const TOKEN_CACHE: &str = "vakt_token_cache_lookups_total";
+pub const JWKS_FETCHES: &str = "vakt_jwks_fetches_total";
+pub const JWKS_LAST_SUCCESS: &str = "vakt_jwks_last_success_timestamp_seconds";
+pub const JWKS_KEYS_DROPPED: &str = "vakt_jwks_keys_dropped_total";
 
 /// Traffic direction label values.
 pub const INBOUND: &str = "inbound";

@@ -21,6 +21,8 @@ pub enum LimitKey {
     /// The caller's SPIFFE ID.
     #[default]
     Peer,
+    /// The token's subject (issuer + subject); requests without one count under the peer.
+    Subject,
 }
 
 /// A route's limit as written in the policy file.

@@ -109,6 +109,7 @@ pub type BoxStack = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
 pub fn inbound(
     observe: crate::observe::Observe,
     hygiene: crate::hygiene::Hygiene,
+    authenticate: crate::authn::stage::Authenticate,
     policy: crate::policy::stage::PolicyStage,
     forward: crate::forward::ToApp,
 ) -> BoxStack {
@@ -119,6 +120,9 @@ pub fn inbound(
         // policy will see (and the app will get), drop spoofable identity headers, set request
         // id / traceparent / x-forwarded-client-cert from what we verified.
         .layer(StageLayer::new(hygiene))
+        // A presented token is verified (or refused with 401) before any decision, so the
+        // policy only ever sees a verified principal.
+        .layer(StageLayer::new(authenticate))
         // Deny by default: the route table and its rules (dry-run routes pass, recorded).
         .layer(StageLayer::new(policy))
         // Only for requests the policy let through, so denied floods do not eat the budget.

@@ -9,7 +9,8 @@ use http::Method;
 use serde::Deserialize;
 
 use super::path::{CanonicalPath, PathError, canonicalize};
-use super::{Decision, Policy, RequestCtx, evaluate};
+use super::{Decision, Policy, PolicyContext, RequestCtx, evaluate};
+use crate::authn::{Principal, Profile};
 use crate::identity::{SpiffeId, TrustDomain};
 
 /// One request as the policy author describes it.
@@ -23,6 +24,40 @@ pub struct RequestSpec {
     pub host: Option<String>,
     #[serde(default)]
     pub peer: Option<SpiffeId>,
+    /// Claims of a (verified) access token, as the token would carry them.
+    #[serde(default)]
+    pub claims: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    /// How to read the claims (default generic).
+    #[serde(default)]
+    pub profile: Option<Profile>,
+}
+
+impl RequestSpec {
+    /// The principal the sidecar would derive from `claims`.
+    pub fn principal(&self) -> Option<Principal> {
+        let claims = self.claims.clone()?;
+        let issuer: std::sync::Arc<str> = claims
+            .get("iss")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or("https://issuer.invalid")
+            .into();
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(i64::MAX);
+        Some(
+            self.profile
+                .unwrap_or(Profile::Generic)
+                .principal(issuer, claims, exp),
+        )
+    }
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 /// What the sidecar would do with a request.
@@ -74,6 +109,7 @@ pub fn decide(policy: &Policy, request: &RequestSpec) -> Result<Verdict, String>
         Err(e) => return Ok(Verdict::InvalidPath(e)),
     };
     let host = request.host.as_deref().map(str::to_ascii_lowercase);
+    let principal = request.principal();
     let decision = evaluate(
         policy,
         &RequestCtx {
@@ -81,6 +117,8 @@ pub fn decide(policy: &Policy, request: &RequestSpec) -> Result<Verdict, String>
             host: host.as_deref(),
             path: &canonical,
             peer: request.peer.as_ref(),
+            principal: principal.as_ref(),
+            now: unix_now(),
         },
     );
     Ok(Verdict::Decided {
@@ -151,19 +189,40 @@ pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String>
                     if route.public {
                         let _ = writeln!(out, "  public:  every verified peer is allowed");
                     }
-                    let peer = request.peer.as_ref();
+                    let principal = request.principal();
+                    let _ = writeln!(
+                        out,
+                        "  token:   {} (route requires: {:?}){}",
+                        if principal.is_some() {
+                            "presented"
+                        } else {
+                            "none"
+                        },
+                        route.token,
+                        principal.as_ref().map_or(String::new(), |p| format!(
+                            "; loa {}, client {}, scopes [{}]",
+                            p.loa.as_str(),
+                            p.client_id.as_deref().unwrap_or("-"),
+                            p.scopes.join(" ")
+                        ))
+                    );
+                    let ctx = RequestCtx {
+                        method: &Method::GET,
+                        host: None,
+                        path: canonical,
+                        peer: request.peer.as_ref(),
+                        principal: principal.as_ref(),
+                        now: unix_now(),
+                    };
                     for (i, rule) in route.rules.iter().enumerate() {
-                        let held = peer.is_some()
-                            && rule.peers_hold(&RequestCtx {
-                                method: &Method::GET,
-                                host: None,
-                                path: canonical,
-                                peer,
-                            });
+                        let outcome = rule.check(&ctx, principal.as_ref(), &decision.captures);
                         let _ = writeln!(
                             out,
                             "  rule {i}:  {}",
-                            if held { "HOLDS" } else { "does not hold" }
+                            match outcome {
+                                Ok(()) => "HOLDS".to_owned(),
+                                Err(reason) => format!("does not hold ({})", reason.code()),
+                            }
                         );
                         if let Some(patterns) = &rule.peers {
                             let list: Vec<String> =
@@ -172,7 +231,11 @@ pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String>
                                 out,
                                 "    peers [{}]: {}",
                                 list.join(", "),
-                                if held { "passed" } else { "failed" }
+                                if rule.peers_hold(&ctx) {
+                                    "passed"
+                                } else {
+                                    "failed"
+                                }
                             );
                         }
                     }
@@ -198,6 +261,10 @@ pub struct TestFile {
     /// Trust domains for the policy's lint (default: none checked).
     #[serde(default)]
     pub trust_domains: Vec<TrustDomain>,
+    /// The sidecar's OIDC issuers (token conditions are checked against them; with none listed,
+    /// routes default to `token: none`).
+    #[serde(default)]
+    pub issuers: Vec<String>,
     pub cases: Vec<TestCase>,
 }
 
@@ -227,8 +294,11 @@ pub fn run_tests(file: &Path, out: &mut String) -> Result<bool, String> {
     let tests: TestFile =
         serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     let policy_path = crate::watch::parent_dir(file).join(&tests.policy);
-    let policy =
-        Policy::from_file(&policy_path, &tests.trust_domains).map_err(|e| e.to_string())?;
+    let context = PolicyContext {
+        trust_domains: tests.trust_domains.clone(),
+        issuers: Some(tests.issuers.clone()),
+    };
+    let policy = Policy::from_file(&policy_path, &context).map_err(|e| e.to_string())?;
     let mut failed = 0;
     for case in &tests.cases {
         if !["allow", "deny", "would_deny"].contains(&case.expect.decision.as_str()) {

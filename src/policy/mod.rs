@@ -13,7 +13,7 @@ pub mod reload;
 pub mod router;
 pub mod stage;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::path::Path;
 use std::str::FromStr;
@@ -22,6 +22,7 @@ use std::sync::Arc;
 use http::Method;
 use serde::{Deserialize, Deserializer};
 
+use crate::authn::{Loa, Principal};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::ratelimit::{RateLimitSpec, RateLimits};
 use path::CanonicalPath;
@@ -60,7 +61,46 @@ pub struct PolicyFile {
     /// Mode for routes that do not set one, and for requests that match no route.
     #[serde(default)]
     pub default_mode: Mode,
+    /// A token for client X is accepted only when it arrives from one of these SPIFFE IDs
+    /// (checked on every route, before the rules).
+    #[serde(default)]
+    pub client_bindings: BTreeMap<String, Vec<PeerPattern>>,
     pub routes: Vec<RouteSpec>,
+}
+
+/// Whether a route needs an end-user access token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenRequirement {
+    /// No token: refused with 401 before the rules.
+    Required,
+    /// Rules with token conditions need one; others do not.
+    Optional,
+    /// Tokens are ignored on this route.
+    None,
+}
+
+/// What a route policy is checked against: the sidecar's trust domains and OIDC issuers.
+#[derive(Debug, Clone, Default)]
+pub struct PolicyContext {
+    /// Peer trust domains accepted; empty: not checked.
+    pub trust_domains: Vec<TrustDomain>,
+    /// Configured issuers: `None` when unknown (standalone `vakt check --policy`), `Some(empty)`
+    /// when the sidecar has no OIDC section (token conditions are then errors).
+    pub issuers: Option<Vec<String>>,
+}
+
+impl PolicyContext {
+    pub fn with_trust_domains(trust_domains: &[TrustDomain]) -> Self {
+        Self {
+            trust_domains: trust_domains.to_vec(),
+            issuers: None,
+        }
+    }
+
+    fn oidc_configured(&self) -> bool {
+        self.issuers.as_ref().is_some_and(|i| !i.is_empty())
+    }
 }
 
 fn one() -> u32 {
@@ -89,9 +129,44 @@ pub struct RouteSpec {
     pub allow: Vec<RuleSpec>,
     #[serde(default)]
     pub rate_limit: Option<RateLimitSpec>,
+    /// `required` (default when the sidecar has OIDC issuers), `optional` or `none`.
+    #[serde(default)]
+    pub token: Option<TokenRequirement>,
+    /// Pass the caller's `Authorization` header to the app (removed by default).
+    #[serde(default)]
+    pub forward_token: bool,
+    /// Send the national id to the app in clear (default: only its pseudonym).
+    #[serde(default)]
+    pub forward_national_id: bool,
 }
 
-/// A rule: every condition it names must hold. Token conditions join here later.
+/// What a path parameter may be bound to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BindTarget {
+    NationalId,
+    Subject,
+    ClientId,
+}
+
+/// One value or a list of accepted values for a claim.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ClaimMatch {
+    OneOf(Vec<serde_json::Value>),
+    Equals(serde_json::Value),
+}
+
+impl ClaimMatch {
+    fn accepts(&self, value: &serde_json::Value) -> bool {
+        match self {
+            Self::Equals(v) => v == value,
+            Self::OneOf(vs) => vs.contains(value),
+        }
+    }
+}
+
+/// A rule: every condition it names must hold.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleSpec {
@@ -99,6 +174,53 @@ pub struct RuleSpec {
     /// (`spiffe://td/ns/billing/sa/*`).
     #[serde(default)]
     pub peers: Option<Vec<PeerPattern>>,
+    /// Token issuers accepted by this rule (configured issuer URLs).
+    #[serde(default)]
+    pub issuers: Option<Vec<String>>,
+    /// `client_id` / `azp` values accepted.
+    #[serde(default)]
+    pub clients: Option<Vec<String>>,
+    /// Every one of these scopes.
+    #[serde(default)]
+    pub scopes_all: Option<Vec<String>>,
+    /// At least one of these scopes.
+    #[serde(default)]
+    pub scopes_any: Option<Vec<String>>,
+    /// Lowest level of assurance (low, substantial, high); lower asks for step-up.
+    #[serde(default)]
+    pub min_loa: Option<Loa>,
+    /// At least one of these authentication methods.
+    #[serde(default)]
+    pub amr_any: Option<Vec<String>>,
+    /// The login must be at most this old (step-up for sensitive routes), e.g. 10m.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_auth_age: Option<std::time::Duration>,
+    /// Claims that must equal a value, or be one of a list.
+    #[serde(default)]
+    pub claims: Option<BTreeMap<String, ClaimMatch>>,
+    /// Path parameters bound to the principal (`pid: national_id`).
+    #[serde(default)]
+    pub bind: Option<BTreeMap<String, BindTarget>>,
+}
+
+impl RuleSpec {
+    fn has_token_conditions(&self) -> bool {
+        self.issuers.is_some()
+            || self.clients.is_some()
+            || self.scopes_all.is_some()
+            || self.scopes_any.is_some()
+            || self.min_loa.is_some()
+            || self.amr_any.is_some()
+            || self.max_auth_age.is_some()
+            || self.claims.is_some()
+            || self.bind.is_some()
+    }
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<Option<std::time::Duration>, D::Error> {
+    crate::config::de_duration(d).map(Some)
 }
 
 fn de_methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Method>, D::Error> {
@@ -257,11 +379,17 @@ pub struct Route {
     pub public: bool,
     pub rules: Vec<Rule>,
     pub rate_limit: Option<RateLimitSpec>,
+    pub token: TokenRequirement,
+    pub forward_token: bool,
+    pub forward_national_id: bool,
 }
 
 #[derive(Debug)]
 pub struct Rule {
     pub peers: Option<Vec<PeerPattern>>,
+    pub spec: RuleSpec,
+    /// Bound path parameters as (index among the route's parameters, target).
+    pub bind: Vec<(usize, BindTarget)>,
 }
 
 /// What a request brings to a decision.
@@ -272,12 +400,99 @@ pub struct RequestCtx<'a> {
     pub host: Option<&'a str>,
     pub path: &'a CanonicalPath,
     pub peer: Option<&'a SpiffeId>,
+    /// The verified end user, if a token was presented and verified.
+    pub principal: Option<&'a Principal>,
+    /// Unix seconds, for `max_auth_age` (an argument, so decisions stay pure).
+    pub now: i64,
 }
 
 impl Rule {
-    /// Do all of this rule's conditions hold?
+    /// `Ok` when every condition holds, else the first failing condition's reason.
+    pub fn check(
+        &self,
+        ctx: &RequestCtx<'_>,
+        principal: Option<&Principal>,
+        captures: &Captures,
+    ) -> Result<(), Reason> {
+        if !self.peers_hold(ctx) {
+            return Err(if ctx.peer.is_none() {
+                Reason::NoPeerIdentity
+            } else {
+                Reason::PeerNotAllowed
+            });
+        }
+        let r = &self.spec;
+        if !r.has_token_conditions() {
+            return Ok(());
+        }
+        let Some(p) = principal else {
+            return Err(Reason::TokenRequired);
+        };
+        if let Some(issuers) = &r.issuers
+            && !issuers.iter().any(|i| **i == *p.issuer)
+        {
+            return Err(Reason::IssuerNotAllowed);
+        }
+        if let Some(clients) = &r.clients
+            && !p.client_id.as_ref().is_some_and(|c| clients.contains(c))
+        {
+            return Err(Reason::ClientNotAllowed);
+        }
+        if let Some(all) = &r.scopes_all
+            && !all.iter().all(|s| p.scopes.contains(s))
+        {
+            return Err(Reason::InsufficientScope);
+        }
+        if let Some(any) = &r.scopes_any
+            && !any.iter().any(|s| p.scopes.contains(s))
+        {
+            return Err(Reason::InsufficientScope);
+        }
+        if let Some(min) = r.min_loa
+            && p.loa < min
+        {
+            return Err(Reason::InsufficientAssurance);
+        }
+        if let Some(max_age) = r.max_auth_age {
+            let fresh = p
+                .auth_time
+                .is_some_and(|t| ctx.now - t <= max_age.as_secs() as i64);
+            if !fresh {
+                return Err(Reason::AuthenticationTooOld);
+            }
+        }
+        if let Some(amr) = &r.amr_any
+            && !amr.iter().any(|m| p.amr.contains(m))
+        {
+            return Err(Reason::AmrNotAllowed);
+        }
+        if let Some(claims) = &r.claims {
+            for (name, want) in claims {
+                if !p.claims.get(name).is_some_and(|v| want.accepts(v)) {
+                    return Err(Reason::ClaimMismatch);
+                }
+            }
+        }
+        for (param, target) in &self.bind {
+            let value = captures
+                .params
+                .get(*param)
+                .map(|(_, range)| &ctx.path.as_str()[range.clone()]);
+            let bound = match target {
+                BindTarget::NationalId => p.national_id.as_deref(),
+                BindTarget::Subject => p.subject.as_deref(),
+                BindTarget::ClientId => p.client_id.as_deref(),
+            };
+            if value.is_none() || value != bound {
+                return Err(Reason::BindingMismatch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Do all of this rule's conditions hold? (Test and tool helper.)
     pub fn holds(&self, ctx: &RequestCtx<'_>) -> bool {
-        self.peers_hold(ctx)
+        self.check(ctx, ctx.principal, &Captures::default()).is_ok()
     }
 
     pub fn peers_hold(&self, ctx: &RequestCtx<'_>) -> bool {
@@ -293,8 +508,9 @@ impl Rule {
 pub struct Policy {
     pub routes: Vec<Route>,
     pub default_mode: Mode,
+    pub client_bindings: BTreeMap<String, Vec<PeerPattern>>,
     router: Router,
-    pub limits: RateLimits<SpiffeId>,
+    pub limits: RateLimits<Arc<str>>,
 }
 
 impl fmt::Debug for Policy {
@@ -307,21 +523,29 @@ impl fmt::Debug for Policy {
 }
 
 impl Policy {
-    pub fn from_file(path: &Path, trust_domains: &[TrustDomain]) -> Result<Self, PolicyError> {
+    pub fn from_file(path: &Path, ctx: &PolicyContext) -> Result<Self, PolicyError> {
         let text = read_policy_file(path)?;
-        Self::from_yaml(&text, trust_domains).map_err(|e| e.in_file(path))
+        Self::from_yaml(&text, ctx).map_err(|e| e.in_file(path))
     }
 
     /// Parse and check. `trust_domains`: the peers' trust domains this sidecar accepts; a peer
     /// pattern outside them could never match and is an error. Empty: not checked.
-    pub fn from_yaml(text: &str, trust_domains: &[TrustDomain]) -> Result<Self, PolicyError> {
+    pub fn from_yaml(text: &str, ctx: &PolicyContext) -> Result<Self, PolicyError> {
         let file: PolicyFile =
             serde_saphyr::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
-        Self::compile(file, trust_domains)
+        Self::compile(file, ctx)
     }
 
-    pub fn compile(file: PolicyFile, trust_domains: &[TrustDomain]) -> Result<Self, PolicyError> {
+    pub fn compile(file: PolicyFile, ctx: &PolicyContext) -> Result<Self, PolicyError> {
+        let trust_domains = &ctx.trust_domains[..];
         let mut problems = Vec::new();
+        let no_oidc = ctx.issuers.as_ref().is_some_and(Vec::is_empty);
+        if no_oidc && !file.client_bindings.is_empty() {
+            problems.push(
+                "client_bindings: the sidecar has no oidc issuers, so no token can name a client"
+                    .into(),
+            );
+        }
         if file.version != 1 {
             problems.push(format!(
                 "version: {} is not supported (expected 1)",
@@ -383,13 +607,76 @@ impl Policy {
                     "{at}.allow: no rules, so nobody is allowed; add a rule or remove the route"
                 ));
             }
+            let token = spec.token.unwrap_or(if ctx.oidc_configured() {
+                TokenRequirement::Required
+            } else {
+                TokenRequirement::None
+            });
+            if no_oidc && token != TokenRequirement::None {
+                problems.push(format!(
+                    "{at}.token: the sidecar has no oidc issuers; a route cannot require a token"
+                ));
+            }
+            let param_names: Vec<&str> = pattern
+                .segments
+                .iter()
+                .filter_map(|s| match s {
+                    router::PatternSegment::Param(n) => Some(n.as_str()),
+                    _ => None,
+                })
+                .collect();
             let mut rules = Vec::with_capacity(spec.allow.len());
             for (r, rule) in spec.allow.into_iter().enumerate() {
                 let rule_at = format!("{at}.allow[{r}]");
+                if rule.has_token_conditions() {
+                    if token == TokenRequirement::None {
+                        problems.push(format!(
+                            "{rule_at}: token conditions on a route with token: none can never hold"
+                        ));
+                    }
+                    if no_oidc {
+                        problems.push(format!(
+                            "{rule_at}: token conditions need an oidc issuer in the sidecar config"
+                        ));
+                    }
+                }
+                if let (Some(known), Some(wanted)) = (&ctx.issuers, &rule.issuers) {
+                    for issuer in wanted {
+                        if !known.contains(issuer) {
+                            problems.push(format!(
+                                "{rule_at}.issuers: {issuer} is not a configured issuer; it can never match"
+                            ));
+                        }
+                    }
+                }
+                for (name, list) in [
+                    ("issuers", &rule.issuers),
+                    ("clients", &rule.clients),
+                    ("scopes_all", &rule.scopes_all),
+                    ("scopes_any", &rule.scopes_any),
+                    ("amr_any", &rule.amr_any),
+                ] {
+                    if list.as_ref().is_some_and(Vec::is_empty) {
+                        problems.push(format!(
+                            "{rule_at}.{name}: empty list; this rule can never match"
+                        ));
+                    }
+                }
+                let mut bind = Vec::new();
+                for (param, target) in rule.bind.iter().flatten() {
+                    match param_names.iter().position(|n| n == param) {
+                        Some(i) => bind.push((i, *target)),
+                        None => problems.push(format!(
+                            "{rule_at}.bind: {{{param}}} is not a parameter of {}",
+                            pattern
+                        )),
+                    }
+                }
                 match &rule.peers {
-                    None => problems.push(format!(
+                    None if !rule.has_token_conditions() => problems.push(format!(
                         "{rule_at}: a rule with no conditions allows everybody; say public: true on the route if that is meant"
                     )),
+                    None => {}
                     Some(peers) if peers.is_empty() => problems.push(format!(
                         "{rule_at}.peers: empty list; this rule can never match"
                     )),
@@ -407,7 +694,11 @@ impl Policy {
                         }
                     }
                 }
-                rules.push(Rule { peers: rule.peers });
+                rules.push(Rule {
+                    peers: rule.peers.clone(),
+                    spec: rule,
+                    bind,
+                });
             }
             if let Err(conflict) = router.insert(host.as_deref(), &pattern, &methods, routes.len())
             {
@@ -429,6 +720,9 @@ impl Policy {
                 public: spec.public,
                 rules,
                 rate_limit: spec.rate_limit,
+                token,
+                forward_token: spec.forward_token,
+                forward_national_id: spec.forward_national_id,
             });
         }
         if !problems.is_empty() {
@@ -440,9 +734,20 @@ impl Policy {
                 .enumerate()
                 .filter_map(|(i, r)| r.rate_limit.as_ref().map(|s| (i, s))),
         );
+        for (client, peers) in &file.client_bindings {
+            if peers.is_empty() {
+                problems.push(format!(
+                    "client_bindings.{client}: empty; no request could use this client"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
         Ok(Self {
             routes,
             default_mode: file.default_mode,
+            client_bindings: file.client_bindings,
             router,
             limits,
         })
@@ -466,6 +771,21 @@ pub enum Reason {
     MethodNotAllowed,
     PeerNotAllowed,
     NoPeerIdentity,
+    /// The route needs an access token and none was presented.
+    TokenRequired,
+    IssuerNotAllowed,
+    ClientNotAllowed,
+    /// The token's client is bound to other SPIFFE IDs than this peer.
+    ClientPeerMismatch,
+    InsufficientScope,
+    /// Level of assurance too low: step-up.
+    InsufficientAssurance,
+    /// Login too old: step-up.
+    AuthenticationTooOld,
+    AmrNotAllowed,
+    ClaimMismatch,
+    /// A path parameter is bound to the principal and does not match (someone else's record).
+    BindingMismatch,
 }
 
 impl Reason {
@@ -477,6 +797,16 @@ impl Reason {
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PeerNotAllowed => "peer_not_allowed",
             Self::NoPeerIdentity => "no_peer_identity",
+            Self::TokenRequired => "token_required",
+            Self::IssuerNotAllowed => "issuer_not_allowed",
+            Self::ClientNotAllowed => "client_not_allowed",
+            Self::ClientPeerMismatch => "client_peer_mismatch",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::InsufficientAssurance => "insufficient_assurance",
+            Self::AuthenticationTooOld => "authentication_too_old",
+            Self::AmrNotAllowed => "amr_not_allowed",
+            Self::ClaimMismatch => "claim_mismatch",
+            Self::BindingMismatch => "binding_mismatch",
         }
     }
 
@@ -500,9 +830,19 @@ pub struct Decision {
     pub would_deny: Option<Reason>,
     /// Path parameters of the matched route.
     pub captures: Captures,
+    /// For step-up denials: what the failing rule asked for.
+    pub step_up: Option<StepUp>,
 }
 
-/// Decide on a request. Pure: no I/O, no clock, no state (rate limits come after).
+/// RFC 9470 step-up details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepUp {
+    pub min_loa: Option<Loa>,
+    pub max_age_secs: Option<u64>,
+}
+
+/// Decide on a request. Pure: no I/O, no clock (`now` is in the context), no state (rate
+/// limits come after).
 pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
     let (route, captures) = match policy.lookup(ctx) {
         Lookup::Found { route, captures } => (route, captures),
@@ -513,6 +853,7 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
                 None,
                 None,
                 Captures::default(),
+                None,
             );
         }
         Lookup::MethodNotAllowed => {
@@ -522,28 +863,83 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
                 None,
                 None,
                 Captures::default(),
+                None,
             );
         }
     };
     let spec = &policy.routes[route];
-    if spec.public {
-        return finish(spec.mode, Reason::Public, Some(route), None, captures);
-    }
-    if let Some(rule) = spec.rules.iter().position(|r| r.holds(ctx)) {
+    let principal = match spec.token {
+        TokenRequirement::None => None,
+        _ => ctx.principal,
+    };
+    if spec.token == TokenRequirement::Required && principal.is_none() {
         return finish(
             spec.mode,
-            Reason::RuleMatched,
+            Reason::TokenRequired,
             Some(route),
-            Some(rule),
+            None,
             captures,
+            None,
         );
     }
-    let reason = if ctx.peer.is_none() {
-        Reason::NoPeerIdentity
-    } else {
-        Reason::PeerNotAllowed
+    if let (Some(p), Some(peer)) = (principal, ctx.peer)
+        && let Some(client) = &p.client_id
+        && let Some(bound) = policy.client_bindings.get(client)
+        && !bound.iter().any(|b| b.matches(peer))
+    {
+        return finish(
+            spec.mode,
+            Reason::ClientPeerMismatch,
+            Some(route),
+            None,
+            captures,
+            None,
+        );
+    }
+    if spec.public {
+        return finish(spec.mode, Reason::Public, Some(route), None, captures, None);
+    }
+    // The reason reported is the first failure of the first rule whose peers matched (the right
+    // workload, but its token lacks something); failing that, the peer was not allowed.
+    let mut failure: Option<(Reason, usize)> = None;
+    for (index, rule) in spec.rules.iter().enumerate() {
+        match rule.check(ctx, principal, &captures) {
+            Ok(()) => {
+                return finish(
+                    spec.mode,
+                    Reason::RuleMatched,
+                    Some(route),
+                    Some(index),
+                    captures,
+                    None,
+                );
+            }
+            Err(Reason::PeerNotAllowed | Reason::NoPeerIdentity) => {}
+            Err(reason) => {
+                failure.get_or_insert((reason, index));
+            }
+        }
+    }
+    let (reason, step_up) = match failure {
+        Some((reason, index)) => {
+            let rule = &spec.rules[index].spec;
+            let step_up = match reason {
+                Reason::InsufficientAssurance => Some(StepUp {
+                    min_loa: rule.min_loa,
+                    max_age_secs: None,
+                }),
+                Reason::AuthenticationTooOld => Some(StepUp {
+                    min_loa: rule.min_loa,
+                    max_age_secs: rule.max_auth_age.map(|d| d.as_secs()),
+                }),
+                _ => None,
+            };
+            (reason, step_up)
+        }
+        None if ctx.peer.is_none() => (Reason::NoPeerIdentity, None),
+        None => (Reason::PeerNotAllowed, None),
     };
-    finish(spec.mode, reason, Some(route), None, captures)
+    finish(spec.mode, reason, Some(route), None, captures, step_up)
 }
 
 fn finish(
@@ -552,27 +948,19 @@ fn finish(
     route: Option<usize>,
     rule: Option<usize>,
     captures: Captures,
+    step_up: Option<StepUp>,
 ) -> Decision {
     let allowed = reason.is_allow();
-    match (allowed, mode) {
-        (false, Mode::DryRun) => Decision {
-            allowed: true,
-            reason,
-            route,
-            rule,
-            mode,
-            would_deny: Some(reason),
-            captures,
-        },
-        _ => Decision {
-            allowed,
-            reason,
-            route,
-            rule,
-            mode,
-            would_deny: None,
-            captures,
-        },
+    let would_deny = (!allowed && mode == Mode::DryRun).then_some(reason);
+    Decision {
+        allowed: allowed || would_deny.is_some(),
+        reason,
+        route,
+        rule,
+        mode,
+        would_deny,
+        captures,
+        step_up,
     }
 }
 

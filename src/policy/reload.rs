@@ -8,14 +8,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::{Policy, PolicyError, read_policy_file};
-use crate::identity::TrustDomain;
+use super::{Policy, PolicyContext, PolicyError, read_policy_file};
 use crate::metrics as m;
 
 pub struct PolicyStore {
     current: ArcSwap<Policy>,
     path: PathBuf,
-    trust_domains: Vec<TrustDomain>,
+    context: PolicyContext,
     /// The file content the current policy came from (reloads of identical bytes are skipped).
     loaded_text: Mutex<String>,
 }
@@ -28,14 +27,14 @@ pub enum PolicyReload {
 }
 
 impl PolicyStore {
-    pub fn load(path: &Path, trust_domains: Vec<TrustDomain>) -> Result<Self, PolicyError> {
+    pub fn load(path: &Path, context: PolicyContext) -> Result<Self, PolicyError> {
         let text = read_policy_file(path)?;
-        let policy = Policy::from_yaml(&text, &trust_domains).map_err(|e| e.in_file(path))?;
+        let policy = Policy::from_yaml(&text, &context).map_err(|e| e.in_file(path))?;
         record_loaded(&policy);
         Ok(Self {
             current: ArcSwap::from_pointee(policy),
             path: path.to_owned(),
-            trust_domains,
+            context,
             loaded_text: Mutex::new(text),
         })
     }
@@ -73,7 +72,7 @@ impl PolicyStore {
         if *loaded == text {
             return PolicyReload::Unchanged;
         }
-        match Policy::from_yaml(&text, &self.trust_domains) {
+        match Policy::from_yaml(&text, &self.context) {
             Ok(policy) => {
                 record_loaded(&policy);
                 self.current.store(Arc::new(policy));

@@ -6,11 +6,13 @@ use http::header::HOST;
 
 use super::path::CanonicalPath;
 use super::reload::PolicyStore;
-use super::{Decision, Mode, Policy, Reason, RequestCtx, evaluate};
+use super::{Decision, Mode, Policy, RequestCtx, evaluate};
+use crate::authn::Principal;
 use crate::error::DenyReason;
 use crate::hygiene::RequestIds;
 use crate::identity::PeerIdentity;
 use crate::metrics as m;
+use crate::pseudonym::Pseudonymiser;
 use crate::ratelimit::retry_after_secs;
 use crate::stack::{Next, Req, Resp, Stage};
 
@@ -79,14 +81,86 @@ fn request_host(req: &Req) -> Option<String> {
     Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
 }
 
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The verified principal as headers for the app, set after the client's own `x-vakt-*`
+/// headers were stripped. The national id leaves only as a pseudonym unless the route says
+/// `forward_national_id: true`; the `Authorization` header only with `forward_token: true`.
+pub struct IdentityHeaders {
+    pub pseudonyms: Arc<Pseudonymiser>,
+}
+
+impl IdentityHeaders {
+    fn apply(&self, req: &mut Req, principal: Option<&Principal>, route: Option<&super::Route>) {
+        if let Some(original) = req
+            .extensions_mut()
+            .remove::<crate::authn::stage::OriginalAuthorization>()
+            && route.is_some_and(|r| r.forward_token)
+        {
+            req.headers_mut()
+                .insert(http::header::AUTHORIZATION, original.0);
+        }
+        let Some(p) = principal else {
+            return;
+        };
+        if route.is_some_and(|r| r.token == super::TokenRequirement::None) {
+            return;
+        }
+        let mut set = |name: &'static str, value: &str| {
+            if let Ok(v) = http::HeaderValue::from_str(value) {
+                req.headers_mut()
+                    .insert(http::HeaderName::from_static(name), v);
+            }
+        };
+        set("x-vakt-issuer", &p.issuer);
+        set("x-vakt-loa", p.loa.as_str());
+        if let Some(s) = &p.subject {
+            set("x-vakt-subject", s);
+        }
+        if let Some(c) = &p.client_id {
+            set("x-vakt-client-id", c);
+        }
+        if !p.scopes.is_empty() {
+            set("x-vakt-scopes", &p.scopes.join(" "));
+        }
+        if !p.amr.is_empty() {
+            set("x-vakt-amr", &p.amr.join(" "));
+        }
+        if let Some(t) = p.auth_time {
+            set("x-vakt-auth-time", &t.to_string());
+        }
+        if let Some(org) = p.org_numbers.first() {
+            set("x-vakt-org-number", org);
+        }
+        if let Some(nid) = &p.national_id {
+            set(
+                "x-vakt-national-id-pseudonym",
+                &self.pseudonyms.pseudonym("national_id", nid),
+            );
+            if route.is_some_and(|r| r.forward_national_id) {
+                set("x-vakt-national-id", nid);
+            }
+        }
+    }
+}
+
 /// Deny by default: evaluate the request against the current policy.
 pub struct PolicyStage {
     store: Arc<PolicyStore>,
+    identity_headers: IdentityHeaders,
 }
 
 impl PolicyStage {
-    pub fn new(store: Arc<PolicyStore>) -> Self {
-        Self { store }
+    pub fn new(store: Arc<PolicyStore>, pseudonyms: Arc<Pseudonymiser>) -> Self {
+        Self {
+            store,
+            identity_headers: IdentityHeaders { pseudonyms },
+        }
     }
 }
 
@@ -96,9 +170,10 @@ impl Stage for PolicyStage {
         let ids = req.extensions().get::<RequestIds>().cloned();
         let Some(path) = req.extensions().get::<CanonicalPath>().cloned() else {
             // Hygiene always sets it inbound; without it nothing can be decided: fail closed.
-            return DenyReason::Policy(Reason::NoRoute).into_response(ids.as_ref());
+            return DenyReason::Policy(super::Reason::NoRoute).into_response(ids.as_ref());
         };
         let host = request_host(&req);
+        let principal = req.extensions().get::<Arc<Principal>>().cloned();
         let decision = {
             let peer = req.extensions().get::<PeerIdentity>().map(|p| &p.spiffe_id);
             let ctx = RequestCtx {
@@ -106,6 +181,8 @@ impl Stage for PolicyStage {
                 host: host.as_deref(),
                 path: &path,
                 peer,
+                principal: principal.as_deref(),
+                now: unix_now(),
             };
             evaluate(&policy, &ctx)
         };
@@ -114,10 +191,21 @@ impl Stage for PolicyStage {
             tracing::info!(route = ?record.route_id, reason = record.reason, "dry-run: request would have been denied");
         }
         if !decision.allowed {
-            let mut response = DenyReason::Policy(decision.reason).into_response(ids.as_ref());
+            let deny = match (decision.step_up, principal.as_deref()) {
+                (Some(step_up), Some(p)) => DenyReason::StepUp {
+                    reason: decision.reason,
+                    acr_values: step_up.min_loa.map(|l| p.profile.acr_value(l)),
+                    max_age: step_up.max_age_secs,
+                },
+                _ => DenyReason::Policy(decision.reason),
+            };
+            let mut response = deny.into_response(ids.as_ref());
             response.extensions_mut().insert(record);
             return response;
         }
+        let route = decision.route.map(|r| &policy.routes[r]);
+        self.identity_headers
+            .apply(&mut req, principal.as_deref(), route);
         if let Some(route) = decision.route {
             req.extensions_mut().insert(MatchedRoute {
                 policy: policy.clone(),
@@ -142,14 +230,23 @@ impl Stage for RateLimitStage {
         if route.rate_limit.is_none() {
             return next.run(req).await;
         }
-        let Some(peer) = req
+        let subject = req
+            .extensions()
+            .get::<Arc<Principal>>()
+            .and_then(|p| p.subject.as_ref().map(|s| format!("sub:{}|{s}", p.issuer)));
+        let peer = req
             .extensions()
             .get::<PeerIdentity>()
-            .map(|p| p.spiffe_id.clone())
-        else {
+            .map(|p| format!("peer:{}", p.spiffe_id));
+        let key = match route.rate_limit.as_ref().map(|l| l.key) {
+            Some(crate::ratelimit::LimitKey::Subject) => subject.or(peer),
+            _ => peer,
+        };
+        let Some(key) = key else {
             return next.run(req).await;
         };
-        let Err(wait) = matched.policy.limits.check(matched.route, &peer) else {
+        let key: Arc<str> = key.into();
+        let Err(wait) = matched.policy.limits.check(matched.route, &key) else {
             return next.run(req).await;
         };
         metrics::counter!(m::RATE_LIMITED, "route" => route.id.to_string()).increment(1);

@@ -38,7 +38,11 @@ routes:
 "#;
 
 fn policy(yaml: &str) -> Policy {
-    Policy::from_yaml(yaml, &[TD.parse().unwrap()]).unwrap()
+    Policy::from_yaml(
+        yaml,
+        &PolicyContext::with_trust_domains(&[TD.parse().unwrap()]),
+    )
+    .unwrap()
 }
 
 struct Row {
@@ -65,6 +69,8 @@ fn check(policy: &Policy, rows: &[Row]) {
                 host: row.host,
                 path: &path,
                 peer: peer.as_ref(),
+                principal: None,
+                now: 0,
             },
         );
         let label = format!(
@@ -379,7 +385,10 @@ fn dry_run_default_applies_to_requests_without_a_route() {
 }
 
 fn problems(yaml: &str) -> String {
-    match Policy::from_yaml(yaml, &[TD.parse().unwrap()]) {
+    match Policy::from_yaml(
+        yaml,
+        &PolicyContext::with_trust_domains(&[TD.parse().unwrap()]),
+    ) {
         Ok(_) => panic!("expected the policy to be refused:\n{yaml}"),
         Err(e) => e.to_string(),
     }
@@ -501,6 +510,8 @@ fn decision_on_the_forwarded_path_equals_decision_on_the_raw_path() {
                         host: Some("web.svc"),
                         path,
                         peer: Some(&peer),
+                        principal: None,
+                        now: 0,
                     },
                 )
             };

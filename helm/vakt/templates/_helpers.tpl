@@ -1,0 +1,226 @@
+{{/*
+Helpers shared by the chart's own templates and by the public named templates in _sidecar.tpl.
+
+Every helper here takes a context with at least .Values (the vakt values) and .Release, and
+never reads .Chart or .Files: another chart that includes "vakt.sidecar" calls them with its own
+(dict "Values" .Values.vakt "Release" .Release), so nothing may depend on which chart is rendering.
+For the same reason the chart name is the constant "vakt" rather than .Chart.Name.
+*/}}
+
+{{/* Fixed paths inside the vakt container. The image's ENTRYPOINT uses the config path too. */}}
+{{- define "vakt.configDir" -}}/etc/vakt{{- end }}
+{{- define "vakt.configFile" -}}vakt.yaml{{- end }}
+{{- define "vakt.policyDir" -}}/var/run/vakt/policy{{- end }}
+{{- define "vakt.identityDir" -}}/var/run/vakt/identity{{- end }}
+{{- define "vakt.trustDir" -}}/var/run/vakt/trust{{- end }}
+
+{{/* vakt's fixed ports (the listen addresses in the rendered config use the same numbers). */}}
+{{- define "vakt.mtlsPort" -}}15443{{- end }}
+{{- define "vakt.outboundPort" -}}15001{{- end }}
+{{- define "vakt.adminPort" -}}15021{{- end }}
+
+{{- define "vakt.name" -}}
+{{- default "vakt" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* "<release>-vakt", or the release name when it already contains the chart name. */}}
+{{- define "vakt.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "vakt.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* Standard labels of every resource the chart renders itself. */}}
+{{- define "vakt.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{ include "vakt.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: vakt
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* The Deployment's selector (way in (a)). */}}
+{{- define "vakt.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vakt.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+The label that marks the pods carrying this release's vakt sidecar. The Service, the
+NetworkPolicy and the PodDisruptionBudget select on it alone, so they work the same for the
+chart's own Deployment and for a Deployment of another chart (which adds "vakt.podLabels").
+*/}}
+{{- define "vakt.workloadLabels" -}}
+vakt.io/workload: {{ include "vakt.fullname" . }}
+{{- end }}
+
+{{- define "vakt.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "vakt.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- required "serviceAccount.name is required when serviceAccount.create is false (the SPIFFE ID names the account)" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* The workload's SPIFFE ID: spiffe://<trust domain>/ns/<namespace>/sa/<service account>. */}}
+{{- define "vakt.spiffeId" -}}
+{{- printf "spiffe://%s/ns/%s/sa/%s" .Values.trustDomain .Release.Namespace (include "vakt.serviceAccountName" .) }}
+{{- end }}
+
+{{- define "vakt.configMapName" -}}
+{{- printf "%s-config" (include "vakt.fullname" .) }}
+{{- end }}
+
+{{- define "vakt.policyConfigMapName" -}}
+{{- default (printf "%s-policy" (include "vakt.fullname" .)) .Values.policy.existingConfigMap }}
+{{- end }}
+
+{{/* The key of the policy in its ConfigMap: our own ConfigMap always uses policy.yaml. */}}
+{{- define "vakt.policyKey" -}}
+{{- if .Values.policy.existingConfigMap }}{{ .Values.policy.key }}{{ else }}policy.yaml{{ end }}
+{{- end }}
+
+{{- define "vakt.identitySecretName" -}}
+{{- if eq .Values.certificate.source "existingSecret" }}
+{{- required "certificate.existingSecret.name is required when certificate.source is existingSecret" .Values.certificate.existingSecret.name }}
+{{- else }}
+{{- default (printf "%s-identity" (include "vakt.fullname" .)) .Values.certificate.certManager.secretName }}
+{{- end }}
+{{- end }}
+
+{{- define "vakt.certKey" -}}
+{{- if eq .Values.certificate.source "existingSecret" }}{{ .Values.certificate.existingSecret.certKey }}{{ else }}tls.crt{{ end }}
+{{- end }}
+
+{{- define "vakt.keyKey" -}}
+{{- if eq .Values.certificate.source "existingSecret" }}{{ .Values.certificate.existingSecret.keyKey }}{{ else }}tls.key{{ end }}
+{{- end }}
+
+{{/* An image reference from {repository, tag, digest}: the digest wins over the tag. */}}
+{{- define "vakt.image" -}}
+{{- if .digest }}
+{{- printf "%s@%s" .repository .digest }}
+{{- else }}
+{{- printf "%s:%s" .repository (toString .tag) }}
+{{- end }}
+{{- end }}
+
+{{/*
+The vakt sidecar config (vakt.yaml). Built as a dict and serialised with toYaml, so values are
+quoted correctly whatever they contain. Keys are vakt's own (config/vakt.example.yaml); the
+listen addresses, file paths and log format are fixed by the chart. The policy is NOT in here
+(it is a file of its own), so the checksum over this text changes only with the sidecar config.
+*/}}
+{{- define "vakt.configYaml" -}}
+{{- $v := .Values }}
+{{- $c := $v.config }}
+{{- $l := $c.limits }}
+{{- $identity := dict
+    "trust_domain" $v.trustDomain
+    "accepted_trust_domains" $c.acceptedTrustDomains
+    "cert" (printf "%s/%s" (include "vakt.identityDir" .) (include "vakt.certKey" .))
+    "key" (printf "%s/%s" (include "vakt.identityDir" .) (include "vakt.keyKey" .))
+    "trust_bundle" (printf "%s/%s" (include "vakt.trustDir" .) $v.trustBundle.key)
+    "reload_interval" $c.reloadInterval }}
+{{- $limits := dict
+    "handshake_timeout" $l.handshakeTimeout
+    "header_read_timeout" $l.headerReadTimeout
+    "max_header_bytes" (int64 $l.maxHeaderBytes)
+    "idle_timeout" $l.idleTimeout
+    "upstream_connect_timeout" $l.upstreamConnectTimeout
+    "upstream_response_timeout" $l.upstreamResponseTimeout
+    "http2_max_concurrent_streams" (int64 $l.http2MaxConcurrentStreams)
+    "upstream_pool_idle_timeout" $l.upstreamPoolIdleTimeout
+    "upstream_pool_max_idle_per_host" (int64 $l.upstreamPoolMaxIdlePerHost) }}
+{{- $cfg := dict
+    "identity" $identity
+    "tls" (dict "min_version" (toString $c.tlsMinVersion))
+    "admin" (dict "listen" (printf "0.0.0.0:%s" (include "vakt.adminPort" .)))
+    "limits" $limits
+    "shutdown" (dict "grace_period" $c.shutdownGracePeriod)
+    "log" (dict "format" "json" "level" $c.logLevel) }}
+{{- if $c.inbound.enabled }}
+{{- $_ := set $cfg "inbound" (dict
+    "listen" (printf "0.0.0.0:%s" (include "vakt.mtlsPort" .))
+    "app" (printf "127.0.0.1:%d" (int64 $v.app.port))
+    "app_protocol" $v.app.protocol
+    "policy" (printf "%s/%s" (include "vakt.policyDir" .) (include "vakt.policyKey" .))
+    "strip_headers" $c.inbound.stripHeaders) }}
+{{- end }}
+{{- if $c.outbound.enabled }}
+{{- $upstreams := list }}
+{{- range $c.outbound.upstreams }}
+{{- $upstreams = append $upstreams (dict "authority" .authority "address" .address "spiffe_id" .spiffeId) }}
+{{- end }}
+{{- $_ := set $cfg "outbound" (dict
+    "listen" (printf "127.0.0.1:%s" (include "vakt.outboundPort" .))
+    "upstreams" $upstreams) }}
+{{- end -}}
+# vakt sidecar config, rendered by the vakt Helm chart from its values.
+# Every key is documented in config/vakt.example.yaml of the vakt repository.
+{{ toYaml $cfg }}
+{{- end }}
+
+{{/* sha256 of the sidecar config: the pod template's checksum/config annotation. */}}
+{{- define "vakt.configChecksum" -}}
+{{- include "vakt.configYaml" . | sha256sum }}
+{{- end }}
+
+{{/* The policy file: policy.text verbatim, else policy.document as YAML. */}}
+{{- define "vakt.policyYaml" -}}
+{{- if .Values.policy.text }}
+{{- .Values.policy.text }}
+{{- else }}
+{{- toYaml .Values.policy.document }}
+{{- end }}
+{{- end }}
+
+{{/* The hardened securityContext of the vakt container (not configurable apart from the IDs). */}}
+{{- define "vakt.sidecarSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ int64 .Values.sidecar.runAsUser }}
+runAsGroup: {{ int64 .Values.sidecar.runAsGroup }}
+readOnlyRootFilesystem: true
+allowPrivilegeEscalation: false
+privileged: false
+capabilities:
+  drop:
+    - ALL
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The headless Service the ServiceMonitor scrapes (admin port only). */}}
+{{- define "vakt.metricsServiceName" -}}
+{{- printf "%s-metrics" (include "vakt.fullname" . | trunc 55 | trimSuffix "-") }}
+{{- end }}
+
+{{- define "vakt.metricsServiceLabels" -}}
+vakt.io/metrics: "true"
+{{- end }}
+
+{{/*
+PromQL label matchers that select this workload's vakt series: by default the namespace and the
+job the ServiceMonitor gives them (the metrics Service's name).
+*/}}
+{{- define "vakt.alertSelector" -}}
+{{- default (printf "namespace=%q,job=%q" .Release.Namespace (include "vakt.metricsServiceName" .)) .Values.metrics.prometheusRule.selector }}
+{{- end }}
+
+{{/* Alert labels: the severity, then the installer's own (context: dict severity, extra). */}}
+{{- define "vakt.alertLabels" -}}
+severity: {{ .severity }}
+{{- with .extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}

@@ -1,0 +1,147 @@
+{{/*
+Public named templates: the way to add vakt to a Deployment of another chart (way in (b)).
+The chart's own Deployment uses exactly the same templates.
+
+In your chart (with vakt as a dependency, so that .Values.vakt holds vakt's values and vakt
+renders its ConfigMaps, ServiceAccount, Certificate, Service and NetworkPolicy itself):
+
+  {{- $vakt := dict "Values" .Values.vakt "Release" .Release }}
+  metadata:
+    labels:      {{- include "vakt.podLabels" $vakt | nindent 8 }}
+    annotations: {{- include "vakt.podAnnotations" $vakt | nindent 8 }}
+  spec:
+    serviceAccountName: {{ include "vakt.serviceAccountName" $vakt }}
+    automountServiceAccountToken: false
+    securityContext: {{- include "vakt.podSecurityContext" $vakt | nindent 8 }}
+    {{- if .Values.vakt.sidecar.native }}
+    initContainers: {{- include "vakt.sidecar" $vakt | nindent 8 }}
+    {{- end }}
+    containers:
+      - name: app
+        env: {{- include "vakt.appEnv" $vakt | nindent 12 }}
+      {{- if not .Values.vakt.sidecar.native }}
+      {{- include "vakt.sidecar" $vakt | nindent 6 }}
+      {{- end }}
+    volumes: {{- include "vakt.volumes" $vakt | nindent 8 }}
+
+helm/examples/orders in the vakt repository is a complete example chart.
+*/}}
+
+{{/* The vakt container, as one list item for `containers` (or `initContainers` when native). */}}
+{{- define "vakt.sidecar" -}}
+- name: {{ .Values.sidecar.name }}
+  image: {{ include "vakt.image" .Values.sidecar.image | quote }}
+  imagePullPolicy: {{ .Values.sidecar.image.pullPolicy }}
+  command: ["/vakt"]
+  args: ["run", "--config", "{{ include "vakt.configDir" . }}/{{ include "vakt.configFile" . }}"]
+  {{- if .Values.sidecar.native }}
+  # Kubernetes native sidecar: started (and ready) before the app, stopped after it.
+  restartPolicy: Always
+  {{- end }}
+  ports:
+    {{- if .Values.config.inbound.enabled }}
+    - name: vakt-mtls
+      containerPort: {{ include "vakt.mtlsPort" . }}
+      protocol: TCP
+    {{- end }}
+    - name: vakt-admin
+      containerPort: {{ include "vakt.adminPort" . }}
+      protocol: TCP
+  {{- with .Values.sidecar.env }}
+  env:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  livenessProbe:
+    httpGet:
+      path: /live
+      port: {{ include "vakt.adminPort" . }}
+      scheme: HTTP
+    {{- toYaml .Values.sidecar.probes.liveness | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /ready
+      port: {{ include "vakt.adminPort" . }}
+      scheme: HTTP
+    {{- toYaml .Values.sidecar.probes.readiness | nindent 4 }}
+  resources:
+    {{- toYaml .Values.sidecar.resources | nindent 4 }}
+  securityContext:
+    {{- include "vakt.sidecarSecurityContext" . | nindent 4 }}
+  volumeMounts:
+    - name: vakt-config
+      mountPath: {{ include "vakt.configDir" . }}
+      readOnly: true
+    {{- if .Values.config.inbound.enabled }}
+    # The policy ConfigMap is mounted as a directory (never subPath, which never updates) so
+    # that vakt sees a new policy and hot-reloads it.
+    - name: vakt-policy
+      mountPath: {{ include "vakt.policyDir" . }}
+      readOnly: true
+    {{- end }}
+    - name: vakt-identity
+      mountPath: {{ include "vakt.identityDir" . }}
+      readOnly: true
+    - name: vakt-trust
+      mountPath: {{ include "vakt.trustDir" . }}
+      readOnly: true
+{{- end }}
+
+{{/* The pod volumes vakt needs, as list items for `volumes`. */}}
+{{- define "vakt.volumes" -}}
+- name: vakt-config
+  configMap:
+    name: {{ include "vakt.configMapName" . }}
+{{- if .Values.config.inbound.enabled }}
+- name: vakt-policy
+  configMap:
+    name: {{ include "vakt.policyConfigMapName" . }}
+{{- end }}
+- name: vakt-identity
+  secret:
+    secretName: {{ include "vakt.identitySecretName" . }}
+    # 0440: readable by the pod's fsGroup (vakt's group) only; only the vakt container mounts it.
+    defaultMode: 288
+- name: vakt-trust
+  {{- if eq .Values.trustBundle.source "secret" }}
+  secret:
+    secretName: {{ .Values.trustBundle.name }}
+  {{- else }}
+  configMap:
+    name: {{ .Values.trustBundle.name }}
+  {{- end }}
+{{- end }}
+
+{{/*
+Environment of the app container: its outbound HTTP goes through vakt (plain HTTP to the local
+proxy; vakt originates mTLS), loopback stays direct. Both spellings, since tools differ.
+*/}}
+{{- define "vakt.appEnv" -}}
+{{- if .Values.config.outbound.enabled -}}
+- name: HTTP_PROXY
+  value: "http://127.0.0.1:{{ include "vakt.outboundPort" . }}"
+- name: http_proxy
+  value: "http://127.0.0.1:{{ include "vakt.outboundPort" . }}"
+- name: NO_PROXY
+  value: "localhost,127.0.0.1,::1"
+- name: no_proxy
+  value: "localhost,127.0.0.1,::1"
+{{- end }}
+{{- end }}
+
+{{/* Pod labels: the one the Service, NetworkPolicy and PodDisruptionBudget select on. */}}
+{{- define "vakt.podLabels" -}}
+{{ include "vakt.workloadLabels" . }}
+{{- end }}
+
+{{/*
+Pod annotations: the checksum of the sidecar config, so a config change rolls the pods. The
+policy is deliberately left out: vakt hot-reloads it from the mounted ConfigMap.
+*/}}
+{{- define "vakt.podAnnotations" -}}
+checksum/config: {{ include "vakt.configChecksum" . }}
+{{- end }}
+
+{{/* The pod securityContext: fsGroup is needed for vakt to read the mounted private key. */}}
+{{- define "vakt.podSecurityContext" -}}
+{{ toYaml .Values.workload.podSecurityContext }}
+{{- end }}

@@ -1,0 +1,477 @@
+//! Signing keys per issuer: discovery (exact issuer match), the JWKS from the discovered
+//! `jwks_uri` only, refreshed in the background honouring `Cache-Control` within bounds (with
+//! jitter). An unknown `kid` triggers one refetch — single-flight, at most once per 30 s per
+//! issuer, unknown kids remembered briefly — so a rotation is picked up on first use while a flood
+//! of random kids costs at most one fetch. On failure the last good keys are kept up to a maximum
+//! staleness; never an empty set, never a fallback key. Weak or unusable keys are dropped at
+//! load and counted.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwapOption;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use openidconnect::core::CoreProviderMetadata;
+use serde_json::Value;
+
+use super::http_client::{FetchError, IdpClient};
+use super::{Alg, IssuerConfig, OidcConfig};
+use crate::metrics as m;
+
+/// Least time between two unknown-kid refetches of one issuer.
+const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// How long an unknown kid is remembered (answered without a fetch).
+const UNKNOWN_KID_MEMORY: Duration = Duration::from_secs(30);
+const MAX_REMEMBERED_KIDS: usize = 1024;
+const MAX_KEYS: usize = 64;
+
+/// A usable verification key.
+pub struct VerifyKey {
+    pub kid: String,
+    /// `RSA` or `EC`.
+    pub kty: &'static str,
+    /// The JWK's own `alg`, if it names one.
+    pub alg: Option<Alg>,
+    /// `P-256` / `P-384` for EC keys.
+    pub crv: Option<String>,
+    pub decoding: jsonwebtoken::DecodingKey,
+}
+
+struct KeySet {
+    keys: HashMap<String, Arc<VerifyKey>>,
+    fetched_at: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    #[error("{0}")]
+    Fetch(#[from] FetchError),
+    #[error("discovery document of {issuer}: {message}")]
+    Discovery { issuer: String, message: String },
+    #[error("JWKS of {issuer}: {message}")]
+    Jwks { issuer: String, message: String },
+}
+
+/// What a key lookup found.
+pub enum KeyLookup {
+    Found(Arc<VerifyKey>),
+    Unknown,
+    /// No key set at all, or it is older than the allowed staleness.
+    Unavailable,
+}
+
+pub struct IssuerKeys {
+    pub config: Arc<IssuerConfig>,
+    client: IdpClient,
+    refresh_min: Duration,
+    refresh_max: Duration,
+    max_staleness: Duration,
+    current: ArcSwapOption<KeySet>,
+    jwks_uri: Mutex<Option<String>>,
+    /// Single flight for unknown-kid refetches, and when the last one ran.
+    refetch: tokio::sync::Mutex<Option<Instant>>,
+    unknown_kids: Mutex<HashMap<String, Instant>>,
+}
+
+fn now_unix() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// `max-age` from a Cache-Control header.
+fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
+    headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|d| d.trim().strip_prefix("max-age="))
+        .find_map(|n| n.trim_matches('"').parse::<u64>().ok())
+        .map(Duration::from_secs)
+}
+
+/// Why a JWK is not used.
+fn rejection(jwk: &Value, allowed: &[Alg]) -> Option<&'static str> {
+    let get = |k: &str| jwk.get(k);
+    let kty = get("kty").and_then(Value::as_str).unwrap_or_default();
+    if kty == "oct" {
+        return Some("symmetric");
+    }
+    if ["d", "p", "q", "dp", "dq", "qi", "k", "oth"]
+        .iter()
+        .any(|k| get(k).is_some())
+    {
+        return Some("private_key");
+    }
+    if get("use").is_some_and(|u| u != "sig") {
+        return Some("not_for_signing");
+    }
+    if let Some(ops) = get("key_ops").and_then(Value::as_array)
+        && !ops.iter().any(|o| o == "verify")
+    {
+        return Some("not_for_signing");
+    }
+    if get("kid").and_then(Value::as_str).is_none_or(str::is_empty) {
+        return Some("no_kid");
+    }
+    if let Some(alg) = get("alg").and_then(Value::as_str) {
+        match Alg::parse(alg) {
+            Some(a) if allowed.contains(&a) && a.key_type() == kty => {}
+            _ => return Some("alg_not_allowed"),
+        }
+    }
+    match kty {
+        "RSA" => {
+            let bits = get("n")
+                .and_then(Value::as_str)
+                .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
+                .map(|n| {
+                    let significant = n.iter().skip_while(|b| **b == 0).count();
+                    significant * 8
+                })
+                .unwrap_or(0);
+            if bits < 2048 {
+                return Some("weak_rsa");
+            }
+        }
+        "EC" => match get("crv").and_then(Value::as_str) {
+            Some("P-256" | "P-384") => {}
+            _ => return Some("unsupported_curve"),
+        },
+        _ => return Some("unsupported_key_type"),
+    }
+    None
+}
+
+impl IssuerKeys {
+    pub fn new(config: Arc<IssuerConfig>, oidc: &OidcConfig, client: IdpClient) -> Self {
+        Self {
+            config,
+            client,
+            refresh_min: oidc.jwks_refresh_min,
+            refresh_max: oidc.jwks_refresh_max,
+            max_staleness: oidc.jwks_max_staleness,
+            current: ArcSwapOption::empty(),
+            jwks_uri: Mutex::new(None),
+            refetch: tokio::sync::Mutex::new(None),
+            unknown_kids: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn issuer(&self) -> &str {
+        &self.config.issuer
+    }
+
+    /// Keys usable now (present and not too stale).
+    pub fn is_ready(&self) -> bool {
+        self.current
+            .load()
+            .as_ref()
+            .is_some_and(|set| set.fetched_at.elapsed() <= self.max_staleness)
+    }
+
+    pub fn lookup(&self, kid: &str) -> KeyLookup {
+        match self.current.load().as_ref() {
+            Some(set) if set.fetched_at.elapsed() <= self.max_staleness => {
+                match set.keys.get(kid) {
+                    Some(key) => KeyLookup::Found(key.clone()),
+                    None => KeyLookup::Unknown,
+                }
+            }
+            _ => KeyLookup::Unavailable,
+        }
+    }
+
+    /// The key for `kid`, refetching the set once if it is unknown (rate-limited, single-flight).
+    pub async fn key(&self, kid: &str) -> Result<Arc<VerifyKey>, super::TokenError> {
+        match self.lookup(kid) {
+            KeyLookup::Found(key) => return Ok(key),
+            KeyLookup::Unavailable if !self.is_ready() && self.current.load().is_none() => {}
+            KeyLookup::Unavailable => return Err(super::TokenError::KeysUnavailable),
+            KeyLookup::Unknown => {}
+        }
+        if self.remembered_unknown(kid) {
+            return Err(super::TokenError::UnknownKey);
+        }
+        let mut last = self.refetch.lock().await;
+        // Another request may have refetched while we waited.
+        if let KeyLookup::Found(key) = self.lookup(kid) {
+            return Ok(key);
+        }
+        let may_fetch = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH_INTERVAL);
+        if may_fetch {
+            *last = Some(Instant::now());
+            if let Err(error) = self.refresh("unknown_kid").await {
+                tracing::warn!(issuer = self.issuer(), %error, "JWKS refetch for an unknown kid failed");
+            }
+        }
+        drop(last);
+        match self.lookup(kid) {
+            KeyLookup::Found(key) => Ok(key),
+            KeyLookup::Unavailable => Err(super::TokenError::KeysUnavailable),
+            KeyLookup::Unknown => {
+                self.remember_unknown(kid);
+                Err(super::TokenError::UnknownKey)
+            }
+        }
+    }
+
+    fn remembered_unknown(&self, kid: &str) -> bool {
+        let mut kids = self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner());
+        match kids.get(kid) {
+            Some(t) if t.elapsed() < UNKNOWN_KID_MEMORY => true,
+            Some(_) => {
+                kids.remove(kid);
+                false
+            }
+            None => false,
+        }
+    }
+
+    fn remember_unknown(&self, kid: &str) {
+        let mut kids = self.unknown_kids.lock().unwrap_or_else(|p| p.into_inner());
+        if kids.len() >= MAX_REMEMBERED_KIDS {
+            kids.retain(|_, t| t.elapsed() < UNKNOWN_KID_MEMORY);
+            if kids.len() >= MAX_REMEMBERED_KIDS {
+                kids.clear();
+            }
+        }
+        kids.insert(kid.to_owned(), Instant::now());
+    }
+
+    async fn discover(&self) -> Result<String, JwksError> {
+        if let Some(uri) = self
+            .jwks_uri
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+        {
+            return Ok(uri);
+        }
+        let url = self.config.discovery_url.clone().unwrap_or_else(|| {
+            format!(
+                "{}/.well-known/openid-configuration",
+                self.issuer().trim_end_matches('/')
+            )
+        });
+        let doc = self
+            .client
+            .get(&url, self.config.allow_insecure_loopback)
+            .await?;
+        let metadata: CoreProviderMetadata =
+            serde_json::from_slice(&doc.body).map_err(|e| JwksError::Discovery {
+                issuer: self.issuer().to_owned(),
+                message: e.to_string(),
+            })?;
+        if metadata.issuer().as_str() != self.issuer() {
+            return Err(JwksError::Discovery {
+                issuer: self.issuer().to_owned(),
+                message: format!(
+                    "the document names issuer {:?}; it must be exactly the configured one",
+                    metadata.issuer().as_str()
+                ),
+            });
+        }
+        let uri = metadata.jwks_uri().url().to_string();
+        *self.jwks_uri.lock().unwrap_or_else(|p| p.into_inner()) = Some(uri.clone());
+        Ok(uri)
+    }
+
+    /// Fetch the key set now; returns how long until the next scheduled refresh.
+    pub async fn refresh(&self, trigger: &'static str) -> Result<Duration, JwksError> {
+        let result = self.fetch().await;
+        let issuer = self.issuer().to_owned();
+        match &result {
+            Ok(_) => {
+                metrics::counter!(m::JWKS_FETCHES, "issuer" => issuer.clone(), "result" => "success", "trigger" => trigger).increment(1);
+                metrics::gauge!(m::JWKS_LAST_SUCCESS, "issuer" => issuer).set(now_unix());
+            }
+            Err(_) => {
+                metrics::counter!(m::JWKS_FETCHES, "issuer" => issuer, "result" => "failure", "trigger" => trigger).increment(1);
+            }
+        }
+        result
+    }
+
+    async fn fetch(&self) -> Result<Duration, JwksError> {
+        let uri = self.discover().await?;
+        let fetched = self
+            .client
+            .get(&uri, self.config.allow_insecure_loopback)
+            .await?;
+        let jwks_error = |message: String| JwksError::Jwks {
+            issuer: self.issuer().to_owned(),
+            message,
+        };
+        let doc: Value =
+            serde_json::from_slice(&fetched.body).map_err(|e| jwks_error(e.to_string()))?;
+        let raw_keys = doc
+            .get("keys")
+            .and_then(Value::as_array)
+            .ok_or_else(|| jwks_error("no \"keys\" array".into()))?;
+        let mut keys = HashMap::new();
+        for raw in raw_keys.iter().take(MAX_KEYS) {
+            if let Some(reason) = rejection(raw, &self.config.algorithms) {
+                metrics::counter!(m::JWKS_KEYS_DROPPED, "issuer" => self.issuer().to_owned(), "reason" => reason).increment(1);
+                tracing::warn!(
+                    issuer = self.issuer(),
+                    kid = raw.get("kid").and_then(|k| k.as_str()).unwrap_or("-"),
+                    reason,
+                    "JWK dropped"
+                );
+                continue;
+            }
+            let decoding = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(raw.clone())
+                .ok()
+                .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).ok());
+            let Some(decoding) = decoding else {
+                metrics::counter!(m::JWKS_KEYS_DROPPED, "issuer" => self.issuer().to_owned(), "reason" => "unusable").increment(1);
+                continue;
+            };
+            let kid = raw
+                .get("kid")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            let kty = if raw.get("kty").and_then(Value::as_str) == Some("EC") {
+                "EC"
+            } else {
+                "RSA"
+            };
+            keys.insert(
+                kid.clone(),
+                Arc::new(VerifyKey {
+                    kid,
+                    kty,
+                    alg: raw.get("alg").and_then(Value::as_str).and_then(Alg::parse),
+                    crv: raw.get("crv").and_then(Value::as_str).map(str::to_owned),
+                    decoding,
+                }),
+            );
+        }
+        if keys.is_empty() {
+            // Never swap in an empty set: keep the last good keys.
+            return Err(jwks_error("no usable signing key".into()));
+        }
+        self.current.store(Some(Arc::new(KeySet {
+            keys,
+            fetched_at: Instant::now(),
+        })));
+        let max_age = max_age(&fetched.headers).unwrap_or(self.refresh_min * 5);
+        Ok(max_age.clamp(self.refresh_min, self.refresh_max))
+    }
+
+    /// Background refresh until shutdown: on schedule with ±10 % jitter; after a failure, retry
+    /// soon (bounded backoff).
+    pub fn spawn_refresher(
+        self: Arc<Self>,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> tokio::task::JoinHandle<()> {
+        tokio::spawn(async move {
+            let mut backoff = Duration::from_millis(500);
+            loop {
+                let wait = match self.refresh("scheduled").await {
+                    Ok(next) => {
+                        backoff = Duration::from_millis(500);
+                        jitter(next)
+                    }
+                    Err(error) => {
+                        tracing::warn!(issuer = self.issuer(), %error, "JWKS refresh failed; keeping the last good keys");
+                        let wait = backoff;
+                        backoff = (backoff * 2).min(self.refresh_min.max(Duration::from_secs(1)));
+                        wait
+                    }
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => return,
+                }
+            }
+        })
+    }
+}
+
+fn jitter(d: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    let _ = aws_lc_rs::rand::fill(&mut byte);
+    // 90 % .. 110 %
+    d.mul_f64(0.9 + f64::from(byte[0]) / 255.0 * 0.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn weak_and_unusable_keys_are_rejected() {
+        let allowed = [Alg::RS256, Alg::ES256];
+        let n2048 = URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
+        let n1024 = URL_SAFE_NO_PAD.encode([0xC5u8; 128]);
+        let cases = [
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB"}),
+                None,
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n1024, "e": "AQAB"}),
+                Some("weak_rsa"),
+            ),
+            (
+                json!({"kty": "oct", "kid": "a", "k": "c2VjcmV0"}),
+                Some("symmetric"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB", "d": "x"}),
+                Some("private_key"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB", "use": "enc"}),
+                Some("not_for_signing"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB", "key_ops": ["encrypt"]}),
+                Some("not_for_signing"),
+            ),
+            (
+                json!({"kty": "RSA", "n": n2048, "e": "AQAB"}),
+                Some("no_kid"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB", "alg": "RS512"}),
+                Some("alg_not_allowed"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB", "alg": "ES256"}),
+                Some("alg_not_allowed"),
+            ),
+            (
+                json!({"kty": "EC", "kid": "a", "crv": "secp256k1", "x": "x", "y": "y"}),
+                Some("unsupported_curve"),
+            ),
+            (
+                json!({"kty": "OKP", "kid": "a", "crv": "Ed25519", "x": "x"}),
+                Some("unsupported_key_type"),
+            ),
+        ];
+        for (jwk, expected) in cases {
+            assert_eq!(rejection(&jwk, &allowed), expected, "{jwk}");
+        }
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        let mut h = http::HeaderMap::new();
+        h.insert(
+            http::header::CACHE_CONTROL,
+            "public, max-age=3600, must-revalidate".parse().unwrap(),
+        );
+        assert_eq!(max_age(&h), Some(Duration::from_secs(3600)));
+        h.insert(http::header::CACHE_CONTROL, "no-store".parse().unwrap());
+        assert_eq!(max_age(&h), None);
+    }
+}

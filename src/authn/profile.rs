@@ -1,0 +1,291 @@
+//! Provider profiles: each provider's claim names and assurance levels mapped onto one
+//! [`Principal`](super::Principal). Levels are compared as numbers, never as raw strings; an
+//! unknown or missing level counts as the lowest.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::Principal;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Profile {
+    Helseid,
+    Bankid,
+    Signicat,
+    Idporten,
+    Generic,
+}
+
+/// Level of assurance (eIDAS), ordered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Loa {
+    /// Unknown or missing: denied on any route that asks for a level.
+    None,
+    Low,
+    Substantial,
+    High,
+}
+
+impl Loa {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Low => "low",
+            Self::Substantial => "substantial",
+            Self::High => "high",
+        }
+    }
+}
+
+impl Profile {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Helseid => "helseid",
+            Self::Bankid => "bankid",
+            Self::Signicat => "signicat",
+            Self::Idporten => "idporten",
+            Self::Generic => "generic",
+        }
+    }
+
+    /// The `acr_values` a client should request to reach `level` at this provider (RFC 9470
+    /// step-up answers).
+    pub fn acr_value(self, level: Loa) -> &'static str {
+        match (self, level) {
+            (Self::Bankid, Loa::High) => "urn:bankid:bid;LOA=4",
+            (Self::Bankid, _) => "urn:bankid:bis;LOA=3",
+            (Self::Idporten | Self::Helseid, Loa::High) => "idporten-loa-high",
+            (Self::Idporten | Self::Helseid, _) => "idporten-loa-substantial",
+            (Self::Signicat, Loa::High) => "loa:high",
+            (Self::Signicat, _) => "loa:substantial",
+            (Self::Generic, l) => l.as_str(),
+        }
+    }
+
+    fn loa(self, claims: &BTreeMap<String, Value>) -> Loa {
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        match self {
+            Self::Helseid => match text("helseid://claims/identity/security_level") {
+                Some("4") => Loa::High,
+                Some("3") => Loa::Substantial,
+                Some("2") => Loa::Low,
+                _ => Loa::None,
+            },
+            Self::Bankid => match text("acr") {
+                Some("urn:bankid:bid;LOA=4") => Loa::High,
+                Some("urn:bankid:bis;LOA=3") => Loa::Substantial,
+                _ => Loa::None,
+            },
+            Self::Idporten => match text("acr") {
+                Some("idporten-loa-high") => Loa::High,
+                Some("idporten-loa-substantial") => Loa::Substantial,
+                _ => Loa::None,
+            },
+            Self::Signicat => match text("acr") {
+                Some("loa:high") => Loa::High,
+                Some("loa:substantial") => Loa::Substantial,
+                Some("loa:low") => Loa::Low,
+                _ => Loa::None,
+            },
+            Self::Generic => match text("acr") {
+                Some("high") => Loa::High,
+                Some("substantial") => Loa::Substantial,
+                Some("low") => Loa::Low,
+                _ => Loa::None,
+            },
+        }
+    }
+
+    fn national_id(self, claims: &BTreeMap<String, Value>) -> Option<String> {
+        let names: &[&str] = match self {
+            Self::Helseid => &["helseid://claims/identity/pid"],
+            Self::Bankid => &["nnin_altsub", "nnin"],
+            Self::Signicat => &["nin"],
+            Self::Idporten => &["pid"],
+            Self::Generic => &["pid", "nnin", "nin"],
+        };
+        names
+            .iter()
+            .find_map(|n| claims.get(*n).and_then(Value::as_str))
+            .map(str::to_owned)
+    }
+
+    fn subject(self, claims: &BTreeMap<String, Value>) -> Option<String> {
+        let names: &[&str] = match self {
+            // BankID's `sub` is not stable; bankid_altsub is.
+            Self::Bankid => &["bankid_altsub", "sub"],
+            _ => &["sub"],
+        };
+        names
+            .iter()
+            .find_map(|n| claims.get(*n).and_then(Value::as_str))
+            .map(str::to_owned)
+    }
+
+    fn org_numbers(self, claims: &BTreeMap<String, Value>) -> Vec<String> {
+        match self {
+            Self::Helseid => [
+                "helseid://claims/client/claims/orgnr_parent",
+                "helseid://claims/client/claims/orgnr_child",
+            ]
+            .iter()
+            .filter_map(|n| claims.get(*n).and_then(Value::as_str))
+            .map(str::to_owned)
+            .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Map verified claims onto a principal.
+    pub fn principal(
+        self,
+        issuer: Arc<str>,
+        claims: BTreeMap<String, Value>,
+        expires_at: i64,
+    ) -> Principal {
+        let strings = |v: Option<&Value>, split: bool| -> Vec<String> {
+            match v {
+                Some(Value::String(s)) if split => {
+                    s.split_whitespace().map(str::to_owned).collect()
+                }
+                Some(Value::String(s)) => vec![s.clone()],
+                Some(Value::Array(items)) => items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+                _ => Vec::new(),
+            }
+        };
+        let scopes = match claims.get("scope") {
+            Some(v) => strings(Some(v), true),
+            None => strings(claims.get("scp"), true),
+        };
+        let auth_time = claims
+            .get("auth_time")
+            .and_then(Value::as_i64)
+            // BankID has no auth_time: the login is the token's issue time.
+            .or_else(|| {
+                (self == Self::Bankid)
+                    .then(|| claims.get("iat").and_then(Value::as_i64))
+                    .flatten()
+            });
+        let client_id = ["client_id", "azp"]
+            .iter()
+            .find_map(|n| claims.get(*n).and_then(Value::as_str))
+            .map(str::to_owned);
+        Principal {
+            issuer,
+            profile: self,
+            subject: self.subject(&claims),
+            national_id: self.national_id(&claims),
+            loa: self.loa(&claims),
+            amr: strings(claims.get("amr"), false),
+            auth_time,
+            client_id,
+            scopes,
+            org_numbers: self.org_numbers(&claims),
+            expires_at,
+            claims,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn principal(profile: Profile, claims: Value) -> Principal {
+        let claims: BTreeMap<String, Value> = serde_json::from_value(claims).unwrap();
+        profile.principal("https://idp".into(), claims, 0)
+    }
+
+    #[test]
+    fn each_profile_maps_its_claims() {
+        let p = principal(
+            Profile::Helseid,
+            json!({
+                "sub": "s1", "helseid://claims/identity/pid": "12345678901",
+                "helseid://claims/identity/security_level": "4", "client_id": "c1",
+                "scope": ["journal.read", "journal.write"], "amr": "pwd", "auth_time": 100,
+                "helseid://claims/client/claims/orgnr_parent": "999888777"
+            }),
+        );
+        assert_eq!(
+            (p.loa, p.national_id.as_deref(), p.client_id.as_deref()),
+            (Loa::High, Some("12345678901"), Some("c1"))
+        );
+        assert_eq!(p.scopes, ["journal.read", "journal.write"]);
+        assert_eq!(
+            (p.amr.clone(), p.auth_time, p.org_numbers.clone()),
+            (
+                vec!["pwd".to_owned()],
+                Some(100),
+                vec!["999888777".to_owned()]
+            )
+        );
+
+        let p = principal(
+            Profile::Bankid,
+            json!({
+                "sub": "unstable", "bankid_altsub": "stable", "nnin_altsub": "01010112345",
+                "acr": "urn:bankid:bis;LOA=3", "azp": "web", "iat": 200, "amr": ["BID", "mfa"]
+            }),
+        );
+        assert_eq!(
+            (
+                p.subject.as_deref(),
+                p.loa,
+                p.auth_time,
+                p.client_id.as_deref()
+            ),
+            (Some("stable"), Loa::Substantial, Some(200), Some("web"))
+        );
+        assert_eq!(p.amr, ["BID", "mfa"]);
+
+        let p = principal(
+            Profile::Signicat,
+            json!({"sub": "h", "nin": "1", "acr": "loa:high", "scp": ["a"]}),
+        );
+        assert_eq!(
+            (p.loa, p.national_id.as_deref(), p.scopes.clone()),
+            (Loa::High, Some("1"), vec!["a".to_owned()])
+        );
+        let p = principal(
+            Profile::Idporten,
+            json!({"pid": "2", "acr": "idporten-loa-substantial", "scope": "a b"}),
+        );
+        assert_eq!(
+            (p.loa, p.national_id.as_deref(), p.scopes.clone()),
+            (
+                Loa::Substantial,
+                Some("2"),
+                vec!["a".to_owned(), "b".to_owned()]
+            )
+        );
+    }
+
+    #[test]
+    fn unknown_or_raw_string_levels_count_as_none() {
+        for (profile, claims) in [
+            (
+                Profile::Helseid,
+                json!({"helseid://claims/identity/security_level": 4}),
+            ),
+            (Profile::Bankid, json!({"acr": "LOA=4"})),
+            (Profile::Idporten, json!({"acr": "Level4"})),
+            (Profile::Generic, json!({})),
+        ] {
+            assert_eq!(principal(profile, claims).loa, Loa::None);
+        }
+        assert!(
+            Loa::High > Loa::Substantial && Loa::Substantial > Loa::Low && Loa::Low > Loa::None
+        );
+    }
+}

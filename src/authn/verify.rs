@@ -1,0 +1,341 @@
+//! Access-token verification, fail closed with one reason per failure (RFC 8725, RFC 9068).
+//! `jsonwebtoken` checks the signature and registered claims; the strict checks it does not do
+//! (header allow-list, `crit`, `typ`, duplicate members, ID-token markers, key/alg match,
+//! issued-in-future, lifetime) are here. A verified-token cache keyed by the token's SHA-256
+//! makes a repeated token cost a lookup.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderMap, Uri};
+use serde_json::Value;
+
+use super::jwks::IssuerKeys;
+use super::{Alg, OidcConfig, Principal, TokenError, object_without_duplicates};
+use crate::metrics as m;
+
+/// Header parameters an access token may carry. Anything else (`jku`, `x5u`, `jwk`, `x5c`, ...)
+/// is refused: keys come only from the issuer's discovered JWKS.
+const HEADER_ALLOW_LIST: &[&str] = &["alg", "typ", "kid", "x5t", "x5t#S256", "cty"];
+/// Claims that mark an ID token (or an OIDC front-channel artefact).
+const ID_TOKEN_MARKERS: &[&str] = &["nonce", "at_hash", "c_hash", "s_hash"];
+
+fn now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The bearer token of a request: `Ok(None)` when there is none.
+pub fn extract_bearer<'a>(
+    headers: &'a HeaderMap,
+    uri: &Uri,
+    max_bytes: usize,
+) -> Result<Option<&'a str>, TokenError> {
+    if uri.query().is_some_and(|q| {
+        q.split('&').any(|kv| {
+            kv.split('=')
+                .next()
+                .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
+        })
+    }) {
+        return Err(TokenError::TokenInQuery);
+    }
+    let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err(TokenError::MultipleAuthorization);
+    }
+    if value.len() > max_bytes {
+        return Err(TokenError::TooLarge);
+    }
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::NotBearer)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::NotBearer);
+    }
+    let token = token.trim_start_matches(' ');
+    if token.is_empty() || token.contains(' ') {
+        return Err(TokenError::Malformed);
+    }
+    Ok(Some(token))
+}
+
+fn decode_part(part: &str) -> Result<BTreeMap<String, Value>, TokenError> {
+    if part.is_empty()
+        || !part
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(TokenError::Malformed);
+    }
+    let bytes = URL_SAFE_NO_PAD
+        .decode(part)
+        .map_err(|_| TokenError::Malformed)?;
+    let mut de = serde_json::Deserializer::from_slice(&bytes);
+    let map = object_without_duplicates(&mut de).map_err(|e| {
+        if e.to_string().contains("duplicate member") {
+            TokenError::DuplicateMember
+        } else {
+            TokenError::Malformed
+        }
+    })?;
+    de.end().map_err(|_| TokenError::Malformed)?;
+    Ok(map)
+}
+
+fn normalise_typ(t: &str) -> String {
+    let t = t.to_ascii_lowercase();
+    t.strip_prefix("application/")
+        .map(str::to_owned)
+        .unwrap_or(t)
+}
+
+struct Cached {
+    principal: Arc<Principal>,
+    issuer: usize,
+    kid: String,
+}
+
+pub struct Verifier {
+    issuers: Vec<Arc<IssuerKeys>>,
+    cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
+    pub max_token_bytes: usize,
+}
+
+impl Verifier {
+    pub fn new(issuers: Vec<Arc<IssuerKeys>>, config: &OidcConfig) -> Self {
+        Self {
+            issuers,
+            cache: quick_cache::sync::Cache::new(config.verified_token_cache),
+            max_token_bytes: config.max_token_bytes,
+        }
+    }
+
+    pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
+        &self.issuers
+    }
+
+    /// Verify `token` and map its claims to a principal.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, (Option<usize>, TokenError)> {
+        let hash: [u8; 32] = {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+            let mut out = [0u8; 32];
+            out.copy_from_slice(d.as_ref());
+            out
+        };
+        if let Some(hit) = self.cache.get(&hash) {
+            // Still valid, and its key still published (a retired key ends cached tokens too).
+            if hit.principal.expires_at > now()
+                && matches!(
+                    self.issuers[hit.issuer].lookup(&hit.kid),
+                    super::jwks::KeyLookup::Found(_)
+                )
+            {
+                metrics::counter!(m::TOKEN_CACHE, "result" => "hit").increment(1);
+                return Ok(hit.principal.clone());
+            }
+            self.cache.remove(&hash);
+        }
+        metrics::counter!(m::TOKEN_CACHE, "result" => "miss").increment(1);
+        let (issuer, kid, principal) = self.verify_uncached(token).await?;
+        let principal = Arc::new(principal);
+        self.cache.insert(
+            hash,
+            Arc::new(Cached {
+                principal: principal.clone(),
+                issuer,
+                kid,
+            }),
+        );
+        Ok(principal)
+    }
+
+    async fn verify_uncached(
+        &self,
+        token: &str,
+    ) -> Result<(usize, String, Principal), (Option<usize>, TokenError)> {
+        let parts: Vec<&str> = token.split('.').collect();
+        let [header_b64, payload_b64, signature_b64] = parts.as_slice() else {
+            return Err((None, TokenError::Malformed));
+        };
+        let header = decode_part(header_b64).map_err(|e| (None, e))?;
+        let payload = decode_part(payload_b64).map_err(|e| (None, e))?;
+        if signature_b64.is_empty() || URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
+            return Err((None, TokenError::Malformed));
+        }
+        if header.contains_key("crit") {
+            return Err((None, TokenError::Crit));
+        }
+        if header
+            .keys()
+            .any(|k| !HEADER_ALLOW_LIST.contains(&k.as_str()))
+        {
+            return Err((None, TokenError::HeaderNotAllowed));
+        }
+        let alg = header
+            .get("alg")
+            .and_then(Value::as_str)
+            .ok_or((None, TokenError::Malformed))?;
+        let iss = payload
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or((None, TokenError::MissingClaim))?;
+        let index = self
+            .issuers
+            .iter()
+            .position(|i| i.config.issuer == iss)
+            .ok_or((None, TokenError::UnknownIssuer))?;
+        let fail = |e| (Some(index), e);
+        let keys = &self.issuers[index];
+        let config = &keys.config;
+        let alg = Alg::parse(alg)
+            .filter(|a| config.algorithms.contains(a))
+            .ok_or(fail(TokenError::AlgNotAllowed))?;
+        let typ = header.get("typ").and_then(Value::as_str).map(normalise_typ);
+        if !typ
+            .as_deref()
+            .is_some_and(|t| config.token_types.iter().any(|a| normalise_typ(a) == t))
+        {
+            return Err(fail(TokenError::WrongType));
+        }
+        if ID_TOKEN_MARKERS.iter().any(|k| payload.contains_key(*k)) {
+            return Err(fail(TokenError::IdToken));
+        }
+        if payload.contains_key("cnf") {
+            return Err(fail(TokenError::BoundToken));
+        }
+        let kid = header
+            .get("kid")
+            .and_then(Value::as_str)
+            .ok_or(fail(TokenError::UnknownKey))?;
+        let key = keys.key(kid).await.map_err(fail)?;
+        let curve_ok = match alg {
+            Alg::ES256 => key.crv.as_deref() == Some("P-256"),
+            Alg::ES384 => key.crv.as_deref() == Some("P-384"),
+            _ => true,
+        };
+        if key.kty != alg.key_type() || key.alg.is_some_and(|a| a != alg) || !curve_ok {
+            return Err(fail(TokenError::KeyAlgMismatch));
+        }
+
+        let mut validation = jsonwebtoken::Validation::new(alg.jsonwebtoken());
+        validation.leeway = config.leeway.as_secs();
+        validation.validate_exp = true;
+        validation.validate_nbf = true;
+        validation.set_issuer(&[config.issuer.as_str()]);
+        validation.set_audience(&config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+        if let Err(e) = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation)
+        {
+            use jsonwebtoken::errors::ErrorKind as K;
+            return Err(fail(match e.kind() {
+                K::InvalidSignature => TokenError::BadSignature,
+                K::ExpiredSignature => TokenError::Expired,
+                K::ImmatureSignature => TokenError::NotYetValid,
+                K::InvalidAudience => TokenError::WrongAudience,
+                K::InvalidIssuer => TokenError::UnknownIssuer,
+                K::MissingRequiredClaim(_) => TokenError::MissingClaim,
+                K::InvalidAlgorithm | K::InvalidAlgorithmName | K::InvalidKeyFormat => {
+                    TokenError::KeyAlgMismatch
+                }
+                _ => TokenError::Malformed,
+            }));
+        }
+        let now = now();
+        let leeway = config.leeway.as_secs() as i64;
+        let exp = payload
+            .get("exp")
+            .and_then(Value::as_i64)
+            .ok_or(fail(TokenError::MissingClaim))?;
+        let iat = match payload.get("iat") {
+            None => None,
+            Some(v) => Some(v.as_i64().ok_or(fail(TokenError::Malformed))?),
+        };
+        if iat.is_some_and(|iat| iat > now + leeway) {
+            return Err(fail(TokenError::IssuedInFuture));
+        }
+        if exp - iat.unwrap_or(now) > config.max_token_lifetime.as_secs() as i64 {
+            return Err(fail(TokenError::LifetimeTooLong));
+        }
+        let principal = config
+            .profile
+            .principal(config.issuer.as_str().into(), payload, exp);
+        Ok((index, kid.to_owned(), principal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(http::header::AUTHORIZATION, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn bearer_extraction() {
+        let uri: Uri = "/p?x=1".parse().unwrap();
+        let cases: Vec<(Vec<&str>, &str, Result<Option<&str>, TokenError>)> = vec![
+            (vec![], "/p", Ok(None)),
+            (vec!["Bearer abc.def.ghi"], "/p", Ok(Some("abc.def.ghi"))),
+            (vec!["bearer abc"], "/p", Ok(Some("abc"))),
+            (vec!["BEARER  abc"], "/p", Ok(Some("abc"))),
+            (vec!["Basic dXNlcjpwYXNz"], "/p", Err(TokenError::NotBearer)),
+            (vec!["DPoP abc"], "/p", Err(TokenError::NotBearer)),
+            (vec!["Bearer"], "/p", Err(TokenError::NotBearer)),
+            (vec!["Bearer "], "/p", Err(TokenError::Malformed)),
+            (vec!["Bearer a b"], "/p", Err(TokenError::Malformed)),
+            (
+                vec!["Bearer a", "Bearer b"],
+                "/p",
+                Err(TokenError::MultipleAuthorization),
+            ),
+            (vec![], "/p?access_token=abc", Err(TokenError::TokenInQuery)),
+            (
+                vec!["Bearer a"],
+                "/p?x=1&ACCESS_TOKEN=abc",
+                Err(TokenError::TokenInQuery),
+            ),
+        ];
+        let _ = uri;
+        for (values, uri, expected) in cases {
+            let h = headers(&values);
+            let uri: Uri = uri.parse().unwrap();
+            assert_eq!(extract_bearer(&h, &uri, 100), expected, "{values:?} {uri}");
+        }
+        let long = format!("Bearer {}", "a".repeat(200));
+        assert_eq!(
+            extract_bearer(&headers(&[&long]), &"/".parse().unwrap(), 100),
+            Err(TokenError::TooLarge)
+        );
+    }
+
+    #[test]
+    fn parts_refuse_duplicates_and_junk() {
+        let enc = |s: &str| URL_SAFE_NO_PAD.encode(s);
+        assert!(decode_part(&enc(r#"{"a":1,"b":2}"#)).is_ok());
+        assert_eq!(
+            decode_part(&enc(r#"{"a":1,"a":2}"#)),
+            Err(TokenError::DuplicateMember)
+        );
+        assert_eq!(decode_part(&enc("[1]")), Err(TokenError::Malformed));
+        assert_eq!(
+            decode_part(&enc(r#"{"a":1} x"#)),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(decode_part("e30="), Err(TokenError::Malformed));
+        assert_eq!(decode_part(""), Err(TokenError::Malformed));
+        assert_eq!(normalise_typ("application/AT+JWT"), "at+jwt");
+    }
+}
