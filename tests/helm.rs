@@ -35,6 +35,7 @@ const EXAMPLES: &[&str] = &[
     "cert-manager",
     "existing-secret",
     "monitoring",
+    "oidc",
 ];
 /// The kinds kubernetes-validate has no schema for; checked field by field in `check_crds`.
 const CRD_KINDS: &[(&str, &str)] = &[
@@ -47,6 +48,7 @@ const CONFIG_PATH: &str = "/etc/vakt/vakt.yaml";
 const POLICY_DIR: &str = "/var/run/vakt/policy";
 const IDENTITY_DIR: &str = "/var/run/vakt/identity";
 const TRUST_DIR: &str = "/var/run/vakt/trust";
+const PSEUDONYM_DIR: &str = "/var/run/vakt/pseudonym";
 const MTLS_PORT: i64 = 15443;
 const ADMIN_PORT: i64 = 15021;
 const PROXY: &str = "http://127.0.0.1:15001";
@@ -309,6 +311,10 @@ fn str_of<'a>(v: &'a Value, what: &str) -> &'a str {
         .unwrap_or_else(|| panic!("{what}: expected a string, got {v}"))
 }
 
+fn inbound_configured(config: &Value) -> bool {
+    !config["inbound"].is_null()
+}
+
 fn check_mesh_resources(r: &Rendered) -> Mesh {
     let label = &r.label;
     for doc in &r.docs {
@@ -332,8 +338,20 @@ fn check_mesh_resources(r: &Rendered) -> Mesh {
     let config = yaml(&config_text);
     assert_eq!(config["admin"]["listen"], "0.0.0.0:15021", "{label}");
     assert_eq!(config["log"]["format"], "json", "{label}");
-    for key in ["audit", "oidc", "authn"] {
-        assert!(config.get(key).is_none(), "{label}: {key} is not a vakt key yet");
+    assert!(
+        config.get("audit").is_none(),
+        "{label}: audit is not a vakt key yet"
+    );
+    if let Some(oidc) = config.get("oidc") {
+        assert!(!oidc["issuers"].as_array().unwrap().is_empty(), "{label}");
+        assert!(inbound_configured(&config), "{label}: oidc needs inbound");
+    }
+    if let Some(p) = config.get("pseudonymisation") {
+        let key = str_of(&p["key_file"], "key_file");
+        assert!(
+            key.starts_with(&format!("{PSEUDONYM_DIR}/")),
+            "{label}: {key}"
+        );
     }
     if !config["outbound"].is_null() {
         assert_eq!(config["outbound"]["listen"], "127.0.0.1:15001", "{label}");
@@ -388,7 +406,10 @@ fn check_mesh_resources(r: &Rendered) -> Mesh {
             assert_eq!(cert["apiVersion"], "cert-manager.io/v1", "{label}");
             let spec = &cert["spec"];
             assert_eq!(spec["uris"], json!([spiffe_id]), "{label}: the URI SAN");
-            assert!(spec.get("commonName").is_none(), "{label}: no CN in an SVID");
+            assert!(
+                spec.get("commonName").is_none(),
+                "{label}: no CN in an SVID"
+            );
             assert!(spec.get("dnsNames").is_none(), "{label}: no DNS SANs");
             assert_eq!(spec["isCA"], false, "{label}");
             assert_eq!(spec["privateKey"]["algorithm"], "ECDSA", "{label}");
@@ -462,10 +483,7 @@ fn check_mesh_resources(r: &Rendered) -> Mesh {
         let port = rule["ports"][0]["port"].as_i64().unwrap();
         assert_eq!(rule["ports"][0]["protocol"], "TCP");
         let from = rule["from"].as_array().unwrap();
-        assert!(
-            !from.is_empty(),
-            "{label}: an empty `from` admits everyone"
-        );
+        assert!(!from.is_empty(), "{label}: an empty `from` admits everyone");
         ports.insert(port, from.clone());
     }
     let expected: BTreeSet<i64> = if inbound {
@@ -480,10 +498,10 @@ fn check_mesh_resources(r: &Rendered) -> Mesh {
     );
     let admin_from = &ports[&ADMIN_PORT];
     assert!(
-        admin_from
-            .iter()
-            .all(|peer| peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
-                == "monitoring"),
+        admin_from.iter().all(
+            |peer| peer["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                == "monitoring"
+        ),
         "{label}: 15021 only from the monitoring namespace: {admin_from:?}"
     );
 
@@ -648,6 +666,17 @@ fn check_pod(mesh: &Mesh, pod: &Value) {
             "{label}: the pod mounts the Secret cert-manager writes"
         );
     }
+    match mesh.config.get("pseudonymisation") {
+        Some(p) => {
+            assert_eq!(
+                mounts["vakt-pseudonym"]["mountPath"],
+                dir_of(&p["key_file"]),
+                "{label}: key_file is in the mounted Secret"
+            );
+            assert_eq!(volumes["vakt-pseudonym"]["secret"]["defaultMode"], 0o440);
+        }
+        None => assert!(!volumes.contains_key("vakt-pseudonym"), "{label}"),
+    }
     if inbound {
         assert_eq!(
             mounts["vakt-policy"]["mountPath"],
@@ -686,8 +715,8 @@ fn check_pod(mesh: &Mesh, pod: &Value) {
         assert!(
             app_mounts
                 .iter()
-                .all(|m| m["name"] != "vakt-identity"),
-            "{label}: only vakt mounts the private key"
+                .all(|m| m["name"] != "vakt-identity" && m["name"] != "vakt-pseudonym"),
+            "{label}: only vakt mounts its private key and the pseudonymisation key"
         );
         assert!(
             app["ports"].is_null(),
@@ -791,13 +820,13 @@ fn check_crds(r: &Rendered, fullname: &str) {
                 let metrics_svc: Vec<&Value> = r
                     .all("Service")
                     .into_iter()
-                    .filter(|s| {
-                        wanted
-                            .iter()
-                            .all(|(k, v)| &s["metadata"]["labels"][k] == v)
-                    })
+                    .filter(|s| wanted.iter().all(|(k, v)| &s["metadata"]["labels"][k] == v))
                     .collect();
-                assert_eq!(metrics_svc.len(), 1, "{label}: the ServiceMonitor's Service");
+                assert_eq!(
+                    metrics_svc.len(),
+                    1,
+                    "{label}: the ServiceMonitor's Service"
+                );
                 let svc = &metrics_svc[0]["spec"];
                 assert_eq!(svc["clusterIP"], "None", "{label}");
                 assert_eq!(
@@ -956,28 +985,35 @@ fn values_schema_is_strict_and_every_value_is_documented() {
     walk(&schema, "#", &mut objects);
     assert!(objects > 30, "only {objects} strict objects?");
 
-    // The policy part of the schema has the same keys as vakt's own policy schema.
+    // The policy part of the schema knows every key of vakt's own policy schema (the keys the
+    // policy format gained since are checked by rendering config/policy.example.yaml as
+    // policy.document in `rendered_config_and_policy_pass_vakt_check`).
     let policy: Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("docs/policy.schema.json")).unwrap(),
     )
     .unwrap();
     let keys = |v: &Value| -> BTreeSet<String> {
-        v["properties"].as_object().unwrap().keys().cloned().collect()
+        v["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect()
     };
     let defs = &schema["definitions"];
-    assert_eq!(
-        keys(&schema["properties"]["policy"]["properties"]["document"]),
-        keys(&policy)
-    );
     for (ours, theirs) in [
-        ("policyRoute", "route"),
-        ("policyRule", "rule"),
-        ("policyRateLimit", "rate_limit"),
+        (
+            &schema["properties"]["policy"]["properties"]["document"],
+            &policy,
+        ),
+        (&defs["policyRoute"], &policy["$defs"]["route"]),
+        (&defs["policyRule"], &policy["$defs"]["rule"]),
+        (&defs["policyRateLimit"], &policy["$defs"]["rate_limit"]),
     ] {
-        assert_eq!(
-            keys(&defs[ours]),
-            keys(&policy["$defs"][theirs]),
-            "{ours} vs docs/policy.schema.json {theirs}"
+        let missing: Vec<String> = keys(theirs).difference(&keys(ours)).cloned().collect();
+        assert!(
+            missing.is_empty(),
+            "values.schema.json lacks policy keys of docs/policy.schema.json: {missing:?}"
         );
     }
 
@@ -1053,8 +1089,14 @@ fn lint_strict_with_defaults_and_every_example() {
         let out = run(&t.helm, &args);
         let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
         assert!(out.status.success(), "helm {args:?}:\n{report}");
-        assert!(report.contains("1 chart(s) linted, 0 chart(s) failed"), "{report}");
-        assert!(!report.contains("[WARNING]") && !report.contains("[ERROR]"), "{report}");
+        assert!(
+            report.contains("1 chart(s) linted, 0 chart(s) failed"),
+            "{report}"
+        );
+        assert!(
+            !report.contains("[WARNING]") && !report.contains("[ERROR]"),
+            "{report}"
+        );
     }
 }
 
@@ -1065,7 +1107,10 @@ fn defaults_render_a_hardened_workload_that_kubernetes_accepts() {
     validate(t, &r);
     let mesh = check_mesh_resources(&r);
     assert_eq!(mesh.fullname, "orders-vakt");
-    assert_eq!(mesh.spiffe_id, "spiffe://cluster.local/ns/shop/sa/orders-vakt");
+    assert_eq!(
+        mesh.spiffe_id,
+        "spiffe://cluster.local/ns/shop/sa/orders-vakt"
+    );
     let deployment = r.only("Deployment");
     check_pod(&mesh, &deployment["spec"]["template"]);
     let pod = &deployment["spec"]["template"]["spec"];
@@ -1122,12 +1167,21 @@ fn standalone_example_runs_a_native_sidecar_with_a_pdb() {
     assert_eq!(pod["containers"].as_array().unwrap().len(), 1);
     let app = &pod["containers"][0];
     assert_eq!(app["image"], "ghcr.io/example/orders:1.4.2");
-    assert!(app["env"].as_array().unwrap().iter().any(|e| e["name"] == "LISTEN_ADDR"));
+    assert!(
+        app["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "LISTEN_ADDR")
+    );
     assert!(app["readinessProbe"]["exec"].is_object());
     assert_eq!(deployment["spec"]["replicas"], 3);
     let pdb = r.only("PodDisruptionBudget");
     assert_eq!(pdb["spec"]["minAvailable"], 2);
-    assert_eq!(pdb["spec"]["selector"]["matchLabels"], json!({"vakt.io/workload": "orders"}));
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        json!({"vakt.io/workload": "orders"})
+    );
     assert_eq!(
         mesh.config["outbound"]["upstreams"],
         json!([{"authority": "payments.billing.svc.cluster.local:8080",
@@ -1182,10 +1236,19 @@ fn existing_secret_example_mounts_the_given_secrets() {
         .as_array()
         .unwrap();
     let volume = |name: &str| volumes.iter().find(|v| v["name"] == name).unwrap().clone();
-    assert_eq!(volume("vakt-identity")["secret"]["secretName"], "payments-svid");
+    assert_eq!(
+        volume("vakt-identity")["secret"]["secretName"],
+        "payments-svid"
+    );
     assert_eq!(volume("vakt-trust")["secret"]["secretName"], "mesh-ca");
-    assert_eq!(mesh.config["identity"]["cert"], "/var/run/vakt/identity/svid.pem");
-    assert_eq!(mesh.config["identity"]["key"], "/var/run/vakt/identity/svid-key.pem");
+    assert_eq!(
+        mesh.config["identity"]["cert"],
+        "/var/run/vakt/identity/svid.pem"
+    );
+    assert_eq!(
+        mesh.config["identity"]["key"],
+        "/var/run/vakt/identity/svid-key.pem"
+    );
     assert_eq!(mesh.spiffe_id, "spiffe://cluster.local/ns/shop/sa/payments");
     // Inbound only: no outbound listener, no HTTP_PROXY; gRPC to the app.
     assert!(mesh.config["outbound"].is_null());
@@ -1212,7 +1275,10 @@ fn monitoring_example_renders_service_monitor_rules_and_dashboard() {
     assert_eq!(sm["metadata"]["labels"]["release"], "kube-prometheus-stack");
     assert_eq!(sm["spec"]["endpoints"][0]["interval"], "15s");
     let rule = r.only("PrometheusRule");
-    assert_eq!(rule["metadata"]["labels"]["release"], "kube-prometheus-stack");
+    assert_eq!(
+        rule["metadata"]["labels"]["release"],
+        "kube-prometheus-stack"
+    );
     for alert in rule["spec"]["groups"][0]["rules"].as_array().unwrap() {
         assert_eq!(alert["labels"]["team"], "shop", "{}", alert["alert"]);
     }
@@ -1222,7 +1288,10 @@ fn monitoring_example_renders_service_monitor_rules_and_dashboard() {
         .find(|c| c["metadata"]["labels"]["grafana_dashboard"] == "1")
         .expect("a dashboard ConfigMap labelled grafana_dashboard: \"1\"");
     assert_eq!(dashboard["metadata"]["namespace"], "monitoring");
-    assert_eq!(dashboard["metadata"]["annotations"]["grafana_folder"], "vakt");
+    assert_eq!(
+        dashboard["metadata"]["annotations"]["grafana_folder"],
+        "vakt"
+    );
     let json_text = dashboard["data"]["vakt.json"].as_str().unwrap();
     check_dashboard_json(json_text);
     assert_eq!(
@@ -1256,6 +1325,33 @@ fn sidecar_example_renders_vakt_resources_without_a_deployment() {
     assert_eq!(mesh.fullname, "orders");
     assert_eq!(r.only("Service")["metadata"]["name"], "orders");
     assert_eq!(mesh.spiffe_id, "spiffe://cluster.local/ns/shop/sa/orders");
+}
+
+/// vakt's snake_case config keys as the chart's camelCase values keys (recursively).
+fn camel_case_keys(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => Value::Object(
+            map.iter()
+                .map(|(k, v)| {
+                    let mut key = String::new();
+                    let mut upper = false;
+                    for c in k.chars() {
+                        if c == '_' {
+                            upper = true;
+                        } else if upper {
+                            key.push(c.to_ascii_uppercase());
+                            upper = false;
+                        } else {
+                            key.push(c);
+                        }
+                    }
+                    (key, camel_case_keys(v))
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.iter().map(camel_case_keys).collect()),
+        other => other.clone(),
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) {
@@ -1294,7 +1390,10 @@ fn another_chart_includes_the_sidecar_template() {
         "helm dependency update:\n{}",
         text(&out.stderr)
     );
-    let out = run(&t.helm, &["lint", "--strict", &orders_arg, "--namespace", NS]);
+    let out = run(
+        &t.helm,
+        &["lint", "--strict", &orders_arg, "--namespace", NS],
+    );
     assert!(
         out.status.success(),
         "helm lint orders:\n{}{}",
@@ -1362,7 +1461,10 @@ fn config_checksum_follows_the_sidecar_config_but_not_the_policy() {
         ("log level", "config.logLevel=debug"),
         ("trust bundle key", "trustBundle.key=bundle.pem"),
         ("app port", "app.port=9090"),
-        ("upstream", "config.outbound.upstreams[0].authority=a.b:80,config.outbound.upstreams[0].address=a.b:15443,config.outbound.upstreams[0].spiffeId=spiffe://cluster.local/ns/b/sa/a"),
+        (
+            "upstream",
+            "config.outbound.upstreams[0].authority=a.b:80,config.outbound.upstreams[0].address=a.b:15443,config.outbound.upstreams[0].spiffeId=spiffe://cluster.local/ns/b/sa/a",
+        ),
     ] {
         let changed = template(t, what, &["--set", set]);
         assert_ne!(
@@ -1370,7 +1472,11 @@ fn config_checksum_follows_the_sidecar_config_but_not_the_policy() {
             data(&base, "orders-vakt-config", "vakt.yaml"),
             "{what}"
         );
-        assert_ne!(checksum(&changed), sum, "{what} must change checksum/config");
+        assert_ne!(
+            checksum(&changed),
+            sum,
+            "{what} must change checksum/config"
+        );
     }
 
     // Policy changes hot-reload: the policy ConfigMap changes, the pod template does not.
@@ -1382,15 +1488,16 @@ fn config_checksum_follows_the_sidecar_config_but_not_the_policy() {
     )
     .unwrap();
     let policy_file = new_policy.to_string_lossy();
+    let policy_text = dir.path().join("policy-text.yaml");
+    std::fs::write(
+        &policy_text,
+        "version: 1\nroutes:\n  - {id: h, methods: [GET], path: /h, public: true}\n",
+    )
+    .unwrap();
+    let set_text = format!("policy.text={}", policy_text.display());
     for (what, args) in [
         ("policy.document", vec!["-f", &policy_file]),
-        (
-            "policy.text",
-            vec![
-                "--set-string",
-                "policy.text=version: 1\nroutes:\n  - {id: h, methods: [GET], path: /h, public: true}\n",
-            ],
-        ),
+        ("policy.text", vec!["--set-file", &set_text]),
     ] {
         let changed = template(t, what, &args);
         assert_ne!(
@@ -1428,34 +1535,61 @@ fn schema_rejects_unknown_keys_and_wrong_types() {
     .unwrap();
     let typo = typo.to_string_lossy().into_owned();
     let cases: &[(&[&str], &[&str])] = &[
-        (&["--set", "bogus=1"], &["Additional property bogus is not allowed"]),
+        (
+            &["--set", "bogus=1"],
+            &["Additional property bogus is not allowed"],
+        ),
         (&["-f", &typo], &["networkPolicy", "mtlsfrom"]),
-        (&["--set", "sidecar.image.colour=red"], &["sidecar.image", "colour"]),
+        (
+            &["--set", "sidecar.image.colour=red"],
+            &["sidecar.image", "colour"],
+        ),
         (
             &["--set", "config.limits.idleTimeot=5m"],
             &["config.limits", "idleTimeot"],
         ),
         (&["--set", "app.port=http"], &["app.port", "integer"]),
-        (&["--set-string", "sidecar.native=yes"], &["sidecar.native", "boolean"]),
-        (&["--set", "config.limits.idleTimeout=5"], &["config.limits.idleTimeout", "string"]),
-        (&["--set", "config.limits.maxHeaderBytes=100"], &["config.limits.maxHeaderBytes"]),
-        (&["--set", "certificate.source=vault"], &["certificate.source"]),
+        (
+            &["--set-string", "sidecar.native=yes"],
+            &["sidecar.native", "boolean"],
+        ),
+        (
+            &["--set", "config.limits.idleTimeout=5"],
+            &["config.limits.idleTimeout", "string"],
+        ),
+        (
+            &["--set", "config.limits.maxHeaderBytes=100"],
+            &["config.limits.maxHeaderBytes"],
+        ),
+        (
+            &["--set", "certificate.source=vault"],
+            &["certificate.source"],
+        ),
         (
             &["--set", "certificate.source=existingSecret"],
             &["certificate.existingSecret.name"],
         ),
         (&["--set", "trustDomain=Not A Domain"], &["trustDomain"]),
-        (&["--set", "config.tlsMinVersion=1.1"], &["config.tlsMinVersion"]),
+        (
+            &["--set", "config.tlsMinVersion=1.1"],
+            &["config.tlsMinVersion"],
+        ),
         (
             &["--set", "policy.document.routes[0].colour=red"],
             &["policy.document.routes.0", "colour"],
         ),
         (
-            &["--set", "config.outbound.upstreams[0].authority=a:80,config.outbound.upstreams[0].address=a:15443,config.outbound.upstreams[0].spiffeId=https://a"],
+            &[
+                "--set",
+                "config.outbound.upstreams[0].authority=a:80,config.outbound.upstreams[0].address=a:15443,config.outbound.upstreams[0].spiffeId=https://a",
+            ],
             &["config.outbound.upstreams.0.spiffeId"],
         ),
         (
-            &["--set", "config.inbound.enabled=false,config.outbound.enabled=false"],
+            &[
+                "--set",
+                "config.inbound.enabled=false,config.outbound.enabled=false",
+            ],
             &["config"],
         ),
     ];
@@ -1496,6 +1630,7 @@ fn vakt_check_rendering(mesh: &Mesh) {
         (POLICY_DIR, "policy"),
         (IDENTITY_DIR, "identity"),
         (TRUST_DIR, "trust"),
+        (PSEUDONYM_DIR, "pseudonym"),
     ] {
         std::fs::create_dir_all(dir.path().join(local)).unwrap();
         config = config.replace(&format!("{mounted}/"), &format!("{root}/{local}/"));
@@ -1512,17 +1647,40 @@ fn vakt_check_rendering(mesh: &Mesh) {
     if let Some(policy) = &mesh.policy_text {
         std::fs::write(local(&mesh.config["inbound"]["policy"]), policy).unwrap();
     }
+    if let Some(p) = mesh.config.get("pseudonymisation") {
+        std::fs::write(local(&p["key_file"]), [0x5a; 48]).unwrap();
+    }
 
     // A certificate for the SPIFFE ID from the rendering, from a CA of the trust domain.
     let ca = dir.path().join("ca");
     let svid = dir.path().join("svid");
     let (ca_arg, svid_arg) = (ca.to_string_lossy(), svid.to_string_lossy());
     for args in [
-        vec!["certs", "init", "--dir", &ca_arg, "--trust-domain", &mesh.trust_domain],
-        vec!["certs", "issue", "--ca", &ca_arg, "--spiffe-id", &mesh.spiffe_id, "--out", &svid_arg],
+        vec![
+            "certs",
+            "init",
+            "--dir",
+            &ca_arg,
+            "--trust-domain",
+            &mesh.trust_domain,
+        ],
+        vec![
+            "certs",
+            "issue",
+            "--ca",
+            &ca_arg,
+            "--spiffe-id",
+            &mesh.spiffe_id,
+            "--out",
+            &svid_arg,
+        ],
     ] {
         let out = vakt(&args);
-        assert!(out.status.success(), "{label}: vakt {args:?}: {}", text(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{label}: vakt {args:?}: {}",
+            text(&out.stderr)
+        );
     }
     let identity = &mesh.config["identity"];
     std::fs::copy(svid.join("cert.pem"), local(&identity["cert"])).unwrap();
@@ -1540,13 +1698,37 @@ fn vakt_check_rendering(mesh: &Mesh) {
     if mesh.policy_text.is_some() {
         let policy = local(&mesh.config["inbound"]["policy"]);
         let policy_arg = policy.to_string_lossy();
-        let mut args = vec!["check", "--policy", &policy_arg, "--trust-domain", &mesh.trust_domain];
-        let accepted: Vec<&str> = identity["accepted_trust_domains"]
-            .as_array()
-            .map(|a| a.iter().filter_map(Value::as_str).collect())
-            .unwrap_or_default();
+        // The policy on its own, with the trust domains and issuers of the rendered config.
+        let mut args = vec![
+            "check",
+            "--policy",
+            &policy_arg,
+            "--trust-domain",
+            &mesh.trust_domain,
+        ];
+        let list = |v: &Value, key: &str| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| {
+                            if key.is_empty() {
+                                x.as_str()
+                            } else {
+                                x[key].as_str()
+                            }
+                        })
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        let accepted = list(&identity["accepted_trust_domains"], "");
+        let issuers = list(&mesh.config["oidc"]["issuers"], "issuer");
         for td in &accepted {
             args.extend(["--trust-domain", td]);
+        }
+        for issuer in &issuers {
+            args.extend(["--issuer", issuer]);
         }
         let out = vakt(&args);
         assert!(
@@ -1556,7 +1738,6 @@ fn vakt_check_rendering(mesh: &Mesh) {
             text(&out.stderr)
         );
     }
-
 }
 
 #[test]
@@ -1564,11 +1745,66 @@ fn rendered_config_and_policy_pass_vakt_check() {
     let Some(t) = tools() else { return };
     let mut renderings = vec![template(t, "defaults", &[])];
     renderings.extend(EXAMPLES.iter().map(|e| render_example(t, e)));
-    renderings.push(template(
-        t,
-        "policy.text",
-        &["--set-file", &format!("policy.text={}", repo().join("config/policy.example.yaml").display())],
-    ));
+
+    // vakt's own documented examples (config/) carried by the chart: its OIDC section as
+    // `config.oidc` values, its policy as `policy.document` (so the schema must accept every
+    // key of the policy format) and as `policy.text`.
+    let vakt_example =
+        yaml(&std::fs::read_to_string(repo().join("config/vakt.example.yaml")).unwrap());
+    let mut oidc = vakt_example["oidc"].clone();
+    for issuer in oidc["issuers"].as_array_mut().unwrap() {
+        // Development-only key (http issuers on loopback): not offered by the chart.
+        let insecure = issuer
+            .as_object_mut()
+            .unwrap()
+            .remove("allow_insecure_loopback");
+        assert_ne!(insecure, Some(json!(true)));
+    }
+    let policy_example =
+        std::fs::read_to_string(repo().join("config/policy.example.yaml")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let as_document = dir.path().join("document.json");
+    let as_text = dir.path().join("text.json");
+    let oidc_values = camel_case_keys(&oidc);
+    std::fs::write(
+        &as_document,
+        json!({"config": {"oidc": oidc_values}, "policy": {"document": yaml(&policy_example)}})
+            .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        &as_text,
+        json!({"config": {"oidc": oidc_values}}).to_string(),
+    )
+    .unwrap();
+    let set_text = format!(
+        "policy.text={}",
+        repo().join("config/policy.example.yaml").display()
+    );
+    for (label, args) in [
+        (
+            "vakt's examples as policy.document",
+            vec!["-f", as_document.to_str().unwrap()],
+        ),
+        (
+            "vakt's examples as policy.text",
+            vec!["-f", as_text.to_str().unwrap(), "--set-file", &set_text],
+        ),
+    ] {
+        let r = template(t, label, &args);
+        let mesh = check_mesh_resources(&r);
+        assert_eq!(
+            mesh.config["oidc"], oidc,
+            "{label}: the chart renders vakt's oidc keys"
+        );
+        assert_eq!(
+            yaml(mesh.policy_text.as_deref().unwrap()),
+            yaml(&policy_example),
+            "{label}"
+        );
+        renderings.push(r);
+    }
+
     for r in &renderings {
         let mesh = check_mesh_resources(r);
         vakt_check_rendering(&mesh);
@@ -1578,14 +1814,26 @@ fn rendered_config_and_policy_pass_vakt_check() {
     let bad = template(
         t,
         "foreign peer",
-        &["--set", "policy.document.routes[0].public=false,policy.document.routes[0].allow[0].peers[0]=spiffe://elsewhere.org/ns/a/sa/b"],
+        &[
+            "--set",
+            "policy.document.routes[0].public=false,policy.document.routes[0].allow[0].peers[0]=spiffe://elsewhere.org/ns/a/sa/b",
+        ],
     );
     let mesh = check_mesh_resources(&bad);
     let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, mesh.policy_text.as_deref().unwrap()).unwrap();
-    let out = vakt(&["check", "--policy", &policy.to_string_lossy(), "--trust-domain", "cluster.local"]);
-    assert!(!out.status.success(), "a peer from another trust domain was accepted");
+    let out = vakt(&[
+        "check",
+        "--policy",
+        &policy.to_string_lossy(),
+        "--trust-domain",
+        "cluster.local",
+    ]);
+    assert!(
+        !out.status.success(),
+        "a peer from another trust domain was accepted"
+    );
 }
 
 #[test]
@@ -1621,10 +1869,16 @@ fn notes_tell_the_installer_what_to_check_next() {
         "vakt.io/mesh=enabled",
         "curl -s localhost:15021/ready",
     ] {
-        assert!(notes.contains(needle), "NOTES.txt lacks {needle:?}:\n{notes}");
+        assert!(
+            notes.contains(needle),
+            "NOTES.txt lacks {needle:?}:\n{notes}"
+        );
     }
     let notes = render_notes(&["-f", &example("existing-secret")]);
-    assert!(notes.contains("existing Secret \"payments-svid\""), "{notes}");
+    assert!(
+        notes.contains("existing Secret \"payments-svid\""),
+        "{notes}"
+    );
     assert!(!notes.contains("get certificate"), "{notes}");
     let notes = render_notes(&["-f", &example("monitoring")]);
     assert!(notes.contains("ServiceMonitor orders-vakt"), "{notes}");

@@ -5,6 +5,7 @@
 //! verified in [`verify`] (strict checks on top of `jsonwebtoken`), mapped to one normalised
 //! principal by [`profile`], and put into the request by the [`stage`].
 
+pub mod devidp;
 pub mod http_client;
 pub mod jwks;
 pub mod profile;

@@ -13,6 +13,7 @@ For the same reason the chart name is the constant "vakt" rather than .Chart.Nam
 {{- define "vakt.policyDir" -}}/var/run/vakt/policy{{- end }}
 {{- define "vakt.identityDir" -}}/var/run/vakt/identity{{- end }}
 {{- define "vakt.trustDir" -}}/var/run/vakt/trust{{- end }}
+{{- define "vakt.pseudonymDir" -}}/var/run/vakt/pseudonym{{- end }}
 
 {{/* vakt's fixed ports (the listen addresses in the rendered config use the same numbers). */}}
 {{- define "vakt.mtlsPort" -}}15443{{- end }}
@@ -165,6 +166,31 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
 {{- $_ := set $cfg "outbound" (dict
     "listen" (printf "127.0.0.1:%s" (include "vakt.outboundPort" .))
     "upstreams" $upstreams) }}
+{{- end }}
+{{- with $c.oidc.issuers }}
+{{- $issuers := list }}
+{{- range . }}
+{{- $i := dict "issuer" .issuer "profile" .profile "audiences" .audiences }}
+{{- with .algorithms }}{{ $_ := set $i "algorithms" . }}{{ end }}
+{{- with .tokenTypes }}{{ $_ := set $i "token_types" . }}{{ end }}
+{{- with .leeway }}{{ $_ := set $i "leeway" . }}{{ end }}
+{{- with .maxTokenLifetime }}{{ $_ := set $i "max_token_lifetime" . }}{{ end }}
+{{- with .discoveryUrl }}{{ $_ := set $i "discovery_url" . }}{{ end }}
+{{- $issuers = append $issuers $i }}
+{{- end }}
+{{- $o := $c.oidc }}
+{{- $_ := set $cfg "oidc" (dict
+    "issuers" $issuers
+    "jwks_refresh_min" $o.jwksRefreshMin
+    "jwks_refresh_max" $o.jwksRefreshMax
+    "jwks_max_staleness" $o.jwksMaxStaleness
+    "verified_token_cache" (int64 $o.verifiedTokenCache)
+    "max_token_bytes" (int64 $o.maxTokenBytes)) }}
+{{- end }}
+{{- with $v.pseudonymisation.existingSecret }}
+{{- $_ := set $cfg "pseudonymisation" (dict
+    "key_file" (printf "%s/%s" (include "vakt.pseudonymDir" $) $v.pseudonymisation.key)
+    "key_id" $v.pseudonymisation.keyId) }}
 {{- end -}}
 # vakt sidecar config, rendered by the vakt Helm chart from its values.
 # Every key is documented in config/vakt.example.yaml of the vakt repository.

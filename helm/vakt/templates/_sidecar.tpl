@@ -84,9 +84,14 @@ helm/examples/orders in the vakt repository is a complete example chart.
     - name: vakt-trust
       mountPath: {{ include "vakt.trustDir" . }}
       readOnly: true
+    {{- if .Values.pseudonymisation.existingSecret }}
+    - name: vakt-pseudonym
+      mountPath: {{ include "vakt.pseudonymDir" . }}
+      readOnly: true
+    {{- end }}
 {{- end }}
 
-{{/* The pod volumes vakt needs, as list items for `volumes`. */}}
+{{/* The pod volumes vakt needs, as list items for `volumes` (only vakt mounts the Secrets). */}}
 {{- define "vakt.volumes" -}}
 - name: vakt-config
   configMap:
@@ -109,6 +114,12 @@ helm/examples/orders in the vakt repository is a complete example chart.
   configMap:
     name: {{ .Values.trustBundle.name }}
   {{- end }}
+{{- with .Values.pseudonymisation.existingSecret }}
+- name: vakt-pseudonym
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288
+{{- end }}
 {{- end }}
 
 {{/*

@@ -1,0 +1,709 @@
+//! End-user tokens end to end: a real test issuer serving discovery and JWKS over HTTP, tokens
+//! minted by it, sent over real mTLS to a server-side vakt in front of the echo app.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::*;
+use http::Request;
+use http_body_util::Full;
+use serde_json::{Value, json};
+use vakt::app::App;
+use vakt::authn::devidp::{self, Alg, DevIdp, KeyStore, Level, MintOptions, Person};
+use vakt::config::Config;
+use vakt::devmesh::{DevPki, EchoApp, base_config_yaml, write_policy};
+
+const PID: &str = "12345678901";
+const OTHER_PID: &str = "10987654321";
+
+const POLICY: &str = r#"
+routes:
+  - id: health
+    methods: [GET]
+    path: /healthz
+    token: none
+    public: true
+  - id: journal
+    methods: [GET]
+    path: /patients/{pid}/journal
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/shop/sa/web]
+        min_loa: high
+        scopes_any: [journal.read]
+        bind: { pid: national_id }
+  - id: fresh
+    methods: [POST]
+    path: /patients/{pid}/consent
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/shop/sa/web]
+        max_auth_age: 5m
+  - id: forwarded
+    methods: [GET]
+    path: /raw/{pid}
+    forward_token: true
+    forward_national_id: true
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/shop/sa/web]
+"#;
+
+struct Setup {
+    _pki: DevPki,
+    app: EchoApp,
+    vakt: App,
+    idp: DevIdp,
+    _keys_dir: tempfile::TempDir,
+    web: Arc<rustls::ClientConfig>,
+}
+
+async fn setup_with(down_at_start: bool) -> Setup {
+    init();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let keys = Arc::new(KeyStore::open_or_create(keys_dir.path()).unwrap());
+    let idp = DevIdp::start("127.0.0.1:0".parse().unwrap(), keys, "/auth/realms/test")
+        .await
+        .unwrap();
+    idp.set_down(down_at_start);
+    let pki = DevPki::new(TD).unwrap();
+    let app = EchoApp::start().await.unwrap();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let policy = write_policy(&dir, POLICY).unwrap();
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  jwks_refresh_min: 1h\n  jwks_refresh_max: 2h\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [journal-api]\n      algorithms: [RS256, ES256]\n      max_token_lifetime: 1h\n      allow_insecure_loopback: true\n",
+        base_config_yaml(&dir, TD),
+        app.addr,
+        policy.display(),
+        idp.issuer
+    );
+    let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
+    let web_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
+    let web = raw_client_config(Some(&web_dir), &dir, &id, &[b"http/1.1"]);
+    if !down_at_start {
+        wait_ready(vakt.admin_addr).await;
+    }
+    Setup {
+        _pki: pki,
+        app,
+        vakt,
+        idp,
+        _keys_dir: keys_dir,
+        web,
+    }
+}
+
+async fn wait_ready(admin: std::net::SocketAddr) {
+    for _ in 0..200 {
+        if plain_send(admin, get("/ready", "admin")).await.status() == 200 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("vakt never became ready");
+}
+
+fn citizen(level: Level, pid: &str) -> Person {
+    Person {
+        sub: "citizen-1".into(),
+        national_id: Some(pid.into()),
+        level,
+        amr: vec!["BankID".into()],
+        auth_time: Some(now() - 60),
+        client_id: "journal-web".into(),
+        scopes: vec!["journal.read".into()],
+        audience: "journal-api".into(),
+        org_number: None,
+        hpr_number: None,
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+fn token(s: &Setup, person: &Person, opts: &MintOptions) -> String {
+    s.idp
+        .mint(devidp::claims(devidp::Profile::HelseId, person), opts)
+        .unwrap()
+}
+
+async fn send(
+    s: &Setup,
+    method: &str,
+    path: &str,
+    authorization: &[&str],
+) -> (u16, http::HeaderMap, String) {
+    let tls = mtls_connect(s.vakt.inbound_addr.unwrap(), s.web.clone())
+        .await
+        .unwrap();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "orders.shop");
+    for a in authorization {
+        req = req.header("authorization", *a);
+    }
+    let response = h1_send(tls, req.body(Full::default()).unwrap())
+        .await
+        .unwrap();
+    let (status, headers) = (response.status().as_u16(), response.headers().clone());
+    (status, headers, body_string(response).await)
+}
+
+fn error_code(body: &str) -> String {
+    serde_json::from_str::<Value>(body).unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_valid_token_reaches_the_app_as_a_pseudonymised_principal() {
+    let s = setup_with(false).await;
+    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &format!("/patients/{PID}/journal"),
+        &[&format!("Bearer {t}")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = s.app.seen();
+    let h = &seen[0].headers;
+    assert!(
+        !h.contains_key("authorization"),
+        "the token must not reach the app"
+    );
+    assert_eq!(h.get("x-vakt-loa").unwrap(), "high");
+    assert_eq!(h.get("x-vakt-client-id").unwrap(), "journal-web");
+    assert_eq!(
+        h.get("x-vakt-issuer").unwrap().to_str().unwrap(),
+        s.idp.issuer
+    );
+    let pseudonym = h
+        .get("x-vakt-national-id-pseudonym")
+        .unwrap()
+        .to_str()
+        .unwrap();
+    assert!(pseudonym.starts_with("ephemeral:") && !pseudonym.contains(PID));
+    assert!(!h.contains_key("x-vakt-national-id"));
+    for (_, v) in h.iter() {
+        assert!(
+            !v.to_str().unwrap_or_default().contains(&t),
+            "raw token leaked"
+        );
+    }
+
+    // The same token again is a cache hit (no signature check).
+    let before = metric_sum(
+        &metrics_text(s.vakt.admin_addr).await,
+        "vakt_token_cache_lookups_total",
+        &[("result", "hit")],
+    );
+    let (status, _, _) = send(
+        &s,
+        "GET",
+        &format!("/patients/{PID}/journal"),
+        &[&format!("bearer {t}")],
+    )
+    .await;
+    assert_eq!(status, 200);
+    let after = metric_sum(
+        &metrics_text(s.vakt.admin_addr).await,
+        "vakt_token_cache_lookups_total",
+        &[("result", "hit")],
+    );
+    assert!(after >= before + 1.0);
+
+    // A route that forwards explicitly gets the token and the national id.
+    let (status, _, _) = send(&s, "GET", "/raw/x", &[&format!("Bearer {t}")]).await;
+    assert_eq!(status, 200);
+    let seen = s.app.seen();
+    let h = &seen.last().unwrap().headers;
+    assert_eq!(
+        h.get("authorization").unwrap().to_str().unwrap(),
+        format!("Bearer {t}")
+    );
+    assert_eq!(h.get("x-vakt-national-id").unwrap(), PID);
+}
+
+fn tamper_payload(token: &str, edit: impl Fn(&str) -> String) -> String {
+    let parts: Vec<&str> = token.split('.').collect();
+    let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(parts[1]).unwrap()).unwrap();
+    format!(
+        "{}.{}.{}",
+        parts[0],
+        URL_SAFE_NO_PAD.encode(edit(&payload)),
+        parts[2]
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_token_is_refused_with_its_reason_and_reaches_nothing() {
+    let s = setup_with(false).await;
+    let person = citizen(Level::High, PID);
+    let good = token(&s, &person, &MintOptions::default());
+    let with = |f: &dyn Fn(&mut MintOptions)| {
+        let mut o = MintOptions::default();
+        f(&mut o);
+        token(&s, &person, &o)
+    };
+    let claims_with = |edit: &dyn Fn(&mut Value)| {
+        let mut c = devidp::claims(devidp::Profile::HelseId, &person);
+        edit(&mut c);
+        s.idp.mint(c, &MintOptions::default()).unwrap()
+    };
+    let rs_kid = s.idp.keys.current_kid(Alg::RS256).unwrap();
+    let mut sig_flipped = good.clone();
+    let last = sig_flipped.pop().unwrap();
+    sig_flipped.push(if last == 'A' { 'B' } else { 'A' });
+
+    let cases: Vec<(&str, Vec<String>, String)> = vec![
+        (
+            "token_expired",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| o.issued_at_offset = Some(-3600))
+            )],
+            "".into(),
+        ),
+        (
+            "token_not_yet_valid",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| o.not_before_offset = Some(600))
+            )],
+            "".into(),
+        ),
+        (
+            "wrong_audience",
+            vec![format!(
+                "Bearer {}",
+                claims_with(&|c| c["aud"] = json!("other-api"))
+            )],
+            "".into(),
+        ),
+        (
+            "unknown_issuer",
+            vec![format!(
+                "Bearer {}",
+                claims_with(&|c| c["iss"] = json!("https://evil.example"))
+            )],
+            "".into(),
+        ),
+        (
+            "alg_not_allowed",
+            vec![format!("Bearer {}", with(&|o| o.alg = Alg::PS256))],
+            "".into(),
+        ),
+        (
+            "header_not_allowed",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| {
+                    o.extra_header
+                        .insert("jku".into(), json!("https://evil.example/jwks"));
+                })
+            )],
+            "".into(),
+        ),
+        (
+            "header_not_allowed",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| {
+                    o.extra_header
+                        .insert("jwk".into(), json!({"kty": "oct", "k": "AA"}));
+                })
+            )],
+            "".into(),
+        ),
+        (
+            "crit_header",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| {
+                    o.extra_header.insert("crit".into(), json!(["exp"]));
+                })
+            )],
+            "".into(),
+        ),
+        (
+            "wrong_token_type",
+            vec![format!("Bearer {}", with(&|o| o.typ = Some("JWT".into())))],
+            "".into(),
+        ),
+        (
+            "wrong_token_type",
+            vec![format!("Bearer {}", with(&|o| o.typ = None))],
+            "".into(),
+        ),
+        (
+            "id_token",
+            vec![format!(
+                "Bearer {}",
+                claims_with(&|c| c["nonce"] = json!("n-0S6_WzA2Mj"))
+            )],
+            "".into(),
+        ),
+        (
+            "bound_token",
+            vec![format!(
+                "Bearer {}",
+                claims_with(&|c| c["cnf"] = json!({"jkt": "0ZcOCORZNYy"}))
+            )],
+            "".into(),
+        ),
+        (
+            "unknown_key",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| o.kid = Some("no-such-kid".into()))
+            )],
+            "".into(),
+        ),
+        (
+            "key_alg_mismatch",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| {
+                    o.alg = Alg::ES256;
+                    o.kid = Some(rs_kid.clone());
+                })
+            )],
+            "".into(),
+        ),
+        (
+            "bad_signature",
+            vec![format!("Bearer {sig_flipped}")],
+            "".into(),
+        ),
+        (
+            "bad_signature",
+            vec![format!(
+                "Bearer {}",
+                tamper_payload(&good, |p| p.replace("citizen-1", "citizen-2"))
+            )],
+            "".into(),
+        ),
+        (
+            "duplicate_member",
+            vec![format!(
+                "Bearer {}",
+                tamper_payload(&good, |p| p.replacen('{', "{\"sub\":\"admin\",", 1))
+            )],
+            "".into(),
+        ),
+        (
+            "lifetime_too_long",
+            vec![format!(
+                "Bearer {}",
+                with(&|o| o.lifetime = Duration::from_secs(7200))
+            )],
+            "".into(),
+        ),
+        (
+            "issued_in_future",
+            vec![format!(
+                "Bearer {}",
+                claims_with(&|c| {
+                    c["iat"] = json!(now() + 600);
+                    c["nbf"] = json!(now() - 10);
+                    c["exp"] = json!(now() + 900);
+                })
+            )],
+            "".into(),
+        ),
+        (
+            "missing_claim",
+            vec![format!(
+                "Bearer {}",
+                claims_with(&|c| c["exp"] = Value::Null)
+            )],
+            "".into(),
+        ),
+        (
+            "malformed_token",
+            vec![format!("Bearer {}", good.rsplit_once('.').unwrap().0)],
+            "".into(),
+        ),
+        (
+            "malformed_token",
+            vec!["Bearer not-a-jwt".into()],
+            "".into(),
+        ),
+        (
+            "not_bearer",
+            vec!["Basic d2ViOnNlY3JldA==".into()],
+            "".into(),
+        ),
+        (
+            "multiple_authorization",
+            vec![format!("Bearer {good}"), format!("Bearer {good}")],
+            "".into(),
+        ),
+        (
+            "token_too_large",
+            vec![format!("Bearer {}", "a".repeat(9000))],
+            "".into(),
+        ),
+        ("token_in_query", vec![], format!("?access_token={good}")),
+    ];
+    for (expected, auth, query) in cases {
+        let auth: Vec<&str> = auth.iter().map(String::as_str).collect();
+        let (status, headers, body) =
+            send(&s, "GET", &format!("/patients/{PID}/journal{query}"), &auth).await;
+        assert_eq!(status, 401, "{expected}: {body}");
+        assert_eq!(error_code(&body), expected, "{body}");
+        assert!(
+            headers
+                .get("www-authenticate")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains(r#"error="invalid_token""#)
+        );
+        assert!(!body.contains(&good[..40]), "the token must not be echoed");
+    }
+    assert!(s.app.seen().is_empty(), "a refused token reached the app");
+    let text = metrics_text(s.vakt.admin_addr).await;
+    assert!(
+        metric_sum(
+            &text,
+            "vakt_authn_failures_total",
+            &[("reason", "bad_signature")]
+        ) >= 2.0
+    );
+    assert!(!text.contains(&good[..40]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn policy_conditions_step_up_scope_binding_and_missing_token() {
+    let s = setup_with(false).await;
+    let path = format!("/patients/{PID}/journal");
+    // No token on a route that requires one.
+    let (status, headers, body) = send(&s, "GET", &path, &[]).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "token_required")
+    );
+    assert_eq!(
+        headers.get("www-authenticate").unwrap(),
+        r#"Bearer realm="vakt""#
+    );
+    // Level 3 where 4 is needed: RFC 9470 step-up.
+    let t = token(
+        &s,
+        &citizen(Level::Substantial, PID),
+        &MintOptions::default(),
+    );
+    let (status, headers, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "insufficient_assurance")
+    );
+    let challenge = headers.get("www-authenticate").unwrap().to_str().unwrap();
+    assert!(
+        challenge.contains(r#"error="insufficient_user_authentication""#)
+            && challenge.contains(r#"acr_values="idporten-loa-high""#),
+        "{challenge}"
+    );
+    // A citizen reading someone else's record.
+    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &format!("/patients/{OTHER_PID}/journal"),
+        &[&format!("Bearer {t}")],
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (403, "binding_mismatch")
+    );
+    // Missing scope.
+    let mut no_scope = citizen(Level::High, PID);
+    no_scope.scopes = vec!["profile".into()];
+    let t = token(&s, &no_scope, &MintOptions::default());
+    let (status, headers, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (403, "insufficient_scope")
+    );
+    assert!(
+        headers
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains("insufficient_scope")
+    );
+    // A login that is too old for a sensitive action: step-up with max_age.
+    let mut old = citizen(Level::High, PID);
+    old.auth_time = Some(now() - 3600);
+    let t = token(&s, &old, &MintOptions::default());
+    let (status, headers, body) = send(
+        &s,
+        "POST",
+        &format!("/patients/{PID}/consent"),
+        &[&format!("Bearer {t}")],
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (401, "authentication_too_old")
+    );
+    assert!(
+        headers
+            .get("www-authenticate")
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .contains(r#"max_age="300""#)
+    );
+    // Public route without a token.
+    assert_eq!(send(&s, "GET", "/healthz", &[]).await.0, 200);
+    assert_eq!(
+        s.app.seen().len(),
+        1,
+        "only the health check reached the app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_is_picked_up_on_first_use_with_one_fetch_and_random_kids_cost_one_fetch() {
+    let s = setup_with(false).await;
+    let path = format!("/patients/{PID}/journal");
+    let fetches = s.idp.jwks_fetches();
+    s.idp.keys.rotate(Alg::RS256).unwrap();
+    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    assert_eq!(
+        send(&s, "GET", &path, &[&format!("Bearer {t}")]).await.0,
+        200
+    );
+    assert_eq!(
+        s.idp.jwks_fetches(),
+        fetches + 1,
+        "rotation costs exactly one fetch"
+    );
+
+    // A flood of random kids: at most one more fetch (rate-limited to one per 30 s).
+    let fetches = s.idp.jwks_fetches();
+    let tls = mtls_connect(s.vakt.inbound_addr.unwrap(), s.web.clone())
+        .await
+        .unwrap();
+    let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Full<bytes::Bytes>>(
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let person = citizen(Level::High, PID);
+    let base = token(&s, &person, &MintOptions::default());
+    let (header, rest) = base.split_once('.').unwrap();
+    let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+    for i in 0..10_000 {
+        let mut h = header.clone();
+        h["kid"] = json!(format!("random-{i}"));
+        let forged = format!("{}.{rest}", URL_SAFE_NO_PAD.encode(h.to_string()));
+        sender.ready().await.unwrap();
+        let response = sender
+            .send_request(
+                Request::get(&path)
+                    .header("host", "orders.shop")
+                    .header("authorization", format!("Bearer {forged}"))
+                    .body(Full::default())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 401);
+    }
+    assert!(
+        s.idp.jwks_fetches() <= fetches + 1,
+        "{} fetches for 10,000 random kids",
+        s.idp.jwks_fetches() - fetches
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn issuer_down_at_start_means_not_ready_and_refused_then_cached_keys_survive_an_outage() {
+    let s = setup_with(true).await;
+    let admin = s.vakt.admin_addr;
+    let ready = plain_send(admin, get("/ready", "admin")).await;
+    assert_eq!(ready.status(), 503);
+    assert!(body_string(ready).await.contains("signing keys"));
+    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    let path = format!("/patients/{PID}/journal");
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "keys_unavailable")
+    );
+    assert!(s.app.seen().is_empty());
+
+    s.idp.set_down(false);
+    wait_ready(admin).await;
+    assert_eq!(
+        send(&s, "GET", &path, &[&format!("Bearer {t}")]).await.0,
+        200
+    );
+    // Down again: the cached keys keep verifying new tokens signed with a known key.
+    s.idp.set_down(true);
+    let fresh = token(
+        &s,
+        &citizen(Level::High, PID),
+        &MintOptions {
+            alg: Alg::ES256,
+            ..MintOptions::default()
+        },
+    );
+    assert_eq!(
+        send(&s, "GET", &path, &[&format!("Bearer {fresh}")])
+            .await
+            .0,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weak_and_unusable_keys_are_dropped_and_counted() {
+    let s = setup_with(true).await;
+    s.idp.set_extra_jwks(vec![
+        json!({"kty": "oct", "kid": "sym", "k": "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}),
+        json!({"kty": "RSA", "kid": "small", "n": URL_SAFE_NO_PAD.encode([0xC3u8; 128]), "e": "AQAB"}),
+        json!({"kty": "RSA", "kid": "enc", "use": "enc", "n": URL_SAFE_NO_PAD.encode([0xC3u8; 256]), "e": "AQAB"}),
+    ]);
+    s.idp.set_down(false);
+    wait_ready(s.vakt.admin_addr).await;
+    let text = metrics_text(s.vakt.admin_addr).await;
+    for reason in ["symmetric", "weak_rsa", "not_for_signing"] {
+        assert!(
+            metric_sum(&text, "vakt_jwks_keys_dropped_total", &[("reason", reason)]) >= 1.0,
+            "{reason}"
+        );
+    }
+    let t = token(
+        &s,
+        &citizen(Level::High, PID),
+        &MintOptions {
+            kid: Some("sym".into()),
+            ..MintOptions::default()
+        },
+    );
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &format!("/patients/{PID}/journal"),
+        &[&format!("Bearer {t}")],
+    )
+    .await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "unknown_key"));
+}
