@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::app::App;
+use crate::authn::devidp::{self, DevIdp, KeyStore, Level, MintOptions, Person};
 use crate::body::{self, ProxyBody};
 use crate::config::Config;
 use crate::devmesh::{DevPki, EchoApp, base_config_yaml};
@@ -23,6 +24,7 @@ struct Expectation {
     via: &'static str,
     host: &'static str,
     path: &'static str,
+    token: Option<String>,
     status: StatusCode,
     reason: Option<&'static str>,
 }
@@ -51,25 +53,31 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
 
     let app = EchoApp::start().await.context("starting the demo app")?;
     let orders_dir = pki.workload("orders", &orders_id)?;
+    let keys_dir = tempfile::tempdir().context("a directory for the demo issuer's keys")?;
+    let keys = std::sync::Arc::new(KeyStore::open_or_create(keys_dir.path())?);
+    let idp = DevIdp::start(([127, 0, 0, 1], 0).into(), keys, "/auth/realms/demo")
+        .await
+        .context("starting the demo identity provider")?;
     let policy = crate::devmesh::write_policy(
         &orders_dir,
         &format!(
-            "routes:\n  - id: orders-read\n    methods: [GET]\n    path: /orders/{{id}}\n    allow:\n      - peers: [\"{web_id}\"]\n"
+            "routes:\n  - id: orders-read\n    methods: [GET]\n    path: /orders/{{id}}\n    token: none\n    allow:\n      - peers: [\"{web_id}\"]\n  - id: journal-read\n    methods: [GET]\n    path: /patients/{{pid}}/journal\n    allow:\n      - peers: [\"{web_id}\"]\n        min_loa: high\n        scopes_any: [journal.read]\n        bind: {{ pid: national_id }}\n"
         ),
     )?;
     let server = App::start(Config::from_yaml(&format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [orders-api]\n      allow_insecure_loopback: true\n",
         base_config_yaml(&orders_dir, TRUST_DOMAIN),
         app.addr,
-        policy.display()
+        policy.display(),
+        idp.issuer
     ))?)
     .await
     .context("starting the server-side vakt")?;
     let server_addr = server.inbound_addr.context("server inbound address")?;
     writeln!(
         out,
-        "2. The app 'orders' listens on {} (plaintext, loopback only); its vakt accepts mTLS on {server_addr}.\n   Its policy has one route: GET /orders/{{id}}, allowed for {web_id} only.\n",
-        app.addr
+        "2. The app 'orders' listens on {} (plaintext, loopback only); its vakt accepts mTLS on {server_addr}.\n   Its policy: GET /orders/{{id}} for {web_id} only; GET /patients/{{pid}}/journal for web\n   with a HelseID-style token at level 4 (high), scope journal.read, and only the citizen's own pid.\n   A development issuer serves discovery and keys at {}.\n",
+        app.addr, idp.issuer
     )?;
 
     let client_yaml = |dir: &std::path::Path| {
@@ -108,6 +116,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/orders/42",
+                token: None,
                 status: StatusCode::OK,
                 reason: None,
             },
@@ -119,6 +128,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "batch",
                 host: "orders.shop",
                 path: "/orders/42",
+                token: None,
                 status: StatusCode::FORBIDDEN,
                 reason: Some("peer_not_allowed"),
             },
@@ -130,6 +140,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "payments.shop",
                 path: "/orders/42",
+                token: None,
                 status: StatusCode::FORBIDDEN,
                 reason: Some("unknown_destination"),
             },
@@ -141,6 +152,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/admin",
+                token: None,
                 status: StatusCode::FORBIDDEN,
                 reason: Some("no_route"),
             },
@@ -152,16 +164,90 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/orders%2F..%2Fadmin",
+                token: None,
                 status: StatusCode::BAD_REQUEST,
                 reason: Some("invalid_path"),
             },
             web.outbound_addr,
         ),
     ];
+    let citizen = |level, lifetime_offset: i64| {
+        let person = Person {
+            sub: "demo-citizen".into(),
+            national_id: Some("12345678901".into()),
+            level,
+            client_id: "journal-web".into(),
+            scopes: vec!["journal.read".into()],
+            audience: "orders-api".into(),
+            ..Person::default()
+        };
+        let opts = MintOptions {
+            issued_at_offset: Some(lifetime_offset),
+            ..MintOptions::default()
+        };
+        idp.mint(devidp::claims(devidp::Profile::HelseId, &person), &opts)
+    };
+    let token_cases = [
+        (
+            Expectation {
+                what: "a citizen (level 4) reads their own journal with a valid token",
+                via: "web",
+                host: "orders.shop",
+                path: "/patients/12345678901/journal",
+                token: Some(citizen(Level::High, 0)?),
+                status: StatusCode::OK,
+                reason: None,
+            },
+            web.outbound_addr,
+        ),
+        (
+            Expectation {
+                what: "the same citizen with an expired token",
+                via: "web",
+                host: "orders.shop",
+                path: "/patients/12345678901/journal",
+                token: Some(citizen(Level::High, -3600)?),
+                status: StatusCode::UNAUTHORIZED,
+                reason: Some("token_expired"),
+            },
+            web.outbound_addr,
+        ),
+        (
+            Expectation {
+                what: "a token at level 3 (too low: step-up to level 4 asked)",
+                via: "web",
+                host: "orders.shop",
+                path: "/patients/12345678901/journal",
+                token: Some(citizen(Level::Substantial, 0)?),
+                status: StatusCode::UNAUTHORIZED,
+                reason: Some("insufficient_assurance"),
+            },
+            web.outbound_addr,
+        ),
+        (
+            Expectation {
+                what: "the citizen tries to read someone else's journal",
+                via: "web",
+                host: "orders.shop",
+                path: "/patients/10987654321/journal",
+                token: Some(citizen(Level::High, 0)?),
+                status: StatusCode::FORBIDDEN,
+                reason: Some("binding_mismatch"),
+            },
+            web.outbound_addr,
+        ),
+    ];
     writeln!(out, "4. Requests through the mesh:")?;
-    for (expect, addr) in cases {
+    for (expect, addr) in cases.into_iter().chain(token_cases) {
         let addr = addr.context("client outbound address")?;
-        let (status, body) = get(&client, addr, expect.host, expect.path).await?;
+        let (status, body) = get(
+            &client,
+            addr,
+            expect.host,
+            expect.path,
+            expect.token.as_deref(),
+        )
+        .await?;
         let held = status == expect.status
             && expect
                 .reason
@@ -184,7 +270,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 .outbound_addr
                 .context("impostor outbound address")?;
             let before = handshake_refusals(&server).await;
-            let (status, body) = get(&client, addr, "orders.shop", "/orders/42").await?;
+            let (status, body) = get(&client, addr, "orders.shop", "/orders/42", None).await?;
             let after = handshake_refusals(&server).await;
             let held = !status.is_success() && after > before;
             all_held &= held;
@@ -207,11 +293,12 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     }
 
     let seen = app.seen();
-    let only_web = seen.len() == 1 && seen[0].path_and_query == "/orders/42";
+    let paths: Vec<&str> = seen.iter().map(|r| r.path_and_query.as_str()).collect();
+    let only_web = paths == ["/orders/42", "/patients/12345678901/journal"];
     all_held &= only_web;
     writeln!(
         out,
-        "\n5. The app saw {} request(s), all from {web_id}: {}",
+        "\n5. The app saw {} request(s), all from {web_id} (the allowed ones above): {}",
         seen.len(),
         if only_web {
             "as expected"
@@ -240,10 +327,14 @@ async fn get(
     proxy: std::net::SocketAddr,
     host: &str,
     path: &str,
+    token: Option<&str>,
 ) -> anyhow::Result<(StatusCode, String)> {
-    let request = Request::get(format!("http://{proxy}{path}"))
-        .header(http::header::HOST, host)
-        .body(body::empty())?;
+    let mut request =
+        Request::get(format!("http://{proxy}{path}")).header(http::header::HOST, host);
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    }
+    let request = request.body(body::empty())?;
     let response = client.request(request).await?;
     let status = response.status();
     let bytes = response.into_body().collect().await?.to_bytes();

@@ -85,6 +85,63 @@ enum Command {
     },
     /// Start a mesh on loopback, send requests through it and explain what happened.
     Demo,
+    /// Development OIDC issuer on loopback: serve discovery + JWKS, mint tokens, rotate keys.
+    DevIdp {
+        #[command(subcommand)]
+        command: DevIdpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevIdpCommand {
+    /// Serve discovery and JWKS for the keys in DIR (prints the issuer URL; Ctrl-C stops).
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9000")]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        dir: PathBuf,
+        /// Path prefix of the issuer, e.g. /auth/realms/current (BankID style).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Print an access token with a provider's claims, signed by the current key in DIR.
+    Mint {
+        #[arg(long)]
+        dir: PathBuf,
+        /// The issuer URL `serve` printed.
+        #[arg(long)]
+        issuer: String,
+        /// helseid, bankid, signicat, idporten or generic.
+        #[arg(long, default_value = "helseid")]
+        profile: String,
+        #[arg(long, default_value = "dev-user")]
+        sub: String,
+        /// National identity number to carry (test numbers only).
+        #[arg(long)]
+        national_id: Option<String>,
+        /// low, substantial or high.
+        #[arg(long, default_value = "high")]
+        level: String,
+        #[arg(long, default_value = "dev-client")]
+        client_id: String,
+        /// Scopes (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+        #[arg(long, default_value = "vakt")]
+        audience: String,
+        /// RS256, PS256 or ES256.
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
+        lifetime: Duration,
+    },
+    /// Make a new key current for ALG; the previous one stays published.
+    Rotate {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, default_value = "RS256")]
+        alg: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +199,7 @@ fn main() -> ExitCode {
         Command::Test { file } => policy_test(file),
         Command::Certs { command } => certs(command),
         Command::Demo => demo(),
+        Command::DevIdp { command } => dev_idp(command),
     }
 }
 
@@ -436,6 +494,68 @@ fn demo() -> ExitCode {
         Err(e) => {
             eprintln!("vakt demo: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn dev_idp(command: DevIdpCommand) -> ExitCode {
+    use vakt::authn::devidp;
+    let result: Result<String, String> = match command {
+        DevIdpCommand::Serve {
+            listen,
+            dir,
+            prefix,
+        } => runtime()
+            .block_on(devidp::serve_forever(listen, &dir, &prefix))
+            .map(|()| String::new())
+            .map_err(|e| e.to_string()),
+        DevIdpCommand::Mint {
+            dir,
+            issuer,
+            profile,
+            sub,
+            national_id,
+            level,
+            client_id,
+            scopes,
+            audience,
+            alg,
+            lifetime,
+        } => (|| {
+            let profile: devidp::Profile =
+                profile.parse().map_err(|e| format!("--profile: {e}"))?;
+            let level: devidp::Level = level.parse().map_err(|e| format!("--level: {e}"))?;
+            let alg: devidp::Alg = alg.parse().map_err(|e| format!("--alg: {e}"))?;
+            let person = devidp::Person {
+                sub,
+                national_id,
+                level,
+                client_id,
+                scopes,
+                audience,
+                ..devidp::Person::default()
+            };
+            devidp::mint_cli(&dir, &issuer, profile, person, alg, lifetime)
+                .map_err(|e| e.to_string())
+        })(),
+        DevIdpCommand::Rotate { dir, alg } => (|| {
+            let alg: devidp::Alg = alg.parse().map_err(|e| format!("--alg: {e}"))?;
+            let keys = devidp::KeyStore::open_or_create(&dir).map_err(|e| e.to_string())?;
+            keys.rotate(alg)
+                .map(|kid| format!("new current {alg} key: {kid}"))
+                .map_err(|e| e.to_string())
+        })(),
+    };
+    match result {
+        Ok(out) => {
+            if !out.is_empty() {
+                println!("{out}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("vakt dev-idp: {e}");
+            ExitCode::from(2)
         }
     }
 }

@@ -447,20 +447,21 @@ fn check_mesh_resources(r: &Rendered) -> Mesh {
         .into_iter()
         .filter(|s| s["metadata"]["labels"]["vakt.io/metrics"].is_null())
         .collect();
-    let workload_selector;
-    if inbound {
+    let workload_selector = if inbound {
         assert_eq!(services.len(), 1, "{label}: one Service");
         let svc = services[0];
+        let only_mtls = json!([
+            {"name": "mtls", "port": MTLS_PORT, "targetPort": "vakt-mtls", "protocol": "TCP"}
+        ]);
         assert_eq!(
-            svc["spec"]["ports"],
-            json!([{"name": "mtls", "port": MTLS_PORT, "targetPort": "vakt-mtls", "protocol": "TCP"}]),
+            svc["spec"]["ports"], only_mtls,
             "{label}: the Service must expose only 15443"
         );
-        workload_selector = svc["spec"]["selector"].clone();
+        svc["spec"]["selector"].clone()
     } else {
         assert!(services.is_empty(), "{label}: no Service without inbound");
-        workload_selector = r.only("NetworkPolicy")["spec"]["podSelector"]["matchLabels"].clone();
-    }
+        r.only("NetworkPolicy")["spec"]["podSelector"]["matchLabels"].clone()
+    };
     let fullname = str_of(&workload_selector["vakt.io/workload"], "workload label").to_owned();
     assert_eq!(
         workload_selector.as_object().unwrap().len(),
@@ -1149,6 +1150,35 @@ fn defaults_render_a_hardened_workload_that_kubernetes_accepts() {
     }
     assert_eq!(r.all("Service").len(), 1);
     assert_eq!(r.all("ConfigMap").len(), 2, "config + policy, no dashboard");
+
+    // A policy kept in a ConfigMap of its own: not rendered, but mounted and named.
+    let r = template(
+        t,
+        "existing policy ConfigMap",
+        &[
+            "--set",
+            "policy.existingConfigMap=team-policy,policy.key=rules.yaml",
+        ],
+    );
+    validate(t, &r);
+    assert_eq!(r.all("ConfigMap").len(), 1, "the config only");
+    let config = yaml(
+        r.one("ConfigMap", "orders-vakt-config")["data"]["vakt.yaml"]
+            .as_str()
+            .unwrap(),
+    );
+    assert_eq!(
+        config["inbound"]["policy"],
+        "/var/run/vakt/policy/rules.yaml"
+    );
+    let pod = &r.only("Deployment")["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "vakt-policy")
+        .unwrap();
+    assert_eq!(volume["configMap"], json!({"name": "team-policy"}));
 }
 
 #[test]
@@ -1312,6 +1342,55 @@ fn monitoring_example_renders_service_monitor_rules_and_dashboard() {
         admin["from"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"],
         "prometheus"
     );
+}
+
+#[test]
+fn oidc_example_renders_issuers_and_the_pseudonymisation_key() {
+    let Some(t) = tools() else { return };
+    let r = render_example(t, "oidc");
+    validate(t, &r);
+    let mesh = check_mesh_resources(&r);
+    let deployment = r.only("Deployment");
+    check_pod(&mesh, &deployment["spec"]["template"]);
+    let oidc = &mesh.config["oidc"];
+    assert_eq!(
+        oidc["issuers"][0],
+        json!({"issuer": "https://helseid-sts.nhn.no", "profile": "helseid", "audiences": ["journal-api"]})
+    );
+    assert_eq!(oidc["issuers"][1]["algorithms"], json!(["RS256", "PS256"]));
+    assert_eq!(oidc["issuers"][1]["max_token_lifetime"], "1h");
+    assert_eq!(oidc["jwks_max_staleness"], "24h");
+    assert_eq!(
+        mesh.config["pseudonymisation"],
+        json!({"key_file": "/var/run/vakt/pseudonym/key", "key_id": "k1"})
+    );
+    let volumes = deployment["spec"]["template"]["spec"]["volumes"]
+        .as_array()
+        .unwrap();
+    let key = volumes
+        .iter()
+        .find(|v| v["name"] == "vakt-pseudonym")
+        .unwrap();
+    assert_eq!(key["secret"]["secretName"], "vakt-pseudonym-key");
+    let policy = yaml(mesh.policy_text.as_deref().unwrap());
+    assert_eq!(
+        policy["routes"][1]["allow"][0]["bind"],
+        json!({"pid": "national_id"})
+    );
+
+    // Turning tokens on (or the key) is a sidecar-config change: it rolls the pods.
+    let plain = template(
+        t,
+        "no oidc",
+        &[
+            "-f",
+            &example("oidc"),
+            "--set-json",
+            "config.oidc.issuers=[]",
+        ],
+    );
+    assert!(check_mesh_resources(&plain).config.get("oidc").is_none());
+    assert_ne!(checksum(&plain), checksum(&r));
 }
 
 /// Way in (b), rendered alone: vakt's resources without a Deployment.
@@ -1811,28 +1890,31 @@ fn rendered_config_and_policy_pass_vakt_check() {
     }
 
     // The check has teeth: a rendered policy naming a peer outside the trust domain fails.
-    let bad = template(
-        t,
-        "foreign peer",
-        &[
-            "--set",
-            "policy.document.routes[0].public=false,policy.document.routes[0].allow[0].peers[0]=spiffe://elsewhere.org/ns/a/sa/b",
-        ],
-    );
+    let foreign = dir.path().join("foreign.yaml");
+    std::fs::write(
+        &foreign,
+        "policy:\n  document:\n    routes:\n      - id: r\n        methods: [GET]\n        path: /r\n        allow:\n          - peers: [spiffe://elsewhere.org/ns/a/sa/b]\n",
+    )
+    .unwrap();
+    let bad = template(t, "foreign peer", &["-f", foreign.to_str().unwrap()]);
     let mesh = check_mesh_resources(&bad);
-    let dir = tempfile::tempdir().unwrap();
     let policy = dir.path().join("policy.yaml");
     std::fs::write(&policy, mesh.policy_text.as_deref().unwrap()).unwrap();
     let out = vakt(&[
         "check",
         "--policy",
-        &policy.to_string_lossy(),
+        policy.to_str().unwrap(),
         "--trust-domain",
         "cluster.local",
     ]);
     assert!(
         !out.status.success(),
         "a peer from another trust domain was accepted"
+    );
+    assert!(
+        text(&out.stderr).contains("elsewhere.org"),
+        "{}",
+        text(&out.stderr)
     );
 }
 
@@ -1868,6 +1950,7 @@ fn notes_tell_the_installer_what_to_check_next() {
         "vakt check --policy policy.yaml --trust-domain cluster.local",
         "vakt.io/mesh=enabled",
         "curl -s localhost:15021/ready",
+        "every outbound call gets 403",
     ] {
         assert!(
             notes.contains(needle),
@@ -1880,6 +1963,20 @@ fn notes_tell_the_installer_what_to_check_next() {
         "{notes}"
     );
     assert!(!notes.contains("get certificate"), "{notes}");
+    let notes = render_notes(&["-f", &example("standalone")]);
+    assert!(
+        notes.contains("payments.billing.svc.cluster.local:8080 -> payments.billing.svc.cluster.local:15443 as spiffe://cluster.local/ns/billing/sa/payments"),
+        "{notes}"
+    );
+    let notes = render_notes(&["-f", &example("oidc")]);
+    assert!(
+        notes.contains("--trust-domain cluster.local --issuer https://helseid-sts.nhn.no"),
+        "{notes}"
+    );
+    assert!(
+        notes.contains("egress to https://helseid-sts.nhn.no"),
+        "{notes}"
+    );
     let notes = render_notes(&["-f", &example("monitoring")]);
     assert!(notes.contains("ServiceMonitor orders-vakt"), "{notes}");
 }

@@ -544,4 +544,21 @@ fn the_example_policy_has_a_matching_json_schema() {
         );
     }
     assert_eq!(schema["$defs"]["rule"]["additionalProperties"], false);
+    for key in [
+        "peers",
+        "issuers",
+        "clients",
+        "scopes_all",
+        "scopes_any",
+        "min_loa",
+        "amr_any",
+        "max_auth_age",
+        "claims",
+        "bind",
+    ] {
+        assert!(
+            schema["$defs"]["rule"]["properties"].get(key).is_some(),
+            "schema lacks rule.{key}"
+        );
+    }
 }

@@ -283,10 +283,11 @@ mod tests {
         h
     }
 
+    type Row<'a> = (Vec<&'a str>, &'a str, Result<Option<&'a str>, TokenError>);
+
     #[test]
     fn bearer_extraction() {
-        let uri: Uri = "/p?x=1".parse().unwrap();
-        let cases: Vec<(Vec<&str>, &str, Result<Option<&str>, TokenError>)> = vec![
+        let cases: Vec<Row> = vec![
             (vec![], "/p", Ok(None)),
             (vec!["Bearer abc.def.ghi"], "/p", Ok(Some("abc.def.ghi"))),
             (vec!["bearer abc"], "/p", Ok(Some("abc"))),
@@ -308,7 +309,6 @@ mod tests {
                 Err(TokenError::TokenInQuery),
             ),
         ];
-        let _ = uri;
         for (values, uri, expected) in cases {
             let h = headers(&values);
             let uri: Uri = uri.parse().unwrap();

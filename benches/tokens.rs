@@ -1,0 +1,96 @@
+//! Access-token verification cost per algorithm: cold (signature + all checks) and from the
+//! verified-token cache. `cargo bench --bench tokens`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use vakt::authn::devidp::{self, Alg, DevIdp, KeyStore, MintOptions, Person};
+use vakt::authn::http_client::IdpClient;
+use vakt::authn::jwks::IssuerKeys;
+use vakt::authn::verify::Verifier;
+use vakt::authn::{IssuerConfig, OidcConfig};
+
+fn verifier(rt: &tokio::runtime::Runtime, idp: &DevIdp, cache: usize) -> Verifier {
+    let oidc: OidcConfig = serde_saphyr::from_str(&format!(
+        "verified_token_cache: {cache}\nissuers:\n  - issuer: {}\n    profile: helseid\n    audiences: [bench]\n    algorithms: [RS256, PS256, ES256]\n    allow_insecure_loopback: true\n",
+        idp.issuer
+    ))
+    .expect("bench oidc config");
+    let issuer: IssuerConfig = oidc.issuers[0].clone();
+    let keys = Arc::new(IssuerKeys::new(
+        Arc::new(issuer),
+        &oidc,
+        IdpClient::new().expect("client"),
+    ));
+    rt.block_on(keys.refresh("scheduled"))
+        .expect("JWKS fetched");
+    Verifier::new(vec![keys], &oidc)
+}
+
+fn tokens(c: &mut Criterion) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Arc::new(KeyStore::open_or_create(dir.path()).expect("keys"));
+    let idp = rt
+        .block_on(DevIdp::start(([127, 0, 0, 1], 0).into(), keys, ""))
+        .expect("dev idp");
+    let person = Person {
+        national_id: Some("12345678901".into()),
+        scopes: vec!["journal.read".into()],
+        audience: "bench".into(),
+        ..Person::default()
+    };
+    let claims = devidp::claims(devidp::Profile::HelseId, &person);
+    let cold = verifier(&rt, &idp, 1);
+    let warm = verifier(&rt, &idp, 1000);
+    let mut group = c.benchmark_group("verify");
+    for alg in [Alg::RS256, Alg::PS256, Alg::ES256] {
+        let minted: Vec<String> = (0..64)
+            .map(|i| {
+                let mut claims = claims.clone();
+                claims["jti"] = serde_json::json!(format!("bench-{i}"));
+                idp.mint(
+                    claims,
+                    &MintOptions {
+                        alg,
+                        ..MintOptions::default()
+                    },
+                )
+                .expect("mint")
+            })
+            .collect();
+        let mut i = 0;
+        group.bench_function(format!("{alg}_cold"), |b| {
+            b.iter(|| {
+                // A different token each time; the one-entry cache never hits.
+                i = (i + 1) % minted.len();
+                let r = cold
+                    .verify(black_box(&minted[i]))
+                    .now_or_never()
+                    .expect("no await on known keys");
+                assert!(r.is_ok());
+            })
+        });
+        let token = &minted[0];
+        warm.verify(token)
+            .now_or_never()
+            .expect("ready")
+            .expect("valid");
+        group.bench_function(format!("{alg}_cache_hit"), |b| {
+            b.iter(|| {
+                let r = warm
+                    .verify(black_box(token))
+                    .now_or_never()
+                    .expect("no await");
+                assert!(r.is_ok());
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, tokens);
+criterion_main!(benches);
