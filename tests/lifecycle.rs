@@ -17,18 +17,10 @@ fn vakt() -> Command {
 }
 
 fn run_check(config: &Path, extra: &[&str]) -> (i32, String, String) {
-    let out = vakt()
-        .arg("check")
-        .arg("--config")
-        .arg(config)
-        .args(extra)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let config = config.to_str().unwrap();
+    let mut args = vec!["check", "--config", config];
+    args.extend_from_slice(extra);
+    run_vakt(&args)
 }
 
 #[test]
@@ -223,11 +215,7 @@ async fn one_request(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn certificate_rotation_under_traffic_drops_nothing() {
     let server = server(&["web"], "").await;
-    let web_dir = server
-        .pki
-        .workload("web", &server.pki.spiffe_id("shop", "web"))
-        .unwrap();
-    let config = raw_client_config(Some(&web_dir), &server.dir, &server.id, &[b"http/1.1"]);
+    let config = web_client_config(&server);
     let addr = server.addr();
     let old_leaf = one_request(addr, config.clone()).await.unwrap();
     let admin = server.vakt.admin_addr;

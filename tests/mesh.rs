@@ -310,11 +310,7 @@ async fn content_length_with_transfer_encoding_is_refused_outbound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn content_length_with_transfer_encoding_is_refused_inbound() {
     let server = server(&["web"], "").await;
-    let web_dir = server
-        .pki
-        .workload("web", &server.pki.spiffe_id("shop", "web"))
-        .unwrap();
-    let config = raw_client_config(Some(&web_dir), &server.dir, &server.id, &[b"http/1.1"]);
+    let config = web_client_config(&server);
     // A normal request first on the same connection, then the ambiguous one.
     let tls = mtls_connect(server.addr(), config).await.unwrap();
     let mut request = b"GET /first HTTP/1.1\r\nHost: orders.shop\r\n\r\n".to_vec();

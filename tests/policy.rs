@@ -3,22 +3,12 @@
 
 mod common;
 
-use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn web(server: &Server) -> String {
-    server.pki.spiffe_id("shop", "web")
-}
-
-fn web_config(server: &Server) -> Arc<rustls::ClientConfig> {
-    let dir = server.pki.workload("web-client", &web(server)).unwrap();
-    raw_client_config(Some(&dir), &server.dir, &server.id, &[b"http/1.1"])
-}
 
 /// Replace the server's policy file (atomically, like a ConfigMap update) and wait until a
 /// reload with `result` has been counted.
@@ -81,7 +71,7 @@ fn unescape(field: &str) -> Vec<u8> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_app_receives_exactly_the_canonical_path_for_every_vector() {
     let server = server(&["web"], "").await;
-    let config = web_config(&server);
+    let config = web_client_config(&server);
     let corpus = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/data/path_vectors.tsv"
@@ -168,7 +158,7 @@ async fn the_query_is_forwarded_untouched_and_not_matched() {
     let server = server(&["web"], "").await;
     let answer = raw_get(
         &server,
-        web_config(&server),
+        web_client_config(&server),
         b"/a/./b/../c?x=%2F..%2f&y=/../z",
     )
     .await;
@@ -430,18 +420,6 @@ async fn reload_under_load_drops_nothing_and_a_bad_policy_is_refused() {
     assert!(done.load(Ordering::Relaxed) > 10);
 }
 
-fn vakt(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vakt"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn policy_cli_check_explain_and_test() {
     let tmp = tempfile::tempdir().unwrap();
@@ -450,10 +428,10 @@ fn policy_cli_check_explain_and_test() {
     let p = policy.to_str().unwrap();
 
     let (code, stdout, stderr) =
-        vakt(&["check", "--policy", p, "--trust-domain", "test.vakt.local"]);
+        run_vakt(&["check", "--policy", p, "--trust-domain", "test.vakt.local"]);
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.contains("OK (3 route(s))"), "{stdout}");
-    let (code, _, stderr) = vakt(&["check", "--policy", p, "--trust-domain", "cluster.local"]);
+    let (code, _, stderr) = run_vakt(&["check", "--policy", p, "--trust-domain", "cluster.local"]);
     assert_eq!(code, 2);
     assert!(
         stderr.contains("outside the accepted trust domains"),
@@ -466,14 +444,14 @@ fn policy_cli_check_explain_and_test() {
         format!("{POLICY}  - id: x\n    methods: [GET]\n    path: /y\n    alow: []\n"),
     )
     .unwrap();
-    let (code, _, stderr) = vakt(&["check", "--policy", broken.to_str().unwrap()]);
+    let (code, _, stderr) = run_vakt(&["check", "--policy", broken.to_str().unwrap()]);
     assert_eq!(code, 2);
     assert!(
         stderr.contains("unknown field `alow`") && stderr.contains("line 22"),
         "{stderr}"
     );
 
-    let (code, stdout, _) = vakt(&[
+    let (code, stdout, _) = run_vakt(&[
         "explain",
         "--policy",
         p,
@@ -505,7 +483,7 @@ fn policy_cli_check_explain_and_test() {
         "policy: policy.yaml\ncases:\n  - name: web reads\n    request: { method: GET, path: /orders/1, peer: spiffe://test.vakt.local/ns/shop/sa/web }\n    expect: { decision: allow, route: orders-read }\n  - name: wrong on purpose\n    request: { method: GET, path: /orders/1, peer: spiffe://test.vakt.local/ns/shop/sa/batch }\n    expect: { decision: allow }\n",
     )
     .unwrap();
-    let (code, stdout, _) = vakt(&["test", tests.to_str().unwrap()]);
+    let (code, stdout, _) = run_vakt(&["test", tests.to_str().unwrap()]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("ok    web reads"), "{stdout}");
     assert!(

@@ -220,3 +220,25 @@ pub async fn wait_for_metric(
     }
     value
 }
+
+/// Run the real `vakt` binary: (exit code, stdout, stderr).
+pub fn run_vakt(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vakt"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// An mTLS client config for the allowed peer `spiffe://TD/ns/shop/sa/web` of `server`.
+pub fn web_client_config(server: &Server) -> Arc<rustls::ClientConfig> {
+    let dir = server
+        .pki
+        .workload("web-client", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    raw_client_config(Some(&dir), &server.dir, &server.id, &[b"http/1.1"])
+}
