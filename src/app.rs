@@ -12,14 +12,17 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::admin::{self, Readiness};
+use crate::audit::{AuditConfig, AuditLog, FileSink, FileSinkConfig, SinkError, StdoutSink};
 use crate::authn::http_client::IdpClient;
 use crate::authn::jwks::IssuerKeys;
 use crate::authn::stage::Authenticate;
 use crate::authn::verify::Verifier;
+use crate::config::AuditSink;
 use crate::config::Config;
 use crate::forward::{ToApp, ToMesh};
 use crate::hygiene::Hygiene;
 use crate::listener::{ListenerContext, serve_plain, serve_tls};
+use crate::observe::Auditor;
 use crate::observe::Observe;
 use crate::policy::PolicyError;
 use crate::policy::reload::PolicyStore;
@@ -39,6 +42,8 @@ pub enum StartError {
     Pseudonym(#[from] PseudonymError),
     #[error("oidc client: {0}")]
     Oidc(std::io::Error),
+    #[error("audit sink: {0}")]
+    Audit(#[from] SinkError),
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         name: &'static str,
@@ -55,6 +60,7 @@ pub struct App {
     pub readiness: Arc<Readiness>,
     pub certs: Arc<CertStore>,
     pub policy: Option<Arc<PolicyStore>>,
+    pub auditor: Arc<Auditor>,
     grace_period: Duration,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
@@ -82,12 +88,13 @@ impl App {
         let tracker = TaskTracker::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
-        let context = |direction, stack, shutdown| ListenerContext {
+        let context = |direction, stack, shutdown, auditor| ListenerContext {
             direction,
             stack,
             limits: limits.clone(),
             shutdown,
             tracker: tracker.clone(),
+            auditor,
         };
 
         let mut listeners = Vec::new();
@@ -100,6 +107,12 @@ impl App {
                 Pseudonymiser::ephemeral()
             }
         });
+        let auditor = Arc::new(Auditor {
+            log: start_audit_log(&config)?,
+            pseudonyms: pseudonyms.clone(),
+            on_failure: config.audit.on_audit_failure,
+        });
+        listeners.push(spawn_audit_gauges(auditor.log.clone(), shutdown_rx.clone()));
         let verifier = match &config.oidc {
             None => None,
             Some(oidc) => {
@@ -129,7 +142,7 @@ impl App {
             let listener = bind("inbound.listen", inbound.listen).await?;
             inbound_addr = listener.local_addr().ok();
             let stack = stack::inbound(
-                Observe::new(Direction::Inbound),
+                Observe::new(Direction::Inbound, Some(auditor.clone())),
                 Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
                 Authenticate::new(verifier.clone()),
                 PolicyStage::new(store, pseudonyms.clone()),
@@ -138,7 +151,12 @@ impl App {
                     tracker.clone(),
                 ),
             );
-            let ctx = context(Direction::Inbound, stack, shutdown_rx.clone());
+            let ctx = context(
+                Direction::Inbound,
+                stack,
+                shutdown_rx.clone(),
+                Some(auditor.clone()),
+            );
             listeners.push(tokio::spawn(serve_tls(listener, certs.clone(), ctx)));
         }
         let mut outbound_addr = None;
@@ -146,14 +164,19 @@ impl App {
             let listener = bind("outbound.listen", outbound.listen).await?;
             outbound_addr = listener.local_addr().ok();
             let stack = stack::outbound(
-                Observe::new(Direction::Outbound),
+                Observe::new(Direction::Outbound, Some(auditor.clone())),
                 Hygiene::outbound(),
                 ToMesh::new(
                     MeshClient::new(&outbound.upstreams, certs.clone(), &limits),
                     tracker.clone(),
                 ),
             );
-            let ctx = context(Direction::Outbound, stack, shutdown_rx.clone());
+            let ctx = context(
+                Direction::Outbound,
+                stack,
+                shutdown_rx.clone(),
+                Some(auditor.clone()),
+            );
             listeners.push(tokio::spawn(serve_plain(listener, ctx)));
         }
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
@@ -164,6 +187,7 @@ impl App {
             limits: limits.clone(),
             shutdown: admin_shutdown_rx.clone(),
             tracker: TaskTracker::new(),
+            auditor: None,
         };
         let admin = tokio::spawn(serve_plain(admin_listener, admin_ctx));
         listeners.push(spawn_reloader(certs.clone(), shutdown_rx));
@@ -183,6 +207,7 @@ impl App {
             readiness,
             certs,
             policy,
+            auditor,
             grace_period: config.shutdown.grace_period,
             shutdown,
             admin_shutdown,
@@ -225,8 +250,53 @@ impl App {
                 "grace period over; closing the remaining connections"
             );
         }
+        // Every event already accepted is written before the process ends.
+        if let Err(error) = self.auditor.log.clone().shutdown(self.grace_period).await {
+            tracing::error!(%error, "audit events could not all be written before shutdown");
+        }
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin.await;
         drained
     }
+}
+
+fn start_audit_log(config: &Config) -> Result<AuditLog, StartError> {
+    let queue = AuditConfig {
+        capacity: config.audit.queue_capacity,
+        ..AuditConfig::default()
+    };
+    Ok(match (config.audit.sink, &config.audit.file) {
+        (AuditSink::File, Some(file)) => AuditLog::start(
+            FileSink::new(FileSinkConfig {
+                path: file.path.clone(),
+                max_bytes: file.max_bytes,
+                max_files: file.max_files,
+                fsync: config
+                    .audit_fsync()
+                    .unwrap_or(crate::audit::FsyncPolicy::Always),
+            })?,
+            queue,
+        ),
+        _ => AuditLog::start(StdoutSink::stdout(), queue),
+    })
+}
+
+/// Mirror the audit log's counters into metrics once a second.
+fn spawn_audit_gauges(log: AuditLog, mut shutdown: watch::Receiver<bool>) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            metrics::counter!(crate::metrics::AUDIT_WRITTEN).absolute(log.written());
+            metrics::gauge!(crate::metrics::AUDIT_QUEUE).set(log.queue_depth() as f64);
+            metrics::gauge!(crate::metrics::AUDIT_HEALTHY).set(if log.healthy() {
+                1.0
+            } else {
+                0.0
+            });
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
 }

@@ -61,6 +61,9 @@ pub struct Config {
     /// key is used: nothing leaves in clear, but pseudonyms are not stable.
     #[serde(default)]
     pub pseudonymisation: Option<crate::pseudonym::PseudonymConfig>,
+    /// The audit trail: one event per decision, refused handshake and refused egress.
+    #[serde(default)]
+    pub audit: AuditSettings,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -205,6 +208,58 @@ impl fmt::Display for Authority {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    /// JSON lines on stdout, for the cluster's log pipeline.
+    #[default]
+    Stdout,
+    /// A hash-chained file with size-based rotation.
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    #[serde(default)]
+    pub sink: AuditSink,
+    /// With `sink: file`.
+    #[serde(default)]
+    pub file: Option<AuditFileSettings>,
+    /// Events accepted and not yet written; when full, `on_audit_failure` applies.
+    #[serde(default = "defaults::audit_queue")]
+    pub queue_capacity: usize,
+    /// `deny` (default: no access without a record) or `allow` (serve, count every lost event).
+    #[serde(default)]
+    pub on_audit_failure: crate::observe::OnAuditFailure,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::default(),
+            file: None,
+            queue_capacity: defaults::audit_queue(),
+            on_audit_failure: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFileSettings {
+    pub path: PathBuf,
+    /// Rotate when the file reaches this size (bytes).
+    #[serde(default = "defaults::audit_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` ... `.N`).
+    #[serde(default = "defaults::audit_max_files")]
+    pub max_files: usize,
+    /// `always` (fsync every batch), `never`, or a duration such as `1s`.
+    #[serde(default = "defaults::audit_fsync")]
+    pub fsync: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -369,6 +424,18 @@ mod defaults {
     pub fn grace_period() -> Duration {
         Duration::from_secs(30)
     }
+    pub fn audit_queue() -> usize {
+        8192
+    }
+    pub fn audit_max_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub fn audit_max_files() -> usize {
+        10
+    }
+    pub fn audit_fsync() -> String {
+        "1s".to_owned()
+    }
     pub fn log_level() -> String {
         "info".to_owned()
     }
@@ -427,6 +494,18 @@ fn de_authority<'de, D: Deserializer<'de>>(d: D) -> Result<Authority, D::Error> 
 }
 
 impl Config {
+    /// The fsync policy of the audit file.
+    pub fn audit_fsync(&self) -> Result<crate::audit::FsyncPolicy, String> {
+        let raw = self.audit.file.as_ref().map_or("1s", |f| f.fsync.as_str());
+        match raw {
+            "always" => Ok(crate::audit::FsyncPolicy::Always),
+            "never" => Ok(crate::audit::FsyncPolicy::Never),
+            other => humantime::parse_duration(other)
+                .map(crate::audit::FsyncPolicy::Interval)
+                .map_err(|_| format!("\"{other}\" is not always, never or a duration such as 1s")),
+        }
+    }
+
     /// The policy-check context this sidecar gives its policy file.
     pub fn policy_context(&self) -> crate::policy::PolicyContext {
         crate::policy::PolicyContext {
@@ -480,6 +559,7 @@ impl Config {
     fn resolve_paths(&mut self, base: &Path) {
         let policy = self.inbound.as_mut().map(|i| &mut i.policy);
         let key = self.pseudonymisation.as_mut().map(|p| &mut p.key_file);
+        let audit = self.audit.file.as_mut().map(|f| &mut f.path);
         for p in [
             &mut self.identity.cert,
             &mut self.identity.key,
@@ -488,6 +568,7 @@ impl Config {
         .into_iter()
         .chain(policy)
         .chain(key)
+        .chain(audit)
         {
             if p.is_relative() {
                 *p = base.join(&*p);
@@ -598,6 +679,37 @@ impl Config {
         if l.http2_max_concurrent_streams == 0 {
             return Err(ConfigError::invalid(
                 "limits.http2_max_concurrent_streams",
+                "must be at least 1",
+            ));
+        }
+        match (self.audit.sink, &self.audit.file) {
+            (AuditSink::File, None) => {
+                return Err(ConfigError::invalid(
+                    "audit.file",
+                    "sink: file needs file.path",
+                ));
+            }
+            (AuditSink::Stdout, Some(_)) => {
+                return Err(ConfigError::invalid(
+                    "audit.file",
+                    "set sink: file to use it (the sink is stdout)",
+                ));
+            }
+            _ => {}
+        }
+        if let Some(file) = &self.audit.file {
+            self.audit_fsync()
+                .map_err(|problem| ConfigError::invalid("audit.file.fsync", problem))?;
+            if file.max_bytes < 4096 || file.max_files == 0 {
+                return Err(ConfigError::invalid(
+                    "audit.file",
+                    "max_bytes must be at least 4096 and max_files at least 1",
+                ));
+            }
+        }
+        if self.audit.queue_capacity == 0 {
+            return Err(ConfigError::invalid(
+                "audit.queue_capacity",
                 "must be at least 1",
             ));
         }

@@ -71,7 +71,8 @@ impl DevPki {
 /// Callers append `inbound:` / `outbound:` sections.
 pub fn base_config_yaml(dir: &Path, trust_domain: &str) -> String {
     format!(
-        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n  reload_interval: 1s\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
+        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
+        audit = dir.join("audit.log").display(),
         cert = dir.join(crate::certs::CERT_FILE).display(),
         key = dir.join(crate::certs::KEY_FILE).display(),
         bundle = dir.join(crate::certs::BUNDLE_FILE).display(),

@@ -36,6 +36,9 @@ pub enum DenyReason {
         acr_values: Option<&'static str>,
         max_age: Option<u64>,
     },
+    /// The audit trail cannot take the event and `on_audit_failure: deny`: no access without a
+    /// record.
+    AuditUnavailable,
     /// Over the route's rate limit for this caller.
     RateLimited { retry_after_secs: u64 },
     /// Outbound: the request names no destination (no absolute URI, no Host).
@@ -69,6 +72,7 @@ impl DenyReason {
             Self::Policy(reason) | Self::StepUp { reason, .. } => reason.code(),
             Self::Token(e) => e.code(),
             Self::RateLimited { .. } => "rate_limited",
+            Self::AuditUnavailable => "audit_unavailable",
             Self::MissingDestination => "missing_destination",
             Self::UnknownDestination { .. } => "unknown_destination",
             Self::ConnectNotSupported => "connect_not_supported",
@@ -93,6 +97,7 @@ impl DenyReason {
                 StatusCode::FORBIDDEN
             }
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::AuditUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::ConnectNotSupported => StatusCode::METHOD_NOT_ALLOWED,
             Self::UpstreamUnavailable
             | Self::UpstreamTlsFailed { .. }
@@ -119,6 +124,7 @@ impl DenyReason {
             Self::RateLimited { retry_after_secs } => {
                 format!("rate limit exceeded; retry after {retry_after_secs} s").into()
             }
+            Self::AuditUnavailable => "access cannot be recorded right now".into(),
             Self::MissingDestination => {
                 "no destination: send an absolute URI (HTTP proxy form) or a Host header".into()
             }

@@ -39,6 +39,8 @@ pub struct ListenerContext {
     pub limits: Arc<Limits>,
     pub shutdown: watch::Receiver<bool>,
     pub tracker: TaskTracker,
+    /// Refused handshakes are audited too.
+    pub auditor: Option<Arc<crate::observe::Auditor>>,
 }
 
 /// Accept connections until shutdown; each one is served on its own task in `tracker`.
@@ -76,10 +78,14 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
         let acceptor = TlsAcceptor::from(certs.current().server_config.clone());
         async move {
             let direction = ctx.direction.as_str();
+            let auditor = ctx.auditor.clone();
             let refuse = |reason: &'static str| {
                 metrics::counter!(m::HANDSHAKE_FAILURES, "direction" => direction, "reason" => reason)
                     .increment(1);
                 tracing::info!(%remote, direction, reason, "TLS handshake refused");
+                if let Some(auditor) = &auditor {
+                    auditor.handshake_refused(reason, None);
+                }
             };
             let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp)).await {
                 Err(_) => return refuse("handshake_timeout"),

@@ -85,10 +85,35 @@ enum Command {
     },
     /// Start a mesh on loopback, send requests through it and explain what happened.
     Demo,
+    /// The audit trail: verify the hash chain, or summarise for the security team.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Development OIDC issuer on loopback: serve discovery + JWKS, mint tokens, rotate keys.
     DevIdp {
         #[command(subcommand)]
         command: DevIdpCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk audit files (oldest first, across rotation) and report the first broken link.
+    Verify {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
+    /// Accesses per route and action, denials by reason and peer, distinct subjects.
+    Report {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// RFC 3339 start of the window (inclusive).
+        #[arg(long)]
+        from: Option<String>,
+        /// RFC 3339 end of the window (exclusive).
+        #[arg(long)]
+        to: Option<String>,
     },
 }
 
@@ -200,6 +225,7 @@ fn main() -> ExitCode {
         Command::Certs { command } => certs(command),
         Command::Demo => demo(),
         Command::DevIdp { command } => dev_idp(command),
+        Command::Audit { command } => audit(command),
     }
 }
 
@@ -556,6 +582,41 @@ fn dev_idp(command: DevIdpCommand) -> ExitCode {
         Err(e) => {
             eprintln!("vakt dev-idp: {e}");
             ExitCode::from(2)
+        }
+    }
+}
+
+fn audit(command: AuditCommand) -> ExitCode {
+    use vakt::audit::Timestamp;
+    match command {
+        AuditCommand::Verify { files } => match vakt::audit::verify(&files) {
+            Ok(report) => {
+                println!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("vakt audit verify: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        AuditCommand::Report { files, from, to } => {
+            let parse = |flag: &str, v: Option<String>| {
+                v.map(|t| Timestamp::parse_rfc3339(&t).map_err(|e| format!("{flag} {t:?}: {e}")))
+                    .transpose()
+            };
+            let window = parse("--from", from).and_then(|f| parse("--to", to).map(|t| (f, t)));
+            match window
+                .and_then(|(f, t)| vakt::audit::report(&files, f, t).map_err(|e| e.to_string()))
+            {
+                Ok(report) => {
+                    print!("{report}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("vakt audit report: {e}");
+                    ExitCode::from(2)
+                }
+            }
         }
     }
 }

@@ -1,30 +1,264 @@
-//! The outermost stage: every request is counted and timed here, whoever answered it (the app,
-//! or vakt with a denial). Later the audit record is emitted from the same place.
+//! The outermost stage: every request is counted, timed and audited here, whoever answered it
+//! (the app, or vakt with a denial). The audit event is emitted exactly once, when the response
+//! body has been sent or the exchange is dropped (client gone, panic unwinding), so no early
+//! return or disconnect can skip it.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
 use std::time::Instant;
 
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
 use crate::Direction;
+use crate::audit::{self, AuditEvent, AuditLog, Label, Text};
+use crate::authn::Principal;
+use crate::body::{BoxError, ProxyBody};
 use crate::error::DenyReason;
+use crate::hygiene::RequestIds;
+use crate::identity::PeerIdentity;
 use crate::metrics as m;
-use crate::policy::stage::DecisionRecord;
+use crate::policy::path::CanonicalPath;
+use crate::policy::stage::{DecisionRecord, Outcome};
+use crate::pseudonym::Pseudonymiser;
 use crate::stack::{Next, Req, Resp, Stage};
+
+/// What to do when an audit event cannot be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAuditFailure {
+    /// No access without a record: refuse with 503 `audit_unavailable`.
+    #[default]
+    Deny,
+    /// Keep serving; every lost event is counted.
+    Allow,
+}
+
+/// The audit trail as the stages see it.
+pub struct Auditor {
+    pub log: AuditLog,
+    pub pseudonyms: Arc<Pseudonymiser>,
+    pub on_failure: OnAuditFailure,
+}
+
+impl Auditor {
+    pub fn record(&self, event: AuditEvent) {
+        if let Err(why) = self.log.try_record(event) {
+            metrics::counter!(m::AUDIT_DROPPED, "reason" => why.as_str()).increment(1);
+            tracing::error!(reason = why.as_str(), "audit event dropped");
+        }
+    }
+
+    /// A refused TLS handshake: who tried, and why.
+    pub fn handshake_refused(&self, reason: &'static str, peer: Option<&str>) {
+        let mut event = AuditEvent::new(
+            audit::Direction::Handshake,
+            audit::Decision::Refused,
+            Label::sanitized(reason),
+        );
+        event.peer = peer.map(Text::sanitized);
+        self.record(event);
+    }
+}
 
 pub struct Observe {
     direction: Direction,
+    auditor: Option<Arc<Auditor>>,
 }
 
 impl Observe {
-    pub fn new(direction: Direction) -> Self {
-        Self { direction }
+    pub fn new(direction: Direction, auditor: Option<Arc<Auditor>>) -> Self {
+        Self { direction, auditor }
     }
+}
+
+/// Counts body bytes as they stream.
+struct Counted {
+    inner: ProxyBody,
+    bytes: Arc<AtomicU64>,
+    /// Emits the audit event when the body ends or is dropped.
+    guard: Option<AuditGuard>,
+}
+
+impl Body for Counted {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                }
+            }
+            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
+                // End of the exchange: emit now rather than when hyper drops the body.
+                self.guard.take();
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Emits one audit event on drop, with what is known by then.
+struct AuditGuard {
+    auditor: Arc<Auditor>,
+    event: Option<AuditEvent>,
+    started: Instant,
+    bytes_in: Arc<AtomicU64>,
+    bytes_out: Arc<AtomicU64>,
+}
+
+impl Drop for AuditGuard {
+    fn drop(&mut self) {
+        if let Some(mut event) = self.event.take() {
+            event.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
+            event.bytes_out = Some(self.bytes_out.load(Ordering::Relaxed));
+            event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+            self.auditor.record(event);
+        }
+    }
+}
+
+fn audit_direction(direction: Direction) -> audit::Direction {
+    match direction {
+        Direction::Outbound => audit::Direction::Outbound,
+        _ => audit::Direction::Inbound,
+    }
+}
+
+/// The audit event for a finished exchange, from what the stages left in the extensions.
+fn build_event(
+    direction: Direction,
+    method: &http::Method,
+    request: &http::Extensions,
+    response: &Resp,
+    pseudonyms: &Pseudonymiser,
+) -> AuditEvent {
+    let record = response.extensions().get::<DecisionRecord>();
+    let deny = response.extensions().get::<DenyReason>();
+    let (decision, reason) = match (record, deny) {
+        (Some(r), _) => (
+            match r.outcome {
+                Outcome::Allow => audit::Decision::Allow,
+                Outcome::Deny => audit::Decision::Deny,
+                Outcome::WouldDeny => audit::Decision::WouldDeny,
+            },
+            r.reason,
+        ),
+        (None, Some(d)) => (audit::Decision::Refused, d.code()),
+        (None, None) => (audit::Decision::Allow, "forwarded"),
+    };
+    let mut event = AuditEvent::new(
+        audit_direction(direction),
+        decision,
+        Label::sanitized(reason),
+    );
+    event.set_method(method.as_str());
+    event.status = Some(response.status().as_u16());
+    if let Some(r) = record {
+        event.route = r.route_id.as_deref().map(Label::sanitized);
+        event.rule = r.rule.and_then(|i| u32::try_from(i).ok());
+        event.route_template = r.route_template.as_deref().map(Text::sanitized);
+    }
+    let ids = response
+        .extensions()
+        .get::<RequestIds>()
+        .or_else(|| request.get::<RequestIds>());
+    if let Some(ids) = ids {
+        event.request_id = ids.request_id.to_str().ok().map(Label::sanitized);
+    }
+    if let Some(path) = response.extensions().get::<CanonicalPath>() {
+        let hidden = record.map(|r| r.personal_params.as_slice()).unwrap_or(&[]);
+        let template = record.and_then(|r| r.route_template.as_deref());
+        let path = match template {
+            Some(t) if !hidden.is_empty() => {
+                let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+                audit::pseudonymise_path(t, path.as_str(), &hidden, pseudonyms)
+            }
+            _ => path.as_str().to_owned(),
+        };
+        event.path = Some(Text::sanitized(&path));
+    }
+    if let Some(peer) = request.get::<PeerIdentity>() {
+        event.peer = Some(Text::sanitized(peer.spiffe_id.as_str()));
+    }
+    if let Some(p) = response.extensions().get::<Arc<Principal>>() {
+        event.issuer = Some(Text::sanitized(&p.issuer));
+        event.client_id = p.client_id.as_deref().map(Label::sanitized);
+        if let Some(s) = &p.subject {
+            event.set_subject(pseudonyms, s);
+        }
+        if let Some(n) = &p.national_id {
+            event.set_national_id(pseudonyms, n);
+        }
+        event.loa = Some(Label::sanitized(p.loa.as_str()));
+        event.amr = p.amr.iter().map(|a| Label::sanitized(a)).collect();
+    }
+    event
 }
 
 impl Stage for Observe {
     async fn handle(&self, req: Req, next: Next) -> Resp {
         let started = Instant::now();
         let method = req.method().clone();
-        let response = next.run(req).await;
         let direction = self.direction.as_str();
+
+        let (parts, body) = req.into_parts();
+        let bytes_in = Arc::new(AtomicU64::new(0));
+        let bytes_out = Arc::new(AtomicU64::new(0));
+        let request_extensions = parts.extensions.clone();
+        let body = crate::body::boxed(Counted {
+            inner: body,
+            bytes: bytes_in.clone(),
+            guard: None,
+        });
+        let req = Req::from_parts(parts, body);
+
+        // A guard for the exchange: if this future is dropped before a response exists
+        // (client gone), the event still goes out.
+        let mut pending_guard = self.auditor.as_ref().map(|auditor| {
+            let mut event = AuditEvent::new(
+                audit_direction(self.direction),
+                audit::Decision::Refused,
+                Label::sanitized("client_disconnected"),
+            );
+            event.set_method(method.as_str());
+            AuditGuard {
+                auditor: auditor.clone(),
+                event: Some(event),
+                started,
+                bytes_in: bytes_in.clone(),
+                bytes_out: bytes_out.clone(),
+            }
+        });
+
+        let unavailable = self
+            .auditor
+            .as_ref()
+            .is_some_and(|a| a.on_failure == OnAuditFailure::Deny && !a.log.healthy());
+        let response = if unavailable {
+            let ids = request_extensions.get::<RequestIds>();
+            DenyReason::AuditUnavailable.into_response(ids)
+        } else {
+            next.run(req).await
+        };
+
         let status = response.status();
         metrics::counter!(m::REQUESTS, "direction" => direction, "status_class" => m::status_class(status))
             .increment(1);
@@ -46,6 +280,25 @@ impl Stage for Observe {
                 "request refused by vakt"
             );
         }
-        response
+
+        let guard = pending_guard.take().map(|mut guard| {
+            guard.event = Some(build_event(
+                self.direction,
+                &method,
+                &request_extensions,
+                &response,
+                &guard.auditor.pseudonyms,
+            ));
+            guard
+        });
+        let (parts, body) = response.into_parts();
+        Resp::from_parts(
+            parts,
+            crate::body::boxed(Counted {
+                inner: body,
+                bytes: bytes_out,
+                guard,
+            }),
+        )
     }
 }

@@ -122,6 +122,7 @@ impl Stage for Hygiene {
             .headers_mut()
             .entry(X_REQUEST_ID)
             .or_insert(request_id);
+        response.extensions_mut().get_or_insert_with(|| ids);
         response
     }
 }

@@ -382,6 +382,8 @@ pub struct Route {
     pub token: TokenRequirement,
     pub forward_token: bool,
     pub forward_national_id: bool,
+    /// Path parameters bound to a national id in any rule: personal data, pseudonymised in audit.
+    pub personal_params: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -700,6 +702,15 @@ impl Policy {
                     bind,
                 });
             }
+            // Parameters bound to a national id hold personal data: pseudonymised in audit.
+            let mut personal_params: Vec<String> = rules
+                .iter()
+                .flat_map(|r: &Rule| r.spec.bind.iter().flatten())
+                .filter(|(_, t)| **t == BindTarget::NationalId)
+                .map(|(p, _)| p.clone())
+                .collect();
+            personal_params.sort();
+            personal_params.dedup();
             if let Err(conflict) = router.insert(host.as_deref(), &pattern, &methods, routes.len())
             {
                 let other: &Route = &routes[conflict.existing];
@@ -723,6 +734,7 @@ impl Policy {
                 token,
                 forward_token: spec.forward_token,
                 forward_national_id: spec.forward_national_id,
+                personal_params,
             });
         }
         if !problems.is_empty() {

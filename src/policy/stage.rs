@@ -21,6 +21,10 @@ use crate::stack::{Next, Req, Resp, Stage};
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
     pub route_id: Option<Arc<str>>,
+    /// The matched route's path pattern, for the audit event.
+    pub route_template: Option<Arc<str>>,
+    /// Path parameters that hold personal data (bound to a national id): pseudonymised in audit.
+    pub personal_params: Vec<String>,
     pub rule: Option<usize>,
     pub mode: Mode,
     pub outcome: Outcome,
@@ -53,7 +57,10 @@ impl DecisionRecord {
             (true, Some(_)) => Outcome::WouldDeny,
             (false, _) => Outcome::Deny,
         };
+        let route = decision.route.map(|r| &policy.routes[r]);
         Self {
+            route_template: route.map(|r| r.pattern.to_string().into()),
+            personal_params: route.map(|r| r.personal_params.clone()).unwrap_or_default(),
             route_id: decision.route.map(|r| policy.routes[r].id.clone()),
             rule: decision.rule,
             mode: decision.mode,
@@ -201,6 +208,10 @@ impl Stage for PolicyStage {
             };
             let mut response = deny.into_response(ids.as_ref());
             response.extensions_mut().insert(record);
+            response.extensions_mut().insert(path);
+            if let Some(p) = principal {
+                response.extensions_mut().insert(p);
+            }
             return response;
         }
         let route = decision.route.map(|r| &policy.routes[r]);
@@ -214,6 +225,10 @@ impl Stage for PolicyStage {
         }
         let mut response = next.run(req).await;
         response.extensions_mut().get_or_insert_with(|| record);
+        response.extensions_mut().insert(path);
+        if let Some(p) = principal {
+            response.extensions_mut().insert(p);
+        }
         response
     }
 }
@@ -251,6 +266,8 @@ impl Stage for RateLimitStage {
         };
         metrics::counter!(m::RATE_LIMITED, "route" => route.id.to_string()).increment(1);
         let record = DecisionRecord {
+            route_template: Some(route.pattern.to_string().into()),
+            personal_params: route.personal_params.clone(),
             route_id: Some(route.id.clone()),
             rule: None,
             mode: route.mode,
