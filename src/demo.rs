@@ -310,6 +310,47 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     for app in [web, batch, server] {
         app.shutdown().await;
     }
+
+    // The audit trail of orders' vakt: one event per decision and refused handshake, national ids
+    // only as pseudonyms, hash-chained.
+    let audit_file = orders_dir.join("audit.log");
+    let text = std::fs::read_to_string(&audit_file).unwrap_or_default();
+    writeln!(
+        out,
+        "\n6. orders' vakt wrote {} audit event(s) to {}:",
+        text.lines().count(),
+        audit_file.display()
+    )?;
+    for line in text.lines() {
+        let e: serde_json::Value = serde_json::from_str(line)?;
+        writeln!(
+            out,
+            "   #{:<2} {:<9} {:<10} {:<22} {} {}{}",
+            e["seq"],
+            e["direction"].as_str().unwrap_or("-"),
+            e["decision"].as_str().unwrap_or("-"),
+            e["reason"].as_str().unwrap_or("-"),
+            e["method"].as_str().unwrap_or(""),
+            e["path"].as_str().unwrap_or(""),
+            e["national_id_pseudonym"]
+                .as_str()
+                .map_or(String::new(), |p| format!("  (citizen {p})"))
+        )?;
+    }
+    let leaked = text.contains("12345678901") || text.contains("10987654321");
+    all_held &= !leaked && !text.is_empty();
+    match crate::audit::verify(std::slice::from_ref(&audit_file)) {
+        Ok(report) => writeln!(out, "   vakt audit verify: {report}")?,
+        Err(e) => {
+            all_held = false;
+            writeln!(out, "   vakt audit verify: BROKEN: {e}")?;
+        }
+    }
+    writeln!(
+        out,
+        "   raw national ids in the trail: {}",
+        if leaked { "FOUND (UNEXPECTED)" } else { "none" }
+    )?;
     writeln!(
         out,
         "\n{}",

@@ -102,3 +102,111 @@ async fn one_event_per_request_and_refused_handshake_under_concurrency() {
     assert_ne!(code, 0);
     assert!(stderr.contains("line 11"), "{stderr}");
 }
+
+/// A sink that cannot write (its rotation target is blocked by a directory) makes vakt refuse
+/// requests with 503 audit_unavailable — no access without a record — and recover once the sink
+/// does, with every accepted event written and the chain intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_sink_refuses_access_then_recovers_without_losing_events() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let config = web_client_config_for(&server, &dir);
+    let _ = server.vakt.shutdown().await;
+    // A second server on the same files, with a tiny rotation size and one rotated file.
+    let blocked = dir.join("audit-small.log.1");
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+    let policy = dir.join("policy.yaml");
+    let yaml = vakt::devmesh::base_config_yaml(&dir, TD).replace(
+        &format!(
+            "    path: {}\n    fsync: never\n",
+            dir.join("audit.log").display()
+        ),
+        &format!(
+            "    path: {}\n    fsync: never\n    max_bytes: 4096\n    max_files: 1\n",
+            dir.join("audit-small.log").display()
+        ),
+    ) + &format!(
+        "inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
+        server.app.addr,
+        policy.display()
+    );
+    let vakt = vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap();
+    let addr = vakt.inbound_addr.unwrap();
+    let mut statuses = Vec::new();
+    for _ in 0..60 {
+        let tls = mtls_connect(addr, config.clone()).await.unwrap();
+        let status = h1_send(tls, get("/x", "orders.shop"))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        statuses.push(status);
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(statuses.last(), Some(&503), "never refused: {statuses:?}");
+    let text = metrics_text(vakt.admin_addr).await;
+    assert!(
+        metric_sum(
+            &text,
+            "vakt_requests_denied_total",
+            &[("reason", "audit_unavailable")]
+        ) >= 1.0
+    );
+
+    // The sink recovers: requests pass again and nothing accepted was lost.
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let mut recovered = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let tls = mtls_connect(addr, config.clone()).await.unwrap();
+        if h1_send(tls, get("/x", "orders.shop"))
+            .await
+            .unwrap()
+            .status()
+            == 200
+        {
+            recovered = true;
+            break;
+        }
+    }
+    assert!(recovered, "vakt never recovered after the sink did");
+    let accepted = statuses.iter().filter(|s| **s == 200).count() + 1;
+    vakt.shutdown().await;
+    let files = [dir.join("audit-small.log.1"), dir.join("audit-small.log")];
+    let files: Vec<&str> = files
+        .iter()
+        .filter(|f| f.exists())
+        .map(|f| f.to_str().unwrap())
+        .collect();
+    let mut args = vec!["audit", "verify"];
+    args.extend(files.iter().copied());
+    let (code, stdout, stderr) = run_vakt(&args);
+    assert_eq!(code, 0, "{stderr}");
+    let written: usize = stdout
+        .split("intact: ")
+        .nth(1)
+        .and_then(|s| s.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    // Every allowed request was recorded (refused-while-failing ones are counted as dropped).
+    assert!(
+        written >= accepted,
+        "written {written}, accepted {accepted}; {stdout}"
+    );
+}
+
+fn web_client_config_for(
+    server: &Server,
+    dir: &std::path::Path,
+) -> std::sync::Arc<rustls::ClientConfig> {
+    let web_dir = server
+        .pki
+        .workload("web-audit", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    raw_client_config(Some(&web_dir), dir, &server.id, &[b"http/1.1"])
+}

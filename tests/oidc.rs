@@ -201,6 +201,22 @@ async fn a_valid_token_reaches_the_app_as_a_pseudonymised_principal() {
         );
     }
 
+    // The audit trail has the citizen as a pseudonym only: no token, no raw national id.
+    let audit_file = s._pki.path().join("orders").join("audit.log");
+    let mut trail = String::new();
+    for _ in 0..100 {
+        trail = std::fs::read_to_string(&audit_file).unwrap_or_default();
+        if trail.contains("national_id_pseudonym") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        trail.contains(&format!("\"national_id_pseudonym\":\"{pseudonym}\"")),
+        "{trail}"
+    );
+    assert!(!trail.contains(PID) && !trail.contains(&t[..40]), "{trail}");
+
     // The same token again is a cache hit (no signature check).
     let before = metric_sum(
         &metrics_text(s.vakt.admin_addr).await,
