@@ -182,6 +182,7 @@ fn build_event(
         .or_else(|| request.get::<RequestIds>());
     if let Some(ids) = ids {
         event.request_id = ids.request_id.to_str().ok().map(Label::sanitized);
+        event.trace_id = Some(Label::sanitized(&ids.trace_id));
     }
     if let Some(path) = response.extensions().get::<CanonicalPath>() {
         let hidden = record.map(|r| r.personal_params.as_slice()).unwrap_or(&[]);

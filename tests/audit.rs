@@ -24,9 +24,9 @@ async fn one_event_per_request_and_refused_handshake_under_concurrency() {
     let batch = client_sidecar(&server.pki, "batch", server.addr(), &server.id).await;
     let (web_addr, batch_addr) = (web.outbound_addr.unwrap(), batch.outbound_addr.unwrap());
 
-    // 400 requests with a mix of outcomes, 8 at a time, plus refused handshakes.
+    // 2,000 requests with a mix of outcomes, 8 at a time, plus refused handshakes.
     let mut tasks = Vec::new();
-    for i in 0..400usize {
+    for i in 0..2000usize {
         let (addr, path) = match i % 4 {
             0 => (web_addr, "/orders/1".to_owned()),
             1 => (batch_addr, "/orders/1".to_owned()),
@@ -73,20 +73,25 @@ async fn one_event_per_request_and_refused_handshake_under_concurrency() {
     }
     let count = |d: &str, r: &str| by_outcome.get(&(d.into(), r.into())).copied().unwrap_or(0);
     // /orders/1 from web and /o/{i} (inside the test policy's /** route) are both allowed.
-    assert_eq!(count("allow", "rule_matched"), 200, "{by_outcome:?}");
-    assert_eq!(count("deny", "peer_not_allowed"), 100, "{by_outcome:?}");
-    assert_eq!(count("refused", "invalid_path"), 100, "{by_outcome:?}");
+    assert_eq!(count("allow", "rule_matched"), 1000, "{by_outcome:?}");
+    assert_eq!(count("deny", "peer_not_allowed"), 500, "{by_outcome:?}");
+    assert_eq!(count("refused", "invalid_path"), 500, "{by_outcome:?}");
+    // Every request event carries its request and trace ids.
+    for e in events.iter().filter(|e| e["direction"] == "inbound") {
+        assert_eq!(e["trace_id"].as_str().unwrap().len(), 32, "{e}");
+        assert!(e["request_id"].is_string(), "{e}");
+    }
     assert_eq!(
         count("refused", "no_client_certificate"),
         refused_handshakes,
         "{by_outcome:?}"
     );
-    assert_eq!(events.len(), 400 + refused_handshakes, "{by_outcome:?}");
+    assert_eq!(events.len(), 2000 + refused_handshakes, "{by_outcome:?}");
 
     let (code, stdout, stderr) = run_vakt(&["audit", "verify", audit_file.to_str().unwrap()]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
-        stdout.contains(&format!("intact: {} events", 400 + refused_handshakes)),
+        stdout.contains(&format!("intact: {} events", 2000 + refused_handshakes)),
         "{stdout}"
     );
     let (code, stdout, _) = run_vakt(&["audit", "report", audit_file.to_str().unwrap()]);
@@ -209,4 +214,64 @@ fn web_client_config_for(
         .workload("web-audit", &server.pki.spiffe_id("shop", "web"))
         .unwrap();
     raw_client_config(Some(&web_dir), dir, &server.id, &[b"http/1.1"])
+}
+
+/// The exposition parses, and every label set stays within the catalogue's bounded labels.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_exposition_parses_and_labels_stay_bounded() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    for path in ["/orders/1", "/orders%2F1", "/o/2"] {
+        plain_send(web.outbound_addr.unwrap(), get(path, "orders.shop")).await;
+    }
+    let catalogue =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/METRICS.md")).unwrap();
+    let allowed_labels = [
+        "direction",
+        "status_class",
+        "reason",
+        "route",
+        "decision",
+        "issuer",
+        "result",
+        "trigger",
+        "certificate",
+        "limit",
+        "version",
+        "le",
+        "quantile",
+    ];
+    let mut samples = 0;
+    for line in metrics_text(server.vakt.admin_addr).await.lines() {
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap();
+        value
+            .parse::<f64>()
+            .unwrap_or_else(|_| panic!("bad sample value in {line}"));
+        let (name, labels) = series.split_once('{').unwrap_or((series, "}"));
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        assert!(
+            catalogue.contains(&format!("`{base}`")),
+            "{base} is not catalogued"
+        );
+        let labels = labels.strip_suffix('}').unwrap();
+        for pair in labels.split(',').filter(|p| !p.is_empty()) {
+            let (key, value) = pair.split_once('=').unwrap();
+            assert!(
+                allowed_labels.contains(&key),
+                "unbounded label {key} in {line}"
+            );
+            assert!(
+                !value.contains("spiffe://") && !value.contains("/orders"),
+                "{line}"
+            );
+        }
+        samples += 1;
+    }
+    assert!(samples > 20);
 }

@@ -26,6 +26,8 @@ pub struct FramingVerdict(pub Result<(), super::FramingError>);
 pub struct RequestIds {
     pub request_id: HeaderValue,
     pub decision_id: String,
+    /// The W3C trace id in effect (kept or created), for the audit event.
+    pub trace_id: String,
 }
 
 /// Request id and trace context, framing checks, identity-header stripping and (inbound)
@@ -67,7 +69,6 @@ impl Hygiene {
             set_path(req, &canonical)?;
             req.extensions_mut().insert(canonical);
         }
-        ensure_traceparent(req.headers_mut());
         strip_identity_headers(req.headers_mut(), &self.strip_extra);
         if self.direction == Direction::Inbound {
             let peer = req
@@ -109,9 +110,11 @@ fn set_path(req: &mut Req, canonical: &CanonicalPath) -> Result<(), DenyReason> 
 impl Stage for Hygiene {
     async fn handle(&self, mut req: Req, next: Next) -> Resp {
         let request_id = ensure_request_id(req.headers_mut());
+        let trace_id = ensure_traceparent(req.headers_mut());
         let ids = RequestIds {
             request_id: request_id.clone(),
             decision_id: uuid::Uuid::new_v4().to_string(),
+            trace_id,
         };
         req.extensions_mut().insert(ids.clone());
         let mut response = match self.prepare(&mut req) {

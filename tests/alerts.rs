@@ -1,0 +1,75 @@
+//! The security team's alert rules, checked and unit-tested with the real Prometheus `promtool`
+//! (scripts/test installs it; with VAKT_REQUIRE_PROMTOOL=1 a missing promtool fails the test).
+
+use std::path::Path;
+use std::process::Command;
+
+fn promtool() -> Option<&'static str> {
+    let found = Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if found {
+        return Some("promtool");
+    }
+    assert!(
+        std::env::var("VAKT_REQUIRE_PROMTOOL").is_err(),
+        "promtool is required but not installed: run scripts/test (it installs Debian's prometheus package)"
+    );
+    eprintln!("skipped: promtool not installed (scripts/test installs it)");
+    None
+}
+
+fn dir() -> std::path::PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("config/prometheus")
+}
+
+#[test]
+fn alert_rules_are_valid_and_their_unit_tests_pass() {
+    let Some(promtool) = promtool() else { return };
+    for args in [
+        vec!["check", "rules", "vakt-alerts.yaml"],
+        vec!["test", "rules", "vakt-alerts.test.yaml"],
+    ] {
+        let out = Command::new(promtool)
+            .args(&args)
+            .current_dir(dir())
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?} failed:\n{text}");
+        assert!(text.contains("SUCCESS"), "{text}");
+    }
+}
+
+#[test]
+fn alert_rules_use_only_catalogued_metrics_and_every_alert_is_tested() {
+    let rules = std::fs::read_to_string(dir().join("vakt-alerts.yaml")).unwrap();
+    let tests = std::fs::read_to_string(dir().join("vakt-alerts.test.yaml")).unwrap();
+    let catalogue =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/METRICS.md"))
+            .unwrap();
+    let mut metrics = 0;
+    for word in rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+        if word.starts_with("vakt_") {
+            metrics += 1;
+            assert!(
+                catalogue.contains(&format!("`{word}`")),
+                "{word} is not in docs/METRICS.md"
+            );
+        }
+    }
+    assert!(metrics >= 9);
+    for line in rules.lines() {
+        if let Some(name) = line.trim().strip_prefix("- alert: ") {
+            assert!(
+                tests.contains(&format!("alertname: {name}")),
+                "alert {name} has no promtool test"
+            );
+        }
+    }
+}
