@@ -111,6 +111,7 @@ impl App {
             log: start_audit_log(&config)?,
             pseudonyms: pseudonyms.clone(),
             on_failure: config.audit.on_audit_failure,
+            capacity: config.audit.queue_capacity,
         });
         listeners.push(spawn_audit_gauges(auditor.log.clone(), shutdown_rx.clone()));
         let verifier = match &config.oidc {

@@ -41,9 +41,16 @@ pub struct Auditor {
     pub log: AuditLog,
     pub pseudonyms: Arc<Pseudonymiser>,
     pub on_failure: OnAuditFailure,
+    /// The queue's capacity: a full queue could not take this request's event.
+    pub capacity: usize,
 }
 
 impl Auditor {
+    /// Could an event be recorded now? (Sink healthy and room in the queue.)
+    pub fn can_record(&self) -> bool {
+        self.log.healthy() && (self.log.queue_depth() as usize) < self.capacity
+    }
+
     pub fn record(&self, event: AuditEvent) {
         if let Err(why) = self.log.try_record(event) {
             metrics::counter!(m::AUDIT_DROPPED, "reason" => why.as_str()).increment(1);
@@ -252,7 +259,7 @@ impl Stage for Observe {
         let unavailable = self
             .auditor
             .as_ref()
-            .is_some_and(|a| a.on_failure == OnAuditFailure::Deny && !a.log.healthy());
+            .is_some_and(|a| a.on_failure == OnAuditFailure::Deny && !a.can_record());
         let response = if unavailable {
             let ids = request_extensions.get::<RequestIds>();
             DenyReason::AuditUnavailable.into_response(ids)
