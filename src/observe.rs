@@ -153,7 +153,7 @@ fn audit_direction(direction: Direction) -> audit::Direction {
 fn build_event(
     direction: Direction,
     method: &http::Method,
-    request: &http::Extensions,
+    peer: Option<&PeerIdentity>,
     response: &Resp,
     pseudonyms: &Pseudonymiser,
 ) -> AuditEvent {
@@ -183,11 +183,7 @@ fn build_event(
         event.rule = r.rule.and_then(|i| u32::try_from(i).ok());
         event.route_template = r.route_template.as_deref().map(Text::sanitized);
     }
-    let ids = response
-        .extensions()
-        .get::<RequestIds>()
-        .or_else(|| request.get::<RequestIds>());
-    if let Some(ids) = ids {
+    if let Some(ids) = response.extensions().get::<RequestIds>() {
         event.request_id = ids.request_id.to_str().ok().map(Label::sanitized);
         event.trace_id = Some(Label::sanitized(&ids.trace_id));
     }
@@ -203,7 +199,7 @@ fn build_event(
         };
         event.path = Some(Text::sanitized(&path));
     }
-    if let Some(peer) = request.get::<PeerIdentity>() {
+    if let Some(peer) = peer {
         event.peer = Some(Text::sanitized(peer.spiffe_id.as_str()));
     }
     if let Some(p) = response.extensions().get::<Arc<Principal>>() {
@@ -230,7 +226,9 @@ impl Stage for Observe {
         let (parts, body) = req.into_parts();
         let bytes_in = Arc::new(AtomicU64::new(0));
         let bytes_out = Arc::new(AtomicU64::new(0));
-        let request_extensions = parts.extensions.clone();
+        // Only the verified peer is known this early (the listener set it); request and decision
+        // ids, path and principal come back in the response extensions from the inner stages.
+        let peer = parts.extensions.get::<PeerIdentity>().cloned();
         let body = crate::body::boxed(Counted {
             inner: body,
             bytes: bytes_in.clone(),
@@ -261,8 +259,7 @@ impl Stage for Observe {
             .as_ref()
             .is_some_and(|a| a.on_failure == OnAuditFailure::Deny && !a.can_record());
         let response = if unavailable {
-            let ids = request_extensions.get::<RequestIds>();
-            DenyReason::AuditUnavailable.into_response(ids)
+            DenyReason::AuditUnavailable.into_response(None)
         } else {
             next.run(req).await
         };
@@ -293,7 +290,7 @@ impl Stage for Observe {
             guard.event = Some(build_event(
                 self.direction,
                 &method,
-                &request_extensions,
+                peer.as_ref(),
                 &response,
                 &guard.auditor.pseudonyms,
             ));
