@@ -159,6 +159,9 @@ enum DevIdpCommand {
         alg: String,
         #[arg(long, value_parser = humantime::parse_duration, default_value = "5m")]
         lifetime: Duration,
+        /// Mint this many tokens, one per line, for subjects `<sub>-0`, `<sub>-1`, ... (load tests).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        count: u32,
     },
     /// Make a new key current for ALG; the previous one stays published.
     Rotate {
@@ -547,6 +550,7 @@ fn dev_idp(command: DevIdpCommand) -> ExitCode {
             audience,
             alg,
             lifetime,
+            count,
         } => (|| {
             let profile: devidp::Profile =
                 profile.parse().map_err(|e| format!("--profile: {e}"))?;
@@ -561,8 +565,16 @@ fn dev_idp(command: DevIdpCommand) -> ExitCode {
                 audience,
                 ..devidp::Person::default()
             };
-            devidp::mint_cli(&dir, &issuer, profile, person, alg, lifetime)
-                .map_err(|e| e.to_string())
+            devidp::mint_cli(
+                &dir,
+                &issuer,
+                profile,
+                person,
+                alg,
+                lifetime,
+                count as usize,
+            )
+            .map_err(|e| e.to_string())
         })(),
         DevIdpCommand::Rotate { dir, alg } => (|| {
             let alg: devidp::Alg = alg.parse().map_err(|e| format!("--alg: {e}"))?;

@@ -106,13 +106,20 @@ pub type BoxStack = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
 
 /// Inbound: requests from other workloads (already mTLS-authenticated at the handshake; the
 /// peer's `PeerIdentity` is in the extensions) to the local app.
-pub fn inbound(
+///
+/// `forward` is [`ToApp`](crate::forward::ToApp) in the sidecar; the in-process benchmark puts
+/// an app service there instead, so the same stack is measured without sockets.
+pub fn inbound<F>(
     observe: crate::observe::Observe,
     hygiene: crate::hygiene::Hygiene,
     authenticate: crate::authn::stage::Authenticate,
     policy: crate::policy::stage::PolicyStage,
-    forward: crate::forward::ToApp,
-) -> BoxStack {
+    forward: F,
+) -> BoxStack
+where
+    F: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + Sync + 'static,
+    F::Future: Send + 'static,
+{
     let stack = ServiceBuilder::new()
         // Outermost: counts and times every request and decision, whoever answered it.
         .layer(StageLayer::new(observe))

@@ -1194,6 +1194,7 @@ pub fn mint_cli(
     person: Person,
     alg: Alg,
     lifetime: Duration,
+    count: usize,
 ) -> Result<String, DevIdpError> {
     let keys = KeyStore::open_or_create(dir)?;
     let opts = MintOptions {
@@ -1201,7 +1202,19 @@ pub fn mint_cli(
         lifetime,
         ..MintOptions::default()
     };
-    keys.mint(issuer, claims(profile, &person), &opts)
+    if count <= 1 {
+        return keys.mint(issuer, claims(profile, &person), &opts);
+    }
+    // Many distinct tokens (load tests): one subject each, `<sub>-<i>`, one token per line.
+    let mut lines = Vec::with_capacity(count);
+    for i in 0..count {
+        let person = Person {
+            sub: format!("{}-{i}", person.sub),
+            ..person.clone()
+        };
+        lines.push(keys.mint(issuer, claims(profile, &person), &opts)?);
+    }
+    Ok(lines.join("\n"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1794,6 +1807,7 @@ mod tests {
             person,
             Alg::ES256,
             Duration::from_secs(60),
+            1,
         )
         .unwrap();
         let set = fetch_jwks(&idp).await;
@@ -1801,6 +1815,32 @@ mod tests {
         assert_eq!(c["acr"], "urn:bankid:bis;LOA=3");
         assert_eq!(c["nnin_altsub"], "01017000000");
         assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 60);
+    }
+
+    #[tokio::test]
+    async fn mint_cli_count_gives_distinct_subjects_one_per_line() {
+        let (dir, idp) = started("").await;
+        let out = mint_cli(
+            &dir.path().join("keys"),
+            &idp.issuer,
+            Profile::HelseId,
+            Person::default(),
+            Alg::RS256,
+            Duration::from_secs(60),
+            3,
+        )
+        .unwrap();
+        let set = fetch_jwks(&idp).await;
+        let subs: Vec<String> = out
+            .lines()
+            .map(|t| {
+                verify(t, &set, Alg::RS256, &idp.issuer, "vakt")["sub"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(subs, ["dev-user-0", "dev-user-1", "dev-user-2"]);
     }
 
     #[test]

@@ -1,0 +1,706 @@
+#!/usr/bin/env python3
+"""The mesh benchmark: the same two-hop mTLS mesh built from vakt and from Envoy, and the direct
+path, measured in one run, alternating, on loopback. Started by `benches/mesh/run`, which
+installs the tools and builds the binaries; this script only orchestrates and measures.
+
+    load generator -> client sidecar (plaintext in, mTLS out) -> server sidecar (mTLS in,
+    token + policy + audit/access log to a file + metrics) -> app
+
+Both meshes do the same work on every request:
+  * mTLS between the sidecars with SPIFFE X.509-SVIDs (TLS 1.3, HTTP/2 between sidecars), the
+    client checking the server's exact SPIFFE ID and the server checking the client's trust domain;
+  * a Bearer access token (RS256) checked against a local JWKS: signature, iss, aud, exp (vakt
+    also typ, alg, lifetime, LoA); verified tokens cached on both (Envoy's jwt_cache, vakt's
+    verified-token cache), with 1,000 distinct tokens in rotation for throughput runs;
+  * an RBAC / policy decision on method + path + peer SPIFFE ID + token scope;
+  * one access record per request written to a file (Envoy access log; vakt audit event, with
+    its hash chain and pseudonymised subject) on each sidecar, and metrics.
+Before measuring, the script checks that both meshes refuse a request without a token, with a
+token lacking the scope, and on a path outside the policy — so nothing is measured with a check
+switched off.
+
+Measured per system and round: throughput at 64 keep-alive connections (wrk, token rotation via
+a Lua script), latency p50/p99/p99.9 at fixed rates (oha with --latency-correction, i.e.
+coordinated-omission corrected), CPU seconds of the proxies per 1,000 requests (from
+/proc/<pid>/stat), idle and peak RSS per proxy (VmRSS, VmHWM), non-2xx responses and socket
+errors. Medians over rounds; ratios vakt/Envoy and vakt/direct.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+TRUST_DOMAIN = "bench.local"
+CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
+SERVER_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/app"
+AUTHORITY = "app.bench.local:8080"
+AUDIENCE = "bench-api"
+SCOPE = "bench.read"
+PATH = "/api/items/42"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg: str) -> None:
+    print(f"[mesh] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 20.0) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
+
+
+def http_get(url: str, headers: dict[str, str] | None = None, timeout: float = 5.0) -> tuple[int, bytes]:
+    req = urllib.request.Request(url, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        try:
+            status, _ = http_get(url, timeout=1.0)
+            if status == 200:
+                return
+            last = status
+        except OSError as e:
+            last = e
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} not ready after {timeout}s (last: {last})")
+
+
+class Proc:
+    """A process this script started (and alone stops, by pid)."""
+
+    def __init__(self, name: str, argv: list[str], cpus: str, logdir: Path, env: dict | None = None):
+        self.name = name
+        self.log_path = logdir / f"{name}.log"
+        self.log_file = open(self.log_path, "wb")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.popen = subprocess.Popen(
+            ["taskset", "-c", cpus, *argv],
+            stdout=self.log_file,
+            stderr=subprocess.STDOUT,
+            env=full_env,
+            start_new_session=True,
+        )
+        self.pid = self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        # after the comm field: state(0) ... utime(11) stime(12)
+        return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+    def status_kb(self, key: str) -> int:
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log_file.close()
+
+
+def run(argv: list[str], **kw) -> str:
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, **kw)
+    return out.stdout
+
+
+# ------------------------------------------------------------------------------------------------
+# Set-up: PKI, issuer, tokens, configs
+# ------------------------------------------------------------------------------------------------
+
+
+def make_pki(vakt: str, work: Path) -> dict[str, Path]:
+    run([vakt, "certs", "init", "--dir", str(work / "ca"), "--trust-domain", TRUST_DOMAIN])
+    for name, spiffe in (("client", CLIENT_ID), ("server", SERVER_ID)):
+        run([vakt, "certs", "issue", "--ca", str(work / "ca"), "--spiffe-id", spiffe, "--out", str(work / name)])
+    return {"ca": work / "ca" / "ca.pem"}
+
+
+def vakt_identity(work: Path, name: str) -> str:
+    d = work / name
+    return (
+        f"identity:\n  trust_domain: {TRUST_DOMAIN}\n  cert: {d / 'cert.pem'}\n  key: {d / 'key.pem'}\n"
+        f"  trust_bundle: {d / 'bundle.pem'}\n"
+    )
+
+
+def vakt_common(work: Path, name: str, admin: int) -> str:
+    return (
+        f"pseudonymisation:\n  key_file: {work / 'pseudonym.key'}\n  key_id: bench1\n"
+        f"audit:\n  sink: file\n  file:\n    path: {work / f'audit-{name}.log'}\n    fsync: 1s\n"
+        f"  on_audit_failure: deny\n"
+        f"admin:\n  listen: 127.0.0.1:{admin}\n"
+        f"log:\n  format: json\n  level: warn\n"
+    )
+
+
+POLICY = f"""version: 1
+routes:
+  - id: items-read
+    methods: [GET]
+    path: /api/items/{{item}}
+    allow:
+      - peers: [{CLIENT_ID}]
+        scopes_any: [{SCOPE}]
+        min_loa: substantial
+    rate_limit:
+      per_second: 1000000
+      burst: 1000000
+      key: subject
+"""
+
+
+def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str) -> tuple[Path, Path]:
+    (work / "pseudonym.key").write_bytes(os.urandom(48).hex().encode())
+    (work / "policy.yaml").write_text(POLICY)
+    server = (
+        vakt_identity(work, "server")
+        + f"inbound:\n  listen: 127.0.0.1:{ports['vakt_server']}\n  app: 127.0.0.1:{ports['app']}\n"
+        f"  policy: {work / 'policy.yaml'}\n"
+        + f"oidc:\n  issuers:\n    - issuer: {issuer}\n      profile: helseid\n      audiences: [{AUDIENCE}]\n"
+        f"      algorithms: [RS256]\n      allow_insecure_loopback: true\n  verified_token_cache: 10000\n"
+        + vakt_common(work, "server", ports["vakt_server_admin"])
+    )
+    client = (
+        vakt_identity(work, "client")
+        + f"outbound:\n  listen: 127.0.0.1:{ports['vakt_client']}\n  upstreams:\n"
+        f"    - authority: {AUTHORITY}\n      address: 127.0.0.1:{ports['vakt_server']}\n"
+        f"      spiffe_id: {SERVER_ID}\n"
+        + vakt_common(work, "client", ports["vakt_client_admin"])
+    )
+    sp, cp = work / "vakt-server.yaml", work / "vakt-client.yaml"
+    sp.write_text(server)
+    cp.write_text(client)
+    return sp, cp
+
+
+def envoy_tls_common(work: Path, name: str, san_matcher: str, alpn: str, indent: int) -> str:
+    d = work / name
+    block = f"""common_tls_context:
+  tls_params: {{tls_minimum_protocol_version: TLSv1_3, tls_maximum_protocol_version: TLSv1_3}}
+  alpn_protocols: [{alpn}]
+  tls_certificates:
+  - certificate_chain: {{filename: "{d / 'cert.pem'}"}}
+    private_key: {{filename: "{d / 'key.pem'}"}}
+  validation_context:
+    trusted_ca: {{filename: "{work / 'ca' / 'ca.pem'}"}}
+    match_typed_subject_alt_names:
+    - san_type: URI
+      matcher: {san_matcher}"""
+    pad = " " * indent
+    return "\n" + "\n".join(pad + line for line in block.splitlines())
+
+
+def envoy_access_log(path: Path) -> str:
+    return f"""
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: "{path}"
+              log_format:
+                json_format:
+                  time: "%START_TIME%"
+                  request_id: "%REQ(X-REQUEST-ID)%"
+                  peer: "%DOWNSTREAM_PEER_URI_SAN%"
+                  method: "%REQ(:METHOD)%"
+                  path: "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%"
+                  status: "%RESPONSE_CODE%"
+                  flags: "%RESPONSE_FLAGS%"
+                  details: "%RESPONSE_CODE_DETAILS%"
+                  duration_ms: "%DURATION%\""""
+
+
+def write_envoy_configs(work: Path, ports: dict[str, int], issuer: str, jwks: str) -> tuple[Path, Path]:
+    client = f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['envoy_client_admin']}}}}}
+static_resources:
+  listeners:
+  - name: outbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['envoy_client']}}}}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: outbound
+          codec_type: AUTO{envoy_access_log(work / 'envoy-client-access.log')}
+          route_config:
+            virtual_hosts:
+            - name: app
+              domains: ["{AUTHORITY}"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: server_sidecar}}}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: server_sidecar
+    type: STATIC
+    load_assignment:
+      cluster_name: server_sidecar
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['envoy_server']}}}}}}}}}]}}]
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {{http2_protocol_options: {{}}}}
+    transport_socket:
+      name: envoy.transport_sockets.tls
+      typed_config:
+        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext
+        sni: app.bench.local{envoy_tls_common(work, 'client', '{exact: "' + SERVER_ID + '"}', 'h2', 8)}
+"""
+    server = f"""admin:
+  address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['envoy_server_admin']}}}}}
+static_resources:
+  listeners:
+  - name: inbound
+    address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['envoy_server']}}}}}
+    filter_chains:
+    - transport_socket:
+        name: envoy.transport_sockets.tls
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext
+          require_client_certificate: true{envoy_tls_common(work, 'server', '{prefix: "spiffe://' + TRUST_DOMAIN + '/"}', 'h2, http/1.1', 10)}
+      filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: inbound
+          codec_type: AUTO
+          forward_client_cert_details: SANITIZE_SET
+          set_current_client_cert_details: {{uri: true}}{envoy_access_log(work / 'envoy-server-access.log')}
+          route_config:
+            virtual_hosts:
+            - name: app
+              domains: ["*"]
+              routes: [{{match: {{prefix: "/"}}, route: {{cluster: app}}}}]
+          http_filters:
+          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                devidp:
+                  issuer: "{issuer}"
+                  audiences: ["{AUDIENCE}"]
+                  local_jwks: {{inline_string: {json.dumps(jwks)}}}
+                  forward: false
+                  payload_in_metadata: jwt_payload
+                  jwt_cache_config: {{jwt_cache_size: 10000}}
+              rules:
+              - match: {{prefix: "/"}}
+                requires: {{provider_name: devidp}}
+          - name: envoy.filters.http.rbac
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC
+              rules:
+                action: ALLOW
+                policies:
+                  items-read:
+                    permissions:
+                    - and_rules:
+                        rules:
+                        - header: {{name: ":method", string_match: {{exact: GET}}}}
+                        - url_path: {{path: {{safe_regex: {{regex: "^/api/items/[^/]+$"}}}}}}
+                    principals:
+                    - and_ids:
+                        ids:
+                        - authenticated: {{principal_name: {{exact: "{CLIENT_ID}"}}}}
+                        - sourced_metadata:
+                            metadata_matcher:
+                              filter: envoy.filters.http.jwt_authn
+                              path: [{{key: jwt_payload}}, {{key: scope}}]
+                              value: {{list_match: {{one_of: {{string_match: {{exact: "{SCOPE}"}}}}}}}}
+          - name: envoy.filters.http.router
+            typed_config: {{"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}}
+  clusters:
+  - name: app
+    type: STATIC
+    load_assignment:
+      cluster_name: app
+      endpoints: [{{lb_endpoints: [{{endpoint: {{address: {{socket_address: {{address: 127.0.0.1, port_value: {ports['app']}}}}}}}}}]}}]
+"""
+    cp, sp = work / "envoy-client.yaml", work / "envoy-server.yaml"
+    cp.write_text(client)
+    sp.write_text(server)
+    return sp, cp
+
+
+# ------------------------------------------------------------------------------------------------
+# Load generators
+# ------------------------------------------------------------------------------------------------
+
+WRK_LUA = """
+local tokens = {}
+local host = nil
+local i = 0
+function init(args)
+  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
+  host = args[2]
+end
+function request()
+  i = i % #tokens + 1
+  return wrk.format("GET", nil, {["Host"] = host, ["Authorization"] = "Bearer " .. tokens[i]}, nil)
+end
+"""
+
+
+def parse_wrk(out: str) -> dict:
+    def num(pattern: str, default: float = 0.0) -> float:
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else default
+
+    requests = int(num(r"(\d+) requests in"))
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    return {
+        "requests": requests,
+        "rps": num(r"Requests/sec:\s+([\d.]+)"),
+        "non_2xx": int(num(r"Non-2xx or 3xx responses: (\d+)")),
+        "socket_errors": errors,
+    }
+
+
+def throughput(args, url: str, tokens: Path, lua: Path, seconds: float) -> dict:
+    out = run([
+        "taskset", "-c", args.load_cpus, args.wrk, "-t1", f"-c{args.connections}", f"-d{max(1, round(seconds))}s",
+        "-s", str(lua), url, "--", str(tokens), AUTHORITY,
+    ])
+    return parse_wrk(out)
+
+
+def latency(args, url: str, token: str, rate: int, seconds: float) -> dict:
+    out = run([
+        "taskset", "-c", args.load_cpus, args.oha, "--no-tui", "--output-format", "json",
+        "-z", f"{max(1, round(seconds))}s", "-q", str(rate), "--latency-correction", "-c", str(args.connections),
+        "-H", f"Host: {AUTHORITY}", "-H", f"Authorization: Bearer {token}", url,
+    ])
+    data = json.loads(out)
+    pct = data.get("latencyPercentiles", {})
+    codes = data.get("statusCodeDistribution", {})
+    total = sum(int(v) for v in codes.values())
+    ok = sum(int(v) for k, v in codes.items() if str(k).startswith("2"))
+    errors = sum(int(v) for v in data.get("errorDistribution", {}).values())
+    return {
+        "rate": rate,
+        "rps": data["summary"]["requestsPerSec"],
+        "p50_ms": pct["p50"] * 1000,
+        "p99_ms": pct["p99"] * 1000,
+        "p999_ms": pct["p99.9"] * 1000,
+        "non_2xx": total - ok,
+        "errors": errors,
+    }
+
+
+# ------------------------------------------------------------------------------------------------
+# The run
+# ------------------------------------------------------------------------------------------------
+
+
+class System:
+    def __init__(self, name: str, url: str, procs: list[Proc]):
+        self.name = name
+        self.url = url
+        self.procs = procs  # the proxies whose CPU and memory are reported (empty: direct)
+
+
+def check_enforced(system: System, good: str, no_scope: str) -> None:
+    """Both meshes must refuse what their policy does not allow, or the comparison is void."""
+    host = {"Host": AUTHORITY}
+    cases = [
+        ("valid token, allowed path", {**host, "Authorization": f"Bearer {good}"}, system.url, 200),
+        ("no token", host, system.url, 401),
+        ("token without the scope", {**host, "Authorization": f"Bearer {no_scope}"}, system.url, 403),
+        ("path outside the policy", {**host, "Authorization": f"Bearer {good}"},
+         system.url.replace("/api/items/42", "/admin/items"), 403),
+        ("forged token", {**host, "Authorization": f"Bearer {good[:-4]}AAAA"}, system.url, 401),
+    ]
+    for what, headers, url, want in cases:
+        status, body = http_get(url, headers)
+        if status != want:
+            raise RuntimeError(f"{system.name}: {what}: expected {want}, got {status}: {body[:200]!r}")
+    log(f"{system.name}: enforcement checked (200 allowed; 401 no token / forged; 403 scope / path)")
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--vakt", required=True)
+    ap.add_argument("--app", required=True)
+    ap.add_argument("--envoy", required=True)
+    ap.add_argument("--oha", required=True)
+    ap.add_argument("--wrk", required=True)
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--duration", type=float, default=8.0, help="seconds per throughput run")
+    ap.add_argument("--latency-duration", type=float, default=6.0, help="seconds per fixed-rate run")
+    ap.add_argument("--rates", default="1000,2000,5000")
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=1000)
+    ap.add_argument("--systems", default="direct,envoy,vakt")
+    ncpu = len(os.sched_getaffinity(0))
+    ap.add_argument("--load-cpus", default="0", help="cores for the load generator")
+    ap.add_argument("--sut-cpus", default="1" if ncpu > 1 else "0",
+                    help="cores for everything under test (app, sidecars)")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    args = ap.parse_args()
+    rates = [int(r) for r in args.rates.split(",") if r]
+    systems_wanted = args.systems.split(",")
+
+    work = Path(tempfile.mkdtemp(prefix="vakt-mesh-bench-"))
+    procs: list[Proc] = []
+
+    def start(name: str, argv: list[str], cpus: str | None = None) -> Proc:
+        p = Proc(name, argv, cpus or args.sut_cpus, work)
+        procs.append(p)
+        return p
+
+    started = time.time()
+    try:
+        log(f"work directory {work}; load on cpu {args.load_cpus}, system under test on cpu {args.sut_cpus}")
+        ports = {k: free_port() for k in (
+            "app", "idp", "vakt_client", "vakt_server", "vakt_client_admin", "vakt_server_admin",
+            "envoy_client", "envoy_server", "envoy_client_admin", "envoy_server_admin")}
+        make_pki(args.vakt, work)
+
+        # The issuer (not under test: it serves discovery + JWKS at start-up and on refresh).
+        start("idp", [args.vakt, "dev-idp", "serve", "--listen", f"127.0.0.1:{ports['idp']}",
+                      "--dir", str(work / "keys")], cpus=args.load_cpus)
+        issuer = f"http://127.0.0.1:{ports['idp']}"
+        wait_ready(f"{issuer}/.well-known/openid-configuration")
+        _, disco = http_get(f"{issuer}/.well-known/openid-configuration")
+        jwks = http_get(json.loads(disco)["jwks_uri"])[1].decode()
+        mint = [args.vakt, "dev-idp", "mint", "--dir", str(work / "keys"), "--issuer", issuer,
+                "--profile", "helseid", "--audience", AUDIENCE, "--lifetime", "2h", "--level", "high"]
+        tokens = run(mint + ["--scope", SCOPE, "--scope", "bench.other", "--count", str(args.tokens)]).split()
+        no_scope = run(mint + ["--scope", "bench.other", "--sub", "no-scope"]).strip()
+        tokens_file = work / "tokens.txt"
+        tokens_file.write_text("\n".join(tokens) + "\n")
+        lua = work / "tokens.lua"
+        lua.write_text(WRK_LUA)
+        log(f"minted {len(tokens)} distinct RS256 tokens")
+
+        start("app", [args.app, f"127.0.0.1:{ports['app']}"])
+        wait_port(ports["app"])
+        systems: list[System] = []
+        if "direct" in systems_wanted:
+            systems.append(System("direct", f"http://127.0.0.1:{ports['app']}{PATH}", []))
+        if "envoy" in systems_wanted:
+            es, ec = write_envoy_configs(work, ports, issuer, jwks)
+            version = run([args.envoy, "--version"]).strip().split("version:")[-1].strip()
+            server = start("envoy-server", [args.envoy, "-c", str(es), "--concurrency", "1",
+                                            "--log-level", "warn", "--base-id", "71"])
+            client = start("envoy-client", [args.envoy, "-c", str(ec), "--concurrency", "1",
+                                            "--log-level", "warn", "--base-id", "72"])
+            for p in ("envoy_server_admin", "envoy_client_admin"):
+                wait_ready(f"http://127.0.0.1:{ports[p]}/ready")
+            log(f"envoy {version} up")
+            systems.append(System("envoy", f"http://127.0.0.1:{ports['envoy_client']}{PATH}", [client, server]))
+        if "vakt" in systems_wanted:
+            vs, vc = write_vakt_configs(work, ports, issuer)
+            server = start("vakt-server", [args.vakt, "run", "--config", str(vs)])
+            client = start("vakt-client", [args.vakt, "run", "--config", str(vc)])
+            for p in ("vakt_server_admin", "vakt_client_admin"):
+                wait_ready(f"http://127.0.0.1:{ports[p]}/ready")
+            log("vakt up")
+            systems.append(System("vakt", f"http://127.0.0.1:{ports['vakt_client']}{PATH}", [client, server]))
+
+        for s in systems:
+            if s.name != "direct":
+                check_enforced(s, tokens[0], no_scope)
+        idle_rss = {s.name: [p.status_kb("VmRSS") for p in s.procs] for s in systems}
+
+        # Warm-up: connections, pools, token caches (every token seen once).
+        for s in systems:
+            throughput(args, s.url, tokens_file, lua, 2)
+
+        results: dict[str, dict] = {s.name: {"throughput": [], "latency": {r: [] for r in rates}} for s in systems}
+        for rnd in range(args.rounds):
+            order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
+            for s in order:
+                cpu0 = [p.cpu_seconds() for p in s.procs]
+                t = throughput(args, s.url, tokens_file, lua, args.duration)
+                cpu = sum(p.cpu_seconds() for p in s.procs) - sum(cpu0)
+                t["proxy_cpu_ms_per_1k"] = (cpu / t["requests"] * 1e6) if s.procs and t["requests"] else 0.0
+                results[s.name]["throughput"].append(t)
+                log(f"round {rnd + 1} {s.name}: {t['rps']:.0f} rps at {args.connections} connections, "
+                    f"non-2xx {t['non_2xx']}, proxy CPU {t['proxy_cpu_ms_per_1k']:.1f} ms/1k")
+                for r in rates:
+                    lat = latency(args, s.url, tokens[rnd % len(tokens)], r, args.latency_duration)
+                    results[s.name]["latency"][r].append(lat)
+                    log(f"round {rnd + 1} {s.name} @ {r} rps: p50 {lat['p50_ms']:.3f} ms, "
+                        f"p99 {lat['p99_ms']:.3f} ms, p99.9 {lat['p999_ms']:.3f} ms, non-2xx {lat['non_2xx']}")
+        for s in systems:
+            for p in s.procs:
+                if not p.alive():
+                    raise RuntimeError(f"{p.name} died; see {p.log_path}")
+        peak_rss = {s.name: [p.status_kb("VmHWM") for p in s.procs] for s in systems}
+
+        summary = summarise(systems, results, rates, idle_rss, peak_rss)
+        audit_lines = sum(1 for _ in open(work / "audit-server.log")) if (work / "audit-server.log").exists() else 0
+        meta = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {cpu_model()}",
+            "kernel": platform.release(),
+            "envoy": run([args.envoy, "--version"]).strip().split("version:")[-1].strip() if "envoy" in systems_wanted else None,
+            "oha": run_ok([args.oha, "--version"]).strip(),
+            "wrk": "wrk " + (run_ok([args.wrk, "-v"]).split()[1] if run_ok([args.wrk, "-v"]) else "?"),
+            "rounds": args.rounds,
+            "connections": args.connections,
+            "distinct_tokens": len(tokens),
+            "duration_s": args.duration,
+            "latency_duration_s": args.latency_duration,
+            "load_cpus": args.load_cpus,
+            "sut_cpus": args.sut_cpus,
+            "vakt_server_audit_events": audit_lines,
+            "wall_seconds": round(time.time() - started, 1),
+        }
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "mesh.json").write_text(json.dumps({"meta": meta, "summary": summary, "rounds": results}, indent=2) + "\n")
+        md = markdown(meta, summary, rates)
+        (out / "mesh.md").write_text(md)
+        print(md)
+        log(f"wrote {out / 'mesh.md'} and {out / 'mesh.json'} in {meta['wall_seconds']} s")
+        return 0
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def run_ok(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True).stdout
+    except OSError:
+        return ""
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown cpu"
+
+
+def summarise(systems, results, rates, idle_rss, peak_rss) -> dict:
+    summary = {}
+    for s in systems:
+        r = results[s.name]
+        summary[s.name] = {
+            "rps": median([t["rps"] for t in r["throughput"]]),
+            "proxy_cpu_ms_per_1k": median([t["proxy_cpu_ms_per_1k"] for t in r["throughput"]]),
+            "non_2xx": sum(t["non_2xx"] for t in r["throughput"])
+            + sum(l["non_2xx"] for rr in rates for l in r["latency"][rr]),
+            "socket_errors": sum(t["socket_errors"] for t in r["throughput"])
+            + sum(l["errors"] for rr in rates for l in r["latency"][rr]),
+            "latency": {
+                str(rr): {
+                    k: median([l[k] for l in r["latency"][rr]]) for k in ("p50_ms", "p99_ms", "p999_ms", "rps")
+                }
+                for rr in rates
+            },
+            "idle_rss_mb": [round(kb / 1024, 1) for kb in idle_rss[s.name]],
+            "peak_rss_mb": [round(kb / 1024, 1) for kb in peak_rss[s.name]],
+        }
+    return summary
+
+
+def ratio(a: float, b: float) -> str:
+    if not b or a != a or b != b:
+        return "–"
+    return f"{a / b:.2f}×"
+
+
+def markdown(meta: dict, summary: dict, rates: list[int]) -> str:
+    names = [n for n in ("direct", "envoy", "vakt") if n in summary]
+    lines = [
+        f"Mesh benchmark, {meta['date']}, {meta['machine']}; Envoy {meta['envoy']}, {meta['oha']}, {meta['wrk']}.",
+        f"Load generator on cpu {meta['load_cpus']}, app + both sidecars on cpu {meta['sut_cpus']}; "
+        f"{meta['rounds']} rounds, alternating; medians. {meta['connections']} keep-alive connections; "
+        f"{meta['distinct_tokens']} distinct tokens in rotation (throughput).",
+        "",
+    ]
+    head = "| metric | " + " | ".join(names) + " |"
+    show_ratio = "vakt" in summary
+    if show_ratio:
+        head += " vakt/Envoy | vakt/direct |"
+    lines += [head, "|" + "---|" * (len(names) + 1 + (2 if show_ratio else 0))]
+
+    def row(label: str, values: dict[str, float], fmt: str) -> None:
+        cells = [fmt.format(values[n]) if n in values else "–" for n in names]
+        line = f"| {label} | " + " | ".join(cells) + " |"
+        if show_ratio:
+            line += f" {ratio(values.get('vakt', float('nan')), values.get('envoy', 0))} |"
+            line += f" {ratio(values.get('vakt', float('nan')), values.get('direct', 0))} |"
+        lines.append(line)
+
+    row(f"throughput, req/s at {meta['connections']} conns", {n: summary[n]["rps"] for n in names}, "{:,.0f}")
+    for rr in rates:
+        for k, label in (("p50_ms", "p50"), ("p99_ms", "p99"), ("p999_ms", "p99.9")):
+            row(f"{label} at {rr:,} req/s, ms", {n: summary[n]["latency"][str(rr)][k] for n in names}, "{:.3f}")
+    proxies = [n for n in names if n != "direct"]
+    row("proxy CPU, ms per 1,000 requests (both sidecars)",
+        {n: summary[n]["proxy_cpu_ms_per_1k"] for n in proxies}, "{:.1f}")
+    row("idle RSS, MB (max of the two sidecars)",
+        {n: max(summary[n]["idle_rss_mb"]) for n in proxies}, "{:.1f}")
+    row("peak RSS, MB (max of the two sidecars)",
+        {n: max(summary[n]["peak_rss_mb"]) for n in proxies}, "{:.1f}")
+    row("non-2xx responses (all runs)", {n: summary[n]["non_2xx"] for n in names}, "{:.0f}")
+    row("socket errors (all runs)", {n: summary[n]["socket_errors"] for n in names}, "{:.0f}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
