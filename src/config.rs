@@ -72,6 +72,28 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+/// The threads that serve traffic.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Worker threads. Default: the CPUs this process may use (its affinity and cgroup CPU
+    /// quota, i.e. the pod's CPU limit rounded up). With one, every connection is served on one
+    /// thread: no work stealing and no cross-thread wake-ups, the common case for a sidecar.
+    #[serde(default)]
+    pub workers: Option<std::num::NonZeroUsize>,
+}
+
+impl RuntimeConfig {
+    /// The number of worker threads to start.
+    pub fn worker_threads(&self) -> usize {
+        self.workers.map(|n| n.get()).unwrap_or_else(|| {
+            std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -12,6 +12,10 @@ use vakt::identity::{SpiffeId, TrustDomain};
 use vakt::policy::explain::RequestSpec;
 use vakt::policy::{Policy, PolicyContext};
 
+/// See Cargo.toml: the allocator is on every request's path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vakt",
@@ -233,10 +237,21 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    sidecar_runtime(&vakt::config::RuntimeConfig::default())
+}
+
+/// One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups); more: a
+/// multi-thread runtime with that many workers.
+fn sidecar_runtime(config: &vakt::config::RuntimeConfig) -> tokio::runtime::Runtime {
+    let workers = config.worker_threads();
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("vakt: cannot start the async runtime: {e}");
@@ -268,7 +283,7 @@ fn run(path: PathBuf) -> ExitCode {
         Err(code) => return code,
     };
     init_logging(config.log.format, &config.log.level);
-    runtime().block_on(async move {
+    sidecar_runtime(&config.runtime).block_on(async move {
         let app = match App::start(config).await {
             Ok(app) => app,
             Err(e) => {

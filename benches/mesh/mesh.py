@@ -19,9 +19,10 @@ Before measuring, the script checks that both meshes refuse a request without a 
 token lacking the scope, and on a path outside the policy — so nothing is measured with a check
 switched off.
 
-Measured per system and round: throughput at 64 keep-alive connections (wrk, token rotation via
-a Lua script), latency p50/p99/p99.9 at fixed rates (oha with --latency-correction, i.e.
-coordinated-omission corrected), CPU seconds of the proxies per 1,000 requests (from
+Measured per system and round, with the load generator of benches/mesh/load.rs (hyper, one
+thread, a different token on every request): throughput at 64 keep-alive connections (closed
+model), latency p50/p99/p99.9 at fixed rates (open model, latency from each request's due time,
+i.e. coordinated-omission corrected), CPU seconds of the proxies per 1,000 requests (from
 /proc/<pid>/stat), idle and peak RSS per proxy (VmRSS, VmHWM), non-2xx responses and socket
 errors. Medians over rounds; ratios vakt/Envoy and vakt/direct.
 """
@@ -170,7 +171,7 @@ def vakt_identity(work: Path, name: str) -> str:
 def vakt_common(work: Path, name: str, admin: int) -> str:
     return (
         f"pseudonymisation:\n  key_file: {work / 'pseudonym.key'}\n  key_id: bench1\n"
-        f"audit:\n  sink: file\n  file:\n    path: {work / f'audit-{name}.log'}\n    fsync: 1s\n"
+        f"audit:\n  sink: file\n  file:\n    path: {work / 'audit' / f'{name}.log'}\n    fsync: 1s\n"
         f"  on_audit_failure: deny\n"
         f"admin:\n  listen: 127.0.0.1:{admin}\n"
         f"log:\n  format: json\n  level: warn\n"
@@ -195,11 +196,15 @@ routes:
 
 def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str) -> tuple[Path, Path]:
     (work / "pseudonym.key").write_bytes(os.urandom(48).hex().encode())
-    (work / "policy.yaml").write_text(POLICY)
+    # Each file in a directory of its own, as in a pod (ConfigMap mount, log volume): vakt
+    # watches the policy's directory, which must not be the one the audit log grows in.
+    (work / "policy").mkdir()
+    (work / "audit").mkdir()
+    (work / "policy" / "policy.yaml").write_text(POLICY)
     server = (
         vakt_identity(work, "server")
         + f"inbound:\n  listen: 127.0.0.1:{ports['vakt_server']}\n  app: 127.0.0.1:{ports['app']}\n"
-        f"  policy: {work / 'policy.yaml'}\n"
+        f"  policy: {work / 'policy' / 'policy.yaml'}\n"
         + f"oidc:\n  issuers:\n    - issuer: {issuer}\n      profile: helseid\n      audiences: [{AUDIENCE}]\n"
         f"      algorithms: [RS256]\n      allow_insecure_loopback: true\n  verified_token_cache: 10000\n"
         + vakt_common(work, "server", ports["vakt_server_admin"])
@@ -372,64 +377,32 @@ static_resources:
 # Load generators
 # ------------------------------------------------------------------------------------------------
 
-WRK_LUA = """
-local tokens = {}
-local host = nil
-local i = 0
-function init(args)
-  for line in io.lines(args[1]) do tokens[#tokens + 1] = line end
-  host = args[2]
-end
-function request()
-  i = i % #tokens + 1
-  return wrk.format("GET", nil, {["Host"] = host, ["Authorization"] = "Bearer " .. tokens[i]}, nil)
-end
-"""
+def load(args, url: str, tokens: Path, seconds: float, rate: int | None = None) -> dict:
+    """One run of the load generator (benches/mesh/load.rs) on the load core."""
+    argv = ["taskset", "-c", args.load_cpus, args.load, url, "--host", AUTHORITY, "--tokens", str(tokens),
+            "--connections", str(args.connections), "--duration", f"{seconds}s"]
+    if rate:
+        argv += ["--rate", str(rate)]
+    return json.loads(run(argv))
 
 
-def parse_wrk(out: str) -> dict:
-    def num(pattern: str, default: float = 0.0) -> float:
-        m = re.search(pattern, out)
-        return float(m.group(1)) if m else default
-
-    requests = int(num(r"(\d+) requests in"))
-    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
-    return {
-        "requests": requests,
-        "rps": num(r"Requests/sec:\s+([\d.]+)"),
-        "non_2xx": int(num(r"Non-2xx or 3xx responses: (\d+)")),
-        "socket_errors": errors,
-    }
+def throughput(args, url: str, tokens: Path, seconds: float) -> dict:
+    r = load(args, url, tokens, seconds)
+    return {"requests": r["requests"], "rps": r["rps"], "non_2xx": r["non_2xx"], "socket_errors": r["errors"]}
 
 
-def throughput(args, url: str, tokens: Path, lua: Path, seconds: float) -> dict:
-    out = run([
-        "taskset", "-c", args.load_cpus, args.wrk, "-t1", f"-c{args.connections}", f"-d{max(1, round(seconds))}s",
-        "-s", str(lua), url, "--", str(tokens), AUTHORITY,
-    ])
-    return parse_wrk(out)
-
-
-def latency(args, url: str, token: str, rate: int, seconds: float) -> dict:
-    out = run([
-        "taskset", "-c", args.load_cpus, args.oha, "--no-tui", "--output-format", "json",
-        "-z", f"{max(1, round(seconds))}s", "-q", str(rate), "--latency-correction", "-c", str(args.connections),
-        "-H", f"Host: {AUTHORITY}", "-H", f"Authorization: Bearer {token}", url,
-    ])
-    data = json.loads(out)
-    pct = data.get("latencyPercentiles", {})
-    codes = data.get("statusCodeDistribution", {})
-    total = sum(int(v) for v in codes.values())
-    ok = sum(int(v) for k, v in codes.items() if str(k).startswith("2"))
-    errors = sum(int(v) for v in data.get("errorDistribution", {}).values())
+def latency(args, url: str, tokens: Path, rate: int, seconds: float) -> dict:
+    r = load(args, url, tokens, seconds, rate)
+    lat = r["latency_ms"]
     return {
         "rate": rate,
-        "rps": data["summary"]["requestsPerSec"],
-        "p50_ms": pct["p50"] * 1000,
-        "p99_ms": pct["p99"] * 1000,
-        "p999_ms": pct["p99.9"] * 1000,
-        "non_2xx": total - ok,
-        "errors": errors,
+        "rps": r["rps"],
+        "p50_ms": lat["p50"],
+        "p99_ms": lat["p99"],
+        "p999_ms": lat["p999"],
+        "max_ms": lat["max"],
+        "non_2xx": r["non_2xx"],
+        "errors": r["errors"] + r["not_sent"],
     }
 
 
@@ -472,8 +445,7 @@ def main() -> int:
     ap.add_argument("--vakt", required=True)
     ap.add_argument("--app", required=True)
     ap.add_argument("--envoy", required=True)
-    ap.add_argument("--oha", required=True)
-    ap.add_argument("--wrk", required=True)
+    ap.add_argument("--load", required=True, help="the load generator (mesh_load example)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=8.0, help="seconds per throughput run")
@@ -520,8 +492,6 @@ def main() -> int:
         no_scope = run(mint + ["--scope", "bench.other", "--sub", "no-scope"]).strip()
         tokens_file = work / "tokens.txt"
         tokens_file.write_text("\n".join(tokens) + "\n")
-        lua = work / "tokens.lua"
-        lua.write_text(WRK_LUA)
         log(f"minted {len(tokens)} distinct RS256 tokens")
 
         start("app", [args.app, f"127.0.0.1:{ports['app']}"])
@@ -556,21 +526,21 @@ def main() -> int:
 
         # Warm-up: connections, pools, token caches (every token seen once).
         for s in systems:
-            throughput(args, s.url, tokens_file, lua, 2)
+            throughput(args, s.url, tokens_file, 2)
 
         results: dict[str, dict] = {s.name: {"throughput": [], "latency": {r: [] for r in rates}} for s in systems}
         for rnd in range(args.rounds):
             order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
             for s in order:
                 cpu0 = [p.cpu_seconds() for p in s.procs]
-                t = throughput(args, s.url, tokens_file, lua, args.duration)
+                t = throughput(args, s.url, tokens_file, args.duration)
                 cpu = sum(p.cpu_seconds() for p in s.procs) - sum(cpu0)
                 t["proxy_cpu_ms_per_1k"] = (cpu / t["requests"] * 1e6) if s.procs and t["requests"] else 0.0
                 results[s.name]["throughput"].append(t)
                 log(f"round {rnd + 1} {s.name}: {t['rps']:.0f} rps at {args.connections} connections, "
                     f"non-2xx {t['non_2xx']}, proxy CPU {t['proxy_cpu_ms_per_1k']:.1f} ms/1k")
                 for r in rates:
-                    lat = latency(args, s.url, tokens[rnd % len(tokens)], r, args.latency_duration)
+                    lat = latency(args, s.url, tokens_file, r, args.latency_duration)
                     results[s.name]["latency"][r].append(lat)
                     log(f"round {rnd + 1} {s.name} @ {r} rps: p50 {lat['p50_ms']:.3f} ms, "
                         f"p99 {lat['p99_ms']:.3f} ms, p99.9 {lat['p999_ms']:.3f} ms, non-2xx {lat['non_2xx']}")
@@ -581,14 +551,13 @@ def main() -> int:
         peak_rss = {s.name: [p.status_kb("VmHWM") for p in s.procs] for s in systems}
 
         summary = summarise(systems, results, rates, idle_rss, peak_rss)
-        audit_lines = sum(1 for _ in open(work / "audit-server.log")) if (work / "audit-server.log").exists() else 0
+        server_audit = work / "audit" / "server.log"
+        audit_lines = sum(1 for _ in open(server_audit)) if server_audit.exists() else 0
         meta = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {os.cpu_count()} cpus, {cpu_model()}",
             "kernel": platform.release(),
             "envoy": run([args.envoy, "--version"]).strip().split("version:")[-1].strip() if "envoy" in systems_wanted else None,
-            "oha": run_ok([args.oha, "--version"]).strip(),
-            "wrk": "wrk " + (run_ok([args.wrk, "-v"]).split()[1] if run_ok([args.wrk, "-v"]) else "?"),
             "rounds": args.rounds,
             "connections": args.connections,
             "distinct_tokens": len(tokens),
@@ -606,6 +575,12 @@ def main() -> int:
         (out / "mesh.md").write_text(md)
         print(md)
         log(f"wrote {out / 'mesh.md'} and {out / 'mesh.json'} in {meta['wall_seconds']} s")
+        failed = [n for n, v in summary.items() if v["non_2xx"] or v["socket_errors"]]
+        if failed:
+            log(f"INVALID RUN: non-2xx answers or socket errors from {', '.join(failed)} "
+                f"(see the process logs in {work}, kept)")
+            args.keep = True
+            return 1
         return 0
     finally:
         for p in reversed(procs):
@@ -665,10 +640,10 @@ def ratio(a: float, b: float) -> str:
 def markdown(meta: dict, summary: dict, rates: list[int]) -> str:
     names = [n for n in ("direct", "envoy", "vakt") if n in summary]
     lines = [
-        f"Mesh benchmark, {meta['date']}, {meta['machine']}; Envoy {meta['envoy']}, {meta['oha']}, {meta['wrk']}.",
+        f"Mesh benchmark, {meta['date']}, {meta['machine']}; Envoy {meta['envoy']}.",
         f"Load generator on cpu {meta['load_cpus']}, app + both sidecars on cpu {meta['sut_cpus']}; "
         f"{meta['rounds']} rounds, alternating; medians. {meta['connections']} keep-alive connections; "
-        f"{meta['distinct_tokens']} distinct tokens in rotation (throughput).",
+        f"{meta['distinct_tokens']} distinct tokens in rotation; latency from each request's due time (open model).",
         "",
     ]
     head = "| metric | " + " | ".join(names) + " |"
