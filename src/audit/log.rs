@@ -1,6 +1,11 @@
 //! The front the request path talks to: [`AuditLog::try_record`] never blocks. Events go into a
-//! bounded queue drained by one writer task, which seals them into the hash chain and writes
-//! them in batches (everything available, then flush/fsync per the sink's policy).
+//! bounded queue drained by one dedicated writer thread (`vakt-audit`), which owns the sink: it
+//! waits for the first event, takes everything else available (up to `max_batch`), seals the
+//! batch into the hash chain, writes it and flushes/fsyncs per the sink's policy, all on that
+//! thread, with no hand-off to another thread per batch. After a batch smaller than `max_batch`
+//! it lingers briefly ([`AuditConfig::linger`]) before collecting the next one, so under load it
+//! wakes about once per `linger` instead of once per event. While idle it still wakes when the
+//! sink has a sync due ([`Sink::sync_deadline`]).
 //!
 //! No silent loss: an event is either refused at `try_record` (queue full, sink known broken,
 //! shut down — counted as dropped, and the caller applies `on_audit_failure`) or accepted, and
@@ -8,24 +13,35 @@
 //! the same lines with backoff until the sink takes them, then marks it healthy again.
 //! [`AuditLog::shutdown`] waits until every accepted event is written.
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::thread::{self, Thread};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, mpsc};
-use tokio::task::JoinHandle;
+use arc_swap::ArcSwapOption;
+use tokio::sync::oneshot;
 
 use super::chain::{ChainPosition, ChainWriter, SealedLine};
 use super::event::AuditEvent;
 use super::sink::{Sink, SinkError, WriteFailure};
 
-/// Queue and retry settings.
+/// Name of the writer thread.
+const THREAD_NAME: &str = "vakt-audit";
+
+/// Queue, batching and retry settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AuditConfig {
     /// Events accepted but not yet taken by the writer (at least 1).
     pub capacity: usize,
     /// Most events written in one batch (at least 1).
     pub max_batch: usize,
+    /// After writing a batch smaller than `max_batch`, wait this long before collecting the next
+    /// one, so events arriving meanwhile are written together: under load the writer wakes at
+    /// most about once per `linger` (plus once per full batch) instead of once per event. An
+    /// event waits at most about this much longer to be written. Zero disables it.
+    pub linger: Duration,
     /// First wait after a sink error; doubles up to `retry_max`.
     pub retry_initial: Duration,
     pub retry_max: Duration,
@@ -36,6 +52,7 @@ impl Default for AuditConfig {
         Self {
             capacity: 8192,
             max_batch: 512,
+            linger: Duration::from_millis(1),
             retry_initial: Duration::from_millis(50),
             retry_max: Duration::from_secs(2),
         }
@@ -85,6 +102,8 @@ struct Shared {
     failures: AtomicU64,
     healthy: AtomicBool,
     closed: AtomicBool,
+    /// Set when a shutdown timed out: the writer gives up at its next wait.
+    stop: AtomicBool,
 }
 
 impl Shared {
@@ -104,11 +123,19 @@ impl Shared {
     }
 }
 
+/// What the writer thread reports when it ends.
+type Outcome = Result<(), String>;
+
 struct Inner {
-    tx: mpsc::Sender<AuditEvent>,
+    /// The queue's only sender; taken out at shutdown. The writer sees the queue disconnected,
+    /// after draining it, once the last `try_record` still holding the sender is done with it, so
+    /// an event accepted concurrently with `shutdown` is still written.
+    tx: ArcSwapOption<SyncSender<AuditEvent>>,
     shared: Arc<Shared>,
-    close: Arc<Notify>,
-    writer: Mutex<Option<JoinHandle<Result<(), String>>>>,
+    /// The writer thread (to wake it from a backoff wait when a shutdown times out).
+    writer: Option<Thread>,
+    /// Completion of the writer thread; taken by the first `shutdown`.
+    done: Mutex<Option<oneshot::Receiver<Outcome>>>,
 }
 
 /// The audit log. Cheap to clone; all clones feed one queue and one writer.
@@ -127,24 +154,44 @@ impl std::fmt::Debug for AuditLog {
 }
 
 impl AuditLog {
-    /// Start the writer task on the current tokio runtime.
+    /// Start the writer thread (`vakt-audit`), which owns `sink` from now on. Needs no tokio
+    /// runtime ([`shutdown`](Self::shutdown) does). If the thread cannot be started the log is
+    /// closed from the start: every event is refused ([`AuditUnavailable::Closed`]).
     pub fn start<S: Sink>(sink: S, config: AuditConfig) -> Self {
         let config = AuditConfig {
             capacity: config.capacity.max(1),
             max_batch: config.max_batch.max(1),
             ..config
         };
-        let (tx, rx) = mpsc::channel(config.capacity);
+        let (tx, rx) = mpsc::sync_channel(config.capacity);
         let shared = Arc::new(Shared::default());
         shared.healthy.store(true, Ordering::Release);
-        let close = Arc::new(Notify::new());
-        let writer = tokio::spawn(run(sink, rx, shared.clone(), close.clone(), config));
+        let (done_tx, done_rx) = oneshot::channel();
+        let writer_shared = shared.clone();
+        let spawned = thread::Builder::new()
+            .name(THREAD_NAME.into())
+            .spawn(move || {
+                let outcome = run(sink, rx, &writer_shared, config);
+                // Nobody waits if no shutdown was called.
+                let _ = done_tx.send(outcome);
+            });
+        let writer = match spawned {
+            Ok(handle) => Some(handle.thread().clone()),
+            Err(error) => {
+                // The sink, the receiver and `done_tx` went with the closure: the queue is
+                // disconnected and `shutdown` reports the writer as failed.
+                shared.healthy.store(false, Ordering::Release);
+                shared.closed.store(true, Ordering::Release);
+                tracing::error!(%error, "cannot start the audit writer thread; refusing audit events");
+                None
+            }
+        };
         Self {
             inner: Arc::new(Inner {
-                tx,
+                tx: ArcSwapOption::from_pointee(tx),
                 shared,
-                close,
-                writer: Mutex::new(Some(writer)),
+                writer,
+                done: Mutex::new(Some(done_rx)),
             }),
         }
     }
@@ -163,15 +210,19 @@ impl AuditLog {
         if !s.healthy.load(Ordering::Acquire) {
             return refuse(AuditUnavailable::SinkFailing);
         }
+        let tx = self.inner.tx.load();
+        let Some(tx) = tx.as_ref() else {
+            return refuse(AuditUnavailable::Closed);
+        };
         // Counted before the send, so the writer never sees more written than accepted.
         s.accepted.fetch_add(1, Ordering::AcqRel);
-        match self.inner.tx.try_send(event) {
+        match tx.try_send(event) {
             Ok(()) => Ok(()),
             Err(e) => {
                 s.accepted.fetch_sub(1, Ordering::AcqRel);
                 refuse(match e {
-                    mpsc::error::TrySendError::Full(_) => AuditUnavailable::QueueFull,
-                    mpsc::error::TrySendError::Closed(_) => AuditUnavailable::Closed,
+                    TrySendError::Full(_) => AuditUnavailable::QueueFull,
+                    TrySendError::Disconnected(_) => AuditUnavailable::Closed,
                 })
             }
         }
@@ -209,22 +260,29 @@ impl AuditLog {
     /// most `timeout` (then the writer is stopped and the unwritten count is reported). Other
     /// clones see [`AuditUnavailable::Closed`] afterwards.
     pub async fn shutdown(self, timeout: Duration) -> Result<(), ShutdownError> {
-        self.inner.shared.closed.store(true, Ordering::Release);
-        self.inner.close.notify_one();
-        let handle = match self.inner.writer.lock() {
+        let inner = &self.inner;
+        inner.shared.closed.store(true, Ordering::Release);
+        // Accept nothing more; what is queued is still written.
+        drop(inner.tx.swap(None));
+        let done = match inner.done.lock() {
             Ok(mut guard) => guard.take(),
             Err(poisoned) => poisoned.into_inner().take(),
         };
-        let Some(mut handle) = handle else {
+        let Some(done) = done else {
             // Another clone shut it down already.
             return Ok(());
         };
-        match tokio::time::timeout(timeout, &mut handle).await {
+        match tokio::time::timeout(timeout, done).await {
             Ok(Ok(Ok(()))) => Ok(()),
             Ok(Ok(Err(e))) => Err(ShutdownError::WriterFailed(e)),
-            Ok(Err(join)) => Err(ShutdownError::WriterFailed(join.to_string())),
+            Ok(Err(_)) => Err(ShutdownError::WriterFailed(
+                "the audit writer thread is not running".into(),
+            )),
             Err(_) => {
-                handle.abort();
+                inner.shared.stop.store(true, Ordering::Release);
+                if let Some(writer) = &inner.writer {
+                    writer.unpark();
+                }
                 Err(ShutdownError::TimedOut {
                     timeout,
                     unwritten: self.queue_depth(),
@@ -234,24 +292,9 @@ impl AuditLog {
     }
 }
 
-/// Run `f` on the sink on the blocking pool (sinks do file I/O), handing sink and data back.
-async fn blocking<S, T, R>(
-    mut sink: S,
-    data: T,
-    f: impl FnOnce(&mut S, &T) -> R + Send + 'static,
-) -> Result<(S, T, R), String>
-where
-    S: Sink,
-    T: Send + 'static,
-    R: Send + 'static,
-{
-    tokio::task::spawn_blocking(move || {
-        let r = f(&mut sink, &data);
-        (sink, data, r)
-    })
-    .await
-    .map_err(|e| format!("audit sink task failed: {e}"))
-}
+/// A shutdown timed out: the writer gives up.
+#[derive(Debug)]
+struct Stopped;
 
 struct Backoff {
     next: Duration,
@@ -268,9 +311,22 @@ impl Backoff {
         }
     }
 
-    async fn wait(&mut self) {
-        tokio::time::sleep(self.next).await;
+    /// Sleep before a retry; cut short when a shutdown gives up on the writer.
+    fn wait(&mut self, shared: &Shared) -> Result<(), Stopped> {
+        let until = Instant::now() + self.next;
+        loop {
+            if shared.stop.load(Ordering::Acquire) {
+                return Err(Stopped);
+            }
+            let now = Instant::now();
+            if now >= until {
+                break;
+            }
+            // `shutdown` unparks the thread when it sets `stop`.
+            thread::park_timeout(until - now);
+        }
         self.next = self.next.checked_mul(2).unwrap_or(self.max).min(self.max);
+        Ok(())
     }
 
     fn reset(&mut self) {
@@ -278,166 +334,203 @@ impl Backoff {
     }
 }
 
-/// The writer task.
-async fn run<S: Sink>(
+/// The writer thread's body: write until the queue is closed and drained (or a shutdown gives
+/// up), then report.
+fn run<S: Sink>(
     sink: S,
-    rx: mpsc::Receiver<AuditEvent>,
-    shared: Arc<Shared>,
-    close: Arc<Notify>,
+    rx: Receiver<AuditEvent>,
+    shared: &Shared,
     config: AuditConfig,
-) -> Result<(), String> {
-    let result = write_loop(sink, rx, &shared, &close, config).await;
-    if let Err(e) = &result {
+) -> Outcome {
+    let result = panic::catch_unwind(AssertUnwindSafe(move || {
+        Writer {
+            sink,
+            rx,
+            shared,
+            config,
+            backoff: Backoff::new(&config),
+            unsynced: 0,
+        }
+        .write_loop()
+    }));
+    // The sink and the receiver are dropped by now: a `try_record` from now on is refused.
+    let outcome = match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(Stopped)) => Err("stopped by a shutdown that timed out".to_owned()),
+        Err(panic) => Err(format!(
+            "the audit writer panicked: {}",
+            panic_message(&*panic)
+        )),
+    };
+    if let Err(e) = &outcome {
         // Nothing can be written any more: refuse events from now on.
         shared.healthy.store(false, Ordering::Release);
         shared.closed.store(true, Ordering::Release);
         tracing::error!(error = %e, "audit writer stopped");
     }
-    result
+    outcome
 }
 
-async fn write_loop<S: Sink>(
-    mut sink: S,
-    mut rx: mpsc::Receiver<AuditEvent>,
-    shared: &Shared,
-    close: &Notify,
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    if let Some(s) = panic.downcast_ref::<&'static str>() {
+        s
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s
+    } else {
+        "(no message)"
+    }
+}
+
+/// Why the writer woke without an event.
+enum Idle {
+    /// The sink has a sync due.
+    SyncDue,
+    /// The queue is closed and drained.
+    Closed,
+}
+
+/// The state of the writer thread; it owns the sink.
+struct Writer<'a, S> {
+    sink: S,
+    rx: Receiver<AuditEvent>,
+    shared: &'a Shared,
     config: AuditConfig,
-) -> Result<(), String> {
-    let mut backoff = Backoff::new(&config);
+    backoff: Backoff,
+    /// Lines in the sink but not yet counted (a partial batch, or a batch whose flush failed).
+    unsynced: u64,
+}
 
-    // Where the stream stands (a file sink continues its chain).
-    let mut chain = loop {
-        let (s, (), r) = blocking(sink, (), |s, ()| s.resume()).await?;
-        sink = s;
-        match r {
-            Ok(position) => {
-                shared.recovered();
-                break ChainWriter::resume(position.unwrap_or(ChainPosition::GENESIS));
+impl<S: Sink> Writer<'_, S> {
+    fn write_loop(mut self) -> Result<(), Stopped> {
+        // Where the stream stands (a file sink continues its chain).
+        let mut chain = loop {
+            match self.sink.resume() {
+                Ok(position) => {
+                    self.shared.recovered();
+                    break ChainWriter::resume(position.unwrap_or(ChainPosition::GENESIS));
+                }
+                Err(e) => {
+                    self.shared.fail(&e);
+                    self.backoff.wait(self.shared)?;
+                }
             }
-            Err(e) => {
-                shared.fail(&e);
-                backoff.wait().await;
-            }
-        }
-    };
-    backoff.reset();
+        };
+        self.backoff.reset();
 
-    let mut pending: Vec<SealedLine> = Vec::new();
-    // Lines in the sink but not yet counted (a partial batch, or a batch whose flush failed).
-    let mut unsynced: u64 = 0;
-    let mut closing = false;
-    loop {
-        if pending.is_empty() {
-            let deadline = sink.sync_deadline();
-            let event = tokio::select! {
-                biased;
-                event = rx.recv() => event,
-                () = close.notified(), if !closing => {
-                    // Accept nothing more; what is queued is still received.
-                    rx.close();
-                    closing = true;
-                    continue;
-                }
-                () = sleep_until(deadline), if deadline.is_some() => {
-                    sink = flush(sink, false, &mut unsynced, shared, &mut backoff).await?;
-                    continue;
-                }
-            };
-            let Some(event) = event else { break };
-            seal(&mut chain, event, &mut pending, shared);
-            while pending.len() < config.max_batch {
-                match rx.try_recv() {
-                    Ok(event) => seal(&mut chain, event, &mut pending, shared),
-                    Err(_) => break,
-                }
+        let mut pending: Vec<SealedLine> = Vec::new();
+        loop {
+            if self.shared.stop.load(Ordering::Acquire) {
+                return Err(Stopped);
             }
             if pending.is_empty() {
-                continue;
-            }
-        }
-        let (s, lines, r) = blocking(sink, pending, |s, lines| s.write(lines)).await?;
-        sink = s;
-        pending = lines;
-        match r {
-            Ok(()) => {
-                unsynced += pending.len() as u64;
-                pending.clear();
-                sink = flush(sink, false, &mut unsynced, shared, &mut backoff).await?;
-            }
-            Err(WriteFailure { written, error }) => {
-                // The first `written` lines are in; retry the rest, unchanged.
-                let written = written.min(pending.len());
-                pending.drain(..written);
-                unsynced += written as u64;
-                shared.fail(&error);
-                backoff.wait().await;
+                let event = match self.wait() {
+                    Ok(event) => event,
+                    Err(Idle::SyncDue) => {
+                        self.flush(false)?;
+                        continue;
+                    }
+                    Err(Idle::Closed) => break,
+                };
+                self.seal(&mut chain, event, &mut pending);
+                while pending.len() < self.config.max_batch {
+                    match self.rx.try_recv() {
+                        Ok(event) => self.seal(&mut chain, event, &mut pending),
+                        Err(_) => break,
+                    }
+                }
                 if pending.is_empty() {
-                    // Nothing left to retry: probe the sink so health is restored.
-                    sink = flush(sink, false, &mut unsynced, shared, &mut backoff).await?;
+                    continue;
+                }
+            }
+            match self.sink.write(&pending) {
+                Ok(()) => {
+                    let full = pending.len() >= self.config.max_batch;
+                    self.unsynced += pending.len() as u64;
+                    pending.clear();
+                    self.flush(false)?;
+                    // Not after a full batch (there is a backlog), nor when closing.
+                    if !full && !self.shared.closed.load(Ordering::Acquire) {
+                        self.linger();
+                    }
+                }
+                Err(WriteFailure { written, error }) => {
+                    // The first `written` lines are in; retry the rest, unchanged.
+                    let written = written.min(pending.len());
+                    pending.drain(..written);
+                    self.unsynced += written as u64;
+                    self.shared.fail(&error);
+                    self.backoff.wait(self.shared)?;
+                    if pending.is_empty() {
+                        // Nothing left to retry: probe the sink so health is restored.
+                        self.flush(false)?;
+                    }
                 }
             }
         }
+        // Closed and drained: everything accepted is in the sink; make it durable.
+        self.flush(true)
     }
-    // Closed and drained: everything accepted is in the sink; make it durable.
-    flush(sink, true, &mut unsynced, shared, &mut backoff)
-        .await
-        .map(drop)
-}
 
-async fn sleep_until(deadline: Option<std::time::Instant>) {
-    if let Some(d) = deadline {
-        tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await;
-    }
-}
-
-fn seal(
-    chain: &mut ChainWriter,
-    event: AuditEvent,
-    pending: &mut Vec<SealedLine>,
-    shared: &Shared,
-) {
-    match chain.seal(event) {
-        Ok(line) => pending.push(line),
-        Err(error) => {
-            // Not reachable with the event type as it is; the chain does not advance.
-            shared.discarded.fetch_add(1, Ordering::AcqRel);
-            shared.dropped.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, "audit event could not be serialised; dropped");
+    /// Let events gather for `linger` rather than wake for each one, but not past a due sync.
+    fn linger(&self) {
+        let mut pause = self.config.linger;
+        if let Some(deadline) = self.sink.sync_deadline() {
+            pause = pause.min(deadline.saturating_duration_since(Instant::now()));
+        }
+        if !pause.is_zero() {
+            thread::sleep(pause);
         }
     }
-}
 
-/// Flush per policy (or `force`), retrying until it succeeds; then count the lines written.
-async fn flush<S: Sink>(
-    mut sink: S,
-    force: bool,
-    unsynced: &mut u64,
-    shared: &Shared,
-    backoff: &mut Backoff,
-) -> Result<S, String> {
-    loop {
-        let (s, (), r) = blocking(sink, (), move |s, ()| s.flush(force)).await?;
-        sink = s;
-        match r {
-            Ok(()) => break,
-            Err(e) => {
-                shared.fail(&e);
-                backoff.wait().await;
+    /// Block until an event arrives, a sync is due, or the queue is closed and drained.
+    fn wait(&self) -> Result<AuditEvent, Idle> {
+        match self.sink.sync_deadline() {
+            None => self.rx.recv().map_err(|_| Idle::Closed),
+            Some(deadline) => self
+                .rx
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .map_err(|e| match e {
+                    RecvTimeoutError::Timeout => Idle::SyncDue,
+                    RecvTimeoutError::Disconnected => Idle::Closed,
+                }),
+        }
+    }
+
+    fn seal(&self, chain: &mut ChainWriter, event: AuditEvent, pending: &mut Vec<SealedLine>) {
+        match chain.seal(event) {
+            Ok(line) => pending.push(line),
+            Err(error) => {
+                // Not reachable with the event type as it is; the chain does not advance.
+                self.shared.discarded.fetch_add(1, Ordering::AcqRel);
+                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(%error, "audit event could not be serialised; dropped");
             }
         }
     }
-    shared.written.fetch_add(*unsynced, Ordering::AcqRel);
-    *unsynced = 0;
-    shared.recovered();
-    backoff.reset();
-    Ok(sink)
+
+    /// Flush per policy (or `force`), retrying until it succeeds; then count the lines written.
+    fn flush(&mut self, force: bool) -> Result<(), Stopped> {
+        while let Err(e) = self.sink.flush(force) {
+            self.shared.fail(&e);
+            self.backoff.wait(self.shared)?;
+        }
+        self.shared
+            .written
+            .fetch_add(self.unsynced, Ordering::AcqRel);
+        self.unsynced = 0;
+        self.shared.recovered();
+        self.backoff.reset();
+        Ok(())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use std::fs;
     use std::path::{Path, PathBuf};
+    use std::sync::Condvar;
     use std::sync::mpsc as std_mpsc;
+    use std::thread::ThreadId;
 
     use super::*;
     use crate::audit::event::AuditEvent;
@@ -449,6 +542,7 @@ mod tests {
         AuditConfig {
             capacity,
             max_batch: 256,
+            linger: Duration::from_millis(1),
             retry_initial: Duration::from_millis(5),
             retry_max: Duration::from_millis(40),
         }
@@ -479,24 +573,93 @@ mod tests {
         FileSink::files_oldest_first(path, 1000)
     }
 
+    /// Lets the test hold the writer thread: while held, the writer waits at its next sink
+    /// `resume` or `write`. The writer runs on its own thread, so a test that needs events
+    /// accepted before the writer gets to the sink holds it until they are.
+    struct Gate {
+        held: Mutex<bool>,
+        changed: Condvar,
+    }
+
+    impl Gate {
+        fn held() -> Arc<Self> {
+            Arc::new(Self {
+                held: Mutex::new(true),
+                changed: Condvar::new(),
+            })
+        }
+
+        fn hold(&self) {
+            *self.held.lock().unwrap() = true;
+        }
+
+        fn release(&self) {
+            *self.held.lock().unwrap() = false;
+            self.changed.notify_all();
+        }
+
+        fn pass(&self) {
+            let mut held = self.held.lock().unwrap();
+            while *held {
+                held = self.changed.wait(held).unwrap();
+            }
+        }
+    }
+
+    /// `S` behind a [`Gate`].
+    struct Gated<S> {
+        inner: S,
+        gate: Arc<Gate>,
+    }
+
+    impl<S: Sink> Gated<S> {
+        /// Held from the start: the writer waits before its first `resume`.
+        fn held(inner: S) -> (Self, Arc<Gate>) {
+            let gate = Gate::held();
+            (
+                Self {
+                    inner,
+                    gate: gate.clone(),
+                },
+                gate,
+            )
+        }
+    }
+
+    impl<S: Sink> Sink for Gated<S> {
+        fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+            self.gate.pass();
+            self.inner.resume()
+        }
+        fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
+            self.gate.pass();
+            self.inner.write(lines)
+        }
+        fn flush(&mut self, force: bool) -> Result<(), SinkError> {
+            self.inner.flush(force)
+        }
+        fn sync_deadline(&self) -> Option<std::time::Instant> {
+            self.inner.sync_deadline()
+        }
+    }
+
     #[tokio::test]
     async fn shutdown_writes_every_accepted_event() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("audit.log");
-        let log = AuditLog::start(
-            file_sink(
-                &path,
-                1 << 30,
-                FsyncPolicy::Interval(Duration::from_millis(20)),
-            ),
-            fast_retry(10_000),
-        );
+        let (sink, gate) = Gated::held(file_sink(
+            &path,
+            1 << 30,
+            FsyncPolicy::Interval(Duration::from_millis(20)),
+        ));
+        let log = AuditLog::start(sink, fast_retry(10_000));
         for n in 1..=10_000 {
             log.try_record(event(n)).unwrap();
         }
-        // Single-threaded runtime: the writer has not run yet, everything is queued.
+        // The writer is held before the sink: everything is queued.
         assert_eq!(log.queue_depth(), 10_000);
         assert_eq!(log.written(), 0);
+        gate.release();
         let probe = log.clone();
         log.shutdown(Duration::from_secs(60)).await.unwrap();
         assert_eq!(probe.written(), 10_000);
@@ -578,14 +741,13 @@ mod tests {
         // chmod 000 directory would still be writable).
         fs::write(&logs, "not a directory").unwrap();
         let path = logs.join("audit.log");
-        let log = AuditLog::start(
-            file_sink(&path, 1 << 20, FsyncPolicy::Always),
-            fast_retry(100),
-        );
+        let (sink, gate) = Gated::held(file_sink(&path, 1 << 20, FsyncPolicy::Always));
+        let log = AuditLog::start(sink, fast_retry(100));
         // Accepted before the writer first tried the sink.
         for n in 1..=20 {
             log.try_record(event(n)).unwrap();
         }
+        gate.release();
         wait_for("the sink to be marked unhealthy", || !log.healthy()).await;
         assert!(log.failures() >= 1);
         assert_eq!(
@@ -619,7 +781,10 @@ mod tests {
         fs::create_dir(&logs).unwrap();
         let path = logs.join("audit.log");
         // About two lines per file: every other line rotates.
-        let log = AuditLog::start(file_sink(&path, 1600, FsyncPolicy::Always), fast_retry(100));
+        let (sink, gate) = Gated::held(file_sink(&path, 1600, FsyncPolicy::Always));
+        // Held again below, around the failure.
+        gate.release();
+        let log = AuditLog::start(sink, fast_retry(100));
         for n in 1..=3 {
             log.try_record(event(n)).unwrap();
         }
@@ -628,9 +793,12 @@ mod tests {
         let moved = dir.path().join("moved");
         fs::rename(&logs, &moved).unwrap();
         fs::write(&logs, "not a directory").unwrap();
+        // All accepted before the writer tries the sink again.
+        gate.hold();
         for n in 4..=9 {
             log.try_record(event(n)).unwrap();
         }
+        gate.release();
         wait_for("the sink to be marked unhealthy", || !log.healthy()).await;
         assert_eq!(
             log.try_record(event(99)),
@@ -683,16 +851,17 @@ mod tests {
     #[tokio::test]
     async fn partial_writes_are_retried_in_order_without_duplicates() {
         let out = Arc::new(Mutex::new(Vec::new()));
-        let sink = FlakySink {
+        let (sink, gate) = Gated::held(FlakySink {
             failures: 5,
             out: out.clone(),
-        };
+        });
         let mut config = fast_retry(100);
         config.max_batch = 8;
         let log = AuditLog::start(sink, config);
         for n in 1..=50 {
             log.try_record(event(n)).unwrap();
         }
+        gate.release();
         let probe = log.clone();
         log.shutdown(Duration::from_secs(10)).await.unwrap();
         assert_eq!(probe.failures(), 5);
@@ -758,17 +927,226 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
         fs::write(&logs, "not a directory").unwrap();
-        let log = AuditLog::start(
-            file_sink(&logs.join("audit.log"), 1 << 20, FsyncPolicy::Always),
-            fast_retry(10),
-        );
+        let (sink, gate) = Gated::held(file_sink(
+            &logs.join("audit.log"),
+            1 << 20,
+            FsyncPolicy::Always,
+        ));
+        let log = AuditLog::start(sink, fast_retry(10));
         for n in 1..=3 {
             log.try_record(event(n)).unwrap();
         }
+        gate.release();
+        let probe = log.clone();
         let err = log.shutdown(Duration::from_millis(200)).await.unwrap_err();
         assert!(
             matches!(err, ShutdownError::TimedOut { unwritten: 3, .. }),
             "{err}"
         );
+        // The writer gave up: no more retries (they would come every 40 ms at most).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let failures = probe.failures();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(probe.failures(), failures);
+        assert_eq!(probe.try_record(event(4)), Err(AuditUnavailable::Closed));
+    }
+
+    /// What a [`MemorySink`] saw.
+    #[derive(Debug, Default)]
+    struct Record {
+        /// Lines per `write` call.
+        batches: Vec<usize>,
+        lines: u64,
+        flushes: usize,
+        /// When a due sync happened.
+        syncs: Vec<Instant>,
+        /// Every thread that called the sink.
+        threads: Vec<(ThreadId, Option<String>)>,
+    }
+
+    /// Keeps nothing but a [`Record`]; with `sync_every`, reports a sync deadline that long
+    /// after the first write since the last sync (like the file sink's interval policy).
+    struct MemorySink {
+        record: Arc<Mutex<Record>>,
+        sync_every: Option<Duration>,
+        dirty_since: Option<Instant>,
+    }
+
+    impl MemorySink {
+        fn new(sync_every: Option<Duration>) -> (Self, Arc<Mutex<Record>>) {
+            let record = Arc::new(Mutex::new(Record::default()));
+            let sink = Self {
+                record: record.clone(),
+                sync_every,
+                dirty_since: None,
+            };
+            (sink, record)
+        }
+    }
+
+    /// Note the calling thread.
+    fn called(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
+        let mut record = record.lock().unwrap();
+        let me = std::thread::current();
+        let me = (me.id(), me.name().map(str::to_owned));
+        if !record.threads.contains(&me) {
+            record.threads.push(me);
+        }
+        record
+    }
+
+    impl Sink for MemorySink {
+        fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+            drop(called(&self.record));
+            Ok(None)
+        }
+        fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
+            let mut record = called(&self.record);
+            record.batches.push(lines.len());
+            record.lines += lines.len() as u64;
+            drop(record);
+            if self.sync_every.is_some() && self.dirty_since.is_none() {
+                self.dirty_since = Some(Instant::now());
+            }
+            Ok(())
+        }
+        fn flush(&mut self, force: bool) -> Result<(), SinkError> {
+            let mut record = called(&self.record);
+            record.flushes += 1;
+            if let (Some(every), Some(since)) = (self.sync_every, self.dirty_since)
+                && (force || since.elapsed() >= every)
+            {
+                record.syncs.push(Instant::now());
+                self.dirty_since = None;
+            }
+            Ok(())
+        }
+        fn sync_deadline(&self) -> Option<Instant> {
+            Some(self.dirty_since? + self.sync_every?)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_is_written_in_few_batches_by_one_named_thread() {
+        let (sink, record) = MemorySink::new(None);
+        let log = AuditLog::start(sink, fast_retry(2000));
+        let events: Vec<AuditEvent> = (1..=1000).map(event).collect();
+        for e in events {
+            log.try_record(e).unwrap();
+        }
+        let probe = log.clone();
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+        assert_eq!((probe.written(), probe.dropped()), (1000, 0));
+        let record = record.lock().unwrap();
+        assert_eq!(record.lines, 1000);
+        assert!(
+            record.batches.iter().all(|&n| n <= 256),
+            "{:?}",
+            record.batches
+        );
+        // Not one write per event: the writer takes what has gathered while it was busy or
+        // lingering.
+        assert!(record.batches.len() < 50, "{:?}", record.batches);
+        // Resume, writes and flushes all on the writer's own thread: no hand-off per batch.
+        assert_eq!(record.threads.len(), 1, "{:?}", record.threads);
+        let (id, name) = &record.threads[0];
+        assert_eq!(name.as_deref(), Some(THREAD_NAME));
+        assert_ne!(*id, std::thread::current().id());
+    }
+
+    #[tokio::test]
+    async fn under_steady_load_the_writer_wakes_at_most_once_per_linger() {
+        let (sink, record) = MemorySink::new(None);
+        let linger = Duration::from_millis(5);
+        let config = AuditConfig {
+            max_batch: 100_000, // never full: every batch is followed by a linger
+            linger,
+            ..fast_retry(100_000)
+        };
+        let log = AuditLog::start(sink, config);
+        let events: Vec<AuditEvent> = (1..=400).map(event).collect();
+        let start = Instant::now();
+        // One event every 250 µs (4,000/s), for 100 ms or more: slower than the writer seals
+        // them (even unoptimised), so without lingering it would wake for about every event.
+        for (i, e) in events.into_iter().enumerate() {
+            let at = start + Duration::from_micros(250) * u32::try_from(i).unwrap();
+            while Instant::now() < at {
+                std::hint::spin_loop();
+            }
+            log.try_record(e).unwrap();
+        }
+        let probe = log.clone();
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+        let elapsed = start.elapsed();
+        assert_eq!(probe.written(), 400);
+        let record = record.lock().unwrap();
+        assert_eq!(record.lines, 400);
+        // Batches are at least `linger` apart.
+        let bound = elapsed.as_millis() / linger.as_millis() + 1;
+        assert!(
+            record.batches.len() as u128 <= bound,
+            "{} batches in {elapsed:?}: {:?}",
+            record.batches.len(),
+            record.batches
+        );
+        assert!(record.batches.len() < 400, "{:?}", record.batches);
+    }
+
+    #[tokio::test]
+    async fn a_due_sync_happens_without_new_events() {
+        let every = Duration::from_millis(250);
+        let (sink, record) = MemorySink::new(Some(every));
+        let log = AuditLog::start(sink, fast_retry(10));
+        let start = Instant::now();
+        log.try_record(event(1)).unwrap();
+        wait_for("the event to be written", || log.written() == 1).await;
+        assert!(record.lock().unwrap().syncs.is_empty(), "not due yet");
+        // No more events: the writer wakes for the deadline by itself.
+        wait_for("the due sync", || !record.lock().unwrap().syncs.is_empty()).await;
+        {
+            let record = record.lock().unwrap();
+            assert!(record.syncs[0] >= start + every, "synced before it was due");
+            // One flush after the batch, one at the deadline: no spinning in between.
+            assert_eq!(record.flushes, 2, "{record:?}");
+        }
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(record.lock().unwrap().syncs.len(), 1);
+    }
+
+    #[test]
+    fn events_accepted_while_shutting_down_are_written() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        let (sink, record) = MemorySink::new(None);
+        let log = AuditLog::start(sink, fast_retry(64));
+        // Producers record until the log is closed under them.
+        let producers: Vec<_> = (0..2u64)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let (mut accepted, mut n) = (0u64, 0u64);
+                    loop {
+                        n += 1;
+                        match log.try_record(event(t * 1_000_000 + n)) {
+                            Ok(()) => accepted += 1,
+                            Err(AuditUnavailable::QueueFull) => {}
+                            Err(AuditUnavailable::Closed) => return accepted,
+                            Err(other) => panic!("unexpected {other}"),
+                        }
+                    }
+                })
+            })
+            .collect();
+        let probe = log.clone();
+        runtime.block_on(async {
+            wait_for("events to flow", || probe.written() > 1000).await;
+            log.shutdown(Duration::from_secs(30)).await.unwrap();
+        });
+        let accepted: u64 = producers.into_iter().map(|p| p.join().unwrap()).sum();
+        assert_eq!(probe.written(), accepted);
+        assert_eq!(record.lock().unwrap().lines, accepted);
+        assert_eq!(probe.queue_depth(), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! Where chained lines go: stdout (JSON lines, for Kubernetes log pipelines) or a file with
-//! size-based rotation and an fsync policy. Sinks are synchronous; the writer task calls them on
-//! the blocking pool. Errors are returned, typed, never swallowed.
+//! size-based rotation and an fsync policy. Sinks are synchronous; the audit log's writer thread
+//! owns its sink and calls it directly. Errors are returned, typed, never swallowed.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
