@@ -793,6 +793,19 @@ inbound:
     }
 
     #[test]
+    fn runtime_workers_default_to_the_usable_cpus_and_zero_is_refused() {
+        let c = Config::from_yaml(MINIMAL).unwrap();
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(c.runtime.worker_threads(), cpus);
+        let one = Config::from_yaml(&format!("{MINIMAL}runtime:\n  workers: 1\n")).unwrap();
+        assert_eq!(one.runtime.worker_threads(), 1);
+        let zero = err(&format!("{MINIMAL}runtime:\n  workers: 0\n"));
+        assert!(zero.contains("workers"), "{zero}");
+        let unknown = err(&format!("{MINIMAL}runtime:\n  threads: 2\n"));
+        assert!(unknown.contains("unknown field `threads`"), "{unknown}");
+    }
+
+    #[test]
     fn rejects_bad_configs_with_precise_messages() {
         let cases: &[(String, &str)] = &[
             (format!("{MINIMAL}bogus: 1\n"), "unknown field `bogus`"),

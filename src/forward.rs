@@ -5,6 +5,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::HOST;
@@ -32,6 +33,7 @@ where
     let upgrade = hygiene::is_upgrade_request(&req);
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     hygiene::strip_hop_by_hop(req.headers_mut(), upgrade);
+    hygiene::mark_credentials_sensitive(req.headers_mut());
     let mut response = match send(req, upgrade).await {
         Ok(response) => response,
         Err(reason) => return reason.into_response(ids.as_ref()),
@@ -66,13 +68,17 @@ where
 /// Inbound: to the local app over the pooled plaintext client.
 #[derive(Clone)]
 pub struct ToApp {
-    client: AppClient,
+    // Shared, not cloned per request: a pooled client is several reference-counted parts.
+    client: Arc<AppClient>,
     tracker: TaskTracker,
 }
 
 impl ToApp {
     pub fn new(client: AppClient, tracker: TaskTracker) -> Self {
-        Self { client, tracker }
+        Self {
+            client: Arc::new(client),
+            tracker,
+        }
     }
 }
 
@@ -109,13 +115,16 @@ impl tower::Service<Req> for ToApp {
 /// Outbound: look the destination up in the egress table and send it over mTLS.
 #[derive(Clone)]
 pub struct ToMesh {
-    client: MeshClient,
+    client: Arc<MeshClient>,
     tracker: TaskTracker,
 }
 
 impl ToMesh {
     pub fn new(client: MeshClient, tracker: TaskTracker) -> Self {
-        Self { client, tracker }
+        Self {
+            client: Arc::new(client),
+            tracker,
+        }
     }
 
     /// The destination the app asked for: absolute-form URI (HTTP proxy), else the Host header.

@@ -19,7 +19,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
-use tower::ServiceExt;
 
 use crate::Direction;
 use crate::body;
@@ -173,7 +172,7 @@ async fn serve_connection<I>(
                 req.extensions_mut().insert(FramingVerdict(verdict));
             }
             let in_flight = activity.begin_request();
-            let response: crate::stack::ResponseFuture = Box::pin(stack.clone().oneshot(req));
+            let response = stack.call_shared(req);
             async move {
                 let response = response.await;
                 drop(in_flight);

@@ -27,14 +27,11 @@ pub trait Stage: Send + Sync + 'static {
 
 /// The rest of the stack after the current stage.
 pub struct Next {
-    inner: BoxStack,
+    inner: Arc<dyn Callable>,
 }
 
 impl Next {
-    pub fn run(mut self, req: Req) -> impl Future<Output = Resp> + Send + 'static {
-        // Every service in vakt's stacks is always ready (they apply no backpressure of their
-        // own), so `call` without `poll_ready` is sound here. Holding only the boxed future
-        // (not the service) also keeps the future `Send` for the compiler.
+    pub fn run(self, req: Req) -> impl Future<Output = Resp> + Send + 'static {
         let response = self.inner.call(req);
         async move {
             match response.await {
@@ -42,6 +39,29 @@ impl Next {
                 Err(never) => match never {},
             }
         }
+    }
+}
+
+/// A service called through a shared reference. Every service in vakt's stacks is always
+/// ready (they apply no backpressure of their own), so `call` without `poll_ready` is sound.
+/// Stages hold the rest of the stack as `Arc<dyn Callable>`: a request costs one reference
+/// count and one boxed future per stage, not a clone of every boxed layer below it.
+trait Callable: Send + Sync + 'static {
+    fn call(&self, req: Req) -> ResponseFuture;
+}
+
+struct Shared<S>(S);
+
+impl<S> Callable for Shared<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    fn call(&self, req: Req) -> ResponseFuture {
+        self.0.clone().call(req)
     }
 }
 
@@ -56,21 +76,24 @@ impl<T> StageLayer<T> {
 
 impl<T, S> Layer<S> for StageLayer<T>
 where
-    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + Sync + 'static,
-    S::Future: Send + 'static,
+    S: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     type Service = StageService<T>;
     fn layer(&self, inner: S) -> Self::Service {
         StageService {
             stage: self.0.clone(),
-            inner: BoxStack::new(inner),
+            inner: Arc::new(Shared(inner)),
         }
     }
 }
 
 pub struct StageService<T> {
     stage: Arc<T>,
-    inner: BoxStack,
+    inner: Arc<dyn Callable>,
 }
 
 impl<T> Clone for StageService<T> {
@@ -85,10 +108,10 @@ impl<T> Clone for StageService<T> {
 impl<T: Stage> Service<Req> for StageService<T> {
     type Response = Resp;
     type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Stages apply no backpressure; see `Next::run`.
+        // Stages apply no backpressure; see `Callable`.
         Poll::Ready(Ok(()))
     }
 
@@ -101,14 +124,70 @@ impl<T: Stage> Service<Req> for StageService<T> {
     }
 }
 
-/// A boxed, cloneable stack, as the listeners hold it.
-pub type BoxStack = tower::util::BoxCloneSyncService<Req, Resp, Infallible>;
+/// A whole stack behind one shared pointer, as the listeners hold it: cloning is a reference
+/// count, and [`BoxStack::call_shared`] calls it without a clone (stacks are always ready).
+#[derive(Clone)]
+pub struct BoxStack(Arc<dyn Callable>);
+
+impl BoxStack {
+    /// Any always-ready service; its future is boxed.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + Sync + 'static,
+        S::Future: Send + 'static,
+    {
+        Self(Arc::new(Boxing(service)))
+    }
+
+    /// A stack whose future is boxed already (the stage chains below).
+    fn from_stages<S>(service: S) -> Self
+    where
+        S: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        Self(Arc::new(Shared(service)))
+    }
+
+    pub fn call_shared(&self, req: Req) -> ResponseFuture {
+        self.0.call(req)
+    }
+}
+
+impl Service<Req> for BoxStack {
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        self.0.call(req)
+    }
+}
+
+struct Boxing<S>(S);
+
+impl<S> Callable for Boxing<S>
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, req: Req) -> ResponseFuture {
+        Box::pin(self.0.clone().call(req))
+    }
+}
 
 /// Inbound: requests from other workloads (already mTLS-authenticated at the handshake; the
 /// peer's `PeerIdentity` is in the extensions) to the local app.
 ///
 /// `forward` is [`ToApp`](crate::forward::ToApp) in the sidecar; the in-process benchmark puts
-/// an app service there instead, so the same stack is measured without sockets.
+/// an app service there instead (boxed as a [`BoxStack`]), so the same stack is measured
+/// without sockets.
 pub fn inbound<F>(
     observe: crate::observe::Observe,
     hygiene: crate::hygiene::Hygiene,
@@ -117,8 +196,11 @@ pub fn inbound<F>(
     forward: F,
 ) -> BoxStack
 where
-    F: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + Sync + 'static,
-    F::Future: Send + 'static,
+    F: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
 {
     let stack = ServiceBuilder::new()
         // Outermost: counts and times every request and decision, whoever answered it.
@@ -136,7 +218,7 @@ where
         .layer(StageLayer::new(crate::policy::stage::RateLimitStage))
         // Innermost: the pooled client to the app.
         .service(forward);
-    BoxStack::new(stack)
+    BoxStack::from_stages(stack)
 }
 
 /// Outbound: plaintext requests from the local app to other services over mTLS.
@@ -152,5 +234,5 @@ pub fn outbound(
         .layer(StageLayer::new(hygiene))
         // The egress table lookup and the mTLS client; an unknown destination is refused there.
         .service(forward);
-    BoxStack::new(stack)
+    BoxStack::from_stages(stack)
 }

@@ -130,7 +130,9 @@ struct Inner {
     /// The queue's only sender; taken out at shutdown. The writer sees the queue disconnected,
     /// after draining it, once the last `try_record` still holding the sender is done with it, so
     /// an event accepted concurrently with `shutdown` is still written.
-    tx: ArcSwapOption<SyncSender<AuditEvent>>,
+    // Boxed: the channel preallocates `capacity` slots, and a slot the size of an event
+    // (~460 bytes) would keep megabytes resident once the ring has wrapped.
+    tx: ArcSwapOption<SyncSender<Box<AuditEvent>>>,
     shared: Arc<Shared>,
     /// The writer thread (to wake it from a backoff wait when a shutdown times out).
     writer: Option<Thread>,
@@ -216,7 +218,7 @@ impl AuditLog {
         };
         // Counted before the send, so the writer never sees more written than accepted.
         s.accepted.fetch_add(1, Ordering::AcqRel);
-        match tx.try_send(event) {
+        match tx.try_send(Box::new(event)) {
             Ok(()) => Ok(()),
             Err(e) => {
                 s.accepted.fetch_sub(1, Ordering::AcqRel);
@@ -338,7 +340,7 @@ impl Backoff {
 /// up), then report.
 fn run<S: Sink>(
     sink: S,
-    rx: Receiver<AuditEvent>,
+    rx: Receiver<Box<AuditEvent>>,
     shared: &Shared,
     config: AuditConfig,
 ) -> Outcome {
@@ -392,7 +394,7 @@ enum Idle {
 /// The state of the writer thread; it owns the sink.
 struct Writer<'a, S> {
     sink: S,
-    rx: Receiver<AuditEvent>,
+    rx: Receiver<Box<AuditEvent>>,
     shared: &'a Shared,
     config: AuditConfig,
     backoff: Backoff,
@@ -483,7 +485,7 @@ impl<S: Sink> Writer<'_, S> {
     }
 
     /// Block until an event arrives, a sync is due, or the queue is closed and drained.
-    fn wait(&self) -> Result<AuditEvent, Idle> {
+    fn wait(&self) -> Result<Box<AuditEvent>, Idle> {
         match self.sink.sync_deadline() {
             None => self.rx.recv().map_err(|_| Idle::Closed),
             Some(deadline) => self
@@ -496,8 +498,8 @@ impl<S: Sink> Writer<'_, S> {
         }
     }
 
-    fn seal(&self, chain: &mut ChainWriter, event: AuditEvent, pending: &mut Vec<SealedLine>) {
-        match chain.seal(event) {
+    fn seal(&self, chain: &mut ChainWriter, event: Box<AuditEvent>, pending: &mut Vec<SealedLine>) {
+        match chain.seal(*event) {
             Ok(line) => pending.push(line),
             Err(error) => {
                 // Not reachable with the event type as it is; the chain does not advance.

@@ -7,7 +7,7 @@
 //! - [`chain`]: [`ChainWriter`] seals events into lines carrying `seq` and `prev`.
 //! - [`sink`]: [`StdoutSink`] and [`FileSink`] (size-based rotation, fsync policy; the chain
 //!   continues across rotation and restarts).
-//! - [`log`]: [`AuditLog`], the non-blocking front with a bounded queue and one writer task.
+//! - [`log`]: [`AuditLog`], the non-blocking front with a bounded queue and one writer thread (batches, linger, retry).
 //! - [`verify`](mod@verify): `vakt audit verify`; [`report`](mod@report): `vakt audit report`.
 
 pub mod chain;

@@ -470,9 +470,48 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
     trace_id
 }
 
+/// Credentials travel as HPACK "never indexed" literals (RFC 7541 §7.1.3) when a hop speaks
+/// HTTP/2: a token must not sit in a connection's compression table, where a compression
+/// side channel could probe for it — and with a different token per request, indexing them
+/// only churns the table. `HeaderValue::set_sensitive` is what the HTTP/2 encoder reads.
+pub fn mark_credentials_sensitive(headers: &mut HeaderMap) {
+    for name in [
+        http::header::AUTHORIZATION,
+        http::header::PROXY_AUTHORIZATION,
+        http::header::COOKIE,
+    ] {
+        if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
+            for value in entry.iter_mut() {
+                value.set_sensitive(true);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn credentials_are_marked_never_indexed_and_other_headers_are_not() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            http::header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer a.b.c"),
+        );
+        h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
+        h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+        mark_credentials_sensitive(&mut h);
+        assert!(h[http::header::AUTHORIZATION].is_sensitive());
+        assert!(
+            h.get_all(http::header::COOKIE)
+                .iter()
+                .all(HeaderValue::is_sensitive)
+        );
+        assert!(!h[http::header::ACCEPT].is_sensitive());
+        assert_eq!(h[http::header::AUTHORIZATION], "Bearer a.b.c");
+    }
     use std::collections::HashSet;
 
     /// Header field lines for a table row, in order.
