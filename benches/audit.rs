@@ -1,0 +1,337 @@
+//! Cost of one audit event on the request path: build it from what the stages left in the
+//! response extensions, pseudonymise the personal identifiers, serialise it to its JSON line,
+//! and (on the audit writer thread, off the request path) seal it into the hash chain and hand
+//! it to a sink. `cargo bench --bench audit`.
+//!
+//! The event is the one of an allowed inbound request on a route whose `{pid}` is bound to the
+//! token's national id: peer SPIFFE id, route id and template, method, path (pseudonymised),
+//! principal from a real token of the dev issuer (issuer, client id, subject and national id
+//! pseudonymised, level, amr), decision and reason, request and trace ids.
+//!
+//! `observe::build_event` is private, so [`build_event`] below repeats it line for line with the
+//! public API it calls (`AuditEvent::new`, `set_method`, `Label`/`Text::sanitized`,
+//! `pseudonymise_path`, `set_subject`, `set_national_id`); "audit/build" is that function
+//! without the three pseudonymisation calls. Serialisation is what `ChainWriter::seal` does per
+//! event (`serde_json::to_string`); "audit/chain + write to an in-memory buffer" is the writer
+//! thread's per-event work (seal: seq/prev, serialise, SHA-256; then `Sink::write`).
+
+use std::hint::black_box;
+use std::io::Write;
+use std::sync::Arc;
+
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use http::{HeaderMap, Method, Response, StatusCode};
+use vakt::audit::{
+    self, AuditEvent, ChainHash, ChainWriter, Label, Sink, Text, WriterSink, line_hash,
+    pseudonymise_path,
+};
+use vakt::authn::Principal;
+use vakt::authn::devidp::{self, DevIdp, KeyStore, Level, MintOptions, Person};
+use vakt::authn::http_client::IdpClient;
+use vakt::authn::jwks::IssuerKeys;
+use vakt::authn::verify::Verifier;
+use vakt::authn::{IssuerConfig, OidcConfig};
+use vakt::error::DenyReason;
+use vakt::hygiene::{RequestIds, ensure_request_id, ensure_traceparent};
+use vakt::identity::PeerIdentity;
+use vakt::policy::path::{CanonicalPath, canonicalize};
+use vakt::policy::stage::{DecisionRecord, Outcome};
+use vakt::policy::{Policy, PolicyContext, RequestCtx, evaluate};
+use vakt::pseudonym::Pseudonymiser;
+use vakt::stack::Resp;
+
+const NATIONAL_ID: &str = "12345678901";
+const PEER: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+const POLICY: &str = "routes:\n  - id: journal\n    methods: [GET]\n    path: /patients/{pid}/journal\n    allow:\n      - peers: [spiffe://cluster.local/ns/shop/sa/web]\n        scopes_any: [journal.read]\n        bind: { pid: national_id }\n";
+
+/// A verified principal as the authentication stage leaves it: a real token of the dev issuer
+/// (HelseID claims, RS256) through the real verifier.
+fn principal(rt: &tokio::runtime::Runtime) -> Arc<Principal> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Arc::new(KeyStore::open_or_create(dir.path()).expect("keys"));
+    let idp = rt
+        .block_on(DevIdp::start(([127, 0, 0, 1], 0).into(), keys, ""))
+        .expect("dev idp");
+    let oidc: OidcConfig = serde_saphyr::from_str(&format!(
+        "issuers:\n  - issuer: {}\n    profile: helseid\n    audiences: [bench]\n    algorithms: [RS256]\n    allow_insecure_loopback: true\n",
+        idp.issuer
+    ))
+    .expect("bench oidc config");
+    let issuer: IssuerConfig = oidc.issuers[0].clone();
+    let keys = Arc::new(IssuerKeys::new(
+        Arc::new(issuer),
+        &oidc,
+        IdpClient::new().expect("client"),
+    ));
+    rt.block_on(keys.refresh("scheduled"))
+        .expect("JWKS fetched");
+    let verifier = Verifier::new(vec![keys], &oidc);
+    let person = Person {
+        sub: "citizen-1".into(),
+        national_id: Some(NATIONAL_ID.into()),
+        level: Level::High,
+        amr: vec!["BankID".into()],
+        client_id: "journal-web".into(),
+        scopes: vec!["journal.read".into()],
+        audience: "bench".into(),
+        ..Person::default()
+    };
+    let token = idp
+        .mint(
+            devidp::claims(devidp::Profile::HelseId, &person),
+            &MintOptions::default(),
+        )
+        .expect("mint");
+    verifier
+        .verify(&token)
+        .now_or_never()
+        .expect("keys are loaded")
+        .expect("valid token")
+}
+
+/// The response of an allowed request as it comes back to the observe stage: 200 from the app,
+/// with the decision record, canonical path, principal and request ids the inner stages added.
+fn allowed_response(principal: Arc<Principal>, peer: &PeerIdentity) -> Resp {
+    let context = PolicyContext {
+        issuers: Some(vec![principal.issuer.to_string()]),
+        ..PolicyContext::default()
+    };
+    let policy = Policy::from_yaml(POLICY, &context).expect("bench policy");
+    let path: CanonicalPath =
+        canonicalize(&format!("/patients/{NATIONAL_ID}/journal")).expect("canonical path");
+    let decision = evaluate(
+        &policy,
+        &RequestCtx {
+            method: &Method::GET,
+            host: None,
+            path: &path,
+            peer: Some(&peer.spiffe_id),
+            principal: Some(&principal),
+            now: 0,
+        },
+    );
+    assert!(decision.allowed, "bench request must be allowed");
+    // `DecisionRecord::from_decision` is private; the same fields, the same way.
+    let route = &policy.routes[decision.route.expect("matched a route")];
+    let record = DecisionRecord {
+        route_id: Some(route.id.clone()),
+        route_template: Some(route.pattern.to_string().into()),
+        personal_params: route.personal_params.clone(),
+        rule: decision.rule,
+        mode: decision.mode,
+        outcome: Outcome::Allow,
+        reason: decision.reason.code(),
+    };
+    assert!(!record.personal_params.is_empty(), "{{pid}} is personal");
+    let mut headers = HeaderMap::new();
+    let ids = RequestIds {
+        request_id: ensure_request_id(&mut headers),
+        decision_id: uuid::Uuid::new_v4().to_string(),
+        trace_id: ensure_traceparent(&mut headers),
+    };
+    let mut response = Response::new(vakt::body::full("{\"entries\":[]}"));
+    *response.status_mut() = StatusCode::OK;
+    response.extensions_mut().insert(record);
+    response.extensions_mut().insert(path);
+    response.extensions_mut().insert(principal);
+    response.extensions_mut().insert(ids);
+    response
+}
+
+/// `observe::build_event` for an inbound exchange, with or without its pseudonymisation calls.
+fn build_event(
+    method: &Method,
+    peer: Option<&PeerIdentity>,
+    response: &Resp,
+    pseudonyms: Option<&Pseudonymiser>,
+) -> AuditEvent {
+    let record = response.extensions().get::<DecisionRecord>();
+    let deny = response.extensions().get::<DenyReason>();
+    let (decision, reason) = match (record, deny) {
+        (Some(r), _) => (
+            match r.outcome {
+                Outcome::Allow => audit::Decision::Allow,
+                Outcome::Deny => audit::Decision::Deny,
+                Outcome::WouldDeny => audit::Decision::WouldDeny,
+            },
+            r.reason,
+        ),
+        (None, Some(d)) => (audit::Decision::Refused, d.code()),
+        (None, None) => (audit::Decision::Allow, "forwarded"),
+    };
+    let mut event = AuditEvent::new(
+        audit::Direction::Inbound,
+        decision,
+        Label::sanitized(reason),
+    );
+    event.set_method(method.as_str());
+    event.status = Some(response.status().as_u16());
+    if let Some(r) = record {
+        event.route = r.route_id.as_deref().map(Label::sanitized);
+        event.rule = r.rule.and_then(|i| u32::try_from(i).ok());
+        event.route_template = r.route_template.as_deref().map(Text::sanitized);
+    }
+    if let Some(ids) = response.extensions().get::<RequestIds>() {
+        event.request_id = ids.request_id.to_str().ok().map(Label::sanitized);
+        event.trace_id = Some(Label::sanitized(&ids.trace_id));
+    }
+    if let (Some(pseudonyms), Some(path)) =
+        (pseudonyms, response.extensions().get::<CanonicalPath>())
+    {
+        let hidden = record.map(|r| r.personal_params.as_slice()).unwrap_or(&[]);
+        let template = record.and_then(|r| r.route_template.as_deref());
+        let path = match template {
+            Some(t) if !hidden.is_empty() => {
+                let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+                pseudonymise_path(t, path.as_str(), &hidden, pseudonyms)
+            }
+            _ => path.as_str().to_owned(),
+        };
+        event.path = Some(Text::sanitized(&path));
+    }
+    if let Some(peer) = peer {
+        event.peer = Some(Text::sanitized(peer.spiffe_id.as_str()));
+    }
+    if let Some(p) = response.extensions().get::<Arc<Principal>>() {
+        event.issuer = Some(Text::sanitized(&p.issuer));
+        event.client_id = p.client_id.as_deref().map(Label::sanitized);
+        if let Some(pseudonyms) = pseudonyms {
+            if let Some(s) = &p.subject {
+                event.set_subject(pseudonyms, s);
+            }
+            if let Some(n) = &p.national_id {
+                event.set_national_id(pseudonyms, n);
+            }
+        }
+        event.loa = Some(Label::sanitized(p.loa.as_str()));
+        event.amr = p.amr.iter().map(|a| Label::sanitized(a)).collect();
+    }
+    event
+}
+
+/// What `AuditGuard::drop` adds before handing the event to the log.
+fn finish(event: &mut AuditEvent) {
+    event.bytes_in = Some(0);
+    event.bytes_out = Some(14);
+    event.duration_ms = Some(0);
+}
+
+/// An in-memory writer for the sink that keeps its memory bounded over millions of lines.
+struct Buffer(Vec<u8>);
+
+impl Write for Buffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.0.len() > 1 << 20 {
+            self.0.clear();
+        }
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn audit_event(c: &mut Criterion) {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    let pseudonyms = Pseudonymiser::from_secret("k1", &[7; 32]);
+    let peer = PeerIdentity {
+        spiffe_id: PEER.parse().expect("peer id"),
+        cert_sha256: [0xab; 32],
+    };
+    let principal = principal(&rt);
+    assert_eq!(principal.national_id.as_deref(), Some(NATIONAL_ID));
+    let response = allowed_response(principal.clone(), &peer);
+    let method = Method::GET;
+
+    // The complete event, checked once: allowed, and nothing personal in clear.
+    let mut sample = build_event(&method, Some(&peer), &response, Some(&pseudonyms));
+    finish(&mut sample);
+    sample.seq = 42;
+    sample.prev = ChainHash([0x5a; 32]);
+    let line = serde_json::to_string(&sample).expect("serialise");
+    assert!(line.contains("\"decision\":\"allow\""), "{line}");
+    assert!(line.contains("\"national_id_pseudonym\":\"k1:"), "{line}");
+    assert!(!line.contains(NATIONAL_ID), "national id in clear: {line}");
+    eprintln!("audit line: {} bytes", line.len());
+
+    let mut group = c.benchmark_group("audit");
+    group.bench_function("build", |b| {
+        b.iter(|| {
+            build_event(
+                black_box(&method),
+                Some(black_box(&peer)),
+                black_box(&response),
+                None,
+            )
+        })
+    });
+    group.bench_function("pseudonymise national id", |b| {
+        let mut event = build_event(&method, Some(&peer), &response, None);
+        b.iter(|| event.set_national_id(black_box(&pseudonyms), black_box(NATIONAL_ID)))
+    });
+    group.bench_function("pseudonymise path", |b| {
+        b.iter(|| {
+            pseudonymise_path(
+                black_box("/patients/{pid}/journal"),
+                black_box("/patients/12345678901/journal"),
+                &["pid"],
+                &pseudonyms,
+            )
+        })
+    });
+    group.bench_function("serialise", |b| {
+        b.iter(|| serde_json::to_string(black_box(&sample)).expect("serialise"))
+    });
+    group.bench_function("build+pseudonymise+serialise", |b| {
+        b.iter(|| {
+            let mut event = build_event(
+                black_box(&method),
+                Some(black_box(&peer)),
+                black_box(&response),
+                Some(black_box(&pseudonyms)),
+            );
+            finish(&mut event);
+            serde_json::to_string(&event).expect("serialise")
+        })
+    });
+    // Observe also builds a `client_disconnected` stand-in per request (replaced once the
+    // response exists): one more event id, timestamp and method label.
+    group.bench_function("stand-in event (client_disconnected guard)", |b| {
+        b.iter(|| {
+            let mut event = AuditEvent::new(
+                audit::Direction::Inbound,
+                audit::Decision::Refused,
+                Label::sanitized("client_disconnected"),
+            );
+            event.set_method(black_box(&method).as_str());
+            event
+        })
+    });
+    // The chain's share of sealing: SHA-256 of the line.
+    group.bench_function("line hash (SHA-256)", |b| {
+        b.iter(|| line_hash(black_box(line.as_bytes())))
+    });
+    // The writer thread, per event: seal (seq, prev, serialise, SHA-256), then the sink's write
+    // (one line per batch here; the real writer batches whatever is queued, up to 512).
+    group.bench_function("chain + write to an in-memory buffer", |b| {
+        let mut chain = ChainWriter::new();
+        let mut sink = WriterSink::new(Buffer(Vec::with_capacity(2 << 20)), "memory");
+        b.iter_batched(
+            || sample.clone(),
+            |event| {
+                let line = chain.seal(event).expect("seal");
+                sink.write(std::slice::from_ref(&line)).expect("write");
+            },
+            BatchSize::SmallInput,
+        )
+    });
+    group.finish();
+}
+
+criterion_group!(benches, audit_event);
+criterion_main!(benches);
