@@ -8,11 +8,13 @@
 //! principal from a real token of the dev issuer (issuer, client id, subject and national id
 //! pseudonymised, level, amr), decision and reason, request and trace ids.
 //!
-//! `observe::build_event` is private, so [`build_event`] below repeats it line for line with the
+//! "audit/build+pseudonymise+serialise" calls `vakt::observe::build_event` itself. To measure
+//! the build without the pseudonyms, [`build_event`] below repeats it line for line with the
 //! public API it calls (`AuditEvent::new`, `set_method`, `Label`/`Text::sanitized`,
-//! `pseudonymise_path`, `set_subject`, `set_national_id`); "audit/build" is that function
-//! without the three pseudonymisation calls. Serialisation is what `ChainWriter::seal` does per
-//! event (`serde_json::to_string`); "audit/chain + write to an in-memory buffer" is the writer
+//! `pseudonymise_path`, `set_subject`, `set_national_id`), the three pseudonymisation calls
+//! optional; setup checks that with them it yields the same event as the real one, so the copy
+//! cannot drift unnoticed. Serialisation is what `ChainWriter::seal` does per event
+//! (`serde_json::to_string`); "audit/chain + write to an in-memory buffer" is the writer
 //! thread's per-event work (seal: seq/prev, serialise, SHA-256; then `Sink::write`).
 
 use std::hint::black_box;
@@ -22,6 +24,7 @@ use std::sync::Arc;
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::{HeaderMap, Method, Response, StatusCode};
+use vakt::Direction;
 use vakt::audit::{
     self, AuditEvent, ChainHash, ChainWriter, Label, Sink, Text, WriterSink, line_hash,
     pseudonymise_path,
@@ -35,6 +38,7 @@ use vakt::authn::{IssuerConfig, OidcConfig};
 use vakt::error::DenyReason;
 use vakt::hygiene::{RequestIds, ensure_request_id, ensure_traceparent};
 use vakt::identity::PeerIdentity;
+use vakt::observe;
 use vakt::policy::path::{CanonicalPath, canonicalize};
 use vakt::policy::stage::{DecisionRecord, Outcome};
 use vakt::policy::{Policy, PolicyContext, RequestCtx, evaluate};
@@ -113,17 +117,8 @@ fn allowed_response(principal: Arc<Principal>, peer: &PeerIdentity) -> Resp {
         },
     );
     assert!(decision.allowed, "bench request must be allowed");
-    // `DecisionRecord::from_decision` is private; the same fields, the same way.
-    let route = &policy.routes[decision.route.expect("matched a route")];
-    let record = DecisionRecord {
-        route_id: Some(route.id.clone()),
-        route_template: Some(route.pattern.to_string().into()),
-        personal_params: route.personal_params.clone(),
-        rule: decision.rule,
-        mode: decision.mode,
-        outcome: Outcome::Allow,
-        reason: decision.reason.code(),
-    };
+    let record = DecisionRecord::from_decision(&policy, &decision);
+    assert_eq!(record.outcome, Outcome::Allow);
     assert!(!record.personal_params.is_empty(), "{{pid}} is personal");
     let mut headers = HeaderMap::new();
     let ids = RequestIds {
@@ -140,7 +135,8 @@ fn allowed_response(principal: Arc<Principal>, peer: &PeerIdentity) -> Resp {
     response
 }
 
-/// `observe::build_event` for an inbound exchange, with or without its pseudonymisation calls.
+/// `vakt::observe::build_event` for an inbound exchange, with or without its pseudonymisation
+/// calls.
 fn build_event(
     method: &Method,
     peer: Option<&PeerIdentity>,
@@ -248,8 +244,21 @@ fn audit_event(c: &mut Criterion) {
     let response = allowed_response(principal.clone(), &peer);
     let method = Method::GET;
 
-    // The complete event, checked once: allowed, and nothing personal in clear.
-    let mut sample = build_event(&method, Some(&peer), &response, Some(&pseudonyms));
+    // The complete event, checked once: allowed, and nothing personal in clear; and the copy
+    // below (with its pseudonymisation calls) builds exactly what the request path builds.
+    let mut sample = observe::build_event(
+        Direction::Inbound,
+        &method,
+        Some(&peer),
+        &response,
+        &pseudonyms,
+    );
+    let mut copy = build_event(&method, Some(&peer), &response, Some(&pseudonyms));
+    (copy.id, copy.time) = (sample.id, sample.time);
+    assert_eq!(
+        copy, sample,
+        "benches/audit.rs build_event has drifted from observe's"
+    );
     finish(&mut sample);
     sample.seq = 42;
     sample.prev = ChainHash([0x5a; 32]);
@@ -289,11 +298,12 @@ fn audit_event(c: &mut Criterion) {
     });
     group.bench_function("build+pseudonymise+serialise", |b| {
         b.iter(|| {
-            let mut event = build_event(
+            let mut event = observe::build_event(
+                Direction::Inbound,
                 black_box(&method),
                 Some(black_box(&peer)),
                 black_box(&response),
-                Some(black_box(&pseudonyms)),
+                black_box(&pseudonyms),
             );
             finish(&mut event);
             serde_json::to_string(&event).expect("serialise")

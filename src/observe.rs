@@ -149,8 +149,9 @@ fn audit_direction(direction: Direction) -> audit::Direction {
     }
 }
 
-/// The audit event for a finished exchange, from what the stages left in the extensions.
-fn build_event(
+/// The audit event for a finished exchange, from what the stages left in the extensions
+/// (public so `benches/audit.rs` measures this very function).
+pub fn build_event(
     direction: Direction,
     method: &http::Method,
     peer: Option<&PeerIdentity>,

@@ -51,7 +51,8 @@ impl Outcome {
 }
 
 impl DecisionRecord {
-    fn from_decision(policy: &Policy, decision: &Decision) -> Self {
+    /// What the policy stage records for `decision` (public for the audit benchmark).
+    pub fn from_decision(policy: &Policy, decision: &Decision) -> Self {
         let outcome = match (decision.allowed, decision.would_deny) {
             (true, None) => Outcome::Allow,
             (true, Some(_)) => Outcome::WouldDeny,
