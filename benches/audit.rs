@@ -14,6 +14,8 @@
 //! (`serde_json::to_string`); "audit/chain + write to an in-memory buffer" is the writer
 //! thread's per-event work (seal: seq/prev, serialise, SHA-256; then `Sink::write`).
 
+mod common;
+
 use std::hint::black_box;
 use std::io::Write;
 use std::sync::Arc;
@@ -27,10 +29,6 @@ use vakt::audit::{
 };
 use vakt::authn::Principal;
 use vakt::authn::devidp::{self, DevIdp, KeyStore, Level, MintOptions, Person};
-use vakt::authn::http_client::IdpClient;
-use vakt::authn::jwks::IssuerKeys;
-use vakt::authn::verify::Verifier;
-use vakt::authn::{IssuerConfig, OidcConfig};
 use vakt::hygiene::{RequestIds, ensure_request_id, ensure_traceparent};
 use vakt::identity::PeerIdentity;
 use vakt::observe;
@@ -53,20 +51,7 @@ fn principal(rt: &tokio::runtime::Runtime) -> Arc<Principal> {
     let idp = rt
         .block_on(DevIdp::start(([127, 0, 0, 1], 0).into(), keys, ""))
         .expect("dev idp");
-    let oidc: OidcConfig = serde_saphyr::from_str(&format!(
-        "issuers:\n  - issuer: {}\n    profile: helseid\n    audiences: [bench]\n    algorithms: [RS256]\n    allow_insecure_loopback: true\n",
-        idp.issuer
-    ))
-    .expect("bench oidc config");
-    let issuer: IssuerConfig = oidc.issuers[0].clone();
-    let keys = Arc::new(IssuerKeys::new(
-        Arc::new(issuer),
-        &oidc,
-        IdpClient::new().expect("client"),
-    ));
-    rt.block_on(keys.refresh("scheduled"))
-        .expect("JWKS fetched");
-    let verifier = Verifier::new(vec![keys], &oidc);
+    let verifier = common::verifier(rt, &idp, 1000);
     let person = Person {
         sub: "citizen-1".into(),
         national_id: Some(NATIONAL_ID.into()),

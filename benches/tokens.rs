@@ -4,30 +4,11 @@
 use std::hint::black_box;
 use std::sync::Arc;
 
+mod common;
+
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use vakt::authn::devidp::{self, Alg, DevIdp, KeyStore, MintOptions, Person};
-use vakt::authn::http_client::IdpClient;
-use vakt::authn::jwks::IssuerKeys;
-use vakt::authn::verify::Verifier;
-use vakt::authn::{IssuerConfig, OidcConfig};
-
-fn verifier(rt: &tokio::runtime::Runtime, idp: &DevIdp, cache: usize) -> Verifier {
-    let oidc: OidcConfig = serde_saphyr::from_str(&format!(
-        "verified_token_cache: {cache}\nissuers:\n  - issuer: {}\n    profile: helseid\n    audiences: [bench]\n    algorithms: [RS256, PS256, ES256]\n    allow_insecure_loopback: true\n",
-        idp.issuer
-    ))
-    .expect("bench oidc config");
-    let issuer: IssuerConfig = oidc.issuers[0].clone();
-    let keys = Arc::new(IssuerKeys::new(
-        Arc::new(issuer),
-        &oidc,
-        IdpClient::new().expect("client"),
-    ));
-    rt.block_on(keys.refresh("scheduled"))
-        .expect("JWKS fetched");
-    Verifier::new(vec![keys], &oidc)
-}
 
 fn tokens(c: &mut Criterion) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -44,8 +25,8 @@ fn tokens(c: &mut Criterion) {
         ..Person::default()
     };
     let claims = devidp::claims(devidp::Profile::HelseId, &person);
-    let cold = verifier(&rt, &idp, 1);
-    let warm = verifier(&rt, &idp, 1000);
+    let cold = common::verifier(&rt, &idp, 1);
+    let warm = common::verifier(&rt, &idp, 1000);
     let mut group = c.benchmark_group("verify");
     for alg in [Alg::RS256, Alg::PS256, Alg::ES256] {
         let minted: Vec<String> = (0..64)

@@ -1,0 +1,29 @@
+//! Set-up shared by the criterion benches (`mod common;` in each): a verifier loaded from the
+//! dev issuer's real JWKS over HTTP.
+
+use std::sync::Arc;
+
+use vakt::authn::devidp::DevIdp;
+use vakt::authn::http_client::IdpClient;
+use vakt::authn::jwks::IssuerKeys;
+use vakt::authn::verify::Verifier;
+use vakt::authn::{IssuerConfig, OidcConfig};
+
+/// A verifier for `idp`'s tokens (audience `bench`, HelseID claims, RS256/PS256/ES256) with a
+/// verified-token cache of `cache` entries, its keys fetched once.
+pub fn verifier(rt: &tokio::runtime::Runtime, idp: &DevIdp, cache: usize) -> Verifier {
+    let oidc: OidcConfig = serde_saphyr::from_str(&format!(
+        "verified_token_cache: {cache}\nissuers:\n  - issuer: {}\n    profile: helseid\n    audiences: [bench]\n    algorithms: [RS256, PS256, ES256]\n    allow_insecure_loopback: true\n",
+        idp.issuer
+    ))
+    .expect("bench oidc config");
+    let issuer: IssuerConfig = oidc.issuers[0].clone();
+    let keys = Arc::new(IssuerKeys::new(
+        Arc::new(issuer),
+        &oidc,
+        IdpClient::new().expect("client"),
+    ));
+    rt.block_on(keys.refresh("scheduled"))
+        .expect("JWKS fetched");
+    Verifier::new(vec![keys], &oidc)
+}
