@@ -28,7 +28,7 @@ use vakt::audit::{
     self, AuditEvent, ChainHash, ChainWriter, Label, Sink, WriterSink, line_hash, pseudonymise_path,
 };
 use vakt::authn::Principal;
-use vakt::authn::devidp::{self, DevIdp, KeyStore, Level, MintOptions, Person};
+use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
 use vakt::hygiene::{RequestIds, ensure_request_id, ensure_traceparent};
 use vakt::identity::PeerIdentity;
 use vakt::observe;
@@ -52,16 +52,7 @@ fn principal(rt: &tokio::runtime::Runtime) -> Arc<Principal> {
         .block_on(DevIdp::start(([127, 0, 0, 1], 0).into(), keys, ""))
         .expect("dev idp");
     let verifier = common::verifier(rt, &idp, 1000);
-    let person = Person {
-        sub: "citizen-1".into(),
-        national_id: Some(NATIONAL_ID.into()),
-        level: Level::High,
-        amr: vec!["BankID".into()],
-        client_id: "journal-web".into(),
-        scopes: vec!["journal.read".into()],
-        audience: "bench".into(),
-        ..Person::default()
-    };
+    let person = common::citizen(NATIONAL_ID, "bench");
     let token = idp
         .mint(
             devidp::claims(devidp::Profile::HelseId, &person),

@@ -24,6 +24,8 @@
 //! writer thread runs beside it, so on a small machine it competes with the measured loop for
 //! CPU: compare figures from the same run.
 
+mod common;
+
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceExt;
 use vakt::Direction;
 use vakt::audit::{AuditConfig, AuditLog, FileSink, FileSinkConfig, FsyncPolicy};
-use vakt::authn::devidp::{self, DevIdp, KeyStore, Level, MintOptions, Person};
+use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
 use vakt::authn::http_client::IdpClient;
 use vakt::authn::jwks::IssuerKeys;
 use vakt::authn::stage::Authenticate;
@@ -279,16 +281,7 @@ async fn setup() -> Bench {
         BoxStack::new(app),
     );
 
-    let person = Person {
-        sub: "citizen-1".into(),
-        national_id: Some(NATIONAL_ID.into()),
-        level: Level::High,
-        amr: vec!["BankID".into()],
-        client_id: "journal-web".into(),
-        scopes: vec!["journal.read".into()],
-        audience: "journal-api".into(),
-        ..Person::default()
-    };
+    let person = common::citizen(NATIONAL_ID, "journal-api");
     let claims = devidp::claims(devidp::Profile::HelseId, &person);
     let options = MintOptions {
         lifetime: Duration::from_secs(3600),

@@ -42,6 +42,25 @@ impl Next {
     }
 }
 
+/// What a stage can wrap: an always-ready, shareable service whose future is already boxed.
+pub trait StageInner:
+    Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> StageInner for S where
+    S: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A service called through a shared reference. Every service in vakt's stacks is always
 /// ready (they apply no backpressure of their own), so `call` without `poll_ready` is sound.
 /// Stages hold the rest of the stack as `Arc<dyn Callable>`: a request costs one reference
@@ -54,11 +73,7 @@ struct Shared<S>(S);
 
 impl<S> Callable for Shared<S>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: StageInner,
 {
     fn call(&self, req: Req) -> ResponseFuture {
         self.0.clone().call(req)
@@ -76,11 +91,7 @@ impl<T> StageLayer<T> {
 
 impl<T, S> Layer<S> for StageLayer<T>
 where
-    S: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    S: StageInner,
 {
     type Service = StageService<T>;
     fn layer(&self, inner: S) -> Self::Service {
@@ -142,11 +153,7 @@ impl BoxStack {
     /// A stack whose future is boxed already (the stage chains below).
     fn from_stages<S>(service: S) -> Self
     where
-        S: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
-            + Clone
-            + Send
-            + Sync
-            + 'static,
+        S: StageInner,
     {
         Self(Arc::new(Shared(service)))
     }
@@ -196,11 +203,7 @@ pub fn inbound<F>(
     forward: F,
 ) -> BoxStack
 where
-    F: Service<Req, Response = Resp, Error = Infallible, Future = ResponseFuture>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
+    F: StageInner,
 {
     let stack = ServiceBuilder::new()
         // Outermost: counts and times every request and decision, whoever answered it.

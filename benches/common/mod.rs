@@ -1,9 +1,11 @@
-//! Set-up shared by the criterion benches (`mod common;` in each): a verifier loaded from the
-//! dev issuer's real JWKS over HTTP.
+//! Set-up shared by the criterion benches (`mod common;` in each; not every bench uses every
+//! item): a verifier loaded from the dev issuer's real JWKS over HTTP, and the citizen whose
+//! tokens the benches mint.
+#![allow(dead_code)]
 
 use std::sync::Arc;
 
-use vakt::authn::devidp::DevIdp;
+use vakt::authn::devidp::{DevIdp, Level, Person};
 use vakt::authn::http_client::IdpClient;
 use vakt::authn::jwks::IssuerKeys;
 use vakt::authn::verify::Verifier;
@@ -26,4 +28,18 @@ pub fn verifier(rt: &tokio::runtime::Runtime, idp: &DevIdp, cache: usize) -> Ver
     rt.block_on(keys.refresh("scheduled"))
         .expect("JWKS fetched");
     Verifier::new(vec![keys], &oidc)
+}
+
+/// A citizen at the highest level of assurance with a (test) national id, reading a journal.
+pub fn citizen(national_id: &str, audience: &str) -> Person {
+    Person {
+        sub: "citizen-1".into(),
+        national_id: Some(national_id.into()),
+        level: Level::High,
+        amr: vec!["BankID".into()],
+        client_id: "journal-web".into(),
+        scopes: vec!["journal.read".into()],
+        audience: audience.into(),
+        ..Person::default()
+    }
 }
