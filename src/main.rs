@@ -12,6 +12,10 @@ use vakt::identity::{SpiffeId, TrustDomain};
 use vakt::policy::explain::RequestSpec;
 use vakt::policy::{Policy, PolicyContext};
 
+/// See Cargo.toml: the allocator is on every request's path.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "vakt",
