@@ -194,7 +194,15 @@ routes:
 """
 
 
-def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str) -> tuple[Path, Path]:
+def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str = "") -> tuple[Path, Path]:
+    """`tag` names a second vakt mesh (`--baseline-vakt`): its own ports, policy and audit files."""
+    if tag:
+        ports = ports | {k.removesuffix(tag): v for k, v in ports.items() if k.endswith(tag)}
+    work_root, work = work, work / tag.strip("_") if tag else work
+    work.mkdir(exist_ok=True)
+    for shared in ("ca", "client", "server"):
+        if not (work / shared).exists():
+            (work / shared).symlink_to(work_root / shared)
     (work / "pseudonym.key").write_bytes(os.urandom(48).hex().encode())
     # Each file in a directory of its own, as in a pod (ConfigMap mount, log volume): vakt
     # watches the policy's directory, which must not be the one the audit log grows in.
@@ -459,6 +467,7 @@ def main() -> int:
     ap.add_argument("--sut-cpus", default="1" if ncpu > 1 else "0",
                     help="cores for everything under test (app, sidecars)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--baseline-vakt", help="a second vakt binary, measured as `vakt-base` in the same run")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
     systems_wanted = args.systems.split(",")
@@ -476,7 +485,8 @@ def main() -> int:
         log(f"work directory {work}; load on cpu {args.load_cpus}, system under test on cpu {args.sut_cpus}")
         ports = {k: free_port() for k in (
             "app", "idp", "vakt_client", "vakt_server", "vakt_client_admin", "vakt_server_admin",
-            "envoy_client", "envoy_server", "envoy_client_admin", "envoy_server_admin")}
+            "envoy_client", "envoy_server", "envoy_client_admin", "envoy_server_admin",
+            "vakt_client_base", "vakt_server_base", "vakt_client_admin_base", "vakt_server_admin_base")}
         make_pki(args.vakt, work)
 
         # The issuer (not under test: it serves discovery + JWKS at start-up and on refresh).
@@ -518,6 +528,15 @@ def main() -> int:
                 wait_ready(f"http://127.0.0.1:{ports[p]}/ready")
             log("vakt up")
             systems.append(System("vakt", f"http://127.0.0.1:{ports['vakt_client']}{PATH}", [client, server]))
+        if args.baseline_vakt:
+            # A second vakt build on the same machine in the same run (A/B of a change).
+            vs, vc = write_vakt_configs(work, ports, issuer, tag="_base")
+            server = start("vakt-base-server", [args.baseline_vakt, "run", "--config", str(vs)])
+            client = start("vakt-base-client", [args.baseline_vakt, "run", "--config", str(vc)])
+            for p in ("vakt_server_admin_base", "vakt_client_admin_base"):
+                wait_ready(f"http://127.0.0.1:{ports[p]}/ready")
+            log(f"baseline vakt ({args.baseline_vakt}) up")
+            systems.append(System("vakt-base", f"http://127.0.0.1:{ports['vakt_client_base']}{PATH}", [client, server]))
 
         for s in systems:
             if s.name != "direct":
@@ -638,7 +657,7 @@ def ratio(a: float, b: float) -> str:
 
 
 def markdown(meta: dict, summary: dict, rates: list[int]) -> str:
-    names = [n for n in ("direct", "envoy", "vakt") if n in summary]
+    names = [n for n in ("direct", "envoy", "vakt", "vakt-base") if n in summary]
     lines = [
         f"Mesh benchmark, {meta['date']}, {meta['machine']}; Envoy {meta['envoy']}.",
         f"Load generator on cpu {meta['load_cpus']}, app + both sidecars on cpu {meta['sut_cpus']}; "
