@@ -94,7 +94,7 @@ fn allowed_response(principal: Arc<Principal>, peer: &PeerIdentity) -> Resp {
     let mut headers = HeaderMap::new();
     let ids = RequestIds {
         request_id: ensure_request_id(&mut headers),
-        decision_id: uuid::Uuid::new_v4().to_string(),
+        decision_id: uuid::Uuid::new_v4(),
         trace_id: ensure_traceparent(&mut headers),
     };
     let mut response = Response::new(vakt::body::full("{\"entries\":[]}"));

@@ -189,7 +189,7 @@ impl DenyReason {
             "error": self.code(),
             "message": self.message(),
             "request_id": request_id.and_then(|v| v.to_str().ok()),
-            "decision_id": ids.map(|i| i.decision_id.as_str()),
+            "decision_id": ids.map(|i| i.decision_id.hyphenated().to_string()),
         });
         let mut response = Response::new(full(body.to_string()));
         *response.status_mut() = self.status();

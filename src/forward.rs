@@ -29,7 +29,8 @@ where
     F: FnOnce(Req, bool) -> Fut,
     Fut: Future<Output = Result<Response<Incoming>, DenyReason>>,
 {
-    let ids = req.extensions().get::<RequestIds>().cloned();
+    // Taken off the request (the client below does not read extensions): only a refusal uses them.
+    let ids = req.extensions_mut().remove::<RequestIds>();
     let upgrade = hygiene::is_upgrade_request(&req);
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     hygiene::strip_hop_by_hop(req.headers_mut(), upgrade);
@@ -164,7 +165,6 @@ impl tower::Service<Req> for ToMesh {
     fn call(&mut self, mut req: Req) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let ids = req.extensions().get::<RequestIds>().cloned();
             let checked = Self::destination(&req).and_then(|(authority, host)| {
                 if this.client.knows(&authority) {
                     Ok((authority, host))
@@ -176,7 +176,9 @@ impl tower::Service<Req> for ToMesh {
             });
             let (authority, host) = match checked {
                 Ok(found) => found,
-                Err(reason) => return Ok(reason.into_response(ids.as_ref())),
+                Err(reason) => {
+                    return Ok(reason.into_response(req.extensions().get::<RequestIds>()));
+                }
             };
             req.headers_mut().entry(HOST).or_insert(host);
             let client = this.client;

@@ -3,9 +3,11 @@
 //! Every label has a bounded set of values (direction, status class, reason codes, result):
 //! never a peer identity, path, subject or token. The catalogue lives in `docs/METRICS.md`.
 
-use std::sync::OnceLock;
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::{OnceLock, PoisonError, RwLock};
 
-use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+use metrics::{Counter, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 pub const REQUESTS: &str = "vakt_requests_total";
@@ -100,13 +102,61 @@ fn describe() {
     );
 }
 
+/// The status class label values, indexed by [`status_class_index`].
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// Index into [`STATUS_CLASSES`].
+pub fn status_class_index(status: http::StatusCode) -> usize {
+    match status.as_u16() {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    }
+}
+
 /// `2xx`, `4xx`, ... for the status class label.
 pub fn status_class(status: http::StatusCode) -> &'static str {
-    match status.as_u16() {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+    STATUS_CLASSES[status_class_index(status)]
+}
+
+/// Counter handles by label values, registered on first use. A labelled `counter!` builds its
+/// key and a fresh handle on every call (several allocations and a hash of every label), which
+/// is too much for once per request; this keeps the handle. Keys are label values from bounded
+/// sets (route ids of the policy, reason codes); past [`CounterCache::MAX`] entries (many
+/// policy generations with renamed routes) counting still works, uncached.
+pub struct CounterCache<K> {
+    handles: RwLock<HashMap<K, Counter>>,
+}
+
+impl<K: Hash + Eq + Clone> Default for CounterCache<K> {
+    fn default() -> Self {
+        Self {
+            handles: RwLock::new(HashMap::new()),
+        }
+    }
+}
+
+impl<K: Hash + Eq + Clone> CounterCache<K> {
+    pub const MAX: usize = 4096;
+
+    /// Add 1 to the counter for `key`; `register` makes its handle the first time.
+    pub fn increment(&self, key: &K, register: impl FnOnce(&K) -> Counter) {
+        if let Some(counter) = self
+            .handles
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+        {
+            counter.increment(1);
+            return;
+        }
+        let counter = register(key);
+        counter.increment(1);
+        let mut handles = self.handles.write().unwrap_or_else(PoisonError::into_inner);
+        if handles.len() < Self::MAX {
+            handles.insert(key.clone(), counter);
+        }
     }
 }

@@ -73,11 +73,42 @@ impl Auditor {
 pub struct Observe {
     direction: Direction,
     auditor: Option<Arc<Auditor>>,
+    metrics: RequestMetrics,
 }
 
 impl Observe {
+    /// Call after [`crate::metrics::install`]: the metric handles are registered here.
     pub fn new(direction: Direction, auditor: Option<Arc<Auditor>>) -> Self {
-        Self { direction, auditor }
+        Self {
+            direction,
+            auditor,
+            metrics: RequestMetrics::new(direction),
+        }
+    }
+}
+
+/// The handles of the per-request metrics of one direction, registered once.
+struct RequestMetrics {
+    /// `vakt_requests_total` by status class ([`m::STATUS_CLASSES`]).
+    requests: [metrics::Counter; 5],
+    duration: metrics::Histogram,
+    /// `vakt_policy_decisions_total` by (route, decision, reason).
+    decisions: m::CounterCache<(Option<Arc<str>>, Outcome, &'static str)>,
+    /// `vakt_requests_denied_total` by reason code.
+    denials: m::CounterCache<&'static str>,
+}
+
+impl RequestMetrics {
+    fn new(direction: Direction) -> Self {
+        let direction = direction.as_str();
+        Self {
+            requests: m::STATUS_CLASSES.map(|class| {
+                metrics::counter!(m::REQUESTS, "direction" => direction, "status_class" => class)
+            }),
+            duration: metrics::histogram!(m::REQUEST_DURATION, "direction" => direction),
+            decisions: m::CounterCache::default(),
+            denials: m::CounterCache::default(),
+        }
     }
 }
 
@@ -125,15 +156,42 @@ impl Body for Counted {
 /// Emits one audit event on drop, with what is known by then.
 struct AuditGuard {
     auditor: Arc<Auditor>,
+    /// The exchange's event once the response exists; until then the guard stands for a client
+    /// that went away, and builds that event only if it is dropped that early.
     event: Option<AuditEvent>,
+    unanswered: Option<(Direction, http::Method)>,
     started: Instant,
     bytes_in: Arc<AtomicU64>,
     bytes_out: Arc<AtomicU64>,
 }
 
+impl AuditGuard {
+    fn answered(mut self, event: AuditEvent) -> Self {
+        self.event = Some(event);
+        self.unanswered = None;
+        self
+    }
+}
+
+/// The event of an exchange dropped before any response existed.
+fn disconnected_event(direction: Direction, method: &http::Method) -> AuditEvent {
+    let mut event = AuditEvent::new(
+        audit_direction(direction),
+        audit::Decision::Refused,
+        Label::sanitized("client_disconnected"),
+    );
+    event.set_method(method.as_str());
+    event
+}
+
 impl Drop for AuditGuard {
     fn drop(&mut self) {
-        if let Some(mut event) = self.event.take() {
+        let event = self.event.take().or_else(|| {
+            self.unanswered
+                .take()
+                .map(|(direction, method)| disconnected_event(direction, &method))
+        });
+        if let Some(mut event) = event {
             event.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
             event.bytes_out = Some(self.bytes_out.load(Ordering::Relaxed));
             event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
@@ -189,7 +247,7 @@ pub fn build_event(
         event.trace_id = Some(Label::sanitized(&ids.trace_id));
     }
     if let Some(path) = response.extensions().get::<CanonicalPath>() {
-        let hidden = record.map(|r| r.personal_params.as_slice()).unwrap_or(&[]);
+        let hidden = record.map(|r| &r.personal_params[..]).unwrap_or(&[]);
         let template = record.and_then(|r| r.route_template.as_deref());
         let path = match template {
             Some(t) if !hidden.is_empty() => {
@@ -206,12 +264,9 @@ pub fn build_event(
     if let Some(p) = response.extensions().get::<Arc<Principal>>() {
         event.issuer = Some(Text::sanitized(&p.issuer));
         event.client_id = p.client_id.as_deref().map(Label::sanitized);
-        if let Some(s) = &p.subject {
-            event.set_subject(pseudonyms, s);
-        }
-        if let Some(n) = &p.national_id {
-            event.set_national_id(pseudonyms, n);
-        }
+        let made = p.pseudonyms(pseudonyms);
+        event.subject_pseudonym = made.subject.as_deref().map(audit::Pseudonym::sanitized);
+        event.national_id_pseudonym = made.national_id.as_deref().map(audit::Pseudonym::sanitized);
         event.loa = Some(Label::sanitized(p.loa.as_str()));
         event.amr = p.amr.iter().map(|a| Label::sanitized(a)).collect();
     }
@@ -239,20 +294,13 @@ impl Stage for Observe {
 
         // A guard for the exchange: if this future is dropped before a response exists
         // (client gone), the event still goes out.
-        let mut pending_guard = self.auditor.as_ref().map(|auditor| {
-            let mut event = AuditEvent::new(
-                audit_direction(self.direction),
-                audit::Decision::Refused,
-                Label::sanitized("client_disconnected"),
-            );
-            event.set_method(method.as_str());
-            AuditGuard {
-                auditor: auditor.clone(),
-                event: Some(event),
-                started,
-                bytes_in: bytes_in.clone(),
-                bytes_out: bytes_out.clone(),
-            }
+        let mut pending_guard = self.auditor.as_ref().map(|auditor| AuditGuard {
+            auditor: auditor.clone(),
+            event: None,
+            unanswered: Some((self.direction, method.clone())),
+            started,
+            bytes_in: bytes_in.clone(),
+            bytes_out: bytes_out.clone(),
         });
 
         let unavailable = self
@@ -266,18 +314,22 @@ impl Stage for Observe {
         };
 
         let status = response.status();
-        metrics::counter!(m::REQUESTS, "direction" => direction, "status_class" => m::status_class(status))
-            .increment(1);
-        metrics::histogram!(m::REQUEST_DURATION, "direction" => direction)
+        self.metrics.requests[m::status_class_index(status)].increment(1);
+        self.metrics
+            .duration
             .record(started.elapsed().as_secs_f64());
         if let Some(record) = response.extensions().get::<DecisionRecord>() {
-            let route = record.route_id.as_deref().unwrap_or("none").to_owned();
-            metrics::counter!(m::POLICY_DECISIONS, "route" => route, "decision" => record.outcome.as_str(), "reason" => record.reason)
-                .increment(1);
+            let key = (record.route_id.clone(), record.outcome, record.reason);
+            self.metrics.decisions.increment(&key, |(route, outcome, reason)| {
+                let route = route.as_deref().unwrap_or("none").to_owned();
+                metrics::counter!(m::POLICY_DECISIONS, "route" => route, "decision" => outcome.as_str(), "reason" => *reason)
+            });
         }
         if let Some(reason) = response.extensions().get::<DenyReason>() {
-            metrics::counter!(m::DENIALS, "direction" => direction, "reason" => reason.code())
-                .increment(1);
+            self.metrics.denials.increment(
+                &reason.code(),
+                |code| metrics::counter!(m::DENIALS, "direction" => direction, "reason" => *code),
+            );
             tracing::info!(
                 direction,
                 %method,
@@ -287,15 +339,15 @@ impl Stage for Observe {
             );
         }
 
-        let guard = pending_guard.take().map(|mut guard| {
-            guard.event = Some(build_event(
+        let guard = pending_guard.take().map(|guard| {
+            let event = build_event(
                 self.direction,
                 &method,
                 peer.as_ref(),
                 &response,
                 &guard.auditor.pseudonyms,
-            ));
-            guard
+            );
+            guard.answered(event)
         });
         let (parts, body) = response.into_parts();
         Resp::from_parts(

@@ -81,7 +81,10 @@ impl ChainWriter {
     pub fn seal(&mut self, mut event: AuditEvent) -> Result<SealedLine, serde_json::Error> {
         event.seq = self.position.next_seq;
         event.prev = self.position.prev;
-        let text = serde_json::to_string(&event)?;
+        // Sized for a typical event (~600-900 bytes) so serialising does not regrow the buffer.
+        let mut bytes = Vec::with_capacity(1024);
+        serde_json::to_writer(&mut bytes, &event)?;
+        let text = String::from_utf8(bytes).map_err(serde::ser::Error::custom)?;
         let hash = line_hash(text.as_bytes());
         let line = SealedLine {
             seq: event.seq,

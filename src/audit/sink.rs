@@ -478,7 +478,8 @@ impl Sink for FileSink {
     fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
         let failed = |written: usize| move |error: SinkError| WriteFailure { written, error };
         self.open().map_err(failed(0))?;
-        let mut chunk: Vec<u8> = Vec::new();
+        let mut chunk: Vec<u8> =
+            Vec::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum::<usize>());
         // Lines from index `first` are in `chunk`; all before it are in a file.
         let mut first = 0;
         for (i, line) in lines.iter().enumerate() {

@@ -18,6 +18,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
+use crate::pseudonym::Pseudonymiser;
+
 pub use profile::{Loa, Profile};
 
 /// Signature algorithms vakt can accept. `none` and HMAC never.
@@ -266,7 +268,8 @@ impl OidcConfig {
 }
 
 /// The verified end user (or client) behind a request, normalised across providers.
-#[derive(Debug, Clone)]
+/// `Debug` leaves out the subject, national id and claims (personal data).
+#[derive(Clone)]
 pub struct Principal {
     pub issuer: Arc<str>,
     pub profile: Profile,
@@ -283,6 +286,58 @@ pub struct Principal {
     pub expires_at: i64,
     /// All claims as sent, for `claims` conditions.
     pub claims: BTreeMap<String, serde_json::Value>,
+    /// Pseudonyms of `subject` and `national_id`, made on first use and kept: the principal is
+    /// cached with its token, so a request does not pay an HMAC per pseudonym (the audit event
+    /// and the app's identity headers need the same ones). Tagged with the key id made under.
+    pseudonyms: std::sync::OnceLock<(String, PrincipalPseudonyms)>,
+}
+
+/// A principal's identifiers as pseudonyms (`<key id>:<base64url HMAC>`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PrincipalPseudonyms {
+    pub subject: Option<String>,
+    pub national_id: Option<String>,
+}
+
+impl Principal {
+    /// The pseudonyms of this principal's subject and national id under `p`.
+    pub fn pseudonyms(&self, p: &Pseudonymiser) -> std::borrow::Cow<'_, PrincipalPseudonyms> {
+        let make = || PrincipalPseudonyms {
+            subject: self
+                .subject
+                .as_deref()
+                .map(|s| p.pseudonym(crate::audit::KIND_SUBJECT, s)),
+            national_id: self
+                .national_id
+                .as_deref()
+                .map(|n| p.pseudonym(crate::audit::KIND_NATIONAL_ID, n)),
+        };
+        let (key_id, memo) = self
+            .pseudonyms
+            .get_or_init(|| (p.key_id().to_owned(), make()));
+        if key_id == p.key_id() {
+            std::borrow::Cow::Borrowed(memo)
+        } else {
+            // Another key than the first caller's (not the case in a running sidecar).
+            std::borrow::Cow::Owned(make())
+        }
+    }
+}
+
+impl std::fmt::Debug for Principal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Principal")
+            .field("issuer", &self.issuer)
+            .field("profile", &self.profile)
+            .field("has_subject", &self.subject.is_some())
+            .field("has_national_id", &self.national_id.is_some())
+            .field("loa", &self.loa)
+            .field("amr", &self.amr)
+            .field("client_id", &self.client_id)
+            .field("scopes", &self.scopes)
+            .field("expires_at", &self.expires_at)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why a presented token was refused. One code per failure; all answer 401 `invalid_token`.

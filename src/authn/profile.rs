@@ -192,6 +192,7 @@ impl Profile {
             org_numbers: self.org_numbers(&claims),
             expires_at,
             claims,
+            pseudonyms: Default::default(),
         }
     }
 }
@@ -204,6 +205,37 @@ mod tests {
     fn principal(profile: Profile, claims: Value) -> Principal {
         let claims: BTreeMap<String, Value> = serde_json::from_value(claims).unwrap();
         profile.principal("https://idp".into(), claims, 0)
+    }
+
+    #[test]
+    fn pseudonyms_are_made_once_per_key_and_debug_shows_no_personal_data() {
+        use crate::pseudonym::Pseudonymiser;
+        let p = principal(
+            Profile::Helseid,
+            json!({"sub": "s1", "helseid://claims/identity/pid": "12345678901"}),
+        );
+        let key = Pseudonymiser::from_secret("k1", &[7; 32]);
+        let other = Pseudonymiser::from_secret("k2", &[8; 32]);
+        let first = p.pseudonyms(&key);
+        assert!(matches!(first, std::borrow::Cow::Borrowed(_)));
+        assert_eq!(
+            first.national_id.as_deref(),
+            Some(key.pseudonym("national_id", "12345678901").as_str())
+        );
+        assert_eq!(first.subject, Some(key.pseudonym("subject", "s1")));
+        assert_eq!(p.pseudonyms(&key).into_owned(), first.clone().into_owned());
+        // Another key is not answered from the memo.
+        let second = p.pseudonyms(&other);
+        assert!(matches!(second, std::borrow::Cow::Owned(_)));
+        assert_eq!(
+            second.national_id,
+            Some(other.pseudonym("national_id", "12345678901"))
+        );
+        let shown = format!("{p:?}");
+        assert!(
+            !shown.contains("12345678901") && !shown.contains("s1"),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -39,21 +39,19 @@ impl Stage for Authenticate {
 }
 
 async fn authenticate(verifier: &Verifier, mut req: Req, next: Next) -> Resp {
-    let ids = req.extensions().get::<RequestIds>().cloned();
-    let refuse = |issuer: &str, error: super::TokenError| {
+    let refuse = |req: &Req, issuer: &str, error: super::TokenError| {
         metrics::counter!(m::AUTHN_FAILURES, "issuer" => issuer.to_owned(), "reason" => error.code())
                 .increment(1);
         tracing::info!(issuer, reason = error.code(), "access token refused");
-        DenyReason::Token(error).into_response(ids.as_ref())
+        DenyReason::Token(error).into_response(req.extensions().get::<RequestIds>())
     };
-    let token = match extract_bearer(req.headers(), req.uri(), verifier.max_token_bytes) {
-        Ok(token) => token.map(str::to_owned),
-        Err(error) => return refuse("none", error),
+    let verified = match extract_bearer(req.headers(), req.uri(), verifier.max_token_bytes) {
+        // Verified where it lies (no copy of the token).
+        Ok(Some(token)) => verifier.verify(token).await,
+        Ok(None) => return next.run(req).await,
+        Err(error) => return refuse(&req, "none", error),
     };
-    let Some(token) = token else {
-        return next.run(req).await;
-    };
-    match verifier.verify(&token).await {
+    match verified {
         Ok(principal) => {
             if let Some(original) = req.headers_mut().remove(http::header::AUTHORIZATION) {
                 req.extensions_mut().insert(OriginalAuthorization(original));
@@ -65,7 +63,7 @@ async fn authenticate(verifier: &Verifier, mut req: Req, next: Next) -> Resp {
             let issuer = issuer
                 .map(|i| verifier.issuers()[i].config.issuer.clone())
                 .unwrap_or_else(|| "unknown".to_owned());
-            refuse(&issuer, error)
+            refuse(&req, &issuer, error)
         }
     }
 }

@@ -107,14 +107,20 @@ pub struct Verifier {
     issuers: Vec<Arc<IssuerKeys>>,
     cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
     pub max_token_bytes: usize,
+    /// `vakt_token_cache_lookups_total` for hits and misses, registered once.
+    cache_hits: metrics::Counter,
+    cache_misses: metrics::Counter,
 }
 
 impl Verifier {
+    /// Call after [`crate::metrics::install`]: the metric handles are registered here.
     pub fn new(issuers: Vec<Arc<IssuerKeys>>, config: &OidcConfig) -> Self {
         Self {
             issuers,
             cache: quick_cache::sync::Cache::new(config.verified_token_cache),
             max_token_bytes: config.max_token_bytes,
+            cache_hits: metrics::counter!(m::TOKEN_CACHE, "result" => "hit"),
+            cache_misses: metrics::counter!(m::TOKEN_CACHE, "result" => "miss"),
         }
     }
 
@@ -138,12 +144,12 @@ impl Verifier {
                     super::jwks::KeyLookup::Found(_)
                 )
             {
-                metrics::counter!(m::TOKEN_CACHE, "result" => "hit").increment(1);
+                self.cache_hits.increment(1);
                 return Ok(hit.principal.clone());
             }
             self.cache.remove(&hash);
         }
-        metrics::counter!(m::TOKEN_CACHE, "result" => "miss").increment(1);
+        self.cache_misses.increment(1);
         let (issuer, kid, principal) = self.verify_uncached(token).await?;
         let principal = Arc::new(principal);
         self.cache.insert(

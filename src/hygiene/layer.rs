@@ -25,7 +25,8 @@ pub struct FramingVerdict(pub Result<(), super::FramingError>);
 #[derive(Debug, Clone)]
 pub struct RequestIds {
     pub request_id: HeaderValue,
-    pub decision_id: String,
+    /// Rendered (hyphenated) only when a denial body shows it.
+    pub decision_id: uuid::Uuid,
     /// The W3C trace id in effect (kept or created), for the audit event.
     pub trace_id: String,
 }
@@ -113,7 +114,7 @@ impl Stage for Hygiene {
         let trace_id = ensure_traceparent(req.headers_mut());
         let ids = RequestIds {
             request_id: request_id.clone(),
-            decision_id: uuid::Uuid::new_v4().to_string(),
+            decision_id: uuid::Uuid::new_v4(),
             trace_id,
         };
         req.extensions_mut().insert(ids.clone());

@@ -375,6 +375,8 @@ pub struct Route {
     pub methods: Vec<Method>,
     pub host: Option<String>,
     pub pattern: PathPattern,
+    /// `pattern` as written, for audit events (rendered once, not per request).
+    pub template: Arc<str>,
     pub mode: Mode,
     pub public: bool,
     pub rules: Vec<Rule>,
@@ -383,7 +385,7 @@ pub struct Route {
     pub forward_token: bool,
     pub forward_national_id: bool,
     /// Path parameters bound to a national id in any rule: personal data, pseudonymised in audit.
-    pub personal_params: Vec<String>,
+    pub personal_params: Arc<[String]>,
 }
 
 #[derive(Debug)]
@@ -726,6 +728,7 @@ impl Policy {
                 id: spec.id.into(),
                 methods,
                 host,
+                template: pattern.to_string().into(),
                 pattern,
                 mode: spec.mode.unwrap_or(file.default_mode),
                 public: spec.public,
@@ -734,7 +737,7 @@ impl Policy {
                 token,
                 forward_token: spec.forward_token,
                 forward_national_id: spec.forward_national_id,
-                personal_params,
+                personal_params: personal_params.into(),
             });
         }
         if !problems.is_empty() {

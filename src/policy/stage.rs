@@ -24,7 +24,7 @@ pub struct DecisionRecord {
     /// The matched route's path pattern, for the audit event.
     pub route_template: Option<Arc<str>>,
     /// Path parameters that hold personal data (bound to a national id): pseudonymised in audit.
-    pub personal_params: Vec<String>,
+    pub personal_params: Arc<[String]>,
     pub rule: Option<usize>,
     pub mode: Mode,
     pub outcome: Outcome,
@@ -32,7 +32,7 @@ pub struct DecisionRecord {
     pub reason: &'static str,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     Allow,
     Deny,
@@ -60,8 +60,8 @@ impl DecisionRecord {
         };
         let route = decision.route.map(|r| &policy.routes[r]);
         Self {
-            route_template: route.map(|r| r.pattern.to_string().into()),
-            personal_params: route.map(|r| r.personal_params.clone()).unwrap_or_default(),
+            route_template: route.map(|r| r.template.clone()),
+            personal_params: route.map_or_else(|| Arc::from([]), |r| r.personal_params.clone()),
             route_id: decision.route.map(|r| policy.routes[r].id.clone()),
             rule: decision.rule,
             mode: decision.mode,
@@ -146,10 +146,9 @@ impl IdentityHeaders {
             set("x-vakt-org-number", org);
         }
         if let Some(nid) = &p.national_id {
-            set(
-                "x-vakt-national-id-pseudonym",
-                &self.pseudonyms.pseudonym("national_id", nid),
-            );
+            if let Some(pseudonym) = &p.pseudonyms(&self.pseudonyms).national_id {
+                set("x-vakt-national-id-pseudonym", pseudonym);
+            }
             if route.is_some_and(|r| r.forward_national_id) {
                 set("x-vakt-national-id", nid);
             }
@@ -175,10 +174,12 @@ impl PolicyStage {
 impl Stage for PolicyStage {
     async fn handle(&self, mut req: Req, next: Next) -> Resp {
         let policy = self.store.current();
-        let ids = req.extensions().get::<RequestIds>().cloned();
-        let Some(path) = req.extensions().get::<CanonicalPath>().cloned() else {
+        // Taken, not copied: nothing after this stage reads it from the request (the URI holds
+        // the same path); it goes back out in the response for the audit event.
+        let Some(path) = req.extensions_mut().remove::<CanonicalPath>() else {
             // Hygiene always sets it inbound; without it nothing can be decided: fail closed.
-            return DenyReason::Policy(super::Reason::NoRoute).into_response(ids.as_ref());
+            return DenyReason::Policy(super::Reason::NoRoute)
+                .into_response(req.extensions().get::<RequestIds>());
         };
         let host = request_host(&req);
         let principal = req.extensions().get::<Arc<Principal>>().cloned();
@@ -207,7 +208,7 @@ impl Stage for PolicyStage {
                 },
                 _ => DenyReason::Policy(decision.reason),
             };
-            let mut response = deny.into_response(ids.as_ref());
+            let mut response = deny.into_response(req.extensions().get::<RequestIds>());
             response.extensions_mut().insert(record);
             response.extensions_mut().insert(path);
             if let Some(p) = principal {
@@ -246,17 +247,22 @@ impl Stage for RateLimitStage {
         if route.rate_limit.is_none() {
             return next.run(req).await;
         }
-        let subject = req
-            .extensions()
-            .get::<Arc<Principal>>()
-            .and_then(|p| p.subject.as_ref().map(|s| format!("sub:{}|{s}", p.issuer)));
-        let peer = req
-            .extensions()
-            .get::<PeerIdentity>()
-            .map(|p| format!("peer:{}", p.spiffe_id));
-        let key = match route.rate_limit.as_ref().map(|l| l.key) {
-            Some(crate::ratelimit::LimitKey::Subject) => subject.or(peer),
-            _ => peer,
+        // Only the key this route counts by is built (one allocation, not two).
+        let key = {
+            let subject = || {
+                req.extensions()
+                    .get::<Arc<Principal>>()
+                    .and_then(|p| p.subject.as_ref().map(|s| format!("sub:{}|{s}", p.issuer)))
+            };
+            let peer = || {
+                req.extensions()
+                    .get::<PeerIdentity>()
+                    .map(|p| format!("peer:{}", p.spiffe_id))
+            };
+            match route.rate_limit.as_ref().map(|l| l.key) {
+                Some(crate::ratelimit::LimitKey::Subject) => subject().or_else(peer),
+                _ => peer(),
+            }
         };
         let Some(key) = key else {
             return next.run(req).await;
@@ -267,7 +273,7 @@ impl Stage for RateLimitStage {
         };
         metrics::counter!(m::RATE_LIMITED, "route" => route.id.to_string()).increment(1);
         let record = DecisionRecord {
-            route_template: Some(route.pattern.to_string().into()),
+            route_template: Some(route.template.clone()),
             personal_params: route.personal_params.clone(),
             route_id: Some(route.id.clone()),
             rule: None,
