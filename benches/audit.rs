@@ -133,10 +133,7 @@ fn audit_event(c: &mut Criterion) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pseudonyms = Pseudonymiser::from_secret("k1", &[7; 32]);
-    let peer = PeerIdentity {
-        spiffe_id: PEER.parse().expect("peer id"),
-        cert_sha256: [0xab; 32],
-    };
+    let peer = PeerIdentity::new(PEER.parse().expect("peer id"), [0xab; 32]);
     let principal = principal(&rt);
     assert_eq!(principal.national_id.as_deref(), Some(NATIONAL_ID));
     let response = allowed_response(principal.clone(), &peer);

@@ -106,10 +106,10 @@ fn peer_identity(pki: &DevPki) -> PeerIdentity {
     cert_sha256.copy_from_slice(
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &leaf.cert_der).as_ref(),
     );
-    PeerIdentity {
-        spiffe_id: SpiffeId::from_svid_der(&leaf.cert_der).expect("SVID"),
+    PeerIdentity::new(
+        SpiffeId::from_svid_der(&leaf.cert_der).expect("SVID"),
         cert_sha256,
-    }
+    )
 }
 
 fn config_yaml(

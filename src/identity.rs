@@ -239,6 +239,19 @@ pub struct PeerIdentity {
     pub spiffe_id: SpiffeId,
     /// SHA-256 of the peer's leaf certificate (DER), for `x-forwarded-client-cert`.
     pub cert_sha256: [u8; 32],
+    /// This connection's `x-forwarded-client-cert` value, made for its first request and shared
+    /// by the rest, with the local identity it names in `By=` (shared by every clone).
+    pub xfcc: Arc<std::sync::OnceLock<(SpiffeId, http::HeaderValue)>>,
+}
+
+impl PeerIdentity {
+    pub fn new(spiffe_id: SpiffeId, cert_sha256: [u8; 32]) -> Self {
+        Self {
+            spiffe_id,
+            cert_sha256,
+            xfcc: Arc::default(),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -105,10 +105,7 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
                 aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref(),
             );
             let h2 = session.alpn_protocol() == Some(ALPN_H2);
-            let peer = PeerIdentity {
-                spiffe_id,
-                cert_sha256,
-            };
+            let peer = PeerIdentity::new(spiffe_id, cert_sha256);
             tracing::debug!(%remote, peer = %peer.spiffe_id, h2, "mTLS connection established");
             serve_connection(tls, Some(peer), !h2, ctx).await;
         }

@@ -290,7 +290,13 @@ pub struct Principal {
     /// cached with its token, so a request does not pay an HMAC per pseudonym (the audit event
     /// and the app's identity headers need the same ones). Tagged with the key id made under.
     pseudonyms: std::sync::OnceLock<(String, PrincipalPseudonyms)>,
+    /// The identity headers for the app (`policy::stage::IdentityHeaders`), rendered for this
+    /// principal's first request and shared by the rest; tagged with the pseudonym key id.
+    pub(crate) identity_headers: std::sync::OnceLock<(String, IdentityHeaderValues)>,
 }
+
+/// Header names and values, as the policy stage sets them for the app.
+pub(crate) type IdentityHeaderValues = Arc<[(http::HeaderName, http::HeaderValue)]>;
 
 /// A principal's identifiers as pseudonyms (`<key id>:<base64url HMAC>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

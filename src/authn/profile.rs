@@ -193,6 +193,7 @@ impl Profile {
             expires_at,
             claims,
             pseudonyms: Default::default(),
+            identity_headers: Default::default(),
         }
     }
 }

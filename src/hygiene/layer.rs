@@ -81,7 +81,15 @@ impl Hygiene {
                 .as_ref()
                 .map(|c| c.current().material.identity.clone())
                 .ok_or(DenyReason::NoPeerIdentity)?;
-            let xfcc = xfcc_value(by.as_str(), &peer.cert_sha256, peer.spiffe_id.as_str());
+            let xfcc = match peer.xfcc.get() {
+                Some((made_by, value)) if *made_by == by => value.clone(),
+                _ => {
+                    let value = xfcc_value(by.as_str(), &peer.cert_sha256, peer.spiffe_id.as_str());
+                    // First request of the connection (a changed local identity is not kept).
+                    let _ = peer.xfcc.set((by, value.clone()));
+                    value
+                }
+            };
             req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, xfcc);
         }
         Ok(())

@@ -119,10 +119,34 @@ impl IdentityHeaders {
         if route.is_some_and(|r| r.token == super::TokenRequirement::None) {
             return;
         }
+        let key_id = self.pseudonyms.key_id();
+        let rendered = match p.identity_headers.get() {
+            Some((made_with, values)) if made_with == key_id => values.clone(),
+            _ => {
+                let values: crate::authn::IdentityHeaderValues = self.render(p).into();
+                let _ = p.identity_headers.set((key_id.to_owned(), values.clone()));
+                values
+            }
+        };
+        let headers = req.headers_mut();
+        headers.reserve(rendered.len() + 1);
+        for (name, value) in rendered.iter() {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(nid) = &p.national_id
+            && route.is_some_and(|r| r.forward_national_id)
+            && let Ok(value) = http::HeaderValue::from_str(nid)
+        {
+            headers.insert(http::HeaderName::from_static("x-vakt-national-id"), value);
+        }
+    }
+
+    /// The principal's headers that do not depend on the route (the raw national id does).
+    fn render(&self, p: &Principal) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        let mut out = Vec::with_capacity(9);
         let mut set = |name: &'static str, value: &str| {
             if let Ok(v) = http::HeaderValue::from_str(value) {
-                req.headers_mut()
-                    .insert(http::HeaderName::from_static(name), v);
+                out.push((http::HeaderName::from_static(name), v));
             }
         };
         set("x-vakt-issuer", &p.issuer);
@@ -145,14 +169,10 @@ impl IdentityHeaders {
         if let Some(org) = p.org_numbers.first() {
             set("x-vakt-org-number", org);
         }
-        if let Some(nid) = &p.national_id {
-            if let Some(pseudonym) = &p.pseudonyms(&self.pseudonyms).national_id {
-                set("x-vakt-national-id-pseudonym", pseudonym);
-            }
-            if route.is_some_and(|r| r.forward_national_id) {
-                set("x-vakt-national-id", nid);
-            }
+        if let Some(pseudonym) = &p.pseudonyms(&self.pseudonyms).national_id {
+            set("x-vakt-national-id-pseudonym", pseudonym);
         }
+        out
     }
 }
 
