@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -117,6 +118,16 @@ class Proc:
             start_new_session=True,
         )
         self.pid = self.popen.pid
+        # Highest anonymous and file-backed resident memory seen by `sample` (VmHWM has only the
+        # total): the file-backed part is the binary's code, shared with every process of it.
+        self.peak_kb = {"RssAnon": 0, "RssFile": 0}
+
+    def sample(self) -> None:
+        try:
+            for key in self.peak_kb:
+                self.peak_kb[key] = max(self.peak_kb[key], self.status_kb(key))
+        except (OSError, ValueError):
+            pass
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -481,6 +492,14 @@ def main() -> int:
         return p
 
     started = time.time()
+    sampling = threading.Event()
+
+    def sample_memory() -> None:
+        while not sampling.wait(0.2):
+            for p in list(procs):
+                p.sample()
+
+    threading.Thread(target=sample_memory, daemon=True).start()
     try:
         log(f"work directory {work}; load on cpu {args.load_cpus}, system under test on cpu {args.sut_cpus}")
         ports = {k: free_port() for k in (
@@ -568,8 +587,10 @@ def main() -> int:
                 if not p.alive():
                     raise RuntimeError(f"{p.name} died; see {p.log_path}")
         peak_rss = {s.name: [p.status_kb("VmHWM") for p in s.procs] for s in systems}
+        sampling.set()
+        peak_split = {s.name: [(p.peak_kb["RssAnon"], p.peak_kb["RssFile"]) for p in s.procs] for s in systems}
 
-        summary = summarise(systems, results, rates, idle_rss, peak_rss)
+        summary = summarise(systems, results, rates, idle_rss, peak_rss, peak_split)
         server_audit = work / "audit" / "server.log"
         audit_lines = sum(1 for _ in open(server_audit)) if server_audit.exists() else 0
         meta = {
@@ -627,7 +648,7 @@ def cpu_model() -> str:
     return "unknown cpu"
 
 
-def summarise(systems, results, rates, idle_rss, peak_rss) -> dict:
+def summarise(systems, results, rates, idle_rss, peak_rss, peak_split) -> dict:
     summary = {}
     for s in systems:
         r = results[s.name]
@@ -646,6 +667,8 @@ def summarise(systems, results, rates, idle_rss, peak_rss) -> dict:
             },
             "idle_rss_mb": [round(kb / 1024, 1) for kb in idle_rss[s.name]],
             "peak_rss_mb": [round(kb / 1024, 1) for kb in peak_rss[s.name]],
+            "peak_anon_rss_mb": [round(a / 1024, 1) for a, _ in peak_split[s.name]],
+            "peak_file_rss_mb": [round(f / 1024, 1) for _, f in peak_split[s.name]],
         }
     return summary
 
@@ -690,6 +713,10 @@ def markdown(meta: dict, summary: dict, rates: list[int]) -> str:
         {n: max(summary[n]["idle_rss_mb"]) for n in proxies}, "{:.1f}")
     row("peak RSS, MB (max of the two sidecars)",
         {n: max(summary[n]["peak_rss_mb"]) for n in proxies}, "{:.1f}")
+    row("of which anonymous (heap, stacks), MB, sampled peak",
+        {n: max(summary[n]["peak_anon_rss_mb"]) for n in proxies}, "{:.1f}")
+    row("of which file-backed (the binary's code, shared), MB, sampled peak",
+        {n: max(summary[n]["peak_file_rss_mb"]) for n in proxies}, "{:.1f}")
     row("non-2xx responses (all runs)", {n: summary[n]["non_2xx"] for n in names}, "{:.0f}")
     row("socket errors (all runs)", {n: summary[n]["socket_errors"] for n in names}, "{:.0f}")
     lines.append("")
