@@ -160,3 +160,53 @@ impl<K: Hash + Eq + Clone> CounterCache<K> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn count(page: &str, line_start: &str) -> Option<u64> {
+        page.lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn counter_cache_counts_every_call_registers_once_and_stays_bounded() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let handle = recorder.handle();
+        let cache: CounterCache<String> = CounterCache::default();
+        let registered = std::sync::atomic::AtomicUsize::new(0);
+        metrics::with_local_recorder(&recorder, || {
+            let register = |key: &String| {
+                registered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                metrics::counter!("cache_test_total", "key" => key.clone())
+            };
+            for _ in 0..3 {
+                cache.increment(&"a".to_owned(), register);
+            }
+            cache.increment(&"b".to_owned(), register);
+            // Past the bound: still counted, just not kept.
+            for i in 0..CounterCache::<String>::MAX + 10 {
+                cache.increment(&format!("k{i}"), register);
+            }
+            cache.increment(&"k4100".to_owned(), register);
+        });
+        let page = handle.render();
+        assert_eq!(
+            count(&page, r#"cache_test_total{key="a"}"#),
+            Some(3),
+            "{page}"
+        );
+        assert_eq!(count(&page, r#"cache_test_total{key="b"}"#), Some(1));
+        assert_eq!(count(&page, r#"cache_test_total{key="k4100"}"#), Some(2));
+        let kept = cache.handles.read().unwrap().len();
+        assert_eq!(kept, CounterCache::<String>::MAX);
+        // "a" and "b" registered once each; every key past the bound on each call.
+        assert_eq!(
+            registered.load(std::sync::atomic::Ordering::Relaxed),
+            CounterCache::<String>::MAX + 10 + 2 + 1
+        );
+    }
+}
