@@ -486,60 +486,27 @@ fn inbound_stack(c: &mut Criterion) {
 
     let mut group = c.benchmark_group("stack");
     let misses = bench.token_cache_misses();
-    group.bench_function("allowed, token cached (1 token)", |b| {
-        b.iter_custom(|iters| {
-            run(
-                &rt,
-                &bench,
-                &bench.stack,
-                ALLOWED_PATH,
-                &bench.bearers[..1],
-                StatusCode::OK,
-                iters,
-            )
-        })
-    });
-    group.bench_function("allowed, 1,000 tokens in rotation", |b| {
-        b.iter_custom(|iters| {
-            run(
-                &rt,
-                &bench,
-                &bench.stack,
-                ALLOWED_PATH,
-                &bench.bearers,
-                StatusCode::OK,
-                iters,
-            )
-        })
-    });
-    bench.assert_no_audit_loss();
-    group.bench_function("denied no_route", |b| {
-        b.iter_custom(|iters| {
-            run(
-                &rt,
-                &bench,
-                &bench.stack,
-                NO_ROUTE_PATH,
-                &bench.bearers[..1],
-                StatusCode::FORBIDDEN,
-                iters,
-            )
-        })
-    });
+    let allowed = (ALLOWED_PATH, StatusCode::OK);
+    let denied = (NO_ROUTE_PATH, StatusCode::FORBIDDEN);
+    // (name, path and the status it must get, how many tokens in rotation)
+    let audited = [
+        ("allowed, token cached (1 token)", allowed, 1),
+        ("allowed, 1,000 tokens in rotation", allowed, ROTATION),
+        ("denied no_route", denied, 1),
+    ];
+    for (name, (path, expected), tokens) in audited {
+        let bearers = &bench.bearers[..tokens];
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| run(&rt, &bench, &bench.stack, path, bearers, expected, iters))
+        });
+        bench.assert_no_audit_loss();
+    }
     // Let the audit writer catch up first, so it does not run during the contrast.
     rt.block_on(bench.drain_audit());
+    let (path, expected) = allowed;
+    let (bearers, unaudited) = (&bench.bearers[..1], &bench.unaudited);
     group.bench_function("allowed, token cached, no audit log (contrast)", |b| {
-        b.iter_custom(|iters| {
-            run(
-                &rt,
-                &bench,
-                &bench.unaudited,
-                ALLOWED_PATH,
-                &bench.bearers[..1],
-                StatusCode::OK,
-                iters,
-            )
-        })
+        b.iter_custom(|iters| run(&rt, &bench, unaudited, path, bearers, expected, iters))
     });
     group.finish();
     bench.assert_no_audit_loss();
