@@ -113,6 +113,8 @@ impl App {
             on_failure: config.audit.on_audit_failure,
             capacity: config.audit.queue_capacity,
         });
+        // Alerts compare the queue's depth with its capacity (a full queue refuses requests).
+        metrics::gauge!(crate::metrics::AUDIT_QUEUE_CAPACITY).set(auditor.capacity as f64);
         listeners.push(spawn_audit_gauges(auditor.log.clone(), shutdown_rx.clone()));
         let verifier = match &config.oidc {
             None => None,

@@ -27,6 +27,7 @@ pub const RATE_LIMITED: &str = "vakt_rate_limited_total";
 pub const AUDIT_WRITTEN: &str = "vakt_audit_events_written_total";
 pub const AUDIT_DROPPED: &str = "vakt_audit_events_dropped_total";
 pub const AUDIT_QUEUE: &str = "vakt_audit_queue_depth";
+pub const AUDIT_QUEUE_CAPACITY: &str = "vakt_audit_queue_capacity";
 pub const AUDIT_HEALTHY: &str = "vakt_audit_sink_healthy";
 pub const AUTHN_FAILURES: &str = "vakt_authn_failures_total";
 pub const TOKEN_CACHE: &str = "vakt_token_cache_lookups_total";

@@ -889,6 +889,17 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             "vakt_policy_decisions_total",
             "decision=\"would_deny\"",
         ),
+        (
+            "VaktAuditEventsDropped",
+            "vakt_audit_events_dropped_total",
+            "increase(",
+        ),
+        ("VaktAuditSinkFailing", "vakt_audit_sink_healthy", "== 0"),
+        (
+            "VaktAuditQueueFilling",
+            "vakt_audit_queue_capacity",
+            "vakt_audit_queue_depth{",
+        ),
     ] {
         let rule = rules
             .get(alert)
@@ -917,7 +928,7 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             .contains("sum by (namespace, route)"),
         "{label}: denials by route"
     );
-    assert_eq!(rules.len(), 7, "{label}: {:?}", rules.keys());
+    assert_eq!(rules.len(), 10, "{label}: {:?}", rules.keys());
 }
 
 // ---- the tests ---------------------------------------------------------------------------------
