@@ -285,11 +285,16 @@ impl Stage for Observe {
         // Only the verified peer is known this early (the listener set it); request and decision
         // ids, path and principal come back in the response extensions from the inner stages.
         let peer = parts.extensions.get::<PeerIdentity>().cloned();
-        let body = crate::body::boxed(Counted {
-            inner: body,
-            bytes: bytes_in.clone(),
-            guard: None,
-        });
+        // A body that has already ended (GET, HEAD, ...) has no bytes to count.
+        let body = if body.is_end_stream() {
+            body
+        } else {
+            crate::body::boxed(Counted {
+                inner: body,
+                bytes: bytes_in.clone(),
+                guard: None,
+            })
+        };
         let req = Req::from_parts(parts, body);
 
         // A guard for the exchange: if this future is dropped before a response exists

@@ -393,9 +393,10 @@ pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     {
         return v.clone();
     }
-    let id = uuid::Uuid::new_v4().hyphenated().to_string();
+    let mut buf = uuid::Uuid::encode_buffer();
+    let id = uuid::Uuid::new_v4().hyphenated().encode_lower(&mut buf);
     // A hyphenated UUID is always a valid header value.
-    let value = HeaderValue::from_str(&id)
+    let value = HeaderValue::from_str(id)
         .unwrap_or_else(|_| HeaderValue::from_static("00000000-0000-4000-8000-000000000000"));
     headers.insert(X_REQUEST_ID, value.clone());
     value
@@ -454,11 +455,17 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
     }
     // UUID v4 bits are random apart from the version and variant bits, which are never zero,
     // so neither id can be all zeros.
-    let trace_id = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
-    let span_id = format!("{:016x}", uuid::Uuid::new_v4().as_u64_pair().1);
-    let traceparent = format!("00-{trace_id}-{span_id}-00");
+    let trace = uuid::Uuid::new_v4().as_u128();
+    let span = uuid::Uuid::new_v4().as_u64_pair().1;
+    // `00-<32 hex>-<16 hex>-00`, formatted on the stack.
+    let mut traceparent = [0u8; 55];
+    let _ = std::io::Write::write_fmt(
+        &mut &mut traceparent[..],
+        format_args!("00-{trace:032x}-{span:016x}-00"),
+    );
+    let trace_id = String::from_utf8_lossy(&traceparent[3..35]).into_owned();
     headers.remove(TRACESTATE);
-    match HeaderValue::from_str(&traceparent) {
+    match HeaderValue::from_bytes(&traceparent) {
         Ok(v) => {
             headers.insert(TRACEPARENT, v);
         }
