@@ -80,7 +80,8 @@ where
     }
 }
 
-/// Turns a [`Stage`] into a `tower::Layer`.
+/// Turns a [`Stage`] into a `tower::Layer`; the layered service is a [`BoxStack`] (so there is
+/// one `Service` impl, and the listener holds the outermost stage as it is).
 pub struct StageLayer<T>(Arc<T>);
 
 impl<T> StageLayer<T> {
@@ -91,42 +92,26 @@ impl<T> StageLayer<T> {
 
 impl<T, S> Layer<S> for StageLayer<T>
 where
+    T: Stage,
     S: StageInner,
 {
-    type Service = StageService<T>;
+    type Service = BoxStack;
     fn layer(&self, inner: S) -> Self::Service {
-        StageService {
+        BoxStack(Arc::new(StageService {
             stage: self.0.clone(),
             inner: Arc::new(Shared(inner)),
-        }
+        }))
     }
 }
 
-pub struct StageService<T> {
+/// A stage and the rest of the stack below it.
+struct StageService<T> {
     stage: Arc<T>,
     inner: Arc<dyn Callable>,
 }
 
-impl<T> Clone for StageService<T> {
-    fn clone(&self) -> Self {
-        Self {
-            stage: self.stage.clone(),
-            inner: self.inner.clone(),
-        }
-    }
-}
-
-impl<T: Stage> Service<Req> for StageService<T> {
-    type Response = Resp;
-    type Error = Infallible;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Stages apply no backpressure; see `Callable`.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
+impl<T: Stage> Callable for StageService<T> {
+    fn call(&self, req: Req) -> ResponseFuture {
         let stage = self.stage.clone();
         let next = Next {
             inner: self.inner.clone(),
@@ -148,14 +133,6 @@ impl BoxStack {
         S::Future: Send + 'static,
     {
         Self(Arc::new(Boxing(service)))
-    }
-
-    /// A stack whose future is boxed already (the stage chains below).
-    fn from_stages<S>(service: S) -> Self
-    where
-        S: StageInner,
-    {
-        Self(Arc::new(Shared(service)))
     }
 
     pub fn call_shared(&self, req: Req) -> ResponseFuture {
@@ -221,7 +198,8 @@ where
         .layer(StageLayer::new(crate::policy::stage::RateLimitStage))
         // Innermost: the pooled client to the app.
         .service(forward);
-    BoxStack::from_stages(stack)
+    // The outermost layer already is a `BoxStack`.
+    stack
 }
 
 /// Outbound: plaintext requests from the local app to other services over mTLS.
@@ -237,5 +215,6 @@ pub fn outbound(
         .layer(StageLayer::new(hygiene))
         // The egress table lookup and the mTLS client; an unknown destination is refused there.
         .service(forward);
-    BoxStack::from_stages(stack)
+    // The outermost layer already is a `BoxStack`.
+    stack
 }
