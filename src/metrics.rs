@@ -144,20 +144,22 @@ impl<K: Hash + Eq + Clone> CounterCache<K> {
 
     /// Add 1 to the counter for `key`; `register` makes its handle the first time.
     pub fn increment(&self, key: &K, register: impl FnOnce(&K) -> Counter) {
-        if let Some(counter) = self
-            .handles
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(key)
-        {
-            counter.increment(1);
-            return;
-        }
+        let full = {
+            let handles = self.handles.read().unwrap_or_else(PoisonError::into_inner);
+            if let Some(counter) = handles.get(key) {
+                counter.increment(1);
+                return;
+            }
+            handles.len() >= Self::MAX
+        };
         let counter = register(key);
         counter.increment(1);
-        let mut handles = self.handles.write().unwrap_or_else(PoisonError::into_inner);
-        if handles.len() < Self::MAX {
-            handles.insert(key.clone(), counter);
+        // Once full, no write lock on the request path: uncached keys just count.
+        if !full {
+            let mut handles = self.handles.write().unwrap_or_else(PoisonError::into_inner);
+            if handles.len() < Self::MAX {
+                handles.insert(key.clone(), counter);
+            }
         }
     }
 }

@@ -498,6 +498,7 @@ pub fn mark_credentials_sensitive(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashSet;
 
     #[test]
     fn credentials_are_marked_never_indexed_and_other_headers_are_not() {
@@ -519,7 +520,6 @@ mod tests {
         assert!(!h[http::header::ACCEPT].is_sensitive());
         assert_eq!(h[http::header::AUTHORIZATION], "Bearer a.b.c");
     }
-    use std::collections::HashSet;
 
     /// Header field lines for a table row, in order.
     type Lines = &'static [(&'static str, &'static str)];

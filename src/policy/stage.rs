@@ -59,14 +59,31 @@ impl DecisionRecord {
             (false, _) => Outcome::Deny,
         };
         let route = decision.route.map(|r| &policy.routes[r]);
+        Self::for_route(
+            route,
+            decision.rule,
+            decision.mode,
+            outcome,
+            decision.reason.code(),
+        )
+    }
+
+    /// A record about `route` (what the audit event needs of it) and the outcome.
+    fn for_route(
+        route: Option<&super::Route>,
+        rule: Option<usize>,
+        mode: Mode,
+        outcome: Outcome,
+        reason: &'static str,
+    ) -> Self {
         Self {
             route_template: route.map(|r| r.template.clone()),
             personal_params: route.map_or_else(|| Arc::from([]), |r| r.personal_params.clone()),
-            route_id: decision.route.map(|r| policy.routes[r].id.clone()),
-            rule: decision.rule,
-            mode: decision.mode,
+            route_id: route.map(|r| r.id.clone()),
+            rule,
+            mode,
             outcome,
-            reason: decision.reason.code(),
+            reason,
         }
     }
 }
@@ -292,29 +309,22 @@ impl Stage for RateLimitStage {
             return next.run(req).await;
         };
         metrics::counter!(m::RATE_LIMITED, "route" => route.id.to_string()).increment(1);
-        let record = DecisionRecord {
-            route_template: Some(route.template.clone()),
-            personal_params: route.personal_params.clone(),
-            route_id: Some(route.id.clone()),
-            rule: None,
-            mode: route.mode,
-            outcome: if route.mode == Mode::DryRun {
-                Outcome::WouldDeny
-            } else {
-                Outcome::Deny
-            },
-            reason: "rate_limited",
+        let outcome = if route.mode == Mode::DryRun {
+            Outcome::WouldDeny
+        } else {
+            Outcome::Deny
         };
+        let record =
+            DecisionRecord::for_route(Some(route), None, route.mode, outcome, "rate_limited");
         if route.mode == Mode::DryRun {
             let mut response = next.run(req).await;
             response.extensions_mut().insert(record);
             return response;
         }
-        let ids = req.extensions().get::<RequestIds>().cloned();
         let mut response = DenyReason::RateLimited {
             retry_after_secs: retry_after_secs(wait),
         }
-        .into_response(ids.as_ref());
+        .into_response(req.extensions().get::<RequestIds>());
         response.extensions_mut().insert(record);
         response
     }
