@@ -191,7 +191,7 @@ impl Profile {
             scopes,
             org_numbers: self.org_numbers(&claims),
             expires_at,
-            claims,
+            claims: claims.into(),
             pseudonyms: Default::default(),
             identity_headers: Default::default(),
         }
@@ -302,6 +302,25 @@ mod tests {
                 vec!["a".to_owned(), "b".to_owned()]
             )
         );
+    }
+
+    #[test]
+    fn every_claim_sent_is_kept_for_claims_conditions_and_nothing_else() {
+        let sent = json!({
+            "sub": "s1", "aud": ["a", "b"], "exp": 10, "zz": null, "": "empty name",
+            "helseid://claims/identity/pid": "12345678901", "nested": {"k": [1, 2]},
+            "helseid://claims/hpr/hpr_number": "123", "Sub": "case matters", "amr": ["pwd"]
+        });
+        let p = principal(Profile::Helseid, sent.clone());
+        let sent = sent.as_object().unwrap();
+        assert_eq!(p.claims.len(), sent.len());
+        for (name, value) in sent {
+            assert_eq!(p.claims.get(name), Some(value), "{name}");
+        }
+        for absent in ["s", "subb", "SUB", "helseid://claims/identity", "zzz", " "] {
+            assert_eq!(p.claims.get(absent), None, "{absent}");
+        }
+        assert!(principal(Profile::Generic, json!({})).claims.is_empty());
     }
 
     #[test]
