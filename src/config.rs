@@ -206,6 +206,41 @@ pub struct Authority(String);
 impl Authority {
     /// Normalise `host[:port]`; `None` when it is not a plain authority.
     pub fn parse(s: &str, default_port: u16) -> Option<Self> {
+        Self::parse_plain(s, default_port).or_else(|| Self::parse_general(s, default_port))
+    }
+
+    /// The common case on the request path, without a URI parser: a lowercase DNS name or IPv4
+    /// address, no trailing dot, and a port (if any) of plain decimal digits. `None` sends
+    /// everything else through [`Self::parse_general`], which gives the same answer for these.
+    fn parse_plain(s: &str, default_port: u16) -> Option<Self> {
+        let (host, port) = match s.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (s, None),
+        };
+        let host_is_plain = !host.is_empty()
+            && !host.ends_with('.')
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+        if !host_is_plain {
+            return None;
+        }
+        match port {
+            None => Some(Self(format!("{host}:{default_port}"))),
+            Some(p)
+                if !p.is_empty()
+                    && p.len() <= 5
+                    && !(p.len() > 1 && p.starts_with('0'))
+                    && p.bytes().all(|b| b.is_ascii_digit())
+                    && p.parse::<u16>().is_ok() =>
+            {
+                Some(Self(s.to_owned()))
+            }
+            Some(_) => None,
+        }
+    }
+
+    fn parse_general(s: &str, default_port: u16) -> Option<Self> {
         let auth: http::uri::Authority = s.parse().ok()?;
         if auth.as_str().contains('@') || auth.host().is_empty() {
             return None;
@@ -888,6 +923,35 @@ inbound:
             "billing"
         );
         assert!(Authority::parse("user@billing", 80).is_none());
+        // The plain fast path answers exactly as the general parser wherever it answers.
+        for raw in [
+            "billing",
+            "billing:8080",
+            "billing:80",
+            "billing.svc.cluster.local:443",
+            "10.0.0.1",
+            "10.0.0.1:9",
+            "a-b.c:65535",
+            "b:0",
+            "b:00",
+            "b:080",
+            "b:65536",
+            "b:",
+            ":80",
+            "b.:80",
+            "B:80",
+            "b_c:80",
+            "[::1]:80",
+            "b:8a",
+            "b::80",
+            "",
+        ] {
+            if let Some(fast) = Authority::parse_plain(raw, 80) {
+                assert_eq!(Some(fast), Authority::parse_general(raw, 80), "{raw:?}");
+            }
+        }
+        assert!(Authority::parse_plain("billing:8080", 80).is_some());
+        assert!(Authority::parse_plain("billing", 80).is_some());
         assert!(Authority::parse("bill ing", 80).is_none());
     }
 }

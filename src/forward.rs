@@ -128,8 +128,9 @@ impl ToMesh {
         }
     }
 
-    /// The destination the app asked for: absolute-form URI (HTTP proxy), else the Host header.
-    fn destination(req: &Req) -> Result<(Authority, HeaderValue), DenyReason> {
+    /// The destination the app asked for: absolute-form URI (HTTP proxy), else the Host header;
+    /// with the `Host` value to add when the request has none (absolute-form without `Host`).
+    fn destination(req: &Req) -> Result<(Authority, Option<HeaderValue>), DenyReason> {
         if req.method() == Method::CONNECT {
             return Err(DenyReason::ConnectNotSupported);
         }
@@ -138,18 +139,20 @@ impl ToMesh {
         } else {
             80
         };
+        let host_header = req.headers().get(HOST);
         let raw = match req.uri().authority() {
             Some(a) => a.as_str(),
-            None => req
-                .headers()
-                .get(HOST)
+            None => host_header
                 .and_then(|h| h.to_str().ok())
                 .ok_or(DenyReason::MissingDestination)?,
         };
         let authority =
             Authority::parse(raw, default_port).ok_or(DenyReason::MissingDestination)?;
-        let host = HeaderValue::from_str(raw).map_err(|_| DenyReason::MissingDestination)?;
-        Ok((authority, host))
+        let missing_host = match host_header {
+            Some(_) => None,
+            None => Some(HeaderValue::from_str(raw).map_err(|_| DenyReason::MissingDestination)?),
+        };
+        Ok((authority, missing_host))
     }
 }
 
@@ -180,7 +183,9 @@ impl tower::Service<Req> for ToMesh {
                     return Ok(reason.into_response(req.extensions().get::<RequestIds>()));
                 }
             };
-            req.headers_mut().entry(HOST).or_insert(host);
+            if let Some(host) = host {
+                req.headers_mut().insert(HOST, host);
+            }
             let client = this.client;
             Ok(proxy(req, this.tracker, move |req, upgrade| async move {
                 client.send(&authority, req, upgrade).await

@@ -67,11 +67,30 @@ fn classify(error: &hyper_util::client::legacy::Error) -> DenyReason {
     DenyReason::UpstreamUnavailable
 }
 
+/// Point `uri` at `scheme://authority`, keeping its path and query (`/` when it has none). Built
+/// from parts: the authority was parsed once, and the path was checked when the request came in.
+fn retarget(uri: &mut Uri, scheme: http::uri::Scheme, authority: &http::uri::Authority) -> bool {
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.scheme = Some(scheme);
+    parts.authority = Some(authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    match Uri::from_parts(parts) {
+        Ok(target) => {
+            *uri = target;
+            true
+        }
+        Err(_) => false,
+    }
+}
+
 /// The pooled plaintext client to the local app.
 #[derive(Clone)]
 pub struct AppClient {
     client: Client<HttpConnector, ProxyBody>,
-    base: Arc<str>,
+    /// The app's `ip:port`, as every forwarded request's authority.
+    authority: http::uri::Authority,
     protocol: AppProtocol,
     response_timeout: Duration,
 }
@@ -90,7 +109,10 @@ impl AppClient {
             .http2_only(protocol == AppProtocol::H2c);
         Self {
             client: builder.build(connector),
-            base: format!("http://{app}").into(),
+            authority: app
+                .to_string()
+                .parse()
+                .expect("a socket address is a valid URI authority"),
             protocol,
             response_timeout: limits.upstream_response_timeout,
         }
@@ -101,10 +123,9 @@ impl AppClient {
         &self,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, DenyReason> {
-        let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        *request.uri_mut() = format!("{}{path}", self.base)
-            .parse()
-            .map_err(|_| DenyReason::UpstreamUnavailable)?;
+        if !retarget(request.uri_mut(), http::uri::Scheme::HTTP, &self.authority) {
+            return Err(DenyReason::UpstreamUnavailable);
+        }
         *request.version_mut() = match self.protocol {
             AppProtocol::Http1 => http::Version::HTTP_11,
             AppProtocol::H2c => http::Version::HTTP_2,
@@ -158,6 +179,8 @@ impl MeshConnectError {
 /// One egress table entry, resolved for connecting.
 #[derive(Debug, Clone)]
 struct Destination {
+    /// The table key (the normalised authority the app addressed), parsed for request URIs.
+    authority: http::uri::Authority,
     address: String,
     server_name: ServerName<'static>,
     spiffe_id: SpiffeId,
@@ -321,6 +344,11 @@ impl MeshClient {
                     (
                         u.authority.as_str().to_owned(),
                         Destination {
+                            authority: u
+                                .authority
+                                .as_str()
+                                .parse()
+                                .expect("a normalised authority is a valid URI authority"),
                             address: u.address.clone(),
                             server_name,
                             spiffe_id: u.spiffe_id.clone(),
@@ -363,10 +391,12 @@ impl MeshClient {
         mut request: Request<ProxyBody>,
         upgrade: bool,
     ) -> Result<Response<Incoming>, DenyReason> {
-        let path = request.uri().path_and_query().map_or("/", |pq| pq.as_str());
-        *request.uri_mut() = format!("https://{authority}{path}")
-            .parse()
-            .map_err(|_| DenyReason::MissingDestination)?;
+        let Some(dest) = self.table.get(authority.as_str()) else {
+            return Err(DenyReason::MissingDestination);
+        };
+        if !retarget(request.uri_mut(), http::uri::Scheme::HTTPS, &dest.authority) {
+            return Err(DenyReason::MissingDestination);
+        }
         *request.version_mut() = http::Version::HTTP_11;
         let client = if upgrade {
             &self.upgradable
