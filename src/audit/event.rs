@@ -340,7 +340,10 @@ impl fmt::Display for ChainHash {
 
 impl Serialize for ChainHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        // On the stack: one of these per event, on the writer thread.
+        let mut hex = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut hex).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
     }
 }
 
@@ -433,20 +436,54 @@ impl From<SystemTime> for Timestamp {
     }
 }
 
+impl Timestamp {
+    /// `YYYY-MM-DDTHH:MM:SS.mmmZ` written into `buf`: every event carries one, and the writer
+    /// thread formats it without `fmt` machinery or 128-bit nanoseconds. Civil date from days
+    /// since the epoch by H. Hinnant's `civil_from_days`; the type bounds years to 1970..=9999.
+    pub fn rfc3339(self, buf: &mut [u8; 24]) -> &str {
+        let ms = self.0.clamp(0, MAX_UNIX_MS);
+        let (days, ms_of_day) = (ms / 86_400_000, ms % 86_400_000);
+        let z = days + 719_468;
+        let era = z / 146_097;
+        let doe = z - era * 146_097;
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = doy - (153 * mp + 2) / 5 + 1;
+        let month = if mp < 10 { mp + 3 } else { mp - 9 };
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        let secs = ms_of_day / 1000;
+        let mut put = |at: usize, width: usize, mut value: i64| {
+            for i in (at..at + width).rev() {
+                buf[i] = b'0' + (value % 10) as u8;
+                value /= 10;
+            }
+        };
+        put(0, 4, year);
+        put(5, 2, month);
+        put(8, 2, day);
+        put(11, 2, secs / 3600);
+        put(14, 2, secs / 60 % 60);
+        put(17, 2, secs % 60);
+        put(20, 3, ms_of_day % 1000);
+        for (at, sep) in [
+            (4, b'-'),
+            (7, b'-'),
+            (10, b'T'),
+            (13, b':'),
+            (16, b':'),
+            (19, b'.'),
+        ] {
+            buf[at] = sep;
+        }
+        buf[23] = b'Z';
+        std::str::from_utf8(buf).unwrap_or("1970-01-01T00:00:00.000Z")
+    }
+}
+
 impl fmt::Display for Timestamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let t = self.to_offset_date_time();
-        write!(
-            f,
-            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-            t.year(),
-            u8::from(t.month()),
-            t.day(),
-            t.hour(),
-            t.minute(),
-            t.second(),
-            t.millisecond()
-        )
+        f.write_str(self.rfc3339(&mut [0; 24]))
     }
 }
 
@@ -459,7 +496,7 @@ impl FromStr for Timestamp {
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
+        s.serialize_str(self.rfc3339(&mut [0; 24]))
     }
 }
 
@@ -1047,6 +1084,46 @@ mod tests {
             Pseudonym::national_id(&p, "12345678901").as_str(),
             nid.as_str()
         );
+    }
+
+    #[test]
+    fn timestamps_format_as_the_calendar_says_across_the_whole_range() {
+        let format = |ms: i64| {
+            let t = Timestamp::from_unix_millis(ms)
+                .unwrap()
+                .to_offset_date_time();
+            format!(
+                "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+                t.year(),
+                u8::from(t.month()),
+                t.day(),
+                t.hour(),
+                t.minute(),
+                t.second(),
+                t.millisecond()
+            )
+        };
+        // Leap days, century and 400-year rules, year and day edges, the last representable ms.
+        let mut samples = vec![
+            0,
+            86_399_999,
+            951_782_400_000,   // 2000-02-29
+            4_107_456_000_000, // 2100-02-28 (no leap day)
+            4_107_542_400_000, // 2100-03-01
+            1_709_164_800_000, // 2024-02-29
+            1_735_689_599_999, // 2024-12-31T23:59:59.999
+            MAX_UNIX_MS,
+        ];
+        // And a day-spaced walk over 1970..=9999 with a moving time of day.
+        samples.extend((0..MAX_UNIX_MS).step_by(86_400_000 * 97 + 3_600_123));
+        for ms in samples {
+            let t = Timestamp::from_unix_millis(ms).unwrap();
+            assert_eq!(t.to_string(), format(ms), "{ms}");
+            assert_eq!(
+                serde_json::to_string(&t).unwrap(),
+                format!("\"{}\"", format(ms))
+            );
+        }
     }
 
     #[test]
