@@ -1,0 +1,102 @@
+//! Memory held per verified token: the verified-token cache keeps one principal per token (up to
+//! `oidc.verified_token_cache`, 10,000 by default), so this is what a sidecar's heap grows by as
+//! distinct users call it. Counted exactly by a counting allocator, not sampled from RSS.
+//! `cargo bench --bench memory`.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicIsize, Ordering};
+
+mod common;
+
+use futures_util::FutureExt;
+use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
+use vakt::pseudonym::Pseudonymiser;
+
+/// The system allocator, keeping a running total of live bytes.
+struct Counting;
+
+static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is forwarded unchanged to `System`; only a counter is added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's layout.
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's pointer and layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE_BYTES.fetch_add(new_size as isize - layout.size() as isize, Ordering::Relaxed);
+        // SAFETY: forwarded with the caller's pointer, layout and size.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+const TOKENS: usize = 1000;
+
+fn main() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let keys = Arc::new(KeyStore::open_or_create(dir.path()).expect("keys"));
+    let idp = rt
+        .block_on(DevIdp::start(([127, 0, 0, 1], 0).into(), keys, ""))
+        .expect("dev idp");
+    let pseudonyms = Pseudonymiser::from_secret("bench", &[7; 32]);
+    let verifier = common::verifier(&rt, &idp, TOKENS);
+    // HelseID access tokens of distinct citizens, as the mesh benchmark's load carries.
+    let tokens: Vec<String> = (0..TOKENS)
+        .map(|i| {
+            let person = common::citizen(&format!("{:011}", 10_000_000_000u64 + i as u64), "bench");
+            let mut claims = devidp::claims(devidp::Profile::HelseId, &person);
+            claims["sub"] = serde_json::json!(format!("citizen-{i}"));
+            idp.mint(claims, &MintOptions::default()).expect("mint")
+        })
+        .collect();
+    let bytes_per_token = |label: &str, before: isize| {
+        let held = LIVE_BYTES.load(Ordering::Relaxed) - before;
+        println!(
+            "{label}: {TOKENS} tokens hold {held} bytes, {:.0} bytes per token",
+            held as f64 / TOKENS as f64
+        );
+    };
+
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let principals: Vec<_> = tokens
+        .iter()
+        .map(|t| {
+            verifier
+                .verify(t)
+                .now_or_never()
+                .expect("keys known: no await")
+                .expect("valid token")
+        })
+        .collect();
+    bytes_per_token("verified-token cache, principals as verified", before);
+    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    for p in &principals {
+        // The audit event and the app's identity headers memoise the pseudonyms on first use.
+        let _ = p.pseudonyms(&pseudonyms);
+    }
+    bytes_per_token("  + pseudonyms memoised on first use", before);
+    drop(principals);
+    // All tokens still cached (the cache holds the principals, not the Vec).
+    let hits = tokens
+        .iter()
+        .filter(|t| verifier.verify(t).now_or_never().is_some_and(|r| r.is_ok()))
+        .count();
+    assert_eq!(hits, TOKENS, "every token verified and answered");
+}
