@@ -243,6 +243,17 @@ enum Line {
     Text,
 }
 
+impl Line {
+    /// The state after `text`, bytes of one line with no LF among them.
+    fn after(self, text: &[u8]) -> Self {
+        match (self, text) {
+            (line, []) => line,
+            (Self::Empty, [b'\r']) => Self::Cr,
+            _ => Self::Text,
+        }
+    }
+}
+
 /// Where the scanner is inside a head.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum HeadPos {
@@ -421,19 +432,21 @@ impl FramingScanner {
                     self.line = Line::Empty;
                 }
                 HeadPos::Fields => {
-                    // Find the LF ending an empty line ("" or "\r").
+                    // Find the LF ending an empty line ("" or "\r"), from LF to LF.
+                    let rest = &bytes[i..];
                     let mut line = self.line;
+                    let mut line_start = 0;
                     let mut end = None;
-                    for (j, &c) in bytes[i..].iter().enumerate() {
-                        line = match (c, line) {
-                            (b'\n', Line::Empty | Line::Cr) => {
-                                end = Some(i + j + 1);
-                                break;
-                            }
-                            (b'\n', _) => Line::Empty,
-                            (b'\r', Line::Empty) => Line::Cr,
-                            _ => Line::Text,
-                        };
+                    for lf in memchr::memchr_iter(b'\n', rest) {
+                        if matches!(line.after(&rest[line_start..lf]), Line::Empty | Line::Cr) {
+                            end = Some(i + lf + 1);
+                            break;
+                        }
+                        line = Line::Empty;
+                        line_start = lf + 1;
+                    }
+                    if end.is_none() {
+                        line = line.after(&rest[line_start..]);
                     }
                     self.line = line;
                     let Some(end) = end else {
