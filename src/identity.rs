@@ -118,6 +118,11 @@ impl SpiffeId {
         &self.uri
     }
 
+    /// The ID's text, to share rather than copy (audit events).
+    pub fn shared_str(&self) -> &Arc<str> {
+        &self.uri
+    }
+
     pub fn trust_domain_str(&self) -> &str {
         &self.uri[SCHEME.len()..self.path_start]
     }

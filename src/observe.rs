@@ -63,7 +63,7 @@ impl Auditor {
         let mut event = AuditEvent::new(
             audit::Direction::Handshake,
             audit::Decision::Refused,
-            Label::sanitized(reason),
+            Label::sanitized_static(reason),
         );
         event.peer = peer.map(Text::sanitized);
         self.record(event);
@@ -178,9 +178,9 @@ fn disconnected_event(direction: Direction, method: &http::Method) -> AuditEvent
     let mut event = AuditEvent::new(
         audit_direction(direction),
         audit::Decision::Refused,
-        Label::sanitized("client_disconnected"),
+        Label::sanitized_static("client_disconnected"),
     );
-    event.set_method(method.as_str());
+    event.set_http_method(method);
     event
 }
 
@@ -233,14 +233,14 @@ pub fn build_event(
     let mut event = AuditEvent::new(
         audit_direction(direction),
         decision,
-        Label::sanitized(reason),
+        Label::sanitized_static(reason),
     );
-    event.set_method(method.as_str());
+    event.set_http_method(method);
     event.status = Some(response.status().as_u16());
     if let Some(r) = record {
-        event.route = r.route_id.as_deref().map(Label::sanitized);
+        event.route = r.route_id.as_ref().map(Label::sanitized_shared);
         event.rule = r.rule.and_then(|i| u32::try_from(i).ok());
-        event.route_template = r.route_template.as_deref().map(Text::sanitized);
+        event.route_template = r.route_template.as_ref().map(Text::sanitized_shared);
     }
     if let Some(ids) = response.extensions().get::<RequestIds>() {
         event.request_id = ids.request_id.to_str().ok().map(Label::sanitized);
@@ -249,25 +249,35 @@ pub fn build_event(
     if let Some(path) = response.extensions().get::<CanonicalPath>() {
         let hidden = record.map(|r| &r.personal_params[..]).unwrap_or(&[]);
         let template = record.and_then(|r| r.route_template.as_deref());
-        let path = match template {
+        event.path = Some(match template {
             Some(t) if !hidden.is_empty() => {
                 let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
-                audit::pseudonymise_path(t, path.as_str(), &hidden, pseudonyms)
+                Text::sanitized(&audit::pseudonymise_path(
+                    t,
+                    path.as_str(),
+                    &hidden,
+                    pseudonyms,
+                ))
             }
-            _ => path.as_str().to_owned(),
-        };
-        event.path = Some(Text::sanitized(&path));
+            _ => Text::sanitized(path.as_str()),
+        });
     }
     if let Some(peer) = peer {
-        event.peer = Some(Text::sanitized(peer.spiffe_id.as_str()));
+        event.peer = Some(Text::sanitized_shared(peer.spiffe_id.shared_str()));
     }
     if let Some(p) = response.extensions().get::<Arc<Principal>>() {
-        event.issuer = Some(Text::sanitized(&p.issuer));
-        event.client_id = p.client_id.as_deref().map(Label::sanitized);
+        event.issuer = Some(Text::sanitized_shared(&p.issuer));
+        event.client_id = p.client_id.as_ref().map(Label::sanitized_shared);
         let made = p.pseudonyms(pseudonyms);
-        event.subject_pseudonym = made.subject.as_deref().map(audit::Pseudonym::sanitized);
-        event.national_id_pseudonym = made.national_id.as_deref().map(audit::Pseudonym::sanitized);
-        event.loa = Some(Label::sanitized(p.loa.as_str()));
+        event.subject_pseudonym = made
+            .subject
+            .as_ref()
+            .map(audit::Pseudonym::sanitized_shared);
+        event.national_id_pseudonym = made
+            .national_id
+            .as_ref()
+            .map(audit::Pseudonym::sanitized_shared);
+        event.loa = Some(Label::sanitized_static(p.loa.as_str()));
         event.amr = p.amr.iter().map(|a| Label::sanitized(a)).collect();
     }
     event

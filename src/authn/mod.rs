@@ -280,7 +280,8 @@ pub struct Principal {
     pub loa: Loa,
     pub amr: Vec<String>,
     pub auth_time: Option<i64>,
-    pub client_id: Option<String>,
+    /// Shared with every audit event of this principal.
+    pub client_id: Option<Arc<str>>,
     pub scopes: Vec<String>,
     pub org_numbers: Vec<String>,
     pub expires_at: i64,
@@ -338,8 +339,8 @@ pub(crate) type IdentityHeaderValues = Arc<[(http::HeaderName, http::HeaderValue
 /// A principal's identifiers as pseudonyms (`<key id>:<base64url HMAC>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PrincipalPseudonyms {
-    pub subject: Option<String>,
-    pub national_id: Option<String>,
+    pub subject: Option<Arc<str>>,
+    pub national_id: Option<Arc<str>>,
 }
 
 impl Principal {
@@ -349,11 +350,11 @@ impl Principal {
             subject: self
                 .subject
                 .as_deref()
-                .map(|s| p.pseudonym(crate::audit::KIND_SUBJECT, s)),
+                .map(|s| p.pseudonym(crate::audit::KIND_SUBJECT, s).into()),
             national_id: self
                 .national_id
                 .as_deref()
-                .map(|n| p.pseudonym(crate::audit::KIND_NATIONAL_ID, n)),
+                .map(|n| p.pseudonym(crate::audit::KIND_NATIONAL_ID, n).into()),
         };
         let (key_id, memo) = self
             .pseudonyms

@@ -438,7 +438,10 @@ impl Rule {
             return Err(Reason::IssuerNotAllowed);
         }
         if let Some(clients) = &r.clients
-            && !p.client_id.as_ref().is_some_and(|c| clients.contains(c))
+            && !p
+                .client_id
+                .as_deref()
+                .is_some_and(|c| clients.iter().any(|allowed| allowed == c))
         {
             return Err(Reason::ClientNotAllowed);
         }
@@ -898,7 +901,7 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
         );
     }
     if let (Some(p), Some(peer)) = (principal, ctx.peer)
-        && let Some(client) = &p.client_id
+        && let Some(client) = p.client_id.as_deref()
         && let Some(bound) = policy.client_bindings.get(client)
         && !bound.iter().any(|b| b.matches(peer))
     {
