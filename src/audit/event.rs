@@ -1178,6 +1178,48 @@ mod tests {
     }
 
     #[test]
+    fn shared_and_static_fields_are_checked_like_copied_ones() {
+        let shared: Arc<str> = Arc::from("spiffe://cluster.local/ns/a/sa/b");
+        let text = Text::sanitized_shared(&shared);
+        assert_eq!(text, Text::sanitized(&shared));
+        assert_eq!(text.as_str(), &*shared);
+        assert_eq!(
+            serde_json::to_string(&text).unwrap(),
+            serde_json::to_string(&Text::sanitized(&shared)).unwrap()
+        );
+        // A refused value keeps nothing of itself, however it was handed over.
+        let token: Arc<str> = Arc::from(format!("Bearer {}", "e".repeat(300)).as_str());
+        for refused in [
+            Label::sanitized_shared(&token),
+            Label::sanitized_static("has space"),
+            Label::sanitized(&token),
+        ] {
+            assert_eq!(refused.as_str(), "invalid");
+        }
+        assert_eq!(
+            Pseudonym::sanitized_shared(&Arc::from("k1:short")).as_str(),
+            "invalid"
+        );
+        assert_eq!(
+            Label::sanitized_static("rule_matched").as_str(),
+            "rule_matched"
+        );
+        // Standard methods are not copied, others are; both record the same as `set_method`.
+        for method in ["GET", "DELETE", "PROPFIND", "get"] {
+            let m = http::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut by_http = full_event();
+            by_http.set_http_method(&m);
+            let mut by_str = full_event();
+            by_str.set_method(method);
+            assert_eq!(
+                (by_http.method, by_http.action),
+                (by_str.method, by_str.action),
+                "{method}"
+            );
+        }
+    }
+
+    #[test]
     fn timestamps_format_as_the_calendar_says_across_the_whole_range() {
         let format = |ms: i64| {
             let t = Timestamp::from_unix_millis(ms)
