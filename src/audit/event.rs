@@ -385,7 +385,18 @@ impl ChainHash {
     pub const ZERO: Self = Self([0; 32]);
 
     pub fn to_hex(&self) -> String {
-        hex::encode(self.0)
+        self.hex(&mut [0; 64]).to_owned()
+    }
+
+    /// The 64 lowercase hex digits, written into `buf` (every event's `prev` is formatted by
+    /// the writer thread: no heap string for it).
+    pub fn hex<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for (pair, byte) in buf.chunks_exact_mut(2).zip(self.0) {
+            pair[0] = DIGITS[usize::from(byte >> 4)];
+            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        }
+        std::str::from_utf8(buf).unwrap_or_default()
     }
 
     pub fn parse_hex(s: &str) -> Option<Self> {
@@ -400,22 +411,19 @@ impl ChainHash {
 
 impl fmt::Debug for ChainHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChainHash({})", self.to_hex())
+        write!(f, "ChainHash({})", self.hex(&mut [0; 64]))
     }
 }
 
 impl fmt::Display for ChainHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        f.write_str(self.hex(&mut [0; 64]))
     }
 }
 
 impl Serialize for ChainHash {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        // On the stack: one of these per event, on the writer thread.
-        let mut hex = [0u8; 64];
-        hex::encode_to_slice(self.0, &mut hex).map_err(serde::ser::Error::custom)?;
-        s.serialize_str(std::str::from_utf8(&hex).map_err(serde::ser::Error::custom)?)
+        s.serialize_str(self.hex(&mut [0; 64]))
     }
 }
 
