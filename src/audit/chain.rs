@@ -77,25 +77,23 @@ impl ChainWriter {
         self.position
     }
 
-    /// Set `seq` and `prev`, serialise, and advance. On error the state does not move.
-    pub fn seal(&mut self, mut event: AuditEvent) -> Result<SealedLine, serde_json::Error> {
+    /// Set `seq` and `prev`, write the event's JSON line, and advance.
+    pub fn seal(&mut self, mut event: AuditEvent) -> SealedLine {
         event.seq = self.position.next_seq;
         event.prev = self.position.prev;
-        // Sized for a typical event (~600-900 bytes) so serialising does not regrow the buffer.
-        let mut bytes = Vec::with_capacity(1024);
-        serde_json::to_writer(&mut bytes, &event)?;
-        let text = String::from_utf8(bytes).map_err(serde::ser::Error::custom)?;
+        // Sized for a typical event (~600-900 bytes) so writing does not regrow the buffer.
+        let mut text = String::with_capacity(1024);
+        event.write_json(&mut text);
         let hash = line_hash(text.as_bytes());
-        let line = SealedLine {
-            seq: event.seq,
-            text,
-            hash,
-        };
         self.position = ChainPosition {
             next_seq: event.seq.saturating_add(1),
             prev: hash,
         };
-        Ok(line)
+        SealedLine {
+            seq: event.seq,
+            text,
+            hash,
+        }
     }
 }
 
@@ -107,8 +105,8 @@ mod tests {
     #[test]
     fn lines_link_by_hash_and_seq() {
         let mut w = ChainWriter::new();
-        let a = w.seal(event(1)).unwrap();
-        let b = w.seal(event(2)).unwrap();
+        let a = w.seal(event(1));
+        let b = w.seal(event(2));
         let ea: AuditEvent = serde_json::from_str(&a.text).unwrap();
         let eb: AuditEvent = serde_json::from_str(&b.text).unwrap();
         assert_eq!((ea.seq, ea.prev), (1, ChainHash::ZERO));
@@ -133,11 +131,11 @@ mod tests {
     #[test]
     fn resume_continues_after_a_line() {
         let mut w = ChainWriter::new();
-        let a = w.seal(event(1)).unwrap();
+        let a = w.seal(event(1));
         let pos = ChainPosition::after_line(a.text.as_bytes()).unwrap();
         assert_eq!(pos, w.position());
         let mut resumed = ChainWriter::resume(pos);
-        assert_eq!(resumed.seal(event(2)).unwrap(), w.seal(event(2)).unwrap());
+        assert_eq!(resumed.seal(event(2)), w.seal(event(2)));
         assert!(ChainPosition::after_line(b"{not json").is_err());
     }
 }

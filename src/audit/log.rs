@@ -97,8 +97,6 @@ struct Shared {
     accepted: AtomicU64,
     written: AtomicU64,
     dropped: AtomicU64,
-    /// Accepted but impossible to serialise (counted in `dropped` too).
-    discarded: AtomicU64,
     failures: AtomicU64,
     healthy: AtomicBool,
     closed: AtomicBool,
@@ -249,8 +247,8 @@ impl AuditLog {
     /// Events accepted and not yet written (queued, or in the batch being written or retried).
     pub fn queue_depth(&self) -> u64 {
         let s = &self.inner.shared;
-        let done = s.written.load(Ordering::Acquire) + s.discarded.load(Ordering::Acquire);
-        s.accepted.load(Ordering::Acquire).saturating_sub(done)
+        let written = s.written.load(Ordering::Acquire);
+        s.accepted.load(Ordering::Acquire).saturating_sub(written)
     }
 
     /// False from a sink error until the sink takes lines again.
@@ -433,10 +431,10 @@ impl<S: Sink> Writer<'_, S> {
                     }
                     Err(Idle::Closed) => break,
                 };
-                self.seal(&mut chain, event, &mut pending);
+                pending.push(chain.seal(*event));
                 while pending.len() < self.config.max_batch {
                     match self.rx.try_recv() {
-                        Ok(event) => self.seal(&mut chain, event, &mut pending),
+                        Ok(event) => pending.push(chain.seal(*event)),
                         Err(_) => break,
                     }
                 }
@@ -495,18 +493,6 @@ impl<S: Sink> Writer<'_, S> {
                     RecvTimeoutError::Timeout => Idle::SyncDue,
                     RecvTimeoutError::Disconnected => Idle::Closed,
                 }),
-        }
-    }
-
-    fn seal(&self, chain: &mut ChainWriter, event: Box<AuditEvent>, pending: &mut Vec<SealedLine>) {
-        match chain.seal(*event) {
-            Ok(line) => pending.push(line),
-            Err(error) => {
-                // Not reachable with the event type as it is; the chain does not advance.
-                self.shared.discarded.fetch_add(1, Ordering::AcqRel);
-                self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(%error, "audit event could not be serialised; dropped");
-            }
         }
     }
 

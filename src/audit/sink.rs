@@ -551,7 +551,7 @@ mod tests {
             let batch: Vec<SealedLine> = (0..batch)
                 .map(|_| {
                     n += 1;
-                    chain.seal(event(n)).unwrap()
+                    chain.seal(event(n))
                 })
                 .collect();
             sink.write(&batch).unwrap();
@@ -602,7 +602,7 @@ mod tests {
         let pos = sink.resume().unwrap().unwrap();
         assert_eq!(pos.next_seq, 11);
         let mut chain = ChainWriter::resume(pos);
-        let more: Vec<SealedLine> = (11..=20).map(|n| chain.seal(event(n)).unwrap()).collect();
+        let more: Vec<SealedLine> = (11..=20).map(|n| chain.seal(event(n))).collect();
         sink.write(&more).unwrap();
         let report = verify(std::slice::from_ref(&cfg.path)).unwrap();
         assert_eq!((report.events, report.starts_at_genesis), (20, true));

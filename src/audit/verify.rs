@@ -692,9 +692,7 @@ mod tests {
         // A forged line that links correctly to the one before it.
         let (path, mut lines) = write_chain(dir.path());
         let pos = crate::audit::chain::ChainPosition::after_line(lines[499].as_bytes()).unwrap();
-        let forged = ChainWriter::resume(pos)
-            .seal(crate::audit::testutil::event(9999))
-            .unwrap();
+        let forged = ChainWriter::resume(pos).seal(crate::audit::testutil::event(9999));
         lines.insert(500, forged.text);
         save(&path, &lines);
         let b = broken(&path);
