@@ -271,6 +271,11 @@ fn protected_from_connection_option(name: &HeaderName) -> bool {
 ///   `Content-Length` and the proxy's own headers (`x-forwarded-client-cert`, `x-request-id`,
 ///   `traceparent`, `tracestate`, `x-vakt-*`).
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of these: one pass over their names instead of a lookup per
+    // field below (this runs on every request and response).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let nominated: Vec<HeaderName> = list_elements(headers, &CONNECTION)
         .filter_map(|t| HeaderName::from_bytes(t).ok())
         .collect();
@@ -287,16 +292,7 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(&name);
     }
-    for name in [
-        CONNECTION,
-        KEEP_ALIVE,
-        PROXY_CONNECTION,
-        PROXY_AUTHENTICATE,
-        PROXY_AUTHORIZATION,
-        TE,
-        TRAILER,
-        TRANSFER_ENCODING,
-    ] {
+    for name in ALWAYS_REMOVED {
         headers.remove(name);
     }
     if keep_te_trailers {
@@ -307,6 +303,25 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     } else {
         headers.remove(UPGRADE);
     }
+}
+
+/// Hop-by-hop fields [`strip_hop_by_hop`] removes whatever `Connection` says (`TE: trailers`
+/// is put back).
+const ALWAYS_REMOVED: [HeaderName; 8] = [
+    CONNECTION,
+    KEEP_ALIVE,
+    PROXY_CONNECTION,
+    PROXY_AUTHENTICATE,
+    PROXY_AUTHORIZATION,
+    TE,
+    TRAILER,
+    TRANSFER_ENCODING,
+];
+
+/// The fields [`strip_hop_by_hop`] acts on by name; others are removed only when `Connection`
+/// names them, so a message with none of these has nothing to strip.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == UPGRADE || ALWAYS_REMOVED.contains(name)
 }
 
 /// True for an HTTP/1.1 request asking for a protocol upgrade: a `Connection` field lists the
@@ -457,12 +472,11 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
     // so neither id can be all zeros.
     let trace = uuid::Uuid::new_v4().as_u128();
     let span = uuid::Uuid::new_v4().as_u64_pair().1;
-    // `00-<32 hex>-<16 hex>-00`, formatted on the stack.
-    let mut traceparent = [0u8; 55];
-    let _ = std::io::Write::write_fmt(
-        &mut &mut traceparent[..],
-        format_args!("00-{trace:032x}-{span:016x}-00"),
-    );
+    // `00-<32 hex>-<16 hex>-00`, written on the stack (without `fmt`: this runs per request).
+    let mut traceparent = *b"00-################################-################-00";
+    let hex_ok = hex::encode_to_slice(trace.to_be_bytes(), &mut traceparent[3..35]).is_ok()
+        && hex::encode_to_slice(span.to_be_bytes(), &mut traceparent[36..52]).is_ok();
+    debug_assert!(hex_ok, "the slices fit the ids exactly");
     let trace_id = String::from_utf8_lossy(&traceparent[3..35]).into_owned();
     headers.remove(TRACESTATE);
     match HeaderValue::from_bytes(&traceparent) {
@@ -794,6 +808,28 @@ mod tests {
             strip_hop_by_hop(&mut h, c.keep_upgrade);
             assert_eq!(h, map(c.want), "case {:?}", c.name);
         }
+    }
+
+    /// Each field the early return looks for, alone, is still acted on; a message with none of
+    /// them comes out as it went in.
+    #[test]
+    fn hop_by_hop_fields_alone_are_stripped() {
+        for name in ALWAYS_REMOVED.iter().chain([&UPGRADE]) {
+            for keep_upgrade in [false, true] {
+                let mut h = map(&[(name.as_str(), "gzip"), ("x-a", "1")]);
+                strip_hop_by_hop(&mut h, keep_upgrade);
+                let want: &[(&str, &str)] = if name == UPGRADE && keep_upgrade {
+                    &[("upgrade", "gzip"), ("connection", "upgrade"), ("x-a", "1")]
+                } else {
+                    &[("x-a", "1")]
+                };
+                assert_eq!(h, map(want), "{name} alone, keep_upgrade {keep_upgrade}");
+            }
+        }
+        let clean = map(&[("host", "a"), ("authorization", "Bearer x"), ("x-a", "1")]);
+        let mut h = clean.clone();
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(h, clean);
     }
 
     #[test]
