@@ -391,12 +391,10 @@ impl ChainHash {
     /// The 64 lowercase hex digits, written into `buf` (every event's `prev` is formatted by
     /// the writer thread: no heap string for it).
     pub fn hex<'b>(&self, buf: &'b mut [u8; 64]) -> &'b str {
-        const DIGITS: &[u8; 16] = b"0123456789abcdef";
-        for (pair, byte) in buf.chunks_exact_mut(2).zip(self.0) {
-            pair[0] = DIGITS[usize::from(byte >> 4)];
-            pair[1] = DIGITS[usize::from(byte & 0x0f)];
+        match hex::encode_to_slice(self.0, buf) {
+            Ok(()) => std::str::from_utf8(buf).unwrap_or_default(),
+            Err(_) => "", // unreachable: 32 bytes are 64 digits
         }
-        std::str::from_utf8(buf).unwrap_or_default()
     }
 
     pub fn parse_hex(s: &str) -> Option<Self> {
