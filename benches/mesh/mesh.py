@@ -25,6 +25,14 @@ model), latency p50/p99/p99.9 at fixed rates (open model, latency from each requ
 i.e. coordinated-omission corrected), CPU seconds of the proxies per 1,000 requests (from
 /proc/<pid>/stat), idle and peak RSS per proxy (VmRSS, VmHWM), non-2xx responses and socket
 errors. Medians over rounds; ratios vakt/Envoy and vakt/direct.
+
+With `--instructions SECONDS` (and usually `--baseline-vakt OLD`), the timed runs are replaced
+by instruction counts: both vakt sidecars run under valgrind's callgrind, and after a warm-up
+that caches every token, each window of SECONDS of load gives each sidecar's instructions per
+request (its whole process: request path, audit writer thread, timers; the certificate re-read
+is moved out of the window). Unlike CPU time on this shared machine, the count repeats within a
+few percent, so a change of a few percent between two builds shows. Writes
+instructions.{md,json}.
 """
 
 from __future__ import annotations
@@ -171,11 +179,12 @@ def make_pki(vakt: str, work: Path) -> dict[str, Path]:
     return {"ca": work / "ca" / "ca.pem"}
 
 
-def vakt_identity(work: Path, name: str) -> str:
+def vakt_identity(work: Path, name: str, reload_interval: str | None) -> str:
     d = work / name
     return (
         f"identity:\n  trust_domain: {TRUST_DOMAIN}\n  cert: {d / 'cert.pem'}\n  key: {d / 'key.pem'}\n"
         f"  trust_bundle: {d / 'bundle.pem'}\n"
+        + (f"  reload_interval: {reload_interval}\n" if reload_interval else "")
     )
 
 
@@ -205,8 +214,11 @@ routes:
 """
 
 
-def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str = "") -> tuple[Path, Path]:
-    """`tag` names a second vakt mesh (`--baseline-vakt`): its own ports, policy and audit files."""
+def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str = "",
+                       reload_interval: str | None = None) -> tuple[Path, Path]:
+    """`tag` names a second vakt mesh (`--baseline-vakt`): its own ports, policy and audit files.
+    `reload_interval`: of the certificate safety-net re-read (`--instructions` keeps it out of the
+    measured window)."""
     if tag:
         ports = ports | {k.removesuffix(tag): v for k, v in ports.items() if k.endswith(tag)}
     work_root, work = work, work / tag.strip("_") if tag else work
@@ -221,7 +233,7 @@ def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str 
     (work / "audit").mkdir()
     (work / "policy" / "policy.yaml").write_text(POLICY)
     server = (
-        vakt_identity(work, "server")
+        vakt_identity(work, "server", reload_interval)
         + f"inbound:\n  listen: 127.0.0.1:{ports['vakt_server']}\n  app: 127.0.0.1:{ports['app']}\n"
         f"  policy: {work / 'policy' / 'policy.yaml'}\n"
         + f"oidc:\n  issuers:\n    - issuer: {issuer}\n      profile: helseid\n      audiences: [{AUDIENCE}]\n"
@@ -229,7 +241,7 @@ def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str 
         + vakt_common(work, "server", ports["vakt_server_admin"])
     )
     client = (
-        vakt_identity(work, "client")
+        vakt_identity(work, "client", reload_interval)
         + f"outbound:\n  listen: 127.0.0.1:{ports['vakt_client']}\n  upstreams:\n"
         f"    - authority: {AUTHORITY}\n      address: 127.0.0.1:{ports['vakt_server']}\n"
         f"      spiffe_id: {SERVER_ID}\n"
@@ -455,6 +467,86 @@ def check_enforced(system: System, good: str, no_scope: str) -> None:
     log(f"{system.name}: enforcement checked (200 allowed; 401 no token / forged; 403 scope / path)")
 
 
+def requests_served(admin_port: int) -> float:
+    """The sidecar's `vakt_requests_total`, all labels."""
+    _, body = http_get(f"http://127.0.0.1:{admin_port}/metrics")
+    return sum(float(line.split()[-1]) for line in body.decode().splitlines()
+               if line.startswith("vakt_requests_total"))
+
+
+def callgrind_window(proc: Proc, work: Path, command: str) -> int | None:
+    """`zero` the counters of a sidecar under callgrind, or `dump` them and return the
+    instructions counted since the last zero."""
+    before = set(work.glob(f"callgrind.{proc.name}.{proc.pid}*"))
+    run(["callgrind_control", "--" + command, str(proc.pid)])
+    if command == "zero":
+        return None
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        new = set(work.glob(f"callgrind.{proc.name}.{proc.pid}*")) - before
+        for dump in new:
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith(("totals:", "summary:")):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    raise RuntimeError(f"no callgrind dump from {proc.name}")
+
+
+def count_instructions(args, systems: list["System"], admin: dict[str, int], tokens_file: Path,
+                       n_tokens: int, work: Path) -> int:
+    """Instructions per request of each vakt sidecar, from callgrind: repeatable where CPU time
+    on this shared machine is not, so an A/B of two builds (`--baseline-vakt`) shows changes of a
+    few percent. The windows start after every token is cached and the connections are up."""
+    for s in systems:
+        served = 0
+        while served < 1.2 * n_tokens:  # every token verified once, then cache hits only
+            served += throughput(args, s.url, tokens_file, 5)["requests"]
+    results: dict[str, list[dict]] = {s.name: [] for s in systems}
+    for rnd in range(args.rounds):
+        order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
+        for s in order:
+            for p in s.procs:
+                callgrind_window(p, work, "zero")
+            before = {p.name: requests_served(admin[p.name]) for p in s.procs}
+            t = throughput(args, s.url, tokens_file, args.instructions)
+            after = {p.name: requests_served(admin[p.name]) for p in s.procs}
+            per_request = {}
+            for p in s.procs:
+                ir = callgrind_window(p, work, "dump")
+                role = p.name.rsplit("-", 1)[1]
+                per_request[role] = ir / max(after[p.name] - before[p.name], 1)
+            per_request["both"] = per_request["client"] + per_request["server"]
+            results[s.name].append({"requests": t["requests"], "non_2xx": t["non_2xx"], **per_request})
+            log(f"round {rnd + 1} {s.name}: {t['requests']} requests, instructions per request: "
+                f"client {per_request['client']:,.0f}, server {per_request['server']:,.0f}")
+    med = {name: {k: median([r[k] for r in rs]) for k in ("client", "server", "both")}
+           for name, rs in results.items()}
+    lines = [
+        f"Instructions per request (valgrind callgrind), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+        f"{args.rounds} windows of {args.instructions:g} s per build, medians; each sidecar's whole "
+        "process (request path, audit writer thread, timers), token cache warm.",
+        "",
+        "| build | client sidecar | server sidecar | both | ratio to vakt-base |",
+        "|---|---|---|---|---|",
+    ]
+    base = med.get("vakt-base", {}).get("both")
+    for name, m in med.items():
+        lines.append(f"| {name} | {m['client']:,.0f} | {m['server']:,.0f} | {m['both']:,.0f} | "
+                     f"{m['both'] / base:.3f} |" if base else
+                     f"| {name} | {m['client']:,.0f} | {m['server']:,.0f} | {m['both']:,.0f} | – |")
+    md = "\n".join(lines) + "\n"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "instructions.json").write_text(json.dumps({"median": med, "windows": results}, indent=2) + "\n")
+    (out / "instructions.md").write_text(md)
+    print(md)
+    failed = [name for name, rs in results.items() if any(r["non_2xx"] for r in rs)]
+    if failed:
+        log(f"INVALID RUN: non-2xx answers from {', '.join(failed)}")
+        return 1
+    return 0
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -479,6 +571,10 @@ def main() -> int:
                     help="cores for everything under test (app, sidecars)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--baseline-vakt", help="a second vakt binary, measured as `vakt-base` in the same run")
+    ap.add_argument("--instructions", type=float, default=0.0, metavar="SECONDS",
+                    help="instead of the timed runs: count the instructions each vakt sidecar "
+                         "executes per request (valgrind callgrind), over windows of SECONDS of "
+                         "load, --rounds times per build; writes instructions.{md,json}")
     args = ap.parse_args()
     rates = [int(r) for r in args.rates.split(",") if r]
     systems_wanted = args.systems.split(",")
@@ -490,6 +586,22 @@ def main() -> int:
         p = Proc(name, argv, cpus or args.sut_cpus, work)
         procs.append(p)
         return p
+
+    counting = args.instructions > 0
+    if counting:
+        for tool in ("valgrind", "callgrind_control"):
+            if not shutil.which(tool):
+                raise SystemExit(f"--instructions needs {tool} (Debian: apt-get install valgrind)")
+        systems_wanted = [s for s in systems_wanted if s == "vakt"]
+    reload_interval = "1h" if counting else None
+    # Under callgrind a sidecar starts ~50x slower.
+    ready_timeout = 300.0 if counting else 30.0
+
+    def start_vakt(name: str, binary: str, config: Path) -> Proc:
+        argv = [binary, "run", "--config", str(config)]
+        if counting:
+            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.{name}.%p", *argv]
+        return start(name, argv)
 
     started = time.time()
     sampling = threading.Event()
@@ -526,6 +638,7 @@ def main() -> int:
         start("app", [args.app, f"127.0.0.1:{ports['app']}"])
         wait_port(ports["app"])
         systems: list[System] = []
+        admin: dict[str, int] = {}  # vakt sidecar name -> admin port
         if "direct" in systems_wanted:
             systems.append(System("direct", f"http://127.0.0.1:{ports['app']}{PATH}", []))
         if "envoy" in systems_wanted:
@@ -540,20 +653,22 @@ def main() -> int:
             log(f"envoy {version} up")
             systems.append(System("envoy", f"http://127.0.0.1:{ports['envoy_client']}{PATH}", [client, server]))
         if "vakt" in systems_wanted:
-            vs, vc = write_vakt_configs(work, ports, issuer)
-            server = start("vakt-server", [args.vakt, "run", "--config", str(vs)])
-            client = start("vakt-client", [args.vakt, "run", "--config", str(vc)])
+            vs, vc = write_vakt_configs(work, ports, issuer, reload_interval=reload_interval)
+            server = start_vakt("vakt-server", args.vakt, vs)
+            client = start_vakt("vakt-client", args.vakt, vc)
+            admin[server.name], admin[client.name] = ports["vakt_server_admin"], ports["vakt_client_admin"]
             for p in ("vakt_server_admin", "vakt_client_admin"):
-                wait_ready(f"http://127.0.0.1:{ports[p]}/ready")
+                wait_ready(f"http://127.0.0.1:{ports[p]}/ready", ready_timeout)
             log("vakt up")
             systems.append(System("vakt", f"http://127.0.0.1:{ports['vakt_client']}{PATH}", [client, server]))
         if args.baseline_vakt:
             # A second vakt build on the same machine in the same run (A/B of a change).
-            vs, vc = write_vakt_configs(work, ports, issuer, tag="_base")
-            server = start("vakt-base-server", [args.baseline_vakt, "run", "--config", str(vs)])
-            client = start("vakt-base-client", [args.baseline_vakt, "run", "--config", str(vc)])
+            vs, vc = write_vakt_configs(work, ports, issuer, tag="_base", reload_interval=reload_interval)
+            server = start_vakt("vakt-base-server", args.baseline_vakt, vs)
+            client = start_vakt("vakt-base-client", args.baseline_vakt, vc)
+            admin[server.name], admin[client.name] = ports["vakt_server_admin_base"], ports["vakt_client_admin_base"]
             for p in ("vakt_server_admin_base", "vakt_client_admin_base"):
-                wait_ready(f"http://127.0.0.1:{ports[p]}/ready")
+                wait_ready(f"http://127.0.0.1:{ports[p]}/ready", ready_timeout)
             log(f"baseline vakt ({args.baseline_vakt}) up")
             systems.append(System("vakt-base", f"http://127.0.0.1:{ports['vakt_client_base']}{PATH}", [client, server]))
 
@@ -561,6 +676,8 @@ def main() -> int:
             if s.name != "direct":
                 check_enforced(s, tokens[0], no_scope)
         idle_rss = {s.name: [p.status_kb("VmRSS") for p in s.procs] for s in systems}
+        if counting:
+            return count_instructions(args, systems, admin, tokens_file, len(tokens), work)
 
         # Warm-up: connections, pools, token caches (every token seen once).
         for s in systems:
