@@ -798,6 +798,17 @@ impl AuditEvent {
     /// together). It is written directly because the writer thread formats every event, and
     /// serde's per-field machinery and escaping were most of that thread's time.
     pub fn write_json(&self, out: &mut String) {
+        // The optional fields' values, when present.
+        fn label(l: &Option<Label>) -> Option<&str> {
+            l.as_ref().map(Label::as_str)
+        }
+        fn text(t: &Option<Text>) -> Option<&str> {
+            t.as_ref().map(Text::as_str)
+        }
+        fn pseudonym(p: &Option<Pseudonym>) -> Option<&str> {
+            p.as_ref().map(Pseudonym::as_str)
+        }
+
         string(out, "{\"schema\":", SCHEMA);
         number(out, key!("seq"), self.seq);
         string(out, key!("prev"), self.prev.hex(&mut [0; 64]));
@@ -811,51 +822,22 @@ impl AuditEvent {
         string(out, key!("direction"), self.direction.as_str());
         string(out, key!("decision"), self.decision.as_str());
         string(out, key!("reason"), self.reason.as_str());
-        let labels = [
-            (key!("request_id"), &self.request_id),
-            (key!("trace_id"), &self.trace_id),
-            (key!("route"), &self.route),
-        ];
-        for (key, label) in labels {
-            if let Some(label) = label {
-                string(out, key, label.as_str());
-            }
-        }
-        if let Some(rule) = self.rule {
-            number(out, key!("rule"), u64::from(rule));
-        }
-        if let Some(method) = &self.method {
-            string(out, key!("method"), method.as_str());
-        }
-        if let Some(action) = self.action {
-            string(out, key!("action"), action.as_str());
-        }
-        let texts = [
-            (key!("route_template"), &self.route_template),
-            (key!("path"), &self.path),
-            (key!("peer"), &self.peer),
-            (key!("issuer"), &self.issuer),
-        ];
-        for (key, text) in texts {
-            if let Some(text) = text {
-                string(out, key, text.as_str());
-            }
-        }
-        if let Some(client_id) = &self.client_id {
-            string(out, key!("client_id"), client_id.as_str());
-        }
-        let pseudonyms = [
-            (key!("subject_pseudonym"), &self.subject_pseudonym),
-            (key!("national_id_pseudonym"), &self.national_id_pseudonym),
-        ];
-        for (key, pseudonym) in pseudonyms {
-            if let Some(pseudonym) = pseudonym {
-                string(out, key, pseudonym.as_str());
-            }
-        }
-        if let Some(loa) = &self.loa {
-            string(out, key!("loa"), loa.as_str());
-        }
+        opt_string(out, key!("request_id"), label(&self.request_id));
+        opt_string(out, key!("trace_id"), label(&self.trace_id));
+        opt_string(out, key!("route"), label(&self.route));
+        opt_number(out, key!("rule"), self.rule.map(u64::from));
+        opt_string(out, key!("method"), label(&self.method));
+        opt_string(out, key!("action"), self.action.map(Action::as_str));
+        opt_string(out, key!("route_template"), text(&self.route_template));
+        opt_string(out, key!("path"), text(&self.path));
+        opt_string(out, key!("peer"), text(&self.peer));
+        opt_string(out, key!("issuer"), text(&self.issuer));
+        opt_string(out, key!("client_id"), label(&self.client_id));
+        let subject = pseudonym(&self.subject_pseudonym);
+        opt_string(out, key!("subject_pseudonym"), subject);
+        let national_id = pseudonym(&self.national_id_pseudonym);
+        opt_string(out, key!("national_id_pseudonym"), national_id);
+        opt_string(out, key!("loa"), label(&self.loa));
         if let Some((first, rest)) = self.amr.split_first() {
             out.push_str(key!("amr"));
             out.push('[');
@@ -866,17 +848,10 @@ impl AuditEvent {
             }
             out.push(']');
         }
-        let numbers = [
-            (key!("status"), self.status.map(u64::from)),
-            (key!("bytes_in"), self.bytes_in),
-            (key!("bytes_out"), self.bytes_out),
-            (key!("duration_ms"), self.duration_ms),
-        ];
-        for (key, value) in numbers {
-            if let Some(value) = value {
-                number(out, key, value);
-            }
-        }
+        opt_number(out, key!("status"), self.status.map(u64::from));
+        opt_number(out, key!("bytes_in"), self.bytes_in);
+        opt_number(out, key!("bytes_out"), self.bytes_out);
+        opt_number(out, key!("duration_ms"), self.duration_ms);
         out.push('}');
     }
 }
@@ -891,6 +866,20 @@ fn string(out: &mut String, key: &str, value: &str) {
 fn number(out: &mut String, key: &str, value: u64) {
     out.push_str(key);
     out.push_str(itoa::Buffer::new().format(value));
+}
+
+/// [`string`], when there is a value (an absent field is left out).
+fn opt_string(out: &mut String, key: &str, value: Option<&str>) {
+    if let Some(value) = value {
+        string(out, key, value);
+    }
+}
+
+/// [`number`], when there is a value (an absent field is left out).
+fn opt_number(out: &mut String, key: &str, value: Option<u64>) {
+    if let Some(value) = value {
+        number(out, key, value);
+    }
 }
 
 /// `value` as a JSON string: `"`, `\` and control characters escaped the way `serde_json`
