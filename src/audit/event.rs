@@ -886,8 +886,8 @@ fn opt_number(out: &mut String, key: &str, value: Option<u64>) {
 /// does (`\n`, `\u001f`, ...), everything else as it is.
 fn push_json_string(out: &mut String, value: &str) {
     out.push('"');
-    // Audit values are checked to need no escape, so test that first, 16 bytes at a time with
-    // no early exit per byte (the compiler makes this a few vector instructions per chunk).
+    // Audit values are checked to need no escape, so test that first and copy the value whole;
+    // 16 bytes at a time, without a branch per byte.
     let needs_escape = |b: u8| b < 0x20 || b == b'"' || b == b'\\';
     if value
         .as_bytes()

@@ -476,15 +476,15 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
     let mut traceparent = *b"00-################################-################-00";
     let hex_ok = hex::encode_to_slice(trace.to_be_bytes(), &mut traceparent[3..35]).is_ok()
         && hex::encode_to_slice(span.to_be_bytes(), &mut traceparent[36..52]).is_ok();
-    debug_assert!(hex_ok, "the slices fit the ids exactly");
     let trace_id = String::from_utf8_lossy(&traceparent[3..35]).into_owned();
     headers.remove(TRACESTATE);
     match HeaderValue::from_bytes(&traceparent) {
-        Ok(v) => {
+        Ok(v) if hex_ok => {
             headers.insert(TRACEPARENT, v);
         }
-        // Unreachable (hex and dashes only); never panic on the data path.
-        Err(_) => {
+        // Unreachable (the ids fit their slices exactly; hex and dashes are valid field text);
+        // never panic on the data path, and never send a half-written id.
+        _ => {
             headers.remove(TRACEPARENT);
         }
     }
