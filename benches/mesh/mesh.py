@@ -30,9 +30,10 @@ With `--instructions SECONDS` (and usually `--baseline-vakt OLD`), the timed run
 by instruction counts: both vakt sidecars run under valgrind's callgrind, and after a warm-up
 that caches every token, each window of SECONDS of load gives each sidecar's instructions per
 request (its whole process: request path, audit writer thread, timers; the certificate re-read
-is moved out of the window). Unlike CPU time on this shared machine, the count repeats within a
-few percent, so a change of a few percent between two builds shows. Writes
-instructions.{md,json}.
+is moved out of the window). Within one run, windows of one build agree within ~6% where CPU
+time on this shared machine spreads by ±25%, so a change of ~5% between two builds shows. Across
+runs the counts move more (when the machine is busy, fewer requests share each TLS record and
+wake-up), so only builds measured in the same run are compared. Writes instructions.{md,json}.
 """
 
 from __future__ import annotations
@@ -500,7 +501,10 @@ def count_instructions(args, systems: list["System"], admin: dict[str, int], tok
     for s in systems:
         served = 0
         while served < 1.2 * n_tokens:  # every token verified once, then cache hits only
-            served += throughput(args, s.url, tokens_file, 5)["requests"]
+            t = throughput(args, s.url, tokens_file, 5)
+            if not t["requests"] or t["non_2xx"] or t["socket_errors"]:
+                raise RuntimeError(f"{s.name}: warm-up failed: {t}")
+            served += t["requests"]
     results: dict[str, list[dict]] = {s.name: [] for s in systems}
     for rnd in range(args.rounds):
         order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
@@ -531,9 +535,8 @@ def count_instructions(args, systems: list["System"], admin: dict[str, int], tok
     ]
     base = med.get("vakt-base", {}).get("both")
     for name, m in med.items():
-        lines.append(f"| {name} | {m['client']:,.0f} | {m['server']:,.0f} | {m['both']:,.0f} | "
-                     f"{m['both'] / base:.3f} |" if base else
-                     f"| {name} | {m['client']:,.0f} | {m['server']:,.0f} | {m['both']:,.0f} | – |")
+        ratio = f"{m['both'] / base:.3f}" if base else "–"
+        lines.append(f"| {name} | {m['client']:,.0f} | {m['server']:,.0f} | {m['both']:,.0f} | {ratio} |")
     md = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
