@@ -433,3 +433,110 @@ async fn admin_endpoints_report_liveness_readiness_and_metrics() {
     assert!(!text.contains("spiffe://"));
     assert!(!text.contains("/m\""));
 }
+
+/// What a client sidecar sent on the wire: the HPACK block of each request's HEADERS frame, read
+/// by a bare HTTP/2-over-mTLS server (the egress destination) that answers every request 200.
+async fn capturing_h2_destination(
+    dir: &std::path::Path,
+) -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<Vec<u8>>,
+) {
+    use rustls::pki_types::pem::PemObject;
+    let chain: Vec<_> =
+        rustls::pki_types::CertificateDer::pem_file_iter(dir.join(vakt::certs::CERT_FILE))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key =
+        rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(vakt::certs::KEY_FILE)).unwrap();
+    let mut config = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (blocks, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut tls = acceptor.accept(tcp).await.unwrap();
+        let mut preface = [0u8; 24];
+        tls.read_exact(&mut preface).await.unwrap();
+        assert_eq!(&preface, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+        tls.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap(); // SETTINGS, none
+        loop {
+            let mut head = [0u8; 9];
+            if tls.read_exact(&mut head).await.is_err() {
+                return;
+            }
+            let len = usize::from(head[0]) << 16 | usize::from(head[1]) << 8 | usize::from(head[2]);
+            let (kind, flags, stream) = (head[3], head[4], &head[5..9]);
+            let mut payload = vec![0u8; len];
+            tls.read_exact(&mut payload).await.unwrap();
+            match kind {
+                // SETTINGS without ACK: acknowledge.
+                4 if flags & 1 == 0 => tls.write_all(&[0, 0, 0, 4, 1, 0, 0, 0, 0]).await.unwrap(),
+                // HEADERS, complete in one frame (END_HEADERS): keep the block, answer
+                // `:status: 200` (static index 8) with END_STREAM.
+                1 => {
+                    assert_eq!(flags & 0x4, 0x4, "headers split over CONTINUATION frames");
+                    assert_eq!(flags & 0x28, 0, "padding or priority not expected");
+                    blocks.send(payload).unwrap();
+                    let mut answer = vec![0, 0, 1, 1, 0x5];
+                    answer.extend_from_slice(stream);
+                    answer.push(0x88);
+                    tls.write_all(&answer).await.unwrap();
+                }
+                _ => {}
+            }
+        }
+    });
+    (addr, rx)
+}
+
+/// A credential crosses the mesh as an HPACK never-indexed literal (RFC 7541 §6.2.3), every
+/// time: never as a reference into the connection's compression table, even when the same token
+/// was sent a moment before on the same connection (where a compression side channel could
+/// otherwise probe for it). Read off the wire by a bare HTTP/2 destination.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_cross_the_mesh_as_never_indexed_literals_every_time() {
+    init();
+    let pki = vakt::devmesh::DevPki::new(TD).unwrap();
+    let server_id = pki.spiffe_id("shop", "orders");
+    let server_dir = pki.workload("orders", &server_id).unwrap();
+    let (addr, mut blocks) = capturing_h2_destination(&server_dir).await;
+    let web = client_sidecar(&pki, "web", addr, &server_id).await;
+    // Token-sized, and the same value twice.
+    let token = format!("Bearer {}", "eyJhbGciOiJSUzI1NiJ9".repeat(30));
+    for _ in 0..2 {
+        let mut req = get("/journal", "orders.shop");
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, token.parse().unwrap());
+        req.headers_mut()
+            .insert(http::header::COOKIE, "session=s3cr3t".parse().unwrap());
+        let response = plain_send(web.outbound_addr.unwrap(), req).await;
+        assert_eq!(response.status(), 200);
+    }
+    for n in 0..2 {
+        let block = blocks.recv().await.unwrap();
+        // `authorization` is static-table name 23: never-indexed literal with an indexed name is
+        // 0001_1111 then 23 - 15 = 8; `cookie` (32) is 0001_1111 then 17.
+        assert!(
+            block.windows(2).any(|w| w == [0x1f, 0x08]),
+            "request {n}: no never-indexed authorization literal in {block:02x?}"
+        );
+        assert!(
+            block.windows(2).any(|w| w == [0x1f, 0x11]),
+            "request {n}: no never-indexed cookie literal in {block:02x?}"
+        );
+        // The token itself is in the block (Huffman-coded it is still over half its length),
+        // not a one-byte index.
+        assert!(
+            block.len() > token.len() / 2,
+            "request {n}: {} bytes cannot hold the token",
+            block.len()
+        );
+    }
+}
