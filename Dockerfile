@@ -9,10 +9,11 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Only what `cargo build` reads: the manifest, the lock file, the sources (benches/ because
-# Cargo.toml declares a bench target by path).
+# Cargo.toml declares a bench target by path, vendor/ for the patched h2).
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
 COPY benches ./benches
+COPY vendor ./vendor
 # aws-lc-rs builds its C code with the image's gcc; no OpenSSL. The registry and target caches
 # make rebuilds fast; the binary is copied out of the cached target dir in the same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

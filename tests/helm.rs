@@ -960,6 +960,11 @@ fn chart_metadata_matches_the_crate_and_the_image() {
         );
     }
     assert!(dockerfile.contains("cargo build --release --locked"));
+    // Cargo.toml's [patch.crates-io] takes h2 from vendor/: without it the image does not build.
+    assert!(
+        dockerfile.lines().any(|l| l == "COPY vendor ./vendor"),
+        "Dockerfile: vendor/ (the patched h2) is not copied into the build"
+    );
     let dockerignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
     assert!(dockerignore.lines().any(|l| l == "target/"));
 }

@@ -37,3 +37,67 @@ fn no_second_tls_stack_or_crypto_provider_in_the_dependency_graph() {
         );
     }
 }
+
+/// hyper's h2 comes from vendor/h2 (see vendor/README.md): crates.io's h2 of one exact version
+/// with vakt's patch applied. The `=` pin in Cargo.toml, the vendored crate and Cargo.lock must
+/// name the same version (else a re-vendoring went half-way), Cargo.lock must take h2 from the
+/// path (else the patch is not in the build), and every hunk of the patch must be in the copy.
+#[test]
+fn vendored_h2_is_the_pinned_version_with_the_patch_applied() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let read = |path: &str| std::fs::read_to_string(root.join(path)).unwrap();
+
+    let manifest = read("Cargo.toml");
+    let pinned = manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("h2 = { version = \"="))
+        .and_then(|rest| rest.split('"').next())
+        .expect("Cargo.toml pins h2 with `h2 = { version = \"=X.Y.Z\"`");
+    assert!(manifest.contains("[patch.crates-io]\n"));
+    assert!(manifest.contains("\nh2 = { path = \"vendor/h2\" }\n"));
+
+    let vendored = read("vendor/h2/Cargo.toml");
+    assert!(
+        vendored.contains(&format!("\nname = \"h2\"\nversion = \"{pinned}\"\n")),
+        "vendor/h2 is not h2 {pinned}"
+    );
+
+    let lock = read("Cargo.lock");
+    let entry = lock
+        .split("[[package]]\n")
+        .find(|p| p.starts_with("name = \"h2\"\n"))
+        .expect("h2 in Cargo.lock");
+    assert!(
+        entry.starts_with(&format!("name = \"h2\"\nversion = \"{pinned}\"\n")),
+        "Cargo.lock has another h2: {entry}"
+    );
+    assert!(
+        !entry.contains("source = "),
+        "Cargo.lock takes h2 from a registry, not from vendor/h2: {entry}"
+    );
+
+    let patch = read("vendor/h2-raw-string-literals.patch");
+    let mut hunks = 0;
+    for file in patch.split("--- a/").skip(1) {
+        let path = file.lines().next().unwrap();
+        let patched = read(&format!("vendor/h2/{path}"));
+        for hunk in file.split("\n@@ ").skip(1) {
+            // The hunk's new side: context and added lines, in order.
+            let new_side: String = hunk
+                .lines()
+                .skip(1)
+                .filter(|l| !l.starts_with('-'))
+                .map(|l| format!("{}\n", l.get(1..).unwrap_or("")))
+                .collect();
+            assert!(
+                patched.contains(&new_side),
+                "vendor/h2/{path} lacks a hunk of the patch:\n{new_side}"
+            );
+            hunks += 1;
+        }
+    }
+    assert!(
+        hunks > 0,
+        "vendor/h2-raw-string-literals.patch has no hunks"
+    );
+}

@@ -1,5 +1,7 @@
 use super::table::{Index, Table};
-use super::{huffman, Header};
+use super::Header;
+#[cfg(any(test, not(feature = "raw-string-literals")))]
+use super::huffman;
 
 use bytes::{BufMut, BytesMut};
 use http::header::{HeaderName, HeaderValue};
@@ -253,6 +255,17 @@ fn encode_not_indexed2(name: &[u8], value: &[u8], sensitive: bool, dst: &mut Byt
     encode_str(value, dst);
 }
 
+/// vakt patch (feature `raw-string-literals`): the string literal as its raw octets, H bit clear
+/// (RFC 7541 §5.2). Between sidecars, Huffman-coding every value (an access token is ~1 KiB) and
+/// decoding it again costs far more CPU than the quarter of those bytes it would save. Decoders
+/// must accept both forms, so peers see a valid, only larger, header block.
+#[cfg(feature = "raw-string-literals")]
+fn encode_str(val: &[u8], dst: &mut BytesMut) {
+    encode_int(val.len(), 7, 0, dst);
+    dst.extend_from_slice(val);
+}
+
+#[cfg(not(feature = "raw-string-literals"))]
 fn encode_str(val: &[u8], dst: &mut BytesMut) {
     if !val.is_empty() {
         let idx = position(dst);
@@ -332,6 +345,7 @@ fn encode_int_one_byte(value: usize, prefix_bits: usize) -> bool {
     value < (1 << prefix_bits) - 1
 }
 
+#[cfg(any(test, not(feature = "raw-string-literals")))]
 fn position(buf: &BytesMut) -> usize {
     buf.len()
 }

@@ -1,8 +1,10 @@
 mod decode;
+#[cfg(any(test, not(feature = "raw-string-literals")))]
 mod encode;
 mod table;
 
 pub use self::decode::decode;
+#[cfg(any(test, not(feature = "raw-string-literals")))]
 pub use self::encode::encode;
 
 #[cfg(test)]
