@@ -3,9 +3,7 @@
 //! distinct users call it. Counted exactly by a counting allocator, not sampled from RSS.
 //! `cargo bench --bench memory`.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicIsize, Ordering};
 
 mod common;
 
@@ -13,34 +11,9 @@ use futures_util::FutureExt;
 use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
 use vakt::pseudonym::Pseudonymiser;
 
-/// The system allocator, keeping a running total of live bytes.
-struct Counting;
-
-static LIVE_BYTES: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to `System`; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE_BYTES.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's layout.
-        unsafe { System.alloc(layout) }
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE_BYTES.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: forwarded with the caller's pointer and layout.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE_BYTES.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: forwarded with the caller's pointer, layout and size.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
+#[path = "counting_alloc.rs"]
+mod counting_alloc;
+use counting_alloc::{Counting, live_bytes};
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
@@ -70,14 +43,14 @@ fn main() {
         })
         .collect();
     let bytes_per_token = |label: &str, before: isize| {
-        let held = LIVE_BYTES.load(Ordering::Relaxed) - before;
+        let held = live_bytes() - before;
         println!(
             "{label}: {TOKENS} tokens hold {held} bytes, {:.0} bytes per token",
             held as f64 / TOKENS as f64
         );
     };
 
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = live_bytes();
     let principals: Vec<_> = tokens
         .iter()
         .map(|t| {
@@ -89,7 +62,7 @@ fn main() {
         })
         .collect();
     bytes_per_token("verified-token cache, principals as verified", before);
-    let before = LIVE_BYTES.load(Ordering::Relaxed);
+    let before = live_bytes();
     for p in &principals {
         // The audit event and the app's identity headers memoise the pseudonyms on first use.
         let _ = p.pseudonyms(&pseudonyms);

@@ -116,6 +116,11 @@ impl App {
         // Alerts compare the queue's depth with its capacity (a full queue refuses requests).
         metrics::gauge!(crate::metrics::AUDIT_QUEUE_CAPACITY).set(auditor.capacity as f64);
         listeners.push(spawn_audit_gauges(auditor.log.clone(), shutdown_rx.clone()));
+        listeners.push(crate::metrics::spawn_upkeep(
+            metrics.clone(),
+            crate::metrics::UPKEEP_INTERVAL,
+            shutdown_rx.clone(),
+        ));
         let verifier = match &config.oidc {
             None => None,
             Some(oidc) => {

@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::{OnceLock, PoisonError, RwLock};
+use std::time::Duration;
 
 use metrics::{Counter, Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
@@ -62,6 +63,30 @@ pub fn install() -> PrometheusHandle {
             handle
         })
         .clone()
+}
+
+/// How often recorded histogram samples are folded into their buckets, scraped or not.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Fold recorded histogram samples into their buckets every `period` until `shutdown`. The
+/// exporter keeps every sample (8 bytes) until an upkeep, and without this task only a scrape
+/// of `/metrics` ran one: a sidecar nobody scrapes grew by 8 bytes per request for good (~4 GB
+/// a day at 6,000 req/s), and one scraped every 30 s held 30 s of samples.
+pub fn spawn_upkeep(
+    handle: PrometheusHandle,
+    period: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(period);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => handle.run_upkeep(),
+                _ = shutdown.changed() => return,
+            }
+        }
+    })
 }
 
 fn describe() {
