@@ -24,8 +24,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// Return freed memory to the OS at once instead of 10 ms later, unless the environment says
 /// otherwise (`MIMALLOC_PURGE_DELAY`). A sidecar's heap swings with its load; with the delay,
 /// mimalloc still held ~4 MB of freed pages at the server sidecar's peak. Mesh benchmark, same
-/// run: peak RSS 21.2 vs 23.3 MB (server) and 16.3 vs 17.0 MB (client), CPU per request within
-/// the noise (+1.7%).
+/// run: peak RSS 21.5 vs 24.3 MB (server) and 16.5 vs 17.7 MB (client), CPU per request within
+/// the noise (+1.8%).
 fn return_freed_memory_promptly() {
     if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
         // SAFETY: sets a process-wide allocator option (a plain integer store that mimalloc reads
