@@ -9,6 +9,7 @@ mod common;
 
 use futures_util::FutureExt;
 use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
+use vakt::policy::stage::IdentityHeaders;
 use vakt::pseudonym::Pseudonymiser;
 
 #[path = "counting_alloc.rs"]
@@ -68,6 +69,24 @@ fn main() {
         let _ = p.pseudonyms(&pseudonyms);
     }
     bytes_per_token("  + pseudonyms memoised on first use", before);
+    let identity_headers = IdentityHeaders {
+        pseudonyms: Arc::new(pseudonyms),
+    };
+    let before = live_bytes();
+    for p in &principals {
+        // Rendered on a principal's first allowed request and kept with it; each request
+        // takes the values as `HeaderValue`s for its headers (dropped with the request).
+        let values = identity_headers.values(p);
+        assert!(
+            values.len() >= 6,
+            "issuer, loa, subject, scopes, amr, auth time at least"
+        );
+        assert_eq!(values.headers().count(), values.len());
+    }
+    bytes_per_token(
+        "  + the app's identity headers, after a first request",
+        before,
+    );
     drop(principals);
     // All tokens still cached (the cache holds the principals, not the Vec).
     let hits = tokens

@@ -293,7 +293,8 @@ pub struct Principal {
     pseudonyms: std::sync::OnceLock<(String, PrincipalPseudonyms)>,
     /// The identity headers for the app (`policy::stage::IdentityHeaders`), rendered for this
     /// principal's first request and shared by the rest; tagged with the pseudonym key id.
-    pub(crate) identity_headers: std::sync::OnceLock<(String, IdentityHeaderValues)>,
+    pub(crate) identity_headers:
+        std::sync::OnceLock<(String, Arc<crate::policy::stage::RenderedIdentity>)>,
 }
 
 /// A token's claims as sent, for policy `claims` conditions: name-sorted pairs in one boxed
@@ -332,9 +333,6 @@ impl From<BTreeMap<String, serde_json::Value>> for Claims {
         )
     }
 }
-
-/// Header names and values, as the policy stage sets them for the app.
-pub(crate) type IdentityHeaderValues = Arc<[(http::HeaderName, http::HeaderValue)]>;
 
 /// A principal's identifiers as pseudonyms (`<key id>:<base64url HMAC>`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
