@@ -328,9 +328,26 @@ impl From<BTreeMap<String, serde_json::Value>> for Claims {
         Self(
             claims
                 .into_iter()
-                .map(|(name, value)| (name.into_boxed_str(), value))
+                .map(|(name, mut value)| {
+                    shrink_arrays(&mut value);
+                    (name.into_boxed_str(), value)
+                })
                 .collect(),
         )
+    }
+}
+
+/// The parser grows an array as it reads it (capacity 4, then 8, ...), and a cached principal
+/// keeps its claims as long as its token is cached: `scope` and `amr` with two entries each held
+/// 128 bytes of spare capacity. Nesting is bounded by serde_json's recursion limit.
+fn shrink_arrays(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Array(items) => {
+            items.iter_mut().for_each(shrink_arrays);
+            items.shrink_to_fit();
+        }
+        serde_json::Value::Object(fields) => fields.values_mut().for_each(shrink_arrays),
+        _ => {}
     }
 }
 

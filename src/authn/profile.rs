@@ -148,8 +148,9 @@ impl Profile {
         claims: BTreeMap<String, Value>,
         expires_at: i64,
     ) -> Principal {
+        // Kept as long as the token is cached: no spare capacity from collecting.
         let strings = |v: Option<&Value>, split: bool| -> Vec<String> {
-            match v {
+            let mut list: Vec<String> = match v {
                 Some(Value::String(s)) if split => {
                     s.split_whitespace().map(str::to_owned).collect()
                 }
@@ -160,7 +161,9 @@ impl Profile {
                     .map(str::to_owned)
                     .collect(),
                 _ => Vec::new(),
-            }
+            };
+            list.shrink_to_fit();
+            list
         };
         let scopes = match claims.get("scope") {
             Some(v) => strings(Some(v), true),
@@ -206,6 +209,32 @@ mod tests {
     fn principal(profile: Profile, claims: Value) -> Principal {
         let claims: BTreeMap<String, Value> = serde_json::from_value(claims).unwrap();
         profile.principal("https://idp".into(), claims, 0)
+    }
+
+    #[test]
+    fn a_cached_principal_keeps_no_spare_list_capacity() {
+        // Parsed as a token's payload is, so the arrays grow as the parser reads them.
+        let claims: BTreeMap<String, Value> = serde_json::from_str(
+            r#"{"scope": ["a", "b", "c"], "amr": ["pwd", "otp"],
+                "nested": {"list": [1, 2, 3, 4, 5]}, "scp": "x y"}"#,
+        )
+        .unwrap();
+        let grown = claims["scope"].as_array().unwrap();
+        assert!(
+            grown.capacity() > grown.len(),
+            "the parser left spare capacity"
+        );
+        let p = Profile::Generic.principal("https://idp".into(), claims, 0);
+        for list in [&p.scopes, &p.amr] {
+            assert_eq!(list.capacity(), list.len());
+        }
+        assert_eq!(p.scopes, ["a", "b", "c"]);
+        for name in ["scope", "amr"] {
+            let items = p.claims.get(name).unwrap().as_array().unwrap();
+            assert_eq!(items.capacity(), items.len(), "{name}");
+        }
+        let nested = p.claims.get("nested").unwrap()["list"].as_array().unwrap();
+        assert_eq!((nested.len(), nested.capacity()), (5, 5));
     }
 
     #[test]
