@@ -8,9 +8,12 @@
 # ---- build -------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Only what `cargo build` reads: the manifest, the lock file, the sources (benches/ because
-# Cargo.toml declares a bench target by path, vendor/ for the patched h2).
-COPY Cargo.toml Cargo.lock ./
+# Only what `cargo build` reads: the manifest, the lock file, the build script (it links the
+# release binary with src/link/hot-text.ld), cargo's settings (.cargo/: v0 symbol names, which
+# that layout lists functions by), the sources (benches/ because Cargo.toml declares a bench
+# target by path, vendor/ for the patched h2).
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 COPY vendor ./vendor

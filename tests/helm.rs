@@ -965,6 +965,18 @@ fn chart_metadata_matches_the_crate_and_the_image() {
         dockerfile.lines().any(|l| l == "COPY vendor ./vendor"),
         "Dockerfile: vendor/ (the patched h2) is not copied into the build"
     );
+    // build.rs links the release binary with src/link/hot-text.ld (the code layout), which
+    // names functions as .cargo/config.toml's v0 mangling does.
+    assert!(
+        dockerfile
+            .lines()
+            .any(|l| l.starts_with("COPY ") && l.contains(" build.rs ")),
+        "Dockerfile: build.rs (the code layout) is not copied into the build"
+    );
+    assert!(
+        dockerfile.lines().any(|l| l == "COPY .cargo ./.cargo"),
+        "Dockerfile: .cargo/config.toml (v0 symbol names) is not copied into the build"
+    );
     let dockerignore = std::fs::read_to_string(repo().join(".dockerignore")).unwrap();
     assert!(dockerignore.lines().any(|l| l == "target/"));
 }

@@ -34,6 +34,10 @@ is moved out of the window). Within one run, windows of one build agree within ~
 time on this shared machine spreads by ±25%, so a change of ~5% between two builds shows. Across
 runs the counts move more (when the machine is busy, fewer requests share each TLS record and
 wake-up), so only builds measured in the same run are compared. Writes instructions.{md,json}.
+
+With `--hot-text FILE` (as `benches/mesh/run --hot-text` does), the same callgrind run profiles
+which of the binary's functions execute, from start-up on, and writes the linker script that puts
+them together in front of the rest of the code (see hot_text.py).
 """
 
 from __future__ import annotations
@@ -54,6 +58,8 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+
+import hot_text
 
 TRUST_DOMAIN = "bench.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/bench/sa/client"
@@ -510,7 +516,8 @@ def count_instructions(args, systems: list["System"], admin: dict[str, int], tok
         order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
         for s in order:
             for p in s.procs:
-                callgrind_window(p, work, "zero")
+                # profiling the layout keeps every instruction since start-up
+                callgrind_window(p, work, "dump" if args.hot_text else "zero")
             before = {p.name: requests_served(admin[p.name]) for p in s.procs}
             t = throughput(args, s.url, tokens_file, args.instructions)
             after = {p.name: requests_served(admin[p.name]) for p in s.procs}
@@ -578,7 +585,12 @@ def main() -> int:
                     help="instead of the timed runs: count the instructions each vakt sidecar "
                          "executes per request (valgrind callgrind), over windows of SECONDS of "
                          "load, --rounds times per build; writes instructions.{md,json}")
+    ap.add_argument("--hot-text", metavar="FILE",
+                    help="with the --instructions run (4 s windows unless given), write the "
+                         "linker script of the binary's executed functions to FILE (hot_text.py)")
     args = ap.parse_args()
+    if args.hot_text and not args.instructions:
+        args.instructions = 4.0
     rates = [int(r) for r in args.rates.split(",") if r]
     systems_wanted = args.systems.split(",")
 
@@ -603,7 +615,8 @@ def main() -> int:
     def start_vakt(name: str, binary: str, config: Path) -> Proc:
         argv = [binary, "run", "--config", str(config)]
         if counting:
-            argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={work}/callgrind.{name}.%p", *argv]
+            names = ["--demangle=no"] if args.hot_text else []  # the symbol table's names
+            argv = ["valgrind", "--tool=callgrind", *names, f"--callgrind-out-file={work}/callgrind.{name}.%p", *argv]
         return start(name, argv)
 
     started = time.time()
@@ -617,6 +630,8 @@ def main() -> int:
     threading.Thread(target=sample_memory, daemon=True).start()
     try:
         log(f"work directory {work}; load on cpu {args.load_cpus}, system under test on cpu {args.sut_cpus}")
+        layout = hot_text_layout(Path(args.vakt))
+        log(f"vakt's code layout: {layout}")
         ports = {k: free_port() for k in (
             "app", "idp", "vakt_client", "vakt_server", "vakt_client_admin", "vakt_server_admin",
             "envoy_client", "envoy_server", "envoy_client_admin", "envoy_server_admin",
@@ -681,7 +696,14 @@ def main() -> int:
                 check_enforced(s, tokens[0], no_scope, 120.0 if counting else 5.0)
         idle_rss = {s.name: [p.status_kb("VmRSS") for p in s.procs] for s in systems}
         if counting:
-            return count_instructions(args, systems, admin, tokens_file, len(tokens), work)
+            rc = count_instructions(args, systems, admin, tokens_file, len(tokens), work)
+            if args.hot_text and rc == 0:
+                vakt_procs = [p for p in procs if p.name in ("vakt-server", "vakt-client")]
+                for p in vakt_procs:
+                    p.stop()  # callgrind writes the part since the last dump at exit
+                dumps = sorted(f for p in vakt_procs for f in work.glob(f"callgrind.{p.name}.{p.pid}*"))
+                log("hot text: " + hot_text.write(dumps, Path(args.vakt), Path(args.hot_text)))
+            return rc
 
         # Warm-up: connections, pools, token caches (every token seen once).
         for s in systems:
@@ -727,6 +749,7 @@ def main() -> int:
             "load_cpus": args.load_cpus,
             "sut_cpus": args.sut_cpus,
             "vakt_server_audit_events": audit_lines,
+            "vakt_code_layout": layout,
             "wall_seconds": round(time.time() - started, 1),
         }
         out = Path(args.out)
@@ -794,6 +817,20 @@ def summarise(systems, results, rates, idle_rss, peak_rss, peak_split) -> dict:
     return summary
 
 
+def hot_text_layout(binary: Path) -> str:
+    """How much of the binary's code the hot-text layout (src/link/hot-text.ld) put in front.
+    A layout profiled from an older build fills less of its section as functions are renamed."""
+    try:
+        hot, rest = hot_text.hot_section(binary)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"unknown ({e})"
+    if not hot:
+        return (f"no hot-text section: all {rest / 2**20:.1f} MB of code in `.text` "
+                "(built with VAKT_HOT_TEXT=off, or not a release build)")
+    return (f"{hot / 2**20:.1f} MB of executed code in `.text.hot`, in front of "
+            f"{rest / 2**20:.1f} MB in `.text` (src/link/hot-text.ld)")
+
+
 def ratio(a: float, b: float) -> str:
     if not b or a != a or b != b:
         return "–"
@@ -807,6 +844,7 @@ def markdown(meta: dict, summary: dict, rates: list[int]) -> str:
         f"Load generator on cpu {meta['load_cpus']}, app + both sidecars on cpu {meta['sut_cpus']}; "
         f"{meta['rounds']} rounds, alternating; medians. {meta['connections']} keep-alive connections; "
         f"{meta['distinct_tokens']} distinct tokens in rotation; latency from each request's due time (open model).",
+        f"vakt's code layout: {meta['vakt_code_layout']}.",
         "",
     ]
     head = "| metric | " + " | ".join(names) + " |"
