@@ -39,8 +39,6 @@ import subprocess
 import time
 from pathlib import Path
 
-# callgrind names (`--demangle=no`) that are not symbols of the binary
-_NOT_A_SYMBOL = re.compile(r"^(0x[0-9a-f]+|\(below main\))$")
 # the parts of a symbol that change from build to build
 _LEGACY_HASH = re.compile(r"17h[0-9a-f]{16}E")
 _V0_CRATE_DISAMBIGUATOR = re.compile(r"Cs[0-9A-Za-z]*_(?=[0-9])")
@@ -89,8 +87,6 @@ def executed_functions(dumps: list[Path], symbols: dict[str, int]) -> collection
 
 def pattern(symbol: str) -> str | None:
     """The build-independent name of a function symbol (a glob), or None if it has none."""
-    if _NOT_A_SYMBOL.match(symbol):
-        return None
     name, suffixed = _LOCAL_SUFFIX.subn("", symbol)
     name = _LEGACY_HASH.sub("17h*E", name)
     if name.startswith("_R"):
@@ -118,7 +114,7 @@ def native_objects(deps: Path) -> dict[str, str]:
     return objects
 
 
-def linker_script(cost: collections.Counter, sizes: dict[str, int], objects: dict[str, str], source: str) -> str:
+def linker_script(cost: collections.Counter, hot_bytes: int, objects: dict[str, str], source: str) -> str:
     lines: list[str] = []
     seen: set[str] = set()
     for symbol, _ in cost.most_common():
@@ -130,7 +126,6 @@ def linker_script(cost: collections.Counter, sizes: dict[str, int], objects: dic
         if obj and _SAFE.match(obj) and obj not in seen:
             seen.add(obj)
             lines.append(f"*:*-{obj}(.text)")
-    hot_bytes = sum(sizes.get(s, 0) for s in cost)
     header = [
         "/* The hot-text layout of the vakt binary: GENERATED, do not edit by hand.",
         " *",
@@ -170,9 +165,9 @@ def write(dumps: list[Path], binary: Path, out: Path) -> str:
     cost = executed_functions(dumps, sizes)
     if not cost:
         raise RuntimeError(f"no function of {binary} in the callgrind dumps {dumps}")
+    hot = sum(sizes[s] for s in cost)
     objects = native_objects(binary.parent / "deps")
-    out.write_text(linker_script(cost, sizes, objects, f"{len(dumps)} callgrind dumps of both sidecars"))
-    hot = sum(sizes.get(s, 0) for s in cost)
+    out.write_text(linker_script(cost, hot, objects, f"{len(dumps)} callgrind dumps of both sidecars"))
     return (f"{len(cost)} functions executed ({hot / 2**20:.2f} MB of {sum(sizes.values()) / 2**20:.2f} MB "
             f"of code); wrote {out}")
 
