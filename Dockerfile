@@ -10,8 +10,8 @@ FROM rust:1.95-bookworm AS build
 WORKDIR /src
 # Only what `cargo build` reads: the manifest, the lock file, the build script (it links the
 # release binary with src/link/hot-text.ld), cargo's settings (.cargo/: v0 symbol names, which
-# that layout lists functions by), the sources (benches/ because Cargo.toml declares a bench
-# target by path, vendor/ for the patched h2).
+# that layout lists functions by), the sources (benches/ because Cargo.toml declares bench
+# targets by path and benches/mesh is a workspace member, vendor/ for the patched h2).
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY .cargo ./.cargo
 COPY src ./src

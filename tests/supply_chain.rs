@@ -2,22 +2,13 @@
 //! graph (deny.toml says the same for `cargo deny`; this test needs no extra tool). Cargo.lock
 //! alone is not the graph (it also records optional dependencies nobody enables), so ask cargo.
 
-#[test]
-fn no_second_tls_stack_or_crypto_provider_in_the_dependency_graph() {
+use std::collections::BTreeMap;
+
+/// `cargo tree` with `args`, offline and locked, one `{p}`-formatted line per package.
+fn cargo_tree(args: &[&str]) -> String {
     let output = std::process::Command::new(env!("CARGO"))
-        .args([
-            "tree",
-            "--offline",
-            "--locked",
-            "--target",
-            "all",
-            "-e",
-            "normal,build,dev",
-            "--prefix",
-            "none",
-            "--format",
-            "{p}",
-        ])
+        .args(["tree", "--offline", "--locked", "--prefix", "none"])
+        .args(args)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .unwrap();
@@ -26,8 +17,23 @@ fn no_second_tls_stack_or_crypto_provider_in_the_dependency_graph() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let tree = String::from_utf8(output.stdout).unwrap();
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn no_second_tls_stack_or_crypto_provider_in_the_dependency_graph() {
+    // The whole workspace: vakt and the mesh benchmark's programs (benches/mesh/Cargo.toml).
+    let tree = cargo_tree(&[
+        "--workspace",
+        "--target",
+        "all",
+        "-e",
+        "normal,build,dev",
+        "--format",
+        "{p}",
+    ]);
     let packages: Vec<&str> = tree.lines().filter_map(|l| l.split(' ').next()).collect();
+    assert!(packages.contains(&"vakt-mesh-bench"), "{tree}");
     assert!(packages.contains(&"rustls"));
     assert!(packages.contains(&"aws-lc-rs"));
     for banned in ["openssl", "openssl-sys", "native-tls", "ring", "boring-sys"] {
@@ -100,4 +106,41 @@ fn vendored_h2_is_the_pinned_version_with_the_patch_applied() {
         hunks > 0,
         "vendor/h2-raw-string-literals.patch has no hunks"
     );
+}
+
+/// The package -> enabled features map of vakt's build (normal and build dependencies), with
+/// `extra` packages selected beside it.
+fn features_of_vakts_build(extra: &[&str]) -> BTreeMap<String, String> {
+    let mut args = vec!["-p", "vakt"];
+    for p in extra {
+        args.extend(["-p", p]);
+    }
+    args.extend(["-e", "normal,build", "--no-dedupe", "--format", "{p}|{f}"]);
+    cargo_tree(&args)
+        .lines()
+        .filter_map(|l| l.split_once('|'))
+        .map(|(p, f)| (p.trim_end_matches(" (*)").to_owned(), f.to_owned()))
+        .collect()
+}
+
+/// benches/mesh/run builds vakt and the benchmark's app and load generator in one cargo call.
+/// Cargo unifies the features of the packages it builds together, so the programs may ask only
+/// for features vakt's own build already has: else the benchmark measures another vakt binary
+/// than `cargo build --release --bin vakt` (the Docker image) ships. (As examples of vakt they
+/// did just that: vakt's dev-dependencies added features to rand, regex-automata, serde and
+/// zerocopy.)
+#[test]
+fn building_the_mesh_benchmark_beside_vakt_leaves_vakts_features_unchanged() {
+    let alone = features_of_vakts_build(&[]);
+    let beside = features_of_vakts_build(&["vakt-mesh-bench"]);
+    assert!(alone.keys().any(|p| p.starts_with("hyper v")), "{alone:?}");
+    assert!(beside.keys().any(|p| p.starts_with("vakt-mesh-bench v")));
+    for (package, features) in &alone {
+        assert_eq!(
+            beside.get(package),
+            Some(features),
+            "building vakt-mesh-bench beside vakt changes {package}'s features \
+             (ask benches/mesh/Cargo.toml only for features vakt enables)"
+        );
+    }
 }

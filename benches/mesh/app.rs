@@ -2,7 +2,7 @@
 //! body, on one thread (the benchmark pins it to a core). It is the "direct path" baseline and
 //! the app behind both meshes, so it must cost as little as possible.
 //!
-//! `cargo run --release --example mesh_app -- 127.0.0.1:18080`
+//! `cargo run --release -p vakt-mesh-bench --bin mesh_app -- 127.0.0.1:18080`
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -12,7 +12,7 @@
 //!   the runtime's 1 ms timer wheel, so at 5,000 req/s requests leave within tens of
 //!   microseconds of their due time; the load generator has its own core in the benchmark.
 //!
-//! `cargo run --release --example mesh_load -- http://127.0.0.1:18080/ --rate 2000 --duration 5s`
+//! `cargo run --release -p vakt-mesh-bench --bin mesh_load -- http://127.0.0.1:18080/ --rate 2000 --duration 5s`
 
 use std::path::PathBuf;
 use std::sync::Arc;

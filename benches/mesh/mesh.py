@@ -566,7 +566,7 @@ def main() -> int:
     ap.add_argument("--vakt", required=True)
     ap.add_argument("--app", required=True)
     ap.add_argument("--envoy", required=True)
-    ap.add_argument("--load", required=True, help="the load generator (mesh_load example)")
+    ap.add_argument("--load", required=True, help="the load generator (benches/mesh/load.rs)")
     ap.add_argument("--out", required=True)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--duration", type=float, default=6.0, help="seconds per throughput run")
