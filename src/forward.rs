@@ -34,7 +34,7 @@ where
     let upgrade = hygiene::is_upgrade_request(&req);
     let client_side = upgrade.then(|| hyper::upgrade::on(&mut req));
     hygiene::strip_hop_by_hop(req.headers_mut(), upgrade);
-    hygiene::mark_credentials_sensitive(req.headers_mut());
+    hygiene::mark_never_indexed(req.headers_mut());
     let mut response = match send(req, upgrade).await {
         Ok(response) => response,
         Err(reason) => return reason.into_response(ids.as_ref()),

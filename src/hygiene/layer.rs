@@ -130,10 +130,12 @@ impl Stage for Hygiene {
             Ok(()) => next.run(req).await,
             Err(reason) => reason.into_response(Some(&ids)),
         };
+        // Back over HTTP/2 (server to client sidecar), the id is a never-indexed literal too.
         response
             .headers_mut()
             .entry(X_REQUEST_ID)
-            .or_insert(request_id);
+            .or_insert(request_id)
+            .set_sensitive(true);
         response.extensions_mut().get_or_insert_with(|| ids);
         response
     }

@@ -491,16 +491,26 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
     trace_id
 }
 
-/// Credentials travel as HPACK "never indexed" literals (RFC 7541 §7.1.3) when a hop speaks
-/// HTTP/2: a token must not sit in a connection's compression table, where a compression
-/// side channel could probe for it — and with a different token per request, indexing them
-/// only churns the table. `HeaderValue::set_sensitive` is what the HTTP/2 encoder reads.
-pub fn mark_credentials_sensitive(headers: &mut HeaderMap) {
-    for name in [
-        http::header::AUTHORIZATION,
-        http::header::PROXY_AUTHORIZATION,
-        http::header::COOKIE,
-    ] {
+/// Which header values travel as HPACK "never indexed" literals (RFC 7541 §7.1.3) when a hop
+/// speaks HTTP/2; `HeaderValue::set_sensitive` is what the HTTP/2 encoder reads.
+/// - Credentials: a token must not sit in a connection's compression table, where a
+///   compression side channel could probe for it.
+/// - Values new on every request (its id, its trace context, set by [`ensure_request_id`] and
+///   [`ensure_traceparent`]): indexed, each would be inserted into both ends' tables on every
+///   request, only to push out the entries that do repeat (authority, user agent, content
+///   type, ...), which then travel as literals again; the receiving end also copies every
+///   inserted value once more.
+const NEVER_INDEXED: [HeaderName; 5] = [
+    http::header::AUTHORIZATION,
+    http::header::PROXY_AUTHORIZATION,
+    http::header::COOKIE,
+    X_REQUEST_ID,
+    TRACEPARENT,
+];
+
+/// Marks the [`NEVER_INDEXED`] headers' values sensitive, for the HTTP/2 encoder.
+pub fn mark_never_indexed(headers: &mut HeaderMap) {
+    for name in NEVER_INDEXED {
         if let http::header::Entry::Occupied(mut entry) = headers.entry(name) {
             for value in entry.iter_mut() {
                 value.set_sensitive(true);
@@ -515,7 +525,7 @@ mod tests {
     use std::collections::HashSet;
 
     #[test]
-    fn credentials_are_marked_never_indexed_and_other_headers_are_not() {
+    fn credentials_and_per_request_ids_are_marked_never_indexed_and_other_headers_are_not() {
         let mut h = HeaderMap::new();
         h.insert(
             http::header::AUTHORIZATION,
@@ -524,15 +534,26 @@ mod tests {
         h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
         h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-        mark_credentials_sensitive(&mut h);
+        h.insert(http::header::USER_AGENT, HeaderValue::from_static("app/1"));
+        h.insert(TRACESTATE, HeaderValue::from_static("vendor=abc"));
+        let request_id = ensure_request_id(&mut h);
+        ensure_traceparent(&mut h);
+        mark_never_indexed(&mut h);
         assert!(h[http::header::AUTHORIZATION].is_sensitive());
         assert!(
             h.get_all(http::header::COOKIE)
                 .iter()
                 .all(HeaderValue::is_sensitive)
         );
-        assert!(!h[http::header::ACCEPT].is_sensitive());
+        assert!(h[X_REQUEST_ID].is_sensitive());
+        assert!(h[TRACEPARENT].is_sensitive());
+        for repeating in [http::header::ACCEPT, http::header::USER_AGENT] {
+            assert!(!h[&repeating].is_sensitive(), "{repeating}");
+        }
+        // Only the flag changes, never a value.
         assert_eq!(h[http::header::AUTHORIZATION], "Bearer a.b.c");
+        assert_eq!(h[X_REQUEST_ID], request_id);
+        assert_eq!(h[TRACEPARENT].len(), 55);
     }
 
     /// Header field lines for a table row, in order.
