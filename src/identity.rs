@@ -247,6 +247,9 @@ pub struct PeerIdentity {
     /// This connection's `x-forwarded-client-cert` value, made for its first request and shared
     /// by the rest, with the local identity it names in `By=` (shared by every clone).
     pub xfcc: Arc<std::sync::OnceLock<(SpiffeId, http::HeaderValue)>>,
+    /// The key a per-peer rate limit counts this connection's requests by (see
+    /// [`PeerIdentity::rate_limit_key`]), shared by every clone.
+    rate_limit_key: Arc<std::sync::OnceLock<Arc<str>>>,
 }
 
 impl PeerIdentity {
@@ -255,13 +258,29 @@ impl PeerIdentity {
             spiffe_id,
             cert_sha256,
             xfcc: Arc::default(),
+            rate_limit_key: Arc::default(),
         }
+    }
+
+    /// `peer:<SPIFFE ID>`, made for the connection's first rate-limited request.
+    pub fn rate_limit_key(&self) -> &Arc<str> {
+        self.rate_limit_key
+            .get_or_init(|| Arc::from(format!("peer:{}", self.spiffe_id)))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_connections_rate_limit_key_is_made_once_and_shared_by_its_requests() {
+        let peer = PeerIdentity::new("spiffe://td/ns/a/sa/b".parse().unwrap(), [0; 32]);
+        let per_request = peer.clone();
+        let key = peer.rate_limit_key().clone();
+        assert_eq!(&*key, "peer:spiffe://td/ns/a/sa/b");
+        assert!(Arc::ptr_eq(&key, per_request.rate_limit_key()));
+    }
 
     #[test]
     fn parses_valid_ids() {

@@ -295,6 +295,9 @@ pub struct Principal {
     /// principal's first request and shared by the rest; tagged with the pseudonym key id.
     pub(crate) identity_headers:
         std::sync::OnceLock<(String, Arc<crate::policy::stage::RenderedIdentity>)>,
+    /// The per-subject rate-limit key, made for the first rate-limited request and kept (see
+    /// [`Principal::rate_limit_key`]).
+    rate_limit_key: std::sync::OnceLock<Option<Arc<str>>>,
 }
 
 /// A token's claims as sent, for policy `claims` conditions: name-sorted pairs in one boxed
@@ -359,6 +362,19 @@ pub struct PrincipalPseudonyms {
 }
 
 impl Principal {
+    /// The key a per-subject rate limit counts this principal by, `sub:<issuer>|<subject>`, or
+    /// `None` without a subject. Made once: the principal is cached with its token, so the
+    /// requests of one token share the key (and the limiter's map holds that same string).
+    pub fn rate_limit_key(&self) -> Option<&Arc<str>> {
+        self.rate_limit_key
+            .get_or_init(|| {
+                self.subject
+                    .as_ref()
+                    .map(|s| Arc::from(format!("sub:{}|{s}", self.issuer)))
+            })
+            .as_ref()
+    }
+
     /// The pseudonyms of this principal's subject and national id under `p`.
     pub fn pseudonyms(&self, p: &Pseudonymiser) -> std::borrow::Cow<'_, PrincipalPseudonyms> {
         let make = || PrincipalPseudonyms {

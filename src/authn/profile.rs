@@ -197,6 +197,7 @@ impl Profile {
             claims: claims.into(),
             pseudonyms: Default::default(),
             identity_headers: Default::default(),
+            rate_limit_key: Default::default(),
         }
     }
 }
@@ -209,6 +210,29 @@ mod tests {
     fn principal(profile: Profile, claims: Value) -> Principal {
         let claims: BTreeMap<String, Value> = serde_json::from_value(claims).unwrap();
         profile.principal("https://idp".into(), claims, 0)
+    }
+
+    #[test]
+    fn the_rate_limit_key_names_issuer_and_stable_subject_and_is_made_once() {
+        let p = principal(
+            Profile::Bankid,
+            json!({"sub": "unstable", "bankid_altsub": "stable"}),
+        );
+        let key = p.rate_limit_key().expect("a subject").clone();
+        assert_eq!(&*key, "sub:https://idp|stable");
+        // Every later request of the (cached) principal shares the same string.
+        assert!(Arc::ptr_eq(&key, p.rate_limit_key().unwrap()));
+        // Another issuer's same subject is another key; no subject, no key.
+        let other = Profile::Bankid.principal(
+            "https://other".into(),
+            serde_json::from_value(json!({"bankid_altsub": "stable"})).unwrap(),
+            0,
+        );
+        assert_ne!(other.rate_limit_key(), Some(&key));
+        assert_eq!(
+            principal(Profile::Generic, json!({"scp": "a"})).rate_limit_key(),
+            None
+        );
     }
 
     #[test]

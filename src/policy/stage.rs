@@ -376,17 +376,17 @@ impl Stage for RateLimitStage {
         if route.rate_limit.is_none() {
             return next.run(req).await;
         }
-        // Only the key this route counts by is built (one allocation, not two).
+        // The keys are made once per cached principal and per connection, not per request.
         let key = {
             let subject = || {
                 req.extensions()
                     .get::<Arc<Principal>>()
-                    .and_then(|p| p.subject.as_ref().map(|s| format!("sub:{}|{s}", p.issuer)))
+                    .and_then(|p| p.rate_limit_key().cloned())
             };
             let peer = || {
                 req.extensions()
                     .get::<PeerIdentity>()
-                    .map(|p| format!("peer:{}", p.spiffe_id))
+                    .map(|p| p.rate_limit_key().clone())
             };
             match route.rate_limit.as_ref().map(|l| l.key) {
                 Some(crate::ratelimit::LimitKey::Subject) => subject().or_else(peer),
@@ -396,7 +396,6 @@ impl Stage for RateLimitStage {
         let Some(key) = key else {
             return next.run(req).await;
         };
-        let key: Arc<str> = key.into();
         let Err(wait) = matched.policy.limits.check(matched.route, &key) else {
             return next.run(req).await;
         };
