@@ -167,6 +167,11 @@ def write(dumps: list[Path], binary: Path, out: Path) -> str:
         raise RuntimeError(f"no function of {binary} in the callgrind dumps {dumps}")
     hot = sum(sizes[s] for s in cost)
     objects = native_objects(binary.parent / "deps")
+    if not objects:
+        # Without them the assembly (SHA-256, AES-GCM, bignum) would silently stay out of the
+        # hot text: profile the binary where cargo built it, beside its `deps/`.
+        raise RuntimeError(f"no native objects in {binary.parent / 'deps'}/lib*_sys-*.rlib: "
+                           f"profile a binary in its cargo target directory (target/release/vakt)")
     out.write_text(linker_script(cost, hot, objects, f"{len(dumps)} callgrind dumps of both sidecars"))
     return (f"{len(cost)} functions executed ({hot / 2**20:.2f} MB of {sum(sizes.values()) / 2**20:.2f} MB "
             f"of code); wrote {out}")
