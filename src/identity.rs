@@ -244,12 +244,18 @@ pub struct PeerIdentity {
     pub spiffe_id: SpiffeId,
     /// SHA-256 of the peer's leaf certificate (DER), for `x-forwarded-client-cert`.
     pub cert_sha256: [u8; 32],
-    /// This connection's `x-forwarded-client-cert` value, made for its first request and shared
-    /// by the rest, with the local identity it names in `By=` (shared by every clone).
-    pub xfcc: Arc<std::sync::OnceLock<(SpiffeId, http::HeaderValue)>>,
-    /// The key a per-peer rate limit counts this connection's requests by (see
-    /// [`PeerIdentity::rate_limit_key`]), shared by every clone.
-    rate_limit_key: Arc<std::sync::OnceLock<Arc<str>>>,
+    /// What the connection's requests derive from the identity, made for the first request that
+    /// needs it and shared by every clone (one per request).
+    pub derived: Arc<PeerDerived>,
+}
+
+/// Per-connection values derived from a [`PeerIdentity`], each made once.
+#[derive(Debug, Default)]
+pub struct PeerDerived {
+    /// The `x-forwarded-client-cert` value, with the local identity it names in `By=`.
+    pub xfcc: std::sync::OnceLock<(SpiffeId, http::HeaderValue)>,
+    /// The key a per-peer rate limit counts the connection's requests by.
+    rate_limit_key: std::sync::OnceLock<Arc<str>>,
 }
 
 impl PeerIdentity {
@@ -257,14 +263,14 @@ impl PeerIdentity {
         Self {
             spiffe_id,
             cert_sha256,
-            xfcc: Arc::default(),
-            rate_limit_key: Arc::default(),
+            derived: Arc::default(),
         }
     }
 
     /// `peer:<SPIFFE ID>`, made for the connection's first rate-limited request.
     pub fn rate_limit_key(&self) -> &Arc<str> {
-        self.rate_limit_key
+        self.derived
+            .rate_limit_key
             .get_or_init(|| Arc::from(format!("peer:{}", self.spiffe_id)))
     }
 }
@@ -280,6 +286,8 @@ mod tests {
         let key = peer.rate_limit_key().clone();
         assert_eq!(&*key, "peer:spiffe://td/ns/a/sa/b");
         assert!(Arc::ptr_eq(&key, per_request.rate_limit_key()));
+        // One shared allocation holds everything derived per connection.
+        assert!(Arc::ptr_eq(&peer.derived, &per_request.derived));
     }
 
     #[test]

@@ -81,12 +81,12 @@ impl Hygiene {
                 .as_ref()
                 .map(|c| c.current().material.identity.clone())
                 .ok_or(DenyReason::NoPeerIdentity)?;
-            let xfcc = match peer.xfcc.get() {
+            let xfcc = match peer.derived.xfcc.get() {
                 Some((made_by, value)) if *made_by == by => value.clone(),
                 _ => {
                     let value = xfcc_value(by.as_str(), &peer.cert_sha256, peer.spiffe_id.as_str());
                     // First request of the connection (a changed local identity is not kept).
-                    let _ = peer.xfcc.set((by, value.clone()));
+                    let _ = peer.derived.xfcc.set((by, value.clone()));
                     value
                 }
             };
