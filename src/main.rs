@@ -12,27 +12,10 @@ use vakt::identity::{SpiffeId, TrustDomain};
 use vakt::policy::explain::RequestSpec;
 use vakt::policy::{Policy, PolicyContext};
 
-/// See Cargo.toml: the allocator is on every request's path.
+/// See Cargo.toml: the allocator is on every request's path. Its options come from the
+/// environment (`MIMALLOC_PURGE_DELAY=0` in the image and the chart).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// `mi_option_purge_delay` in the mimalloc v3 sources that libmimalloc-sys builds
-/// (`c_src/mimalloc/v3/include/mimalloc.h`); the crate's Rust bindings predate the name. A test
-/// below checks that this index is the option `MIMALLOC_PURGE_DELAY` sets.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Return freed memory to the OS at once instead of 10 ms later, unless the environment says
-/// otherwise (`MIMALLOC_PURGE_DELAY`). A sidecar's heap swings with its load; with the delay,
-/// mimalloc still held ~4 MB of freed pages at the server sidecar's peak. Mesh benchmark, same
-/// run: peak RSS 21.5 vs 24.3 MB (server) and 16.5 vs 17.7 MB (client), CPU per request within
-/// the noise (+1.8%).
-fn return_freed_memory_promptly() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: sets a process-wide allocator option (a plain integer store that mimalloc reads
-        // at its next purge decision); valid at any time, from any thread.
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) }
-    }
-}
 
 #[derive(Parser)]
 #[command(
@@ -225,7 +208,6 @@ enum CertsCommand {
 }
 
 fn main() -> ExitCode {
-    return_freed_memory_promptly();
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
@@ -664,38 +646,5 @@ fn audit(command: AuditCommand) -> ExitCode {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod allocator_tests {
-    use super::MI_OPTION_PURGE_DELAY;
-
-    /// The option index is right: in a process started with `MIMALLOC_PURGE_DELAY=7`, mimalloc
-    /// reports 7 for it (a wrong index would name another option, with another value).
-    #[test]
-    fn purge_delay_index_is_the_option_the_environment_sets() {
-        let child = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "allocator_tests::reports_purge_delay",
-                "--ignored",
-            ])
-            .args(["--nocapture", "--test-threads", "1"])
-            .env("MIMALLOC_PURGE_DELAY", "7")
-            .output()
-            .unwrap();
-        let out = String::from_utf8_lossy(&child.stdout);
-        assert!(child.status.success(), "{out}");
-        assert!(out.contains("purge_delay=7\n"), "{out}");
-    }
-
-    /// Run by the test above in a child process.
-    #[test]
-    #[ignore = "run by purge_delay_index_is_the_option_the_environment_sets"]
-    fn reports_purge_delay() {
-        // SAFETY: reads a process-wide allocator option.
-        let value = unsafe { libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY) };
-        println!("purge_delay={value}");
     }
 }
