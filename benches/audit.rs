@@ -28,12 +28,12 @@ use vakt::audit::{
     self, AuditEvent, ChainHash, ChainWriter, Label, Sink, WriterSink, line_hash, pseudonymise_path,
 };
 use vakt::authn::Principal;
-use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
+use vakt::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions};
+use vakt::hygiene::path::{CanonicalPath, canonicalize};
 use vakt::hygiene::{RequestIds, ensure_request_id, ensure_traceparent};
 use vakt::identity::PeerIdentity;
 use vakt::observe;
-use vakt::policy::path::{CanonicalPath, canonicalize};
-use vakt::policy::stage::{DecisionRecord, Outcome};
+use vakt::policy::decide::{DecisionRecord, Outcome};
 use vakt::policy::{Policy, PolicyContext, RequestCtx, evaluate};
 use vakt::pseudonym::Pseudonymiser;
 use vakt::stack::Resp;
@@ -55,7 +55,7 @@ fn principal(rt: &tokio::runtime::Runtime) -> Arc<Principal> {
     let person = common::citizen(NATIONAL_ID, "bench");
     let token = idp
         .mint(
-            devidp::claims(devidp::Profile::HelseId, &person),
+            devidp::claims(vakt::authn::Profile::Helseid, &person),
             &MintOptions::default(),
         )
         .expect("mint");

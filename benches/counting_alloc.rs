@@ -2,6 +2,8 @@
 //! bytes: exact heap accounting for a bench or test binary that installs it
 //! (`#[global_allocator] static A: Counting = Counting;`), whatever the machine is doing.
 //! Included by path from `benches/memory.rs` and `tests/metrics_upkeep.rs`.
+// A global allocator is an unsafe trait; this module is the one place that implements one.
+#![allow(unsafe_code)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering};

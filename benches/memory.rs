@@ -8,8 +8,8 @@ use std::sync::Arc;
 mod common;
 
 use futures_util::FutureExt;
-use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
-use vakt::policy::stage::IdentityHeaders;
+use vakt::authn::headers::IdentityHeaders;
+use vakt::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions};
 use vakt::pseudonym::Pseudonymiser;
 
 #[path = "counting_alloc.rs"]
@@ -38,7 +38,7 @@ fn main() {
     let tokens: Vec<String> = (0..TOKENS)
         .map(|i| {
             let person = common::citizen(&format!("{:011}", 10_000_000_000u64 + i as u64), "bench");
-            let mut claims = devidp::claims(devidp::Profile::HelseId, &person);
+            let mut claims = devidp::claims(vakt::authn::Profile::Helseid, &person);
             claims["sub"] = serde_json::json!(format!("citizen-{i}"));
             idp.mint(claims, &MintOptions::default()).expect("mint")
         })

@@ -8,8 +8,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
+use vakt::hygiene::path::canonicalize;
 use vakt::identity::SpiffeId;
-use vakt::policy::path::canonicalize;
 use vakt::policy::{Policy, RequestCtx, evaluate};
 
 /// `n` routes of three shapes (exact, parameter, wildcard) across `n / 3` services.

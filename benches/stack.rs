@@ -40,19 +40,20 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceExt;
 use vakt::Direction;
 use vakt::audit::{AuditConfig, AuditLog, FileSink, FileSinkConfig, FsyncPolicy};
-use vakt::authn::devidp::{self, DevIdp, KeyStore, MintOptions};
+use vakt::audit::{AuditSink, Auditor};
 use vakt::authn::http_client::IdpClient;
 use vakt::authn::jwks::IssuerKeys;
 use vakt::authn::stage::Authenticate;
 use vakt::authn::verify::Verifier;
-use vakt::certs::LeafSpec;
-use vakt::config::{AuditSink, Config};
-use vakt::devmesh::{DevPki, write_policy};
+use vakt::config::Config;
+use vakt::dev::certs::LeafSpec;
+use vakt::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions};
+use vakt::dev::mesh::{DevPki, write_policy};
 use vakt::hygiene::{FramingVerdict, Hygiene};
 use vakt::identity::{PeerIdentity, SpiffeId};
-use vakt::observe::{Auditor, Observe};
+use vakt::observe::Observe;
 use vakt::policy::reload::PolicyStore;
-use vakt::policy::stage::PolicyStage;
+use vakt::policy::stage::{PolicyStage, RateLimitStage};
 use vakt::pseudonym::Pseudonymiser;
 use vakt::stack::{self, BoxStack, Req, Resp};
 use vakt::tls::CertStore;
@@ -146,9 +147,9 @@ oidc:
       algorithms: [RS256]
       allow_insecure_loopback: true
 ",
-        cert = dir.join(vakt::certs::CERT_FILE).display(),
-        key = dir.join(vakt::certs::KEY_FILE).display(),
-        bundle = dir.join(vakt::certs::BUNDLE_FILE).display(),
+        cert = dir.join(vakt::dev::certs::CERT_FILE).display(),
+        key = dir.join(vakt::dev::certs::KEY_FILE).display(),
+        bundle = dir.join(vakt::dev::certs::BUNDLE_FILE).display(),
         audit = audit_file.display(),
         policy = policy.display(),
         key_file = key_file.display(),
@@ -187,7 +188,7 @@ fn start_audit_log(config: &Config) -> AuditLog {
             path: file.path.clone(),
             max_bytes: file.max_bytes,
             max_files: file.max_files,
-            fsync: config.audit_fsync().unwrap_or(FsyncPolicy::Always),
+            fsync: config.audit.fsync().unwrap_or(FsyncPolicy::Always),
         })
         .expect("audit file sink"),
         AuditConfig {
@@ -270,6 +271,7 @@ async fn setup() -> Bench {
         Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
         Authenticate::new(Some(verifier.clone())),
         PolicyStage::new(store.clone(), pseudonyms.clone()),
+        RateLimitStage,
         BoxStack::new(app.clone()),
     );
     // The same stages without an audit log, to see what the audit trail costs in this setup.
@@ -278,11 +280,12 @@ async fn setup() -> Bench {
         Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
         Authenticate::new(Some(verifier)),
         PolicyStage::new(store, pseudonyms),
+        RateLimitStage,
         BoxStack::new(app),
     );
 
     let person = common::citizen(NATIONAL_ID, "journal-api");
-    let claims = devidp::claims(devidp::Profile::HelseId, &person);
+    let claims = devidp::claims(vakt::authn::Profile::Helseid, &person);
     let options = MintOptions {
         lifetime: Duration::from_secs(3600),
         ..MintOptions::default()

@@ -8,7 +8,8 @@ mod common;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use vakt::authn::devidp::{self, Alg, DevIdp, KeyStore, MintOptions, Person};
+use vakt::authn::Alg;
+use vakt::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions, Person};
 
 fn tokens(c: &mut Criterion) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -24,7 +25,7 @@ fn tokens(c: &mut Criterion) {
         audience: "bench".into(),
         ..Person::default()
     };
-    let claims = devidp::claims(devidp::Profile::HelseId, &person);
+    let claims = devidp::claims(vakt::authn::Profile::Helseid, &person);
     let cold = common::verifier(&rt, &idp, 1);
     let warm = common::verifier(&rt, &idp, 1000);
     let mut group = c.benchmark_group("verify");

@@ -1,15 +1,38 @@
 //! The admin listener: `/live`, `/ready` and `/metrics` (Prometheus text format).
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use http::header::CONTENT_TYPE;
 use http::{HeaderValue, Method, Response, StatusCode};
 use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
 
 use crate::body::full;
 use crate::stack::{BoxStack, Req, Resp};
+
+/// The `admin` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `/live`, `/ready`, `/metrics` (plaintext; restrict with a NetworkPolicy).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+        }
+    }
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 15021))
+}
 
 type Condition = Box<dyn Fn() -> bool + Send + Sync>;
 

@@ -12,21 +12,21 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::admin::{self, Readiness};
-use crate::audit::{AuditConfig, AuditLog, FileSink, FileSinkConfig, SinkError, StdoutSink};
+use crate::audit::{
+    AuditConfig, AuditLog, AuditSink, Auditor, FileSink, FileSinkConfig, SinkError, StdoutSink,
+};
 use crate::authn::http_client::IdpClient;
 use crate::authn::jwks::IssuerKeys;
 use crate::authn::stage::Authenticate;
 use crate::authn::verify::Verifier;
-use crate::config::AuditSink;
 use crate::config::Config;
 use crate::forward::{ToApp, ToMesh};
 use crate::hygiene::Hygiene;
 use crate::listener::{ListenerContext, serve_plain, serve_tls};
-use crate::observe::Auditor;
 use crate::observe::Observe;
 use crate::policy::PolicyError;
 use crate::policy::reload::PolicyStore;
-use crate::policy::stage::PolicyStage;
+use crate::policy::stage::{PolicyStage, RateLimitStage};
 use crate::pseudonym::{PseudonymError, Pseudonymiser};
 use crate::stack;
 use crate::tls::{CertStore, TlsError, spawn_reloader};
@@ -154,6 +154,7 @@ impl App {
                 Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
                 Authenticate::new(verifier.clone()),
                 PolicyStage::new(store, pseudonyms.clone()),
+                RateLimitStage,
                 ToApp::new(
                     AppClient::new(inbound.app, inbound.app_protocol, &limits),
                     tracker.clone(),
@@ -280,7 +281,8 @@ fn start_audit_log(config: &Config) -> Result<AuditLog, StartError> {
                 max_bytes: file.max_bytes,
                 max_files: file.max_files,
                 fsync: config
-                    .audit_fsync()
+                    .audit
+                    .fsync()
                     .unwrap_or(crate::audit::FsyncPolicy::Always),
             })?,
             queue,

@@ -1,18 +1,31 @@
 //! The sidecar configuration: one YAML file, strict (`deny_unknown_fields`), parsed straight into
 //! domain types (SPIFFE IDs, socket addresses, durations) and then checked as a whole.
 //!
+//! Each module owns the types of its own section (`tls`, `limits`, `upstream`, `authn`,
+//! `audit`, `admin`, `pseudonym`) and checks its own values; this file composes them into the
+//! file format, holds the process-level sections (runtime, shutdown, log), and checks keys
+//! against each other. Only the composition root and the command line read it.
+//!
 //! Every key is documented in `config/vakt.example.yaml`; a test parses each example so they
 //! never rot. Relative file paths are resolved against the directory of the config file.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use http::HeaderName;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
-use crate::identity::{SpiffeId, TrustDomain};
+use crate::admin::AdminConfig;
+use crate::audit::AuditSettings;
+use crate::authn::OidcConfig;
+use crate::identity::TrustDomain;
+use crate::limits::Limits;
+use crate::policy::PolicyContext;
+use crate::pseudonym::PseudonymConfig;
+use crate::serde_helpers::{de_duration, de_header_names};
+use crate::tls::{IdentityConfig, TlsSettings};
+use crate::upstream::{AppProtocol, Authority, UpstreamConfig};
 
 /// Largest config file we read; a sidecar config is a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -56,11 +69,11 @@ pub struct Config {
     pub outbound: Option<OutboundConfig>,
     /// End-user access tokens: trusted OIDC issuers (omit for mTLS-only services).
     #[serde(default)]
-    pub oidc: Option<crate::authn::OidcConfig>,
+    pub oidc: Option<OidcConfig>,
     /// Keyed pseudonyms for national ids (a Kubernetes Secret). Without it a random per-process
     /// key is used: nothing leaves in clear, but pseudonyms are not stable.
     #[serde(default)]
-    pub pseudonymisation: Option<crate::pseudonym::PseudonymConfig>,
+    pub pseudonymisation: Option<PseudonymConfig>,
     /// The audit trail: one event per decision, refused handshake and refused egress.
     #[serde(default)]
     pub audit: AuditSettings,
@@ -98,68 +111,6 @@ impl RuntimeConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IdentityConfig {
-    /// Our own trust domain; peers from it are accepted.
-    pub trust_domain: TrustDomain,
-    /// Further trust domains whose peers are accepted (federation). Their CAs must be in the bundle.
-    #[serde(default)]
-    pub accepted_trust_domains: Vec<TrustDomain>,
-    /// PEM certificate chain, leaf first (an X509-SVID).
-    pub cert: PathBuf,
-    /// PEM private key of the leaf (PKCS#8, SEC1 or PKCS#1).
-    pub key: PathBuf,
-    /// PEM file with one or more CA certificates (several during a CA rotation).
-    pub trust_bundle: PathBuf,
-    /// How often the files are re-read as a safety net besides file-change notifications.
-    #[serde(
-        default = "defaults::reload_interval",
-        deserialize_with = "de_duration"
-    )]
-    pub reload_interval: Duration,
-}
-
-impl IdentityConfig {
-    /// Own trust domain first, then the federated ones.
-    pub fn accepted(&self) -> Vec<TrustDomain> {
-        let mut all = vec![self.trust_domain.clone()];
-        for td in &self.accepted_trust_domains {
-            if !all.contains(td) {
-                all.push(td.clone());
-            }
-        }
-        all
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-pub enum TlsVersion {
-    #[serde(rename = "1.2")]
-    Tls12,
-    #[default]
-    #[serde(rename = "1.3")]
-    Tls13,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TlsSettings {
-    /// Lowest TLS version offered and accepted: "1.3" (default) or "1.2".
-    #[serde(default)]
-    pub min_version: TlsVersion,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AppProtocol {
-    /// HTTP/1.1 to the app (HTTP/2 from peers is translated).
-    #[default]
-    Http1,
-    /// HTTP/2 over cleartext (prior knowledge), e.g. for gRPC apps.
-    H2c,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct InboundConfig {
     #[serde(default = "defaults::inbound_listen")]
     pub listen: SocketAddr,
@@ -185,208 +136,6 @@ pub struct OutboundConfig {
     /// The egress allow-list: every destination the app may reach, and who must answer there.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
-    /// `host[:port]` as the app addresses it (port 80 when omitted).
-    #[serde(deserialize_with = "de_authority")]
-    pub authority: Authority,
-    /// `host:port` of that service's vakt inbound listener.
-    pub address: String,
-    /// The SPIFFE ID the server must present; anything else is refused.
-    pub spiffe_id: SpiffeId,
-}
-
-/// A normalised `host:port` (lowercase host, explicit port) used as the egress table key.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Authority(String);
-
-impl Authority {
-    /// Normalise `host[:port]`; `None` when it is not a plain authority.
-    pub fn parse(s: &str, default_port: u16) -> Option<Self> {
-        Self::parse_plain(s, default_port).or_else(|| Self::parse_general(s, default_port))
-    }
-
-    /// The common case on the request path, without a URI parser: a lowercase DNS name or IPv4
-    /// address, no trailing dot, and a port (if any) of plain decimal digits. `None` sends
-    /// everything else through [`Self::parse_general`], which gives the same answer for these.
-    fn parse_plain(s: &str, default_port: u16) -> Option<Self> {
-        let (host, port) = match s.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (s, None),
-        };
-        let host_is_plain = !host.is_empty()
-            && !host.ends_with('.')
-            && host
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
-        if !host_is_plain {
-            return None;
-        }
-        match port {
-            None => Some(Self(format!("{host}:{default_port}"))),
-            Some(p)
-                if !p.is_empty()
-                    && p.len() <= 5
-                    && !(p.len() > 1 && p.starts_with('0'))
-                    && p.bytes().all(|b| b.is_ascii_digit())
-                    && p.parse::<u16>().is_ok() =>
-            {
-                Some(Self(s.to_owned()))
-            }
-            Some(_) => None,
-        }
-    }
-
-    fn parse_general(s: &str, default_port: u16) -> Option<Self> {
-        let auth: http::uri::Authority = s.parse().ok()?;
-        if auth.as_str().contains('@') || auth.host().is_empty() {
-            return None;
-        }
-        let port = auth.port_u16().unwrap_or(default_port);
-        Some(Self(format!(
-            "{}:{port}",
-            auth.host().trim_end_matches('.').to_ascii_lowercase()
-        )))
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    pub fn host(&self) -> &str {
-        self.0.rsplit_once(':').map_or(&self.0, |(h, _)| h)
-    }
-}
-
-impl fmt::Display for Authority {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AuditSink {
-    /// JSON lines on stdout, for the cluster's log pipeline.
-    #[default]
-    Stdout,
-    /// A hash-chained file with size-based rotation.
-    File,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditSettings {
-    #[serde(default)]
-    pub sink: AuditSink,
-    /// With `sink: file`.
-    #[serde(default)]
-    pub file: Option<AuditFileSettings>,
-    /// Events accepted and not yet written; when full, `on_audit_failure` applies.
-    #[serde(default = "defaults::audit_queue")]
-    pub queue_capacity: usize,
-    /// `deny` (default: no access without a record) or `allow` (serve, count every lost event).
-    #[serde(default)]
-    pub on_audit_failure: crate::observe::OnAuditFailure,
-}
-
-impl Default for AuditSettings {
-    fn default() -> Self {
-        Self {
-            sink: AuditSink::default(),
-            file: None,
-            queue_capacity: defaults::audit_queue(),
-            on_audit_failure: Default::default(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuditFileSettings {
-    pub path: PathBuf,
-    /// Rotate when the file reaches this size (bytes).
-    #[serde(default = "defaults::audit_max_bytes")]
-    pub max_bytes: u64,
-    /// Rotated files kept (`audit.log.1` ... `.N`).
-    #[serde(default = "defaults::audit_max_files")]
-    pub max_files: usize,
-    /// `always` (fsync every batch), `never`, or a duration such as `1s`.
-    #[serde(default = "defaults::audit_fsync")]
-    pub fsync: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AdminConfig {
-    /// `/live`, `/ready`, `/metrics` (plaintext; restrict with a NetworkPolicy).
-    #[serde(default = "defaults::admin_listen")]
-    pub listen: SocketAddr,
-}
-
-impl Default for AdminConfig {
-    fn default() -> Self {
-        Self {
-            listen: defaults::admin_listen(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Limits {
-    #[serde(
-        default = "defaults::handshake_timeout",
-        deserialize_with = "de_duration"
-    )]
-    pub handshake_timeout: Duration,
-    #[serde(
-        default = "defaults::header_read_timeout",
-        deserialize_with = "de_duration"
-    )]
-    pub header_read_timeout: Duration,
-    #[serde(default = "defaults::max_header_bytes")]
-    pub max_header_bytes: usize,
-    #[serde(default = "defaults::idle_timeout", deserialize_with = "de_duration")]
-    pub idle_timeout: Duration,
-    #[serde(
-        default = "defaults::connect_timeout",
-        deserialize_with = "de_duration"
-    )]
-    pub upstream_connect_timeout: Duration,
-    #[serde(
-        default = "defaults::response_timeout",
-        deserialize_with = "de_duration"
-    )]
-    pub upstream_response_timeout: Duration,
-    #[serde(default = "defaults::max_concurrent_streams")]
-    pub http2_max_concurrent_streams: u32,
-    #[serde(
-        default = "defaults::pool_idle_timeout",
-        deserialize_with = "de_duration"
-    )]
-    pub upstream_pool_idle_timeout: Duration,
-    #[serde(default = "defaults::pool_max_idle")]
-    pub upstream_pool_max_idle_per_host: usize,
-}
-
-impl Default for Limits {
-    fn default() -> Self {
-        Self {
-            handshake_timeout: defaults::handshake_timeout(),
-            header_read_timeout: defaults::header_read_timeout(),
-            max_header_bytes: defaults::max_header_bytes(),
-            idle_timeout: defaults::idle_timeout(),
-            upstream_connect_timeout: defaults::connect_timeout(),
-            upstream_response_timeout: defaults::response_timeout(),
-            http2_max_concurrent_streams: defaults::max_concurrent_streams(),
-            upstream_pool_idle_timeout: defaults::pool_idle_timeout(),
-            upstream_pool_max_idle_per_host: defaults::pool_max_idle(),
-        }
-    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -436,9 +185,6 @@ mod defaults {
     use std::net::SocketAddr;
     use std::time::Duration;
 
-    pub fn reload_interval() -> Duration {
-        Duration::from_secs(30)
-    }
     pub fn inbound_listen() -> SocketAddr {
         SocketAddr::from(([0, 0, 0, 0], 15443))
     }
@@ -448,124 +194,18 @@ mod defaults {
     pub fn outbound_listen() -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], 15001))
     }
-    pub fn admin_listen() -> SocketAddr {
-        SocketAddr::from(([0, 0, 0, 0], 15021))
-    }
-    pub fn handshake_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn header_read_timeout() -> Duration {
-        Duration::from_secs(10)
-    }
-    pub fn max_header_bytes() -> usize {
-        64 * 1024
-    }
-    pub fn idle_timeout() -> Duration {
-        Duration::from_secs(300)
-    }
-    pub fn connect_timeout() -> Duration {
-        Duration::from_secs(5)
-    }
-    pub fn response_timeout() -> Duration {
-        Duration::from_secs(60)
-    }
-    pub fn max_concurrent_streams() -> u32 {
-        256
-    }
-    pub fn pool_idle_timeout() -> Duration {
-        Duration::from_secs(90)
-    }
-    pub fn pool_max_idle() -> usize {
-        64
-    }
     pub fn grace_period() -> Duration {
         Duration::from_secs(30)
-    }
-    pub fn audit_queue() -> usize {
-        8192
-    }
-    pub fn audit_max_bytes() -> u64 {
-        64 * 1024 * 1024
-    }
-    pub fn audit_max_files() -> usize {
-        10
-    }
-    pub fn audit_fsync() -> String {
-        "1s".to_owned()
     }
     pub fn log_level() -> String {
         "info".to_owned()
     }
 }
 
-impl<'de> Deserialize<'de> for SpiffeId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(|e| {
-            serde::de::Error::custom(format!(
-                "\"{s}\" is not a valid SPIFFE ID: {e} (expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)"
-            ))
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for TrustDomain {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(|e| {
-            serde::de::Error::custom(format!(
-                "\"{s}\" is not a valid trust domain: {e} (expected e.g. cluster.local)"
-            ))
-        })
-    }
-}
-
-pub(crate) fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(|e| {
-        serde::de::Error::custom(format!(
-            "\"{s}\" is not a duration: {e} (expected e.g. 500ms, 10s, 5m)"
-        ))
-    })
-}
-
-fn de_header_names<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<HeaderName>, D::Error> {
-    let names = Vec::<String>::deserialize(d)?;
-    names
-        .iter()
-        .map(|n| {
-            HeaderName::from_bytes(n.as_bytes()).map_err(|_| {
-                serde::de::Error::custom(format!("\"{n}\" is not a valid HTTP header name"))
-            })
-        })
-        .collect()
-}
-
-fn de_authority<'de, D: Deserializer<'de>>(d: D) -> Result<Authority, D::Error> {
-    let s = String::deserialize(d)?;
-    Authority::parse(&s, 80).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "\"{s}\" is not a host[:port] authority (expected e.g. billing.billing.svc:8080)"
-        ))
-    })
-}
-
 impl Config {
-    /// The fsync policy of the audit file.
-    pub fn audit_fsync(&self) -> Result<crate::audit::FsyncPolicy, String> {
-        let raw = self.audit.file.as_ref().map_or("1s", |f| f.fsync.as_str());
-        match raw {
-            "always" => Ok(crate::audit::FsyncPolicy::Always),
-            "never" => Ok(crate::audit::FsyncPolicy::Never),
-            other => humantime::parse_duration(other)
-                .map(crate::audit::FsyncPolicy::Interval)
-                .map_err(|_| format!("\"{other}\" is not always, never or a duration such as 1s")),
-        }
-    }
-
     /// The policy-check context this sidecar gives its policy file.
-    pub fn policy_context(&self) -> crate::policy::PolicyContext {
-        crate::policy::PolicyContext {
+    pub fn policy_context(&self) -> PolicyContext {
+        PolicyContext {
             trust_domains: self.identity.accepted(),
             issuers: Some(
                 self.oidc
@@ -705,71 +345,18 @@ impl Config {
                 ));
             }
         }
-        let l = &self.limits;
-        for (key, value) in [
-            ("limits.handshake_timeout", l.handshake_timeout),
-            ("limits.header_read_timeout", l.header_read_timeout),
-            ("limits.idle_timeout", l.idle_timeout),
-            (
-                "limits.upstream_connect_timeout",
-                l.upstream_connect_timeout,
-            ),
-            (
-                "limits.upstream_response_timeout",
-                l.upstream_response_timeout,
-            ),
-            ("identity.reload_interval", self.identity.reload_interval),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::invalid(key, "must be greater than zero"));
-            }
-        }
-        if !(8 * 1024..=1024 * 1024).contains(&l.max_header_bytes) {
+        if self.identity.reload_interval.is_zero() {
             return Err(ConfigError::invalid(
-                "limits.max_header_bytes",
-                format!(
-                    "{} is out of range (expected 8192 to 1048576)",
-                    l.max_header_bytes
-                ),
+                "identity.reload_interval",
+                "must be greater than zero",
             ));
         }
-        if l.http2_max_concurrent_streams == 0 {
-            return Err(ConfigError::invalid(
-                "limits.http2_max_concurrent_streams",
-                "must be at least 1",
-            ));
-        }
-        match (self.audit.sink, &self.audit.file) {
-            (AuditSink::File, None) => {
-                return Err(ConfigError::invalid(
-                    "audit.file",
-                    "sink: file needs file.path",
-                ));
-            }
-            (AuditSink::Stdout, Some(_)) => {
-                return Err(ConfigError::invalid(
-                    "audit.file",
-                    "set sink: file to use it (the sink is stdout)",
-                ));
-            }
-            _ => {}
-        }
-        if let Some(file) = &self.audit.file {
-            self.audit_fsync()
-                .map_err(|problem| ConfigError::invalid("audit.file.fsync", problem))?;
-            if file.max_bytes < 4096 || file.max_files == 0 {
-                return Err(ConfigError::invalid(
-                    "audit.file",
-                    "max_bytes must be at least 4096 and max_files at least 1",
-                ));
-            }
-        }
-        if self.audit.queue_capacity == 0 {
-            return Err(ConfigError::invalid(
-                "audit.queue_capacity",
-                "must be at least 1",
-            ));
-        }
+        self.limits
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        self.audit
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
         if let Some(oidc) = &self.oidc {
             oidc.validate()
                 .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
@@ -800,6 +387,7 @@ fn join(tds: &[TrustDomain]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::tls::TlsVersion;
 
     const MINIMAL: &str = "
 identity:
@@ -906,52 +494,5 @@ inbound:
             let msg = err(yaml);
             assert!(msg.contains(expected), "expected {expected:?} in {msg:?}");
         }
-    }
-
-    #[test]
-    fn authority_is_normalised() {
-        assert_eq!(
-            Authority::parse("Billing.SVC.", 80).unwrap().as_str(),
-            "billing.svc:80"
-        );
-        assert_eq!(
-            Authority::parse("billing:8080", 80).unwrap().as_str(),
-            "billing:8080"
-        );
-        assert_eq!(
-            Authority::parse("billing:8080", 80).unwrap().host(),
-            "billing"
-        );
-        assert!(Authority::parse("user@billing", 80).is_none());
-        // The plain fast path answers exactly as the general parser wherever it answers.
-        for raw in [
-            "billing",
-            "billing:8080",
-            "billing:80",
-            "billing.svc.cluster.local:443",
-            "10.0.0.1",
-            "10.0.0.1:9",
-            "a-b.c:65535",
-            "b:0",
-            "b:00",
-            "b:080",
-            "b:65536",
-            "b:",
-            ":80",
-            "b.:80",
-            "B:80",
-            "b_c:80",
-            "[::1]:80",
-            "b:8a",
-            "b::80",
-            "",
-        ] {
-            if let Some(fast) = Authority::parse_plain(raw, 80) {
-                assert_eq!(Some(fast), Authority::parse_general(raw, 80), "{raw:?}");
-            }
-        }
-        assert!(Authority::parse_plain("billing:8080", 80).is_some());
-        assert!(Authority::parse_plain("billing", 80).is_some());
-        assert!(Authority::parse("bill ing", 80).is_none());
     }
 }

@@ -12,10 +12,10 @@ use http::{Response, StatusCode};
 
 use crate::authn::TokenError;
 use crate::body::{ProxyBody, full};
+use crate::hygiene::path::PathError;
 use crate::hygiene::{FramingError, RequestIds};
 use crate::identity::SpiffeId;
 use crate::policy::Reason;
-use crate::policy::path::PathError;
 
 /// Why vakt itself answered instead of the app.
 #[derive(Debug, Clone, PartialEq, Eq)]

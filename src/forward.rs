@@ -15,10 +15,10 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
-use crate::config::Authority;
 use crate::error::DenyReason;
 use crate::hygiene::{self, RequestIds};
 use crate::stack::{Req, Resp};
+use crate::upstream::Authority;
 use crate::upstream::{AppClient, MeshClient};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;

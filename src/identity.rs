@@ -275,6 +275,29 @@ impl PeerIdentity {
     }
 }
 
+// Config files name SPIFFE IDs and trust domains as strings, parsed (and refused) on load.
+impl<'de> serde::Deserialize<'de> for SpiffeId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(|e| {
+            serde::de::Error::custom(format!(
+                "\"{s}\" is not a valid SPIFFE ID: {e} (expected spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>)"
+            ))
+        })
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for TrustDomain {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <String as serde::Deserialize>::deserialize(d)?;
+        s.parse().map_err(|e| {
+            serde::de::Error::custom(format!(
+                "\"{s}\" is not a valid trust domain: {e} (expected e.g. cluster.local)"
+            ))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

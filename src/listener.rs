@@ -22,10 +22,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::body;
-use crate::config::Limits;
-use crate::h1_framing::{FramingVerdicts, ScannedIo, ScannerConfig};
+use crate::hygiene::h1_framing::{FramingVerdicts, ScannedIo, ScannerConfig};
 use crate::hygiene::{FramingError, FramingVerdict};
 use crate::identity::{PeerIdentity, SpiffeId};
+use crate::limits::Limits;
 use crate::metrics as m;
 use crate::stack::BoxStack;
 use crate::tls::{ALPN_H2, CertStore, handshake_failure_reason};
@@ -39,14 +39,14 @@ pub struct ListenerContext {
     pub shutdown: watch::Receiver<bool>,
     pub tracker: TaskTracker,
     /// Refused handshakes are audited too.
-    pub auditor: Option<Arc<crate::observe::Auditor>>,
+    pub auditor: Option<Arc<crate::audit::Auditor>>,
 }
 
 /// Accept connections until shutdown; each one is served on its own task in `tracker`.
 async fn accept_loop<F, Fut>(listener: TcpListener, mut ctx: ListenerContext, on_accept: F)
 where
     F: Fn(TcpStream, SocketAddr, ListenerContext) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         let accepted = tokio::select! {

@@ -13,62 +13,17 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::Direction;
-use crate::audit::{self, AuditEvent, AuditLog, Label, Text};
+use crate::audit::{self, AuditEvent, Auditor, Label, OnAuditFailure, Text};
 use crate::authn::Principal;
 use crate::body::{BoxError, ProxyBody};
 use crate::error::DenyReason;
 use crate::hygiene::RequestIds;
+use crate::hygiene::path::CanonicalPath;
 use crate::identity::PeerIdentity;
 use crate::metrics as m;
-use crate::policy::path::CanonicalPath;
-use crate::policy::stage::{DecisionRecord, Outcome};
+use crate::policy::decide::{DecisionRecord, Outcome};
 use crate::pseudonym::Pseudonymiser;
 use crate::stack::{Next, Req, Resp, Stage};
-
-/// What to do when an audit event cannot be recorded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OnAuditFailure {
-    /// No access without a record: refuse with 503 `audit_unavailable`.
-    #[default]
-    Deny,
-    /// Keep serving; every lost event is counted.
-    Allow,
-}
-
-/// The audit trail as the stages see it.
-pub struct Auditor {
-    pub log: AuditLog,
-    pub pseudonyms: Arc<Pseudonymiser>,
-    pub on_failure: OnAuditFailure,
-    /// The queue's capacity: a full queue could not take this request's event.
-    pub capacity: usize,
-}
-
-impl Auditor {
-    /// Could an event be recorded now? (Sink healthy and room in the queue.)
-    pub fn can_record(&self) -> bool {
-        self.log.healthy() && (self.log.queue_depth() as usize) < self.capacity
-    }
-
-    pub fn record(&self, event: AuditEvent) {
-        if let Err(why) = self.log.try_record(event) {
-            metrics::counter!(m::AUDIT_DROPPED, "reason" => why.as_str()).increment(1);
-            tracing::error!(reason = why.as_str(), "audit event dropped");
-        }
-    }
-
-    /// A refused TLS handshake: who tried, and why.
-    pub fn handshake_refused(&self, reason: &'static str, peer: Option<&str>) {
-        let mut event = AuditEvent::new(
-            audit::Direction::Handshake,
-            audit::Decision::Refused,
-            Label::sanitized_static(reason),
-        );
-        event.peer = peer.map(Text::sanitized);
-        self.record(event);
-    }
-}
 
 pub struct Observe {
     direction: Direction,

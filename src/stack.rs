@@ -1,7 +1,7 @@
 //! The order of the layers, in one place, with the reason for each position.
 //!
 //! Every stage is a small struct implementing [`Stage`]: it looks at the request, either answers
-//! itself (a denial, as a response carrying its [`DenyReason`](crate::error::DenyReason)) or
+//! itself (a denial, as a response carrying its reason in the extensions) or
 //! passes it on with [`Next::run`]. [`StageLayer`] makes any stage a `tower::Layer`, so the stacks
 //! below are ordinary `tower::ServiceBuilder` chains. Layers never return errors.
 
@@ -169,21 +169,27 @@ where
 /// Inbound: requests from other workloads (already mTLS-authenticated at the handshake; the
 /// peer's `PeerIdentity` is in the extensions) to the local app.
 ///
-/// `forward` is [`ToApp`](crate::forward::ToApp) in the sidecar; the in-process benchmark puts
-/// an app service there instead (boxed as a [`BoxStack`]), so the same stack is measured
-/// without sockets.
-pub fn inbound<F>(
-    observe: crate::observe::Observe,
-    hygiene: crate::hygiene::Hygiene,
-    authenticate: crate::authn::stage::Authenticate,
-    policy: crate::policy::stage::PolicyStage,
+/// The composition root (`app.rs`) passes the concrete stages; the in-process benchmark puts an
+/// app service in place of `forward`, so the same stack is measured without sockets.
+pub fn inbound<O, H, A, P, R, F>(
+    observe: O,
+    hygiene: H,
+    authenticate: A,
+    policy: P,
+    rate_limit: R,
     forward: F,
 ) -> BoxStack
 where
+    O: Stage,
+    H: Stage,
+    A: Stage,
+    P: Stage,
+    R: Stage,
     F: StageInner,
 {
     let stack = ServiceBuilder::new()
-        // Outermost: counts and times every request and decision, whoever answered it.
+        // Outermost: counts and times every request and decision, whoever answered it, and
+        // emits its audit event.
         .layer(StageLayer::new(observe))
         // Before any decision: refuse ambiguous framing and paths, canonicalise the path the
         // policy will see (and the app will get), drop spoofable identity headers, set request
@@ -195,7 +201,7 @@ where
         // Deny by default: the route table and its rules (dry-run routes pass, recorded).
         .layer(StageLayer::new(policy))
         // Only for requests the policy let through, so denied floods do not eat the budget.
-        .layer(StageLayer::new(crate::policy::stage::RateLimitStage))
+        .layer(StageLayer::new(rate_limit))
         // Innermost: the pooled client to the app.
         .service(forward);
     // The outermost layer already is a `BoxStack`.
@@ -203,11 +209,12 @@ where
 }
 
 /// Outbound: plaintext requests from the local app to other services over mTLS.
-pub fn outbound(
-    observe: crate::observe::Observe,
-    hygiene: crate::hygiene::Hygiene,
-    forward: crate::forward::ToMesh,
-) -> BoxStack {
+pub fn outbound<O, H, F>(observe: O, hygiene: H, forward: F) -> BoxStack
+where
+    O: Stage,
+    H: Stage,
+    F: StageInner,
+{
     let stack = ServiceBuilder::new()
         // Outermost: counts and times every request, whoever answered it.
         .layer(StageLayer::new(observe))

@@ -121,7 +121,7 @@ async fn a_failing_sink_refuses_access_then_recovers_without_losing_events() {
     let blocked = dir.join("audit-small.log.1");
     std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
     let policy = dir.join("policy.yaml");
-    let yaml = vakt::devmesh::base_config_yaml(&dir, TD).replace(
+    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD).replace(
         &format!(
             "    path: {}\n    fsync: never\n",
             dir.join("audit.log").display()

@@ -20,8 +20,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use vakt::certs::{BUNDLE_FILE, CERT_FILE, KEY_FILE, LeafSpec};
-use vakt::devmesh::DevPki;
+use vakt::dev::certs::{BUNDLE_FILE, CERT_FILE, KEY_FILE, LeafSpec};
+use vakt::dev::mesh::DevPki;
 use vakt::metrics::{DENIALS, HANDSHAKE_FAILURES};
 
 const HTTP11: &[&[u8]] = &[b"http/1.1"];

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::*;
-use vakt::certs::LeafSpec;
+use vakt::dev::certs::LeafSpec;
 
 fn vakt() -> Command {
     Command::new(env!("CARGO_BIN_EXE_vakt"))
@@ -173,7 +173,7 @@ fn certs_commands_make_an_identity_that_check_accepts() {
     let config = tmp.path().join("vakt.yaml");
     std::fs::write(
         tmp.path().join("policy.yaml"),
-        vakt::devmesh::allow_peers_policy_yaml(&["spiffe://cluster.local/ns/shop/sa/web".into()]),
+        vakt::dev::mesh::allow_peers_policy_yaml(&["spiffe://cluster.local/ns/shop/sa/web".into()]),
     )
     .unwrap();
     std::fs::write(
@@ -315,21 +315,21 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
     init();
-    let pki = vakt::devmesh::DevPki::new(TD).unwrap();
-    let app = vakt::devmesh::EchoApp::start().await.unwrap();
+    let pki = vakt::dev::mesh::DevPki::new(TD).unwrap();
+    let app = vakt::dev::mesh::EchoApp::start().await.unwrap();
     let id = pki.spiffe_id("shop", "orders");
     let dir = pki.workload("orders", &id).unwrap();
     let web_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
     let (inbound, admin) = (free_port(), free_port());
     let config_path = pki.path().join("vakt.yaml");
-    let policy = vakt::devmesh::write_policy(
+    let policy = vakt::dev::mesh::write_policy(
         &dir,
-        &vakt::devmesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+        &vakt::dev::mesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
     )
     .unwrap();
     let yaml = format!(
         "{}inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n  policy: {}\n",
-        vakt::devmesh::base_config_yaml(&dir, TD)
+        vakt::dev::mesh::base_config_yaml(&dir, TD)
             .replace("127.0.0.1:0", &format!("127.0.0.1:{admin}")),
         app.addr,
         policy.display()

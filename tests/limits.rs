@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use vakt::app::App;
 use vakt::config::Config;
-use vakt::devmesh::{DevPki, base_config_yaml};
+use vakt::dev::mesh::{DevPki, base_config_yaml};
 use vakt::metrics::{DENIALS, LIMITS_EXCEEDED};
 
 /// A client config for the allowed peer `sa/web`, offering `alpn`.
@@ -169,9 +169,9 @@ async fn app_down_gets_502_upstream_unavailable() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap()
     };
-    let policy = vakt::devmesh::write_policy(
+    let policy = vakt::dev::mesh::write_policy(
         &dir,
-        &vakt::devmesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+        &vakt::dev::mesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
     )
     .unwrap();
     let yaml = format!(

@@ -205,18 +205,18 @@ async fn websocket_app() -> std::net::SocketAddr {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn websocket_echo_through_the_mesh() {
     init();
-    let pki = vakt::devmesh::DevPki::new(TD).unwrap();
+    let pki = vakt::dev::mesh::DevPki::new(TD).unwrap();
     let app = websocket_app().await;
     let orders = pki.spiffe_id("shop", "orders");
     let dir = pki.workload("orders", &orders).unwrap();
-    let policy = vakt::devmesh::write_policy(
+    let policy = vakt::dev::mesh::write_policy(
         &dir,
-        &vakt::devmesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+        &vakt::dev::mesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
     )
     .unwrap();
     let yaml = format!(
         "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  policy: {}\n",
-        vakt::devmesh::base_config_yaml(&dir, TD),
+        vakt::dev::mesh::base_config_yaml(&dir, TD),
         policy.display()
     );
     let server = vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
@@ -444,12 +444,12 @@ async fn capturing_h2_destination(
 ) {
     use rustls::pki_types::pem::PemObject;
     let chain: Vec<_> =
-        rustls::pki_types::CertificateDer::pem_file_iter(dir.join(vakt::certs::CERT_FILE))
+        rustls::pki_types::CertificateDer::pem_file_iter(dir.join(vakt::dev::certs::CERT_FILE))
             .unwrap()
             .map(Result::unwrap)
             .collect();
-    let key =
-        rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(vakt::certs::KEY_FILE)).unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(dir.join(vakt::dev::certs::KEY_FILE))
+        .unwrap();
     let mut config = rustls::ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(chain, key)
@@ -505,7 +505,7 @@ async fn capturing_h2_destination(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn credentials_cross_the_mesh_as_never_indexed_raw_literals_every_time() {
     init();
-    let pki = vakt::devmesh::DevPki::new(TD).unwrap();
+    let pki = vakt::dev::mesh::DevPki::new(TD).unwrap();
     let server_id = pki.spiffe_id("shop", "orders");
     let server_dir = pki.workload("orders", &server_id).unwrap();
     let (addr, mut blocks) = capturing_h2_destination(&server_dir).await;

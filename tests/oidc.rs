@@ -13,9 +13,10 @@ use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
 use vakt::app::App;
-use vakt::authn::devidp::{self, Alg, DevIdp, KeyStore, Level, MintOptions, Person};
+use vakt::authn::{Alg, Loa};
 use vakt::config::Config;
-use vakt::devmesh::{DevPki, EchoApp, base_config_yaml, write_policy};
+use vakt::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions, Person};
+use vakt::dev::mesh::{DevPki, EchoApp, base_config_yaml, write_policy};
 
 const PID: &str = "12345678901";
 const OTHER_PID: &str = "10987654321";
@@ -105,7 +106,7 @@ async fn wait_ready(admin: std::net::SocketAddr) {
     panic!("vakt never became ready");
 }
 
-fn citizen(level: Level, pid: &str) -> Person {
+fn citizen(level: Loa, pid: &str) -> Person {
     Person {
         sub: "citizen-1".into(),
         national_id: Some(pid.into()),
@@ -129,7 +130,7 @@ fn now() -> i64 {
 
 fn token(s: &Setup, person: &Person, opts: &MintOptions) -> String {
     s.idp
-        .mint(devidp::claims(devidp::Profile::HelseId, person), opts)
+        .mint(devidp::claims(vakt::authn::Profile::Helseid, person), opts)
         .unwrap()
 }
 
@@ -166,7 +167,7 @@ fn error_code(body: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_valid_token_reaches_the_app_as_a_pseudonymised_principal() {
     let s = setup_with(false).await;
-    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    let t = token(&s, &citizen(Loa::High, PID), &MintOptions::default());
     let (status, _, body) = send(
         &s,
         "GET",
@@ -264,7 +265,7 @@ fn tamper_payload(token: &str, edit: impl Fn(&str) -> String) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_bad_token_is_refused_with_its_reason_and_reaches_nothing() {
     let s = setup_with(false).await;
-    let person = citizen(Level::High, PID);
+    let person = citizen(Loa::High, PID);
     let good = token(&s, &person, &MintOptions::default());
     let with = |f: &dyn Fn(&mut MintOptions)| {
         let mut o = MintOptions::default();
@@ -272,7 +273,7 @@ async fn every_bad_token_is_refused_with_its_reason_and_reaches_nothing() {
         token(&s, &person, &o)
     };
     let claims_with = |edit: &dyn Fn(&mut Value)| {
-        let mut c = devidp::claims(devidp::Profile::HelseId, &person);
+        let mut c = devidp::claims(vakt::authn::Profile::Helseid, &person);
         edit(&mut c);
         s.idp.mint(c, &MintOptions::default()).unwrap()
     };
@@ -518,11 +519,7 @@ async fn policy_conditions_step_up_scope_binding_and_missing_token() {
         r#"Bearer realm="vakt""#
     );
     // Level 3 where 4 is needed: RFC 9470 step-up.
-    let t = token(
-        &s,
-        &citizen(Level::Substantial, PID),
-        &MintOptions::default(),
-    );
+    let t = token(&s, &citizen(Loa::Substantial, PID), &MintOptions::default());
     let (status, headers, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
     assert_eq!(
         (status, error_code(&body).as_str()),
@@ -535,7 +532,7 @@ async fn policy_conditions_step_up_scope_binding_and_missing_token() {
         "{challenge}"
     );
     // A citizen reading someone else's record.
-    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    let t = token(&s, &citizen(Loa::High, PID), &MintOptions::default());
     let (status, _, body) = send(
         &s,
         "GET",
@@ -548,7 +545,7 @@ async fn policy_conditions_step_up_scope_binding_and_missing_token() {
         (403, "binding_mismatch")
     );
     // Missing scope.
-    let mut no_scope = citizen(Level::High, PID);
+    let mut no_scope = citizen(Loa::High, PID);
     no_scope.scopes = vec!["profile".into()];
     let t = token(&s, &no_scope, &MintOptions::default());
     let (status, headers, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
@@ -565,7 +562,7 @@ async fn policy_conditions_step_up_scope_binding_and_missing_token() {
             .contains("insufficient_scope")
     );
     // A login that is too old for a sensitive action: step-up with max_age.
-    let mut old = citizen(Level::High, PID);
+    let mut old = citizen(Loa::High, PID);
     old.auth_time = Some(now() - 3600);
     let t = token(&s, &old, &MintOptions::default());
     let (status, headers, body) = send(
@@ -602,7 +599,7 @@ async fn key_rotation_is_picked_up_on_first_use_with_one_fetch_and_random_kids_c
     let path = format!("/patients/{PID}/journal");
     let fetches = s.idp.jwks_fetches();
     s.idp.keys.rotate(Alg::RS256).unwrap();
-    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    let t = token(&s, &citizen(Loa::High, PID), &MintOptions::default());
     assert_eq!(
         send(&s, "GET", &path, &[&format!("Bearer {t}")]).await.0,
         200
@@ -624,7 +621,7 @@ async fn key_rotation_is_picked_up_on_first_use_with_one_fetch_and_random_kids_c
     .await
     .unwrap();
     tokio::spawn(conn);
-    let person = citizen(Level::High, PID);
+    let person = citizen(Loa::High, PID);
     let base = token(&s, &person, &MintOptions::default());
     let (header, rest) = base.split_once('.').unwrap();
     let header: Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
@@ -659,7 +656,7 @@ async fn issuer_down_at_start_means_not_ready_and_refused_then_cached_keys_survi
     let ready = plain_send(admin, get("/ready", "admin")).await;
     assert_eq!(ready.status(), 503);
     assert!(body_string(ready).await.contains("signing keys"));
-    let t = token(&s, &citizen(Level::High, PID), &MintOptions::default());
+    let t = token(&s, &citizen(Loa::High, PID), &MintOptions::default());
     let path = format!("/patients/{PID}/journal");
     let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
     assert_eq!(
@@ -678,7 +675,7 @@ async fn issuer_down_at_start_means_not_ready_and_refused_then_cached_keys_survi
     s.idp.set_down(true);
     let fresh = token(
         &s,
-        &citizen(Level::High, PID),
+        &citizen(Loa::High, PID),
         &MintOptions {
             alg: Alg::ES256,
             ..MintOptions::default()
@@ -711,7 +708,7 @@ async fn weak_and_unusable_keys_are_dropped_and_counted() {
     }
     let t = token(
         &s,
-        &citizen(Level::High, PID),
+        &citizen(Loa::High, PID),
         &MintOptions {
             kid: Some("sym".into()),
             ..MintOptions::default()

@@ -109,7 +109,7 @@ async fn the_app_receives_exactly_the_canonical_path_for_every_vector() {
                     Some(q) => (&target[..q], Some(&target[q..])),
                     None => (target, None),
                 };
-                match vakt::policy::path::canonicalize_bytes(path) {
+                match vakt::hygiene::path::canonicalize_bytes(path) {
                     Ok(c) => format!(
                         "{}{}",
                         c.as_str(),

@@ -5,11 +5,12 @@
 
 use std::sync::Arc;
 
-use vakt::authn::devidp::{DevIdp, Level, Person};
+use vakt::authn::Loa;
 use vakt::authn::http_client::IdpClient;
 use vakt::authn::jwks::IssuerKeys;
 use vakt::authn::verify::Verifier;
 use vakt::authn::{IssuerConfig, OidcConfig};
+use vakt::dev::idp::{DevIdp, Person};
 
 /// A verifier for `idp`'s tokens (audience `bench`, HelseID claims, RS256/PS256/ES256) with a
 /// verified-token cache of `cache` entries, its keys fetched once.
@@ -35,7 +36,7 @@ pub fn citizen(national_id: &str, audience: &str) -> Person {
     Person {
         sub: "citizen-1".into(),
         national_id: Some(national_id.into()),
-        level: Level::High,
+        level: Loa::High,
         amr: vec!["BankID".into()],
         client_id: "journal-web".into(),
         scopes: vec!["journal.read".into()],

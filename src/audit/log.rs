@@ -626,7 +626,7 @@ mod tests {
         fn flush(&mut self, force: bool) -> Result<(), SinkError> {
             self.inner.flush(force)
         }
-        fn sync_deadline(&self) -> Option<std::time::Instant> {
+        fn sync_deadline(&self) -> Option<Instant> {
             self.inner.sync_deadline()
         }
     }
@@ -663,7 +663,7 @@ mod tests {
     /// A sink whose writes wait for the test.
     struct GateSink {
         entered: std_mpsc::Sender<usize>,
-        release: std_mpsc::Receiver<()>,
+        release: Receiver<()>,
         out: Arc<Mutex<Vec<String>>>,
     }
 
@@ -975,7 +975,7 @@ mod tests {
     /// Note the calling thread.
     fn called(record: &Mutex<Record>) -> std::sync::MutexGuard<'_, Record> {
         let mut record = record.lock().unwrap();
-        let me = std::thread::current();
+        let me = thread::current();
         let me = (me.id(), me.name().map(str::to_owned));
         if !record.threads.contains(&me) {
             record.threads.push(me);
@@ -1039,7 +1039,7 @@ mod tests {
         assert_eq!(record.threads.len(), 1, "{:?}", record.threads);
         let (id, name) = &record.threads[0];
         assert_eq!(name.as_deref(), Some(THREAD_NAME));
-        assert_ne!(*id, std::thread::current().id());
+        assert_ne!(*id, thread::current().id());
     }
 
     #[tokio::test]
@@ -1113,7 +1113,7 @@ mod tests {
         let producers: Vec<_> = (0..2u64)
             .map(|t| {
                 let log = log.clone();
-                std::thread::spawn(move || {
+                thread::spawn(move || {
                     let (mut accepted, mut n) = (0u64, 0u64);
                     loop {
                         n += 1;

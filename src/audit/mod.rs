@@ -8,16 +8,22 @@
 //! - [`sink`]: [`StdoutSink`] and [`FileSink`] (size-based rotation, fsync policy; the chain
 //!   continues across rotation and restarts).
 //! - [`log`]: [`AuditLog`], the non-blocking front with a bounded queue and one writer thread (batches, linger, retry).
+//! - [`auditor`]: [`Auditor`], the trail as the request path sees it, and [`config`], the
+//!   `audit` section with what happens when an event cannot be recorded.
 //! - [`verify`](mod@verify): `vakt audit verify`; [`report`](mod@report): `vakt audit report`.
 
+pub mod auditor;
 pub mod chain;
+pub mod config;
 pub mod event;
 pub mod log;
 pub mod report;
 pub mod sink;
 pub mod verify;
 
+pub use auditor::Auditor;
 pub use chain::{ChainPosition, ChainWriter, FIRST_SEQ, SealedLine, line_hash};
+pub use config::{AuditFileSettings, AuditSettings, AuditSink, OnAuditFailure};
 pub use event::{
     Action, AuditEvent, ChainHash, Decision, Direction, EventId, FieldError, KIND_NATIONAL_ID,
     KIND_SUBJECT, Label, Pseudonym, SCHEMA, Text, Timestamp, pseudonymise_path,

@@ -5,54 +5,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::Deserialize;
 use serde_json::Value;
 
-use super::Principal;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Profile {
-    Helseid,
-    Bankid,
-    Signicat,
-    Idporten,
-    Generic,
-}
-
-/// Level of assurance (eIDAS), ordered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Loa {
-    /// Unknown or missing: denied on any route that asks for a level.
-    None,
-    Low,
-    Substantial,
-    High,
-}
-
-impl Loa {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::None => "none",
-            Self::Low => "low",
-            Self::Substantial => "substantial",
-            Self::High => "high",
-        }
-    }
-}
+use super::assurance::{Loa, Profile};
+use super::principal::Principal;
 
 impl Profile {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Helseid => "helseid",
-            Self::Bankid => "bankid",
-            Self::Signicat => "signicat",
-            Self::Idporten => "idporten",
-            Self::Generic => "generic",
-        }
-    }
-
     /// The `acr_values` a client should request to reach `level` at this provider (RFC 9470
     /// step-up answers).
     pub fn acr_value(self, level: Loa) -> &'static str {

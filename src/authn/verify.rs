@@ -5,6 +5,8 @@
 //! makes a repeated token cost a lookup.
 
 use std::collections::BTreeMap;
+
+use serde::Deserializer;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -14,7 +16,7 @@ use http::{HeaderMap, Uri};
 use serde_json::Value;
 
 use super::jwks::IssuerKeys;
-use super::{Alg, OidcConfig, Principal, TokenError, object_without_duplicates};
+use super::{Alg, OidcConfig, Principal, TokenError};
 use crate::metrics as m;
 
 /// Header parameters an access token may carry. Anything else (`jku`, `x5u`, `jwk`, `x5c`, ...)
@@ -238,8 +240,7 @@ impl Verifier {
         validation.set_issuer(&[config.issuer.as_str()]);
         validation.set_audience(&config.audiences);
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        if let Err(e) = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation)
-        {
+        if let Err(e) = jsonwebtoken::decode::<Value>(token, &key.decoding, &validation) {
             use jsonwebtoken::errors::ErrorKind as K;
             return Err(fail(match e.kind() {
                 K::InvalidSignature => TokenError::BadSignature,
@@ -275,6 +276,32 @@ impl Verifier {
             .principal(config.issuer.as_str().into(), payload, exp);
         Ok((index, kid.to_owned(), principal))
     }
+}
+
+/// Deserialize a JSON object, refusing duplicate member names (serde_json keeps the last one).
+pub(crate) fn object_without_duplicates<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, Value>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = BTreeMap<String, Value>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a JSON object")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((k, v)) = map.next_entry::<String, Value>()? {
+                if out.insert(k.clone(), v).is_some() {
+                    return Err(serde::de::Error::custom(format!("duplicate member {k:?}")));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(V)
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@ use super::{
 };
 use crate::Direction;
 use crate::error::DenyReason;
+use crate::hygiene::path::{CanonicalPath, canonicalize};
 use crate::identity::PeerIdentity;
-use crate::policy::path::{CanonicalPath, canonicalize};
 use crate::stack::{Next, Req, Resp, Stage};
 use crate::tls::CertStore;
 
@@ -109,10 +109,10 @@ fn set_path(req: &mut Req, canonical: &CanonicalPath) -> Result<(), DenyReason> 
     parts.path_and_query = Some(
         path_and_query
             .parse()
-            .map_err(|_| DenyReason::InvalidPath(crate::policy::path::PathError::NotAbsolute))?,
+            .map_err(|_| DenyReason::InvalidPath(crate::hygiene::path::PathError::NotAbsolute))?,
     );
     *req.uri_mut() = http::Uri::from_parts(parts)
-        .map_err(|_| DenyReason::InvalidPath(crate::policy::path::PathError::NotAbsolute))?;
+        .map_err(|_| DenyReason::InvalidPath(crate::hygiene::path::PathError::NotAbsolute))?;
     Ok(())
 }
 

@@ -20,7 +20,9 @@
 //! hands the request on. [`check_request_framing`] is the second, version-aware line of defence
 //! (and the only one for what hyper lets through, e.g. `Transfer-Encoding: gzip, chunked`).
 
+pub mod h1_framing;
 mod layer;
+pub mod path;
 
 pub use layer::{FramingVerdict, Hygiene, RequestIds};
 
@@ -502,7 +504,7 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
 ///   inserted value once more.
 const NEVER_INDEXED: [HeaderName; 5] = [
     http::header::AUTHORIZATION,
-    http::header::PROXY_AUTHORIZATION,
+    PROXY_AUTHORIZATION,
     http::header::COOKIE,
     X_REQUEST_ID,
     TRACEPARENT,
@@ -653,7 +655,7 @@ mod tests {
             }
         }
         // `Unverified` comes from the byte-stream scanner, never from the headers alone.
-        for e in FramingError::ALL.into_iter().filter(|e| *e != FramingError::Unverified) {
+        for e in FramingError::ALL.into_iter().filter(|e| *e != Unverified) {
             assert!(seen.contains(&e), "no table row produces {e:?}");
         }
     }

@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use http::Method;
 use serde::Deserialize;
 
-use super::path::{CanonicalPath, PathError, canonicalize};
 use super::{Decision, Policy, PolicyContext, RequestCtx, evaluate};
 use crate::authn::{Principal, Profile};
+use crate::hygiene::path::{CanonicalPath, PathError, canonicalize};
 use crate::identity::{SpiffeId, TrustDomain};
 
 /// One request as the policy author describes it.

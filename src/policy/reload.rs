@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 
-use super::{Policy, PolicyContext, PolicyError, read_policy_file};
+use super::compile::{Policy, PolicyError, read_policy_file};
+use super::file::PolicyContext;
 use crate::metrics as m;
 
 pub struct PolicyStore {

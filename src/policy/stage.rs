@@ -2,100 +2,23 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
 use http::header::HOST;
-use http::{HeaderName, HeaderValue};
 
-use super::path::CanonicalPath;
+use super::compile::Route;
+use super::decide::{DecisionRecord, MatchedRoute, Outcome};
+use super::decide::{RequestCtx, evaluate};
+use super::file::{Mode, TokenRequirement};
 use super::reload::PolicyStore;
-use super::{Decision, Mode, Policy, RequestCtx, evaluate};
 use crate::authn::Principal;
+use crate::authn::headers::IdentityHeaders;
 use crate::error::DenyReason;
 use crate::hygiene::RequestIds;
+use crate::hygiene::path::CanonicalPath;
 use crate::identity::PeerIdentity;
 use crate::metrics as m;
 use crate::pseudonym::Pseudonymiser;
 use crate::ratelimit::retry_after_secs;
 use crate::stack::{Next, Req, Resp, Stage};
-
-/// What was decided about a request, for the outer layers (metrics, audit). Travels in the
-/// response extensions.
-#[derive(Debug, Clone)]
-pub struct DecisionRecord {
-    pub route_id: Option<Arc<str>>,
-    /// The matched route's path pattern, for the audit event.
-    pub route_template: Option<Arc<str>>,
-    /// Path parameters that hold personal data (bound to a national id): pseudonymised in audit.
-    pub personal_params: Arc<[String]>,
-    pub rule: Option<usize>,
-    pub mode: Mode,
-    pub outcome: Outcome,
-    /// The reason code of the outcome (`rule_matched`, `no_route`, `rate_limited`, ...).
-    pub reason: &'static str,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Outcome {
-    Allow,
-    Deny,
-    /// Dry-run: let through, but would have been denied.
-    WouldDeny,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Allow => "allow",
-            Self::Deny => "deny",
-            Self::WouldDeny => "would_deny",
-        }
-    }
-}
-
-impl DecisionRecord {
-    /// What the policy stage records for `decision` (public for the audit benchmark).
-    pub fn from_decision(policy: &Policy, decision: &Decision) -> Self {
-        let outcome = match (decision.allowed, decision.would_deny) {
-            (true, None) => Outcome::Allow,
-            (true, Some(_)) => Outcome::WouldDeny,
-            (false, _) => Outcome::Deny,
-        };
-        let route = decision.route.map(|r| &policy.routes[r]);
-        Self::for_route(
-            route,
-            decision.rule,
-            decision.mode,
-            outcome,
-            decision.reason.code(),
-        )
-    }
-
-    /// A record about `route` (what the audit event needs of it) and the outcome.
-    fn for_route(
-        route: Option<&super::Route>,
-        rule: Option<usize>,
-        mode: Mode,
-        outcome: Outcome,
-        reason: &'static str,
-    ) -> Self {
-        Self {
-            route_template: route.map(|r| r.template.clone()),
-            personal_params: route.map_or_else(|| Arc::from([]), |r| r.personal_params.clone()),
-            route_id: route.map(|r| r.id.clone()),
-            rule,
-            mode,
-            outcome,
-            reason,
-        }
-    }
-}
-
-/// The route the policy matched, for the rate-limit stage (same policy generation).
-#[derive(Clone)]
-pub struct MatchedRoute {
-    pub policy: Arc<Policy>,
-    pub route: usize,
-}
 
 /// Lowercase host without port, from `Host` or the URI authority.
 fn request_host(req: &Req) -> Option<String> {
@@ -115,173 +38,40 @@ fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The verified principal as headers for the app, set after the client's own `x-vakt-*`
-/// headers were stripped. The national id leaves only as a pseudonym unless the route says
-/// `forward_national_id: true`; the `Authorization` header only with `forward_token: true`.
-pub struct IdentityHeaders {
-    pub pseudonyms: Arc<Pseudonymiser>,
-}
-
-impl IdentityHeaders {
-    fn apply(&self, req: &mut Req, principal: Option<&Principal>, route: Option<&super::Route>) {
-        if let Some(original) = req
-            .extensions_mut()
-            .remove::<crate::authn::stage::OriginalAuthorization>()
-            && route.is_some_and(|r| r.forward_token)
-        {
-            req.headers_mut()
-                .insert(http::header::AUTHORIZATION, original.0);
-        }
-        let Some(p) = principal else {
-            return;
-        };
-        if route.is_some_and(|r| r.token == super::TokenRequirement::None) {
-            return;
-        }
-        let rendered = self.values(p);
-        let headers = req.headers_mut();
-        headers.reserve(rendered.len() + 1);
-        for (name, value) in rendered.headers() {
-            headers.insert(name, value);
-        }
-        if let Some(nid) = &p.national_id
-            && route.is_some_and(|r| r.forward_national_id)
-            && let Ok(value) = http::HeaderValue::from_str(nid)
-        {
-            headers.insert(http::HeaderName::from_static("x-vakt-national-id"), value);
-        }
+/// Sets the principal's identity headers on a request the policy let through. The national id
+/// leaves only as a pseudonym unless the route says `forward_national_id: true`; the
+/// `Authorization` header only with `forward_token: true`.
+fn apply_identity_headers(
+    identity_headers: &IdentityHeaders,
+    req: &mut Req,
+    principal: Option<&Principal>,
+    route: Option<&Route>,
+) {
+    if let Some(original) = req
+        .extensions_mut()
+        .remove::<crate::authn::stage::OriginalAuthorization>()
+        && route.is_some_and(|r| r.forward_token)
+    {
+        req.headers_mut()
+            .insert(http::header::AUTHORIZATION, original.0);
     }
-
-    /// The principal's headers that do not depend on the route (the raw national id does),
-    /// rendered on the principal's first request and kept with it in the verified-token cache.
-    pub fn values(&self, p: &Principal) -> Arc<RenderedIdentity> {
-        let key_id = self.pseudonyms.key_id();
-        match p.identity_headers.get() {
-            Some((made_with, values)) if made_with == key_id => values.clone(),
-            _ => {
-                let values = Arc::new(self.render(p));
-                let _ = p.identity_headers.set((key_id.to_owned(), values.clone()));
-                values
-            }
-        }
+    let Some(p) = principal else {
+        return;
+    };
+    if route.is_some_and(|r| r.token == TokenRequirement::None) {
+        return;
     }
-
-    fn render(&self, p: &Principal) -> RenderedIdentity {
-        let mut text = Vec::with_capacity(256);
-        let mut spans = Vec::with_capacity(IDENTITY_HEADER_NAMES.len());
-        let mut put = |name: IdentityHeader, parts: &mut dyn Iterator<Item = &str>| {
-            let start = text.len();
-            for (i, part) in parts.enumerate() {
-                if i > 0 {
-                    text.push(b' ');
-                }
-                text.extend_from_slice(part.as_bytes());
-            }
-            // A value with a control character is left out, as `HeaderValue::from_str` would.
-            if HeaderValue::from_bytes(&text[start..]).is_ok() {
-                spans.push((name as u8, start as u32, text.len() as u32));
-            } else {
-                text.truncate(start);
-            }
-        };
-        put(IdentityHeader::Issuer, &mut std::iter::once(&*p.issuer));
-        put(IdentityHeader::Loa, &mut std::iter::once(p.loa.as_str()));
-        if let Some(s) = &p.subject {
-            put(IdentityHeader::Subject, &mut std::iter::once(s.as_str()));
-        }
-        if let Some(c) = &p.client_id {
-            put(IdentityHeader::ClientId, &mut std::iter::once(&**c));
-        }
-        if !p.scopes.is_empty() {
-            put(
-                IdentityHeader::Scopes,
-                &mut p.scopes.iter().map(String::as_str),
-            );
-        }
-        if !p.amr.is_empty() {
-            put(IdentityHeader::Amr, &mut p.amr.iter().map(String::as_str));
-        }
-        if let Some(t) = p.auth_time {
-            let mut digits = itoa::Buffer::new();
-            put(
-                IdentityHeader::AuthTime,
-                &mut std::iter::once(digits.format(t)),
-            );
-        }
-        if let Some(org) = p.org_numbers.first() {
-            put(
-                IdentityHeader::OrgNumber,
-                &mut std::iter::once(org.as_str()),
-            );
-        }
-        if let Some(pseudonym) = &p.pseudonyms(&self.pseudonyms).national_id {
-            put(
-                IdentityHeader::NationalIdPseudonym,
-                &mut std::iter::once(&**pseudonym),
-            );
-        }
-        RenderedIdentity {
-            text: Bytes::copy_from_slice(&text),
-            spans: spans.into_boxed_slice(),
-        }
+    let rendered = identity_headers.values(p);
+    let headers = req.headers_mut();
+    headers.reserve(rendered.len() + 1);
+    for (name, value) in rendered.headers() {
+        headers.insert(name, value);
     }
-}
-
-/// The identity headers vakt sets for the app, in [`IDENTITY_HEADER_NAMES`]' order.
-#[derive(Clone, Copy)]
-enum IdentityHeader {
-    Issuer,
-    Loa,
-    Subject,
-    ClientId,
-    Scopes,
-    Amr,
-    AuthTime,
-    OrgNumber,
-    NationalIdPseudonym,
-}
-
-static IDENTITY_HEADER_NAMES: [HeaderName; 9] = [
-    HeaderName::from_static("x-vakt-issuer"),
-    HeaderName::from_static("x-vakt-loa"),
-    HeaderName::from_static("x-vakt-subject"),
-    HeaderName::from_static("x-vakt-client-id"),
-    HeaderName::from_static("x-vakt-scopes"),
-    HeaderName::from_static("x-vakt-amr"),
-    HeaderName::from_static("x-vakt-auth-time"),
-    HeaderName::from_static("x-vakt-org-number"),
-    HeaderName::from_static("x-vakt-national-id-pseudonym"),
-];
-
-/// A principal's identity headers, rendered once and cached with it: every value's text in one
-/// buffer and, per header, the name's index and the value's span. Up to `verified_token_cache`
-/// principals hold one, so it is kept small: ~300 bytes where a `[(HeaderName, HeaderValue)]`
-/// took ~800 (`cargo bench --bench memory`).
-#[derive(Debug)]
-pub struct RenderedIdentity {
-    text: Bytes,
-    spans: Box<[(u8, u32, u32)]>,
-}
-
-impl RenderedIdentity {
-    /// The headers; a value is a slice of the shared text (a reference count, not a copy).
-    pub fn headers(&self) -> impl Iterator<Item = (HeaderName, HeaderValue)> + '_ {
-        self.spans.iter().filter_map(|&(name, start, end)| {
-            // Checked when rendered; checked again rather than trusted.
-            let value =
-                HeaderValue::from_maybe_shared(self.text.slice(start as usize..end as usize))
-                    .ok()?;
-            Some((IDENTITY_HEADER_NAMES[name as usize].clone(), value))
-        })
-    }
-
-    /// How many headers.
-    pub fn len(&self) -> usize {
-        self.spans.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.spans.is_empty()
+    if let Some(nid) = &p.national_id
+        && route.is_some_and(|r| r.forward_national_id)
+        && let Ok(value) = http::HeaderValue::from_str(nid)
+    {
+        headers.insert(http::HeaderName::from_static("x-vakt-national-id"), value);
     }
 }
 
@@ -307,7 +97,7 @@ impl Stage for PolicyStage {
         // the same path); it goes back out in the response for the audit event.
         let Some(path) = req.extensions_mut().remove::<CanonicalPath>() else {
             // Hygiene always sets it inbound; without it nothing can be decided: fail closed.
-            return DenyReason::Policy(super::Reason::NoRoute)
+            return DenyReason::Policy(super::decide::Reason::NoRoute)
                 .into_response(req.extensions().get::<RequestIds>());
         };
         let host = request_host(&req);
@@ -346,8 +136,12 @@ impl Stage for PolicyStage {
             return response;
         }
         let route = decision.route.map(|r| &policy.routes[r]);
-        self.identity_headers
-            .apply(&mut req, principal.as_deref(), route);
+        apply_identity_headers(
+            &self.identity_headers,
+            &mut req,
+            principal.as_deref(),
+            route,
+        );
         if let Some(route) = decision.route {
             req.extensions_mut().insert(MatchedRoute {
                 policy: policy.clone(),
@@ -429,6 +223,7 @@ mod tests {
 
     use super::*;
     use crate::authn::Profile;
+    use crate::authn::rendered::RenderedIdentity;
 
     fn helseid_principal(claims: Value) -> Principal {
         let claims: BTreeMap<String, Value> = serde_json::from_value(claims).unwrap();

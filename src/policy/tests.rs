@@ -1,7 +1,10 @@
 //! Table tests for the policy: one row per case, no I/O.
 
-use super::path::canonicalize;
+use http::Method;
+
 use super::*;
+use crate::hygiene::path::canonicalize;
+use crate::identity::SpiffeId;
 
 const TD: &str = "cluster.local";
 

@@ -4,6 +4,7 @@
 //! One TLS stack, one provider: rustls on aws-lc-rs (hybrid post-quantum key exchange
 //! X25519MLKEM768 preferred by default). Configs are always built with the explicit provider.
 
+pub mod config;
 mod reload;
 mod verify;
 
@@ -18,8 +19,8 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, RootCertStore, ServerConfig};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
-use crate::config::{IdentityConfig, TlsVersion};
 use crate::identity::{SpiffeId, TrustDomain};
+pub use config::{IdentityConfig, TlsSettings, TlsVersion};
 
 pub use reload::{CertStore, spawn_reloader};
 pub use verify::{

@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use rustls::{ClientConfig, ServerConfig};
 
+use super::config::{IdentityConfig, TlsVersion};
 use super::{OutboundAlpn, TlsError, TlsMaterial, client_config, server_config};
-use crate::config::{IdentityConfig, TlsVersion};
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::metrics as m;
 

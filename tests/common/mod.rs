@@ -18,9 +18,9 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use vakt::app::App;
-use vakt::certs::{BUNDLE_FILE, CERT_FILE, KEY_FILE};
 use vakt::config::Config;
-use vakt::devmesh::{DevPki, EchoApp, allow_peers_policy_yaml, base_config_yaml, write_policy};
+use vakt::dev::certs::{BUNDLE_FILE, CERT_FILE, KEY_FILE};
+use vakt::dev::mesh::{DevPki, EchoApp, allow_peers_policy_yaml, base_config_yaml, write_policy};
 
 pub const TD: &str = "test.vakt.local";
 

@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
 use crate::body::{self, ProxyBody};
-use crate::certs::{CertificateAuthority, IssuedCert, LeafSpec, PkiError};
+use crate::dev::certs::{CertificateAuthority, IssuedCert, LeafSpec, PkiError};
 
 /// A development CA whose files live in a temporary directory (removed on drop).
 pub struct DevPki {
@@ -73,9 +73,9 @@ pub fn base_config_yaml(dir: &Path, trust_domain: &str) -> String {
     format!(
         "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
         audit = dir.join("audit.log").display(),
-        cert = dir.join(crate::certs::CERT_FILE).display(),
-        key = dir.join(crate::certs::KEY_FILE).display(),
-        bundle = dir.join(crate::certs::BUNDLE_FILE).display(),
+        cert = dir.join(crate::dev::certs::CERT_FILE).display(),
+        key = dir.join(crate::dev::certs::KEY_FILE).display(),
+        bundle = dir.join(crate::dev::certs::BUNDLE_FILE).display(),
     )
 }
 

@@ -1,6 +1,10 @@
 //! Pooled clients: to the local app (plaintext HTTP/1.1 or h2c) and to other sidecars (mTLS,
 //! HTTP/2 when both offer it). Errors are mapped to a [`DenyReason`] here, once.
 
+pub mod config;
+
+pub use config::{AppProtocol, Authority, UpstreamConfig};
+
 use std::collections::HashMap;
 use std::future::Future;
 use std::io;
@@ -22,7 +26,8 @@ use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
 use crate::body::ProxyBody;
-use crate::config::{AppProtocol, Authority, Limits, UpstreamConfig};
+use crate::limits::Limits;
+
 use crate::error::DenyReason;
 use crate::identity::SpiffeId;
 use crate::tls::{CertStore, OutboundAlpn, UnexpectedServerIdentity, tls_error_reason};

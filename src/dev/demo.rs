@@ -12,10 +12,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
 use crate::app::App;
-use crate::authn::devidp::{self, DevIdp, KeyStore, Level, MintOptions, Person};
+use crate::authn::{Loa, Profile};
 use crate::body::{self, ProxyBody};
 use crate::config::Config;
-use crate::devmesh::{DevPki, EchoApp, base_config_yaml};
+use crate::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions, Person};
+use crate::dev::mesh::{DevPki, EchoApp, base_config_yaml};
 
 const TRUST_DOMAIN: &str = "demo.vakt.local";
 
@@ -58,7 +59,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     let idp = DevIdp::start(([127, 0, 0, 1], 0).into(), keys, "/auth/realms/demo")
         .await
         .context("starting the demo identity provider")?;
-    let policy = crate::devmesh::write_policy(
+    let policy = crate::dev::mesh::write_policy(
         &orders_dir,
         &format!(
             "routes:\n  - id: orders-read\n    methods: [GET]\n    path: /orders/{{id}}\n    token: none\n    allow:\n      - peers: [\"{web_id}\"]\n  - id: journal-read\n    methods: [GET]\n    path: /patients/{{pid}}/journal\n    allow:\n      - peers: [\"{web_id}\"]\n        min_loa: high\n        scopes_any: [journal.read]\n        bind: {{ pid: national_id }}\n"
@@ -98,7 +99,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     // certificate is what the server must refuse.
     let impostor_dir = rogue.workload("impostor", &web_id)?;
     std::fs::write(
-        impostor_dir.join(crate::certs::BUNDLE_FILE),
+        impostor_dir.join(crate::dev::certs::BUNDLE_FILE),
         format!("{}{}", rogue.ca.cert_pem(), pki.ca.cert_pem()),
     )?;
     let impostor = App::start(Config::from_yaml(&client_yaml(&impostor_dir))?).await;
@@ -185,7 +186,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
             issued_at_offset: Some(lifetime_offset),
             ..MintOptions::default()
         };
-        idp.mint(devidp::claims(devidp::Profile::HelseId, &person), &opts)
+        idp.mint(devidp::claims(Profile::Helseid, &person), &opts)
     };
     let token_cases = [
         (
@@ -194,7 +195,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/12345678901/journal",
-                token: Some(citizen(Level::High, 0)?),
+                token: Some(citizen(Loa::High, 0)?),
                 status: StatusCode::OK,
                 reason: None,
             },
@@ -206,7 +207,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/12345678901/journal",
-                token: Some(citizen(Level::High, -3600)?),
+                token: Some(citizen(Loa::High, -3600)?),
                 status: StatusCode::UNAUTHORIZED,
                 reason: Some("token_expired"),
             },
@@ -218,7 +219,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/12345678901/journal",
-                token: Some(citizen(Level::Substantial, 0)?),
+                token: Some(citizen(Loa::Substantial, 0)?),
                 status: StatusCode::UNAUTHORIZED,
                 reason: Some("insufficient_assurance"),
             },
@@ -230,7 +231,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/10987654321/journal",
-                token: Some(citizen(Level::High, 0)?),
+                token: Some(citizen(Loa::High, 0)?),
                 status: StatusCode::FORBIDDEN,
                 reason: Some("binding_mismatch"),
             },

@@ -1,0 +1,130 @@
+//! The `audit` section: where events go, how the file rotates and syncs, and what happens when
+//! an event cannot be recorded.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::sink::FsyncPolicy;
+
+/// What to do when an audit event cannot be recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnAuditFailure {
+    /// No access without a record: refuse with 503 `audit_unavailable`.
+    #[default]
+    Deny,
+    /// Keep serving; every lost event is counted.
+    Allow,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuditSink {
+    /// JSON lines on stdout, for the cluster's log pipeline.
+    #[default]
+    Stdout,
+    /// A hash-chained file with size-based rotation.
+    File,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditSettings {
+    #[serde(default)]
+    pub sink: AuditSink,
+    /// With `sink: file`.
+    #[serde(default)]
+    pub file: Option<AuditFileSettings>,
+    /// Events accepted and not yet written; when full, `on_audit_failure` applies.
+    #[serde(default = "defaults::queue")]
+    pub queue_capacity: usize,
+    /// `deny` (default: no access without a record) or `allow` (serve, count every lost event).
+    #[serde(default)]
+    pub on_audit_failure: OnAuditFailure,
+}
+
+impl Default for AuditSettings {
+    fn default() -> Self {
+        Self {
+            sink: AuditSink::default(),
+            file: None,
+            queue_capacity: defaults::queue(),
+            on_audit_failure: Default::default(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditFileSettings {
+    pub path: PathBuf,
+    /// Rotate when the file reaches this size (bytes).
+    #[serde(default = "defaults::max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept (`audit.log.1` ... `.N`).
+    #[serde(default = "defaults::max_files")]
+    pub max_files: usize,
+    /// `always` (fsync every batch), `never`, or a duration such as `1s`.
+    #[serde(default = "defaults::fsync")]
+    pub fsync: String,
+}
+
+impl AuditSettings {
+    /// The fsync policy of the audit file.
+    pub fn fsync(&self) -> Result<FsyncPolicy, String> {
+        let raw = self.file.as_ref().map_or("1s", |f| f.fsync.as_str());
+        match raw {
+            "always" => Ok(FsyncPolicy::Always),
+            "never" => Ok(FsyncPolicy::Never),
+            other => humantime::parse_duration(other)
+                .map(FsyncPolicy::Interval)
+                .map_err(|_| format!("\"{other}\" is not always, never or a duration such as 1s")),
+        }
+    }
+
+    /// Checks of the section itself; `Err((key, problem))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match (self.sink, &self.file) {
+            (AuditSink::File, None) => {
+                return Err(("audit.file".into(), "sink: file needs file.path".into()));
+            }
+            (AuditSink::Stdout, Some(_)) => {
+                return Err((
+                    "audit.file".into(),
+                    "set sink: file to use it (the sink is stdout)".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(file) = &self.file {
+            self.fsync()
+                .map_err(|problem| ("audit.file.fsync".to_owned(), problem))?;
+            if file.max_bytes < 4096 || file.max_files == 0 {
+                return Err((
+                    "audit.file".into(),
+                    "max_bytes must be at least 4096 and max_files at least 1".into(),
+                ));
+            }
+        }
+        if self.queue_capacity == 0 {
+            return Err(("audit.queue_capacity".into(), "must be at least 1".into()));
+        }
+        Ok(())
+    }
+}
+
+mod defaults {
+    pub fn queue() -> usize {
+        8192
+    }
+    pub fn max_bytes() -> u64 {
+        64 * 1024 * 1024
+    }
+    pub fn max_files() -> usize {
+        10
+    }
+    pub fn fsync() -> String {
+        "1s".to_owned()
+    }
+}

@@ -1,0 +1,245 @@
+//! The `oidc` section: trusted issuers, accepted algorithms and token types, cache and refresh
+//! settings.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::assurance::Profile;
+use crate::serde_helpers::de_duration;
+
+/// Signature algorithms vakt can accept. `none` and HMAC never.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Deserialize)]
+pub enum Alg {
+    RS256,
+    RS384,
+    RS512,
+    PS256,
+    PS384,
+    PS512,
+    ES256,
+    ES384,
+}
+
+impl Alg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::RS256 => "RS256",
+            Self::RS384 => "RS384",
+            Self::RS512 => "RS512",
+            Self::PS256 => "PS256",
+            Self::PS384 => "PS384",
+            Self::PS512 => "PS512",
+            Self::ES256 => "ES256",
+            Self::ES384 => "ES384",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "RS256" => Self::RS256,
+            "RS384" => Self::RS384,
+            "RS512" => Self::RS512,
+            "PS256" => Self::PS256,
+            "PS384" => Self::PS384,
+            "PS512" => Self::PS512,
+            "ES256" => Self::ES256,
+            "ES384" => Self::ES384,
+            _ => return None,
+        })
+    }
+
+    pub fn jsonwebtoken(self) -> jsonwebtoken::Algorithm {
+        use jsonwebtoken::Algorithm as A;
+        match self {
+            Self::RS256 => A::RS256,
+            Self::RS384 => A::RS384,
+            Self::RS512 => A::RS512,
+            Self::PS256 => A::PS256,
+            Self::PS384 => A::PS384,
+            Self::PS512 => A::PS512,
+            Self::ES256 => A::ES256,
+            Self::ES384 => A::ES384,
+        }
+    }
+
+    /// The JWK key type this algorithm needs.
+    pub fn key_type(self) -> &'static str {
+        match self {
+            Self::ES256 | Self::ES384 => "EC",
+            _ => "RSA",
+        }
+    }
+}
+
+impl std::fmt::Display for Alg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+fn default_algorithms() -> Vec<Alg> {
+    vec![Alg::RS256, Alg::PS256, Alg::ES256]
+}
+
+fn default_token_types() -> Vec<String> {
+    vec!["at+jwt".to_owned()]
+}
+
+/// One trusted issuer, configured by the platform team; never derived from tokens.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssuerConfig {
+    /// The issuer identifier, compared byte for byte with the token's `iss` and the discovery
+    /// document's `issuer`.
+    pub issuer: String,
+    /// Which provider's claim names and assurance levels to use.
+    pub profile: Profile,
+    /// Audiences this service accepts (`aud` must contain one).
+    pub audiences: Vec<String>,
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Vec<Alg>,
+    /// Accepted `typ` header values (case-insensitive, `application/` prefix allowed).
+    #[serde(default = "default_token_types")]
+    pub token_types: Vec<String>,
+    #[serde(default = "defaults::leeway", deserialize_with = "de_duration")]
+    pub leeway: Duration,
+    /// Longest accepted `exp - iat`.
+    #[serde(default = "defaults::max_lifetime", deserialize_with = "de_duration")]
+    pub max_token_lifetime: Duration,
+    /// Discovery document URL (default `<issuer>/.well-known/openid-configuration`).
+    #[serde(default)]
+    pub discovery_url: Option<String>,
+    /// Development only: allow `http://` for an issuer on a loopback address.
+    #[serde(default)]
+    pub allow_insecure_loopback: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcConfig {
+    pub issuers: Vec<IssuerConfig>,
+    /// Bounds for honouring the JWKS `Cache-Control: max-age`.
+    #[serde(default = "defaults::refresh_min", deserialize_with = "de_duration")]
+    pub jwks_refresh_min: Duration,
+    #[serde(default = "defaults::refresh_max", deserialize_with = "de_duration")]
+    pub jwks_refresh_max: Duration,
+    /// Keep using the last good key set this long while the IdP is unreachable.
+    #[serde(default = "defaults::max_staleness", deserialize_with = "de_duration")]
+    pub jwks_max_staleness: Duration,
+    /// Verified tokens remembered (by hash) so a repeated token costs a lookup.
+    #[serde(default = "defaults::token_cache")]
+    pub verified_token_cache: usize,
+    /// Larger `Authorization` values are refused.
+    #[serde(default = "defaults::max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+mod defaults {
+    use std::time::Duration;
+    pub fn leeway() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_lifetime() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn refresh_min() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn refresh_max() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn max_staleness() -> Duration {
+        Duration::from_secs(24 * 3600)
+    }
+    pub fn token_cache() -> usize {
+        10_000
+    }
+    pub fn max_token_bytes() -> usize {
+        8 * 1024
+    }
+}
+
+impl OidcConfig {
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        if self.issuers.is_empty() {
+            return Err((
+                "oidc.issuers".into(),
+                "empty; remove the oidc section or add an issuer".into(),
+            ));
+        }
+        for (i, issuer) in self.issuers.iter().enumerate() {
+            let at = format!("oidc.issuers[{i}]");
+            let url: http::Uri = issuer.issuer.parse().map_err(|_| {
+                (
+                    format!("{at}.issuer"),
+                    format!("\"{}\" is not a URL", issuer.issuer),
+                )
+            })?;
+            let loopback = url.host().is_some_and(|h| {
+                h == "localhost"
+                    || h.parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            });
+            match url.scheme_str() {
+                Some("https") => {}
+                Some("http") if issuer.allow_insecure_loopback && loopback => {}
+                _ => {
+                    return Err((
+                        format!("{at}.issuer"),
+                        format!(
+                            "\"{}\" must be https (http only for a loopback development issuer with allow_insecure_loopback: true)",
+                            issuer.issuer
+                        ),
+                    ));
+                }
+            }
+            if issuer.audiences.is_empty() || issuer.audiences.iter().any(String::is_empty) {
+                return Err((
+                    format!("{at}.audiences"),
+                    "name at least one non-empty audience".into(),
+                ));
+            }
+            if issuer.algorithms.is_empty() {
+                return Err((
+                    format!("{at}.algorithms"),
+                    "empty; no token could ever verify".into(),
+                ));
+            }
+            if issuer.token_types.is_empty() {
+                return Err((
+                    format!("{at}.token_types"),
+                    "empty; no token could ever verify".into(),
+                ));
+            }
+            if issuer.leeway > Duration::from_secs(300) {
+                return Err((
+                    format!("{at}.leeway"),
+                    "more than 5m; keep clock leeway small".into(),
+                ));
+            }
+            if self.issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
+                return Err((format!("{at}.issuer"), "listed twice".into()));
+            }
+        }
+        if self.jwks_refresh_min > self.jwks_refresh_max || self.jwks_refresh_min.is_zero() {
+            return Err((
+                "oidc.jwks_refresh_min".into(),
+                "must be > 0 and <= jwks_refresh_max".into(),
+            ));
+        }
+        if self.verified_token_cache == 0 {
+            return Err((
+                "oidc.verified_token_cache".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        if !(1024..=65536).contains(&self.max_token_bytes) {
+            return Err((
+                "oidc.max_token_bytes".into(),
+                "out of range (1024 to 65536)".into(),
+            ));
+        }
+        Ok(())
+    }
+}

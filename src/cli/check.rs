@@ -1,0 +1,93 @@
+//! `vakt check`: a sidecar config and/or a policy file, checked without starting anything.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use vakt::identity::TrustDomain;
+use vakt::policy::{Policy, PolicyContext};
+
+use super::run::load;
+
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Sidecar config; its policy file is checked too.
+    #[arg(long, short, required_unless_present = "policy")]
+    config: Option<PathBuf>,
+    /// A policy file on its own.
+    #[arg(long, short)]
+    policy: Option<PathBuf>,
+    /// With --policy: the trust domains peers may come from (repeatable).
+    #[arg(long = "trust-domain")]
+    trust_domains: Vec<String>,
+    /// With --policy: the sidecar's OIDC issuers (repeatable); token conditions are checked
+    /// against them.
+    #[arg(long = "issuer")]
+    issuers: Vec<String>,
+    /// Also load the certificate files the config names.
+    #[arg(long)]
+    with_certs: bool,
+}
+
+impl CheckArgs {
+    pub fn run(self) -> ExitCode {
+        let mut policy_checks: Vec<(PathBuf, PolicyContext)> = Vec::new();
+        if let Some(path) = self.config {
+            let config = match load(&path) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if self.with_certs
+                && let Err(e) = vakt::tls::TlsMaterial::load(&config.identity)
+            {
+                eprintln!("vakt: certificates: {e}");
+                return ExitCode::from(2);
+            }
+            if let Some(inbound) = &config.inbound {
+                policy_checks.push((inbound.policy.clone(), config.policy_context()));
+            }
+            println!(
+                "{}: OK (inbound: {}, outbound: {} upstream(s))",
+                path.display(),
+                if config.inbound.is_some() {
+                    "on"
+                } else {
+                    "off"
+                },
+                config.outbound.as_ref().map_or(0, |o| o.upstreams.len()),
+            );
+        }
+        if let Some(path) = self.policy {
+            let mut tds = Vec::new();
+            for td in &self.trust_domains {
+                match td.parse::<TrustDomain>() {
+                    Ok(td) => tds.push(td),
+                    Err(e) => {
+                        eprintln!("vakt: --trust-domain {td:?}: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            }
+            let issuers = (!self.issuers.is_empty()).then_some(self.issuers);
+            policy_checks.push((
+                path,
+                PolicyContext {
+                    trust_domains: tds,
+                    issuers,
+                },
+            ));
+        }
+        for (path, context) in policy_checks {
+            match Policy::from_file(&path, &context) {
+                Ok(policy) => {
+                    println!("{}: OK ({} route(s))", path.display(), policy.routes.len())
+                }
+                Err(e) => {
+                    eprintln!("vakt: invalid policy:\n{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+        ExitCode::SUCCESS
+    }
+}

@@ -1,0 +1,124 @@
+//! `vakt explain` (one request against a policy) and `vakt test` (a file of expected decisions),
+//! on the same code path as the sidecar's decisions.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Args;
+use vakt::authn::Profile;
+use vakt::identity::SpiffeId;
+use vakt::policy::explain::RequestSpec;
+use vakt::policy::{Policy, PolicyContext};
+
+use super::bad_input;
+
+#[derive(Args)]
+pub struct ExplainArgs {
+    /// The policy file.
+    #[arg(long, short)]
+    policy: PathBuf,
+    /// The request method.
+    #[arg(long, short, default_value = "GET")]
+    method: String,
+    /// The request path as sent (it is canonicalised first, as the sidecar does).
+    #[arg(long)]
+    path: String,
+    /// The request's host.
+    #[arg(long)]
+    host: Option<String>,
+    /// The caller's SPIFFE ID.
+    #[arg(long)]
+    peer: Option<String>,
+    /// A JSON file with the access token's claims.
+    #[arg(long)]
+    claims: Option<PathBuf>,
+    /// How to read the claims: helseid, bankid, signicat, idporten, generic.
+    #[arg(long, default_value = "generic")]
+    profile: String,
+    /// The sidecar's OIDC issuers (repeatable); routes then default to token: required.
+    #[arg(long = "issuer")]
+    issuers: Vec<String>,
+}
+
+impl ExplainArgs {
+    pub fn run(self) -> ExitCode {
+        let claims = match self
+            .claims
+            .map(|f| {
+                std::fs::read(&f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+                    .map_err(|e| format!("--claims {}: {e}", f.display()))
+            })
+            .transpose()
+        {
+            Ok(c) => c,
+            Err(e) => return bad_input("explain", e),
+        };
+        let Some(profile) = Profile::ALL
+            .into_iter()
+            .find(|p| p.as_str() == self.profile)
+        else {
+            return bad_input(
+                "explain",
+                format!(
+                    "--profile {:?}: expected helseid, bankid, signicat, idporten or generic",
+                    self.profile
+                ),
+            );
+        };
+        let peer = match self
+            .peer
+            .map(|p| p.parse::<SpiffeId>().map_err(|e| (p, e)))
+            .transpose()
+        {
+            Ok(peer) => peer,
+            Err((p, e)) => return bad_input("explain", format!("--peer {p:?}: {e}")),
+        };
+        let context = PolicyContext {
+            trust_domains: Vec::new(),
+            issuers: (!self.issuers.is_empty()).then_some(self.issuers),
+        };
+        let policy = match Policy::from_file(&self.policy, &context) {
+            Ok(p) => p,
+            Err(e) => {
+                eprintln!("vakt: invalid policy:\n{e}");
+                return ExitCode::from(2);
+            }
+        };
+        let request = RequestSpec {
+            method: self.method,
+            path: self.path,
+            host: self.host,
+            peer,
+            claims,
+            profile: Some(profile),
+        };
+        match vakt::policy::explain::explain(&policy, &request) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => bad_input("explain", e),
+        }
+    }
+}
+
+#[derive(Args)]
+pub struct TestArgs {
+    /// The test file (it names the policy it tests).
+    file: PathBuf,
+}
+
+impl TestArgs {
+    pub fn run(self) -> ExitCode {
+        let mut report = String::new();
+        let result = vakt::policy::explain::run_tests(&self.file, &mut report);
+        print!("{report}");
+        match result {
+            Ok(true) => ExitCode::SUCCESS,
+            Ok(false) => ExitCode::FAILURE,
+            Err(e) => bad_input("test", e),
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! `vakt run`: the sidecar itself, until SIGTERM or SIGINT (SIGHUP reloads).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Args;
+use vakt::app::App;
+use vakt::config::{Config, LogFormat, RuntimeConfig};
+
+#[derive(Args)]
+pub struct RunArgs {
+    /// The sidecar config file.
+    #[arg(long, short, env = "VAKT_CONFIG")]
+    config: PathBuf,
+}
+
+impl RunArgs {
+    pub fn run(self) -> ExitCode {
+        let config = match load(&self.config) {
+            Ok(c) => c,
+            Err(code) => return code,
+        };
+        init_logging(config.log.format, &config.log.level);
+        runtime(&config.runtime).block_on(async move {
+            let app = match App::start(config).await {
+                Ok(app) => app,
+                Err(e) => {
+                    tracing::error!(error = %e, "vakt cannot start");
+                    eprintln!("vakt: cannot start: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            wait_for_shutdown_signal(&app).await;
+            tracing::info!("shutting down: draining in-flight requests");
+            // A drain that outlasts the grace period is still a clean, requested stop.
+            app.shutdown().await;
+            ExitCode::SUCCESS
+        })
+    }
+}
+
+/// Read and check a config file, or say why not (exit code 2).
+pub(super) fn load(path: &Path) -> Result<Config, ExitCode> {
+    Config::from_file(path).map_err(|e| {
+        eprintln!("vakt: invalid configuration: {e}");
+        ExitCode::from(2)
+    })
+}
+
+/// One worker: a current-thread runtime (no work stealing, no cross-thread wake-ups); more: a
+/// multi-thread runtime with that many workers.
+pub(super) fn runtime(config: &RuntimeConfig) -> tokio::runtime::Runtime {
+    let workers = config.worker_threads();
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("vakt: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+pub(super) fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+async fn wait_for_shutdown_signal(app: &App) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stopping");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading certificates and policy");
+                app.reload().await;
+            }
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The `limits` section: timeouts and sizes that bound what one connection or request can hold,
+//! for the listeners and the upstream clients.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::serde_helpers::de_duration;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    #[serde(
+        default = "defaults::handshake_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub handshake_timeout: Duration,
+    #[serde(
+        default = "defaults::header_read_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub header_read_timeout: Duration,
+    #[serde(default = "defaults::max_header_bytes")]
+    pub max_header_bytes: usize,
+    #[serde(default = "defaults::idle_timeout", deserialize_with = "de_duration")]
+    pub idle_timeout: Duration,
+    #[serde(
+        default = "defaults::connect_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub upstream_connect_timeout: Duration,
+    #[serde(
+        default = "defaults::response_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub upstream_response_timeout: Duration,
+    #[serde(default = "defaults::max_concurrent_streams")]
+    pub http2_max_concurrent_streams: u32,
+    #[serde(
+        default = "defaults::pool_idle_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub upstream_pool_idle_timeout: Duration,
+    #[serde(default = "defaults::pool_max_idle")]
+    pub upstream_pool_max_idle_per_host: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: defaults::handshake_timeout(),
+            header_read_timeout: defaults::header_read_timeout(),
+            max_header_bytes: defaults::max_header_bytes(),
+            idle_timeout: defaults::idle_timeout(),
+            upstream_connect_timeout: defaults::connect_timeout(),
+            upstream_response_timeout: defaults::response_timeout(),
+            http2_max_concurrent_streams: defaults::max_concurrent_streams(),
+            upstream_pool_idle_timeout: defaults::pool_idle_timeout(),
+            upstream_pool_max_idle_per_host: defaults::pool_max_idle(),
+        }
+    }
+}
+
+impl Limits {
+    /// Checks of the values themselves; `Err((key, problem))`.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        for (key, value) in [
+            ("limits.handshake_timeout", self.handshake_timeout),
+            ("limits.header_read_timeout", self.header_read_timeout),
+            ("limits.idle_timeout", self.idle_timeout),
+            (
+                "limits.upstream_connect_timeout",
+                self.upstream_connect_timeout,
+            ),
+            (
+                "limits.upstream_response_timeout",
+                self.upstream_response_timeout,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err((key.into(), "must be greater than zero".into()));
+            }
+        }
+        if !(8 * 1024..=1024 * 1024).contains(&self.max_header_bytes) {
+            return Err((
+                "limits.max_header_bytes".into(),
+                format!(
+                    "{} is out of range (expected 8192 to 1048576)",
+                    self.max_header_bytes
+                ),
+            ));
+        }
+        if self.http2_max_concurrent_streams == 0 {
+            return Err((
+                "limits.http2_max_concurrent_streams".into(),
+                "must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+}
+
+mod defaults {
+    use std::time::Duration;
+
+    pub fn handshake_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn header_read_timeout() -> Duration {
+        Duration::from_secs(10)
+    }
+    pub fn max_header_bytes() -> usize {
+        64 * 1024
+    }
+    pub fn idle_timeout() -> Duration {
+        Duration::from_secs(300)
+    }
+    pub fn connect_timeout() -> Duration {
+        Duration::from_secs(5)
+    }
+    pub fn response_timeout() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn max_concurrent_streams() -> u32 {
+        256
+    }
+    pub fn pool_idle_timeout() -> Duration {
+        Duration::from_secs(90)
+    }
+    pub fn pool_max_idle() -> usize {
+        64
+    }
+}

@@ -1,0 +1,354 @@
+//! A policy file checked and compiled into a [`Policy`]: routes in a router, rules with their
+//! peer patterns and bindings, rate limiters. Every problem is reported with its route.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+
+use http::Method;
+
+use super::file::{
+    BindTarget, Mode, PeerPattern, PolicyContext, PolicyFile, RuleSpec, TokenRequirement,
+};
+use super::router::{PathPattern, Router};
+use crate::identity::TrustDomain;
+use crate::ratelimit::{RateLimitSpec, RateLimits};
+
+/// Largest policy file read.
+const MAX_POLICY_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("cannot read policy file {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    #[error("policy file {path} is larger than {MAX_POLICY_BYTES} bytes")]
+    TooLarge { path: std::path::PathBuf },
+    #[error("{0}")]
+    Parse(String),
+    /// One or more semantic problems, each naming its route.
+    #[error("{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+impl PolicyError {
+    /// Prefix messages with the file they are about.
+    pub fn in_file(self, path: &Path) -> Self {
+        match self {
+            Self::Parse(m) => Self::Parse(format!("{}: {m}", path.display())),
+            Self::Invalid(problems) => Self::Invalid(
+                problems
+                    .into_iter()
+                    .map(|p| format!("{}: {p}", path.display()))
+                    .collect(),
+            ),
+            other => other,
+        }
+    }
+}
+
+/// Read a policy file (size-limited).
+pub(crate) fn read_policy_file(path: &Path) -> Result<String, PolicyError> {
+    let io = |source| PolicyError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    if std::fs::metadata(path).map_err(io)?.len() > MAX_POLICY_BYTES {
+        return Err(PolicyError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    std::fs::read_to_string(path).map_err(io)
+}
+
+/// A route, checked and compiled.
+#[derive(Debug)]
+pub struct Route {
+    pub id: Arc<str>,
+    pub methods: Vec<Method>,
+    pub host: Option<String>,
+    pub pattern: PathPattern,
+    /// `pattern` as written, for audit events (rendered once, not per request).
+    pub template: Arc<str>,
+    pub mode: Mode,
+    pub public: bool,
+    pub rules: Vec<Rule>,
+    pub rate_limit: Option<RateLimitSpec>,
+    pub token: TokenRequirement,
+    pub forward_token: bool,
+    pub forward_national_id: bool,
+    /// Path parameters bound to a national id in any rule: personal data, pseudonymised in audit.
+    pub personal_params: Arc<[String]>,
+}
+
+#[derive(Debug)]
+pub struct Rule {
+    pub peers: Option<Vec<PeerPattern>>,
+    pub spec: RuleSpec,
+    /// Bound path parameters as (index among the route's parameters, target).
+    pub bind: Vec<(usize, BindTarget)>,
+}
+
+/// A checked, compiled policy. Immutable; replaced whole on reload.
+pub struct Policy {
+    pub routes: Vec<Route>,
+    pub default_mode: Mode,
+    pub client_bindings: BTreeMap<String, Vec<PeerPattern>>,
+    pub(super) router: Router,
+    pub limits: RateLimits<Arc<str>>,
+}
+
+impl fmt::Debug for Policy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Policy")
+            .field("routes", &self.routes.len())
+            .field("default_mode", &self.default_mode)
+            .finish()
+    }
+}
+
+impl Policy {
+    pub fn from_file(path: &Path, ctx: &PolicyContext) -> Result<Self, PolicyError> {
+        let text = read_policy_file(path)?;
+        Self::from_yaml(&text, ctx).map_err(|e| e.in_file(path))
+    }
+
+    /// Parse and check. `trust_domains`: the peers' trust domains this sidecar accepts; a peer
+    /// pattern outside them could never match and is an error. Empty: not checked.
+    pub fn from_yaml(text: &str, ctx: &PolicyContext) -> Result<Self, PolicyError> {
+        let file: PolicyFile =
+            serde_saphyr::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        Self::compile(file, ctx)
+    }
+
+    pub fn compile(file: PolicyFile, ctx: &PolicyContext) -> Result<Self, PolicyError> {
+        let trust_domains = &ctx.trust_domains[..];
+        let mut problems = Vec::new();
+        let no_oidc = ctx.issuers.as_ref().is_some_and(Vec::is_empty);
+        if no_oidc && !file.client_bindings.is_empty() {
+            problems.push(
+                "client_bindings: the sidecar has no oidc issuers, so no token can name a client"
+                    .into(),
+            );
+        }
+        if file.version != 1 {
+            problems.push(format!(
+                "version: {} is not supported (expected 1)",
+                file.version
+            ));
+        }
+        if file.routes.is_empty() {
+            problems.push(
+                "routes: empty; every request would be denied (add at least one route)".into(),
+            );
+        }
+        let mut ids = HashSet::new();
+        let mut router = Router::default();
+        let mut routes = Vec::with_capacity(file.routes.len());
+        for (index, spec) in file.routes.into_iter().enumerate() {
+            let at = format!("routes[{index}] ({})", spec.id);
+            if spec.id.is_empty()
+                || !spec
+                    .id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            {
+                problems.push(format!("{at}.id: must be letters, digits, '-', '_' or '.'"));
+            }
+            if !ids.insert(spec.id.clone()) {
+                problems.push(format!("{at}.id: duplicate route id"));
+            }
+            if spec.methods.is_empty() {
+                problems.push(format!("{at}.methods: empty; the route could never match"));
+            }
+            let mut methods = spec.methods.clone();
+            methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+            methods.dedup();
+            let host = spec
+                .host
+                .as_deref()
+                .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
+            if let Some(h) = &host
+                && (h.is_empty() || h.contains(['/', ':', ' ', '*']))
+            {
+                problems.push(format!(
+                    "{at}.host: \"{h}\" is not a host name (no port, no wildcard)"
+                ));
+            }
+            let pattern = match PathPattern::parse(&spec.path) {
+                Ok(p) => p,
+                Err(e) => {
+                    problems.push(format!("{at}.path: \"{}\" {e}", spec.path));
+                    continue;
+                }
+            };
+            if spec.public && !spec.allow.is_empty() {
+                problems.push(format!(
+                    "{at}: public: true allows every peer; remove the allow rules or public"
+                ));
+            }
+            if !spec.public && spec.allow.is_empty() {
+                problems.push(format!(
+                    "{at}.allow: no rules, so nobody is allowed; add a rule or remove the route"
+                ));
+            }
+            let token = spec.token.unwrap_or(if ctx.oidc_configured() {
+                TokenRequirement::Required
+            } else {
+                TokenRequirement::None
+            });
+            if no_oidc && token != TokenRequirement::None {
+                problems.push(format!(
+                    "{at}.token: the sidecar has no oidc issuers; a route cannot require a token"
+                ));
+            }
+            let param_names: Vec<&str> = pattern
+                .segments
+                .iter()
+                .filter_map(|s| match s {
+                    super::router::PatternSegment::Param(n) => Some(n.as_str()),
+                    _ => None,
+                })
+                .collect();
+            let mut rules = Vec::with_capacity(spec.allow.len());
+            for (r, rule) in spec.allow.into_iter().enumerate() {
+                let rule_at = format!("{at}.allow[{r}]");
+                if rule.has_token_conditions() {
+                    if token == TokenRequirement::None {
+                        problems.push(format!(
+                            "{rule_at}: token conditions on a route with token: none can never hold"
+                        ));
+                    }
+                    if no_oidc {
+                        problems.push(format!(
+                            "{rule_at}: token conditions need an oidc issuer in the sidecar config"
+                        ));
+                    }
+                }
+                if let (Some(known), Some(wanted)) = (&ctx.issuers, &rule.issuers) {
+                    for issuer in wanted {
+                        if !known.contains(issuer) {
+                            problems.push(format!(
+                                "{rule_at}.issuers: {issuer} is not a configured issuer; it can never match"
+                            ));
+                        }
+                    }
+                }
+                for (name, list) in [
+                    ("issuers", &rule.issuers),
+                    ("clients", &rule.clients),
+                    ("scopes_all", &rule.scopes_all),
+                    ("scopes_any", &rule.scopes_any),
+                    ("amr_any", &rule.amr_any),
+                ] {
+                    if list.as_ref().is_some_and(Vec::is_empty) {
+                        problems.push(format!(
+                            "{rule_at}.{name}: empty list; this rule can never match"
+                        ));
+                    }
+                }
+                let mut bind = Vec::new();
+                for (param, target) in rule.bind.iter().flatten() {
+                    match param_names.iter().position(|n| n == param) {
+                        Some(i) => bind.push((i, *target)),
+                        None => problems.push(format!(
+                            "{rule_at}.bind: {{{param}}} is not a parameter of {}",
+                            pattern
+                        )),
+                    }
+                }
+                match &rule.peers {
+                    None if !rule.has_token_conditions() => problems.push(format!(
+                        "{rule_at}: a rule with no conditions allows everybody; say public: true on the route if that is meant"
+                    )),
+                    None => {}
+                    Some(peers) if peers.is_empty() => problems.push(format!(
+                        "{rule_at}.peers: empty list; this rule can never match"
+                    )),
+                    Some(peers) => {
+                        for (p, peer) in peers.iter().enumerate() {
+                            if !trust_domains.is_empty() && !trust_domains.contains(peer.trust_domain()) {
+                                problems.push(format!(
+                                    "{rule_at}.peers[{p}]: {peer} is outside the accepted trust domains ({}); it can never match",
+                                    trust_domains.iter().map(TrustDomain::as_str).collect::<Vec<_>>().join(", ")
+                                ));
+                            }
+                            if peers[..p].contains(peer) {
+                                problems.push(format!("{rule_at}.peers[{p}]: {peer} is listed twice"));
+                            }
+                        }
+                    }
+                }
+                rules.push(Rule {
+                    peers: rule.peers.clone(),
+                    spec: rule,
+                    bind,
+                });
+            }
+            // Parameters bound to a national id hold personal data: pseudonymised in audit.
+            let mut personal_params: Vec<String> = rules
+                .iter()
+                .flat_map(|r: &Rule| r.spec.bind.iter().flatten())
+                .filter(|(_, t)| **t == BindTarget::NationalId)
+                .map(|(p, _)| p.clone())
+                .collect();
+            personal_params.sort();
+            personal_params.dedup();
+            if let Err(conflict) = router.insert(host.as_deref(), &pattern, &methods, routes.len())
+            {
+                let other: &Route = &routes[conflict.existing];
+                problems.push(format!(
+                    "{at}: {} {} duplicates route {} (same host, method and path shape {}), so one of them could never be selected; merge them",
+                    conflict.method,
+                    pattern,
+                    other.id,
+                    pattern.shape()
+                ));
+            }
+            routes.push(Route {
+                id: spec.id.into(),
+                methods,
+                host,
+                template: pattern.to_string().into(),
+                pattern,
+                mode: spec.mode.unwrap_or(file.default_mode),
+                public: spec.public,
+                rules,
+                rate_limit: spec.rate_limit,
+                token,
+                forward_token: spec.forward_token,
+                forward_national_id: spec.forward_national_id,
+                personal_params: personal_params.into(),
+            });
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+        let limits = RateLimits::new(
+            routes
+                .iter()
+                .enumerate()
+                .filter_map(|(i, r)| r.rate_limit.as_ref().map(|s| (i, s))),
+        );
+        for (client, peers) in &file.client_bindings {
+            if peers.is_empty() {
+                problems.push(format!(
+                    "client_bindings.{client}: empty; no request could use this client"
+                ));
+            }
+        }
+        if !problems.is_empty() {
+            return Err(PolicyError::Invalid(problems));
+        }
+        Ok(Self {
+            routes,
+            default_mode: file.default_mode,
+            client_bindings: file.client_bindings,
+            router,
+            limits,
+        })
+    }
+}

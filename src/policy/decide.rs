@@ -1,0 +1,418 @@
+//! The pure decision: [`evaluate`] a request against a [`Policy`], and the record of what was
+//! decided that travels to the outer layers (metrics, audit).
+
+use std::sync::Arc;
+
+use http::Method;
+
+use super::compile::{Policy, Route, Rule};
+use super::file::{BindTarget, Mode, TokenRequirement};
+use super::router::{Captures, Lookup};
+use crate::authn::{Loa, Principal};
+use crate::hygiene::path::CanonicalPath;
+use crate::identity::SpiffeId;
+
+/// What a request brings to a decision.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestCtx<'a> {
+    pub method: &'a Method,
+    /// Lowercase host without port, if any.
+    pub host: Option<&'a str>,
+    pub path: &'a CanonicalPath,
+    pub peer: Option<&'a SpiffeId>,
+    /// The verified end user, if a token was presented and verified.
+    pub principal: Option<&'a Principal>,
+    /// Unix seconds, for `max_auth_age` (an argument, so decisions stay pure).
+    pub now: i64,
+}
+
+impl Rule {
+    /// `Ok` when every condition holds, else the first failing condition's reason.
+    pub fn check(
+        &self,
+        ctx: &RequestCtx<'_>,
+        principal: Option<&Principal>,
+        captures: &Captures,
+    ) -> Result<(), Reason> {
+        if !self.peers_hold(ctx) {
+            return Err(if ctx.peer.is_none() {
+                Reason::NoPeerIdentity
+            } else {
+                Reason::PeerNotAllowed
+            });
+        }
+        let r = &self.spec;
+        if !r.has_token_conditions() {
+            return Ok(());
+        }
+        let Some(p) = principal else {
+            return Err(Reason::TokenRequired);
+        };
+        if let Some(issuers) = &r.issuers
+            && !issuers.iter().any(|i| **i == *p.issuer)
+        {
+            return Err(Reason::IssuerNotAllowed);
+        }
+        if let Some(clients) = &r.clients
+            && !p
+                .client_id
+                .as_deref()
+                .is_some_and(|c| clients.iter().any(|allowed| allowed == c))
+        {
+            return Err(Reason::ClientNotAllowed);
+        }
+        if let Some(all) = &r.scopes_all
+            && !all.iter().all(|s| p.scopes.contains(s))
+        {
+            return Err(Reason::InsufficientScope);
+        }
+        if let Some(any) = &r.scopes_any
+            && !any.iter().any(|s| p.scopes.contains(s))
+        {
+            return Err(Reason::InsufficientScope);
+        }
+        if let Some(min) = r.min_loa
+            && p.loa < min
+        {
+            return Err(Reason::InsufficientAssurance);
+        }
+        if let Some(max_age) = r.max_auth_age {
+            let fresh = p
+                .auth_time
+                .is_some_and(|t| ctx.now - t <= max_age.as_secs() as i64);
+            if !fresh {
+                return Err(Reason::AuthenticationTooOld);
+            }
+        }
+        if let Some(amr) = &r.amr_any
+            && !amr.iter().any(|m| p.amr.contains(m))
+        {
+            return Err(Reason::AmrNotAllowed);
+        }
+        if let Some(claims) = &r.claims {
+            for (name, want) in claims {
+                if !p.claims.get(name).is_some_and(|v| want.accepts(v)) {
+                    return Err(Reason::ClaimMismatch);
+                }
+            }
+        }
+        for (param, target) in &self.bind {
+            let value = captures
+                .params
+                .get(*param)
+                .map(|(_, range)| &ctx.path.as_str()[range.clone()]);
+            let bound = match target {
+                BindTarget::NationalId => p.national_id.as_deref(),
+                BindTarget::Subject => p.subject.as_deref(),
+                BindTarget::ClientId => p.client_id.as_deref(),
+            };
+            if value.is_none() || value != bound {
+                return Err(Reason::BindingMismatch);
+            }
+        }
+        Ok(())
+    }
+
+    /// Do all of this rule's conditions hold? (Test and tool helper.)
+    pub fn holds(&self, ctx: &RequestCtx<'_>) -> bool {
+        self.check(ctx, ctx.principal, &Captures::default()).is_ok()
+    }
+
+    pub fn peers_hold(&self, ctx: &RequestCtx<'_>) -> bool {
+        match (&self.peers, ctx.peer) {
+            (None, _) => true,
+            (Some(_), None) => false,
+            (Some(patterns), Some(peer)) => patterns.iter().any(|p| p.matches(peer)),
+        }
+    }
+}
+
+impl Policy {
+    /// The route (and its captures) the request's host, method and path select.
+    pub fn lookup(&self, ctx: &RequestCtx<'_>) -> Lookup {
+        self.router.lookup(ctx.host, ctx.method, ctx.path.as_str())
+    }
+}
+
+/// Why a decision came out as it did: a bounded set, for audit, metrics and denial bodies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A rule of the route held.
+    RuleMatched,
+    /// The route is public.
+    Public,
+    NoRoute,
+    MethodNotAllowed,
+    PeerNotAllowed,
+    NoPeerIdentity,
+    /// The route needs an access token and none was presented.
+    TokenRequired,
+    IssuerNotAllowed,
+    ClientNotAllowed,
+    /// The token's client is bound to other SPIFFE IDs than this peer.
+    ClientPeerMismatch,
+    InsufficientScope,
+    /// Level of assurance too low: step-up.
+    InsufficientAssurance,
+    /// Login too old: step-up.
+    AuthenticationTooOld,
+    AmrNotAllowed,
+    ClaimMismatch,
+    /// A path parameter is bound to the principal and does not match (someone else's record).
+    BindingMismatch,
+}
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::RuleMatched => "rule_matched",
+            Self::Public => "public_route",
+            Self::NoRoute => "no_route",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::PeerNotAllowed => "peer_not_allowed",
+            Self::NoPeerIdentity => "no_peer_identity",
+            Self::TokenRequired => "token_required",
+            Self::IssuerNotAllowed => "issuer_not_allowed",
+            Self::ClientNotAllowed => "client_not_allowed",
+            Self::ClientPeerMismatch => "client_peer_mismatch",
+            Self::InsufficientScope => "insufficient_scope",
+            Self::InsufficientAssurance => "insufficient_assurance",
+            Self::AuthenticationTooOld => "authentication_too_old",
+            Self::AmrNotAllowed => "amr_not_allowed",
+            Self::ClaimMismatch => "claim_mismatch",
+            Self::BindingMismatch => "binding_mismatch",
+        }
+    }
+
+    pub fn is_allow(self) -> bool {
+        matches!(self, Self::RuleMatched | Self::Public)
+    }
+}
+
+/// The outcome of [`evaluate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// Does the request go through?
+    pub allowed: bool,
+    pub reason: Reason,
+    /// Index of the matched route in [`Policy::routes`].
+    pub route: Option<usize>,
+    /// Index of the rule that held.
+    pub rule: Option<usize>,
+    pub mode: Mode,
+    /// Dry-run: the request passed, but this is why it would have been denied.
+    pub would_deny: Option<Reason>,
+    /// Path parameters of the matched route.
+    pub captures: Captures,
+    /// For step-up denials: what the failing rule asked for.
+    pub step_up: Option<StepUp>,
+}
+
+/// RFC 9470 step-up details.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepUp {
+    pub min_loa: Option<Loa>,
+    pub max_age_secs: Option<u64>,
+}
+
+/// Decide on a request. Pure: no I/O, no clock (`now` is in the context), no state (rate
+/// limits come after).
+pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
+    let (route, captures) = match policy.lookup(ctx) {
+        Lookup::Found { route, captures } => (route, captures),
+        Lookup::NoRoute => {
+            return finish(
+                policy.default_mode,
+                Reason::NoRoute,
+                None,
+                None,
+                Captures::default(),
+                None,
+            );
+        }
+        Lookup::MethodNotAllowed => {
+            return finish(
+                policy.default_mode,
+                Reason::MethodNotAllowed,
+                None,
+                None,
+                Captures::default(),
+                None,
+            );
+        }
+    };
+    let spec = &policy.routes[route];
+    let principal = match spec.token {
+        TokenRequirement::None => None,
+        _ => ctx.principal,
+    };
+    if spec.token == TokenRequirement::Required && principal.is_none() {
+        return finish(
+            spec.mode,
+            Reason::TokenRequired,
+            Some(route),
+            None,
+            captures,
+            None,
+        );
+    }
+    if let (Some(p), Some(peer)) = (principal, ctx.peer)
+        && let Some(client) = p.client_id.as_deref()
+        && let Some(bound) = policy.client_bindings.get(client)
+        && !bound.iter().any(|b| b.matches(peer))
+    {
+        return finish(
+            spec.mode,
+            Reason::ClientPeerMismatch,
+            Some(route),
+            None,
+            captures,
+            None,
+        );
+    }
+    if spec.public {
+        return finish(spec.mode, Reason::Public, Some(route), None, captures, None);
+    }
+    // The reason reported is the first failure of the first rule whose peers matched (the right
+    // workload, but its token lacks something); failing that, the peer was not allowed.
+    let mut failure: Option<(Reason, usize)> = None;
+    for (index, rule) in spec.rules.iter().enumerate() {
+        match rule.check(ctx, principal, &captures) {
+            Ok(()) => {
+                return finish(
+                    spec.mode,
+                    Reason::RuleMatched,
+                    Some(route),
+                    Some(index),
+                    captures,
+                    None,
+                );
+            }
+            Err(Reason::PeerNotAllowed | Reason::NoPeerIdentity) => {}
+            Err(reason) => {
+                failure.get_or_insert((reason, index));
+            }
+        }
+    }
+    let (reason, step_up) = match failure {
+        Some((reason, index)) => {
+            let rule = &spec.rules[index].spec;
+            let step_up = match reason {
+                Reason::InsufficientAssurance => Some(StepUp {
+                    min_loa: rule.min_loa,
+                    max_age_secs: None,
+                }),
+                Reason::AuthenticationTooOld => Some(StepUp {
+                    min_loa: rule.min_loa,
+                    max_age_secs: rule.max_auth_age.map(|d| d.as_secs()),
+                }),
+                _ => None,
+            };
+            (reason, step_up)
+        }
+        None if ctx.peer.is_none() => (Reason::NoPeerIdentity, None),
+        None => (Reason::PeerNotAllowed, None),
+    };
+    finish(spec.mode, reason, Some(route), None, captures, step_up)
+}
+
+fn finish(
+    mode: Mode,
+    reason: Reason,
+    route: Option<usize>,
+    rule: Option<usize>,
+    captures: Captures,
+    step_up: Option<StepUp>,
+) -> Decision {
+    let allowed = reason.is_allow();
+    let would_deny = (!allowed && mode == Mode::DryRun).then_some(reason);
+    Decision {
+        allowed: allowed || would_deny.is_some(),
+        reason,
+        route,
+        rule,
+        mode,
+        would_deny,
+        captures,
+        step_up,
+    }
+}
+
+/// What was decided about a request, for the outer layers (metrics, audit). Travels in the
+/// response extensions.
+#[derive(Debug, Clone)]
+pub struct DecisionRecord {
+    pub route_id: Option<Arc<str>>,
+    /// The matched route's path pattern, for the audit event.
+    pub route_template: Option<Arc<str>>,
+    /// Path parameters that hold personal data (bound to a national id): pseudonymised in audit.
+    pub personal_params: Arc<[String]>,
+    pub rule: Option<usize>,
+    pub mode: Mode,
+    pub outcome: Outcome,
+    /// The reason code of the outcome (`rule_matched`, `no_route`, `rate_limited`, ...).
+    pub reason: &'static str,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    Allow,
+    Deny,
+    /// Dry-run: let through, but would have been denied.
+    WouldDeny,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::WouldDeny => "would_deny",
+        }
+    }
+}
+
+impl DecisionRecord {
+    /// What the policy stage records for `decision` (public for the audit benchmark).
+    pub fn from_decision(policy: &Policy, decision: &Decision) -> Self {
+        let outcome = match (decision.allowed, decision.would_deny) {
+            (true, None) => Outcome::Allow,
+            (true, Some(_)) => Outcome::WouldDeny,
+            (false, _) => Outcome::Deny,
+        };
+        let route = decision.route.map(|r| &policy.routes[r]);
+        Self::for_route(
+            route,
+            decision.rule,
+            decision.mode,
+            outcome,
+            decision.reason.code(),
+        )
+    }
+
+    /// A record about `route` (what the audit event needs of it) and the outcome.
+    pub(crate) fn for_route(
+        route: Option<&Route>,
+        rule: Option<usize>,
+        mode: Mode,
+        outcome: Outcome,
+        reason: &'static str,
+    ) -> Self {
+        Self {
+            route_template: route.map(|r| r.template.clone()),
+            personal_params: route.map_or_else(|| Arc::from([]), |r| r.personal_params.clone()),
+            route_id: route.map(|r| r.id.clone()),
+            rule,
+            mode,
+            outcome,
+            reason,
+        }
+    }
+}
+
+/// The route the policy matched, for the rate-limit stage (same policy generation).
+#[derive(Clone)]
+pub struct MatchedRoute {
+    pub policy: Arc<Policy>,
+    pub route: usize,
+}
