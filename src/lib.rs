@@ -2,7 +2,7 @@
 //! each concern lives.
 #![forbid(unsafe_code)]
 
-pub mod admin;
+pub(crate) mod admin;
 pub mod app;
 pub mod audit;
 pub mod authn;
@@ -10,22 +10,22 @@ pub mod body;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
-pub mod error;
-pub mod forward;
+pub(crate) mod error;
+pub(crate) mod forward;
 pub mod hygiene;
 pub mod identity;
-pub mod limits;
-pub mod listener;
+pub(crate) mod limits;
+pub(crate) mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod policy;
 pub mod pseudonym;
-pub mod ratelimit;
-pub mod serde_helpers;
+pub(crate) mod ratelimit;
+pub(crate) mod serde_helpers;
 pub mod stack;
 pub mod tls;
-pub mod upstream;
-pub mod watch;
+pub(crate) mod upstream;
+pub(crate) mod watch;
 
 /// Which way a request travels through this sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -5,7 +5,6 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -127,9 +126,6 @@ where
         }
     })
 }
-
-/// Shared handle used by the stage (swapped with the policy on reload).
-pub type SharedLimits<K> = Arc<RateLimits<K>>;
 
 #[cfg(test)]
 mod tests {

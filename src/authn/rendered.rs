@@ -32,8 +32,7 @@ pub(super) static IDENTITY_HEADER_NAMES: [HeaderName; 9] = [
 
 /// A principal's identity headers, rendered once and cached with it: every value's text in one
 /// buffer and, per header, the name's index and the value's span. Up to `verified_token_cache`
-/// principals hold one, so it is kept small: ~300 bytes where a `[(HeaderName, HeaderValue)]`
-/// took ~800 (`cargo bench --bench memory`).
+/// principals hold one, so it is kept small (`cargo bench --bench memory` counts its bytes).
 #[derive(Debug)]
 pub struct RenderedIdentity {
     pub(super) text: Bytes,

@@ -176,12 +176,14 @@ impl FramingVerdicts {
     }
 
     /// Number of verdicts recorded and not yet taken (slots still held).
+    #[cfg(test)]
     pub fn pending(&self) -> usize {
         let q = self.lock();
         q.slots.iter().filter(|s| s.is_some()).count()
     }
 
     /// Number of request heads recorded since the connection started (taken or not).
+    #[cfg(test)]
     pub fn recorded(&self) -> u64 {
         let q = self.lock();
         q.base + q.slots.len() as u64
@@ -328,6 +330,7 @@ impl FramingScanner {
 
     /// Bytes of the current, incomplete head held in memory (at most
     /// [`ScannerConfig::max_head_size`]).
+    #[cfg(test)]
     pub fn buffered_len(&self) -> usize {
         self.head.len()
     }
@@ -719,6 +722,7 @@ pin_project_lite::pin_project! {
 
 impl<T> ScannedIo<T> {
     /// Wrap `inner` with a default scanner; the verdicts are for the request handler.
+    #[cfg(test)]
     pub fn new(inner: T) -> (Self, Arc<FramingVerdicts>) {
         Self::with_config(inner, ScannerConfig::default())
     }
@@ -731,21 +735,19 @@ impl<T> ScannedIo<T> {
     }
 
     /// The wrapped stream.
+    #[cfg(test)]
     pub fn get_ref(&self) -> &T {
         &self.inner
     }
 
-    /// The wrapped stream, mutably (bytes read through it directly are not scanned).
-    pub fn get_mut(&mut self) -> &mut T {
-        &mut self.inner
-    }
-
     /// The scanner (e.g. to see whether it is still active).
+    #[cfg(test)]
     pub fn scanner(&self) -> &FramingScanner {
         &self.scanner
     }
 
     /// The wrapped stream, dropping the scanner.
+    #[cfg(test)]
     pub fn into_inner(self) -> T {
         self.inner
     }

@@ -20,7 +20,7 @@
 //! hands the request on. [`check_request_framing`] is the second, version-aware line of defence
 //! (and the only one for what hyper lets through, e.g. `Transfer-Encoding: gzip, chunked`).
 
-pub mod h1_framing;
+pub(crate) mod h1_framing;
 mod layer;
 pub mod path;
 

@@ -12,7 +12,7 @@ pub mod decide;
 pub mod explain;
 pub mod file;
 pub mod reload;
-pub mod router;
+pub(crate) mod router;
 pub mod stage;
 
 pub use compile::{Policy, PolicyError, Route, Rule};
