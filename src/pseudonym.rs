@@ -8,6 +8,12 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde::Deserialize;
 
+/// Pseudonym namespace of national identity numbers (the one the policy stage uses for the
+/// `x-vakt-national-id-pseudonym` header, so audit and app see the same pseudonym).
+pub const KIND_NATIONAL_ID: &str = "national_id";
+/// Pseudonym namespace of token subjects (`sub`).
+pub const KIND_SUBJECT: &str = "subject";
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PseudonymConfig {

@@ -4,7 +4,8 @@
 use std::sync::Arc;
 
 use super::config::OnAuditFailure;
-use super::event::{AuditEvent, Decision, Direction, Label, Text};
+use super::event::AuditEvent;
+use super::fields::{Decision, Direction, Label, Text};
 use super::log::AuditLog;
 use crate::metrics as m;
 use crate::pseudonym::Pseudonymiser;

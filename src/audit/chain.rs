@@ -4,7 +4,8 @@
 
 use aws_lc_rs::digest;
 
-use super::event::{AuditEvent, ChainHash};
+use super::event::AuditEvent;
+use super::fields::ChainHash;
 
 /// `seq` of the first event of a stream.
 pub const FIRST_SEQ: u64 = 1;

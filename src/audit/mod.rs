@@ -1,7 +1,7 @@
 //! The audit trail: one event per request decision, refused handshake and refused egress;
 //! pseudonymised, hash-chained (tamper-evident), and never silently lost.
 //!
-//! - [`event`]: the [`AuditEvent`] type (schema `vakt.audit/1`, documented in
+//! - [`event`]: the [`AuditEvent`] type, its checked [`fields`], [`time`]s and JSON line, (schema `vakt.audit/1`, documented in
 //!   `docs/audit-event.schema.json`); it cannot hold a token, a raw national id or a body.
 //!   Personal identifiers go in as keyed pseudonyms from [`crate::pseudonym::Pseudonymiser`].
 //! - [`chain`]: [`ChainWriter`] seals events into lines carrying `seq` and `prev`.
@@ -16,24 +16,29 @@ pub mod auditor;
 pub mod chain;
 pub mod config;
 pub mod event;
+pub mod fields;
+mod json;
 pub mod log;
 pub mod report;
 pub mod sink;
+pub mod time;
 pub mod verify;
 
 pub use auditor::Auditor;
 pub use chain::{ChainPosition, ChainWriter, FIRST_SEQ, SealedLine, line_hash};
 pub use config::{AuditFileSettings, AuditSettings, AuditSink, OnAuditFailure};
 pub use event::{
-    Action, AuditEvent, ChainHash, Decision, Direction, EventId, FieldError, KIND_NATIONAL_ID,
-    KIND_SUBJECT, Label, Pseudonym, SCHEMA, Text, Timestamp, pseudonymise_path,
-    pseudonymise_path_with,
+    AuditEvent, KIND_NATIONAL_ID, KIND_SUBJECT, SCHEMA, pseudonymise_path, pseudonymise_path_with,
+};
+pub use fields::{
+    Action, ChainHash, Decision, Direction, EventId, FieldError, Label, Pseudonym, Text,
 };
 pub use log::{AuditConfig, AuditLog, AuditUnavailable, ShutdownError};
 pub use report::{Counts, Report, ReportError, report};
 pub use sink::{
     FileSink, FileSinkConfig, FsyncPolicy, Sink, SinkError, StdoutSink, WriteFailure, WriterSink,
 };
+pub use time::Timestamp;
 pub use verify::{BreakKind, BrokenLink, VerifyError, VerifyReport, verify};
 
 #[cfg(test)]

@@ -8,7 +8,9 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::PathBuf;
 
-use super::event::{Action, AuditEvent, Decision, Direction, Timestamp};
+use super::event::AuditEvent;
+use super::fields::{Action, Decision, Direction};
+use super::time::Timestamp;
 
 /// How many national-id pseudonyms the report lists.
 pub const TOP_N: usize = 10;
@@ -269,7 +271,7 @@ mod tests {
 
     use super::*;
     use crate::audit::chain::ChainWriter;
-    use crate::audit::event::{Label, Pseudonym, Text};
+    use crate::audit::fields::{Label, Pseudonym, Text};
     use crate::pseudonym::Pseudonymiser;
 
     /// A generated stream with known counts. Times: one event per second from a fixed start.

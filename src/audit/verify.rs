@@ -14,7 +14,8 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::chain::{FIRST_SEQ, line_hash};
-use super::event::{AuditEvent, ChainHash, SCHEMA};
+use super::event::{AuditEvent, SCHEMA};
+use super::fields::ChainHash;
 
 /// Longest line accepted (events are a few hundred bytes).
 const MAX_LINE: u64 = 1 << 20;

@@ -120,11 +120,11 @@ impl Principal {
             subject: self
                 .subject
                 .as_deref()
-                .map(|s| p.pseudonym(crate::audit::KIND_SUBJECT, s).into()),
+                .map(|s| p.pseudonym(crate::pseudonym::KIND_SUBJECT, s).into()),
             national_id: self
                 .national_id
                 .as_deref()
-                .map(|n| p.pseudonym(crate::audit::KIND_NATIONAL_ID, n).into()),
+                .map(|n| p.pseudonym(crate::pseudonym::KIND_NATIONAL_ID, n).into()),
         };
         let (key_id, memo) = self
             .pseudonyms

@@ -259,7 +259,7 @@ mod tests {
         let values = ih.values(&p);
         let pseudonym = ih
             .pseudonyms
-            .pseudonym(crate::audit::KIND_NATIONAL_ID, "01010112345");
+            .pseudonym(crate::pseudonym::KIND_NATIONAL_ID, "01010112345");
         let want: Vec<(String, String)> = [
             ("x-vakt-issuer", "https://helseid.example"),
             ("x-vakt-loa", "high"),
