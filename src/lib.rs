@@ -23,6 +23,8 @@ pub mod pseudonym;
 pub(crate) mod ratelimit;
 pub(crate) mod serde_helpers;
 pub mod stack;
+#[cfg(feature = "test-support")]
+pub mod testing;
 pub mod tls;
 pub(crate) mod upstream;
 pub(crate) mod watch;

@@ -1,0 +1,89 @@
+//! A server-side vakt in front of the recording app, and client-side vakts, on 127.0.0.1 (port
+//! 0) with a PKI made for the test.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use super::client::raw_client_config;
+use crate::app::App;
+use crate::config::Config;
+use crate::dev::mesh::{DevPki, EchoApp, allow_peers_policy_yaml, base_config_yaml, write_policy};
+
+pub const TD: &str = "test.vakt.local";
+
+pub fn init() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+/// A server-side vakt in front of an echo app, with its PKI.
+pub struct Server {
+    pub pki: DevPki,
+    pub app: EchoApp,
+    pub vakt: App,
+    pub id: String,
+    pub dir: std::path::PathBuf,
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        self.vakt.inbound_addr.expect("inbound listener")
+    }
+}
+
+/// Start an echo app and a server-side vakt for `spiffe://TD/ns/shop/sa/orders` allowing
+/// `allowed` (service-account names in ns `shop`). `extra` is appended to the YAML (limits...).
+pub async fn server(allowed: &[&str], extra: &str) -> Server {
+    init();
+    let pki = DevPki::new(TD).unwrap();
+    let app = EchoApp::start().await.unwrap();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let peers: Vec<String> = allowed.iter().map(|sa| pki.spiffe_id("shop", sa)).collect();
+    let policy = write_policy(&dir, &allow_peers_policy_yaml(&peers)).unwrap();
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n{extra}",
+        base_config_yaml(&dir, TD),
+        app.addr,
+        policy.display()
+    );
+    let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
+    Server {
+        pki,
+        app,
+        vakt,
+        id,
+        dir,
+    }
+}
+
+/// A client-side vakt for `spiffe://TD/ns/shop/<sa>` whose egress table maps `orders.shop:80`
+/// to `server_addr`, expecting `server_id` there.
+pub async fn client_sidecar(
+    pki: &DevPki,
+    sa: &str,
+    server_addr: SocketAddr,
+    server_id: &str,
+) -> App {
+    let dir = pki.workload(sa, &pki.spiffe_id("shop", sa)).unwrap();
+    let yaml = format!(
+        "{}outbound:\n  listen: 127.0.0.1:0\n  upstreams:\n  - authority: orders.shop\n    address: {server_addr}\n    spiffe_id: {server_id}\n",
+        base_config_yaml(&dir, TD)
+    );
+    App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap()
+}
+
+/// An mTLS client config for the allowed peer `spiffe://TD/ns/shop/sa/web` of `server`.
+pub fn web_client_config(server: &Server) -> Arc<rustls::ClientConfig> {
+    let dir = server
+        .pki
+        .workload("web-client", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    raw_client_config(Some(&dir), &server.dir, &server.id, &[b"http/1.1"])
+}
