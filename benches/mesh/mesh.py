@@ -597,8 +597,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="vakt-mesh-bench-"))
     procs: list[Proc] = []
 
-    def start(name: str, argv: list[str], cpus: str | None = None, env: dict | None = None) -> Proc:
-        p = Proc(name, argv, cpus or args.sut_cpus, work, env)
+    def start(name: str, argv: list[str], cpus: str | None = None) -> Proc:
+        p = Proc(name, argv, cpus or args.sut_cpus, work)
         procs.append(p)
         return p
 
@@ -617,8 +617,7 @@ def main() -> int:
         if counting:
             names = ["--demangle=no"] if args.hot_text else []  # the symbol table's names
             argv = ["valgrind", "--tool=callgrind", *names, f"--callgrind-out-file={work}/callgrind.{name}.%p", *argv]
-        # As the image and the chart run it (Dockerfile); the environment can override it.
-        return start(name, argv, env={"MIMALLOC_PURGE_DELAY": os.environ.get("MIMALLOC_PURGE_DELAY", "0")})
+        return start(name, argv)
 
     started = time.time()
     sampling = threading.Event()
