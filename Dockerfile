@@ -8,20 +8,21 @@
 # ---- build -------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
-# Only what `cargo build` reads: the manifest, the lock file, the build script (it links the
-# release binary with src/link/hot-text.ld), cargo's settings (.cargo/: v0 symbol names, which
-# that layout lists functions by), the sources (benches/ because Cargo.toml declares bench
-# targets by path and benches/mesh is a workspace member, vendor/ for the patched h2).
+# Only what the release build reads: the manifest, the lock file, the build script, the sources
+# (benches/ because Cargo.toml declares bench targets by path, benches/mesh is a workspace member
+# and holds the code layout, vendor/ for the patched h2) and the build step itself.
 COPY Cargo.toml Cargo.lock build.rs ./
-COPY .cargo ./.cargo
 COPY src ./src
 COPY benches ./benches
 COPY vendor ./vendor
-# aws-lc-rs builds its C code with the image's gcc; no OpenSSL. The registry and target caches
-# make rebuilds fast; the binary is copied out of the cached target dir in the same step.
+COPY scripts/build-release ./scripts/build-release
+# scripts/build-release: `cargo build --release --locked --no-default-features --bin vakt` with
+# the code layout. aws-lc-rs builds its C code with the image's gcc; no OpenSSL. The registry and
+# target caches make rebuilds fast; the binary is copied out of the cached target dir in the
+# same step.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin vakt \
+    scripts/build-release \
  && install -D -m 0755 target/release/vakt /out/vakt \
  && /out/vakt --version
 
@@ -34,9 +35,6 @@ LABEL org.opencontainers.image.title="vakt" \
       org.opencontainers.image.version="0.1.0" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=build --chown=0:0 --chmod=0555 /out/vakt /vakt
-# mimalloc returns freed pages to the OS at once instead of 10 ms later: -2.8 MB (13%) peak RSS
-# of a loaded sidecar, CPU unchanged (mesh benchmark, same-run A/B).
-ENV MIMALLOC_PURGE_DELAY=0
 USER 65532:65532
 EXPOSE 15443 15001 15021
 ENTRYPOINT ["/vakt", "run", "--config", "/etc/vakt/vakt.yaml"]

@@ -126,7 +126,7 @@ fn features_of_vakts_build(extra: &[&str]) -> BTreeMap<String, String> {
 /// benches/mesh/run builds vakt and the benchmark's app and load generator in one cargo call.
 /// Cargo unifies the features of the packages it builds together, so the programs may ask only
 /// for features vakt's own build already has: else the benchmark measures another vakt binary
-/// than `cargo build --release --bin vakt` (the Docker image) ships. (As examples of vakt they
+/// than `scripts/build-release` (the Docker image) ships. (As examples of vakt they
 /// did just that: vakt's dev-dependencies added features to rand, regex-automata, serde and
 /// zerocopy.)
 #[test]

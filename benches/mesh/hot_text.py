@@ -1,5 +1,5 @@
 """The hot-text layout of the vakt binary, profiled by the mesh benchmark (`benches/mesh/run
---hot-text`, which runs mesh.py with `--hot-text src/link/hot-text.ld`).
+--hot-text`, which runs mesh.py with `--hot-text benches/mesh/hot-text.ld`).
 
 Why: nearly all of a sidecar's file-backed memory is its own code, and without a layout nearly
 all of it is resident. A sidecar executes ~4 MB of the binary's ~10 MB of code, but those
@@ -8,19 +8,20 @@ process faults in (fault-around). So the binary's whole code ends up in every si
 
 What: both sidecars run under callgrind (start-up, warm-up, the enforcement checks, then load),
 and every function of the vakt binary that executed at least one instruction is listed,
-hottest first, in a linker script (src/link/hot-text.ld). build.rs gives it to the linker for
-release builds of the `vakt` binary; the listed functions go into one `.text.hot` output section
-in front of `.text`. The rest of the code stays on disk until something calls it.
+hottest first, in a linker script (benches/mesh/hot-text.ld). `scripts/build-release` has
+build.rs give it to the linker for the release `vakt` binary (the image and the mesh benchmark
+build that way); the listed functions go into one `.text.hot` output section in front of
+`.text`. The rest of the code stays on disk until something calls it.
 
 A function is listed by its section, `.text.<symbol>`, or `.text.unlikely.<symbol>` where LLVM
 judged it cold. Assembly (aws-lc's SHA, AES-GCM, bignum and curve code) has no section per
 function: its object's whole `.text` is listed instead, by the object's name in its `-sys`
 crate's archive (`*:*-sha256-x86_64.o(.text)`).
 
-Functions are named as Rust's v0 mangling names them (.cargo/config.toml): a generic function's
-name includes its type arguments, so only the instantiations that ran are listed. (The legacy
-mangling tells instantiations apart by a hash alone; listing a function by its name without the
-hash listed every instantiation: 5.9 MB of "hot" code for 4 MB that ran.)
+Functions are named as Rust's v0 mangling names them (`scripts/build-release` asks for it): a
+generic function's name includes its type arguments, so only the instantiations that ran are
+listed. (The legacy mangling tells instantiations apart by a hash alone; listing a function by
+its name without the hash listed every instantiation: 5.9 MB of "hot" code for 4 MB that ran.)
 
 The script is independent of the build: a crate's disambiguator (`Cs<hash>_`), a back-reference
 into the name (`B<offset>_`: its offsets move when a disambiguator's length does), a legacy
@@ -130,8 +131,8 @@ def linker_script(cost: collections.Counter, hot_bytes: int, objects: dict[str, 
         "/* The hot-text layout of the vakt binary: GENERATED, do not edit by hand.",
         " *",
         " * Regenerate with `benches/mesh/run --hot-text` (see benches/mesh/hot_text.py for why",
-        " * and how). build.rs passes this script to the linker for release builds of `vakt`;",
-        " * `VAKT_HOT_TEXT=off cargo build --release` builds without it.",
+        " * and how). `scripts/build-release` links the release binary with it; a plain",
+        " * `cargo build --release` does not.",
         " *",
         f" * Profiled {time.strftime('%Y-%m-%d', time.gmtime())} from {source}:",
         f" * {len(cost)} functions executed, {hot_bytes / 2**20:.2f} MB of code, hottest first;",

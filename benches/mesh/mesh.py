@@ -597,8 +597,8 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="vakt-mesh-bench-"))
     procs: list[Proc] = []
 
-    def start(name: str, argv: list[str], cpus: str | None = None, env: dict | None = None) -> Proc:
-        p = Proc(name, argv, cpus or args.sut_cpus, work, env)
+    def start(name: str, argv: list[str], cpus: str | None = None) -> Proc:
+        p = Proc(name, argv, cpus or args.sut_cpus, work)
         procs.append(p)
         return p
 
@@ -617,8 +617,7 @@ def main() -> int:
         if counting:
             names = ["--demangle=no"] if args.hot_text else []  # the symbol table's names
             argv = ["valgrind", "--tool=callgrind", *names, f"--callgrind-out-file={work}/callgrind.{name}.%p", *argv]
-        # As the image and the chart run it (Dockerfile); the environment can override it.
-        return start(name, argv, env={"MIMALLOC_PURGE_DELAY": os.environ.get("MIMALLOC_PURGE_DELAY", "0")})
+        return start(name, argv)
 
     started = time.time()
     sampling = threading.Event()
@@ -819,7 +818,7 @@ def summarise(systems, results, rates, idle_rss, peak_rss, peak_split) -> dict:
 
 
 def hot_text_layout(binary: Path) -> str:
-    """How much of the binary's code the hot-text layout (src/link/hot-text.ld) put in front.
+    """How much of the binary's code the hot-text layout (benches/mesh/hot-text.ld) put in front.
     A layout profiled from an older build fills less of its section as functions are renamed."""
     try:
         hot, rest = hot_text.hot_section(binary)
@@ -827,9 +826,9 @@ def hot_text_layout(binary: Path) -> str:
         return f"unknown ({e})"
     if not hot:
         return (f"no hot-text section: all {rest / 2**20:.1f} MB of code in `.text` "
-                "(built with VAKT_HOT_TEXT=off, or not a release build)")
+                "(not built with scripts/build-release)")
     return (f"{hot / 2**20:.1f} MB of executed code in `.text.hot`, in front of "
-            f"{rest / 2**20:.1f} MB in `.text` (src/link/hot-text.ld)")
+            f"{rest / 2**20:.1f} MB in `.text` (benches/mesh/hot-text.ld)")
 
 
 def ratio(a: float, b: float) -> str:

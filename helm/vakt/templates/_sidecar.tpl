@@ -47,13 +47,10 @@ helm/examples/orders in the vakt repository is a complete example chart.
     - name: vakt-admin
       containerPort: {{ include "vakt.adminPort" . }}
       protocol: TCP
+  {{- with .Values.sidecar.env }}
   env:
-    # The allocator returns freed pages at once (as in the image): less RSS at a load's peak.
-    - name: MIMALLOC_PURGE_DELAY
-      value: "0"
-    {{- with .Values.sidecar.env }}
     {{- toYaml . | nindent 4 }}
-    {{- end }}
+  {{- end }}
   livenessProbe:
     httpGet:
       path: /live
