@@ -6,8 +6,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-/// See Cargo.toml: the allocator is on every request's path. Its options come from the
-/// environment (`MIMALLOC_PURGE_DELAY=0` in the image and the chart).
+/// See Cargo.toml: the allocator is on every request's path.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
