@@ -1,7 +1,7 @@
 //! The chart's security properties, checked on every render: what must hold however a golden
 //! file is regenerated. Most are rows of [`PROPERTIES`]; what a row cannot say (a checksum, the
-//! same label on both ends of a selector, the fields of the CRD kinds kubernetes-validate has no
-//! schema for) is code below it.
+//! same label on both ends of a selector, the files vakt reads in the directories it mounts, the
+//! fields of the CRD kinds kubernetes-validate has no schema for) is code below it.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -243,15 +243,15 @@ fn is_vakt(container: &Value) -> bool {
     container["args"] == json!(["run", "--config", CONFIG_PATH])
 }
 
+/// A pod template's init containers and containers.
+fn pod_containers(pod: &Value) -> impl Iterator<Item = &Value> {
+    let spec = &pod["spec"];
+    let init = spec["initContainers"].as_array().into_iter().flatten();
+    init.chain(spec["containers"].as_array().into_iter().flatten())
+}
+
 fn containers(r: &Rendered) -> Vec<&Value> {
-    pods(r)
-        .into_iter()
-        .flat_map(|pod| {
-            let spec = &pod["spec"];
-            let init = spec["initContainers"].as_array().into_iter().flatten();
-            init.chain(spec["containers"].as_array().into_iter().flatten())
-        })
-        .collect()
+    pods(r).into_iter().flat_map(pod_containers).collect()
 }
 
 /// The workload's Service(s): not the headless one the ServiceMonitor scrapes.
@@ -337,7 +337,8 @@ pub(super) fn check(r: &Rendered) {
 
 /// The pods roll exactly when the sidecar config changes; the Service and the NetworkPolicy
 /// select the workload's pods; the pods run as the account the certificate names and mount the
-/// Secret cert-manager writes.
+/// Secret cert-manager writes; every file vakt is configured to read is in a directory mounted
+/// into its container.
 fn check_selectors_and_identity(r: &Rendered, mesh: &Mesh) {
     let label = &r.label;
     let selector = json!({"vakt.io/workload": mesh.fullname});
@@ -367,6 +368,29 @@ fn check_selectors_and_identity(r: &Rendered, mesh: &Mesh) {
             pod["spec"]["serviceAccountName"], mesh.service_account,
             "{label}: the pods run as the account in the SPIFFE ID"
         );
+        let config = &mesh.config;
+        let files = [
+            Some(CONFIG_PATH),
+            config["identity"]["cert"].as_str(),
+            config["identity"]["key"].as_str(),
+            config["identity"]["trust_bundle"].as_str(),
+            config["inbound"]["policy"].as_str(),
+            config["pseudonymisation"]["key_file"].as_str(),
+        ];
+        let vakt = pod_containers(pod).find(|c| is_vakt(c)).unwrap();
+        let mounted: BTreeSet<&str> = vakt["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|m| m["mountPath"].as_str())
+            .collect();
+        for file in files.into_iter().flatten() {
+            let dir = file.rsplit_once('/').map_or("", |(dir, _)| dir);
+            assert!(
+                mounted.contains(dir),
+                "{label}: vakt reads {file}, but {dir} is not mounted ({mounted:?})"
+            );
+        }
         if let [cert] = cert.as_slice() {
             let volumes = pod["spec"]["volumes"].as_array().unwrap();
             let identity = volumes.iter().find(|v| v["name"] == "vakt-identity");
