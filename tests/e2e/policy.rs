@@ -1,13 +1,11 @@
 //! The policy on the real request path: canonical paths end to end, dry-run, rate limits,
 //! hot reload under load, denial bodies, and the policy CLI.
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Replace the server's policy file (atomically, like a ConfigMap update) and wait until a

@@ -1,12 +1,10 @@
 //! Traffic through the real two-hop mesh: app -> client vakt (plaintext in, mTLS out) ->
 //! server vakt (mTLS in) -> app, over 127.0.0.1.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use bytes::Bytes;
-use common::*;
 use futures_util::{SinkExt, StreamExt};
 use http::Request;
 use http_body_util::{BodyExt, Full};

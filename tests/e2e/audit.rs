@@ -1,12 +1,10 @@
 //! The audit trail on the real request path: one event per decision and per refused handshake,
 //! under concurrency; the chain verifies; a failing sink is handled as configured.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 fn events(path: &std::path::Path) -> Vec<Value> {

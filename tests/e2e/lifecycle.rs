@@ -1,15 +1,13 @@
 //! The sidecar's life: config checks with the real binary, certificate rotation under traffic,
 //! SIGTERM drain, the dev-PKI commands.
 
-mod common;
-
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use vakt::dev::certs::LeafSpec;
 
 fn vakt() -> Command {

@@ -2,13 +2,11 @@
 //! failures, and HTTP/2 stream concurrency. Every client is an allowed mTLS peer, so whatever
 //! refuses it is the limit under test and not the policy.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{
+use crate::common::{
     Server, TD, TestBody, body_string, get, h1_send, metric_sum, metrics_text, mtls_connect,
     raw_client_config, server, wait_for_metric,
 };
@@ -160,7 +158,7 @@ async fn slow_app_gets_504_upstream_timeout() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn app_down_gets_502_upstream_unavailable() {
-    common::init();
+    crate::common::init();
     let pki = DevPki::new(TD).unwrap();
     let id = pki.spiffe_id("shop", "orders");
     let dir = pki.workload("orders", &id).unwrap();

@@ -1,14 +1,12 @@
 //! End-user tokens end to end: a real test issuer serving discovery and JWKS over HTTP, tokens
 //! minted by it, sent over real mTLS to a server-side vakt in front of the echo app.
 
-mod common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use common::*;
 use http::Request;
 use http_body_util::Full;
 use serde_json::{Value, json};
