@@ -564,6 +564,9 @@ def median(xs: list[float]) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--vakt", required=True)
+    ap.add_argument("--dev-tools", required=True,
+                    help="a vakt built with the `dev` feature (cargo build --bin vakt): the benchmark's "
+                         "PKI and token issuer; the vakt under test is built without it")
     ap.add_argument("--app", required=True)
     ap.add_argument("--envoy", required=True)
     ap.add_argument("--load", required=True, help="the load generator (benches/mesh/load.rs)")
@@ -636,16 +639,16 @@ def main() -> int:
             "app", "idp", "vakt_client", "vakt_server", "vakt_client_admin", "vakt_server_admin",
             "envoy_client", "envoy_server", "envoy_client_admin", "envoy_server_admin",
             "vakt_client_base", "vakt_server_base", "vakt_client_admin_base", "vakt_server_admin_base")}
-        make_pki(args.vakt, work)
+        make_pki(args.dev_tools, work)
 
         # The issuer (not under test: it serves discovery + JWKS at start-up and on refresh).
-        start("idp", [args.vakt, "dev-idp", "serve", "--listen", f"127.0.0.1:{ports['idp']}",
+        start("idp", [args.dev_tools, "dev-idp", "serve", "--listen", f"127.0.0.1:{ports['idp']}",
                       "--dir", str(work / "keys")], cpus=args.load_cpus)
         issuer = f"http://127.0.0.1:{ports['idp']}"
         wait_ready(f"{issuer}/.well-known/openid-configuration")
         _, disco = http_get(f"{issuer}/.well-known/openid-configuration")
         jwks = http_get(json.loads(disco)["jwks_uri"])[1].decode()
-        mint = [args.vakt, "dev-idp", "mint", "--dir", str(work / "keys"), "--issuer", issuer,
+        mint = [args.dev_tools, "dev-idp", "mint", "--dir", str(work / "keys"), "--issuer", issuer,
                 "--profile", "helseid", "--audience", AUDIENCE, "--lifetime", "2h", "--level", "high"]
         tokens = run(mint + ["--scope", SCOPE, "--scope", "bench.other", "--count", str(args.tokens)]).split()
         no_scope = run(mint + ["--scope", "bench.other", "--sub", "no-scope"]).strip()
