@@ -16,16 +16,17 @@ use std::time::Duration;
 use http::HeaderName;
 use serde::Deserialize;
 
-use crate::admin::AdminConfig;
-use crate::audit::AuditSettings;
-use crate::authn::OidcConfig;
+// The sections' types, named here for users of the file format whose modules are internal.
+pub use crate::admin::AdminConfig;
+pub use crate::audit::AuditSettings;
+pub use crate::authn::OidcConfig;
 use crate::identity::TrustDomain;
-use crate::limits::Limits;
+pub use crate::limits::Limits;
 use crate::policy::PolicyContext;
-use crate::pseudonym::PseudonymConfig;
+pub use crate::pseudonym::PseudonymConfig;
 use crate::serde_helpers::{de_duration, de_header_names};
-use crate::tls::{IdentityConfig, TlsSettings};
-use crate::upstream::{AppProtocol, Authority, UpstreamConfig};
+pub use crate::tls::{IdentityConfig, TlsSettings};
+pub use crate::upstream::{AppProtocol, Authority, UpstreamConfig};
 
 /// Largest config file we read; a sidecar config is a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
