@@ -22,7 +22,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::body;
-use crate::hygiene::h1_framing::{FramingVerdicts, ScannedIo, ScannerConfig};
+use crate::hygiene::h1_framing::{ScannedIo, ScannerConfig};
 use crate::hygiene::{FramingError, FramingVerdict};
 use crate::identity::{PeerIdentity, SpiffeId};
 use crate::limits::Limits;
@@ -107,7 +107,7 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
             let h2 = session.alpn_protocol() == Some(ALPN_H2);
             let peer = PeerIdentity::new(spiffe_id, cert_sha256);
             tracing::debug!(%remote, peer = %peer.spiffe_id, h2, "mTLS connection established");
-            serve_connection(tls, Some(peer), !h2, ctx).await;
+            serve_connection(tls, Some(peer), ctx).await;
         }
     })
     .await;
@@ -116,18 +116,14 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
 /// Plaintext listener (outbound from the local app, admin).
 pub async fn serve_plain(listener: TcpListener, ctx: ListenerContext) {
     accept_loop(listener, ctx, |tcp, _remote, ctx| async move {
-        serve_connection(tcp, None, true, ctx).await;
+        serve_connection(tcp, None, ctx).await;
     })
     .await;
 }
 
 /// Serve HTTP/1.1 or HTTP/2 on one connection until it closes, idles out or is drained.
-async fn serve_connection<I>(
-    io: I,
-    peer: Option<PeerIdentity>,
-    scan_h1: bool,
-    mut ctx: ListenerContext,
-) where
+async fn serve_connection<I>(io: I, peer: Option<PeerIdentity>, mut ctx: ListenerContext)
+where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let direction = ctx.direction.as_str();
@@ -137,17 +133,15 @@ async fn serve_connection<I>(
         inner: io,
         activity: activity.clone(),
     };
-    let (io, verdicts): (Box<dyn Io>, Option<Arc<FramingVerdicts>>) = if scan_h1 {
-        let scanner = ScannerConfig {
-            // The scanner must follow every head hyper accepts.
-            max_head_size: ctx.limits.max_header_bytes.max(8192),
-            ..ScannerConfig::default()
-        };
-        let (scanned, verdicts) = ScannedIo::with_config(io, scanner);
-        (Box::new(scanned), Some(verdicts))
-    } else {
-        (Box::new(io), None)
+    // Every connection is scanned, whatever ALPN said: hyper picks HTTP/1 or HTTP/2 by the first
+    // bytes, so a client that negotiated h2 can still speak HTTP/1. On an HTTP/2 preface the
+    // scanner gives up at once.
+    let scanner = ScannerConfig {
+        // The scanner must follow every head hyper accepts.
+        max_head_size: ctx.limits.max_header_bytes.max(8192),
+        ..ScannerConfig::default()
     };
+    let (io, verdicts) = ScannedIo::with_config(io, scanner);
     let request_index = Arc::new(AtomicU64::new(0));
     let stack = ctx.stack.clone();
     let service = {
@@ -157,9 +151,7 @@ async fn serve_connection<I>(
             if let Some(peer) = &peer {
                 req.extensions_mut().insert(peer.clone());
             }
-            if let Some(verdicts) = &verdicts
-                && req.version() <= http::Version::HTTP_11
-            {
+            if req.version() <= http::Version::HTTP_11 {
                 let index = request_index.fetch_add(1, Ordering::Relaxed);
                 // No verdict for an HTTP/1 request means the scanner gave up on this
                 // connection: refuse rather than forward what nobody checked.
@@ -243,9 +235,6 @@ fn record_connection_error(direction: &'static str, error: &(dyn std::error::Err
     }
     tracing::debug!(error = %hyper_error, direction, "connection ended with an error");
 }
-
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// Keeps the active-connections gauge right however the connection ends.
 struct ActiveConnection(&'static str);

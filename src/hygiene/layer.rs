@@ -60,8 +60,13 @@ impl Hygiene {
     /// `Err` is the reason to refuse the request; the request is rewritten in place otherwise.
     fn prepare(&self, req: &mut Req) -> Result<(), DenyReason> {
         // The raw HTTP/1 head as the client sent it (hyper hides CL+TE from us).
-        if let Some(FramingVerdict(Err(e))) = req.extensions().get::<FramingVerdict>() {
-            return Err(DenyReason::BadFraming(*e));
+        // Every HTTP/1 request carries the scanner's verdict; one without it was never checked.
+        match req.extensions().get::<FramingVerdict>() {
+            Some(FramingVerdict(Err(e))) => return Err(DenyReason::BadFraming(*e)),
+            None if req.version() <= http::Version::HTTP_11 => {
+                return Err(DenyReason::BadFraming(super::FramingError::Unverified));
+            }
+            _ => {}
         }
         check_request_framing(req.version(), req.headers()).map_err(DenyReason::BadFraming)?;
         if self.direction == Direction::Inbound {
@@ -138,5 +143,54 @@ impl Stage for Hygiene {
             .set_sensitive(true);
         response.extensions_mut().get_or_insert_with(|| ids);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use http::{Request, Version};
+
+    use super::*;
+    use crate::hygiene::FramingError;
+
+    fn request(version: Version, verdict: Option<Result<(), FramingError>>) -> Req {
+        let mut req = Request::get("http://orders.shop/x")
+            .version(version)
+            .header(http::header::HOST, "orders.shop")
+            .body(crate::body::empty())
+            .unwrap();
+        if let Some(v) = verdict {
+            req.extensions_mut().insert(FramingVerdict(v));
+        }
+        req
+    }
+
+    /// An HTTP/1 request is forwarded only with the byte scanner's verdict, and only a clean one.
+    #[test]
+    fn http1_requests_need_a_clean_scanner_verdict() {
+        let hygiene = Hygiene::outbound();
+        let unverified = Err(DenyReason::BadFraming(FramingError::Unverified));
+        let cases = [
+            (Version::HTTP_11, None, unverified.clone()),
+            (Version::HTTP_10, None, unverified),
+            (
+                Version::HTTP_11,
+                Some(Err(FramingError::ContentLengthAndTransferEncoding)),
+                Err(DenyReason::BadFraming(
+                    FramingError::ContentLengthAndTransferEncoding,
+                )),
+            ),
+            (Version::HTTP_11, Some(Ok(())), Ok(())),
+            // HTTP/2 has no HTTP/1 framing to scan.
+            (Version::HTTP_2, None, Ok(())),
+        ];
+        for (version, verdict, expected) in cases {
+            let mut req = request(version, verdict);
+            assert_eq!(
+                hygiene.prepare(&mut req),
+                expected,
+                "{version:?} {verdict:?}"
+            );
+        }
     }
 }

@@ -326,6 +326,46 @@ async fn content_length_with_transfer_encoding_is_refused_inbound() {
     assert_eq!(seen, vec!["/first".to_owned()]);
 }
 
+/// hyper serves HTTP/1 or HTTP/2 by the first bytes, not by ALPN: a client that negotiated h2
+/// and then speaks HTTP/1 is scanned all the same.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_after_alpn_h2_is_scanned_for_ambiguous_framing() {
+    let server = server(&["web"], "").await;
+    let web_id = server.pki.spiffe_id("shop", "web");
+    let config = raw_client_config(
+        Some(&server.pki.workload("web-h2", &web_id).unwrap()),
+        &server.dir,
+        &server.id,
+        &[b"h2"],
+    );
+    let tls = mtls_connect(server.addr(), config.clone()).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let mut request = b"GET /first HTTP/1.1\r\nHost: orders.shop\r\n\r\n".to_vec();
+    request.extend_from_slice(SMUGGLE);
+    let answer = raw_exchange(tls, &request).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("bad_framing"), "{answer}");
+    let seen: Vec<_> = server
+        .app
+        .seen()
+        .into_iter()
+        .map(|r| r.path_and_query)
+        .collect();
+    assert_eq!(
+        seen,
+        vec!["/first".to_owned()],
+        "the smuggled request got through"
+    );
+
+    // HTTP/2 on such a connection is served as before.
+    let tls = mtls_connect(server.addr(), config).await.unwrap();
+    let response = h2_send(tls, get("https://orders.shop/h2", "orders.shop"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unknown_destination_and_connect_are_refused_outbound() {
     let server = server(&["web"], "").await;
