@@ -93,6 +93,7 @@ impl DenyReason {
             Self::Token(_) | Self::StepUp { .. } | Self::Policy(Reason::TokenRequired) => {
                 StatusCode::UNAUTHORIZED
             }
+            Self::Policy(Reason::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
             Self::NoPeerIdentity | Self::Policy(_) | Self::UnknownDestination { .. } => {
                 StatusCode::FORBIDDEN
             }
@@ -114,6 +115,9 @@ impl DenyReason {
             Self::NoPeerIdentity => "no verified peer identity".into(),
             // Deliberately vague: the caller learns the reason code, not the policy.
             Self::Policy(Reason::TokenRequired) => "an access token is required".into(),
+            Self::Policy(Reason::MethodNotAllowed) => {
+                "the route does not accept this method (see Allow)".into()
+            }
             Self::Policy(_) => "access denied by policy".into(),
             Self::Token(TokenError::KeysUnavailable) => {
                 "token verification is temporarily unavailable".into()

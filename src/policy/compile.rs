@@ -146,7 +146,7 @@ impl Policy {
             );
         }
         let mut ids = HashSet::new();
-        let mut router = Router::default();
+        let mut router = Router::new(file.path_near_miss);
         let mut routes = Vec::with_capacity(file.routes.len());
         for (index, spec) in file.routes.into_iter().enumerate() {
             let at = format!("routes[{index}] ({})", spec.id);
@@ -163,6 +163,11 @@ impl Policy {
             }
             if spec.methods.is_empty() {
                 problems.push(format!("{at}.methods: empty; the route could never match"));
+            }
+            if spec.methods.contains(&Method::HEAD) && !spec.methods.contains(&Method::GET) {
+                problems.push(format!(
+                    "{at}.methods: HEAD is authorised as GET (apps run the GET handler for it); list GET"
+                ));
             }
             let mut methods = spec.methods.clone();
             methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));

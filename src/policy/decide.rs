@@ -142,7 +142,10 @@ pub enum Reason {
     /// The route is public.
     Public,
     NoRoute,
+    /// The most specific route for the path does not accept the method (405 with `Allow`).
     MethodNotAllowed,
+    /// The path misses a more specific route only by letter case or a trailing `/`.
+    PathNearMiss,
     PeerNotAllowed,
     NoPeerIdentity,
     /// The route needs an access token and none was presented.
@@ -169,6 +172,7 @@ impl Reason {
             Self::Public => "public_route",
             Self::NoRoute => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
+            Self::PathNearMiss => "path_near_miss",
             Self::PeerNotAllowed => "peer_not_allowed",
             Self::NoPeerIdentity => "no_peer_identity",
             Self::TokenRequired => "token_required",
@@ -206,6 +210,8 @@ pub struct Decision {
     pub captures: Captures,
     /// For step-up denials: what the failing rule asked for.
     pub step_up: Option<StepUp>,
+    /// For `method_not_allowed`: the methods the route accepts (the `Allow` header).
+    pub allowed_methods: Vec<Method>,
 }
 
 /// RFC 9470 step-up details.
@@ -230,10 +236,22 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
                 None,
             );
         }
-        Lookup::MethodNotAllowed => {
-            return finish(
+        Lookup::MethodNotAllowed { allowed } => {
+            let mut decision = finish(
                 policy.default_mode,
                 Reason::MethodNotAllowed,
+                None,
+                None,
+                Captures::default(),
+                None,
+            );
+            decision.allowed_methods = allowed;
+            return decision;
+        }
+        Lookup::NearMiss => {
+            return finish(
+                policy.default_mode,
+                Reason::PathNearMiss,
                 None,
                 None,
                 Captures::default(),
@@ -335,6 +353,7 @@ fn finish(
         would_deny,
         captures,
         step_up,
+        allowed_methods: Vec::new(),
     }
 }
 

@@ -7,6 +7,7 @@ use std::str::FromStr;
 use http::Method;
 use serde::{Deserialize, Deserializer};
 
+use super::router::NearMiss;
 use crate::authn::Loa;
 use crate::identity::{SpiffeId, TrustDomain};
 use crate::ratelimit::RateLimitSpec;
@@ -44,6 +45,10 @@ pub struct PolicyFile {
     /// (checked on every route, before the rules).
     #[serde(default)]
     pub client_bindings: BTreeMap<String, Vec<PeerPattern>>,
+    /// A path that misses a more specific literal route only by letter case or a trailing `/`:
+    /// `refuse` (default) or `fall_back` to the routes it does match.
+    #[serde(default)]
+    pub path_near_miss: NearMiss,
     pub routes: Vec<RouteSpec>,
 }
 

@@ -23,6 +23,7 @@ pub use file::{
     BindTarget, ClaimMatch, Mode, PeerPattern, PolicyContext, PolicyFile, RouteSpec, RuleSpec,
     TokenRequirement,
 };
+pub use router::NearMiss;
 
 #[cfg(test)]
 mod tests;

@@ -1,10 +1,17 @@
 //! The route table: a segment trie per host, matched on the canonical path.
 //!
 //! Matching is deterministic and independent of file order: at every segment a literal beats a
-//! `{param}`, which beats a trailing `**`; the first (most specific) branch that leads to a route
-//! accepting the request's method wins, backtracking to less specific branches otherwise. Routes
-//! that name a host are tried before host-less ones. Cost is proportional to the number of
-//! segments, not the number of routes.
+//! `{param}`, which beats a trailing `**`. The most specific route whose pattern matches the path
+//! decides: if it does not accept the method, the answer is "method not allowed" with its
+//! methods, never a less specific `{param}` or `**` route (which could grant what the specific
+//! route withholds). Less specific branches are tried only where no more specific pattern matches
+//! the path at all. `HEAD` is matched as `GET`: frameworks run the GET handler for it. Routes that
+//! name a host are tried before host-less ones. Cost is proportional to the number of segments,
+//! not the number of routes.
+//!
+//! A path that misses a more specific literal route only by letter case or a trailing `/` (which
+//! many app routers ignore) is a near miss: by default it is refused rather than granted by a
+//! wildcard route ([`NearMiss`]).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -128,9 +135,26 @@ pub enum Lookup {
         route: usize,
         captures: Captures,
     },
-    /// Some route matches the path, none the method.
-    MethodNotAllowed,
+    /// The most specific route matching the path does not accept the method; `allowed` are the
+    /// methods it does accept (for `Allow`), sorted, `HEAD` with `GET`.
+    MethodNotAllowed {
+        allowed: Vec<Method>,
+    },
+    /// The path differs from a more specific literal route only by case or a trailing `/`.
+    NearMiss,
     NoRoute,
+}
+
+/// What a path that nearly matches a more specific route gets.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NearMiss {
+    /// Refused (`path_near_miss`): an app router that ignores case or a trailing slash would
+    /// serve the specific route's handler under a wildcard route's permissions.
+    #[default]
+    Refuse,
+    /// Matched like any other path (wildcard routes apply); for apps whose routers are exact.
+    FallBack,
 }
 
 /// All routes: one trie per named host, and one for routes without a host.
@@ -138,6 +162,16 @@ pub enum Lookup {
 pub struct Router {
     by_host: HashMap<String, Node>,
     any_host: Node,
+    near_miss: NearMiss,
+}
+
+/// Where a descent ended.
+enum Step<'a> {
+    Found(usize),
+    /// A route's pattern matches the path but not the method: these are its methods.
+    Covered(&'a HashMap<Method, usize>),
+    NearMiss,
+    Miss,
 }
 
 /// A route cannot be added because another one already takes its place.
@@ -148,6 +182,13 @@ pub struct Conflict {
 }
 
 impl Router {
+    pub fn new(near_miss: NearMiss) -> Self {
+        Self {
+            near_miss,
+            ..Self::default()
+        }
+    }
+
     /// Add route `index`. Errors when a route with the same host, shape and method exists.
     pub fn insert(
         &mut self,
@@ -193,31 +234,39 @@ impl Router {
 
     /// Find the route for `method` on `host` and canonical `path`.
     pub fn lookup(&self, host: Option<&str>, method: &Method, path: &str) -> Lookup {
+        let method = if method == Method::HEAD {
+            &Method::GET
+        } else {
+            method
+        };
         let segments = segment_ranges(path);
-        let mut saw_path = false;
         let tries = host
             .and_then(|h| self.by_host.get(h))
             .into_iter()
             .chain(std::iter::once(&self.any_host));
         for root in tries {
             let mut captures = Captures::default();
-            if let Some(route) = descend(
-                root,
+            let walk = Walk {
                 path,
-                &segments,
-                0,
+                segments: &segments,
                 method,
-                &mut captures,
-                &mut saw_path,
-            ) {
-                return Lookup::Found { route, captures };
+                near_miss: self.near_miss,
+            };
+            match walk.descend(root, 0, &mut captures) {
+                Step::Found(route) => return Lookup::Found { route, captures },
+                Step::Covered(table) => {
+                    let mut allowed: Vec<Method> = table.keys().cloned().collect();
+                    if table.contains_key(&Method::GET) {
+                        allowed.push(Method::HEAD);
+                    }
+                    allowed.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+                    return Lookup::MethodNotAllowed { allowed };
+                }
+                Step::NearMiss => return Lookup::NearMiss,
+                Step::Miss => {}
             }
         }
-        if saw_path {
-            Lookup::MethodNotAllowed
-        } else {
-            Lookup::NoRoute
-        }
+        Lookup::NoRoute
     }
 }
 
@@ -239,51 +288,74 @@ fn segment_ranges(path: &str) -> Vec<std::ops::Range<usize>> {
     ranges
 }
 
-fn descend(
-    node: &Node,
-    path: &str,
-    segments: &[std::ops::Range<usize>],
-    depth: usize,
-    method: &Method,
-    captures: &mut Captures,
-    saw_path: &mut bool,
-) -> Option<usize> {
-    if depth == segments.len() {
-        if !node.here.is_empty() {
-            *saw_path = true;
-            if let Some(route) = node.here.get(method) {
-                return Some(*route);
+/// One lookup's request: what every level of the descent compares against.
+struct Walk<'p> {
+    path: &'p str,
+    segments: &'p [std::ops::Range<usize>],
+    method: &'p Method,
+    near_miss: NearMiss,
+}
+
+impl Walk<'_> {
+    /// The most specific match below `node` for the segments from `depth` on.
+    fn descend<'n>(&self, node: &'n Node, depth: usize, captures: &mut Captures) -> Step<'n> {
+        if depth == self.segments.len() {
+            if !node.here.is_empty() {
+                return self.pick(&node.here);
             }
-        }
-    } else {
-        let range = segments[depth].clone();
-        let text = &path[range.clone()];
-        if let Some(child) = node.literals.get(text)
-            && let Some(route) =
-                descend(child, path, segments, depth + 1, method, captures, saw_path)
-        {
-            return Some(route);
-        }
-        // A parameter never matches an empty segment (a trailing slash).
-        if !text.is_empty()
-            && let Some((_, child)) = &node.param
-        {
-            captures.params.push((depth, range));
-            if let Some(route) =
-                descend(child, path, segments, depth + 1, method, captures, saw_path)
+        } else {
+            let range = self.segments[depth].clone();
+            let text = &self.path[range.clone()];
+            if let Some(child) = node.literals.get(text) {
+                match self.descend(child, depth + 1, captures) {
+                    Step::Miss => {}
+                    decided => return decided,
+                }
+            }
+            if self.near_miss == NearMiss::Refuse && self.is_near_miss(node, depth, text) {
+                return Step::NearMiss;
+            }
+            // A parameter never matches an empty segment (a trailing slash).
+            if !text.is_empty()
+                && let Some((_, child)) = &node.param
             {
-                return Some(route);
+                captures.params.push((depth, range));
+                match self.descend(child, depth + 1, captures) {
+                    Step::Miss => {
+                        captures.params.pop();
+                    }
+                    decided => return decided,
+                }
             }
-            captures.params.pop();
+        }
+        if !node.rest.is_empty() {
+            return self.pick(&node.rest);
+        }
+        Step::Miss
+    }
+
+    fn pick<'n>(&self, table: &'n HashMap<Method, usize>) -> Step<'n> {
+        match table.get(self.method) {
+            Some(route) => Step::Found(*route),
+            None => Step::Covered(table),
         }
     }
-    if !node.rest.is_empty() {
-        *saw_path = true;
-        if let Some(route) = node.rest.get(method) {
-            return Some(*route);
+
+    /// Would the path match a more specific literal route but for letter case at this segment,
+    /// or but for a trailing `/` here?
+    fn is_near_miss(&self, node: &Node, depth: usize, text: &str) -> bool {
+        if text.is_empty() && depth + 1 == self.segments.len() && !node.here.is_empty() {
+            return true;
         }
+        node.literals.iter().any(|(literal, child)| {
+            literal != text
+                && literal.eq_ignore_ascii_case(text)
+                && !matches!(
+                    self.descend(child, depth + 1, &mut Captures::default()),
+                    Step::Miss
+                )
+        })
     }
-    None
 }
 
 #[cfg(test)]
@@ -394,14 +466,26 @@ mod tests {
                     },
                 },
             ),
-            // Method not on the specific route: the wildcard route for DELETE is used.
+            // Method not on the most specific route: 405 with its methods, never the DELETE
+            // wildcard, which would grant what the specific route withholds.
             (
                 None,
                 &Method::DELETE,
                 "/patients/42",
+                Lookup::MethodNotAllowed {
+                    allowed: vec![Method::GET, Method::HEAD, Method::PUT],
+                },
+            ),
+            // HEAD is matched as GET.
+            (
+                None,
+                &Method::HEAD,
+                "/patients/42",
                 Lookup::Found {
-                    route: 8,
-                    captures: Captures::default(),
+                    route: 3,
+                    captures: Captures {
+                        params: vec![(1, 10..12)],
+                    },
                 },
             ),
             (
@@ -432,17 +516,79 @@ mod tests {
                 },
             ),
             // Only the DELETE wildcard covers this path: the path exists, the method does not.
-            (None, &get, "/patients/42/notes", Lookup::MethodNotAllowed),
-            // Only the POST catch-all covers these paths for this router.
-            (None, &get, "/healthz/", Lookup::MethodNotAllowed),
-            (None, &get, "/patients//journal", Lookup::MethodNotAllowed),
-            (None, &Method::PATCH, "/healthz", Lookup::MethodNotAllowed),
+            (
+                None,
+                &get,
+                "/patients/42/notes",
+                Lookup::MethodNotAllowed {
+                    allowed: vec![Method::DELETE],
+                },
+            ),
+            (
+                None,
+                &get,
+                "/patients//journal",
+                Lookup::MethodNotAllowed {
+                    allowed: vec![Method::DELETE],
+                },
+            ),
+            (
+                None,
+                &Method::PATCH,
+                "/healthz",
+                Lookup::MethodNotAllowed {
+                    allowed: vec![Method::GET, Method::HEAD],
+                },
+            ),
+            // Near misses of `/healthz` (case, trailing slash) are not left to the POST catch-all.
+            (None, &get, "/healthz/", Lookup::NearMiss),
+            (None, &Method::POST, "/healthz/", Lookup::NearMiss),
+            (None, &Method::POST, "/HealthZ", Lookup::NearMiss),
+            (None, &get, "/Patients/me/journal", Lookup::NearMiss),
+            // Also where a `{param}` route matches too: a case-insensitive app router would run
+            // the `/patients/me/journal` handler under the `{pid}` route's permissions.
+            (None, &get, "/patients/ME/journal", Lookup::NearMiss),
+            // A segment no literal route nearly matches is an ordinary parameter.
+            (
+                None,
+                &get,
+                "/patients/MX/journal",
+                Lookup::Found {
+                    route: 1,
+                    captures: Captures {
+                        params: vec![(1, 10..12)],
+                    },
+                },
+            ),
         ];
         for (host, method, path, expected) in cases {
             assert_eq!(
                 &r.lookup(*host, method, path),
                 expected,
                 "{method} {path} host {host:?}"
+            );
+        }
+    }
+
+    /// With `path_near_miss: fall_back` a near miss is matched like any other path.
+    #[test]
+    fn near_misses_fall_back_when_configured() {
+        let mut r = Router::new(NearMiss::FallBack);
+        for (i, (pattern, methods)) in [("/admin", &[Method::GET][..]), ("/**", &[Method::GET][..])]
+            .into_iter()
+            .enumerate()
+        {
+            r.insert(None, &PathPattern::parse(pattern).unwrap(), methods, i)
+                .unwrap();
+        }
+        for path in ["/Admin", "/admin/"] {
+            assert_eq!(
+                r.lookup(None, &Method::GET, path),
+                Lookup::Found {
+                    route: 1,
+                    captures: Captures::default()
+                },
+                "{path}"
             );
         }
     }

@@ -31,6 +31,15 @@ fn request_host(req: &Req) -> Option<String> {
     Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
 }
 
+/// The `Allow` header of a 405: the methods of the route that covers the path.
+fn allow_header(methods: &[http::Method]) -> Option<http::HeaderValue> {
+    if methods.is_empty() {
+        return None;
+    }
+    let list: Vec<&str> = methods.iter().map(http::Method::as_str).collect();
+    http::HeaderValue::from_str(&list.join(", ")).ok()
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -128,6 +137,9 @@ impl Stage for PolicyStage {
                 _ => DenyReason::Policy(decision.reason),
             };
             let mut response = deny.into_response(req.extensions().get::<RequestIds>());
+            if let Some(allow) = allow_header(&decision.allowed_methods) {
+                response.headers_mut().insert(http::header::ALLOW, allow);
+            }
             response.extensions_mut().insert(record);
             response.extensions_mut().insert(path);
             if let Some(p) = principal {

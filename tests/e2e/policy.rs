@@ -265,6 +265,90 @@ async fn denials_carry_a_decision_id_and_the_reason_code_only() {
     );
 }
 
+/// The most specific route decides: a method it does not accept is answered 405 with its
+/// methods, never granted by a wildcard route; HEAD is authorised as GET; a path that misses a
+/// specific route only by case or a trailing slash is refused, not left to the wildcard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn specific_routes_are_not_bypassed_through_wildcards() {
+    let server = server(&["web"], "").await;
+    set_policy(
+        &server,
+        "routes:
+  - id: records-read
+    methods: [GET]
+    path: /records/{id}
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/shop/sa/web]
+  - id: admin
+    methods: [GET]
+    path: /admin
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/shop/sa/ops]
+  - id: everything-else
+    methods: [GET, DELETE]
+    path: /**
+    public: true
+",
+        "success",
+    )
+    .await;
+    let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let send = |method: http::Method, path: &str| {
+        let req = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header(http::header::HOST, "orders.shop")
+            .body(TestBody::default())
+            .unwrap();
+        plain_send(web.outbound_addr.unwrap(), req)
+    };
+
+    let refused = send(http::Method::DELETE, "/records/1").await;
+    assert_eq!(refused.status(), 405);
+    assert_eq!(refused.headers()["allow"], "GET, HEAD");
+    let body = body_string(refused).await;
+    assert!(body.contains("method_not_allowed"), "{body}");
+
+    let head = send(http::Method::HEAD, "/records/1").await;
+    assert_eq!(head.status(), 200);
+
+    for near_miss in ["/Admin", "/admin/", "/ADMIN"] {
+        let response = send(http::Method::GET, near_miss).await;
+        assert_eq!(response.status(), 403, "{near_miss}");
+        let body = body_string(response).await;
+        assert!(body.contains("path_near_miss"), "{near_miss}: {body}");
+    }
+    // The wildcard still serves what no specific route covers.
+    assert_eq!(send(http::Method::GET, "/elsewhere").await.status(), 200);
+    assert_eq!(send(http::Method::DELETE, "/elsewhere").await.status(), 200);
+
+    let seen: Vec<(String, String)> = server
+        .app
+        .seen()
+        .into_iter()
+        .map(|r| (r.method.to_string(), r.path_and_query))
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("HEAD".to_owned(), "/records/1".to_owned()),
+            ("GET".to_owned(), "/elsewhere".to_owned()),
+            ("DELETE".to_owned(), "/elsewhere".to_owned()),
+        ]
+    );
+    let text = metrics_text(server.vakt.admin_addr).await;
+    for reason in ["method_not_allowed", "path_near_miss"] {
+        assert!(
+            metric_sum(
+                &text,
+                "vakt_requests_denied_total",
+                &[("direction", "inbound"), ("reason", reason)]
+            ) >= 1.0,
+            "{reason}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dry_run_lets_traffic_through_and_records_the_would_deny() {
     let (server, web, _batch) = policy_server().await;
