@@ -259,6 +259,12 @@ pub fn server_config(
         .with_client_cert_verifier(Arc::new(verifier))
         .with_cert_resolver(Arc::new(SingleCert(material.certified_key.clone())));
     config.alpn_protocols = vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()];
+    // No session resumption: a resumed session skips the client-certificate check, so a peer
+    // whose SVID has expired (or whose CA left the bundle) could go on with its old session.
+    // Connections between sidecars are long-lived and pooled, so every new one pays a full
+    // handshake at little cost.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok(Arc::new(config))
 }
 
@@ -301,6 +307,9 @@ pub fn client_config(
         OutboundAlpn::H2OrHttp11 => vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()],
         OutboundAlpn::Http11Only => vec![ALPN_HTTP11.to_vec()],
     };
+    // Every connection verifies the server's SVID afresh (the inbound side offers no
+    // resumption either).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
 }
 

@@ -189,6 +189,53 @@ async fn expired_certificate_is_refused() {
     assert_leaf_refused(&spec, "expired").await;
 }
 
+/// A session is never resumed: every connection's certificate is verified afresh, so a client
+/// whose SVID expired cannot go on with a session (or ticket) from before. The client keeps its
+/// default resumption store to try.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_are_not_resumed_past_an_expired_svid() {
+    let server = server(&["web"], "").await;
+    let mut spec = svid(&web_id(&server));
+    spec.not_after = time::OffsetDateTime::now_utc() + time::Duration::seconds(3);
+    let dir = server.pki.workload_with("short-lived", &spec).unwrap();
+    // rustls clients keep sessions and tickets for resumption by default.
+    let config = raw_client_config(Some(&dir), &server.dir, &server.id, HTTP11);
+
+    for _ in 0..2 {
+        let tls = mtls_connect(server.addr(), config.clone()).await.unwrap();
+        let kind = tls.get_ref().1.handshake_kind();
+        assert_eq!(
+            kind,
+            Some(rustls::HandshakeKind::Full),
+            "a session was resumed"
+        );
+        let response = h1_send(tls, get("/", "orders.shop")).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+
+    // Past the certificate's notAfter (X.509 times have whole seconds).
+    let expiry = Instant::now() + Duration::from_secs(4);
+    tokio::time::sleep_until(expiry.into()).await;
+    let admin = server.vakt.admin_addr;
+    let before = handshake_failures(admin, Some("expired")).await;
+    let outcome = attempt(server.addr(), config).await;
+    assert!(
+        outcome.is_err(),
+        "the expired client was served: {outcome:?}"
+    );
+    let labels = [("direction", "inbound"), ("reason", "expired")];
+    let after = wait_for_metric(admin, HANDSHAKE_FAILURES, &labels, before + 1.0).await;
+    assert!(
+        after >= before + 1.0,
+        "the refusal was not counted as expired"
+    );
+    assert_eq!(
+        server.app.seen().len(),
+        2,
+        "the expired client reached the app"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_trust_domain_is_refused() {
     // Signed by the server's own CA, but for a trust domain the server does not accept.
