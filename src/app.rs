@@ -22,7 +22,7 @@ use crate::authn::verify::Verifier;
 use crate::config::Config;
 use crate::forward::{ToApp, ToMesh};
 use crate::hygiene::Hygiene;
-use crate::listener::{ListenerContext, serve_plain, serve_tls};
+use crate::listener::{ConnectionLimits, ListenerContext, serve_plain, serve_tls};
 use crate::observe::Observe;
 use crate::policy::PolicyError;
 use crate::policy::reload::PolicyStore;
@@ -95,6 +95,7 @@ impl App {
             shutdown,
             tracker: tracker.clone(),
             auditor,
+            connections: ConnectionLimits::new(&limits),
         };
 
         let mut listeners = Vec::new();
@@ -197,6 +198,8 @@ impl App {
             shutdown: admin_shutdown_rx.clone(),
             tracker: TaskTracker::new(),
             auditor: None,
+            // Its own caps: saturated data listeners leave the probes answered.
+            connections: ConnectionLimits::new(&limits),
         };
         let admin = tokio::spawn(serve_plain(admin_listener, admin_ctx));
         listeners.push(spawn_reloader(certs.clone(), shutdown_rx));

@@ -490,6 +490,16 @@ inbound:
                 format!("{MINIMAL}limits:\n  max_header_bytes: 100\n"),
                 "limits.max_header_bytes: 100 is out of range",
             ),
+            (
+                format!("{MINIMAL}limits:\n  max_connections: 0\n"),
+                "limits.max_connections: must be at least 1",
+            ),
+            (
+                format!(
+                    "{MINIMAL}limits:\n  max_connections: 10\n  max_connections_per_peer: 11\n"
+                ),
+                "limits.max_connections_per_peer: 11 is more than limits.max_connections (10)",
+            ),
         ];
         for (yaml, expected) in cases {
             let msg = err(yaml);

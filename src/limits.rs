@@ -43,6 +43,13 @@ pub struct Limits {
     pub upstream_pool_idle_timeout: Duration,
     #[serde(default = "defaults::pool_max_idle")]
     pub upstream_pool_max_idle_per_host: usize,
+    /// Connections one listener serves at once; more are closed at accept. Keep it below the
+    /// process's file-descriptor limit.
+    #[serde(default = "defaults::max_connections")]
+    pub max_connections: usize,
+    /// Inbound connections one peer identity holds at once; more are closed after the handshake.
+    #[serde(default = "defaults::max_connections_per_peer")]
+    pub max_connections_per_peer: usize,
 }
 
 impl Default for Limits {
@@ -57,6 +64,8 @@ impl Default for Limits {
             http2_max_concurrent_streams: defaults::max_concurrent_streams(),
             upstream_pool_idle_timeout: defaults::pool_idle_timeout(),
             upstream_pool_max_idle_per_host: defaults::pool_max_idle(),
+            max_connections: defaults::max_connections(),
+            max_connections_per_peer: defaults::max_connections_per_peer(),
         }
     }
 }
@@ -87,6 +96,26 @@ impl Limits {
                 format!(
                     "{} is out of range (expected 8192 to 1048576)",
                     self.max_header_bytes
+                ),
+            ));
+        }
+        for (key, value) in [
+            ("limits.max_connections", self.max_connections),
+            (
+                "limits.max_connections_per_peer",
+                self.max_connections_per_peer,
+            ),
+        ] {
+            if value == 0 {
+                return Err((key.into(), "must be at least 1".into()));
+            }
+        }
+        if self.max_connections_per_peer > self.max_connections {
+            return Err((
+                "limits.max_connections_per_peer".into(),
+                format!(
+                    "{} is more than limits.max_connections ({})",
+                    self.max_connections_per_peer, self.max_connections
                 ),
             ));
         }
@@ -129,5 +158,11 @@ mod defaults {
     }
     pub fn pool_max_idle() -> usize {
         64
+    }
+    pub fn max_connections() -> usize {
+        4096
+    }
+    pub fn max_connections_per_peer() -> usize {
+        512
     }
 }

@@ -1,11 +1,12 @@
 //! Accept loops and per-connection serving: TLS handshake (inbound), peer identity, HTTP/1.1 and
 //! HTTP/2 with limits, idle timeout and graceful drain.
 
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -16,7 +17,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +41,68 @@ pub struct ListenerContext {
     pub tracker: TaskTracker,
     /// Refused handshakes are audited too.
     pub auditor: Option<Arc<crate::audit::Auditor>>,
+    /// This listener's connection caps.
+    pub connections: Arc<ConnectionLimits>,
+}
+
+/// The connection caps of one listener: its own (`limits.max_connections`), and each peer
+/// identity's (`limits.max_connections_per_peer`, inbound). A connection over a cap is closed
+/// and counted in `vakt_limits_exceeded_total`.
+pub struct ConnectionLimits {
+    listener: Arc<Semaphore>,
+    per_peer_max: usize,
+    per_peer: Mutex<HashMap<SpiffeId, usize>>,
+}
+
+impl ConnectionLimits {
+    pub fn new(limits: &Limits) -> Arc<Self> {
+        Arc::new(Self {
+            listener: Arc::new(Semaphore::new(limits.max_connections)),
+            per_peer_max: limits.max_connections_per_peer,
+            per_peer: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A place for one more connection on this listener, held until the connection ends.
+    fn try_accept(&self) -> Option<OwnedSemaphorePermit> {
+        self.listener.clone().try_acquire_owned().ok()
+    }
+
+    /// A place for one more connection of `peer`, held until the connection ends.
+    fn try_open_for(self: &Arc<Self>, peer: &SpiffeId) -> Option<PeerSlot> {
+        let mut open = self.per_peer.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(peer.clone()).or_insert(0);
+        if *count >= self.per_peer_max {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            limits: self.clone(),
+            peer: peer.clone(),
+        })
+    }
+}
+
+/// One open connection of a peer; gives its place back when dropped.
+struct PeerSlot {
+    limits: Arc<ConnectionLimits>,
+    peer: SpiffeId,
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .limits
+            .per_peer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// Accept connections until shutdown; each one is served on its own task in `tracker`.
@@ -55,10 +118,21 @@ where
         };
         match accepted {
             Ok((tcp, remote)) => {
+                let direction = ctx.direction.as_str();
+                let Some(place) = ctx.connections.try_accept() else {
+                    metrics::counter!(m::LIMITS_EXCEEDED, "direction" => direction, "limit" => "max_connections")
+                        .increment(1);
+                    tracing::debug!(%remote, direction, "connection refused: listener full");
+                    drop(tcp);
+                    continue;
+                };
                 let _ = tcp.set_nodelay(true);
-                metrics::counter!(m::CONNECTIONS, "direction" => ctx.direction.as_str())
-                    .increment(1);
-                ctx.tracker.spawn(on_accept(tcp, remote, ctx.clone()));
+                metrics::counter!(m::CONNECTIONS, "direction" => direction).increment(1);
+                let connection = on_accept(tcp, remote, ctx.clone());
+                ctx.tracker.spawn(async move {
+                    connection.await;
+                    drop(place);
+                });
             }
             Err(error) => {
                 // Usually EMFILE/ENFILE: back off instead of spinning.
@@ -105,6 +179,15 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
                 aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf).as_ref(),
             );
             let h2 = session.alpn_protocol() == Some(ALPN_H2);
+            let Some(_slot) = ctx.connections.try_open_for(&spiffe_id) else {
+                metrics::counter!(m::LIMITS_EXCEEDED, "direction" => direction, "limit" => "max_connections_per_peer")
+                    .increment(1);
+                tracing::info!(%remote, peer = %spiffe_id, "connection refused: the peer's connection limit");
+                if let Some(auditor) = &auditor {
+                    auditor.handshake_refused("peer_connection_limit", Some(spiffe_id.as_str()));
+                }
+                return;
+            };
             let peer = PeerIdentity::new(spiffe_id, cert_sha256);
             tracing::debug!(%remote, peer = %peer.spiffe_id, h2, "mTLS connection established");
             serve_connection(tls, Some(peer), ctx).await;

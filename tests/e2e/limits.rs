@@ -307,3 +307,76 @@ async fn http2_stream_limit_throttles_without_failing() {
     let expected: Vec<_> = (0..5).map(|i| format!("/slow?ms=500&i={i}")).collect();
     assert_eq!(slow, expected);
 }
+
+/// A listener serves at most `limits.max_connections` connections and a peer identity at most
+/// `limits.max_connections_per_peer`; one over a cap is closed and counted, the others go on,
+/// and a freed place is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_caps_per_listener_and_per_peer() {
+    let server = server(
+        &["web", "batch"],
+        "limits:\n  max_connections: 3\n  max_connections_per_peer: 2\n",
+    )
+    .await;
+    let admin = server.vakt.admin_addr;
+    let web = web_client(&server, &[b"http/1.1"]);
+    let batch_dir = server
+        .pki
+        .workload("batch", &server.pki.spiffe_id("shop", "batch"))
+        .unwrap();
+    let batch = raw_client_config(Some(&batch_dir), &server.dir, &server.id, &[b"http/1.1"]);
+    let served = |config: Arc<rustls::ClientConfig>| {
+        let addr = server.addr();
+        async move {
+            let tls = mtls_connect(addr, config).await.ok()?;
+            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .ok()?;
+            tokio::spawn(conn);
+            let response = sender.send_request(get("/", "orders.shop")).await.ok()?;
+            (response.status() == StatusCode::OK).then_some(sender)
+        }
+    };
+
+    let peer_labels = [
+        ("direction", "inbound"),
+        ("limit", "max_connections_per_peer"),
+    ];
+    let before = counter(admin, LIMITS_EXCEEDED, &peer_labels).await;
+    let web1 = served(web.clone()).await.expect("first web connection");
+    let web2 = served(web.clone()).await.expect("second web connection");
+    assert!(
+        served(web.clone()).await.is_none(),
+        "a third web connection was served"
+    );
+    assert_counted(admin, LIMITS_EXCEEDED, &peer_labels, before).await;
+
+    // Another peer is not held back by web's cap; the listener's cap then applies to all.
+    let listener_labels = [("direction", "inbound"), ("limit", "max_connections")];
+    let before = counter(admin, LIMITS_EXCEEDED, &listener_labels).await;
+    let batch1 = served(batch.clone()).await.expect("a batch connection");
+    assert!(
+        served(batch.clone()).await.is_none(),
+        "a fourth connection was served"
+    );
+    assert_counted(admin, LIMITS_EXCEEDED, &listener_labels, before).await;
+
+    // Places come back when connections close.
+    drop((web1, batch1));
+    let mut again = None;
+    for _ in 0..50 {
+        again = served(web.clone()).await;
+        if again.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        again.is_some(),
+        "a closed connection's place was not given back"
+    );
+    drop(web2);
+    // The admin listener has its own caps: probes are answered while inbound is full.
+    let live = crate::common::plain_send(admin, get("/live", "admin")).await;
+    assert_eq!(live.status(), StatusCode::OK);
+}

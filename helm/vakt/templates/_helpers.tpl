@@ -142,7 +142,9 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
     "upstream_response_timeout" $l.upstreamResponseTimeout
     "http2_max_concurrent_streams" (int64 $l.http2MaxConcurrentStreams)
     "upstream_pool_idle_timeout" $l.upstreamPoolIdleTimeout
-    "upstream_pool_max_idle_per_host" (int64 $l.upstreamPoolMaxIdlePerHost) }}
+    "upstream_pool_max_idle_per_host" (int64 $l.upstreamPoolMaxIdlePerHost)
+    "max_connections" (int64 $l.maxConnections)
+    "max_connections_per_peer" (int64 $l.maxConnectionsPerPeer) }}
 {{- $cfg := dict
     "identity" $identity
     "tls" (dict "min_version" (toString $c.tlsMinVersion))
