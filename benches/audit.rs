@@ -85,6 +85,7 @@ fn allowed_response(principal: Arc<Principal>, peer: &PeerIdentity) -> Resp {
             peer: Some(&peer.spiffe_id),
             principal: Some(&principal),
             now: 0,
+            upgrade: None,
         },
     );
     assert!(decision.allowed, "bench request must be allowed");

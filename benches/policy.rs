@@ -49,6 +49,7 @@ fn decisions(c: &mut Criterion) {
                         peer: Some(&peer),
                         principal: None,
                         now: 0,
+                        upgrade: None,
                     }),
                 );
                 assert!(d.allowed);
@@ -66,6 +67,7 @@ fn decisions(c: &mut Criterion) {
                         peer: Some(&peer),
                         principal: None,
                         now: 0,
+                        upgrade: None,
                     }),
                 )
             })

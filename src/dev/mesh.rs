@@ -79,7 +79,8 @@ pub fn base_config_yaml(dir: &Path, trust_domain: &str) -> String {
     )
 }
 
-/// A policy allowing `peers` every method on every path (`/**`), for tests and the demo.
+/// A policy allowing `peers` every method on every path (`/**`), and WebSocket upgrades, for
+/// tests and the demo.
 pub fn allow_peers_policy_yaml(peers: &[String]) -> String {
     let list = peers
         .iter()
@@ -87,7 +88,7 @@ pub fn allow_peers_policy_yaml(peers: &[String]) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "routes:\n  - id: everything\n    methods: [GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS]\n    path: /**\n    allow:\n      - peers: [{list}]\n"
+        "routes:\n  - id: everything\n    methods: [GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS]\n    path: /**\n    upgrade: [websocket]\n    allow:\n      - peers: [{list}]\n"
     )
 }
 

@@ -80,6 +80,8 @@ pub struct Route {
     pub token: TokenRequirement,
     pub forward_token: bool,
     pub forward_national_id: bool,
+    /// Protocols this route tunnels after an `Upgrade`, lower case.
+    pub upgrade: Vec<String>,
     /// Path parameters bound to a national id in any rule: personal data, pseudonymised in audit.
     pub personal_params: Arc<[String]>,
 }
@@ -163,6 +165,27 @@ impl Policy {
             }
             if spec.methods.is_empty() {
                 problems.push(format!("{at}.methods: empty; the route could never match"));
+            }
+            let mut upgrade = Vec::with_capacity(spec.upgrade.len());
+            for protocol in &spec.upgrade {
+                let name = protocol.to_ascii_lowercase();
+                if name.is_empty()
+                    || !name
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"-._~/".contains(&b))
+                {
+                    problems.push(format!("{at}.upgrade: {protocol:?} is not a protocol name"));
+                } else if name.starts_with("h2c") {
+                    problems.push(format!(
+                        "{at}.upgrade: h2c is never tunnelled (an h2c upgrade through a proxy bypasses its checks of every later request)"
+                    ));
+                } else if !spec.methods.contains(&Method::GET) {
+                    problems.push(format!(
+                        "{at}.upgrade: needs GET among the methods (upgrades start with a GET)"
+                    ));
+                } else if !upgrade.contains(&name) {
+                    upgrade.push(name);
+                }
             }
             if spec.methods.contains(&Method::HEAD) && !spec.methods.contains(&Method::GET) {
                 problems.push(format!(
@@ -326,6 +349,7 @@ impl Policy {
                 token,
                 forward_token: spec.forward_token,
                 forward_national_id: spec.forward_national_id,
+                upgrade,
                 personal_params: personal_params.into(),
             });
         }

@@ -24,6 +24,8 @@ pub struct RequestCtx<'a> {
     pub principal: Option<&'a Principal>,
     /// Unix seconds, for `max_auth_age` (an argument, so decisions stay pure).
     pub now: i64,
+    /// The protocol an HTTP/1.1 request asks to upgrade to (`Upgrade`), lower case.
+    pub upgrade: Option<&'a str>,
 }
 
 impl Rule {
@@ -134,6 +136,17 @@ impl Policy {
     }
 }
 
+/// Does the route tunnel every protocol the `Upgrade` header names (`name[/version]`, comma
+/// separated, lower case)? An empty or unreadable list is not allowed.
+pub(crate) fn upgrade_allowed(allowed: &[String], protocols: &str) -> bool {
+    let mut named = protocols
+        .split(',')
+        .map(|p| p.trim().split('/').next().unwrap_or("").trim())
+        .peekable();
+    named.peek().is_some()
+        && named.all(|name| !name.is_empty() && allowed.iter().any(|a| a == name))
+}
+
 /// Why a decision came out as it did: a bounded set, for audit, metrics and denial bodies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -146,6 +159,8 @@ pub enum Reason {
     MethodNotAllowed,
     /// The path misses a more specific route only by letter case or a trailing `/`.
     PathNearMiss,
+    /// A protocol upgrade (`Upgrade: websocket`, ...) the route does not list.
+    UpgradeNotAllowed,
     PeerNotAllowed,
     NoPeerIdentity,
     /// The route needs an access token and none was presented.
@@ -173,6 +188,7 @@ impl Reason {
             Self::NoRoute => "no_route",
             Self::MethodNotAllowed => "method_not_allowed",
             Self::PathNearMiss => "path_near_miss",
+            Self::UpgradeNotAllowed => "upgrade_not_allowed",
             Self::PeerNotAllowed => "peer_not_allowed",
             Self::NoPeerIdentity => "no_peer_identity",
             Self::TokenRequired => "token_required",
@@ -260,6 +276,18 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
         }
     };
     let spec = &policy.routes[route];
+    if let Some(protocols) = ctx.upgrade
+        && !upgrade_allowed(&spec.upgrade, protocols)
+    {
+        return finish(
+            spec.mode,
+            Reason::UpgradeNotAllowed,
+            Some(route),
+            None,
+            captures,
+            None,
+        );
+    }
     let principal = match spec.token {
         TokenRequirement::None => None,
         _ => ctx.principal,

@@ -119,6 +119,7 @@ pub fn decide(policy: &Policy, request: &RequestSpec) -> Result<Verdict, String>
             peer: request.peer.as_ref(),
             principal: principal.as_ref(),
             now: unix_now(),
+            upgrade: None,
         },
     );
     Ok(Verdict::Decided {
@@ -213,6 +214,7 @@ pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String>
                         peer: request.peer.as_ref(),
                         principal: principal.as_ref(),
                         now: unix_now(),
+                        upgrade: None,
                     };
                     for (i, rule) in route.rules.iter().enumerate() {
                         let outcome = rule.check(&ctx, principal.as_ref(), &decision.captures);

@@ -122,6 +122,9 @@ pub struct RouteSpec {
     /// Send the national id to the app in clear (default: only its pseudonym).
     #[serde(default)]
     pub forward_national_id: bool,
+    /// Protocol upgrades this route tunnels (`[websocket]`); every other upgrade is refused.
+    #[serde(default)]
+    pub upgrade: Vec<String>,
 }
 
 /// What a path parameter may be bound to.

@@ -40,6 +40,20 @@ fn allow_header(methods: &[http::Method]) -> Option<http::HeaderValue> {
     http::HeaderValue::from_str(&list.join(", ")).ok()
 }
 
+/// The protocols an HTTP/1.1 upgrade request names (`Upgrade`), lower case, comma-separated.
+fn upgrade_protocols(req: &Req) -> Option<String> {
+    if !crate::hygiene::is_upgrade_request(req) {
+        return None;
+    }
+    let names: Vec<String> = req
+        .headers()
+        .get_all(http::header::UPGRADE)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).to_ascii_lowercase())
+        .collect();
+    Some(names.join(","))
+}
+
 fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -110,6 +124,7 @@ impl Stage for PolicyStage {
                 .into_response(req.extensions().get::<RequestIds>());
         };
         let host = request_host(&req);
+        let upgrade = upgrade_protocols(&req);
         let principal = req.extensions().get::<Arc<Principal>>().cloned();
         let decision = {
             let peer = req.extensions().get::<PeerIdentity>().map(|p| &p.spiffe_id);
@@ -120,6 +135,7 @@ impl Stage for PolicyStage {
                 peer,
                 principal: principal.as_deref(),
                 now: unix_now(),
+                upgrade: upgrade.as_deref(),
             };
             evaluate(&policy, &ctx)
         };

@@ -74,6 +74,7 @@ fn check(policy: &Policy, rows: &[Row]) {
                 peer: peer.as_ref(),
                 principal: None,
                 now: 0,
+                upgrade: None,
             },
         );
         let label = format!(
@@ -422,6 +423,9 @@ fn lint_refuses_unsafe_or_meaningless_policies() {
         (route(peers).replace("path: /a", "path: /a/%2e%2e"), "mixes literal text"),
         (route(peers).replace("methods: [GET]", "methods: []"), "methods: empty"),
         (route(peers).replace("methods: [GET]", "methods: [HEAD]"), "HEAD is authorised as GET"),
+        (format!("{}    upgrade: [h2c]\n", route(peers)), "h2c is never tunnelled"),
+        (format!("{}    upgrade: [\"web socket\"]\n", route(peers)), "is not a protocol name"),
+        (format!("{}    upgrade: [websocket]\n", route(peers)).replace("methods: [GET]", "methods: [POST]"), "needs GET among the methods"),
         (format!("path_near_miss: ignore\n{}", route(peers)), "unknown variant `ignore`"),
         (route(peers).replace("methods: [GET]", "methods: [CONNECT]"), "is not a method a route can allow"),
         (route(peers).replace("id: r", "id: \"r r\""), "must be letters, digits"),
@@ -517,6 +521,7 @@ fn decision_on_the_forwarded_path_equals_decision_on_the_raw_path() {
                         peer: Some(&peer),
                         principal: None,
                         now: 0,
+                        upgrade: None,
                     },
                 )
             };
@@ -531,4 +536,25 @@ fn decision_on_the_forwarded_path_equals_decision_on_the_raw_path() {
         accepted > 1_000 && refused > 1_000,
         "accepted {accepted}, refused {refused}"
     );
+}
+
+#[test]
+fn upgrades_must_each_be_listed_by_the_route() {
+    let listed = ["websocket".to_owned(), "echo".to_owned()];
+    for (protocols, allowed) in [
+        ("websocket", true),
+        ("websocket/13", true),
+        ("echo, websocket", true),
+        ("websocket, h2c", false),
+        ("h2c", false),
+        ("", false),
+        (",", false),
+        ("tls/1.0", false),
+    ] {
+        assert_eq!(
+            decide::upgrade_allowed(&listed, protocols),
+            allowed,
+            "{protocols:?}"
+        );
+    }
 }

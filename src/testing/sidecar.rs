@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use super::client::raw_client_config;
+use super::metrics::{metric_sum, metrics_text, wait_for_metric};
 use crate::app::App;
 use crate::config::Config;
 use crate::dev::mesh::{DevPki, EchoApp, allow_peers_policy_yaml, base_config_yaml, write_policy};
@@ -34,6 +35,27 @@ pub struct Server {
 impl Server {
     pub fn addr(&self) -> SocketAddr {
         self.vakt.inbound_addr.expect("inbound listener")
+    }
+
+    /// Replace the policy file (atomically, as a ConfigMap update does) and wait until a reload
+    /// with `result` (`success` or `failure`) has been counted.
+    pub async fn set_policy(&self, yaml: &str, result: &str) {
+        let admin = self.vakt.admin_addr;
+        let labels = [("result", result)];
+        let before = metric_sum(
+            &metrics_text(admin).await,
+            "vakt_policy_reloads_total",
+            &labels,
+        );
+        let tmp = self.dir.join("policy.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.dir.join("policy.yaml")).unwrap();
+        let after =
+            wait_for_metric(admin, "vakt_policy_reloads_total", &labels, before + 1.0).await;
+        assert!(
+            after >= before + 1.0,
+            "no policy reload with result {result} was counted"
+        );
     }
 }
 

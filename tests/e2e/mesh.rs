@@ -6,10 +6,12 @@ use std::time::Duration;
 use crate::common::*;
 use bytes::Bytes;
 use futures_util::{SinkExt, StreamExt};
-use http::Request;
+use http::{Request, StatusCode};
 use http_body_util::{BodyExt, Full};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use vakt::app::App;
+use vakt::dev::mesh::allow_peers_policy_yaml;
 
 fn xfcc_uri(headers: &http::HeaderMap) -> Vec<String> {
     headers
@@ -209,7 +211,7 @@ async fn websocket_echo_through_the_mesh() {
     let dir = pki.workload("orders", &orders).unwrap();
     let policy = vakt::dev::mesh::write_policy(
         &dir,
-        &vakt::dev::mesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+        &allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
     )
     .unwrap();
     let yaml = format!(
@@ -217,7 +219,7 @@ async fn websocket_echo_through_the_mesh() {
         vakt::dev::mesh::base_config_yaml(&dir, TD),
         policy.display()
     );
-    let server = vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
+    let server = App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
         .await
         .unwrap();
     let web = client_sidecar(&pki, "web", server.inbound_addr.unwrap(), &orders).await;
@@ -243,10 +245,39 @@ async fn websocket_echo_through_the_mesh() {
     ws.close(None).await.unwrap();
 }
 
+/// An upgrade to a protocol the route does not list is refused before the app sees it; one it
+/// lists is tunnelled. `h2c` can never be listed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn raw_protocol_upgrade_is_tunnelled() {
+async fn protocol_upgrades_only_on_routes_that_list_them() {
     let server = server(&["web"], "").await;
     let web = client_sidecar(&server.pki, "web", server.addr(), &server.id).await;
+    let upgrade = |protocol: &str| {
+        let mut req = get("/upgrade", "orders.shop");
+        req.headers_mut()
+            .insert(http::header::CONNECTION, "upgrade".parse().unwrap());
+        req.headers_mut()
+            .insert(http::header::UPGRADE, protocol.parse().unwrap());
+        plain_send(web.outbound_addr.unwrap(), req)
+    };
+    // The default test policy lists websocket only.
+    for protocol in ["echo", "h2c", "websocket, echo", "Echo/1.0"] {
+        let response = upgrade(protocol).await;
+        assert_eq!(response.status(), StatusCode::FORBIDDEN, "{protocol}");
+        let body = body_string(response).await;
+        assert!(body.contains("upgrade_not_allowed"), "{protocol}: {body}");
+    }
+    assert!(server.app.seen().is_empty(), "{:?}", server.app.seen());
+    let h2c = allow_peers_policy_yaml(&[server.pki.spiffe_id("shop", "web")])
+        .replace("upgrade: [websocket]", "upgrade: [websocket, h2c]");
+    server.set_policy(&h2c, "failure").await;
+    let echo = allow_peers_policy_yaml(&[server.pki.spiffe_id("shop", "web")])
+        .replace("upgrade: [websocket]", "upgrade: [websocket, echo]");
+    server.set_policy(&echo, "success").await;
+    raw_protocol_upgrade_is_tunnelled(&server, &web).await;
+}
+
+async fn raw_protocol_upgrade_is_tunnelled(server: &Server, web: &App) {
+    let seen_before = server.app.seen().len();
     let mut tcp = TcpStream::connect(web.outbound_addr.unwrap())
         .await
         .unwrap();
@@ -272,6 +303,7 @@ async fn raw_protocol_upgrade_is_tunnelled() {
         .unwrap()
         .unwrap();
     assert_eq!(&echoed, b"ping through two sidecars");
+    assert_eq!(server.app.seen().len(), seen_before + 1);
 }
 
 /// Send raw bytes and read the whole answer until the peer closes (or 3 s pass).

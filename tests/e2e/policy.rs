@@ -8,24 +8,8 @@ use std::time::Duration;
 use crate::common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Replace the server's policy file (atomically, like a ConfigMap update) and wait until a
-/// reload with `result` has been counted.
 async fn set_policy(server: &Server, yaml: &str, result: &str) {
-    let admin = server.vakt.admin_addr;
-    let labels = [("result", result)];
-    let before = metric_sum(
-        &metrics_text(admin).await,
-        "vakt_policy_reloads_total",
-        &labels,
-    );
-    let tmp = server.dir.join("policy.yaml.tmp");
-    std::fs::write(&tmp, yaml).unwrap();
-    std::fs::rename(&tmp, server.dir.join("policy.yaml")).unwrap();
-    let after = wait_for_metric(admin, "vakt_policy_reloads_total", &labels, before + 1.0).await;
-    assert!(
-        after >= before + 1.0,
-        "no policy reload with result {result} was counted"
-    );
+    server.set_policy(yaml, result).await;
 }
 
 /// One raw HTTP/1.1 request on a fresh mTLS connection; returns the status line and body.
