@@ -1,6 +1,6 @@
 //! Access-token verification, fail closed with one reason per failure (RFC 8725, RFC 9068).
 //! `jsonwebtoken` checks the signature and registered claims; the strict checks it does not do
-//! (header allow-list, `crit`, `typ`, duplicate members, ID-token markers, key/alg match,
+//! (canonical base64url, header allow-list, `crit`, `typ`, duplicate members, ID-token markers, key/alg match,
 //! issued-in-future, lifetime) are here. A verified-token cache keyed by the token's SHA-256
 //! makes a repeated token cost a lookup.
 
@@ -69,18 +69,50 @@ pub fn extract_bearer<'a>(
     Ok(Some(token))
 }
 
-fn decode_part(part: &str) -> Result<BTreeMap<String, Value>, TokenError> {
-    if part.is_empty()
-        || !part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(TokenError::Malformed);
+/// The value of one base64url character, `None` outside the URL-safe alphabet.
+fn sextet(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
     }
-    let bytes = URL_SAFE_NO_PAD
+}
+
+/// Decode one JWS segment, accepting only its canonical form (RFC 7515 §2: URL-safe alphabet,
+/// no padding; RFC 4648 §3.5: the unused bits of the last character are zero), so a token has
+/// exactly one encoding and no decoder downstream can read it differently.
+fn decode_segment(part: &str) -> Result<Vec<u8>, TokenError> {
+    let bytes = part.as_bytes();
+    let Some(&last) = bytes.last() else {
+        return Err(TokenError::Malformed);
+    };
+    if bytes.len() % 4 == 1 || !bytes.iter().all(|b| sextet(*b).is_some()) {
+        return Err(TokenError::NonCanonicalEncoding);
+    }
+    let unused_bits = match bytes.len() % 4 {
+        2 => 0b1111,
+        3 => 0b0011,
+        _ => 0,
+    };
+    if sextet(last).is_none_or(|v| v & unused_bits != 0) {
+        return Err(TokenError::NonCanonicalEncoding);
+    }
+    let decoded = URL_SAFE_NO_PAD
         .decode(part)
-        .map_err(|_| TokenError::Malformed)?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+        .map_err(|_| TokenError::NonCanonicalEncoding)?;
+    // The definition itself: re-encoding gives back exactly the segment.
+    if URL_SAFE_NO_PAD.encode(&decoded) != part {
+        return Err(TokenError::NonCanonicalEncoding);
+    }
+    Ok(decoded)
+}
+
+/// A decoded header or payload as a JSON object without duplicate members.
+fn parse_object(bytes: &[u8]) -> Result<BTreeMap<String, Value>, TokenError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let map = object_without_duplicates(&mut de).map_err(|e| {
         if e.to_string().contains("duplicate member") {
             TokenError::DuplicateMember
@@ -173,11 +205,13 @@ impl Verifier {
         let [header_b64, payload_b64, signature_b64] = parts.as_slice() else {
             return Err((None, TokenError::Malformed));
         };
-        let header = decode_part(header_b64).map_err(|e| (None, e))?;
-        let payload = decode_part(payload_b64).map_err(|e| (None, e))?;
-        if signature_b64.is_empty() || URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
-            return Err((None, TokenError::Malformed));
-        }
+        // Every segment is checked for its canonical encoding before anything is parsed as
+        // JSON or handed to jsonwebtoken.
+        let header = decode_segment(header_b64).map_err(|e| (None, e))?;
+        let payload = decode_segment(payload_b64).map_err(|e| (None, e))?;
+        decode_segment(signature_b64).map_err(|e| (None, e))?;
+        let header = parse_object(&header).map_err(|e| (None, e))?;
+        let payload = parse_object(&payload).map_err(|e| (None, e))?;
         if header.contains_key("crit") {
             return Err((None, TokenError::Crit));
         }
@@ -354,6 +388,10 @@ mod tests {
         );
     }
 
+    fn decode_part(part: &str) -> Result<BTreeMap<String, Value>, TokenError> {
+        parse_object(&decode_segment(part)?)
+    }
+
     #[test]
     fn parts_refuse_duplicates_and_junk() {
         let enc = |s: &str| URL_SAFE_NO_PAD.encode(s);
@@ -367,8 +405,48 @@ mod tests {
             decode_part(&enc(r#"{"a":1} x"#)),
             Err(TokenError::Malformed)
         );
-        assert_eq!(decode_part("e30="), Err(TokenError::Malformed));
+        assert_eq!(decode_part("e30="), Err(TokenError::NonCanonicalEncoding));
         assert_eq!(decode_part(""), Err(TokenError::Malformed));
         assert_eq!(normalise_typ("application/AT+JWT"), "at+jwt");
+    }
+
+    #[test]
+    fn segments_have_exactly_one_encoding() {
+        // 0xFB: canonical "-w"; 0xFB 0xFF: canonical "-_8"; 0xFB 0xFF 0xBF: canonical "-_-_".
+        assert_eq!(decode_segment("-w"), Ok(vec![0xFB]));
+        assert_eq!(decode_segment("-_8"), Ok(vec![0xFB, 0xFF]));
+        assert_eq!(decode_segment("-_-_"), Ok(vec![0xFB, 0xFF, 0xBF]));
+        let refused = [
+            "-w==",      // padding
+            "-_8=",      // padding
+            "-w=",       // padding, impossible length
+            "+_8",       // standard alphabet
+            "-/8",       // standard alphabet
+            "+/+/",      // standard alphabet, the same bytes as "-_-_"
+            "-_ 8",      // space
+            "-_\t8",     // tab
+            "-_\n8",     // newline
+            "-_8.",      // not in the alphabet
+            "-_8%3D",    // percent-encoded padding
+            "-x",        // trailing bits set: decodes to 0xFB like "-w"
+            "-z",        // trailing bits set
+            "-_9",       // trailing bits set: decodes to 0xFB 0xFF like "-_8"
+            "-__",       // trailing bits set
+            "-_-_-",     // impossible length
+            "\u{00e9}w", // not ASCII
+        ];
+        for segment in refused {
+            assert_eq!(
+                decode_segment(segment),
+                Err(TokenError::NonCanonicalEncoding),
+                "{segment:?}"
+            );
+        }
+        assert_eq!(decode_segment(""), Err(TokenError::Malformed));
+        // What the canonical encoder makes is accepted, for every length remainder.
+        for len in 1..9u8 {
+            let bytes: Vec<u8> = (0..len).map(|b| b.wrapping_mul(97) | 0x81).collect();
+            assert_eq!(decode_segment(&URL_SAFE_NO_PAD.encode(&bytes)), Ok(bytes));
+        }
     }
 }

@@ -721,3 +721,120 @@ async fn weak_and_unusable_keys_are_dropped_and_counted() {
     .await;
     assert_eq!((status, error_code(&body).as_str()), (401, "unknown_key"));
 }
+
+/// The same segment with a non-zero unused low bit in its last character (a lenient decoder
+/// reads the same bytes); `None` when the segment's length leaves no unused bits.
+fn with_trailing_bits(segment: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    if segment.len() % 4 < 2 {
+        return None;
+    }
+    let (head, last) = segment.split_at(segment.len() - 1);
+    let value = ALPHABET
+        .iter()
+        .position(|c| *c == last.as_bytes()[0])
+        .unwrap();
+    Some(format!("{head}{}", ALPHABET[value | 1] as char))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_canonical_base64url_in_any_segment_is_refused_even_with_the_canonical_token_cached() {
+    let s = setup_with(false).await;
+    let person = citizen(Loa::High, PID);
+    let path = format!("/patients/{PID}/journal");
+    // A token whose header and payload both leave unused bits in their last character.
+    let mut good = None;
+    'search: for h in 0..3 {
+        for p in 0..3 {
+            let mut claims = devidp::claims(vakt::authn::Profile::Helseid, &person);
+            claims["pad"] = json!("x".repeat(p));
+            let mut opts = MintOptions::default();
+            opts.extra_header.insert("cty".into(), json!("y".repeat(h)));
+            let t = s.idp.mint(claims, &opts).unwrap();
+            let parts: Vec<&str> = t.split('.').collect();
+            if parts[..2].iter().all(|p| p.len() % 4 >= 2) {
+                good = Some(t);
+                break 'search;
+            }
+        }
+    }
+    let good = good.expect("a token with trailing bits in header and payload");
+    // The RS256 signature (256 bytes) always leaves four unused bits.
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {good}")]).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = s.app.seen().len();
+
+    let segments: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let with_segment = |i: usize, segment: String| {
+        let mut parts = segments.clone();
+        parts[i] = segment;
+        parts.join(".")
+    };
+    let mut variants = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let bytes = URL_SAFE_NO_PAD.decode(segment).unwrap();
+        // Padding, as the padded alphabet writes it, and a stray `=`.
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(&bytes);
+        assert!(padded.ends_with('='), "segment {i} needs padding");
+        variants.push((i, "padding", with_segment(i, padded)));
+        variants.push((i, "stray =", with_segment(i, format!("{segment}="))));
+        // The same bytes in the standard alphabet (`+`, `/`) where the segment has `-` or `_`.
+        let standard = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bytes);
+        if standard != *segment {
+            variants.push((i, "standard alphabet", with_segment(i, standard)));
+        }
+        variants.push((
+            i,
+            "plus sign",
+            with_segment(i, format!("{}+{}", &segment[..4], &segment[5..])),
+        ));
+        variants.push((
+            i,
+            "tab",
+            with_segment(i, format!("{}\t{}", &segment[..8], &segment[8..])),
+        ));
+        variants.push((
+            i,
+            "trailing bits",
+            with_segment(i, with_trailing_bits(segment).unwrap()),
+        ));
+    }
+    // A random 256-byte signature all but certainly has a `-` or `_`: its standard-alphabet
+    // form is the one a lenient decoder would verify.
+    assert!(
+        variants
+            .iter()
+            .any(|(i, what, _)| *i == 2 && *what == "standard alphabet")
+    );
+    for (i, what, token) in &variants {
+        let (status, headers, body) = send(&s, "GET", &path, &[&format!("Bearer {token}")]).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "non_canonical_encoding"),
+            "segment {i}, {what}: {body}"
+        );
+        assert!(
+            headers
+                .get("www-authenticate")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains(r#"error="invalid_token""#)
+        );
+        assert!(!body.contains(&good[..40]), "the token must not be echoed");
+    }
+    assert_eq!(
+        s.app.seen().len(),
+        seen,
+        "a non-canonical token reached the app"
+    );
+    let text = metrics_text(s.vakt.admin_addr).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "vakt_authn_failures_total",
+            &[("reason", "non_canonical_encoding")]
+        ),
+        variants.len() as f64
+    );
+}
