@@ -94,6 +94,17 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Least RSA modulus size, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+/// The bit length of a big-endian unsigned integer.
+fn modulus_bits(n: &[u8]) -> usize {
+    match n.iter().position(|b| *b != 0) {
+        Some(i) => (n.len() - i) * 8 - n[i].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
 /// Why a JWK is not used.
 fn rejection(jwk: &Value, allowed: &[Alg]) -> Option<&'static str> {
     let get = |k: &str| jwk.get(k);
@@ -129,13 +140,18 @@ fn rejection(jwk: &Value, allowed: &[Alg]) -> Option<&'static str> {
             let bits = get("n")
                 .and_then(Value::as_str)
                 .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
-                .map(|n| {
-                    let significant = n.iter().skip_while(|b| **b == 0).count();
-                    significant * 8
-                })
+                .map(|n| modulus_bits(&n))
                 .unwrap_or(0);
-            if bits < 2048 {
+            if bits < MIN_RSA_BITS {
                 return Some("weak_rsa");
+            }
+            // Only 65537: small exponents (3) invite signature forgeries with sloppy padding
+            // checks, and no IdP we accept uses another.
+            let e = get("e")
+                .and_then(Value::as_str)
+                .and_then(|e| URL_SAFE_NO_PAD.decode(e).ok());
+            if e.as_deref() != Some(&[0x01, 0x00, 0x01]) {
+                return Some("rsa_exponent");
             }
         }
         "EC" => match get("crv").and_then(Value::as_str) {
@@ -330,6 +346,12 @@ impl IssuerKeys {
                 .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).ok());
             let Some(decoding) = decoding else {
                 metrics::counter!(m::JWKS_KEYS_DROPPED, "issuer" => self.issuer().to_owned(), "reason" => "unusable").increment(1);
+                tracing::warn!(
+                    issuer = self.issuer(),
+                    kid = raw.get("kid").and_then(|k| k.as_str()).unwrap_or("-"),
+                    reason = "unusable",
+                    "JWK dropped"
+                );
                 continue;
             };
             let kid = raw
@@ -412,7 +434,51 @@ mod tests {
         let allowed = [Alg::RS256, Alg::ES256];
         let n2048 = URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
         let n1024 = URL_SAFE_NO_PAD.encode([0xC5u8; 128]);
+        // 2047 bits: 256 bytes, the top bit clear (counting bytes would say 2048).
+        let mut short = [0xC5u8; 256];
+        short[0] = 0x7F;
+        let n2047 = URL_SAFE_NO_PAD.encode(short);
+        // 2048 bits behind a leading zero byte.
+        let mut padded = vec![0u8];
+        padded.extend([0xC5u8; 256]);
+        let n2048_zero = URL_SAFE_NO_PAD.encode(padded);
         let cases = [
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2047, "e": "AQAB"}),
+                Some("weak_rsa"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048_zero, "e": "AQAB"}),
+                None,
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "Aw"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQ"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AAEAAQ"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAD"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB="}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": 65537}),
+                Some("rsa_exponent"),
+            ),
             (
                 json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB"}),
                 None,
@@ -461,6 +527,15 @@ mod tests {
         for (jwk, expected) in cases {
             assert_eq!(rejection(&jwk, &allowed), expected, "{jwk}");
         }
+    }
+
+    #[test]
+    fn modulus_bits_are_counted_exactly() {
+        assert_eq!(modulus_bits(&[]), 0);
+        assert_eq!(modulus_bits(&[0, 0]), 0);
+        assert_eq!(modulus_bits(&[1]), 1);
+        assert_eq!(modulus_bits(&[0, 0x80, 0]), 16);
+        assert_eq!(modulus_bits(&[0x7F, 0xFF]), 15);
     }
 
     #[test]

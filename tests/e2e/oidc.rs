@@ -829,12 +829,91 @@ async fn non_canonical_base64url_in_any_segment_is_refused_even_with_the_canonic
         "a non-canonical token reached the app"
     );
     let text = metrics_text(s.vakt.admin_addr).await;
-    assert_eq!(
+    // The registry is shared by this binary's tests: at least these refusals are counted.
+    assert!(
         metric_sum(
             &text,
             "vakt_authn_failures_total",
             &[("reason", "non_canonical_encoding")]
+        ) >= variants.len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_keys_whose_exponent_is_not_65537_are_dropped_at_load_and_counted() {
+    let s = setup_with(true).await;
+    // The issuer's own RSA public key, republished under other kids: once as it is, and with
+    // the same modulus but other exponents (3, 65539, 65537 with a leading zero byte).
+    let rs_kid = s.idp.keys.current_kid(Alg::RS256).unwrap();
+    let jwks = s.idp.keys.jwks();
+    let rsa = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == rs_kid.as_str())
+        .unwrap()
+        .clone();
+    let republished = |kid: &str, e: &str| {
+        let mut k = rsa.clone();
+        k["kid"] = json!(kid);
+        k["e"] = json!(e);
+        k
+    };
+    s.idp.set_extra_jwks(vec![
+        republished("copy", "AQAB"),
+        republished("e3", "Aw"),
+        republished("e65539", "AQAD"),
+        republished("e-leading-zero", "AAEAAQ"),
+    ]);
+    s.idp.set_down(false);
+    wait_ready(s.vakt.admin_addr).await;
+    let text = metrics_text(s.vakt.admin_addr).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "vakt_jwks_keys_dropped_total",
+            &[
+                ("issuer", s.idp.issuer.as_str()),
+                ("reason", "rsa_exponent")
+            ]
         ),
-        variants.len() as f64
+        3.0,
+        "{text}"
+    );
+
+    let path = format!("/patients/{PID}/journal");
+    let signed_as = |kid: &str| {
+        token(
+            &s,
+            &citizen(Loa::High, PID),
+            &MintOptions {
+                kid: Some(kid.into()),
+                ..MintOptions::default()
+            },
+        )
+    };
+    // The key with exponent 65537 is kept: the current key signs, its copy verifies.
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &path,
+        &[&format!("Bearer {}", signed_as("copy"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = s.app.seen().len();
+    for kid in ["e3", "e65539", "e-leading-zero"] {
+        let (status, _, body) =
+            send(&s, "GET", &path, &[&format!("Bearer {}", signed_as(kid))]).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "unknown_key"),
+            "{kid}: {body}"
+        );
+    }
+    assert_eq!(
+        s.app.seen().len(),
+        seen,
+        "a token under a dropped key reached the app"
     );
 }
