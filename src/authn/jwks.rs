@@ -36,7 +36,36 @@ pub struct VerifyKey {
     pub alg: Option<Alg>,
     /// `P-256` / `P-384` for EC keys.
     pub crv: Option<String>,
+    /// RFC 7638 JWK thumbprint (SHA-256, base64url): identifies the key material itself, so a
+    /// kid re-published with other material is seen as another key.
+    pub thumbprint: String,
     pub decoding: jsonwebtoken::DecodingKey,
+}
+
+/// The RFC 7638 thumbprint of a public RSA or EC JWK: SHA-256 over its required members in
+/// lexicographic order, without whitespace. `None` if a required member is missing.
+pub fn thumbprint(jwk: &Value) -> Option<String> {
+    let member = |k: &str| {
+        jwk.get(k)
+            .and_then(Value::as_str)
+            .map(|v| Value::String(v.to_owned()).to_string())
+    };
+    let canonical = match jwk.get("kty").and_then(Value::as_str)? {
+        "RSA" => format!(
+            r#"{{"e":{},"kty":"RSA","n":{}}}"#,
+            member("e")?,
+            member("n")?
+        ),
+        "EC" => format!(
+            r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
+            member("crv")?,
+            member("x")?,
+            member("y")?
+        ),
+        _ => return None,
+    };
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    Some(URL_SAFE_NO_PAD.encode(digest.as_ref()))
 }
 
 struct KeySet {
@@ -344,7 +373,7 @@ impl IssuerKeys {
             let decoding = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(raw.clone())
                 .ok()
                 .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).ok());
-            let Some(decoding) = decoding else {
+            let (Some(decoding), Some(thumbprint)) = (decoding, thumbprint(raw)) else {
                 metrics::counter!(m::JWKS_KEYS_DROPPED, "issuer" => self.issuer().to_owned(), "reason" => "unusable").increment(1);
                 tracing::warn!(
                     issuer = self.issuer(),
@@ -371,6 +400,7 @@ impl IssuerKeys {
                     kty,
                     alg: raw.get("alg").and_then(Value::as_str).and_then(Alg::parse),
                     crv: raw.get("crv").and_then(Value::as_str).map(str::to_owned),
+                    thumbprint,
                     decoding,
                 }),
             );
@@ -527,6 +557,27 @@ mod tests {
         for (jwk, expected) in cases {
             assert_eq!(rejection(&jwk, &allowed), expected, "{jwk}");
         }
+    }
+
+    #[test]
+    fn thumbprints_follow_rfc_7638() {
+        // RFC 7638 §3.1.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let rfc = json!({"kty": "RSA", "n": n, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"});
+        assert_eq!(
+            thumbprint(&rfc).as_deref(),
+            Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
+        );
+        // Optional members do not count; the key material does.
+        let renamed = json!({"kty": "RSA", "n": n, "e": "AQAB", "kid": "other", "use": "sig"});
+        assert_eq!(thumbprint(&renamed), thumbprint(&rfc));
+        let other = json!({"kty": "RSA", "n": n.replacen('0', "1", 1), "e": "AQAB"});
+        assert_ne!(thumbprint(&other), thumbprint(&rfc));
+        let ec = json!({"kty": "EC", "crv": "P-256", "x": "ab", "y": "cd"});
+        let ec_moved = json!({"kty": "EC", "crv": "P-256", "x": "cd", "y": "ab"});
+        assert!(thumbprint(&ec).is_some() && thumbprint(&ec) != thumbprint(&ec_moved));
+        assert_eq!(thumbprint(&json!({"kty": "RSA", "n": n})), None);
+        assert_eq!(thumbprint(&json!({"kty": "oct", "k": "AA"})), None);
     }
 
     #[test]

@@ -15,7 +15,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, Uri};
 use serde_json::Value;
 
-use super::jwks::IssuerKeys;
+use super::jwks::{IssuerKeys, VerifyKey};
 use super::{Alg, OidcConfig, Principal, TokenError};
 use crate::metrics as m;
 
@@ -135,6 +135,8 @@ struct Cached {
     principal: Arc<Principal>,
     issuer: usize,
     kid: String,
+    /// RFC 7638 thumbprint of the key that verified the token.
+    thumbprint: String,
 }
 
 pub struct Verifier {
@@ -171,11 +173,13 @@ impl Verifier {
             out
         };
         if let Some(hit) = self.cache.get(&hash) {
-            // Still valid, and its key still published (a retired key ends cached tokens too).
+            // Still valid, and the very key that verified it still published under its kid: a
+            // retired key ends cached tokens, and so does a kid re-published with other material
+            // (the token is then verified again, against the new key).
             if hit.principal.expires_at > now()
                 && matches!(
                     self.issuers[hit.issuer].lookup(&hit.kid),
-                    super::jwks::KeyLookup::Found(_)
+                    super::jwks::KeyLookup::Found(key) if key.thumbprint == hit.thumbprint
                 )
             {
                 self.cache_hits.increment(1);
@@ -184,14 +188,15 @@ impl Verifier {
             self.cache.remove(&hash);
         }
         self.cache_misses.increment(1);
-        let (issuer, kid, principal) = self.verify_uncached(token).await?;
+        let (issuer, key, principal) = self.verify_uncached(token).await?;
         let principal = Arc::new(principal);
         self.cache.insert(
             hash,
             Arc::new(Cached {
                 principal: principal.clone(),
                 issuer,
-                kid,
+                kid: key.kid.clone(),
+                thumbprint: key.thumbprint.clone(),
             }),
         );
         Ok(principal)
@@ -200,7 +205,7 @@ impl Verifier {
     async fn verify_uncached(
         &self,
         token: &str,
-    ) -> Result<(usize, String, Principal), (Option<usize>, TokenError)> {
+    ) -> Result<(usize, Arc<VerifyKey>, Principal), (Option<usize>, TokenError)> {
         let parts: Vec<&str> = token.split('.').collect();
         let [header_b64, payload_b64, signature_b64] = parts.as_slice() else {
             return Err((None, TokenError::Malformed));
@@ -308,7 +313,7 @@ impl Verifier {
         let principal = config
             .profile
             .principal(config.issuer.as_str().into(), payload, exp);
-        Ok((index, kid.to_owned(), principal))
+        Ok((index, key, principal))
     }
 }
 

@@ -917,3 +917,88 @@ async fn rsa_keys_whose_exponent_is_not_65537_are_dropped_at_load_and_counted() 
         "a token under a dropped key reached the app"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_is_refused_once_its_kid_is_republished_with_other_key_material() {
+    let s = setup_with(true).await;
+    // Key A (the current RS256 key) published under kid K; key B is another RSA key.
+    let key_a = s.idp.keys.current_kid(Alg::RS256).unwrap();
+    let key_b = s.idp.keys.rotate(Alg::RS256).unwrap();
+    let jwk_of = |kid: &str| {
+        let mut jwk = s.idp.keys.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()
+            .clone();
+        jwk["kid"] = json!("K");
+        jwk
+    };
+    let (a_under_k, b_under_k) = (jwk_of(&key_a), jwk_of(&key_b));
+    assert_ne!(a_under_k["n"], b_under_k["n"]);
+    s.idp.set_extra_jwks(vec![a_under_k]);
+    s.idp.set_down(false);
+    wait_ready(s.vakt.admin_addr).await;
+
+    // Signed by key A, its header naming kid K.
+    let t = token(
+        &s,
+        &citizen(Loa::High, PID),
+        &MintOptions {
+            kid: Some(key_a.clone()),
+            extra_header: [("kid".to_owned(), json!("K"))].into_iter().collect(),
+            ..MintOptions::default()
+        },
+    );
+    let path = format!("/patients/{PID}/journal");
+    // The metrics registry is shared by the tests of this binary: hits only ever add up.
+    let hits = || async {
+        metric_sum(
+            &metrics_text(s.vakt.admin_addr).await,
+            "vakt_token_cache_lookups_total",
+            &[("result", "hit")],
+        )
+    };
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(status, 200, "{body}");
+    let before = hits().await;
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        hits().await >= before + 1.0,
+        "the second request was a cache hit"
+    );
+    let seen = s.app.seen().len();
+
+    // Re-key K to key B. An unknown kid makes vakt fetch the set again (the first such
+    // refetch is never rate-limited).
+    s.idp.set_extra_jwks(vec![b_under_k]);
+    let fetches = s.idp.jwks_fetches();
+    let unknown = token(
+        &s,
+        &citizen(Loa::High, PID),
+        &MintOptions {
+            kid: Some("not-published".into()),
+            ..MintOptions::default()
+        },
+    );
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {unknown}")]).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "unknown_key"));
+    assert_eq!(s.idp.jwks_fetches(), fetches + 1);
+
+    // The same token, still in the cache, is verified again against key B and refused.
+    for _ in 0..2 {
+        let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "bad_signature"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        s.app.seen().len(),
+        seen,
+        "the re-keyed token reached the app"
+    );
+}
