@@ -32,19 +32,49 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A parameter name as an application decodes it (form-urlencoded: `+` is a space, `%XX` a
+/// byte); an invalid escape stays as written.
+fn form_decode(name: &str) -> Vec<u8> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether the query has an `access_token` parameter (RFC 6750 §2.3), with or without a value,
+/// however its name is written: percent-encoded, `+` or surrounding whitespace, any case.
+/// Parameters are split on `&` and `;`, as some frameworks do.
+fn query_has_access_token(query: &str) -> bool {
+    query.split(['&', ';']).any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        form_decode(name)
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"access_token")
+    })
+}
+
 /// The bearer token of a request: `Ok(None)` when there is none.
 pub fn extract_bearer<'a>(
     headers: &'a HeaderMap,
     uri: &Uri,
     max_bytes: usize,
 ) -> Result<Option<&'a str>, TokenError> {
-    if uri.query().is_some_and(|q| {
-        q.split('&').any(|kv| {
-            kv.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
-        })
-    }) {
+    if uri.query().is_some_and(query_has_access_token) {
         return Err(TokenError::TokenInQuery);
     }
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
@@ -395,6 +425,56 @@ mod tests {
 
     fn decode_part(part: &str) -> Result<BTreeMap<String, Value>, TokenError> {
         parse_object(&decode_segment(part)?)
+    }
+
+    #[test]
+    fn an_access_token_parameter_is_found_however_its_name_is_written() {
+        let refused = [
+            "access_token=abc",
+            "ACCESS_TOKEN=abc",
+            "Access_Token=abc",
+            "x=1&access_token=abc",
+            "access_token",
+            "access_token=",
+            "x=1&access_token",
+            "access%5Ftoken=abc",
+            "access%5ftoken=abc",
+            "%61ccess_token=abc",
+            "%41%43%43%45%53%53%5F%54%4F%4B%45%4E=abc",
+            "access_token+=abc",
+            "+access_token=abc",
+            "%20access_token%20=abc",
+            "access_token%09=abc",
+            "x=1;access_token=abc",
+            "a=b&&access_token=abc",
+            "access_token=abc=def",
+        ];
+        for query in refused {
+            assert!(query_has_access_token(query), "{query}");
+            let uri: Uri = format!("/p?{query}").parse().unwrap();
+            assert_eq!(
+                extract_bearer(&headers(&[]), &uri, 100),
+                Err(TokenError::TokenInQuery),
+                "{query}"
+            );
+        }
+        let allowed = [
+            "",
+            "x=access_token",
+            "access_tokens=abc",
+            "my_access_token=abc",
+            "access+token=abc",
+            "access-token=abc",
+            "access%255Ftoken=abc",
+            "access_token%",
+            "access%5Gtoken=abc",
+            "token=abc",
+        ];
+        for query in allowed {
+            assert!(!query_has_access_token(query), "{query}");
+        }
+        assert_eq!(form_decode("a%2"), b"a%2");
+        assert_eq!(form_decode("a+%2B%zz"), b"a +%zz");
     }
 
     #[test]

@@ -1002,3 +1002,44 @@ async fn a_cached_token_is_refused_once_its_kid_is_republished_with_other_key_ma
         "the re-keyed token reached the app"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_query_parameter_is_refused_however_its_name_is_encoded() {
+    let s = setup_with(false).await;
+    let good = token(&s, &citizen(Loa::High, PID), &MintOptions::default());
+    let path = format!("/patients/{PID}/journal");
+    // Even next to a valid Authorization header, a token in the query is refused.
+    for query in [
+        format!("access%5Ftoken={good}"),
+        format!("x=1&ACCESS_TOKEN={good}"),
+        format!("%61ccess_token+={good}"),
+        "access_token".to_owned(),
+    ] {
+        let (status, _, body) = send(
+            &s,
+            "GET",
+            &format!("{path}?{query}"),
+            &[&format!("Bearer {good}")],
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "token_in_query"),
+            "{body}"
+        );
+        assert!(!body.contains(&good[..40]), "the token must not be echoed");
+    }
+    assert!(
+        s.app.seen().is_empty(),
+        "a request with a query token reached the app"
+    );
+    // A parameter that only resembles the name is the app's business.
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &format!("{path}?access-token=x"),
+        &[&format!("Bearer {good}")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
