@@ -1,8 +1,9 @@
 //! Access-token verification, fail closed with one reason per failure (RFC 8725, RFC 9068).
 //! `jsonwebtoken` checks the signature and registered claims; the strict checks it does not do
 //! (canonical base64url, header allow-list, `crit`, `typ`, duplicate members, ID-token markers,
-//! key/alg match, issued-in-future, lifetime) are here. A verified-token cache keyed by the token's SHA-256
-//! makes a repeated token cost a lookup.
+//! key/alg match, issued-in-future, lifetime) are here. A verified-token cache keyed by the
+//! token's SHA-256 makes a repeated token cost a lookup; a hit still needs the same key material
+//! published under the same kid.
 
 use std::collections::BTreeMap;
 
