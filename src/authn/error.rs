@@ -13,6 +13,8 @@ pub enum TokenError {
     TooLarge,
     #[error("not a compact JWS")]
     Malformed,
+    #[error("a token segment is not canonical base64url")]
+    NonCanonicalEncoding,
     #[error("duplicate member in token header or claims")]
     DuplicateMember,
     #[error("token header has a parameter that is not allowed (jku, x5u, jwk, x5c, ...)")]
@@ -59,6 +61,7 @@ impl TokenError {
             Self::TokenInQuery => "token_in_query",
             Self::TooLarge => "token_too_large",
             Self::Malformed => "malformed_token",
+            Self::NonCanonicalEncoding => "non_canonical_encoding",
             Self::DuplicateMember => "duplicate_member",
             Self::HeaderNotAllowed => "header_not_allowed",
             Self::Crit => "crit_header",

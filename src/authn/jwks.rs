@@ -36,7 +36,36 @@ pub struct VerifyKey {
     pub alg: Option<Alg>,
     /// `P-256` / `P-384` for EC keys.
     pub crv: Option<String>,
+    /// RFC 7638 JWK thumbprint (SHA-256, base64url): identifies the key material itself, so a
+    /// kid re-published with other material is seen as another key.
+    pub thumbprint: String,
     pub decoding: jsonwebtoken::DecodingKey,
+}
+
+/// The RFC 7638 thumbprint of a public RSA or EC JWK: SHA-256 over its required members in
+/// lexicographic order, without whitespace. `None` if a required member is missing.
+pub fn thumbprint(jwk: &Value) -> Option<String> {
+    let member = |k: &str| {
+        jwk.get(k)
+            .and_then(Value::as_str)
+            .map(|v| Value::String(v.to_owned()).to_string())
+    };
+    let canonical = match jwk.get("kty").and_then(Value::as_str)? {
+        "RSA" => format!(
+            r#"{{"e":{},"kty":"RSA","n":{}}}"#,
+            member("e")?,
+            member("n")?
+        ),
+        "EC" => format!(
+            r#"{{"crv":{},"kty":"EC","x":{},"y":{}}}"#,
+            member("crv")?,
+            member("x")?,
+            member("y")?
+        ),
+        _ => return None,
+    };
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, canonical.as_bytes());
+    Some(URL_SAFE_NO_PAD.encode(digest.as_ref()))
 }
 
 struct KeySet {
@@ -94,6 +123,17 @@ fn max_age(headers: &http::HeaderMap) -> Option<Duration> {
         .map(Duration::from_secs)
 }
 
+/// Least RSA modulus size, in bits.
+const MIN_RSA_BITS: usize = 2048;
+
+/// The bit length of a big-endian unsigned integer.
+fn modulus_bits(n: &[u8]) -> usize {
+    match n.iter().position(|b| *b != 0) {
+        Some(i) => (n.len() - i) * 8 - n[i].leading_zeros() as usize,
+        None => 0,
+    }
+}
+
 /// Why a JWK is not used.
 fn rejection(jwk: &Value, allowed: &[Alg]) -> Option<&'static str> {
     let get = |k: &str| jwk.get(k);
@@ -129,13 +169,18 @@ fn rejection(jwk: &Value, allowed: &[Alg]) -> Option<&'static str> {
             let bits = get("n")
                 .and_then(Value::as_str)
                 .and_then(|n| URL_SAFE_NO_PAD.decode(n).ok())
-                .map(|n| {
-                    let significant = n.iter().skip_while(|b| **b == 0).count();
-                    significant * 8
-                })
+                .map(|n| modulus_bits(&n))
                 .unwrap_or(0);
-            if bits < 2048 {
+            if bits < MIN_RSA_BITS {
                 return Some("weak_rsa");
+            }
+            // Only 65537: small exponents (3) invite signature forgeries with sloppy padding
+            // checks, and no IdP we accept uses another.
+            let e = get("e")
+                .and_then(Value::as_str)
+                .and_then(|e| URL_SAFE_NO_PAD.decode(e).ok());
+            if e.as_deref() != Some(&[0x01, 0x00, 0x01]) {
+                return Some("rsa_exponent");
             }
         }
         "EC" => match get("crv").and_then(Value::as_str) {
@@ -328,8 +373,14 @@ impl IssuerKeys {
             let decoding = serde_json::from_value::<jsonwebtoken::jwk::Jwk>(raw.clone())
                 .ok()
                 .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).ok());
-            let Some(decoding) = decoding else {
+            let (Some(decoding), Some(thumbprint)) = (decoding, thumbprint(raw)) else {
                 metrics::counter!(m::JWKS_KEYS_DROPPED, "issuer" => self.issuer().to_owned(), "reason" => "unusable").increment(1);
+                tracing::warn!(
+                    issuer = self.issuer(),
+                    kid = raw.get("kid").and_then(|k| k.as_str()).unwrap_or("-"),
+                    reason = "unusable",
+                    "JWK dropped"
+                );
                 continue;
             };
             let kid = raw
@@ -349,6 +400,7 @@ impl IssuerKeys {
                     kty,
                     alg: raw.get("alg").and_then(Value::as_str).and_then(Alg::parse),
                     crv: raw.get("crv").and_then(Value::as_str).map(str::to_owned),
+                    thumbprint,
                     decoding,
                 }),
             );
@@ -412,7 +464,51 @@ mod tests {
         let allowed = [Alg::RS256, Alg::ES256];
         let n2048 = URL_SAFE_NO_PAD.encode([0xC5u8; 256]);
         let n1024 = URL_SAFE_NO_PAD.encode([0xC5u8; 128]);
+        // 2047 bits: 256 bytes, the top bit clear (counting bytes would say 2048).
+        let mut short = [0xC5u8; 256];
+        short[0] = 0x7F;
+        let n2047 = URL_SAFE_NO_PAD.encode(short);
+        // 2048 bits behind a leading zero byte.
+        let mut padded = vec![0u8];
+        padded.extend([0xC5u8; 256]);
+        let n2048_zero = URL_SAFE_NO_PAD.encode(padded);
         let cases = [
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2047, "e": "AQAB"}),
+                Some("weak_rsa"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048_zero, "e": "AQAB"}),
+                None,
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "Aw"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQ"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AAEAAQ"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAD"}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB="}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048}),
+                Some("rsa_exponent"),
+            ),
+            (
+                json!({"kty": "RSA", "kid": "a", "n": n2048, "e": 65537}),
+                Some("rsa_exponent"),
+            ),
             (
                 json!({"kty": "RSA", "kid": "a", "n": n2048, "e": "AQAB"}),
                 None,
@@ -461,6 +557,36 @@ mod tests {
         for (jwk, expected) in cases {
             assert_eq!(rejection(&jwk, &allowed), expected, "{jwk}");
         }
+    }
+
+    #[test]
+    fn thumbprints_follow_rfc_7638() {
+        // RFC 7638 §3.1.
+        let n = "0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw";
+        let rfc = json!({"kty": "RSA", "n": n, "e": "AQAB", "alg": "RS256", "kid": "2011-04-29"});
+        assert_eq!(
+            thumbprint(&rfc).as_deref(),
+            Some("NzbLsXh8uDCcd-6MNwXF4W_7noWXFZAfHkxZsRGC9Xs")
+        );
+        // Optional members do not count; the key material does.
+        let renamed = json!({"kty": "RSA", "n": n, "e": "AQAB", "kid": "other", "use": "sig"});
+        assert_eq!(thumbprint(&renamed), thumbprint(&rfc));
+        let other = json!({"kty": "RSA", "n": n.replacen('0', "1", 1), "e": "AQAB"});
+        assert_ne!(thumbprint(&other), thumbprint(&rfc));
+        let ec = json!({"kty": "EC", "crv": "P-256", "x": "ab", "y": "cd"});
+        let ec_moved = json!({"kty": "EC", "crv": "P-256", "x": "cd", "y": "ab"});
+        assert!(thumbprint(&ec).is_some() && thumbprint(&ec) != thumbprint(&ec_moved));
+        assert_eq!(thumbprint(&json!({"kty": "RSA", "n": n})), None);
+        assert_eq!(thumbprint(&json!({"kty": "oct", "k": "AA"})), None);
+    }
+
+    #[test]
+    fn modulus_bits_are_counted_exactly() {
+        assert_eq!(modulus_bits(&[]), 0);
+        assert_eq!(modulus_bits(&[0, 0]), 0);
+        assert_eq!(modulus_bits(&[1]), 1);
+        assert_eq!(modulus_bits(&[0, 0x80, 0]), 16);
+        assert_eq!(modulus_bits(&[0x7F, 0xFF]), 15);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Access-token verification, fail closed with one reason per failure (RFC 8725, RFC 9068).
 //! `jsonwebtoken` checks the signature and registered claims; the strict checks it does not do
-//! (header allow-list, `crit`, `typ`, duplicate members, ID-token markers, key/alg match,
-//! issued-in-future, lifetime) are here. A verified-token cache keyed by the token's SHA-256
-//! makes a repeated token cost a lookup.
+//! (canonical base64url, header allow-list, `crit`, `typ`, duplicate members, ID-token markers,
+//! key/alg match, issued-in-future, lifetime) are here. A verified-token cache keyed by the
+//! token's SHA-256 makes a repeated token cost a lookup; a hit still needs the same key material
+//! published under the same kid.
 
 use std::collections::BTreeMap;
 
@@ -15,7 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, Uri};
 use serde_json::Value;
 
-use super::jwks::IssuerKeys;
+use super::jwks::{IssuerKeys, VerifyKey};
 use super::{Alg, OidcConfig, Principal, TokenError};
 use crate::metrics as m;
 
@@ -32,19 +33,49 @@ fn now() -> i64 {
         .unwrap_or(0)
 }
 
+/// A parameter name as an application decodes it (form-urlencoded: `+` is a space, `%XX` a
+/// byte); an invalid escape stays as written.
+fn form_decode(name: &str) -> Vec<u8> {
+    let bytes = name.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len() => match (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Whether the query has an `access_token` parameter (RFC 6750 §2.3), with or without a value,
+/// however its name is written: percent-encoded, `+` or surrounding whitespace, any case.
+/// Parameters are split on `&` and `;`, as some frameworks do.
+fn query_has_access_token(query: &str) -> bool {
+    query.split(['&', ';']).any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        form_decode(name)
+            .trim_ascii()
+            .eq_ignore_ascii_case(b"access_token")
+    })
+}
+
 /// The bearer token of a request: `Ok(None)` when there is none.
 pub fn extract_bearer<'a>(
     headers: &'a HeaderMap,
     uri: &Uri,
     max_bytes: usize,
 ) -> Result<Option<&'a str>, TokenError> {
-    if uri.query().is_some_and(|q| {
-        q.split('&').any(|kv| {
-            kv.split('=')
-                .next()
-                .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
-        })
-    }) {
+    if uri.query().is_some_and(query_has_access_token) {
         return Err(TokenError::TokenInQuery);
     }
     let mut values = headers.get_all(http::header::AUTHORIZATION).iter();
@@ -69,18 +100,50 @@ pub fn extract_bearer<'a>(
     Ok(Some(token))
 }
 
-fn decode_part(part: &str) -> Result<BTreeMap<String, Value>, TokenError> {
-    if part.is_empty()
-        || !part
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err(TokenError::Malformed);
+/// The value of one base64url character, `None` outside the URL-safe alphabet.
+fn sextet(c: u8) -> Option<u8> {
+    match c {
+        b'A'..=b'Z' => Some(c - b'A'),
+        b'a'..=b'z' => Some(c - b'a' + 26),
+        b'0'..=b'9' => Some(c - b'0' + 52),
+        b'-' => Some(62),
+        b'_' => Some(63),
+        _ => None,
     }
-    let bytes = URL_SAFE_NO_PAD
+}
+
+/// Decode one JWS segment, accepting only its canonical form (RFC 7515 §2: URL-safe alphabet,
+/// no padding; RFC 4648 §3.5: the unused bits of the last character are zero), so a token has
+/// exactly one encoding and no decoder downstream can read it differently.
+fn decode_segment(part: &str) -> Result<Vec<u8>, TokenError> {
+    let bytes = part.as_bytes();
+    let Some(&last) = bytes.last() else {
+        return Err(TokenError::Malformed);
+    };
+    if bytes.len() % 4 == 1 || !bytes.iter().all(|b| sextet(*b).is_some()) {
+        return Err(TokenError::NonCanonicalEncoding);
+    }
+    let unused_bits = match bytes.len() % 4 {
+        2 => 0b1111,
+        3 => 0b0011,
+        _ => 0,
+    };
+    if sextet(last).is_none_or(|v| v & unused_bits != 0) {
+        return Err(TokenError::NonCanonicalEncoding);
+    }
+    let decoded = URL_SAFE_NO_PAD
         .decode(part)
-        .map_err(|_| TokenError::Malformed)?;
-    let mut de = serde_json::Deserializer::from_slice(&bytes);
+        .map_err(|_| TokenError::NonCanonicalEncoding)?;
+    // The definition itself: re-encoding gives back exactly the segment.
+    if URL_SAFE_NO_PAD.encode(&decoded) != part {
+        return Err(TokenError::NonCanonicalEncoding);
+    }
+    Ok(decoded)
+}
+
+/// A decoded header or payload as a JSON object without duplicate members.
+fn parse_object(bytes: &[u8]) -> Result<BTreeMap<String, Value>, TokenError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
     let map = object_without_duplicates(&mut de).map_err(|e| {
         if e.to_string().contains("duplicate member") {
             TokenError::DuplicateMember
@@ -103,6 +166,8 @@ struct Cached {
     principal: Arc<Principal>,
     issuer: usize,
     kid: String,
+    /// RFC 7638 thumbprint of the key that verified the token.
+    thumbprint: String,
 }
 
 pub struct Verifier {
@@ -139,11 +204,13 @@ impl Verifier {
             out
         };
         if let Some(hit) = self.cache.get(&hash) {
-            // Still valid, and its key still published (a retired key ends cached tokens too).
+            // Still valid, and the very key that verified it still published under its kid: a
+            // retired key ends cached tokens, and so does a kid re-published with other material
+            // (the token is then verified again, against the new key).
             if hit.principal.expires_at > now()
                 && matches!(
                     self.issuers[hit.issuer].lookup(&hit.kid),
-                    super::jwks::KeyLookup::Found(_)
+                    super::jwks::KeyLookup::Found(key) if key.thumbprint == hit.thumbprint
                 )
             {
                 self.cache_hits.increment(1);
@@ -152,14 +219,15 @@ impl Verifier {
             self.cache.remove(&hash);
         }
         self.cache_misses.increment(1);
-        let (issuer, kid, principal) = self.verify_uncached(token).await?;
+        let (issuer, key, principal) = self.verify_uncached(token).await?;
         let principal = Arc::new(principal);
         self.cache.insert(
             hash,
             Arc::new(Cached {
                 principal: principal.clone(),
                 issuer,
-                kid,
+                kid: key.kid.clone(),
+                thumbprint: key.thumbprint.clone(),
             }),
         );
         Ok(principal)
@@ -168,16 +236,18 @@ impl Verifier {
     async fn verify_uncached(
         &self,
         token: &str,
-    ) -> Result<(usize, String, Principal), (Option<usize>, TokenError)> {
+    ) -> Result<(usize, Arc<VerifyKey>, Principal), (Option<usize>, TokenError)> {
         let parts: Vec<&str> = token.split('.').collect();
         let [header_b64, payload_b64, signature_b64] = parts.as_slice() else {
             return Err((None, TokenError::Malformed));
         };
-        let header = decode_part(header_b64).map_err(|e| (None, e))?;
-        let payload = decode_part(payload_b64).map_err(|e| (None, e))?;
-        if signature_b64.is_empty() || URL_SAFE_NO_PAD.decode(signature_b64).is_err() {
-            return Err((None, TokenError::Malformed));
-        }
+        // Every segment is checked for its canonical encoding before anything is parsed as
+        // JSON or handed to jsonwebtoken.
+        let header = decode_segment(header_b64).map_err(|e| (None, e))?;
+        let payload = decode_segment(payload_b64).map_err(|e| (None, e))?;
+        decode_segment(signature_b64).map_err(|e| (None, e))?;
+        let header = parse_object(&header).map_err(|e| (None, e))?;
+        let payload = parse_object(&payload).map_err(|e| (None, e))?;
         if header.contains_key("crit") {
             return Err((None, TokenError::Crit));
         }
@@ -274,7 +344,7 @@ impl Verifier {
         let principal = config
             .profile
             .principal(config.issuer.as_str().into(), payload, exp);
-        Ok((index, kid.to_owned(), principal))
+        Ok((index, key, principal))
     }
 }
 
@@ -354,6 +424,60 @@ mod tests {
         );
     }
 
+    fn decode_part(part: &str) -> Result<BTreeMap<String, Value>, TokenError> {
+        parse_object(&decode_segment(part)?)
+    }
+
+    #[test]
+    fn an_access_token_parameter_is_found_however_its_name_is_written() {
+        let refused = [
+            "access_token=abc",
+            "ACCESS_TOKEN=abc",
+            "Access_Token=abc",
+            "x=1&access_token=abc",
+            "access_token",
+            "access_token=",
+            "x=1&access_token",
+            "access%5Ftoken=abc",
+            "access%5ftoken=abc",
+            "%61ccess_token=abc",
+            "%41%43%43%45%53%53%5F%54%4F%4B%45%4E=abc",
+            "access_token+=abc",
+            "+access_token=abc",
+            "%20access_token%20=abc",
+            "access_token%09=abc",
+            "x=1;access_token=abc",
+            "a=b&&access_token=abc",
+            "access_token=abc=def",
+        ];
+        for query in refused {
+            assert!(query_has_access_token(query), "{query}");
+            let uri: Uri = format!("/p?{query}").parse().unwrap();
+            assert_eq!(
+                extract_bearer(&headers(&[]), &uri, 100),
+                Err(TokenError::TokenInQuery),
+                "{query}"
+            );
+        }
+        let allowed = [
+            "",
+            "x=access_token",
+            "access_tokens=abc",
+            "my_access_token=abc",
+            "access+token=abc",
+            "access-token=abc",
+            "access%255Ftoken=abc",
+            "access_token%",
+            "access%5Gtoken=abc",
+            "token=abc",
+        ];
+        for query in allowed {
+            assert!(!query_has_access_token(query), "{query}");
+        }
+        assert_eq!(form_decode("a%2"), b"a%2");
+        assert_eq!(form_decode("a+%2B%zz"), b"a +%zz");
+    }
+
     #[test]
     fn parts_refuse_duplicates_and_junk() {
         let enc = |s: &str| URL_SAFE_NO_PAD.encode(s);
@@ -367,8 +491,48 @@ mod tests {
             decode_part(&enc(r#"{"a":1} x"#)),
             Err(TokenError::Malformed)
         );
-        assert_eq!(decode_part("e30="), Err(TokenError::Malformed));
+        assert_eq!(decode_part("e30="), Err(TokenError::NonCanonicalEncoding));
         assert_eq!(decode_part(""), Err(TokenError::Malformed));
         assert_eq!(normalise_typ("application/AT+JWT"), "at+jwt");
+    }
+
+    #[test]
+    fn segments_have_exactly_one_encoding() {
+        // 0xFB: canonical "-w"; 0xFB 0xFF: canonical "-_8"; 0xFB 0xFF 0xBF: canonical "-_-_".
+        assert_eq!(decode_segment("-w"), Ok(vec![0xFB]));
+        assert_eq!(decode_segment("-_8"), Ok(vec![0xFB, 0xFF]));
+        assert_eq!(decode_segment("-_-_"), Ok(vec![0xFB, 0xFF, 0xBF]));
+        let refused = [
+            "-w==",      // padding
+            "-_8=",      // padding
+            "-w=",       // padding, impossible length
+            "+_8",       // standard alphabet
+            "-/8",       // standard alphabet
+            "+/+/",      // standard alphabet, the same bytes as "-_-_"
+            "-_ 8",      // space
+            "-_\t8",     // tab
+            "-_\n8",     // newline
+            "-_8.",      // not in the alphabet
+            "-_8%3D",    // percent-encoded padding
+            "-x",        // trailing bits set: decodes to 0xFB like "-w"
+            "-z",        // trailing bits set
+            "-_9",       // trailing bits set: decodes to 0xFB 0xFF like "-_8"
+            "-__",       // trailing bits set
+            "-_-_-",     // impossible length
+            "\u{00e9}w", // not ASCII
+        ];
+        for segment in refused {
+            assert_eq!(
+                decode_segment(segment),
+                Err(TokenError::NonCanonicalEncoding),
+                "{segment:?}"
+            );
+        }
+        assert_eq!(decode_segment(""), Err(TokenError::Malformed));
+        // What the canonical encoder makes is accepted, for every length remainder.
+        for len in 1..9u8 {
+            let bytes: Vec<u8> = (0..len).map(|b| b.wrapping_mul(97) | 0x81).collect();
+            assert_eq!(decode_segment(&URL_SAFE_NO_PAD.encode(&bytes)), Ok(bytes));
+        }
     }
 }

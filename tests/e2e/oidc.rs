@@ -721,3 +721,325 @@ async fn weak_and_unusable_keys_are_dropped_and_counted() {
     .await;
     assert_eq!((status, error_code(&body).as_str()), (401, "unknown_key"));
 }
+
+/// The same segment with a non-zero unused low bit in its last character (a lenient decoder
+/// reads the same bytes); `None` when the segment's length leaves no unused bits.
+fn with_trailing_bits(segment: &str) -> Option<String> {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    if segment.len() % 4 < 2 {
+        return None;
+    }
+    let (head, last) = segment.split_at(segment.len() - 1);
+    let value = ALPHABET
+        .iter()
+        .position(|c| *c == last.as_bytes()[0])
+        .unwrap();
+    Some(format!("{head}{}", ALPHABET[value | 1] as char))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_canonical_base64url_in_any_segment_is_refused_even_with_the_canonical_token_cached() {
+    let s = setup_with(false).await;
+    let person = citizen(Loa::High, PID);
+    let path = format!("/patients/{PID}/journal");
+    // A token whose header and payload both leave unused bits in their last character.
+    let mut good = None;
+    'search: for h in 0..3 {
+        for p in 0..3 {
+            let mut claims = devidp::claims(vakt::authn::Profile::Helseid, &person);
+            claims["pad"] = json!("x".repeat(p));
+            let mut opts = MintOptions::default();
+            opts.extra_header.insert("cty".into(), json!("y".repeat(h)));
+            let t = s.idp.mint(claims, &opts).unwrap();
+            let parts: Vec<&str> = t.split('.').collect();
+            if parts[..2].iter().all(|p| p.len() % 4 >= 2) {
+                good = Some(t);
+                break 'search;
+            }
+        }
+    }
+    let good = good.expect("a token with trailing bits in header and payload");
+    // The RS256 signature (256 bytes) always leaves four unused bits.
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {good}")]).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = s.app.seen().len();
+
+    let segments: Vec<String> = good.split('.').map(str::to_owned).collect();
+    let with_segment = |i: usize, segment: String| {
+        let mut parts = segments.clone();
+        parts[i] = segment;
+        parts.join(".")
+    };
+    let mut variants = Vec::new();
+    for (i, segment) in segments.iter().enumerate() {
+        let bytes = URL_SAFE_NO_PAD.decode(segment).unwrap();
+        // Padding, as the padded alphabet writes it, and a stray `=`.
+        let padded = base64::engine::general_purpose::URL_SAFE.encode(&bytes);
+        assert!(padded.ends_with('='), "segment {i} needs padding");
+        variants.push((i, "padding", with_segment(i, padded)));
+        variants.push((i, "stray =", with_segment(i, format!("{segment}="))));
+        // The same bytes in the standard alphabet (`+`, `/`) where the segment has `-` or `_`.
+        let standard = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&bytes);
+        if standard != *segment {
+            variants.push((i, "standard alphabet", with_segment(i, standard)));
+        }
+        variants.push((
+            i,
+            "plus sign",
+            with_segment(i, format!("{}+{}", &segment[..4], &segment[5..])),
+        ));
+        variants.push((
+            i,
+            "tab",
+            with_segment(i, format!("{}\t{}", &segment[..8], &segment[8..])),
+        ));
+        variants.push((
+            i,
+            "trailing bits",
+            with_segment(i, with_trailing_bits(segment).unwrap()),
+        ));
+    }
+    // A random 256-byte signature all but certainly has a `-` or `_`: its standard-alphabet
+    // form is the one a lenient decoder would verify.
+    assert!(
+        variants
+            .iter()
+            .any(|(i, what, _)| *i == 2 && *what == "standard alphabet")
+    );
+    for (i, what, token) in &variants {
+        let (status, headers, body) = send(&s, "GET", &path, &[&format!("Bearer {token}")]).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "non_canonical_encoding"),
+            "segment {i}, {what}: {body}"
+        );
+        assert!(
+            headers
+                .get("www-authenticate")
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .contains(r#"error="invalid_token""#)
+        );
+        assert!(!body.contains(&good[..40]), "the token must not be echoed");
+    }
+    assert_eq!(
+        s.app.seen().len(),
+        seen,
+        "a non-canonical token reached the app"
+    );
+    let text = metrics_text(s.vakt.admin_addr).await;
+    // The registry is shared by this binary's tests: at least these refusals are counted.
+    assert!(
+        metric_sum(
+            &text,
+            "vakt_authn_failures_total",
+            &[("reason", "non_canonical_encoding")]
+        ) >= variants.len() as f64
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_keys_whose_exponent_is_not_65537_are_dropped_at_load_and_counted() {
+    let s = setup_with(true).await;
+    // The issuer's own RSA public key, republished under other kids: once as it is, and with
+    // the same modulus but other exponents (3, 65539, 65537 with a leading zero byte).
+    let rs_kid = s.idp.keys.current_kid(Alg::RS256).unwrap();
+    let jwks = s.idp.keys.jwks();
+    let rsa = jwks["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["kid"] == rs_kid.as_str())
+        .unwrap()
+        .clone();
+    let republished = |kid: &str, e: &str| {
+        let mut k = rsa.clone();
+        k["kid"] = json!(kid);
+        k["e"] = json!(e);
+        k
+    };
+    s.idp.set_extra_jwks(vec![
+        republished("copy", "AQAB"),
+        republished("e3", "Aw"),
+        republished("e65539", "AQAD"),
+        republished("e-leading-zero", "AAEAAQ"),
+    ]);
+    s.idp.set_down(false);
+    wait_ready(s.vakt.admin_addr).await;
+    let text = metrics_text(s.vakt.admin_addr).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "vakt_jwks_keys_dropped_total",
+            &[
+                ("issuer", s.idp.issuer.as_str()),
+                ("reason", "rsa_exponent")
+            ]
+        ),
+        3.0,
+        "{text}"
+    );
+
+    let path = format!("/patients/{PID}/journal");
+    let signed_as = |kid: &str| {
+        token(
+            &s,
+            &citizen(Loa::High, PID),
+            &MintOptions {
+                kid: Some(kid.into()),
+                ..MintOptions::default()
+            },
+        )
+    };
+    // The key with exponent 65537 is kept: the current key signs, its copy verifies.
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &path,
+        &[&format!("Bearer {}", signed_as("copy"))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let seen = s.app.seen().len();
+    for kid in ["e3", "e65539", "e-leading-zero"] {
+        let (status, _, body) =
+            send(&s, "GET", &path, &[&format!("Bearer {}", signed_as(kid))]).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "unknown_key"),
+            "{kid}: {body}"
+        );
+    }
+    assert_eq!(
+        s.app.seen().len(),
+        seen,
+        "a token under a dropped key reached the app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_is_refused_once_its_kid_is_republished_with_other_key_material() {
+    let s = setup_with(true).await;
+    // Key A (the current RS256 key) published under kid K; key B is another RSA key.
+    let key_a = s.idp.keys.current_kid(Alg::RS256).unwrap();
+    let key_b = s.idp.keys.rotate(Alg::RS256).unwrap();
+    let jwk_of = |kid: &str| {
+        let mut jwk = s.idp.keys.jwks()["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["kid"] == kid)
+            .unwrap()
+            .clone();
+        jwk["kid"] = json!("K");
+        jwk
+    };
+    let (a_under_k, b_under_k) = (jwk_of(&key_a), jwk_of(&key_b));
+    assert_ne!(a_under_k["n"], b_under_k["n"]);
+    s.idp.set_extra_jwks(vec![a_under_k]);
+    s.idp.set_down(false);
+    wait_ready(s.vakt.admin_addr).await;
+
+    // Signed by key A, its header naming kid K.
+    let t = token(
+        &s,
+        &citizen(Loa::High, PID),
+        &MintOptions {
+            kid: Some(key_a.clone()),
+            extra_header: [("kid".to_owned(), json!("K"))].into_iter().collect(),
+            ..MintOptions::default()
+        },
+    );
+    let path = format!("/patients/{PID}/journal");
+    // The metrics registry is shared by the tests of this binary: hits only ever add up.
+    let hits = || async {
+        metric_sum(
+            &metrics_text(s.vakt.admin_addr).await,
+            "vakt_token_cache_lookups_total",
+            &[("result", "hit")],
+        )
+    };
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(status, 200, "{body}");
+    let before = hits().await;
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        hits().await >= before + 1.0,
+        "the second request was a cache hit"
+    );
+    let seen = s.app.seen().len();
+
+    // Re-key K to key B. An unknown kid makes vakt fetch the set again (the first such
+    // refetch is never rate-limited).
+    s.idp.set_extra_jwks(vec![b_under_k]);
+    let fetches = s.idp.jwks_fetches();
+    let unknown = token(
+        &s,
+        &citizen(Loa::High, PID),
+        &MintOptions {
+            kid: Some("not-published".into()),
+            ..MintOptions::default()
+        },
+    );
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {unknown}")]).await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "unknown_key"));
+    assert_eq!(s.idp.jwks_fetches(), fetches + 1);
+
+    // The same token, still in the cache, is verified again against key B and refused.
+    for _ in 0..2 {
+        let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "bad_signature"),
+            "{body}"
+        );
+    }
+    assert_eq!(
+        s.app.seen().len(),
+        seen,
+        "the re-keyed token reached the app"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_access_token_query_parameter_is_refused_however_its_name_is_encoded() {
+    let s = setup_with(false).await;
+    let good = token(&s, &citizen(Loa::High, PID), &MintOptions::default());
+    let path = format!("/patients/{PID}/journal");
+    // Even next to a valid Authorization header, a token in the query is refused.
+    for query in [
+        format!("access%5Ftoken={good}"),
+        format!("x=1&ACCESS_TOKEN={good}"),
+        format!("%61ccess_token+={good}"),
+        "access_token".to_owned(),
+    ] {
+        let (status, _, body) = send(
+            &s,
+            "GET",
+            &format!("{path}?{query}"),
+            &[&format!("Bearer {good}")],
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&body).as_str()),
+            (401, "token_in_query"),
+            "{body}"
+        );
+        assert!(!body.contains(&good[..40]), "the token must not be echoed");
+    }
+    assert!(
+        s.app.seen().is_empty(),
+        "a request with a query token reached the app"
+    );
+    // A parameter that only resembles the name is the app's business.
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &format!("{path}?access-token=x"),
+        &[&format!("Bearer {good}")],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
