@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::body;
 use crate::hygiene::h1_framing::{FramingVerdicts, ScannedIo, ScannerConfig};
-use crate::hygiene::{FramingError, FramingVerdict};
+use crate::hygiene::{ClientAddr, FramingError, FramingVerdict};
 use crate::identity::{PeerIdentity, SpiffeId};
 use crate::limits::Limits;
 use crate::metrics as m;
@@ -107,7 +107,7 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
             let h2 = session.alpn_protocol() == Some(ALPN_H2);
             let peer = PeerIdentity::new(spiffe_id, cert_sha256);
             tracing::debug!(%remote, peer = %peer.spiffe_id, h2, "mTLS connection established");
-            serve_connection(tls, Some(peer), !h2, ctx).await;
+            serve_connection(tls, Some((peer, remote)), !h2, ctx).await;
         }
     })
     .await;
@@ -124,7 +124,7 @@ pub async fn serve_plain(listener: TcpListener, ctx: ListenerContext) {
 /// Serve HTTP/1.1 or HTTP/2 on one connection until it closes, idles out or is drained.
 async fn serve_connection<I>(
     io: I,
-    peer: Option<PeerIdentity>,
+    peer: Option<(PeerIdentity, SocketAddr)>,
     scan_h1: bool,
     mut ctx: ListenerContext,
 ) where
@@ -154,8 +154,9 @@ async fn serve_connection<I>(
         let activity = activity.clone();
         service_fn(move |req: Request<Incoming>| {
             let mut req = req.map(body::boxed);
-            if let Some(peer) = &peer {
+            if let Some((peer, remote)) = &peer {
                 req.extensions_mut().insert(peer.clone());
+                req.extensions_mut().insert(ClientAddr(*remote));
             }
             if let Some(verdicts) = &verdicts
                 && req.version() <= http::Version::HTTP_11
