@@ -297,6 +297,14 @@ async fn corpus_of_identity_header_spellings_is_refused_or_stripped_over_h1_and_
         (Mode::Allow, "  underscore_headers: allow\n"),
     ] {
         let mesh = Mesh::start(hygiene, "").await;
+        let denied = [("direction", "outbound"), ("reason", "invalid_header_name")];
+        let admin = mesh.client.admin_addr;
+        let denied_before = metric_sum(
+            &metrics_text(admin).await,
+            "vakt_requests_denied_total",
+            &denied,
+        );
+        let refused_before = refused;
         for name in probed_names() {
             let spelt = spellings(&name);
             for transport in [Transport::H1, Transport::H2] {
@@ -338,6 +346,10 @@ async fn corpus_of_identity_header_spellings_is_refused_or_stripped_over_h1_and_
                 }
             }
         }
+        // Every refusal is counted under its reason code.
+        let want = denied_before + (refused - refused_before) as f64;
+        let got = wait_for_metric(admin, "vakt_requests_denied_total", &denied, want).await;
+        assert!(got >= want, "{mode:?}: {got} < {want}");
         // Control headers with `_`: removed (drop), refused (reject) or passed (allow).
         id += 1;
         let lines = vec![
@@ -365,6 +377,34 @@ async fn corpus_of_identity_header_spellings_is_refused_or_stripped_over_h1_and_
         variants - refused
     );
     assert!(variants >= 300, "only {variants} variants");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inbound_refuses_an_underscore_name_from_another_sidecar_in_reject_mode() {
+    let server = server(&["web"], "hygiene:\n  underscore_headers: reject\n").await;
+    for (name, status) in [
+        ("x_vakt_loa", 400),
+        ("x_custom_ok", 400),
+        ("x-custom-ok", 200),
+    ] {
+        let tls = mtls_connect(server.addr(), web_client_config(&server))
+            .await
+            .unwrap();
+        let req = Request::get("https://orders.shop/direct")
+            .header("host", "orders.shop")
+            .header(name, "forged-direct")
+            .body(Full::default())
+            .unwrap();
+        let response = h1_send(tls, req).await.unwrap();
+        assert_eq!(response.status(), status, "{name}");
+        let body = body_string(response).await;
+        if status == 400 {
+            assert!(body.contains("\"error\":\"invalid_header_name\""), "{body}");
+        }
+    }
+    let seen = server.app.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers.get("x-custom-ok").unwrap(), "forged-direct");
 }
 
 /// A small xorshift generator: deterministic, no dependency.

@@ -120,7 +120,11 @@ fn check_rejects_broken_configs_with_the_key_and_the_problem() {
 fn check_warns_about_each_kept_header_and_refuses_a_protected_one() {
     let tmp = tempfile::tempdir().unwrap();
     let policy = tmp.path().join("policy.yaml");
-    std::fs::write(&policy, "version: 1\nroutes: []\n").unwrap();
+    std::fs::write(
+        &policy,
+        "version: 1\nroutes:\n  - id: all\n    methods: [GET]\n    path: /**\n    allow:\n      - peers: [\"spiffe://cluster.local/ns/a/sa/b\"]\n",
+    )
+    .unwrap();
     let base = "identity:\n  trust_domain: cluster.local\n  cert: c.pem\n  key: k.pem\n  trust_bundle: b.pem\ninbound:\n  policy: policy.yaml\n";
     let path = tmp.path().join("config.yaml");
     std::fs::write(
