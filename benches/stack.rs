@@ -268,7 +268,11 @@ async fn setup() -> Bench {
     });
     let stack = stack::inbound(
         Observe::new(Direction::Inbound, Some(auditor.clone())),
-        Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
+        Hygiene::inbound(
+            inbound.header_rules(&config.hygiene),
+            config.hygiene.forwarded,
+            certs.clone(),
+        ),
         Authenticate::new(Some(verifier.clone())),
         PolicyStage::new(store.clone(), pseudonyms.clone()),
         RateLimitStage,
@@ -277,7 +281,11 @@ async fn setup() -> Bench {
     // The same stages without an audit log, to see what the audit trail costs in this setup.
     let unaudited = stack::inbound(
         Observe::new(Direction::Inbound, None),
-        Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
+        Hygiene::inbound(
+            inbound.header_rules(&config.hygiene),
+            config.hygiene.forwarded,
+            certs.clone(),
+        ),
         Authenticate::new(Some(verifier)),
         PolicyStage::new(store, pseudonyms),
         RateLimitStage,

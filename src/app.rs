@@ -21,7 +21,7 @@ use crate::authn::stage::Authenticate;
 use crate::authn::verify::Verifier;
 use crate::config::Config;
 use crate::forward::{ToApp, ToMesh};
-use crate::hygiene::Hygiene;
+use crate::hygiene::{HeaderRules, Hygiene};
 use crate::listener::{ConnectionLimits, ListenerContext, serve_plain, serve_tls};
 use crate::observe::Observe;
 use crate::policy::PolicyError;
@@ -152,7 +152,11 @@ impl App {
             inbound_addr = listener.local_addr().ok();
             let stack = stack::inbound(
                 Observe::new(Direction::Inbound, Some(auditor.clone())),
-                Hygiene::inbound(inbound.strip_headers.clone(), certs.clone()),
+                Hygiene::inbound(
+                    inbound.header_rules(&config.hygiene),
+                    config.hygiene.forwarded,
+                    certs.clone(),
+                ),
                 Authenticate::new(verifier.clone()),
                 PolicyStage::new(store, pseudonyms.clone()),
                 RateLimitStage,
@@ -175,7 +179,7 @@ impl App {
             outbound_addr = listener.local_addr().ok();
             let stack = stack::outbound(
                 Observe::new(Direction::Outbound, Some(auditor.clone())),
-                Hygiene::outbound(),
+                Hygiene::outbound(HeaderRules::new(&config.hygiene, Vec::new(), Vec::new())),
                 ToMesh::new(
                     MeshClient::new(&outbound.upstreams, certs.clone(), &limits),
                     tracker.clone(),

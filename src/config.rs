@@ -20,6 +20,7 @@ use serde::Deserialize;
 pub use crate::admin::AdminConfig;
 pub use crate::audit::AuditSettings;
 pub use crate::authn::OidcConfig;
+pub use crate::hygiene::{ForwardedHeaders, HygieneConfig, UnderscoreHeaders};
 use crate::identity::TrustDomain;
 pub use crate::limits::Limits;
 use crate::policy::PolicyContext;
@@ -78,6 +79,9 @@ pub struct Config {
     /// The audit trail: one event per decision, refused handshake and refused egress.
     #[serde(default)]
     pub audit: AuditSettings,
+    /// Which client header names reach the other side, and the `Forwarded` family.
+    #[serde(default)]
+    pub hygiene: HygieneConfig,
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
@@ -123,9 +127,25 @@ pub struct InboundConfig {
     /// The per-route policy file (a YAML file of its own, e.g. from a ConfigMap). Watched and
     /// hot-reloaded; requests matching no route are denied.
     pub policy: PathBuf,
-    /// Further client-sent headers removed before forwarding (identity headers the app trusts).
+    /// Further client-sent headers removed before forwarding (identity headers the app trusts),
+    /// besides vakt's own and the default strip list (`docs/HEADERS.md`).
     #[serde(default, deserialize_with = "de_header_names")]
     pub strip_headers: Vec<HeaderName>,
+    /// Names of the default strip list the app may receive from clients after all (`vakt
+    /// check` warns about each). Headers only vakt sets cannot be listed.
+    #[serde(default, deserialize_with = "de_header_names")]
+    pub keep_headers: Vec<HeaderName>,
+}
+
+impl InboundConfig {
+    /// The header-name rules of the inbound direction.
+    pub fn header_rules(&self, hygiene: &HygieneConfig) -> crate::hygiene::HeaderRules {
+        crate::hygiene::HeaderRules::new(
+            hygiene,
+            self.strip_headers.clone(),
+            self.keep_headers.clone(),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -286,6 +306,20 @@ impl Config {
         let mut listeners = vec![("admin.listen", self.admin.listen)];
         if let Some(inbound) = &self.inbound {
             listeners.push(("inbound.listen", inbound.listen));
+            for (i, name) in inbound.keep_headers.iter().enumerate() {
+                if crate::hygiene::names::is_protected(name) {
+                    return Err(ConfigError::invalid(
+                        format!("inbound.keep_headers[{i}]"),
+                        format!("{name} is set only by vakt and is never passed from a client"),
+                    ));
+                }
+                if inbound.strip_headers.contains(name) {
+                    return Err(ConfigError::invalid(
+                        format!("inbound.keep_headers[{i}]"),
+                        format!("{name} is also in inbound.strip_headers"),
+                    ));
+                }
+            }
             if inbound.app == inbound.listen {
                 return Err(ConfigError::invalid(
                     "inbound.app",
@@ -410,6 +444,25 @@ inbound:
         assert_eq!(c.tls.min_version, TlsVersion::Tls13);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
         assert!(c.outbound.is_none());
+        assert_eq!(c.hygiene.underscore_headers, UnderscoreHeaders::Drop);
+        assert_eq!(c.hygiene.forwarded, ForwardedHeaders::Set);
+    }
+
+    #[test]
+    fn hygiene_keys_parse() {
+        for (value, want) in [
+            ("drop", UnderscoreHeaders::Drop),
+            ("reject", UnderscoreHeaders::Reject),
+            ("allow", UnderscoreHeaders::Allow),
+        ] {
+            let c = Config::from_yaml(&format!(
+                "{MINIMAL}  keep_headers: [X-Forwarded-User]\nhygiene:\n  underscore_headers: {value}\n  forwarded: strip\n"
+            ))
+            .unwrap();
+            assert_eq!(c.hygiene.underscore_headers, want);
+            assert_eq!(c.hygiene.forwarded, ForwardedHeaders::Strip);
+            assert_eq!(c.inbound.unwrap().keep_headers, ["x-forwarded-user"]);
+        }
     }
 
     fn err(yaml: &str) -> String {
@@ -486,6 +539,36 @@ inbound:
                 "neither is configured",
             ),
             (format!("{MINIMAL}tls:\n  min_version: \"1.1\"\n"), "1.1"),
+            (
+                format!("{MINIMAL}hygiene:\n  underscore_headers: keep\n"),
+                "unknown variant `keep`, expected one of drop, reject, allow",
+            ),
+            (
+                format!("{MINIMAL}hygiene:\n  forwarded: append\n"),
+                "unknown variant `append`, expected one of set, strip",
+            ),
+            (
+                format!("{MINIMAL}hygiene:\n  strip: all\n"),
+                "unknown field `strip`",
+            ),
+            (
+                format!("{MINIMAL}  keep_headers: [X_Vakt_LoA]\n"),
+                "inbound.keep_headers[0]: x_vakt_loa is set only by vakt",
+            ),
+            (
+                format!("{MINIMAL}  keep_headers: [x-forwarded-host]\n"),
+                "inbound.keep_headers[0]: x-forwarded-host is set only by vakt",
+            ),
+            (
+                format!(
+                    "{MINIMAL}  strip_headers: [x-forwarded-user]\n  keep_headers: [x-forwarded-user]\n"
+                ),
+                "inbound.keep_headers[0]: x-forwarded-user is also in inbound.strip_headers",
+            ),
+            (
+                format!("{MINIMAL}  keep_headers: [\"bad name\"]\n"),
+                "\"bad name\" is not a valid HTTP header name",
+            ),
             (
                 format!("{MINIMAL}limits:\n  max_header_bytes: 100\n"),
                 "limits.max_header_bytes: 100 is out of range",

@@ -22,6 +22,9 @@ use crate::policy::Reason;
 pub enum DenyReason {
     /// The request's framing is ambiguous (request smuggling risk).
     BadFraming(FramingError),
+    /// A header name vakt refuses (`hygiene.underscore_headers: reject` and a name with `_`):
+    /// the app might read it as one of the headers vakt sets.
+    InvalidHeaderName,
     /// The request path is ambiguous or malformed (path-confusion risk).
     InvalidPath(PathError),
     /// The request arrived without a verified peer identity (should not happen behind mTLS).
@@ -68,6 +71,7 @@ impl DenyReason {
         match self {
             Self::BadFraming(_) => "bad_framing",
             Self::InvalidPath(_) => "invalid_path",
+            Self::InvalidHeaderName => "invalid_header_name",
             Self::NoPeerIdentity => "no_peer_identity",
             Self::Policy(reason) | Self::StepUp { reason, .. } => reason.code(),
             Self::Token(e) => e.code(),
@@ -86,9 +90,10 @@ impl DenyReason {
 
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadFraming(_) | Self::InvalidPath(_) | Self::MissingDestination => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadFraming(_)
+            | Self::InvalidPath(_)
+            | Self::InvalidHeaderName
+            | Self::MissingDestination => StatusCode::BAD_REQUEST,
             Self::Token(TokenError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Token(_) | Self::StepUp { .. } | Self::Policy(Reason::TokenRequired) => {
                 StatusCode::UNAUTHORIZED
@@ -112,6 +117,9 @@ impl DenyReason {
         match self {
             Self::BadFraming(e) => format!("ambiguous request framing: {e}").into(),
             Self::InvalidPath(e) => format!("invalid request path: {e}").into(),
+            Self::InvalidHeaderName => {
+                "a request header name contains an underscore; use '-' instead".into()
+            }
             Self::NoPeerIdentity => "no verified peer identity".into(),
             // Deliberately vague: the caller learns the reason code, not the policy.
             Self::Policy(Reason::TokenRequired) => "an access token is required".into(),

@@ -24,7 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::body;
 use crate::hygiene::h1_framing::{ScannedIo, ScannerConfig};
-use crate::hygiene::{FramingError, FramingVerdict};
+use crate::hygiene::{ClientAddr, FramingError, FramingVerdict};
 use crate::identity::{PeerIdentity, SpiffeId};
 use crate::limits::Limits;
 use crate::metrics as m;
@@ -190,7 +190,7 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
             };
             let peer = PeerIdentity::new(spiffe_id, cert_sha256);
             tracing::debug!(%remote, peer = %peer.spiffe_id, h2, "mTLS connection established");
-            serve_connection(tls, Some(peer), ctx).await;
+            serve_connection(tls, Some((peer, remote)), ctx).await;
         }
     })
     .await;
@@ -205,8 +205,11 @@ pub async fn serve_plain(listener: TcpListener, ctx: ListenerContext) {
 }
 
 /// Serve HTTP/1.1 or HTTP/2 on one connection until it closes, idles out or is drained.
-async fn serve_connection<I>(io: I, peer: Option<PeerIdentity>, mut ctx: ListenerContext)
-where
+async fn serve_connection<I>(
+    io: I,
+    peer: Option<(PeerIdentity, SocketAddr)>,
+    mut ctx: ListenerContext,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let direction = ctx.direction.as_str();
@@ -231,8 +234,9 @@ where
         let activity = activity.clone();
         service_fn(move |req: Request<Incoming>| {
             let mut req = req.map(body::boxed);
-            if let Some(peer) = &peer {
+            if let Some((peer, remote)) = &peer {
                 req.extensions_mut().insert(peer.clone());
+                req.extensions_mut().insert(ClientAddr(*remote));
             }
             if req.version() <= http::Version::HTTP_11 {
                 let index = request_index.fetch_add(1, Ordering::Relaxed);

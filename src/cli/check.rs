@@ -45,6 +45,12 @@ impl CheckArgs {
             }
             if let Some(inbound) = &config.inbound {
                 policy_checks.push((inbound.policy.clone(), config.policy_context()));
+                for name in &inbound.keep_headers {
+                    println!(
+                        "{}: warning: inbound.keep_headers lets clients send {name}, which other proxies set as identity (docs/HEADERS.md); the app must not trust it",
+                        path.display()
+                    );
+                }
             }
             println!(
                 "{}: OK (inbound: {}, outbound: {} upstream(s))",

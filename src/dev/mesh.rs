@@ -107,6 +107,8 @@ pub struct SeenRequest {
     pub version: http::Version,
     pub headers: HeaderMap,
     pub body_len: usize,
+    /// The request's trailers, for requests whose body the app reads whole (the default path).
+    pub trailers: Option<HeaderMap>,
 }
 
 /// A small app: answers every request with what it saw, and records it.
@@ -187,6 +189,7 @@ async fn echo(
         version: req.version(),
         headers: req.headers().clone(),
         body_len: 0,
+        trailers: None,
     };
     let path = req.uri().path().to_owned();
     let response = match path.as_str() {
@@ -247,12 +250,9 @@ async fn echo(
                 .and_then(|v| v.split(';').find_map(|p| p.strip_prefix("URI=")))
                 .unwrap_or("an unknown caller")
                 .to_owned();
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let collected = req.into_body().collect().await.ok();
+            record.trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
+            let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
             record.body_len = body.len();
             Response::new(body::full(format!("hello {caller}, this is the app\n")))
         }

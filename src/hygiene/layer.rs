@@ -2,13 +2,17 @@
 
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::header::{HOST, TRANSFER_ENCODING};
+use http::{HeaderValue, Version};
+use http_body_util::BodyExt;
 
+use super::names::{ForwardedHeaders, HeaderRules};
 use super::{
     X_FORWARDED_CLIENT_CERT, X_REQUEST_ID, check_request_framing, ensure_request_id,
-    ensure_traceparent, strip_identity_headers, xfcc_value,
+    ensure_traceparent, set_forwarded, xfcc_value,
 };
 use crate::Direction;
+use crate::body;
 use crate::error::DenyReason;
 use crate::hygiene::path::{CanonicalPath, canonicalize};
 use crate::identity::PeerIdentity;
@@ -19,6 +23,10 @@ use crate::tls::CertStore;
 /// stream before hyper parsed it (hyper silently resolves `Content-Length` + `Transfer-Encoding`).
 #[derive(Debug, Clone, Copy)]
 pub struct FramingVerdict(pub Result<(), super::FramingError>);
+
+/// The TCP peer address of the connection a request came on, set by the listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub std::net::SocketAddr);
 
 /// Ids of one request, in its extensions: the request id in effect (kept from the client when
 /// valid, else new) and a fresh decision id (in denial bodies and, later, the audit event).
@@ -31,30 +39,54 @@ pub struct RequestIds {
     pub trace_id: String,
 }
 
-/// Request id and trace context, framing checks, identity-header stripping and (inbound)
-/// `x-forwarded-client-cert` from the verified peer.
+/// Request id and trace context, framing checks, header-name rules (in headers and trailers)
+/// and, inbound, `x-forwarded-client-cert` and the `Forwarded` family from what was verified.
 pub struct Hygiene {
     direction: Direction,
-    strip_extra: Vec<HeaderName>,
+    /// Shared with the trailer filter of each request body that may carry trailers.
+    rules: Arc<HeaderRules>,
+    forwarded: ForwardedHeaders,
     /// Inbound only: our own identity, the `By=` of `x-forwarded-client-cert`.
     certs: Option<Arc<CertStore>>,
 }
 
 impl Hygiene {
-    pub fn inbound(strip_extra: Vec<HeaderName>, certs: Arc<CertStore>) -> Self {
+    pub fn inbound(rules: HeaderRules, forwarded: ForwardedHeaders, certs: Arc<CertStore>) -> Self {
         Self {
             direction: Direction::Inbound,
-            strip_extra,
+            rules: Arc::new(rules),
+            forwarded,
             certs: Some(certs),
         }
     }
 
-    pub fn outbound() -> Self {
+    /// Outbound, the `Forwarded` family is only removed (the local app is the client).
+    pub fn outbound(rules: HeaderRules) -> Self {
         Self {
             direction: Direction::Outbound,
-            strip_extra: Vec::new(),
+            rules: Arc::new(rules),
+            forwarded: ForwardedHeaders::Strip,
             certs: None,
         }
+    }
+
+    /// Trailers follow the same rules as headers; one that would be refused is removed (the
+    /// request is already on its way). Only bodies that can carry trailers are wrapped.
+    fn filter_trailers(&self, req: &mut Req) {
+        let may_have_trailers = req.version() >= Version::HTTP_2
+            || (req.version() == Version::HTTP_11 && req.headers().contains_key(TRANSFER_ENCODING));
+        if !may_have_trailers {
+            return;
+        }
+        let rules = self.rules.clone();
+        let taken = std::mem::replace(req.body_mut(), body::empty());
+        *req.body_mut() = body::boxed(taken.map_frame(move |frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                rules.strip_all(&mut trailers);
+                http_body::Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        }));
     }
 
     /// `Err` is the reason to refuse the request; the request is rewritten in place otherwise.
@@ -63,7 +95,7 @@ impl Hygiene {
         // Every HTTP/1 request carries the scanner's verdict; one without it was never checked.
         match req.extensions().get::<FramingVerdict>() {
             Some(FramingVerdict(Err(e))) => return Err(DenyReason::BadFraming(*e)),
-            None if req.version() <= http::Version::HTTP_11 => {
+            None if req.version() <= Version::HTTP_11 => {
                 return Err(DenyReason::BadFraming(super::FramingError::Unverified));
             }
             _ => {}
@@ -75,7 +107,10 @@ impl Hygiene {
             set_path(req, &canonical)?;
             req.extensions_mut().insert(canonical);
         }
-        strip_identity_headers(req.headers_mut(), &self.strip_extra);
+        self.rules
+            .apply(req.headers_mut())
+            .map_err(|_| DenyReason::InvalidHeaderName)?;
+        self.filter_trailers(req);
         if self.direction == Direction::Inbound {
             let peer = req
                 .extensions()
@@ -96,6 +131,16 @@ impl Hygiene {
                 }
             };
             req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, xfcc);
+            if self.forwarded == ForwardedHeaders::Set
+                && let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied()
+            {
+                let host = req.headers().get(HOST).cloned().or_else(|| {
+                    req.uri()
+                        .authority()
+                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                });
+                set_forwarded(req.headers_mut(), addr.ip(), host);
+            }
         }
         Ok(())
     }
@@ -156,8 +201,8 @@ mod tests {
     fn request(version: Version, verdict: Option<Result<(), FramingError>>) -> Req {
         let mut req = Request::get("http://orders.shop/x")
             .version(version)
-            .header(http::header::HOST, "orders.shop")
-            .body(crate::body::empty())
+            .header(HOST, "orders.shop")
+            .body(body::empty())
             .unwrap();
         if let Some(v) = verdict {
             req.extensions_mut().insert(FramingVerdict(v));
@@ -168,7 +213,11 @@ mod tests {
     /// An HTTP/1 request is forwarded only with the byte scanner's verdict, and only a clean one.
     #[test]
     fn http1_requests_need_a_clean_scanner_verdict() {
-        let hygiene = Hygiene::outbound();
+        let hygiene = Hygiene::outbound(HeaderRules::new(
+            &crate::hygiene::names::HygieneConfig::default(),
+            Vec::new(),
+            Vec::new(),
+        ));
         let unverified = Err(DenyReason::BadFraming(FramingError::Unverified));
         let cases = [
             (Version::HTTP_11, None, unverified.clone()),

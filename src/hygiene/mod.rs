@@ -8,7 +8,9 @@
 //! 1. [`check_request_framing`] — refuse with 400 on error (use [`FramingError::reason_code`]
 //!    for the metric/audit label).
 //! 2. [`is_upgrade_request`], then [`strip_hop_by_hop`] (with `keep_upgrade` = the answer).
-//! 3. [`strip_identity_headers`], then set our own [`X_FORWARDED_CLIENT_CERT`] ([`xfcc_value`]).
+//! 3. [`HeaderRules::apply`] (protected and default-stripped names, compared normalised; names
+//!    with `_`), then set our own [`X_FORWARDED_CLIENT_CERT`] ([`xfcc_value`]) and, inbound,
+//!    the `Forwarded` family ([`set_forwarded`]).
 //! 4. [`ensure_request_id`] and [`ensure_traceparent`].
 //!
 //! And on the response coming back from the app: [`strip_hop_by_hop`] (with `keep_upgrade` for a
@@ -22,9 +24,13 @@
 
 pub(crate) mod h1_framing;
 mod layer;
+pub mod names;
 pub mod path;
 
-pub use layer::{FramingVerdict, Hygiene, RequestIds};
+pub use layer::{ClientAddr, FramingVerdict, Hygiene, RequestIds};
+pub use names::{
+    ForwardedHeaders, HeaderRules, HygieneConfig, InvalidHeaderName, UnderscoreHeaders,
+};
 
 use http::header::{
     CONNECTION, CONTENT_LENGTH, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
@@ -40,6 +46,13 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 pub const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// W3C Trace Context vendor state; dropped whenever `traceparent` is replaced.
 pub const TRACESTATE: HeaderName = HeaderName::from_static("tracestate");
+/// RFC 7239 `Forwarded`, set inbound by vakt (never passed from a client).
+pub const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+/// The de-facto proxy headers, set inbound by vakt (never passed from a client).
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 /// Prefix of the proxy's own headers; client-supplied ones are always removed.
 pub const VAKT_HEADER_PREFIX: &str = "x-vakt-";
 
@@ -244,7 +257,7 @@ fn connection_has_token(headers: &HeaderMap, token: &str) -> bool {
 /// Headers a `Connection` option can never remove: routing/framing headers and the headers this
 /// proxy sets itself (so `Connection: x-forwarded-client-cert` cannot strip the proxy's own
 /// value whatever order the caller runs the steps in — the Apache CVE-2022-31813 pattern).
-/// The proxy's own headers are cleaned by [`strip_identity_headers`] and the `ensure_*`
+/// The proxy's own headers are cleaned by [`HeaderRules::apply`] and the `ensure_*`
 /// functions instead.
 fn protected_from_connection_option(name: &HeaderName) -> bool {
     *name == HOST
@@ -253,6 +266,11 @@ fn protected_from_connection_option(name: &HeaderName) -> bool {
         || *name == X_REQUEST_ID
         || *name == TRACEPARENT
         || *name == TRACESTATE
+        || *name == FORWARDED
+        || *name == X_FORWARDED_FOR
+        || *name == X_FORWARDED_HOST
+        || *name == X_FORWARDED_PROTO
+        || *name == X_REAL_IP
         || name.as_str().starts_with(VAKT_HEADER_PREFIX)
 }
 
@@ -338,20 +356,40 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
             .any(|v| !trim_ows(v.as_bytes()).is_empty())
 }
 
-/// Remove client-supplied identity headers before the proxy sets its own:
-/// `x-forwarded-client-cert`, every header whose name starts with `x-vakt-` (header names are
-/// case-insensitive, so `X-Vakt-Peer` too), and every name in `extra`. All field lines of each
-/// name go. Other headers are untouched.
-pub fn strip_identity_headers(headers: &mut HeaderMap, extra: &[HeaderName]) {
-    let vakt: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| n.as_str().starts_with(VAKT_HEADER_PREFIX))
-        .cloned()
-        .collect();
-    headers.remove(X_FORWARDED_CLIENT_CERT);
-    for name in vakt.iter().chain(extra) {
-        headers.remove(name);
+/// `Forwarded` (RFC 7239), `X-Forwarded-For`, `X-Real-IP`, `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` as vakt verified them: the mTLS peer's address, `https`, and the Host the
+/// request was matched on. Each is one field line replacing any other, so a client's copy can
+/// never be joined to vakt's. `X-Forwarded-Port` is not set (the client's copy is removed).
+pub fn set_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr, host: Option<HeaderValue>) {
+    let ip = peer.to_string();
+    let mut forwarded = match peer {
+        std::net::IpAddr::V4(_) => format!("for={ip}"),
+        std::net::IpAddr::V6(_) => format!("for=\"[{ip}]\""),
+    };
+    if let Some(host) = host.as_ref().and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(";host=\"");
+        for c in host.chars() {
+            if c == '"' || c == '\\' {
+                forwarded.push('\\');
+            }
+            forwarded.push(c);
+        }
+        forwarded.push('"');
     }
+    forwarded.push_str(";proto=https");
+    // Only the address, visible ASCII and a quoted host were written: always valid values.
+    if let Ok(v) = HeaderValue::from_str(&forwarded) {
+        headers.insert(FORWARDED, v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&ip) {
+        headers.insert(X_FORWARDED_FOR, v.clone());
+        headers.insert(X_REAL_IP, v);
+    }
+    headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+    match host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+        None => headers.remove(X_FORWARDED_HOST),
+    };
 }
 
 /// One XFCC value: bytes that cannot appear in a URI or a header (controls, space, non-ASCII,
@@ -904,12 +942,18 @@ mod tests {
             ("x-vakt-", "empty suffix"),
             ("X-Remote-User", "root"),
             ("x-remote-user", "root2"),
+            ("x-user-id", "root3"),
             ("x-vakt", "no dash: not ours"),
             ("x-vaktpeer", "not ours"),
             ("accept", "*/*"),
             ("authorization", "Bearer t"),
         ]);
-        strip_identity_headers(&mut h, &[HeaderName::from_static("x-remote-user")]);
+        let rules = HeaderRules::new(
+            &HygieneConfig::default(),
+            vec![HeaderName::from_static("x-user-id")],
+            vec![],
+        );
+        rules.apply(&mut h).unwrap();
         assert_eq!(
             h,
             map(&[
@@ -923,10 +967,32 @@ mod tests {
 
     #[test]
     fn identity_stripping_without_matches_changes_nothing() {
-        let original = map(&[("accept", "*/*"), ("x-forwarded-for", "10.0.0.1")]);
+        let original = map(&[("accept", "*/*"), ("x-custom-ok", "1")]);
         let mut h = original.clone();
-        strip_identity_headers(&mut h, &[]);
+        HeaderRules::new(&HygieneConfig::default(), vec![], vec![])
+            .apply(&mut h)
+            .unwrap();
         assert_eq!(h, original);
+    }
+
+    #[test]
+    #[rustfmt::skip]
+    fn forwarded_headers_are_set_from_the_verified_values() {
+        let cases: &[(&str, Option<&str>, &str)] = &[
+            ("10.1.2.3", Some("orders.shop"), "for=10.1.2.3;host=\"orders.shop\";proto=https"),
+            ("::1", Some("orders.shop:8443"), "for=\"[::1]\";host=\"orders.shop:8443\";proto=https"),
+            ("10.1.2.3", None, "for=10.1.2.3;proto=https"),
+        ];
+        for (ip, host, want) in cases {
+            let mut h = map(&[("x-forwarded-host", "forged"), ("x-forwarded-for", "6.6.6.6")]);
+            set_forwarded(&mut h, ip.parse().unwrap(), host.map(HeaderValue::from_static));
+            assert_eq!(values(&h, "forwarded"), [*want]);
+            assert_eq!(values(&h, "x-forwarded-for"), [*ip]);
+            assert_eq!(values(&h, "x-real-ip"), [*ip]);
+            assert_eq!(values(&h, "x-forwarded-proto"), ["https"]);
+            let want_host: Vec<&str> = host.iter().copied().collect();
+            assert_eq!(values(&h, "x-forwarded-host"), want_host);
+        }
     }
 
     // ---------------------------------------------------------------- xfcc

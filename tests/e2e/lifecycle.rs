@@ -117,6 +117,41 @@ fn check_rejects_broken_configs_with_the_key_and_the_problem() {
 }
 
 #[test]
+fn check_warns_about_each_kept_header_and_refuses_a_protected_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nroutes:\n  - id: all\n    methods: [GET]\n    path: /**\n    allow:\n      - peers: [\"spiffe://cluster.local/ns/a/sa/b\"]\n",
+    )
+    .unwrap();
+    let base = "identity:\n  trust_domain: cluster.local\n  cert: c.pem\n  key: k.pem\n  trust_bundle: b.pem\ninbound:\n  policy: policy.yaml\n";
+    let path = tmp.path().join("config.yaml");
+    std::fs::write(
+        &path,
+        format!("{base}  keep_headers: [X-Forwarded-User, l5d-client-id]\n"),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_check(&path, &[]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    for name in ["x-forwarded-user", "l5d-client-id"] {
+        assert!(
+            stdout.contains(&format!(
+                "warning: inbound.keep_headers lets clients send {name}"
+            )),
+            "{stdout}"
+        );
+    }
+    std::fs::write(&path, format!("{base}  keep_headers: [x_real_ip]\n")).unwrap();
+    let (code, _, stderr) = run_check(&path, &[]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("inbound.keep_headers[0]: x_real_ip is set only by vakt"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn certs_commands_make_an_identity_that_check_accepts() {
     let tmp = tempfile::tempdir().unwrap();
     let ca = tmp.path().join("ca");

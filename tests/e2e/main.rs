@@ -10,6 +10,7 @@ mod alerts;
 mod audit;
 mod code_layout;
 mod handshake;
+mod header_corpus;
 mod helm;
 mod lifecycle;
 mod limits;
