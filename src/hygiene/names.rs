@@ -191,30 +191,80 @@ enum Verdict {
 #[derive(Debug, Clone)]
 pub struct HeaderRules {
     underscore: UnderscoreHeaders,
-    /// Extra exact names (`inbound.strip_headers`), lower case.
-    extra: Vec<HeaderName>,
     /// Names opted back in from [`DEFAULT_STRIPPED`] (`inbound.keep_headers`).
     keep: Vec<HeaderName>,
+    /// The listed exact names (protected, `inbound.strip_headers`, default-stripped but not
+    /// kept), by length: a header is compared with the few of its own length only.
+    exact_by_len: Vec<Vec<Box<[u8]>>>,
+    /// Prefix families that always apply ([`PROTECTED`]) and those `keep` can except.
+    protected_families: Vec<&'static [u8]>,
+    stripped_families: Vec<&'static [u8]>,
+    /// Which first bytes a listed name can start with: most headers are passed on this alone.
+    first_bytes: [bool; 256],
 }
 
 impl HeaderRules {
     pub fn new(config: &HygieneConfig, extra: Vec<HeaderName>, keep: Vec<HeaderName>) -> Self {
+        let kept = |name: &[u8]| keep.iter().any(|n| n.as_str().as_bytes() == name);
+        let mut exact: Vec<&[u8]> = extra.iter().map(|n| n.as_str().as_bytes()).collect();
+        let mut protected_families = Vec::new();
+        let mut stripped_families = Vec::new();
+        for entry in PROTECTED {
+            match entry.prefix {
+                true => protected_families.push(entry.name.as_bytes()),
+                false => exact.push(entry.name.as_bytes()),
+            }
+        }
+        for entry in DEFAULT_STRIPPED {
+            match entry.prefix {
+                true => stripped_families.push(entry.name.as_bytes()),
+                false if !kept(entry.name.as_bytes()) => exact.push(entry.name.as_bytes()),
+                false => {}
+            }
+        }
+        let mut exact_by_len: Vec<Vec<Box<[u8]>>> = Vec::new();
+        let mut first_bytes = [false; 256];
+        let families = protected_families.iter().chain(&stripped_families);
+        for name in exact.iter().chain(families) {
+            if let Some(&first) = name.first() {
+                first_bytes[usize::from(first)] = true;
+            }
+        }
+        for name in exact {
+            if exact_by_len.len() <= name.len() {
+                exact_by_len.resize_with(name.len() + 1, Vec::new);
+            }
+            exact_by_len[name.len()].push(name.into());
+        }
         Self {
             underscore: config.underscore_headers,
-            extra,
             keep,
+            exact_by_len,
+            protected_families,
+            stripped_families,
+            first_bytes,
         }
     }
 
     /// Whether a normalised (lower case, `-` only) name is protected or stripped.
     fn listed(&self, name: &[u8]) -> bool {
-        if PROTECTED.iter().any(|e| entry_matches(e, name)) {
+        let Some(&first) = name.first() else {
+            return false;
+        };
+        if !self.first_bytes[usize::from(first)] {
+            return false;
+        }
+        if self
+            .exact_by_len
+            .get(name.len())
+            .is_some_and(|same_length| same_length.iter().any(|n| **n == *name))
+        {
             return true;
         }
-        if self.extra.iter().any(|n| n.as_str().as_bytes() == name) {
+        if self.protected_families.iter().any(|f| name.starts_with(f)) {
             return true;
         }
-        DEFAULT_STRIPPED.iter().any(|e| entry_matches(e, name))
+        self.stripped_families.iter().any(|f| name.starts_with(f))
             && !self.keep.iter().any(|n| n.as_str().as_bytes() == name)
     }
 
