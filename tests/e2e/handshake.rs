@@ -172,7 +172,7 @@ async fn certificate_from_another_ca_is_refused() {
     let dir = elsewhere.workload("web", &web_id(&server_a)).unwrap();
     assert_refused(&server_a, Some(&dir), "unknown_ca").await;
 
-    // The case of the brief: a second CA for the same trust domain (say, another cluster that
+    // The impostor case: a second CA for the same trust domain (say, another cluster that
     // also calls itself test.vakt.local). Same SPIFFE ID, an allowed peer: only the CA is wrong.
     let server_b = server(&["web"], "").await;
     let twin = DevPki::new(TD).unwrap();
