@@ -343,9 +343,18 @@ async fn content_length_with_transfer_encoding_is_refused_inbound() {
     let config = web_client_config(&server);
     // A normal request first on the same connection, then the ambiguous one.
     let tls = mtls_connect(server.addr(), config).await.unwrap();
+    first_served_then_smuggling_refused(&server, tls).await;
+}
+
+/// On one connection: a normal request (served), then [`SMUGGLE`] (400 `bad_framing`); the app
+/// sees only the first.
+async fn first_served_then_smuggling_refused<S>(server: &Server, stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let mut request = b"GET /first HTTP/1.1\r\nHost: orders.shop\r\n\r\n".to_vec();
     request.extend_from_slice(SMUGGLE);
-    let answer = raw_exchange(tls, &request).await;
+    let answer = raw_exchange(stream, &request).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     assert!(answer.contains("HTTP/1.1 400"), "{answer}");
     assert!(answer.contains("bad_framing"), "{answer}");
@@ -355,7 +364,11 @@ async fn content_length_with_transfer_encoding_is_refused_inbound() {
         .into_iter()
         .map(|r| r.path_and_query)
         .collect();
-    assert_eq!(seen, vec!["/first".to_owned()]);
+    assert_eq!(
+        seen,
+        vec!["/first".to_owned()],
+        "the smuggled request got through"
+    );
 }
 
 /// hyper serves HTTP/1 or HTTP/2 by the first bytes, not by ALPN: a client that negotiated h2
@@ -372,23 +385,7 @@ async fn http1_after_alpn_h2_is_scanned_for_ambiguous_framing() {
     );
     let tls = mtls_connect(server.addr(), config.clone()).await.unwrap();
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
-    let mut request = b"GET /first HTTP/1.1\r\nHost: orders.shop\r\n\r\n".to_vec();
-    request.extend_from_slice(SMUGGLE);
-    let answer = raw_exchange(tls, &request).await;
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-    assert!(answer.contains("HTTP/1.1 400"), "{answer}");
-    assert!(answer.contains("bad_framing"), "{answer}");
-    let seen: Vec<_> = server
-        .app
-        .seen()
-        .into_iter()
-        .map(|r| r.path_and_query)
-        .collect();
-    assert_eq!(
-        seen,
-        vec!["/first".to_owned()],
-        "the smuggled request got through"
-    );
+    first_served_then_smuggling_refused(&server, tls).await;
 
     // HTTP/2 on such a connection is served as before.
     let tls = mtls_connect(server.addr(), config).await.unwrap();
