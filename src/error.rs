@@ -12,6 +12,7 @@ use http::{Response, StatusCode};
 
 use crate::authn::TokenError;
 use crate::body::{ProxyBody, full};
+use crate::hygiene::host::HostError;
 use crate::hygiene::path::PathError;
 use crate::hygiene::{FramingError, RequestIds};
 use crate::identity::SpiffeId;
@@ -27,6 +28,8 @@ pub enum DenyReason {
     InvalidHeaderName,
     /// The request path is ambiguous or malformed (path-confusion risk).
     InvalidPath(PathError),
+    /// The request's host is missing, repeated, malformed or names two different hosts.
+    InvalidHost(HostError),
     /// The request arrived without a verified peer identity (should not happen behind mTLS).
     NoPeerIdentity,
     /// The policy denied the request (no route, method, peer, ...).
@@ -71,6 +74,7 @@ impl DenyReason {
         match self {
             Self::BadFraming(_) => "bad_framing",
             Self::InvalidPath(_) => "invalid_path",
+            Self::InvalidHost(_) => "invalid_host",
             Self::InvalidHeaderName => "invalid_header_name",
             Self::NoPeerIdentity => "no_peer_identity",
             Self::Policy(reason) | Self::StepUp { reason, .. } => reason.code(),
@@ -92,6 +96,7 @@ impl DenyReason {
         match self {
             Self::BadFraming(_)
             | Self::InvalidPath(_)
+            | Self::InvalidHost(_)
             | Self::InvalidHeaderName
             | Self::MissingDestination => StatusCode::BAD_REQUEST,
             Self::Token(TokenError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,6 +122,7 @@ impl DenyReason {
         match self {
             Self::BadFraming(e) => format!("ambiguous request framing: {e}").into(),
             Self::InvalidPath(e) => format!("invalid request path: {e}").into(),
+            Self::InvalidHost(e) => format!("invalid host: {e}").into(),
             Self::InvalidHeaderName => {
                 "a request header name contains an underscore; use '-' instead".into()
             }

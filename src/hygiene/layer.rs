@@ -2,10 +2,11 @@
 
 use std::sync::Arc;
 
-use http::header::{HOST, TRANSFER_ENCODING};
+use http::header::TRANSFER_ENCODING;
 use http::{HeaderValue, Version};
 use http_body_util::BodyExt;
 
+use super::host::{request_host, set_canonical_host};
 use super::names::{ForwardedHeaders, HeaderRules};
 use super::{
     X_FORWARDED_CLIENT_CERT, X_REQUEST_ID, check_request_framing, ensure_request_id,
@@ -101,6 +102,17 @@ impl Hygiene {
             _ => {}
         }
         check_request_framing(req.version(), req.headers()).map_err(DenyReason::BadFraming)?;
+        // One host, one spelling: the policy matches it and the app receives exactly it.
+        let default_port = match (req.uri().scheme_str(), self.direction) {
+            (Some("https"), _) | (None, Direction::Inbound) => 443,
+            _ => 80,
+        };
+        let host = request_host(req.uri(), req.headers(), default_port)
+            .map_err(DenyReason::InvalidHost)?;
+        let mut uri = std::mem::take(req.uri_mut());
+        let rewritten = set_canonical_host(&mut uri, req.headers_mut(), &host);
+        *req.uri_mut() = uri;
+        rewritten.map_err(DenyReason::InvalidHost)?;
         if self.direction == Direction::Inbound {
             // One canonical path: the policy decides on it and the app receives exactly it.
             let canonical = canonicalize(req.uri().path()).map_err(DenyReason::InvalidPath)?;
@@ -111,6 +123,7 @@ impl Hygiene {
             .apply(req.headers_mut())
             .map_err(|_| DenyReason::InvalidHeaderName)?;
         self.filter_trailers(req);
+        req.extensions_mut().insert(host.clone());
         if self.direction == Direction::Inbound {
             let peer = req
                 .extensions()
@@ -134,12 +147,11 @@ impl Hygiene {
             if self.forwarded == ForwardedHeaders::Set
                 && let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied()
             {
-                let host = req.headers().get(HOST).cloned().or_else(|| {
-                    req.uri()
-                        .authority()
-                        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-                });
-                set_forwarded(req.headers_mut(), addr.ip(), host);
+                set_forwarded(
+                    req.headers_mut(),
+                    addr.ip(),
+                    Some(host.header_value().clone()),
+                );
             }
         }
         Ok(())
@@ -201,7 +213,7 @@ mod tests {
     fn request(version: Version, verdict: Option<Result<(), FramingError>>) -> Req {
         let mut req = Request::get("http://orders.shop/x")
             .version(version)
-            .header(HOST, "orders.shop")
+            .header(http::header::HOST, "orders.shop")
             .body(body::empty())
             .unwrap();
         if let Some(v) = verdict {

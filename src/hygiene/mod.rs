@@ -23,6 +23,7 @@
 //! (and the only one for what hyper lets through, e.g. `Transfer-Encoding: gzip, chunked`).
 
 pub(crate) mod h1_framing;
+pub mod host;
 mod layer;
 pub mod names;
 pub mod path;

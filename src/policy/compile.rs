@@ -12,6 +12,7 @@ use super::file::{
     BindTarget, Mode, PeerPattern, PolicyContext, PolicyFile, RuleSpec, TokenRequirement,
 };
 use super::router::{PathPattern, Router};
+use crate::hygiene::host::CanonicalHost;
 use crate::identity::TrustDomain;
 use crate::ratelimit::{RateLimitSpec, RateLimits};
 
@@ -195,17 +196,25 @@ impl Policy {
             let mut methods = spec.methods.clone();
             methods.sort_by(|a, b| a.as_str().cmp(b.as_str()));
             methods.dedup();
-            let host = spec
-                .host
-                .as_deref()
-                .map(|h| h.trim_end_matches('.').to_ascii_lowercase());
-            if let Some(h) = &host
-                && (h.is_empty() || h.contains(['/', ':', ' ', '*']))
-            {
-                problems.push(format!(
-                    "{at}.host: \"{h}\" is not a host name (no port, no wildcard)"
-                ));
-            }
+            // The same parser as requests' hosts, so a route names a host in the form it is matched.
+            let host = match spec.host.as_deref() {
+                None => None,
+                Some(h) => match CanonicalHost::parse(h.as_bytes(), 0) {
+                    Ok(c) if c.name() == c.as_str() => Some(c.name().to_owned()),
+                    Ok(_) => {
+                        problems.push(format!(
+                            "{at}.host: \"{h}\" has a port; a route names the host only"
+                        ));
+                        None
+                    }
+                    Err(e) => {
+                        problems.push(format!(
+                            "{at}.host: \"{h}\" is not a host name (no wildcard): {e}"
+                        ));
+                        None
+                    }
+                },
+            };
             let pattern = match PathPattern::parse(&spec.path) {
                 Ok(p) => p,
                 Err(e) => {

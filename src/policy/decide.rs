@@ -16,7 +16,8 @@ use crate::identity::SpiffeId;
 #[derive(Debug, Clone, Copy)]
 pub struct RequestCtx<'a> {
     pub method: &'a Method,
-    /// Lowercase host without port, if any.
+    /// The canonical host name, without port; `None` only where a tool explains a request that
+    /// names no host.
     pub host: Option<&'a str>,
     pub path: &'a CanonicalPath,
     pub peer: Option<&'a SpiffeId>,

@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use super::{Decision, Policy, PolicyContext, RequestCtx, evaluate};
 use crate::authn::{Principal, Profile};
+use crate::hygiene::host::CanonicalHost;
 use crate::hygiene::path::{CanonicalPath, PathError, canonicalize};
 use crate::identity::{SpiffeId, TrustDomain};
 
@@ -108,13 +109,17 @@ pub fn decide(policy: &Policy, request: &RequestSpec) -> Result<Verdict, String>
         Ok(c) => c,
         Err(e) => return Ok(Verdict::InvalidPath(e)),
     };
-    let host = request.host.as_deref().map(str::to_ascii_lowercase);
+    let host = request
+        .host
+        .as_deref()
+        .map(|h| CanonicalHost::parse(h.as_bytes(), 443).map_err(|e| format!("host \"{h}\": {e}")))
+        .transpose()?;
     let principal = request.principal();
     let decision = evaluate(
         policy,
         &RequestCtx {
             method: &method,
-            host: host.as_deref(),
+            host: host.as_ref().map(CanonicalHost::name),
             path: &canonical,
             peer: request.peer.as_ref(),
             principal: principal.as_ref(),

@@ -2,8 +2,6 @@
 
 use std::sync::Arc;
 
-use http::header::HOST;
-
 use super::compile::Route;
 use super::decide::{DecisionRecord, MatchedRoute, Outcome};
 use super::decide::{RequestCtx, evaluate};
@@ -13,23 +11,13 @@ use crate::authn::Principal;
 use crate::authn::headers::IdentityHeaders;
 use crate::error::DenyReason;
 use crate::hygiene::RequestIds;
+use crate::hygiene::host::{CanonicalHost, HostError};
 use crate::hygiene::path::CanonicalPath;
 use crate::identity::PeerIdentity;
 use crate::metrics as m;
 use crate::pseudonym::Pseudonymiser;
 use crate::ratelimit::retry_after_secs;
 use crate::stack::{Next, Req, Resp, Stage};
-
-/// Lowercase host without port, from `Host` or the URI authority.
-fn request_host(req: &Req) -> Option<String> {
-    let raw = req
-        .headers()
-        .get(HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().authority().map(|a| a.as_str()))?;
-    let authority: http::uri::Authority = raw.parse().ok()?;
-    Some(authority.host().trim_end_matches('.').to_ascii_lowercase())
-}
 
 /// The `Allow` header of a 405: the methods of the route that covers the path.
 fn allow_header(methods: &[http::Method]) -> Option<http::HeaderValue> {
@@ -123,14 +111,18 @@ impl Stage for PolicyStage {
             return DenyReason::Policy(super::decide::Reason::NoRoute)
                 .into_response(req.extensions().get::<RequestIds>());
         };
-        let host = request_host(&req);
+        // Hygiene sets it on every request; without it no host-specific route can be chosen.
+        let Some(host) = req.extensions_mut().remove::<CanonicalHost>() else {
+            return DenyReason::InvalidHost(HostError::Missing)
+                .into_response(req.extensions().get::<RequestIds>());
+        };
         let upgrade = upgrade_protocols(&req);
         let principal = req.extensions().get::<Arc<Principal>>().cloned();
         let decision = {
             let peer = req.extensions().get::<PeerIdentity>().map(|p| &p.spiffe_id);
             let ctx = RequestCtx {
                 method: req.method(),
-                host: host.as_deref(),
+                host: Some(host.name()),
                 path: &path,
                 peer,
                 principal: principal.as_deref(),

@@ -90,11 +90,34 @@ fn retarget(uri: &mut Uri, scheme: http::uri::Scheme, authority: &http::uri::Aut
     }
 }
 
+/// Dials the local app whatever authority a request names: requests to an h2c app keep the
+/// verified host in `:authority`, which is what HTTP/2 servers read as the host.
+#[derive(Clone)]
+struct AppConnector {
+    http: HttpConnector,
+    app: Uri,
+}
+
+impl tower::Service<Uri> for AppConnector {
+    type Response = <HttpConnector as tower::Service<Uri>>::Response;
+    type Error = <HttpConnector as tower::Service<Uri>>::Error;
+    type Future = <HttpConnector as tower::Service<Uri>>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.http.poll_ready(cx)
+    }
+
+    fn call(&mut self, _named: Uri) -> Self::Future {
+        self.http.call(self.app.clone())
+    }
+}
+
 /// The pooled plaintext client to the local app.
 #[derive(Clone)]
 pub struct AppClient {
-    client: Client<HttpConnector, ProxyBody>,
-    /// The app's `ip:port`, as every forwarded request's authority.
+    client: Client<AppConnector, ProxyBody>,
+    /// The app's `ip:port`: the authority of requests to an HTTP/1.1 app (which reads `Host`),
+    /// so that they share one pool.
     authority: http::uri::Authority,
     protocol: AppProtocol,
     response_timeout: Duration,
@@ -112,12 +135,24 @@ impl AppClient {
             .pool_idle_timeout(limits.upstream_pool_idle_timeout)
             .pool_max_idle_per_host(limits.upstream_pool_max_idle_per_host)
             .http2_only(protocol == AppProtocol::H2c);
+        let authority: http::uri::Authority = app
+            .to_string()
+            .parse()
+            .expect("a socket address is a valid URI authority");
+        let connector = AppConnector {
+            http: connector,
+            app: Uri::from_parts({
+                let mut parts = http::uri::Parts::default();
+                parts.scheme = Some(http::uri::Scheme::HTTP);
+                parts.authority = Some(authority.clone());
+                parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+                parts
+            })
+            .expect("scheme, authority and path make a URI"),
+        };
         Self {
             client: builder.build(connector),
-            authority: app
-                .to_string()
-                .parse()
-                .expect("a socket address is a valid URI authority"),
+            authority,
             protocol,
             response_timeout: limits.upstream_response_timeout,
         }
@@ -128,7 +163,17 @@ impl AppClient {
         &self,
         mut request: Request<ProxyBody>,
     ) -> Result<Response<Incoming>, DenyReason> {
-        if !retarget(request.uri_mut(), http::uri::Scheme::HTTP, &self.authority) {
+        // HTTP/2 carries the host in `:authority` alone, so the app cannot read two of them.
+        let authority = match self.protocol {
+            AppProtocol::Http1 => Some(self.authority.clone()),
+            AppProtocol::H2c => request
+                .headers_mut()
+                .remove(http::header::HOST)
+                .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok()),
+        };
+        let retargeted = authority
+            .is_some_and(|a| retarget(request.uri_mut(), http::uri::Scheme::HTTP, &a));
+        if !retargeted {
             return Err(DenyReason::UpstreamUnavailable);
         }
         *request.version_mut() = match self.protocol {
@@ -184,7 +229,8 @@ impl MeshConnectError {
 /// One egress table entry, resolved for connecting.
 #[derive(Debug, Clone)]
 struct Destination {
-    /// The table key (the normalised authority the app addressed), parsed for request URIs.
+    /// The authority the app addressed, as the request to the remote sidecar names it in both
+    /// the target and `Host` (the table key, port 80 left implicit as in a plain-HTTP `Host`).
     authority: http::uri::Authority,
     address: String,
     server_name: ServerName<'static>,
@@ -192,7 +238,7 @@ struct Destination {
 }
 
 /// Dials the sidecar of a destination and performs mTLS, checking its SPIFFE ID. The pool keys
-/// connections by the request URI's authority, which is the egress table key.
+/// connections by the request URI's authority, which names one egress table entry.
 #[derive(Clone)]
 struct MeshConnector {
     table: Arc<HashMap<String, Destination>>,
@@ -215,12 +261,15 @@ impl tower::Service<Uri> for MeshConnector {
     fn call(&mut self, uri: Uri) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let key = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let named = uri.authority().map(|a| a.as_str()).unwrap_or_default();
+            let key = Authority::parse(named, 80)
+                .map(|a| a.as_str().to_owned())
+                .unwrap_or_default();
             let dest = this
                 .table
-                .get(key)
+                .get(&key)
                 .cloned()
-                .ok_or_else(|| MeshConnectError::UnknownDestination(key.to_owned()))?;
+                .ok_or(MeshConnectError::UnknownDestination(key))?;
             let config = this
                 .certs
                 .client_config(&dest.spiffe_id, this.alpn)
@@ -352,6 +401,8 @@ impl MeshClient {
                             authority: u
                                 .authority
                                 .as_str()
+                                .strip_suffix(":80")
+                                .unwrap_or(u.authority.as_str())
                                 .parse()
                                 .expect("a normalised authority is a valid URI authority"),
                             address: u.address.clone(),
@@ -401,6 +452,10 @@ impl MeshClient {
         };
         if !retarget(request.uri_mut(), http::uri::Scheme::HTTPS, &dest.authority) {
             return Err(DenyReason::MissingDestination);
+        }
+        // The remote sidecar refuses a `Host` that names another host than the target.
+        if let Ok(host) = http::HeaderValue::from_str(dest.authority.as_str()) {
+            request.headers_mut().insert(http::header::HOST, host);
         }
         *request.version_mut() = http::Version::HTTP_11;
         let client = if upgrade {

@@ -1,0 +1,480 @@
+//! The request's host: exactly one, in one strict syntax, in one canonical form.
+//!
+//! Accepted: a DNS name (letters, digits and `-` in dot-separated labels), a dotted-decimal IPv4
+//! address, or a bracketed IPv6 address, each with an optional decimal port. Refused: userinfo,
+//! percent-encoding, `_` and every other character, IPv6 zone ids, numeric forms that resolvers
+//! and URL parsers read differently (`127.1`, `0x7f.0.0.1`, `010.0.0.1`), empty or zero-padded
+//! ports. Canonical form: lower case, no trailing dot, IPv6 compressed, the default port dropped.
+//! The policy matches the canonical name and the app receives exactly the canonical value.
+
+use std::net::Ipv6Addr;
+
+use http::header::HOST;
+use http::{HeaderMap, HeaderValue, Uri};
+
+/// Longest host name (RFC 1035: 253 characters without the trailing dot).
+const MAX_NAME: usize = 253;
+/// Longest label of a host name.
+const MAX_LABEL: usize = 63;
+
+/// Why a request's host was refused (400 `invalid_host`). Messages never repeat the value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    #[error("the request names no host")]
+    Missing,
+    #[error("the request has more than one Host header")]
+    Multiple,
+    #[error("the host is empty")]
+    Empty,
+    #[error("the host carries userinfo")]
+    Userinfo,
+    #[error("the host has a character outside letters, digits, '-' and '.'")]
+    BadCharacter,
+    #[error(
+        "a label of the host name is empty, longer than 63 characters or starts or ends with '-'"
+    )]
+    BadLabel,
+    #[error("the host name is longer than 253 characters")]
+    TooLong,
+    #[error("a numeric host is not a dotted-decimal IPv4 address")]
+    BadIpv4,
+    #[error("an IPv6 address is malformed or not in brackets")]
+    BadIpv6,
+    #[error("the IPv6 address carries a zone identifier")]
+    Ipv6Zone,
+    #[error("the port is not a decimal number from 1 to 65535 without leading zeros")]
+    BadPort,
+    #[error("the request target's authority and the Host header name different hosts")]
+    AuthorityMismatch,
+}
+
+/// A host in canonical form: `name` or `name:port`, the port only when not the default.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CanonicalHost {
+    /// The canonical `Host` value, sent on to the app as is.
+    value: HeaderValue,
+    /// Length of the name (without `:port`) at the start of `value`.
+    name_len: usize,
+}
+
+impl CanonicalHost {
+    /// `name[:port]`, as the app receives it in `Host`.
+    pub fn as_str(&self) -> &str {
+        // Built only from ASCII checked below.
+        self.value.to_str().unwrap_or_default()
+    }
+
+    /// The host without its port: what a route's `host` is compared with.
+    pub fn name(&self) -> &str {
+        &self.as_str()[..self.name_len]
+    }
+
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.value
+    }
+
+    /// Parse one host value (`Host` header or a URI authority) into canonical form.
+    /// `default_port` is dropped from the result.
+    pub fn parse(raw: &[u8], default_port: u16) -> Result<Self, HostError> {
+        if raw.is_empty() {
+            return Err(HostError::Empty);
+        }
+        if raw.contains(&b'@') {
+            return Err(HostError::Userinfo);
+        }
+        let (name, port) = if raw[0] == b'[' {
+            let close = raw
+                .iter()
+                .position(|&b| b == b']')
+                .ok_or(HostError::BadIpv6)?;
+            let port = match &raw[close + 1..] {
+                [] => None,
+                [b':', port @ ..] => Some(port),
+                _ => return Err(HostError::BadIpv6),
+            };
+            (Name::Ipv6(ipv6(&raw[1..close])?), port)
+        } else {
+            if raw.iter().filter(|&&b| b == b':').count() > 1 {
+                return Err(HostError::BadIpv6);
+            }
+            let (name, port) = match raw.iter().position(|&b| b == b':') {
+                Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
+                None => (raw, None),
+            };
+            (registered_name_or_ipv4(name)?, port)
+        };
+        let port = port.map(parse_port).transpose()?;
+        Ok(Self::render(name, port.filter(|&p| p != default_port), raw))
+    }
+
+    /// The canonical value, reusing `raw` when it already is canonical (the common case).
+    fn render(name: Name<'_>, port: Option<u16>, raw: &[u8]) -> Self {
+        let mut text = match name {
+            Name::Text(n) => n.to_ascii_lowercase(),
+            Name::Ipv6(ip) => format!("[{ip}]"),
+        };
+        let name_len = text.len();
+        if let Some(port) = port {
+            text.push(':');
+            text.push_str(&port.to_string());
+        }
+        let value = if text.as_bytes() == raw {
+            HeaderValue::from_bytes(raw)
+        } else {
+            HeaderValue::from_str(&text)
+        };
+        Self {
+            // Letters, digits, '-', '.', ':', brackets and hex digits only: always a valid value.
+            value: value.unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            name_len,
+        }
+    }
+}
+
+impl std::fmt::Display for CanonicalHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+enum Name<'a> {
+    /// A DNS name or IPv4 address, checked, not yet lower-cased, no trailing dot.
+    Text(&'a str),
+    Ipv6(Ipv6Addr),
+}
+
+fn ipv6(inside: &[u8]) -> Result<Ipv6Addr, HostError> {
+    if inside.contains(&b'%') {
+        return Err(HostError::Ipv6Zone);
+    }
+    std::str::from_utf8(inside)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or(HostError::BadIpv6)
+}
+
+fn parse_port(port: &[u8]) -> Result<u16, HostError> {
+    let plain = !port.is_empty()
+        && port.len() <= 5
+        && port[0] != b'0'
+        && port.iter().all(u8::is_ascii_digit);
+    if !plain {
+        return Err(HostError::BadPort);
+    }
+    std::str::from_utf8(port)
+        .ok()
+        .and_then(|p| p.parse::<u16>().ok())
+        .ok_or(HostError::BadPort)
+}
+
+/// A DNS name or a dotted-decimal IPv4 address, with at most one trailing dot removed.
+fn registered_name_or_ipv4(name: &[u8]) -> Result<Name<'_>, HostError> {
+    let name = name.strip_suffix(b".").unwrap_or(name);
+    if name.is_empty() {
+        return Err(HostError::Empty);
+    }
+    if !name
+        .iter()
+        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+    {
+        return Err(HostError::BadCharacter);
+    }
+    if name.len() > MAX_NAME {
+        return Err(HostError::TooLong);
+    }
+    let mut labels = 0;
+    for label in name.split(|&b| b == b'.') {
+        labels += 1;
+        if label.is_empty()
+            || label.len() > MAX_LABEL
+            || label[0] == b'-'
+            || label[label.len() - 1] == b'-'
+        {
+            return Err(HostError::BadLabel);
+        }
+    }
+    let last = name.rsplit(|&b| b == b'.').next().unwrap_or_default();
+    // URL parsers and resolvers read a name ending in a number as an IPv4 address, in decimal,
+    // octal or hex and with fewer than four parts: only the one unambiguous spelling passes.
+    if looks_numeric(last) && !(labels == 4 && name.split(|&b| b == b'.').all(is_octet)) {
+        return Err(HostError::BadIpv4);
+    }
+    // Checked above: ASCII only.
+    std::str::from_utf8(name)
+        .map(Name::Text)
+        .map_err(|_| HostError::BadCharacter)
+}
+
+/// All digits, or `0x` followed by hex digits: a label an IPv4 parser would take as a number.
+fn looks_numeric(label: &[u8]) -> bool {
+    let hex = match label {
+        [b'0', b'x' | b'X', rest @ ..] => rest.iter().all(u8::is_ascii_hexdigit),
+        _ => false,
+    };
+    hex || label.iter().all(u8::is_ascii_digit)
+}
+
+/// A decimal number 0–255 without leading zeros.
+fn is_octet(label: &[u8]) -> bool {
+    !label.is_empty()
+        && label.len() <= 3
+        && label.iter().all(u8::is_ascii_digit)
+        && !(label.len() > 1 && label[0] == b'0')
+        && std::str::from_utf8(label)
+            .ok()
+            .and_then(|s| s.parse::<u8>().ok())
+            .is_some()
+}
+
+/// The request's one host: the `Host` header and the request target's authority (HTTP/2
+/// `:authority`, HTTP/1 absolute-form) where present, which must then name the same host.
+pub fn request_host(
+    uri: &Uri,
+    headers: &HeaderMap,
+    default_port: u16,
+) -> Result<CanonicalHost, HostError> {
+    let mut values = headers.get_all(HOST).iter();
+    let header = values.next();
+    if values.next().is_some() {
+        return Err(HostError::Multiple);
+    }
+    let from_header = header
+        .map(|h| CanonicalHost::parse(h.as_bytes(), default_port))
+        .transpose()?;
+    let from_target = uri
+        .authority()
+        .map(|a| CanonicalHost::parse(a.as_str().as_bytes(), default_port))
+        .transpose()?;
+    match (from_header, from_target) {
+        (Some(h), Some(t)) if h != t => Err(HostError::AuthorityMismatch),
+        (Some(h), _) => Ok(h),
+        (None, Some(t)) => Ok(t),
+        (None, None) => Err(HostError::Missing),
+    }
+}
+
+/// Put the canonical host in `Host` and, when the target has an authority, in the URI too, so
+/// that whichever the app reads is the host vakt checked.
+pub fn set_canonical_host(
+    uri: &mut Uri,
+    headers: &mut HeaderMap,
+    host: &CanonicalHost,
+) -> Result<(), HostError> {
+    if headers.get(HOST) != Some(host.header_value()) {
+        headers.insert(HOST, host.header_value().clone());
+    }
+    if let Some(authority) = uri.authority()
+        && authority.as_str() != host.as_str()
+    {
+        let mut parts = std::mem::take(uri).into_parts();
+        parts.authority = Some(
+            host.as_str()
+                .parse()
+                .map_err(|_| HostError::AuthorityMismatch)?,
+        );
+        *uri = Uri::from_parts(parts).map_err(|_| HostError::AuthorityMismatch)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<String, HostError> {
+        CanonicalHost::parse(raw.as_bytes(), 443).map(|h| h.to_string())
+    }
+
+    #[test]
+    fn canonical_forms() {
+        let cases = [
+            ("orders.shop", "orders.shop"),
+            ("Orders.SHOP", "orders.shop"),
+            ("orders.shop.", "orders.shop"),
+            ("orders.shop:443", "orders.shop"),
+            ("orders.shop.:8443", "orders.shop:8443"),
+            ("ORDERS.shop:80", "orders.shop:80"),
+            ("a", "a"),
+            ("x-1.y-2", "x-1.y-2"),
+            ("3com.example", "3com.example"),
+            ("10.0.0.1", "10.0.0.1"),
+            ("10.0.0.1:9", "10.0.0.1:9"),
+            ("0.0.0.0", "0.0.0.0"),
+            ("255.255.255.255", "255.255.255.255"),
+            ("[::1]", "[::1]"),
+            ("[0:0:0:0:0:0:0:1]:443", "[::1]"),
+            ("[2001:DB8::A]:8080", "[2001:db8::a]:8080"),
+            ("[::ffff:10.0.0.1]", "[::ffff:10.0.0.1]"),
+            ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+            ("h:65535", "h:65535"),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse(raw).as_deref(), Ok(want), "{raw}");
+        }
+        let h = CanonicalHost::parse(b"Orders.Shop:8443", 443).unwrap();
+        assert_eq!(h.name(), "orders.shop");
+        let h = CanonicalHost::parse(b"[::1]:8443", 443).unwrap();
+        assert_eq!(h.name(), "[::1]");
+    }
+
+    #[test]
+    fn refused_forms() {
+        let long_label = format!("{}.example", "a".repeat(64));
+        let long_name = vec!["abcdefghi"; 26].join(".");
+        let cases: Vec<(&str, HostError)> = vec![
+            ("", HostError::Empty),
+            (".", HostError::Empty),
+            (":443", HostError::Empty),
+            ("user@orders.shop", HostError::Userinfo),
+            ("user:pw@orders.shop", HostError::Userinfo),
+            ("@orders.shop", HostError::Userinfo),
+            ("orders.shop@evil", HostError::Userinfo),
+            ("orders_shop", HostError::BadCharacter),
+            ("orders.shop ", HostError::BadCharacter),
+            (" orders.shop", HostError::BadCharacter),
+            ("orders\tshop", HostError::BadCharacter),
+            ("orders%2eshop", HostError::BadCharacter),
+            ("orders.shop/x", HostError::BadCharacter),
+            ("orders.shop\\x", HostError::BadCharacter),
+            ("orders.shop?x", HostError::BadCharacter),
+            ("orders.shop#x", HostError::BadCharacter),
+            ("*.shop", HostError::BadCharacter),
+            ("orders,evil", HostError::BadCharacter),
+            ("ördrs.shop", HostError::BadCharacter),
+            ("orders..shop", HostError::BadLabel),
+            ("orders.shop..", HostError::BadLabel),
+            (".orders.shop", HostError::BadLabel),
+            ("-orders.shop", HostError::BadLabel),
+            ("orders-.shop", HostError::BadLabel),
+            (long_label.as_str(), HostError::BadLabel),
+            (long_name.as_str(), HostError::TooLong),
+            ("127.1", HostError::BadIpv4),
+            ("127.0.1", HostError::BadIpv4),
+            ("2130706433", HostError::BadIpv4),
+            ("0x7f.0.0.1", HostError::BadIpv4),
+            ("1.2.3.0x4", HostError::BadIpv4),
+            ("010.0.0.1", HostError::BadIpv4),
+            ("10.0.0.01", HostError::BadIpv4),
+            ("256.0.0.1", HostError::BadIpv4),
+            ("1.2.3.4.5", HostError::BadIpv4),
+            ("a.1", HostError::BadIpv4),
+            ("[::1", HostError::BadIpv6),
+            ("[::1]x", HostError::BadIpv6),
+            ("[::g]", HostError::BadIpv6),
+            ("[1.2.3.4]", HostError::BadIpv6),
+            ("[fe80::1%25eth0]", HostError::Ipv6Zone),
+            ("[fe80::1%eth0]", HostError::Ipv6Zone),
+            ("::1", HostError::BadIpv6),
+            ("orders.shop:", HostError::BadPort),
+            ("orders.shop:0", HostError::BadPort),
+            ("orders.shop:080", HostError::BadPort),
+            ("orders.shop:65536", HostError::BadPort),
+            ("orders.shop:+80", HostError::BadPort),
+            ("orders.shop:80:80", HostError::BadIpv6),
+            ("orders.shop: 80", HostError::BadPort),
+            ("[::1]:", HostError::BadPort),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(parse(raw), Err(want), "{raw:?}");
+        }
+    }
+
+    fn headers(hosts: &[&str]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for h in hosts {
+            map.append(HOST, HeaderValue::from_str(h).unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn one_host_per_request() {
+        let origin: Uri = "/x".parse().unwrap();
+        let absolute: Uri = "http://Orders.shop:443/x".parse().unwrap();
+        let other: Uri = "http://evil.shop/x".parse().unwrap();
+        let ok = |uri: &Uri, hosts: &[&str]| {
+            request_host(uri, &headers(hosts), 443).map(|h| h.to_string())
+        };
+        assert_eq!(ok(&origin, &["orders.shop"]).as_deref(), Ok("orders.shop"));
+        assert_eq!(ok(&absolute, &[]).as_deref(), Ok("orders.shop"));
+        assert_eq!(
+            ok(&absolute, &["ORDERS.shop."]).as_deref(),
+            Ok("orders.shop")
+        );
+        assert_eq!(ok(&origin, &[]), Err(HostError::Missing));
+        assert_eq!(ok(&origin, &["a", "a"]), Err(HostError::Multiple));
+        assert_eq!(
+            ok(&other, &["orders.shop"]),
+            Err(HostError::AuthorityMismatch)
+        );
+        assert_eq!(
+            ok(&absolute, &["orders.shop:8443"]),
+            Err(HostError::AuthorityMismatch)
+        );
+        assert_eq!(ok(&absolute, &["a_b"]), Err(HostError::BadCharacter));
+    }
+
+    #[test]
+    fn the_canonical_host_replaces_what_was_sent() {
+        let mut uri: Uri = "http://ORDERS.shop:443/x?q=1".parse().unwrap();
+        let mut map = headers(&["Orders.Shop."]);
+        let host = request_host(&uri, &map, 443).unwrap();
+        set_canonical_host(&mut uri, &mut map, &host).unwrap();
+        assert_eq!(uri.to_string(), "http://orders.shop/x?q=1");
+        assert_eq!(
+            map.get_all(HOST).iter().collect::<Vec<_>>(),
+            ["orders.shop"]
+        );
+    }
+
+    /// Random bytes and random recombinations of host fragments: the parser never panics, and
+    /// whatever it accepts is canonical (parsing it again gives it back), holds only the
+    /// characters of the grammar and never names userinfo or a default port.
+    #[test]
+    fn parser_fuzz() {
+        const PIECES: &[&str] = &[
+            "a", "Z", "0", "1", "9", "255", "256", "00", "0x", "ff", "-", ".", "..", ":", "::",
+            "[", "]", "@", "%", "%25", "_", " ", "\t", "443", "080", "65535", "65536", "xn--", "é",
+            "\u{0}", "/", "\\", "?", "#", "*", ",", ";", "=", "orders", "shop", "1.2.3.4", "::1",
+            "fe80::", "ffff:", "[::1]", "127.1",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let mut accepted = 0;
+        for round in 0..200_000 {
+            let raw: Vec<u8> = if round % 2 == 0 {
+                let n = (next() % 8) as usize;
+                (0..n)
+                    .flat_map(|_| PIECES[(next() % PIECES.len() as u64) as usize].bytes())
+                    .collect()
+            } else {
+                let n = (next() % 12) as usize;
+                (0..n).map(|_| (next() % 256) as u8).collect()
+            };
+            let Ok(host) = CanonicalHost::parse(&raw, 443) else {
+                continue;
+            };
+            accepted += 1;
+            let text = host.as_str();
+            assert!(
+                text.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.:[]".contains(&b)),
+                "{raw:?} -> {text:?}"
+            );
+            assert!(!text.ends_with(":443") && !text.contains('@'), "{raw:?}");
+            let again = CanonicalHost::parse(text.as_bytes(), 443);
+            assert_eq!(
+                again.as_ref(),
+                Ok(&host),
+                "{raw:?} -> {text:?} is not stable"
+            );
+            assert!(text.starts_with(host.name()));
+        }
+        assert!(accepted > 1_000, "the generator must reach valid hosts too");
+    }
+}
