@@ -171,8 +171,8 @@ impl AppClient {
                 .remove(http::header::HOST)
                 .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok()),
         };
-        let retargeted = authority
-            .is_some_and(|a| retarget(request.uri_mut(), http::uri::Scheme::HTTP, &a));
+        let retargeted =
+            authority.is_some_and(|a| retarget(request.uri_mut(), http::uri::Scheme::HTTP, &a));
         if !retargeted {
             return Err(DenyReason::UpstreamUnavailable);
         }

@@ -12,6 +12,7 @@ mod code_layout;
 mod handshake;
 mod header_corpus;
 mod helm;
+mod host_corpus;
 mod lifecycle;
 mod limits;
 mod mesh;
