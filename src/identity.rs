@@ -256,6 +256,18 @@ pub struct PeerDerived {
     pub xfcc: std::sync::OnceLock<(SpiffeId, http::HeaderValue)>,
     /// The key a per-peer rate limit counts the connection's requests by.
     rate_limit_key: std::sync::OnceLock<Arc<str>>,
+    /// The `Forwarded` family for the first host the connection's requests named (nearly
+    /// always the only one).
+    pub forwarded: std::sync::OnceLock<ForwardedValues>,
+}
+
+/// The values vakt sets in `Forwarded`, `X-Forwarded-For`/`X-Real-IP` and `X-Forwarded-Host` for
+/// one peer address and one canonical host.
+#[derive(Debug, Clone)]
+pub struct ForwardedValues {
+    pub host: Option<http::HeaderValue>,
+    pub forwarded: http::HeaderValue,
+    pub ip: http::HeaderValue,
 }
 
 impl PeerIdentity {

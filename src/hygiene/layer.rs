@@ -10,7 +10,7 @@ use super::host::{request_host, set_canonical_host};
 use super::names::{ForwardedHeaders, HeaderRules};
 use super::{
     X_FORWARDED_CLIENT_CERT, X_REQUEST_ID, check_request_framing, ensure_request_id,
-    ensure_traceparent, set_forwarded, xfcc_value,
+    ensure_traceparent, insert_forwarded, render_forwarded, xfcc_value,
 };
 use crate::Direction;
 use crate::body;
@@ -143,15 +143,29 @@ impl Hygiene {
                     value
                 }
             };
+            let forwarded = match req.extensions().get::<ClientAddr>() {
+                Some(ClientAddr(addr)) if self.forwarded == ForwardedHeaders::Set => {
+                    let cached = peer
+                        .derived
+                        .forwarded
+                        .get()
+                        .filter(|v| v.host.as_ref() == Some(host.header_value()));
+                    Some(match cached {
+                        Some(values) => values.clone(),
+                        None => {
+                            let values =
+                                render_forwarded(addr.ip(), Some(host.header_value().clone()));
+                            // Kept for the connection's first host; others are rendered anew.
+                            let _ = peer.derived.forwarded.set(values.clone());
+                            values
+                        }
+                    })
+                }
+                _ => None,
+            };
             req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, xfcc);
-            if self.forwarded == ForwardedHeaders::Set
-                && let Some(ClientAddr(addr)) = req.extensions().get::<ClientAddr>().copied()
-            {
-                set_forwarded(
-                    req.headers_mut(),
-                    addr.ip(),
-                    Some(host.header_value().clone()),
-                );
+            if let Some(values) = forwarded {
+                insert_forwarded(req.headers_mut(), &values);
             }
         }
         Ok(())

@@ -39,6 +39,8 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
 
+use crate::identity::ForwardedValues;
+
 /// Envoy's client-certificate header, set by the proxy (never trusted from the client).
 pub const X_FORWARDED_CLIENT_CERT: HeaderName = HeaderName::from_static("x-forwarded-client-cert");
 /// Request correlation id.
@@ -362,6 +364,11 @@ pub fn is_upgrade_request<B>(req: &Request<B>) -> bool {
 /// request was matched on. Each is one field line replacing any other, so a client's copy can
 /// never be joined to vakt's. `X-Forwarded-Port` is not set (the client's copy is removed).
 pub fn set_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr, host: Option<HeaderValue>) {
+    insert_forwarded(headers, &render_forwarded(peer, host));
+}
+
+/// The values of [`set_forwarded`], rendered once for a connection's address and host.
+pub fn render_forwarded(peer: std::net::IpAddr, host: Option<HeaderValue>) -> ForwardedValues {
     let ip = peer.to_string();
     let mut forwarded = match peer {
         std::net::IpAddr::V4(_) => format!("for={ip}"),
@@ -378,17 +385,23 @@ pub fn set_forwarded(headers: &mut HeaderMap, peer: std::net::IpAddr, host: Opti
         forwarded.push('"');
     }
     forwarded.push_str(";proto=https");
-    // Only the address, visible ASCII and a quoted host were written: always valid values.
-    if let Ok(v) = HeaderValue::from_str(&forwarded) {
-        headers.insert(FORWARDED, v);
+    // Only an address, visible ASCII and a quoted host were written: always valid values.
+    ForwardedValues {
+        forwarded: HeaderValue::from_str(&forwarded)
+            .unwrap_or_else(|_| HeaderValue::from_static("proto=https")),
+        ip: HeaderValue::from_str(&ip).unwrap_or_else(|_| HeaderValue::from_static("unknown")),
+        host,
     }
-    if let Ok(v) = HeaderValue::from_str(&ip) {
-        headers.insert(X_FORWARDED_FOR, v.clone());
-        headers.insert(X_REAL_IP, v);
-    }
+}
+
+/// Put rendered `Forwarded` values in place of whatever the request carried.
+pub fn insert_forwarded(headers: &mut HeaderMap, values: &ForwardedValues) {
+    headers.insert(FORWARDED, values.forwarded.clone());
+    headers.insert(X_FORWARDED_FOR, values.ip.clone());
+    headers.insert(X_REAL_IP, values.ip.clone());
     headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("https"));
-    match host {
-        Some(host) => headers.insert(X_FORWARDED_HOST, host),
+    match &values.host {
+        Some(host) => headers.insert(X_FORWARDED_HOST, host.clone()),
         None => headers.remove(X_FORWARDED_HOST),
     };
 }
