@@ -12,7 +12,7 @@ use super::file::{
     BindTarget, ClientBindingsSpec, ClientRef, Mode, PeerPattern, PolicyContext, PolicyFile,
     RuleSpec, TokenRequirement,
 };
-use super::router::{PathPattern, Router};
+use super::router::{NearMiss, PathPattern, Router};
 use crate::identity::TrustDomain;
 use crate::ratelimit::{RateLimitSpec, RateLimits};
 
@@ -154,6 +154,9 @@ pub struct Policy {
     pub routes: Vec<Route>,
     pub default_mode: Mode,
     pub client_bindings: ClientBindings,
+    /// What a near miss of a literal route gets (the router applies it; `vakt check` reports
+    /// what falling back would grant).
+    pub path_near_miss: NearMiss,
     pub(super) router: Router,
     pub limits: RateLimits<Arc<str>>,
 }
@@ -450,6 +453,7 @@ impl Policy {
             routes,
             default_mode: file.default_mode,
             client_bindings,
+            path_near_miss: file.path_near_miss,
             router,
             limits,
         })

@@ -374,6 +374,17 @@ impl PeerPattern {
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
+
+    /// Does this pattern match every SPIFFE ID `other` matches?
+    pub fn covers(&self, other: &PeerPattern) -> bool {
+        self.trust_domain == other.trust_domain
+            && self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(mine, theirs)| mine.is_none() || mine == theirs)
+    }
 }
 
 impl fmt::Display for PeerPattern {

@@ -11,6 +11,7 @@ pub mod compile;
 pub mod decide;
 pub mod explain;
 pub mod file;
+pub mod overlap;
 pub mod reload;
 pub(crate) mod router;
 pub mod stage;
@@ -23,6 +24,7 @@ pub use file::{
     BindTarget, ClaimMatch, ClientBindingSpec, ClientBindingsSpec, ClientRef, Mode, PeerPattern,
     PolicyContext, PolicyFile, RouteSpec, RuleSpec, TokenRequirement,
 };
+pub use overlap::{OverlapWarning, overlap_warnings};
 pub use router::NearMiss;
 
 #[cfg(test)]
