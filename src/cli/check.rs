@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use vakt::identity::TrustDomain;
-use vakt::policy::{Policy, PolicyContext};
+use vakt::policy::{Policy, PolicyContext, overlap_warnings};
 
 use super::run::load;
 
@@ -86,6 +86,9 @@ impl CheckArgs {
         for (path, context) in policy_checks {
             match Policy::from_file(&path, &context) {
                 Ok(policy) => {
+                    for warning in overlap_warnings(&policy) {
+                        println!("{}: warning: {warning}", path.display());
+                    }
                     println!("{}: OK ({} route(s))", path.display(), policy.routes.len())
                 }
                 Err(e) => {

@@ -9,9 +9,10 @@ use std::sync::Arc;
 use http::Method;
 
 use super::file::{
-    BindTarget, Mode, PeerPattern, PolicyContext, PolicyFile, RuleSpec, TokenRequirement,
+    BindTarget, ClientBindingsSpec, ClientRef, Mode, PeerPattern, PolicyContext, PolicyFile,
+    RuleSpec, TokenRequirement,
 };
-use super::router::{PathPattern, Router};
+use super::router::{NearMiss, PathPattern, Router};
 use crate::hygiene::host::CanonicalHost;
 use crate::identity::TrustDomain;
 use crate::ratelimit::{RateLimitSpec, RateLimits};
@@ -90,16 +91,73 @@ pub struct Route {
 #[derive(Debug)]
 pub struct Rule {
     pub peers: Option<Vec<PeerPattern>>,
+    /// The clients accepted, each with its issuer (`spec.clients` as written may leave the
+    /// issuer implied; this is what decisions compare).
+    pub clients: Option<Vec<ClientKey>>,
     pub spec: RuleSpec,
     /// Bound path parameters as (index among the route's parameters, target).
     pub bind: Vec<(usize, BindTarget)>,
+}
+
+/// An OAuth client as issued by one issuer: client ids are only unique per issuer.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientKey {
+    pub issuer: Arc<str>,
+    pub id: Arc<str>,
+}
+
+impl ClientKey {
+    /// Is this the client of a token from `issuer` naming `client_id`?
+    pub fn is(&self, issuer: &str, client_id: &str) -> bool {
+        *self.issuer == *issuer && *self.id == *client_id
+    }
+}
+
+impl fmt::Display for ClientKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{{issuer: {}, id: {}}}", self.issuer, self.id)
+    }
+}
+
+/// Client bindings by issuer, then client id. An issuer listed here has at least one bound
+/// client, so its tokens must name a client (else the binding could be dodged).
+#[derive(Debug, Default)]
+pub struct ClientBindings(BTreeMap<Arc<str>, BTreeMap<Arc<str>, Vec<PeerPattern>>>);
+
+impl ClientBindings {
+    /// The bound clients of `issuer`; `None` when it has none.
+    pub fn of_issuer(&self, issuer: &str) -> Option<&BTreeMap<Arc<str>, Vec<PeerPattern>>> {
+        self.0.get(issuer)
+    }
+
+    /// Every binding, as (client, peers).
+    pub fn iter(&self) -> impl Iterator<Item = (ClientKey, &[PeerPattern])> {
+        self.0.iter().flat_map(|(issuer, clients)| {
+            clients.iter().map(|(id, peers)| {
+                (
+                    ClientKey {
+                        issuer: issuer.clone(),
+                        id: id.clone(),
+                    },
+                    &peers[..],
+                )
+            })
+        })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// A checked, compiled policy. Immutable; replaced whole on reload.
 pub struct Policy {
     pub routes: Vec<Route>,
     pub default_mode: Mode,
-    pub client_bindings: BTreeMap<String, Vec<PeerPattern>>,
+    pub client_bindings: ClientBindings,
+    /// What a near miss of a literal route gets (the router applies it; `vakt check` reports
+    /// what falling back would grant).
+    pub path_near_miss: NearMiss,
     pub(super) router: Router,
     pub limits: RateLimits<Arc<str>>,
 }
@@ -131,7 +189,7 @@ impl Policy {
         let trust_domains = &ctx.trust_domains[..];
         let mut problems = Vec::new();
         let no_oidc = ctx.issuers.as_ref().is_some_and(Vec::is_empty);
-        if no_oidc && !file.client_bindings.is_empty() {
+        if no_oidc && !file.client_bindings.entries.is_empty() {
             problems.push(
                 "client_bindings: the sidecar has no oidc issuers, so no token can name a client"
                     .into(),
@@ -274,14 +332,41 @@ impl Policy {
                         }
                     }
                 }
-                for (name, list) in [
-                    ("issuers", &rule.issuers),
-                    ("clients", &rule.clients),
-                    ("scopes_all", &rule.scopes_all),
-                    ("scopes_any", &rule.scopes_any),
-                    ("amr_any", &rule.amr_any),
+                if let Some(known) = ctx.issuers.as_ref().filter(|k| k.len() > 1)
+                    && rule.has_token_conditions()
+                    && rule.issuers.is_none()
+                {
+                    problems.push(format!(
+                        "{rule_at}: the sidecar trusts {} issuers ({}); a rule with token conditions must name its issuers, so that one issuer's tokens cannot pass for another's",
+                        known.len(),
+                        known.join(", ")
+                    ));
+                }
+                let clients = rule.clients.as_ref().map(|written| {
+                    let mut keys: Vec<ClientKey> = Vec::with_capacity(written.len());
+                    for (c, client) in written.iter().enumerate() {
+                        match resolve_client(
+                            client,
+                            rule.issuers.as_deref(),
+                            ctx.issuers.as_deref(),
+                        ) {
+                            Ok(Some(key)) if keys.contains(&key) => problems
+                                .push(format!("{rule_at}.clients[{c}]: {key} is listed twice")),
+                            Ok(Some(key)) => keys.push(key),
+                            Ok(None) => {}
+                            Err(e) => problems.push(format!("{rule_at}.clients[{c}]: {e}")),
+                        }
+                    }
+                    keys
+                });
+                for (name, empty) in [
+                    ("issuers", rule.issuers.as_ref().map(Vec::is_empty)),
+                    ("clients", rule.clients.as_ref().map(Vec::is_empty)),
+                    ("scopes_all", rule.scopes_all.as_ref().map(Vec::is_empty)),
+                    ("scopes_any", rule.scopes_any.as_ref().map(Vec::is_empty)),
+                    ("amr_any", rule.amr_any.as_ref().map(Vec::is_empty)),
                 ] {
-                    if list.as_ref().is_some_and(Vec::is_empty) {
+                    if empty == Some(true) {
                         problems.push(format!(
                             "{rule_at}.{name}: empty list; this rule can never match"
                         ));
@@ -321,6 +406,7 @@ impl Policy {
                 }
                 rules.push(Rule {
                     peers: rule.peers.clone(),
+                    clients,
                     spec: rule,
                     bind,
                 });
@@ -362,6 +448,7 @@ impl Policy {
                 personal_params: personal_params.into(),
             });
         }
+        let client_bindings = compile_bindings(&file.client_bindings, ctx, &mut problems);
         if !problems.is_empty() {
             return Err(PolicyError::Invalid(problems));
         }
@@ -371,22 +458,109 @@ impl Policy {
                 .enumerate()
                 .filter_map(|(i, r)| r.rate_limit.as_ref().map(|s| (i, s))),
         );
-        for (client, peers) in &file.client_bindings {
-            if peers.is_empty() {
-                problems.push(format!(
-                    "client_bindings.{client}: empty; no request could use this client"
-                ));
-            }
-        }
-        if !problems.is_empty() {
-            return Err(PolicyError::Invalid(problems));
-        }
         Ok(Self {
             routes,
             default_mode: file.default_mode,
-            client_bindings: file.client_bindings,
+            client_bindings,
+            path_near_miss: file.path_near_miss,
             router,
             limits,
         })
+    }
+}
+
+/// `client_bindings` keyed by (issuer, client id); problems are added to `problems`.
+fn compile_bindings(
+    spec: &ClientBindingsSpec,
+    ctx: &PolicyContext,
+    problems: &mut Vec<String>,
+) -> ClientBindings {
+    let mut bindings: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Vec<PeerPattern>>> = BTreeMap::new();
+    for (index, binding) in spec.entries.iter().enumerate() {
+        let at = spec.location(index);
+        if binding.peers.is_empty() {
+            problems.push(format!("{at}: empty; no request could use this client"));
+        }
+        match resolve_client(&binding.client, None, ctx.issuers.as_deref()) {
+            Ok(Some(key)) => {
+                let by_client = bindings.entry(key.issuer.clone()).or_default();
+                if by_client
+                    .insert(key.id.clone(), binding.peers.clone())
+                    .is_some()
+                {
+                    problems.push(format!("{at}: {key} is bound twice; merge its peer lists"));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => problems.push(format!("{at}: {e}")),
+        }
+    }
+    ClientBindings(bindings)
+}
+
+/// The (issuer, client id) a client as written means. A client id alone is resolved to the one
+/// issuer that can be meant: the rule's only issuer, else the sidecar's only issuer.
+/// `rule_issuers`: the issuers the rule names (`None` for bindings or a rule naming none);
+/// `sidecar`: the configured issuers, `None` when not known. `Ok(None)`: the sidecar has no
+/// issuers at all, which is reported on its own.
+fn resolve_client(
+    client: &ClientRef,
+    rule_issuers: Option<&[String]>,
+    sidecar: Option<&[String]>,
+) -> Result<Option<ClientKey>, String> {
+    let key = |issuer: &str, id: &str| {
+        Some(ClientKey {
+            issuer: issuer.into(),
+            id: id.into(),
+        })
+    };
+    match client {
+        ClientRef::Qualified { issuer, id } => {
+            if issuer.is_empty() || id.is_empty() {
+                return Err(format!("{client}: issuer and id must not be empty"));
+            }
+            match sidecar {
+                Some([]) => return Ok(None),
+                Some(known) if !known.contains(issuer) => {
+                    return Err(format!(
+                        "issuer {issuer} is not a configured issuer; it can never match"
+                    ));
+                }
+                _ => {}
+            }
+            if let Some(named) = rule_issuers
+                && !named.is_empty()
+                && !named.contains(issuer)
+            {
+                return Err(format!(
+                    "issuer {issuer} is not among the rule's issuers ({}); it can never match",
+                    named.join(", ")
+                ));
+            }
+            Ok(key(issuer, id))
+        }
+        ClientRef::Plain(id) => {
+            if id.is_empty() {
+                return Err("empty client id".into());
+            }
+            let ambiguous = |among: &str, issuers: &[String]| {
+                format!(
+                    "\"{id}\" names no issuer, and {among} {} ({}); write {{issuer: <issuer URL>, id: {id}}}",
+                    issuers.len(),
+                    issuers.join(", ")
+                )
+            };
+            match (rule_issuers, sidecar) {
+                (Some([one]), _) => Ok(key(one, id)),
+                (Some([]), _) => Ok(None),
+                (Some(named), _) => Err(ambiguous("the rule names", named)),
+                (None, Some([one])) => Ok(key(one, id)),
+                (None, Some([])) => Ok(None),
+                (None, Some(known)) => Err(ambiguous("the sidecar trusts", known)),
+                (None, None) => Err(format!(
+                    "\"{id}\" names no issuer, and the sidecar's issuers are not known here (pass them with --issuer); write {{issuer: <issuer URL>, id: {id}}}"
+                )),
+            }
+        }
     }
 }

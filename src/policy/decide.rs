@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::compile::{Policy, Route, Rule};
+use super::compile::{ClientBindings, Policy, Route, Rule};
 use super::file::{BindTarget, Mode, TokenRequirement};
 use super::router::{Captures, Lookup};
 use crate::authn::{Loa, Principal};
@@ -56,11 +56,12 @@ impl Rule {
         {
             return Err(Reason::IssuerNotAllowed);
         }
-        if let Some(clients) = &r.clients
+        // A client id is compared together with its issuer: two issuers may use the same id.
+        if let Some(clients) = &self.clients
             && !p
                 .client_id
                 .as_deref()
-                .is_some_and(|c| clients.iter().any(|allowed| allowed == c))
+                .is_some_and(|c| clients.iter().any(|allowed| allowed.is(&p.issuer, c)))
         {
             return Err(Reason::ClientNotAllowed);
         }
@@ -130,6 +131,25 @@ impl Rule {
     }
 }
 
+impl ClientBindings {
+    /// Does a token of `principal` arriving from `peer` satisfy the bindings? Fails closed: a
+    /// token from an issuer with bound clients must name its client, and a bound client's token
+    /// needs a peer identity that matches.
+    pub fn check(&self, principal: &Principal, peer: Option<&SpiffeId>) -> Result<(), Reason> {
+        let Some(bound) = self.of_issuer(&principal.issuer) else {
+            return Ok(());
+        };
+        let Some(client) = principal.client_id.as_deref() else {
+            return Err(Reason::ClientIdMissing);
+        };
+        match (bound.get(client), peer) {
+            (None, _) => Ok(()),
+            (Some(peers), Some(peer)) if peers.iter().any(|b| b.matches(peer)) => Ok(()),
+            (Some(_), _) => Err(Reason::ClientPeerMismatch),
+        }
+    }
+}
+
 impl Policy {
     /// The route (and its captures) the request's host, method and path select.
     pub fn lookup(&self, ctx: &RequestCtx<'_>) -> Lookup {
@@ -170,6 +190,9 @@ pub enum Reason {
     ClientNotAllowed,
     /// The token's client is bound to other SPIFFE IDs than this peer.
     ClientPeerMismatch,
+    /// The token names no client, and its issuer has clients bound to peers: without a client
+    /// id the binding cannot be checked, so the token is refused.
+    ClientIdMissing,
     InsufficientScope,
     /// Level of assurance too low: step-up.
     InsufficientAssurance,
@@ -196,6 +219,7 @@ impl Reason {
             Self::IssuerNotAllowed => "issuer_not_allowed",
             Self::ClientNotAllowed => "client_not_allowed",
             Self::ClientPeerMismatch => "client_peer_mismatch",
+            Self::ClientIdMissing => "client_id_missing",
             Self::InsufficientScope => "insufficient_scope",
             Self::InsufficientAssurance => "insufficient_assurance",
             Self::AuthenticationTooOld => "authentication_too_old",
@@ -303,19 +327,10 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
             None,
         );
     }
-    if let (Some(p), Some(peer)) = (principal, ctx.peer)
-        && let Some(client) = p.client_id.as_deref()
-        && let Some(bound) = policy.client_bindings.get(client)
-        && !bound.iter().any(|b| b.matches(peer))
+    if let Some(p) = principal
+        && let Err(reason) = policy.client_bindings.check(p, ctx.peer)
     {
-        return finish(
-            spec.mode,
-            Reason::ClientPeerMismatch,
-            Some(route),
-            None,
-            captures,
-            None,
-        );
+        return finish(spec.mode, reason, Some(route), None, captures, None);
     }
     if spec.public {
         return finish(spec.mode, Reason::Public, Some(route), None, captures, None);

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use http::Method;
 use serde::Deserialize;
 
-use super::{Decision, Policy, PolicyContext, RequestCtx, evaluate};
+use super::{Decision, Policy, PolicyContext, RequestCtx, TokenRequirement, evaluate};
 use crate::authn::{Principal, Profile};
 use crate::hygiene::host::CanonicalHost;
 use crate::hygiene::path::{CanonicalPath, PathError, canonicalize};
@@ -208,10 +208,39 @@ pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String>
                         principal.as_ref().map_or(String::new(), |p| format!(
                             "; loa {}, client {}, scopes [{}]",
                             p.loa.as_str(),
-                            p.client_id.as_deref().unwrap_or("-"),
+                            p.client_id.as_deref().map_or("-".to_owned(), |c| format!(
+                                "{{issuer: {}, id: {c}}}",
+                                p.issuer
+                            )),
                             p.scopes.join(" ")
                         ))
                     );
+                    if let Some(p) = principal
+                        .as_ref()
+                        .filter(|_| route.token != TokenRequirement::None)
+                        && let Some(bound) = policy.client_bindings.of_issuer(&p.issuer)
+                    {
+                        let verdict = match policy.client_bindings.check(p, request.peer.as_ref()) {
+                            Ok(()) => "passed".to_owned(),
+                            Err(reason) => format!("failed ({})", reason.code()),
+                        };
+                        let binding = match p.client_id.as_deref() {
+                            None => format!("{} binds clients and the token names none", p.issuer),
+                            Some(c) => match bound.get(c) {
+                                None => format!("{{issuer: {}, id: {c}}} is not bound", p.issuer),
+                                Some(peers) => format!(
+                                    "{{issuer: {}, id: {c}}} only from [{}]",
+                                    p.issuer,
+                                    peers
+                                        .iter()
+                                        .map(ToString::to_string)
+                                        .collect::<Vec<_>>()
+                                        .join(", ")
+                                ),
+                            },
+                        };
+                        let _ = writeln!(out, "  binding: {binding}: {verdict}");
+                    }
                     let ctx = RequestCtx {
                         method: &Method::GET,
                         host: None,
@@ -231,18 +260,34 @@ pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String>
                                 Err(reason) => format!("does not hold ({})", reason.code()),
                             }
                         );
+                        // Each condition a rule names about who is calling: peers, and the
+                        // token's issuer and (issuer, client id) pair.
+                        let mut conditions: Vec<(&str, Vec<String>, bool)> = Vec::new();
                         if let Some(patterns) = &rule.peers {
-                            let list: Vec<String> =
-                                patterns.iter().map(ToString::to_string).collect();
+                            let listed = patterns.iter().map(ToString::to_string).collect();
+                            conditions.push(("peers", listed, rule.peers_hold(&ctx)));
+                        }
+                        if let Some(issuers) = &rule.spec.issuers {
+                            let held = principal
+                                .as_ref()
+                                .is_some_and(|p| issuers.iter().any(|i| **i == *p.issuer));
+                            conditions.push(("issuers", issuers.clone(), held));
+                        }
+                        if let Some(clients) = &rule.clients {
+                            let held = principal.as_ref().is_some_and(|p| {
+                                p.client_id
+                                    .as_deref()
+                                    .is_some_and(|c| clients.iter().any(|k| k.is(&p.issuer, c)))
+                            });
+                            let listed = clients.iter().map(ToString::to_string).collect();
+                            conditions.push(("clients", listed, held));
+                        }
+                        for (name, listed, held) in conditions {
                             let _ = writeln!(
                                 out,
-                                "    peers [{}]: {}",
-                                list.join(", "),
-                                if rule.peers_hold(&ctx) {
-                                    "passed"
-                                } else {
-                                    "failed"
-                                }
+                                "    {name} [{}]: {}",
+                                listed.join(", "),
+                                if held { "passed" } else { "failed" }
                             );
                         }
                     }

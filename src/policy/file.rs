@@ -5,6 +5,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use http::Method;
+use serde::de::{self, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 
 use super::router::NearMiss;
@@ -41,10 +42,11 @@ pub struct PolicyFile {
     /// Mode for routes that do not set one, and for requests that match no route.
     #[serde(default)]
     pub default_mode: Mode,
-    /// A token for client X is accepted only when it arrives from one of these SPIFFE IDs
-    /// (checked on every route, before the rules).
+    /// A token for client X of issuer I is accepted only when it arrives from one of these
+    /// SPIFFE IDs (checked on every route, before the rules); a token from I that names no
+    /// client is refused.
     #[serde(default)]
-    pub client_bindings: BTreeMap<String, Vec<PeerPattern>>,
+    pub client_bindings: ClientBindingsSpec,
     /// A path that misses a more specific literal route only by letter case or a trailing `/`:
     /// `refuse` (default) or `fall_back` to the routes it does match.
     #[serde(default)]
@@ -164,9 +166,10 @@ pub struct RuleSpec {
     /// Token issuers accepted by this rule (configured issuer URLs).
     #[serde(default)]
     pub issuers: Option<Vec<String>>,
-    /// `client_id` / `azp` values accepted.
+    /// Clients accepted (`client_id` / `azp`), each with its issuer: `{issuer: <url>, id: <id>}`,
+    /// or the id alone where only one issuer can be meant.
     #[serde(default)]
-    pub clients: Option<Vec<String>>,
+    pub clients: Option<Vec<ClientRef>>,
     /// Every one of these scopes.
     #[serde(default)]
     pub scopes_all: Option<Vec<String>>,
@@ -204,6 +207,120 @@ impl RuleSpec {
     }
 }
 
+/// A client as a policy names it: the id alone (`journal-web`), which is only accepted where
+/// one issuer is meant (the rule names exactly one, or the sidecar trusts exactly one), or with
+/// its issuer (`{issuer: https://helseid-sts.nhn.no, id: journal-web}`). Two issuers may hand
+/// out the same client id to different parties, so an id means nothing without its issuer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientRef {
+    Plain(String),
+    Qualified { issuer: String, id: String },
+}
+
+impl fmt::Display for ClientRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Plain(id) => f.write_str(id),
+            Self::Qualified { issuer, id } => write!(f, "{{issuer: {issuer}, id: {id}}}"),
+        }
+    }
+}
+
+/// The `{issuer, id}` form of [`ClientRef`], with unknown keys refused.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct QualifiedClient {
+    issuer: String,
+    id: String,
+}
+
+impl<'de> Deserialize<'de> for ClientRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct ClientVisitor;
+        impl<'de> Visitor<'de> for ClientVisitor {
+            type Value = ClientRef;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a client id (a string), or {issuer: <issuer URL>, id: <client id>}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ClientRef, E> {
+                Ok(ClientRef::Plain(v.to_owned()))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<ClientRef, A::Error> {
+                let q = QualifiedClient::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(ClientRef::Qualified {
+                    issuer: q.issuer,
+                    id: q.id,
+                })
+            }
+        }
+        d.deserialize_any(ClientVisitor)
+    }
+}
+
+/// One client binding as written: the client and the peers its tokens may arrive from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientBindingSpec {
+    pub client: ClientRef,
+    pub peers: Vec<PeerPattern>,
+}
+
+/// `client_bindings` as written: a map of client ids alone to peers (`journal-web: [...]`), or a
+/// list of `{client: <client>, peers: [...]}` whose clients may name their issuer.
+#[derive(Debug, Clone, Default)]
+pub struct ClientBindingsSpec {
+    pub entries: Vec<ClientBindingSpec>,
+    /// Written as a map (entries are then located by key rather than by index).
+    pub keyed: bool,
+}
+
+impl ClientBindingsSpec {
+    /// Where entry `index` is in the file, for messages.
+    pub(crate) fn location(&self, index: usize) -> String {
+        match (&self.entries[index].client, self.keyed) {
+            (ClientRef::Plain(id), true) => format!("client_bindings.{id}"),
+            _ => format!("client_bindings[{index}]"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ClientBindingsSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct BindingsVisitor;
+        impl<'de> Visitor<'de> for BindingsVisitor {
+            type Value = ClientBindingsSpec;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(
+                    "a map of client id to SPIFFE IDs, or a list of {client, peers} (client: an id, or {issuer, id})",
+                )
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((id, peers)) = map.next_entry::<String, Vec<PeerPattern>>()? {
+                    entries.push(ClientBindingSpec {
+                        client: ClientRef::Plain(id),
+                        peers,
+                    });
+                }
+                Ok(ClientBindingsSpec {
+                    entries,
+                    keyed: true,
+                })
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                let entries = Vec::<ClientBindingSpec>::deserialize(
+                    de::value::SeqAccessDeserializer::new(seq),
+                )?;
+                Ok(ClientBindingsSpec {
+                    entries,
+                    keyed: false,
+                })
+            }
+        }
+        d.deserialize_any(BindingsVisitor)
+    }
+}
+
 fn de_opt_duration<'de, D: Deserializer<'de>>(
     d: D,
 ) -> Result<Option<std::time::Duration>, D::Error> {
@@ -218,9 +335,9 @@ fn de_methods<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Method>, D::Error> 
             let upper = m.to_ascii_uppercase();
             match upper.as_str() {
                 "GET" | "HEAD" | "POST" | "PUT" | "PATCH" | "DELETE" | "OPTIONS" => {
-                    Method::from_str(&upper).map_err(serde::de::Error::custom)
+                    Method::from_str(&upper).map_err(de::Error::custom)
                 }
-                _ => Err(serde::de::Error::custom(format!(
+                _ => Err(de::Error::custom(format!(
                     "\"{m}\" is not a method a route can allow (GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS)"
                 ))),
             }
@@ -256,6 +373,17 @@ impl PeerPattern {
 
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    /// Does this pattern match every SPIFFE ID `other` matches?
+    pub fn covers(&self, other: &PeerPattern) -> bool {
+        self.trust_domain == other.trust_domain
+            && self.segments.len() == other.segments.len()
+            && self
+                .segments
+                .iter()
+                .zip(&other.segments)
+                .all(|(mine, theirs)| mine.is_none() || mine == theirs)
     }
 }
 
@@ -300,7 +428,7 @@ impl<'de> Deserialize<'de> for PeerPattern {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(|e| {
-            serde::de::Error::custom(format!(
+            de::Error::custom(format!(
                 "\"{s}\" is not a SPIFFE ID or pattern: {e} (expected spiffe://<td>/ns/<ns>/sa/<sa>, '*' for a whole segment)"
             ))
         })

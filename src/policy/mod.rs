@@ -11,18 +11,20 @@ pub mod compile;
 pub mod decide;
 pub mod explain;
 pub mod file;
+pub mod overlap;
 pub mod reload;
 pub(crate) mod router;
 pub mod stage;
 
-pub use compile::{Policy, PolicyError, Route, Rule};
+pub use compile::{ClientBindings, ClientKey, Policy, PolicyError, Route, Rule};
 pub use decide::{
     Decision, DecisionRecord, MatchedRoute, Outcome, Reason, RequestCtx, StepUp, evaluate,
 };
 pub use file::{
-    BindTarget, ClaimMatch, Mode, PeerPattern, PolicyContext, PolicyFile, RouteSpec, RuleSpec,
-    TokenRequirement,
+    BindTarget, ClaimMatch, ClientBindingSpec, ClientBindingsSpec, ClientRef, Mode, PeerPattern,
+    PolicyContext, PolicyFile, RouteSpec, RuleSpec, TokenRequirement,
 };
+pub use overlap::{OverlapWarning, overlap_warnings};
 pub use router::NearMiss;
 
 #[cfg(test)]

@@ -558,3 +558,363 @@ fn upgrades_must_each_be_listed_by_the_route() {
         );
     }
 }
+
+const HELSEID: &str = "https://helseid-sts.nhn.no";
+const SIGNICAT: &str = "https://partner.signicat.com/auth/open";
+
+/// A policy checked against a sidecar that trusts `issuers`.
+fn policy_with_issuers(yaml: &str, issuers: &[&str]) -> Result<Policy, String> {
+    Policy::from_yaml(
+        yaml,
+        &PolicyContext {
+            trust_domains: vec![TD.parse().unwrap()],
+            issuers: Some(issuers.iter().map(|i| (*i).to_owned()).collect()),
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
+/// A verified token's principal: issued by `issuer`, naming `client` (if any).
+fn principal(issuer: &str, client: Option<&str>) -> crate::authn::Principal {
+    let mut claims = std::collections::BTreeMap::new();
+    claims.insert("iss".to_owned(), serde_json::json!(issuer));
+    claims.insert("sub".to_owned(), serde_json::json!("s1"));
+    if let Some(c) = client {
+        claims.insert("client_id".to_owned(), serde_json::json!(c));
+    }
+    crate::authn::Profile::Generic.principal(issuer.into(), claims, i64::MAX)
+}
+
+/// The reason `policy` gives a GET of `path` from `peer` with a token of `principal`.
+fn token_decision(
+    policy: &Policy,
+    path: &str,
+    peer: &str,
+    principal: &crate::authn::Principal,
+) -> Reason {
+    let path = canonicalize(path).unwrap();
+    let peer: SpiffeId = peer.parse().unwrap();
+    evaluate(
+        policy,
+        &RequestCtx {
+            method: &Method::GET,
+            host: None,
+            path: &path,
+            peer: Some(&peer),
+            principal: Some(principal),
+            now: 0,
+            upgrade: None,
+        },
+    )
+    .reason
+}
+
+const WEB_ID: &str = "spiffe://cluster.local/ns/frontend/sa/web";
+const BATCH_ID: &str = "spiffe://cluster.local/ns/records/sa/batch";
+
+#[test]
+fn a_client_is_matched_with_its_issuer() {
+    // Both written forms: the id alone under the rule's only issuer, and the explicit pair.
+    let yaml = format!(
+        "routes:
+  - id: plain
+    methods: [GET]
+    path: /plain
+    allow:
+      - issuers: [{HELSEID}]
+        clients: [journal-web]
+  - id: pair
+    methods: [GET]
+    path: /pair
+    allow:
+      - issuers: [{HELSEID}, {SIGNICAT}]
+        clients: [{{issuer: {HELSEID}, id: journal-web}}, {{issuer: {SIGNICAT}, id: partner-app}}]
+"
+    );
+    let p = policy_with_issuers(&yaml, &[HELSEID, SIGNICAT]).unwrap();
+    let helseid_web = principal(HELSEID, Some("journal-web"));
+    let signicat_web = principal(SIGNICAT, Some("journal-web"));
+    let signicat_partner = principal(SIGNICAT, Some("partner-app"));
+    let helseid_partner = principal(HELSEID, Some("partner-app"));
+    for (path, who, expected) in [
+        ("/plain", &helseid_web, Reason::RuleMatched),
+        // The same client id from the other issuer is someone else.
+        ("/plain", &signicat_web, Reason::IssuerNotAllowed),
+        ("/pair", &helseid_web, Reason::RuleMatched),
+        ("/pair", &signicat_partner, Reason::RuleMatched),
+        ("/pair", &signicat_web, Reason::ClientNotAllowed),
+        ("/pair", &helseid_partner, Reason::ClientNotAllowed),
+    ] {
+        assert_eq!(
+            token_decision(&p, path, WEB_ID, who),
+            expected,
+            "{path} with {} from {}",
+            who.client_id.as_deref().unwrap(),
+            who.issuer
+        );
+    }
+    assert_eq!(
+        p.routes[1].rules[0].clients.as_deref().unwrap()[0].to_string(),
+        format!("{{issuer: {HELSEID}, id: journal-web}}")
+    );
+}
+
+#[test]
+fn a_client_id_alone_must_name_one_issuer() {
+    // One issuer in the sidecar: an id alone means that issuer's client.
+    let single = "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - clients: [journal-web]\n";
+    let p = policy_with_issuers(single, &[HELSEID]).unwrap();
+    assert_eq!(
+        token_decision(&p, "/a", WEB_ID, &principal(HELSEID, Some("journal-web"))),
+        Reason::RuleMatched
+    );
+    for (yaml, issuers, expected) in [
+        // The rule names two issuers: which one's journal-web?
+        (
+            format!(
+                "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - issuers: [{HELSEID}, {SIGNICAT}]\n        clients: [journal-web]\n"
+            ),
+            &[HELSEID, SIGNICAT][..],
+            format!(
+                "routes[0] (r).allow[0].clients[0]: \"journal-web\" names no issuer, and the rule names 2 ({HELSEID}, {SIGNICAT}); write {{issuer: <issuer URL>, id: journal-web}}"
+            ),
+        ),
+        // The rule names none and the sidecar trusts two.
+        (
+            single.to_owned(),
+            &[HELSEID, SIGNICAT][..],
+            format!(
+                "routes[0] (r).allow[0].clients[0]: \"journal-web\" names no issuer, and the sidecar trusts 2 ({HELSEID}, {SIGNICAT})"
+            ),
+        ),
+        // A pair naming an issuer the rule does not accept can never match.
+        (
+            format!(
+                "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - issuers: [{HELSEID}]\n        clients: [{{issuer: {SIGNICAT}, id: x}}]\n"
+            ),
+            &[HELSEID, SIGNICAT][..],
+            format!(
+                "routes[0] (r).allow[0].clients[0]: issuer {SIGNICAT} is not among the rule's issuers ({HELSEID}); it can never match"
+            ),
+        ),
+        (
+            "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - clients: [{issuer: https://elsewhere.example, id: x}]\n".to_owned(),
+            &[HELSEID][..],
+            "routes[0] (r).allow[0].clients[0]: issuer https://elsewhere.example is not a configured issuer".to_owned(),
+        ),
+        (
+            format!(
+                "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - clients: [{{issuer: {HELSEID}, id: x, tenant: y}}]\n"
+            ),
+            &[HELSEID][..],
+            "unknown field `tenant`".to_owned(),
+        ),
+    ] {
+        let msg = policy_with_issuers(&yaml, issuers).unwrap_err();
+        assert!(msg.contains(&expected), "expected {expected:?} in:\n{msg}");
+    }
+}
+
+#[test]
+fn with_two_issuers_every_rule_with_token_conditions_names_its_issuers() {
+    let conditions = [
+        "scopes_any: [journal.read]",
+        "scopes_all: [journal.read]",
+        "min_loa: high",
+        "max_auth_age: 5m",
+        "amr_any: [BankID]",
+        "claims: { idp: nbid }",
+        "clients: [{issuer: https://helseid-sts.nhn.no, id: journal-web}]",
+    ];
+    for condition in conditions {
+        let yaml = format!(
+            "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - peers: [{WEB_ID}]\n      - peers: [{WEB_ID}]\n        {condition}\n"
+        );
+        let msg = policy_with_issuers(&yaml, &[HELSEID, SIGNICAT]).unwrap_err();
+        let expected = format!(
+            "routes[0] (r).allow[1]: the sidecar trusts 2 issuers ({HELSEID}, {SIGNICAT}); a rule with token conditions must name its issuers"
+        );
+        assert!(msg.contains(&expected), "{condition}: {msg}");
+        assert!(
+            !msg.contains("allow[0]"),
+            "a peers-only rule needs no issuer: {msg}"
+        );
+        // With one issuer configured, or the issuers named, the rule is fine.
+        policy_with_issuers(&yaml, &[HELSEID]).unwrap();
+        let named = yaml.replace(
+            &format!("{condition}\n"),
+            &format!("{condition}\n        issuers: [{HELSEID}]\n"),
+        );
+        policy_with_issuers(&named, &[HELSEID, SIGNICAT]).unwrap();
+    }
+    let bind = "routes:\n  - id: r\n    methods: [GET]\n    path: /p/{pid}\n    allow:\n      - bind: { pid: national_id }\n";
+    let msg = policy_with_issuers(bind, &[HELSEID, SIGNICAT]).unwrap_err();
+    assert!(
+        msg.contains("routes[0] (r).allow[0]: the sidecar trusts 2 issuers"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn client_bindings_are_per_issuer_and_fail_closed() {
+    let routes = format!(
+        "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - peers: [{WEB_ID}, {BATCH_ID}]\n"
+    );
+    let listed = format!(
+        "client_bindings:\n  - client: {{issuer: {HELSEID}, id: journal-web}}\n    peers: [{WEB_ID}]\n{routes}"
+    );
+    let p = policy_with_issuers(&listed, &[HELSEID, SIGNICAT]).unwrap();
+    for (peer, who, expected) in [
+        (
+            WEB_ID,
+            principal(HELSEID, Some("journal-web")),
+            Reason::RuleMatched,
+        ),
+        (
+            BATCH_ID,
+            principal(HELSEID, Some("journal-web")),
+            Reason::ClientPeerMismatch,
+        ),
+        // Another HelseID client is not bound.
+        (
+            BATCH_ID,
+            principal(HELSEID, Some("batch")),
+            Reason::RuleMatched,
+        ),
+        // The same id from the other issuer is another client, and not bound.
+        (
+            BATCH_ID,
+            principal(SIGNICAT, Some("journal-web")),
+            Reason::RuleMatched,
+        ),
+        // HelseID binds clients, so its tokens must name theirs.
+        (WEB_ID, principal(HELSEID, None), Reason::ClientIdMissing),
+        (BATCH_ID, principal(HELSEID, None), Reason::ClientIdMissing),
+        // Signicat binds none: no client id needed.
+        (BATCH_ID, principal(SIGNICAT, None), Reason::RuleMatched),
+    ] {
+        assert_eq!(
+            token_decision(&p, "/a", peer, &who),
+            expected,
+            "{:?} from {} via {peer}",
+            who.client_id,
+            who.issuer
+        );
+    }
+    // A bound client's token with no peer identity at all is refused too.
+    let path = canonicalize("/a").unwrap();
+    let web = principal(HELSEID, Some("journal-web"));
+    assert_eq!(
+        p.client_bindings.check(&web, None),
+        Err(Reason::ClientPeerMismatch)
+    );
+    assert_eq!(
+        evaluate(
+            &p,
+            &RequestCtx {
+                method: &Method::GET,
+                host: None,
+                path: &path,
+                peer: None,
+                principal: Some(&web),
+                now: 0,
+                upgrade: None,
+            },
+        )
+        .reason,
+        Reason::ClientPeerMismatch
+    );
+
+    // The map form (ids alone) with one issuer means that issuer's clients.
+    let keyed = format!("client_bindings:\n  journal-web: [{WEB_ID}]\n{routes}");
+    let p = policy_with_issuers(&keyed, &[HELSEID]).unwrap();
+    assert_eq!(
+        token_decision(&p, "/a", BATCH_ID, &principal(HELSEID, Some("journal-web"))),
+        Reason::ClientPeerMismatch
+    );
+    assert_eq!(
+        token_decision(&p, "/a", BATCH_ID, &principal(HELSEID, None)),
+        Reason::ClientIdMissing
+    );
+    // With two issuers an id alone is ambiguous, in either form.
+    let msg = policy_with_issuers(&keyed, &[HELSEID, SIGNICAT]).unwrap_err();
+    assert!(
+        msg.contains(&format!("client_bindings.journal-web: \"journal-web\" names no issuer, and the sidecar trusts 2 ({HELSEID}, {SIGNICAT})")),
+        "{msg}"
+    );
+    let listed_plain =
+        format!("client_bindings:\n  - client: journal-web\n    peers: [{WEB_ID}]\n{routes}");
+    let msg = policy_with_issuers(&listed_plain, &[HELSEID, SIGNICAT]).unwrap_err();
+    assert!(
+        msg.contains("client_bindings[0]: \"journal-web\" names no issuer"),
+        "{msg}"
+    );
+    let twice = format!(
+        "client_bindings:\n  - client: journal-web\n    peers: [{WEB_ID}]\n  - client: {{issuer: {HELSEID}, id: journal-web}}\n    peers: [{BATCH_ID}]\n{routes}"
+    );
+    let msg = policy_with_issuers(&twice, &[HELSEID]).unwrap_err();
+    assert!(
+        msg.contains(&format!(
+            "client_bindings[1]: {{issuer: {HELSEID}, id: journal-web}} is bound twice"
+        )),
+        "{msg}"
+    );
+}
+
+#[test]
+fn explain_shows_clients_and_bindings_as_issuer_and_id() {
+    let yaml = format!(
+        "client_bindings:
+  - client: {{issuer: {HELSEID}, id: journal-web}}
+    peers: [{WEB_ID}]
+routes:
+  - id: r
+    methods: [GET]
+    path: /a
+    allow:
+      - peers: [{WEB_ID}]
+        issuers: [{HELSEID}, {SIGNICAT}]
+        clients: [{{issuer: {HELSEID}, id: journal-web}}]
+"
+    );
+    let p = policy_with_issuers(&yaml, &[HELSEID, SIGNICAT]).unwrap();
+    let request = |issuer: &str| explain::RequestSpec {
+        method: "GET".into(),
+        path: "/a".into(),
+        host: None,
+        peer: Some(WEB_ID.parse().unwrap()),
+        claims: Some(
+            [
+                ("iss".to_owned(), serde_json::json!(issuer)),
+                ("client_id".to_owned(), serde_json::json!("journal-web")),
+            ]
+            .into(),
+        ),
+        profile: None,
+    };
+    let helseid = explain::explain(&p, &request(HELSEID)).unwrap();
+    for expected in [
+        format!("client {{issuer: {HELSEID}, id: journal-web}}"),
+        format!("  binding: {{issuer: {HELSEID}, id: journal-web}} only from [{WEB_ID}]: passed"),
+        format!("    issuers [{HELSEID}, {SIGNICAT}]: passed"),
+        format!("    clients [{{issuer: {HELSEID}, id: journal-web}}]: passed"),
+        "decision:  ALLOW (rule_matched)".to_owned(),
+    ] {
+        assert!(
+            helseid.contains(&expected),
+            "{expected:?} missing in:\n{helseid}"
+        );
+    }
+    let signicat = explain::explain(&p, &request(SIGNICAT)).unwrap();
+    for expected in [
+        format!("client {{issuer: {SIGNICAT}, id: journal-web}}"),
+        format!("    clients [{{issuer: {HELSEID}, id: journal-web}}]: failed"),
+        "decision:  DENY (client_not_allowed)".to_owned(),
+    ] {
+        assert!(
+            signicat.contains(&expected),
+            "{expected:?} missing in:\n{signicat}"
+        );
+    }
+    assert!(!signicat.contains("binding:"), "{signicat}");
+}

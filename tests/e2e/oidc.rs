@@ -1038,3 +1038,155 @@ async fn an_access_token_query_parameter_is_refused_however_its_name_is_encoded(
     .await;
     assert_eq!(status, 200, "{body}");
 }
+
+/// Two issuers that may hand out the same client id: issuer A's `journal-web` is accepted on
+/// `/records` and bound to the web frontend; issuer B's only listed client is `partner-portal`.
+const TWO_ISSUER_POLICY: &str = r#"
+client_bindings:
+  - client: {issuer: "{A}", id: journal-web}
+    peers: [spiffe://test.vakt.local/ns/shop/sa/web]
+routes:
+  - id: records
+    methods: [GET]
+    path: /records
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/shop/sa/web, spiffe://test.vakt.local/ns/shop/sa/batch]
+        issuers: ["{A}", "{B}"]
+        clients:
+          - {issuer: "{A}", id: journal-web}
+          - {issuer: "{B}", id: partner-portal}
+"#;
+
+/// A GET of `path` over mTLS as the workload of `client`, with `token` as Bearer: (status, the
+/// denial body's error code or "" when allowed).
+async fn get_as(
+    vakt: &App,
+    client: Arc<rustls::ClientConfig>,
+    path: &str,
+    token: &str,
+) -> (u16, String) {
+    let tls = mtls_connect(vakt.inbound_addr.unwrap(), client)
+        .await
+        .unwrap();
+    let req = Request::builder()
+        .uri(path)
+        .header("host", "orders.shop")
+        .header("authorization", format!("Bearer {token}"))
+        .body(Full::default())
+        .unwrap();
+    let response = h1_send(tls, req).await.unwrap();
+    let status = response.status().as_u16();
+    let body = body_string(response).await;
+    let code = if status == 200 {
+        String::new()
+    } else {
+        error_code(&body)
+    };
+    (status, code)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_counts_only_with_its_issuer_and_bindings_fail_closed() {
+    init();
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let idp_a = DevIdp::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(KeyStore::open_or_create(dir_a.path()).unwrap()),
+        "/helseid",
+    )
+    .await
+    .unwrap();
+    let idp_b = DevIdp::start(
+        "127.0.0.1:0".parse().unwrap(),
+        Arc::new(KeyStore::open_or_create(dir_b.path()).unwrap()),
+        "/auth/open",
+    )
+    .await
+    .unwrap();
+    let pki = DevPki::new(TD).unwrap();
+    let app = EchoApp::start().await.unwrap();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let policy = write_policy(
+        &dir,
+        &TWO_ISSUER_POLICY
+            .replace("{A}", &idp_a.issuer)
+            .replace("{B}", &idp_b.issuer),
+    )
+    .unwrap();
+    let issuer = |url: &str, profile: &str| {
+        format!(
+            "    - issuer: {url}\n      profile: {profile}\n      audiences: [journal-api]\n      algorithms: [RS256]\n      max_token_lifetime: 1h\n      allow_insecure_loopback: true\n"
+        )
+    };
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  issuers:\n{}{}",
+        base_config_yaml(&dir, TD),
+        app.addr,
+        policy.display(),
+        issuer(&idp_a.issuer, "helseid"),
+        issuer(&idp_b.issuer, "signicat"),
+    );
+    let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
+    wait_ready(vakt.admin_addr).await;
+    let client = |name: &str| {
+        let workload = pki.workload(name, &pki.spiffe_id("shop", name)).unwrap();
+        raw_client_config(Some(&workload), &dir, &id, &[b"http/1.1"])
+    };
+    let (web, batch) = (client("web"), client("batch"));
+
+    let person = |client_id: &str| Person {
+        client_id: client_id.into(),
+        audience: "journal-api".into(),
+        ..Person::default()
+    };
+    let mint = |idp: &DevIdp, profile, client_id: Option<&str>| {
+        let mut claims = devidp::claims(profile, &person(client_id.unwrap_or("-")));
+        if client_id.is_none() {
+            claims.as_object_mut().unwrap().remove("client_id");
+        }
+        idp.mint(claims, &MintOptions::default()).unwrap()
+    };
+    use vakt::authn::Profile::{Helseid, Signicat};
+    let a_web = mint(&idp_a, Helseid, Some("journal-web"));
+    let b_web = mint(&idp_b, Signicat, Some("journal-web"));
+    let b_partner = mint(&idp_b, Signicat, Some("partner-portal"));
+    let a_none = mint(&idp_a, Helseid, None);
+    let b_none = mint(&idp_b, Signicat, None);
+
+    let seen = app.seen().len();
+    for (who, via, token, expected) in [
+        ("A's journal-web", &web, &a_web, (200, "")),
+        // The same client id from issuer B is another client, not listed on the route.
+        ("B's journal-web", &web, &b_web, (403, "client_not_allowed")),
+        ("B's partner-portal", &web, &b_partner, (200, "")),
+        // A's journal-web is bound to the web frontend.
+        (
+            "A's journal-web via batch",
+            &batch,
+            &a_web,
+            (403, "client_peer_mismatch"),
+        ),
+        // A binds a client, so A's tokens must name theirs; B binds none.
+        (
+            "A without a client",
+            &web,
+            &a_none,
+            (403, "client_id_missing"),
+        ),
+        (
+            "B without a client",
+            &web,
+            &b_none,
+            (403, "client_not_allowed"),
+        ),
+    ] {
+        let (status, code) = get_as(&vakt, via.clone(), "/records", token).await;
+        assert_eq!((status, code.as_str()), expected, "{who}");
+    }
+    assert_eq!(
+        app.seen().len(),
+        seen + 2,
+        "only the two allowed requests reached the app"
+    );
+}

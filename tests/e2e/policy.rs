@@ -606,3 +606,52 @@ fn the_example_policy_has_a_matching_json_schema() {
         );
     }
 }
+
+/// `vakt check` warns (and still passes) where a wildcard route lists methods or admits peers
+/// that a more specific route on the same paths withholds.
+#[test]
+fn check_warns_where_a_wildcard_grants_what_a_specific_route_withholds() {
+    let tmp = tempfile::tempdir().unwrap();
+    let policy = tmp.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "path_near_miss: fall_back
+routes:
+  - id: admin
+    methods: [GET]
+    path: /admin
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/ops/sa/admin]
+  - id: catch-all
+    methods: [GET, POST]
+    path: /**
+    allow:
+      - peers: [spiffe://test.vakt.local/ns/shop/sa/web]
+",
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let (code, stdout, stderr) =
+        run_vakt(&["check", "--policy", p, "--trust-domain", "test.vakt.local"]);
+    assert_eq!(code, 0, "{stderr}");
+    let warnings: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with(&format!("{p}: warning: ")))
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            format!(
+                "{p}: warning: routes[1] (catch-all) /** lists POST but does not apply to the paths of routes[0] (admin) /admin: there those methods are answered 405 (method_not_allowed); add them to the specific route or narrow the wildcard; with path_near_miss: fall_back a near miss (letter case, trailing /) of those paths reaches catch-all and is granted them"
+            ),
+            format!(
+                "{p}: warning: with path_near_miss: fall_back a near miss (letter case, trailing /) of the paths of routes[0] (admin) /admin reaches routes[1] (catch-all) /**, which admits spiffe://test.vakt.local/ns/shop/sa/web for GET where admin does not"
+            ),
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!("{p}: OK (2 route(s))")),
+        "{stdout}"
+    );
+}
