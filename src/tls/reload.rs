@@ -132,11 +132,11 @@ pub enum ReloadOutcome {
 }
 
 /// The expiry gauges: the workload certificate, and each trust domain's bundle. The trust
-/// domain label is bounded by the config (our own plus the federated ones).
+/// domain label is bounded by the config (our own plus the federated ones); the workload
+/// certificate is always of our own domain and needs none.
 fn record_expiry(material: &TlsMaterial) {
-    metrics::gauge!(m::CERT_EXPIRY, "certificate" => "workload",
-        "trust_domain" => material.identity.trust_domain_str().to_owned())
-    .set(material.leaf_not_after as f64);
+    metrics::gauge!(m::CERT_EXPIRY, "certificate" => "workload")
+        .set(material.leaf_not_after as f64);
     for bundle in material.bundles.iter() {
         metrics::gauge!(m::CERT_EXPIRY, "certificate" => "trust_bundle",
             "trust_domain" => bundle.trust_domain.as_str().to_owned())
