@@ -227,7 +227,7 @@ impl Config {
     /// The policy-check context this sidecar gives its policy file.
     pub fn policy_context(&self) -> PolicyContext {
         PolicyContext {
-            trust_domains: self.identity.accepted(),
+            trust_domains: self.identity.trust_domains(),
             issuers: Some(
                 self.oidc
                     .iter()
@@ -278,12 +278,14 @@ impl Config {
         let policy = self.inbound.as_mut().map(|i| &mut i.policy);
         let key = self.pseudonymisation.as_mut().map(|p| &mut p.key_file);
         let audit = self.audit.file.as_mut().map(|f| &mut f.path);
+        let federation = self.identity.federation.iter_mut().map(|f| &mut f.bundle);
         for p in [
             &mut self.identity.cert,
             &mut self.identity.key,
             &mut self.identity.trust_bundle,
         ]
         .into_iter()
+        .chain(federation)
         .chain(policy)
         .chain(key)
         .chain(audit)
@@ -302,7 +304,10 @@ impl Config {
                 "neither is configured; vakt would carry no traffic (configure at least one)",
             ));
         }
-        let accepted = self.identity.accepted();
+        self.identity
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        let accepted = self.identity.trust_domains();
         let mut listeners = vec![("admin.listen", self.admin.listen)];
         if let Some(inbound) = &self.inbound {
             listeners.push(("inbound.listen", inbound.listen));
@@ -362,7 +367,7 @@ impl Config {
                     return Err(ConfigError::invalid(
                         format!("{key}.spiffe_id"),
                         format!(
-                            "{} is outside the accepted trust domains ({})",
+                            "{} is outside the accepted trust domains ({}); a federated trust domain needs an entry with its bundle in identity.federation",
                             up.spiffe_id,
                             join(&accepted)
                         ),
@@ -379,12 +384,6 @@ impl Config {
                     format!("{addr} is already used by {other}"),
                 ));
             }
-        }
-        if self.identity.reload_interval.is_zero() {
-            return Err(ConfigError::invalid(
-                "identity.reload_interval",
-                "must be greater than zero",
-            ));
         }
         self.limits
             .validate()
@@ -463,6 +462,30 @@ inbound:
             assert_eq!(c.hygiene.forwarded, ForwardedHeaders::Strip);
             assert_eq!(c.inbound.unwrap().keep_headers, ["x-forwarded-user"]);
         }
+    }
+
+    #[test]
+    fn federation_entries_parse_and_resolve_against_the_config_directory() {
+        let yaml = MINIMAL.replace(
+            "  trust_bundle: bundle.pem\n",
+            "  trust_bundle: bundle.pem\n  federation:\n  - trust_domain: partner.example\n    bundle: partner/ca.pem\n",
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vakt.yaml");
+        std::fs::write(&path, format!("{yaml}outbound:\n  upstreams:\n  - authority: p\n    address: p:1\n    spiffe_id: spiffe://partner.example/ns/a/sa/b\n")).unwrap();
+        let c = Config::from_file(&path).unwrap();
+        let names: Vec<String> = c
+            .identity
+            .trust_domains()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(names, ["cluster.local", "partner.example"]);
+        assert_eq!(
+            c.identity.federation[0].bundle,
+            dir.path().join("partner/ca.pem")
+        );
+        assert_eq!(c.policy_context().trust_domains, c.identity.trust_domains());
     }
 
     fn err(yaml: &str) -> String {
@@ -572,6 +595,49 @@ inbound:
             (
                 format!("{MINIMAL}limits:\n  max_header_bytes: 100\n"),
                 "limits.max_header_bytes: 100 is out of range",
+            ),
+            (
+                MINIMAL.replace(
+                    "  trust_bundle: bundle.pem\n",
+                    "  trust_bundle: bundle.pem\n  federation:\n  - trust_domain: cluster.local\n    bundle: b.pem\n",
+                ),
+                "identity.federation[0].trust_domain: cluster.local is our own trust domain",
+            ),
+            (
+                MINIMAL.replace(
+                    "  trust_bundle: bundle.pem\n",
+                    "  trust_bundle: bundle.pem\n  federation:\n  - trust_domain: p.example\n    bundle: b.pem\n  - trust_domain: p.example\n    bundle: c.pem\n",
+                ),
+                "identity.federation[1].trust_domain: p.example is already listed in identity.federation[0]",
+            ),
+            (
+                MINIMAL.replace(
+                    "  trust_bundle: bundle.pem\n",
+                    "  trust_bundle: bundle.pem\n  federation:\n  - trust_domain: p.example\n    bundle: ''\n",
+                ),
+                "identity.federation[0].bundle: is empty",
+            ),
+            (
+                MINIMAL.replace("  trust_bundle: bundle.pem\n", "  trust_bundle: ''\n"),
+                "identity.trust_bundle: is empty",
+            ),
+            (
+                MINIMAL.replace(
+                    "  trust_bundle: bundle.pem\n",
+                    "  trust_bundle: bundle.pem\n  federation:\n  - trust_domain: p.example\n    bundle: b.pem\n    trust_bundle: c.pem\n",
+                ),
+                "unknown field `trust_bundle`",
+            ),
+            (
+                MINIMAL.replace(
+                    "  trust_bundle: bundle.pem\n",
+                    "  trust_bundle: bundle.pem\n  accepted_trust_domains: [p.example]\n",
+                ),
+                "unknown field `accepted_trust_domains`",
+            ),
+            (
+                MINIMAL.replace("  trust_bundle: bundle.pem\n", "  trust_bundle: bundle.pem\n  reload_interval: 0s\n"),
+                "identity.reload_interval: must be greater than zero",
             ),
             (
                 format!("{MINIMAL}limits:\n  max_connections: 0\n"),

@@ -43,7 +43,7 @@ pub enum IdentityError {
     MultipleUriSans(usize),
     #[error("certificate is a CA certificate and cannot identify a workload")]
     LeafIsCa,
-    #[error("trust domain {0} is not accepted here")]
+    #[error("trust domain {0} is not accepted here: no trust bundle is configured for it")]
     TrustDomainNotAccepted(TrustDomain),
 }
 

@@ -117,7 +117,7 @@ fn describe() {
     describe_gauge!(
         CERT_EXPIRY,
         Unit::Seconds,
-        "Expiry (Unix time) of the workload certificate and of the earliest trust anchor"
+        "Expiry (Unix time) of the workload certificate and of the earliest trust anchor of each trust domain's bundle"
     );
     describe_counter!(
         CERT_RELOADS,

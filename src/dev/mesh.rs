@@ -65,13 +65,39 @@ impl DevPki {
     pub fn issue(&self, spec: &LeafSpec) -> Result<IssuedCert, PkiError> {
         self.ca.issue(spec)
     }
+
+    /// Write the CA certificate alone as `<tmp>/ca-bundle.pem`: the bundle another trust domain
+    /// configures for this one (`identity.federation`).
+    pub fn bundle_file(&self) -> Result<PathBuf, PkiError> {
+        let path = self.dir.path().join("ca-bundle.pem");
+        crate::dev::certs::write_atomically(&path, self.ca.cert_pem().as_bytes(), 0o644)?;
+        Ok(path)
+    }
 }
 
 /// The `identity:` section and loopback port-0 admin for a sidecar whose files are in `dir`.
 /// Callers append `inbound:` / `outbound:` sections.
 pub fn base_config_yaml(dir: &Path, trust_domain: &str) -> String {
+    federated_config_yaml(dir, trust_domain, &[])
+}
+
+/// [`base_config_yaml`] with `identity.federation` entries: (trust domain, bundle file).
+pub fn federated_config_yaml(
+    dir: &Path,
+    trust_domain: &str,
+    federation: &[(&str, &Path)],
+) -> String {
+    let federation: String = federation
+        .iter()
+        .map(|(td, bundle)| format!("  - trust_domain: {td}\n    bundle: {}\n", bundle.display()))
+        .collect();
+    let federation = if federation.is_empty() {
+        federation
+    } else {
+        format!("  federation:\n{federation}")
+    };
     format!(
-        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
+        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n{federation}  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
         audit = dir.join("audit.log").display(),
         cert = dir.join(crate::dev::certs::CERT_FILE).display(),
         key = dir.join(crate::dev::certs::KEY_FILE).display(),

@@ -8,7 +8,9 @@ use super::client::raw_client_config;
 use super::metrics::{metric_sum, metrics_text, wait_for_metric};
 use crate::app::App;
 use crate::config::Config;
-use crate::dev::mesh::{DevPki, EchoApp, allow_peers_policy_yaml, base_config_yaml, write_policy};
+use crate::dev::mesh::{
+    DevPki, EchoApp, allow_peers_policy_yaml, federated_config_yaml, write_policy,
+};
 
 pub const TD: &str = "test.vakt.local";
 
@@ -64,14 +66,27 @@ impl Server {
 pub async fn server(allowed: &[&str], extra: &str) -> Server {
     init();
     let pki = DevPki::new(TD).unwrap();
+    let peers: Vec<String> = allowed.iter().map(|sa| pki.spiffe_id("shop", sa)).collect();
+    federated_server(pki, &peers, &[], extra).await
+}
+
+/// Start an echo app and a server-side vakt for `spiffe://<pki's trust domain>/ns/shop/sa/orders`
+/// issued by `pki`, allowing the SPIFFE IDs `peers`, with `federation` entries (trust domain,
+/// bundle file) in its identity section.
+pub async fn federated_server(
+    pki: DevPki,
+    peers: &[String],
+    federation: &[(&str, &std::path::Path)],
+    extra: &str,
+) -> Server {
+    init();
     let app = EchoApp::start().await.unwrap();
     let id = pki.spiffe_id("shop", "orders");
     let dir = pki.workload("orders", &id).unwrap();
-    let peers: Vec<String> = allowed.iter().map(|sa| pki.spiffe_id("shop", sa)).collect();
-    let policy = write_policy(&dir, &allow_peers_policy_yaml(&peers)).unwrap();
+    let policy = write_policy(&dir, &allow_peers_policy_yaml(peers)).unwrap();
     let yaml = format!(
         "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n{extra}",
-        base_config_yaml(&dir, TD),
+        federated_config_yaml(&dir, &pki.trust_domain, federation),
         app.addr,
         policy.display()
     );
@@ -93,10 +108,22 @@ pub async fn client_sidecar(
     server_addr: SocketAddr,
     server_id: &str,
 ) -> App {
+    federated_client_sidecar(pki, sa, server_addr, server_id, &[]).await
+}
+
+/// [`client_sidecar`] for `spiffe://<pki's trust domain>/ns/shop/<sa>`, with `federation`
+/// entries (trust domain, bundle file) in its identity section.
+pub async fn federated_client_sidecar(
+    pki: &DevPki,
+    sa: &str,
+    server_addr: SocketAddr,
+    server_id: &str,
+    federation: &[(&str, &std::path::Path)],
+) -> App {
     let dir = pki.workload(sa, &pki.spiffe_id("shop", sa)).unwrap();
     let yaml = format!(
         "{}outbound:\n  listen: 127.0.0.1:0\n  upstreams:\n  - authority: orders.shop\n    address: {server_addr}\n    spiffe_id: {server_id}\n",
-        base_config_yaml(&dir, TD)
+        federated_config_yaml(&dir, &pki.trust_domain, federation)
     );
     App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap()
 }

@@ -92,8 +92,49 @@ pub enum TlsError {
         path: PathBuf,
         source: rustls::Error,
     },
+    #[error("{key}: {source}")]
+    Bundle {
+        key: String,
+        #[source]
+        source: Box<TlsError>,
+    },
+    #[error("no trust bundle is configured for trust domain {0}")]
+    NoTrustBundle(TrustDomain),
     #[error("building the TLS configuration failed: {0}")]
     Build(String),
+}
+
+/// The CA certificates of one trust domain.
+#[derive(Debug)]
+pub struct TrustBundle {
+    pub trust_domain: TrustDomain,
+    pub roots: Arc<RootCertStore>,
+    /// Earliest expiry among its anchors, seconds since the epoch.
+    pub not_after: i64,
+}
+
+/// One trust bundle per trust domain, our own first. A peer's chain is verified only against
+/// the bundle of the trust domain its SPIFFE ID names (SPIFFE federation), so a federated CA
+/// cannot vouch for identities of our domain or of any other.
+#[derive(Debug)]
+pub struct TrustBundles(Vec<TrustBundle>);
+
+impl TrustBundles {
+    /// The bundle of `trust_domain`, if one is configured.
+    pub fn get(&self, trust_domain: &str) -> Option<&TrustBundle> {
+        self.0
+            .iter()
+            .find(|b| b.trust_domain.as_str() == trust_domain)
+    }
+
+    /// Our own trust domain's bundle.
+    pub fn own(&self) -> &TrustBundle {
+        &self.0[0]
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &TrustBundle> {
+        self.0.iter()
+    }
 }
 
 /// The workload's certificate material, checked for consistency.
@@ -101,12 +142,10 @@ pub enum TlsError {
 pub struct TlsMaterial {
     pub identity: SpiffeId,
     pub certified_key: Arc<CertifiedKey>,
-    pub roots: Arc<RootCertStore>,
+    pub bundles: Arc<TrustBundles>,
     /// Expiry of the leaf, seconds since the epoch.
     pub leaf_not_after: i64,
-    /// Earliest expiry among the trust anchors, seconds since the epoch.
-    pub bundle_not_after: i64,
-    /// SHA-256 over the three files as read, to notice real changes.
+    /// SHA-256 over the files as read, to notice real changes.
     pub fingerprint: [u8; 32],
 }
 
@@ -145,13 +184,41 @@ fn not_after(der: &[u8]) -> i64 {
         .unwrap_or(0)
 }
 
+/// Read one bundle file into a root store; errors name the config key.
+fn load_bundle(
+    key: String,
+    trust_domain: &TrustDomain,
+    path: &Path,
+) -> Result<(TrustBundle, Vec<u8>), TlsError> {
+    let load = || {
+        let pem = read_pem_file(path)?;
+        let anchors = parse_certs(path, &pem)?;
+        let mut roots = RootCertStore::empty();
+        for ca in &anchors {
+            roots.add(ca.clone()).map_err(|source| TlsError::BadCa {
+                path: path.to_owned(),
+                source,
+            })?;
+        }
+        let bundle = TrustBundle {
+            trust_domain: trust_domain.clone(),
+            roots: Arc::new(roots),
+            not_after: anchors.iter().map(|c| not_after(c)).min().unwrap_or(0),
+        };
+        Ok((bundle, pem))
+    };
+    load().map_err(|source| TlsError::Bundle {
+        key,
+        source: Box::new(source),
+    })
+}
+
 impl TlsMaterial {
-    /// Read and check the files named in the identity config. Nothing is half-loaded: either all
-    /// three files are valid and consistent, or an error says which one is wrong and why.
+    /// Read and check the files named in the identity config. Nothing is half-loaded: either
+    /// every file is valid and consistent, or an error says which one is wrong and why.
     pub fn load(cfg: &IdentityConfig) -> Result<Self, TlsError> {
         let cert_pem = read_pem_file(&cfg.cert)?;
         let key_pem = read_pem_file(&cfg.key)?;
-        let bundle_pem = read_pem_file(&cfg.trust_bundle)?;
 
         let chain = parse_certs(&cfg.cert, &cert_pem)?;
         let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| TlsError::Pem {
@@ -186,14 +253,16 @@ impl TlsMaterial {
             });
         }
 
-        let anchors = parse_certs(&cfg.trust_bundle, &bundle_pem)?;
-        let mut roots = RootCertStore::empty();
-        for ca in &anchors {
-            roots.add(ca.clone()).map_err(|source| TlsError::BadCa {
-                path: cfg.trust_bundle.clone(),
-                source,
-            })?;
+        let mut bundles = Vec::with_capacity(1 + cfg.federation.len());
+        let mut bundle_pems = Vec::with_capacity(1 + cfg.federation.len());
+        for (key, trust_domain, path) in cfg.bundle_files() {
+            let (bundle, pem) = load_bundle(key, trust_domain, path)?;
+            bundles.push(bundle);
+            bundle_pems.push(pem);
         }
+        let bundles = TrustBundles(bundles);
+
+        // Our own SVID must chain to our own trust domain's bundle, never to a federated one.
         let leaf =
             ParsedCertificate::try_from(&chain[0]).map_err(|source| TlsError::Untrusted {
                 path: cfg.cert.clone(),
@@ -201,7 +270,7 @@ impl TlsMaterial {
             })?;
         rustls::client::verify_server_cert_signed_by_trust_anchor(
             &leaf,
-            &roots,
+            &bundles.own().roots,
             &chain[1..],
             UnixTime::now(),
             provider.signature_verification_algorithms.all,
@@ -213,7 +282,7 @@ impl TlsMaterial {
 
         let fingerprint = {
             let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-            for part in [&cert_pem, &key_pem, &bundle_pem] {
+            for part in [&cert_pem, &key_pem].into_iter().chain(&bundle_pems) {
                 ctx.update(&(part.len() as u64).to_be_bytes());
                 ctx.update(part);
             }
@@ -225,9 +294,8 @@ impl TlsMaterial {
         Ok(Self {
             identity,
             leaf_not_after: not_after(&chain[0]),
-            bundle_not_after: anchors.iter().map(|c| not_after(c)).min().unwrap_or(0),
             certified_key: Arc::new(certified_key),
-            roots: Arc::new(roots),
+            bundles: Arc::new(bundles),
             fingerprint,
         })
     }
@@ -243,15 +311,14 @@ fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVers
     }
 }
 
-/// Inbound server config: client certificate required and checked as an X509-SVID from an
-/// accepted trust domain; ALPN h2 and http/1.1.
+/// Inbound server config: client certificate required, checked as an X509-SVID against the
+/// bundle of the trust domain it names; ALPN h2 and http/1.1.
 pub fn server_config(
     material: &TlsMaterial,
-    accepted: Vec<TrustDomain>,
     min_version: TlsVersion,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
-    let verifier = SpiffeClientVerifier::new(material.roots.clone(), accepted, provider.clone())
+    let verifier = SpiffeClientVerifier::new(&material.bundles, provider.clone())
         .map_err(|e| TlsError::Build(e.to_string()))?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(min_version))
@@ -288,7 +355,7 @@ pub enum OutboundAlpn {
 }
 
 /// Outbound client config: our workload certificate as client certificate, the server must be
-/// exactly `expected`.
+/// exactly `expected` and its chain must lead to the bundle of `expected`'s trust domain.
 pub fn client_config(
     material: &TlsMaterial,
     expected: SpiffeId,
@@ -296,7 +363,13 @@ pub fn client_config(
     alpn: OutboundAlpn,
 ) -> Result<Arc<ClientConfig>, TlsError> {
     let provider = provider();
-    let verifier = SpiffeServerVerifier::new(material.roots.clone(), expected, &provider);
+    let roots = material
+        .bundles
+        .get(expected.trust_domain_str())
+        .ok_or_else(|| TlsError::NoTrustBundle(expected.trust_domain()))?
+        .roots
+        .clone();
+    let verifier = SpiffeServerVerifier::new(roots, expected, &provider);
     let mut config = ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions(min_version))
         .map_err(|e| TlsError::Build(e.to_string()))?
@@ -327,5 +400,113 @@ impl rustls::client::ResolvesClientCert for ClientCert {
 
     fn has_certs(&self) -> bool {
         true
+    }
+}
+
+// The development PKI (feature `dev`) makes the certificates.
+#[cfg(all(test, feature = "dev"))]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::dev::mesh::DevPki;
+    use crate::tls::config::FederatedDomain;
+
+    const OURS: &str = "ours.test";
+    const PARTNER: &str = "partner.test";
+
+    fn identity(dir: &Path, federation: Vec<FederatedDomain>) -> IdentityConfig {
+        IdentityConfig {
+            trust_domain: OURS.parse().unwrap(),
+            cert: dir.join(crate::dev::certs::CERT_FILE),
+            key: dir.join(crate::dev::certs::KEY_FILE),
+            trust_bundle: dir.join(crate::dev::certs::BUNDLE_FILE),
+            federation,
+            reload_interval: std::time::Duration::from_secs(1),
+        }
+    }
+
+    fn federated(bundle: &Path) -> Vec<FederatedDomain> {
+        vec![FederatedDomain {
+            trust_domain: PARTNER.parse().unwrap(),
+            bundle: bundle.to_owned(),
+        }]
+    }
+
+    #[test]
+    fn one_bundle_per_trust_domain_own_first() {
+        let ours = DevPki::new(OURS).unwrap();
+        let partner = DevPki::new(PARTNER).unwrap();
+        let dir = ours.workload("w", &ours.spiffe_id("a", "b")).unwrap();
+        let material =
+            TlsMaterial::load(&identity(&dir, federated(&partner.bundle_file().unwrap()))).unwrap();
+        let domains: Vec<&str> = material
+            .bundles
+            .iter()
+            .map(|b| b.trust_domain.as_str())
+            .collect();
+        assert_eq!(domains, [OURS, PARTNER]);
+        assert_eq!(material.bundles.own().trust_domain.as_str(), OURS);
+        assert!(material.bundles.get("elsewhere.test").is_none());
+        for bundle in material.bundles.iter() {
+            assert_eq!(bundle.roots.len(), 1, "{}", bundle.trust_domain);
+            assert!(bundle.not_after > 0, "{}", bundle.trust_domain);
+        }
+    }
+
+    #[test]
+    fn own_svid_must_chain_to_the_own_bundle_not_a_federated_one() {
+        // Our SVID issued by a CA that is only in the federated bundle.
+        let ours = DevPki::new(OURS).unwrap();
+        let mut rogue = DevPki::new(PARTNER).unwrap();
+        let rogue_bundle = rogue.bundle_file().unwrap();
+        rogue.trust_domain = OURS.to_owned();
+        let dir = rogue.workload("w", &ours.spiffe_id("a", "b")).unwrap();
+        // The own bundle is ours, not the issuing CA.
+        std::fs::copy(
+            ours.bundle_file().unwrap(),
+            dir.join(crate::dev::certs::BUNDLE_FILE),
+        )
+        .unwrap();
+        let err = TlsMaterial::load(&identity(&dir, federated(&rogue_bundle))).unwrap_err();
+        assert!(matches!(err, TlsError::Untrusted { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_bad_federated_bundle_is_reported_under_its_key() {
+        let ours = DevPki::new(OURS).unwrap();
+        let dir = ours.workload("w", &ours.spiffe_id("a", "b")).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        for (bundle, problem) in [
+            (dir.join("missing.pem"), "cannot read"),
+            (empty, "no certificate found"),
+        ] {
+            let err = TlsMaterial::load(&identity(&dir, federated(&bundle))).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.starts_with("identity.federation[0].bundle: ") && message.contains(problem),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn outbound_config_needs_a_bundle_for_the_expected_trust_domain() {
+        let ours = DevPki::new(OURS).unwrap();
+        let dir = ours.workload("w", &ours.spiffe_id("a", "b")).unwrap();
+        let material = TlsMaterial::load(&identity(&dir, Vec::new())).unwrap();
+        let expected: SpiffeId = "spiffe://partner.test/ns/a/sa/b".parse().unwrap();
+        let err = client_config(
+            &material,
+            expected,
+            TlsVersion::Tls13,
+            OutboundAlpn::H2OrHttp11,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&err, TlsError::NoTrustBundle(td) if td.as_str() == PARTNER),
+            "{err}"
+        );
     }
 }

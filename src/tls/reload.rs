@@ -3,8 +3,9 @@
 //! cert-manager rotates by rewriting files and Kubernetes Secrets swap a `..data` symlink, so we
 //! watch the directories (not the files) and also re-read on a slow interval as a safety net. A
 //! new set is loaded and checked completely before it replaces the old one; a broken set is
-//! rejected, logged and counted, and the running one stays. Existing connections keep the config
-//! they were accepted with; new connections get the new certificate.
+//! rejected, logged and counted, and the running one stays. The federated trust domains' bundles
+//! are part of the set: one bad bundle keeps every running one. Existing connections keep the
+//! config they were accepted with; new connections get the new certificate and bundles.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +16,7 @@ use rustls::{ClientConfig, ServerConfig};
 
 use super::config::{IdentityConfig, TlsVersion};
 use super::{OutboundAlpn, TlsError, TlsMaterial, client_config, server_config};
-use crate::identity::{SpiffeId, TrustDomain};
+use crate::identity::SpiffeId;
 use crate::metrics as m;
 
 /// One loaded generation of TLS material with the configs built from it.
@@ -34,38 +35,23 @@ pub struct LoadedTls {
 pub struct CertStore {
     current: ArcSwap<LoadedTls>,
     identity: IdentityConfig,
-    accepted: Vec<TrustDomain>,
     min_version: TlsVersion,
 }
 
 impl CertStore {
     /// Load the initial material; an error here stops vakt from starting.
     pub fn load(identity: &IdentityConfig, min_version: TlsVersion) -> Result<Self, TlsError> {
-        let accepted = identity.accepted();
-        let loaded = Self::build(identity, &accepted, min_version)?;
+        let loaded = Self::assemble(TlsMaterial::load(identity)?, min_version)?;
         record_expiry(&loaded.material);
         Ok(Self {
             current: ArcSwap::from_pointee(loaded),
             identity: identity.clone(),
-            accepted,
             min_version,
         })
     }
 
-    fn build(
-        identity: &IdentityConfig,
-        accepted: &[TrustDomain],
-        min_version: TlsVersion,
-    ) -> Result<LoadedTls, TlsError> {
-        Self::assemble(TlsMaterial::load(identity)?, accepted, min_version)
-    }
-
-    fn assemble(
-        material: TlsMaterial,
-        accepted: &[TrustDomain],
-        min_version: TlsVersion,
-    ) -> Result<LoadedTls, TlsError> {
-        let server_config = server_config(&material, accepted.to_vec(), min_version)?;
+    fn assemble(material: TlsMaterial, min_version: TlsVersion) -> Result<LoadedTls, TlsError> {
+        let server_config = server_config(&material, min_version)?;
         Ok(LoadedTls {
             material,
             server_config,
@@ -103,7 +89,7 @@ impl CertStore {
             Ok(material) if material.fingerprint == self.current.load().material.fingerprint => {
                 ReloadOutcome::Unchanged
             }
-            Ok(material) => match Self::assemble(material, &self.accepted, self.min_version) {
+            Ok(material) => match Self::assemble(material, self.min_version) {
                 Ok(loaded) => {
                     record_expiry(&loaded.material);
                     tracing::info!(
@@ -127,15 +113,14 @@ impl CertStore {
         ReloadOutcome::Rejected(error)
     }
 
+    /// The directories of every file the material is read from, federation bundles included.
     fn watched_dirs(&self) -> Vec<PathBuf> {
-        [
-            &self.identity.cert,
-            &self.identity.key,
-            &self.identity.trust_bundle,
-        ]
-        .iter()
-        .map(|p| crate::watch::parent_dir(p))
-        .collect()
+        let bundles = self.identity.bundle_files();
+        [self.identity.cert.as_path(), self.identity.key.as_path()]
+            .into_iter()
+            .chain(bundles.iter().map(|(_, _, path)| *path))
+            .map(crate::watch::parent_dir)
+            .collect()
     }
 }
 
@@ -146,11 +131,17 @@ pub enum ReloadOutcome {
     Rejected(TlsError),
 }
 
+/// The expiry gauges: the workload certificate, and each trust domain's bundle. The trust
+/// domain label is bounded by the config (our own plus the federated ones); the workload
+/// certificate is always of our own domain and needs none.
 fn record_expiry(material: &TlsMaterial) {
     metrics::gauge!(m::CERT_EXPIRY, "certificate" => "workload")
         .set(material.leaf_not_after as f64);
-    metrics::gauge!(m::CERT_EXPIRY, "certificate" => "trust_bundle")
-        .set(material.bundle_not_after as f64);
+    for bundle in material.bundles.iter() {
+        metrics::gauge!(m::CERT_EXPIRY, "certificate" => "trust_bundle",
+            "trust_domain" => bundle.trust_domain.as_str().to_owned())
+        .set(bundle.not_after as f64);
+    }
 }
 
 /// Watch the certificate directories and reload on change (debounced) and on every

@@ -1,11 +1,17 @@
 //! Certificate verifiers that add the SPIFFE rules to webpki's chain validation.
 //!
-//! Inbound: webpki checks the chain, validity and the clientAuth EKU; then the leaf must be an
-//! X509-SVID (exactly one `spiffe://` URI SAN, not a CA) from a trust domain we accept. Failing
-//! any of it fails the handshake, so no request from such a peer is ever read.
+//! Each trust domain has a bundle of its own, and a chain is verified only against the bundle of
+//! the trust domain its leaf's SPIFFE ID names: a federated CA that issues an ID of our domain
+//! (or of a third one) is an unknown CA for that ID.
+//!
+//! Inbound: the leaf must be an X509-SVID (exactly one `spiffe://` URI SAN, not a CA) from a
+//! trust domain with a bundle; then webpki checks the chain against that bundle, validity and
+//! the clientAuth EKU. Failing any of it fails the handshake, so no request from such a peer is
+//! ever read.
 //!
 //! Outbound: a URI-SAN-only SVID has no DNS name, so rustls's default name check cannot apply;
-//! the server must instead present exactly the SPIFFE ID the egress table names.
+//! the chain must lead to the bundle of the expected ID's trust domain, and the server must
+//! present exactly the SPIFFE ID the egress table names.
 
 use std::sync::Arc;
 
@@ -21,6 +27,7 @@ use rustls::{
 };
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
+use super::TrustBundles;
 use crate::identity::{IdentityError, SpiffeId, TrustDomain};
 
 fn identity_error(e: IdentityError) -> Error {
@@ -35,35 +42,41 @@ pub struct UnexpectedServerIdentity {
     pub presented: SpiffeId,
 }
 
-/// Parse and check the SVID of a peer's leaf certificate against the accepted trust domains.
-fn svid_identity(leaf: &CertificateDer<'_>, accepted: &[TrustDomain]) -> Result<SpiffeId, Error> {
-    let id = SpiffeId::from_svid_der(leaf).map_err(identity_error)?;
-    if !accepted
-        .iter()
-        .any(|td| td.as_str() == id.trust_domain_str())
-    {
-        return Err(identity_error(IdentityError::TrustDomainNotAccepted(
-            id.trust_domain(),
-        )));
-    }
-    Ok(id)
-}
-
-/// Client-certificate verifier for the inbound listener: webpki + SPIFFE X509-SVID rules.
+/// Client-certificate verifier for the inbound listener: SPIFFE X509-SVID rules, then webpki
+/// against the bundle of the SVID's trust domain.
 #[derive(Debug)]
 pub struct SpiffeClientVerifier {
-    webpki: Arc<dyn ClientCertVerifier>,
-    accepted: Vec<TrustDomain>,
+    /// One webpki verifier per trust domain, each over that domain's roots only.
+    by_domain: Vec<(TrustDomain, Arc<dyn ClientCertVerifier>)>,
+    /// The CA subjects of every bundle, sent as hints in the certificate request.
+    root_hints: Vec<DistinguishedName>,
 }
 
 impl SpiffeClientVerifier {
+    /// One webpki verifier per bundle. `bundles` always holds our own, so there is at least one.
     pub fn new(
-        roots: Arc<RootCertStore>,
-        accepted: Vec<TrustDomain>,
+        bundles: &TrustBundles,
         provider: Arc<CryptoProvider>,
     ) -> Result<Self, rustls::server::VerifierBuilderError> {
-        let webpki = WebPkiClientVerifier::builder_with_provider(roots, provider).build()?;
-        Ok(Self { webpki, accepted })
+        let mut by_domain = Vec::new();
+        let mut root_hints = Vec::new();
+        for bundle in bundles.iter() {
+            let webpki =
+                WebPkiClientVerifier::builder_with_provider(bundle.roots.clone(), provider.clone())
+                    .build()?;
+            root_hints.extend_from_slice(webpki.root_hint_subjects());
+            by_domain.push((bundle.trust_domain.clone(), webpki));
+        }
+        Ok(Self {
+            by_domain,
+            root_hints,
+        })
+    }
+
+    /// Any of the per-domain verifiers: they differ only in their roots, so handshake
+    /// signatures and schemes are the same for all.
+    fn any(&self) -> &dyn ClientCertVerifier {
+        &*self.by_domain[0].1
     }
 }
 
@@ -77,7 +90,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.webpki.root_hint_subjects()
+        &self.root_hints
     }
 
     fn verify_client_cert(
@@ -86,10 +99,18 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, Error> {
-        self.webpki
-            .verify_client_cert(end_entity, intermediates, now)?;
-        svid_identity(end_entity, &self.accepted)?;
-        Ok(ClientCertVerified::assertion())
+        // The ID picks the bundle, so it is read before the chain is checked; nothing about the
+        // peer is trusted until the chain to that bundle is verified.
+        let id = SpiffeId::from_svid_der(end_entity).map_err(identity_error)?;
+        let webpki = self
+            .by_domain
+            .iter()
+            .find(|(td, _)| td.as_str() == id.trust_domain_str())
+            .map(|(_, verifier)| verifier)
+            .ok_or_else(|| {
+                identity_error(IdentityError::TrustDomainNotAccepted(id.trust_domain()))
+            })?;
+        webpki.verify_client_cert(end_entity, intermediates, now)
     }
 
     fn verify_tls12_signature(
@@ -98,7 +119,7 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls12_signature(message, cert, dss)
+        self.any().verify_tls12_signature(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -107,16 +128,17 @@ impl ClientCertVerifier for SpiffeClientVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, Error> {
-        self.webpki.verify_tls13_signature(message, cert, dss)
+        self.any().verify_tls13_signature(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.webpki.supported_verify_schemes()
+        self.any().supported_verify_schemes()
     }
 }
 
-/// Server-certificate verifier for outbound mTLS: chain to the trust bundle, SVID rules, and the
-/// exact SPIFFE ID the egress table expects. The TLS server name is not consulted.
+/// Server-certificate verifier for outbound mTLS: chain to `roots` (the bundle of the expected
+/// ID's trust domain), SVID rules, and the exact SPIFFE ID the egress table expects. The TLS
+/// server name is not consulted.
 #[derive(Debug)]
 pub struct SpiffeServerVerifier {
     roots: Arc<RootCertStore>,
@@ -151,7 +173,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
             now,
             self.algorithms.all,
         )?;
-        let presented = svid_identity(end_entity, &[self.expected.trust_domain()])?;
+        let presented = SpiffeId::from_svid_der(end_entity).map_err(identity_error)?;
         if presented != self.expected {
             return Err(Error::InvalidCertificate(CertificateError::Other(
                 OtherError(Arc::new(UnexpectedServerIdentity {

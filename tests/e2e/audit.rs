@@ -234,6 +234,8 @@ async fn metrics_exposition_parses_and_labels_stay_bounded() {
         "result",
         "trigger",
         "certificate",
+        // Our own and the federated trust domains: as many as the config names, like `issuer`.
+        "trust_domain",
         "limit",
         "version",
         "le",

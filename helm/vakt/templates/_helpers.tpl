@@ -13,6 +13,7 @@ For the same reason the chart name is the constant "vakt" rather than .Chart.Nam
 {{- define "vakt.policyDir" -}}/var/run/vakt/policy{{- end }}
 {{- define "vakt.identityDir" -}}/var/run/vakt/identity{{- end }}
 {{- define "vakt.trustDir" -}}/var/run/vakt/trust{{- end }}
+{{- define "vakt.federationDir" -}}/var/run/vakt/federation{{- end }}
 {{- define "vakt.pseudonymDir" -}}/var/run/vakt/pseudonym{{- end }}
 
 {{/* vakt's fixed ports (the listen addresses in the rendered config use the same numbers). */}}
@@ -126,9 +127,13 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
 {{- $v := .Values }}
 {{- $c := $v.config }}
 {{- $l := $c.limits }}
+{{- $federation := list }}
+{{- range $v.federation }}
+{{- $federation = append $federation (dict "trust_domain" .trustDomain "bundle" (printf "%s/%s/%s" (include "vakt.federationDir" $) .trustDomain .key)) }}
+{{- end }}
 {{- $identity := dict
     "trust_domain" $v.trustDomain
-    "accepted_trust_domains" $c.acceptedTrustDomains
+    "federation" $federation
     "cert" (printf "%s/%s" (include "vakt.identityDir" .) (include "vakt.certKey" .))
     "key" (printf "%s/%s" (include "vakt.identityDir" .) (include "vakt.keyKey" .))
     "trust_bundle" (printf "%s/%s" (include "vakt.trustDir" .) $v.trustBundle.key)

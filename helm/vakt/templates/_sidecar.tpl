@@ -84,6 +84,11 @@ helm/examples/orders in the vakt repository is a complete example chart.
     - name: vakt-trust
       mountPath: {{ include "vakt.trustDir" . }}
       readOnly: true
+    {{- range $i, $f := .Values.federation }}
+    - name: vakt-federation-{{ $i }}
+      mountPath: {{ include "vakt.federationDir" $ }}/{{ $f.trustDomain }}
+      readOnly: true
+    {{- end }}
     {{- if .Values.pseudonymisation.existingSecret }}
     - name: vakt-pseudonym
       mountPath: {{ include "vakt.pseudonymDir" . }}
@@ -114,6 +119,16 @@ helm/examples/orders in the vakt repository is a complete example chart.
   configMap:
     name: {{ .Values.trustBundle.name }}
   {{- end }}
+{{- range $i, $f := .Values.federation }}
+- name: vakt-federation-{{ $i }}
+  {{- if eq $f.source "secret" }}
+  secret:
+    secretName: {{ $f.name }}
+  {{- else }}
+  configMap:
+    name: {{ $f.name }}
+  {{- end }}
+{{- end }}
 {{- with .Values.pseudonymisation.existingSecret }}
 - name: vakt-pseudonym
   secret:

@@ -56,6 +56,7 @@ const CONFIG_PATH: &str = "/etc/vakt/vakt.yaml";
 const POLICY_DIR: &str = "/var/run/vakt/policy";
 const IDENTITY_DIR: &str = "/var/run/vakt/identity";
 const TRUST_DIR: &str = "/var/run/vakt/trust";
+const FEDERATION_DIR: &str = "/var/run/vakt/federation";
 const PSEUDONYM_DIR: &str = "/var/run/vakt/pseudonym";
 const ADMIN_PORT: i64 = 15021;
 
@@ -982,6 +983,7 @@ fn vakt_check_rendering(mesh: &Mesh) {
         (POLICY_DIR, "policy"),
         (IDENTITY_DIR, "identity"),
         (TRUST_DIR, "trust"),
+        (FEDERATION_DIR, "federation"),
         (PSEUDONYM_DIR, "pseudonym"),
     ] {
         std::fs::create_dir_all(dir.path().join(local)).unwrap();
@@ -1038,6 +1040,15 @@ fn vakt_check_rendering(mesh: &Mesh) {
     std::fs::copy(svid.join("cert.pem"), local(&identity["cert"])).unwrap();
     std::fs::copy(svid.join("key.pem"), local(&identity["key"])).unwrap();
     std::fs::copy(ca.join("ca.pem"), local(&identity["trust_bundle"])).unwrap();
+    // Each federated trust domain's bundle (one directory per trust domain): any CA certificate
+    // loads, so the same one stands in for the partners'.
+    for federated in identity["federation"].as_array().into_iter().flatten() {
+        let mounted = str_of(&federated["bundle"], "path");
+        let bundle = Path::new(&mounted.replacen(FEDERATION_DIR, &format!("{root}/federation"), 1))
+            .to_owned();
+        std::fs::create_dir_all(bundle.parent().unwrap()).unwrap();
+        std::fs::copy(ca.join("ca.pem"), &bundle).unwrap();
+    }
 
     let config_arg = config_file.to_string_lossy();
     let out = vakt(&["check", "--config", &config_arg, "--with-certs"]);
@@ -1074,7 +1085,7 @@ fn vakt_check_rendering(mesh: &Mesh) {
                 })
                 .unwrap_or_default()
         };
-        let accepted = list(&identity["accepted_trust_domains"], "");
+        let accepted = list(&identity["federation"], "trust_domain");
         let issuers = list(&mesh.config["oidc"]["issuers"], "issuer");
         for td in &accepted {
             args.extend(["--trust-domain", td]);

@@ -369,6 +369,10 @@ fn check_selectors_and_identity(r: &Rendered, mesh: &Mesh) {
             "{label}: the pods run as the account in the SPIFFE ID"
         );
         let config = &mesh.config;
+        let federation = config["identity"]["federation"]
+            .as_array()
+            .into_iter()
+            .flatten();
         let files = [
             Some(CONFIG_PATH),
             config["identity"]["cert"].as_str(),
@@ -376,7 +380,9 @@ fn check_selectors_and_identity(r: &Rendered, mesh: &Mesh) {
             config["identity"]["trust_bundle"].as_str(),
             config["inbound"]["policy"].as_str(),
             config["pseudonymisation"]["key_file"].as_str(),
-        ];
+        ]
+        .into_iter()
+        .chain(federation.map(|f| f["bundle"].as_str()));
         let vakt = pod_containers(pod).find(|c| is_vakt(c)).unwrap();
         let mounted: BTreeSet<&str> = vakt["volumeMounts"]
             .as_array()
@@ -384,7 +390,7 @@ fn check_selectors_and_identity(r: &Rendered, mesh: &Mesh) {
             .iter()
             .filter_map(|m| m["mountPath"].as_str())
             .collect();
-        for file in files.into_iter().flatten() {
+        for file in files.flatten() {
             let dir = file.rsplit_once('/').map_or("", |(dir, _)| dir);
             assert!(
                 mounted.contains(dir),
