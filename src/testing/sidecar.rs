@@ -40,8 +40,11 @@ impl Server {
     }
 
     /// Replace the policy file (atomically, as a ConfigMap update does) and wait until a reload
-    /// with `result` (`success` or `failure`) has been counted.
+    /// with `result` (`success` or `failure`) has been counted; after a success, until this
+    /// sidecar runs the new policy (the counter is shared by every sidecar in the process).
     pub async fn set_policy(&self, yaml: &str, result: &str) {
+        let store = self.vakt.policy.as_ref().expect("an inbound sidecar has a policy");
+        let running = store.current();
         let admin = self.vakt.admin_addr;
         let labels = [("result", result)];
         let before = metric_sum(
@@ -58,6 +61,16 @@ impl Server {
             after >= before + 1.0,
             "no policy reload with result {result} was counted"
         );
+        if result == "success" {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+            while Arc::ptr_eq(&running, &store.current()) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "this sidecar did not take the new policy"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        }
     }
 }
 
