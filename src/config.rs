@@ -443,6 +443,8 @@ inbound:
         assert_eq!(c.admin.listen.to_string(), "0.0.0.0:15021");
         assert_eq!(c.tls.min_version, TlsVersion::Tls13);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.request_body_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.tunnel_idle_timeout, Duration::from_secs(300));
         assert!(c.outbound.is_none());
         assert_eq!(c.hygiene.underscore_headers, UnderscoreHeaders::Drop);
         assert_eq!(c.hygiene.forwarded, ForwardedHeaders::Set);
@@ -513,6 +515,14 @@ inbound:
             (
                 format!("{MINIMAL}limits:\n  idle_timeout: 0s\n"),
                 "limits.idle_timeout: must be greater than zero",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  request_body_timeout: 0s\n"),
+                "limits.request_body_timeout: must be greater than zero",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  tunnel_idle_timeout: 0ms\n"),
+                "limits.tunnel_idle_timeout: must be greater than zero",
             ),
             (
                 format!("{MINIMAL}outbound:\n  listen: 0.0.0.0:15001\n"),

@@ -50,6 +50,20 @@ pub struct Limits {
     /// Inbound connections one peer identity holds at once; more are closed after the handshake.
     #[serde(default = "defaults::max_connections_per_peer")]
     pub max_connections_per_peer: usize,
+    /// How long vakt waits for the next piece of a request body it forwards; a client that
+    /// stalls longer gets 408 (or, once the app answered, the forwarded request is aborted).
+    #[serde(
+        default = "defaults::request_body_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub request_body_timeout: Duration,
+    /// An upgraded connection (WebSocket, raw upgrade) with no bytes moving either way for this
+    /// long is closed on both sides.
+    #[serde(
+        default = "defaults::tunnel_idle_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +80,8 @@ impl Default for Limits {
             upstream_pool_max_idle_per_host: defaults::pool_max_idle(),
             max_connections: defaults::max_connections(),
             max_connections_per_peer: defaults::max_connections_per_peer(),
+            request_body_timeout: defaults::request_body_timeout(),
+            tunnel_idle_timeout: defaults::tunnel_idle_timeout(),
         }
     }
 }
@@ -85,6 +101,8 @@ impl Limits {
                 "limits.upstream_response_timeout",
                 self.upstream_response_timeout,
             ),
+            ("limits.request_body_timeout", self.request_body_timeout),
+            ("limits.tunnel_idle_timeout", self.tunnel_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err((key.into(), "must be greater than zero".into()));
@@ -164,5 +182,12 @@ mod defaults {
     }
     pub fn max_connections_per_peer() -> usize {
         512
+    }
+    pub fn request_body_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    // WebSocket clients ping every 30-60 s: five silent minutes means abandoned, not quiet.
+    pub fn tunnel_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
 }
