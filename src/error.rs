@@ -63,6 +63,9 @@ pub enum DenyReason {
     },
     /// The app / the remote sidecar did not answer in time.
     UpstreamTimeout,
+    /// The client stopped sending the request body for longer than
+    /// `limits.request_body_timeout`; the forwarded request was aborted.
+    RequestBodyTimeout,
 }
 
 impl DenyReason {
@@ -85,6 +88,7 @@ impl DenyReason {
             Self::UpstreamTlsFailed { .. } => "upstream_tls_failed",
             Self::UpstreamIdentityMismatch { .. } => "upstream_identity_mismatch",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::RequestBodyTimeout => "request_body_timeout",
         }
     }
 
@@ -109,6 +113,7 @@ impl DenyReason {
             | Self::UpstreamTlsFailed { .. }
             | Self::UpstreamIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -162,6 +167,7 @@ impl DenyReason {
                 presented: None,
             } => format!("the upstream did not present the expected identity {expected}").into(),
             Self::UpstreamTimeout => "the upstream did not answer in time".into(),
+            Self::RequestBodyTimeout => "the request body stopped arriving".into(),
         }
     }
 
@@ -224,8 +230,9 @@ impl DenyReason {
                 HeaderValue::from(retry_after_secs),
             );
         }
-        if matches!(self, Self::BadFraming(_)) {
-            // After ambiguous framing the rest of the byte stream cannot be trusted.
+        if matches!(self, Self::BadFraming(_) | Self::RequestBodyTimeout) {
+            // After ambiguous framing the rest of the byte stream cannot be trusted; after a
+            // stalled body, the unread rest of it would have to be read to reuse the connection.
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

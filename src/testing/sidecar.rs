@@ -93,9 +93,20 @@ pub async fn client_sidecar(
     server_addr: SocketAddr,
     server_id: &str,
 ) -> App {
+    client_sidecar_with(pki, sa, server_addr, server_id, "").await
+}
+
+/// [`client_sidecar`] with `extra` appended to its YAML (limits...).
+pub async fn client_sidecar_with(
+    pki: &DevPki,
+    sa: &str,
+    server_addr: SocketAddr,
+    server_id: &str,
+    extra: &str,
+) -> App {
     let dir = pki.workload(sa, &pki.spiffe_id("shop", sa)).unwrap();
     let yaml = format!(
-        "{}outbound:\n  listen: 127.0.0.1:0\n  upstreams:\n  - authority: orders.shop\n    address: {server_addr}\n    spiffe_id: {server_id}\n",
+        "{}outbound:\n  listen: 127.0.0.1:0\n  upstreams:\n  - authority: orders.shop\n    address: {server_addr}\n    spiffe_id: {server_id}\n{extra}",
         base_config_yaml(&dir, TD)
     );
     App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap()

@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -25,23 +26,64 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::ProxyBody;
+use crate::body::{self, ProxyBody};
 use crate::limits::Limits;
 
 use crate::error::DenyReason;
 use crate::identity::SpiffeId;
 use crate::tls::{CertStore, OutboundAlpn, UnexpectedServerIdentity, tls_error_reason};
 
-/// Send a request and map every failure to the reason vakt answers with.
+/// The per-request deadlines of one client.
+#[derive(Clone)]
+struct Deadlines {
+    response: Duration,
+    request_body: Duration,
+    /// `vakt_limits_exceeded_total{limit="request_body_timeout"}` of this client's direction.
+    request_body_timeouts: metrics::Counter,
+}
+
+impl Deadlines {
+    /// Call after [`crate::metrics::install`]: the counter is registered here.
+    fn new(limits: &Limits, direction: &'static str) -> Self {
+        Self {
+            response: limits.upstream_response_timeout,
+            request_body: limits.request_body_timeout,
+            request_body_timeouts: metrics::counter!(crate::metrics::LIMITS_EXCEEDED,
+                "direction" => direction, "limit" => "request_body_timeout"),
+        }
+    }
+}
+
+/// Send a request and map every failure to the reason vakt answers with. A request body that
+/// stalls is cut off (the upstream sees it aborted, never ended early): before the response
+/// that is a 408, after it the response stream breaks off.
 async fn send<C>(
     client: &Client<C, ProxyBody>,
     request: Request<ProxyBody>,
-    response_timeout: Duration,
+    deadlines: &Deadlines,
 ) -> Result<Response<Incoming>, DenyReason>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    match tokio::time::timeout(response_timeout, client.request(request)).await {
+    let (parts, body) = request.into_parts();
+    // A body that has already ended (GET, HEAD, ...) needs no timer.
+    let (body, body_timed_out) = if body.is_end_stream() {
+        (body, None)
+    } else {
+        let (body, timed_out) = body::with_idle_timeout(
+            body,
+            deadlines.request_body,
+            deadlines.request_body_timeouts.clone(),
+        );
+        (body, Some(timed_out))
+    };
+    let request = Request::from_parts(parts, body);
+    let result = tokio::time::timeout(deadlines.response, client.request(request)).await;
+    // HTTP/2 reports the aborted stream, not why: the flag says it was the body's timer.
+    if body_timed_out.is_some_and(|t| t.fired()) && !matches!(result, Ok(Ok(_))) {
+        return Err(DenyReason::RequestBodyTimeout);
+    }
+    match result {
         Err(_) => Err(DenyReason::UpstreamTimeout),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) => Err(classify(&error)),
@@ -97,7 +139,7 @@ pub struct AppClient {
     /// The app's `ip:port`, as every forwarded request's authority.
     authority: http::uri::Authority,
     protocol: AppProtocol,
-    response_timeout: Duration,
+    deadlines: Deadlines,
 }
 
 impl AppClient {
@@ -119,7 +161,7 @@ impl AppClient {
                 .parse()
                 .expect("a socket address is a valid URI authority"),
             protocol,
-            response_timeout: limits.upstream_response_timeout,
+            deadlines: Deadlines::new(limits, crate::metrics::INBOUND),
         }
     }
 
@@ -135,7 +177,7 @@ impl AppClient {
             AppProtocol::Http1 => http::Version::HTTP_11,
             AppProtocol::H2c => http::Version::HTTP_2,
         };
-        send(&self.client, request, self.response_timeout).await
+        send(&self.client, request, &self.deadlines).await
     }
 }
 
@@ -331,7 +373,7 @@ pub struct MeshClient {
     multiplexed: Client<MeshConnector, ProxyBody>,
     upgradable: Client<MeshConnector, ProxyBody>,
     table: Arc<HashMap<String, Destination>>,
-    response_timeout: Duration,
+    deadlines: Deadlines,
 }
 
 impl MeshClient {
@@ -381,7 +423,7 @@ impl MeshClient {
             multiplexed: client(OutboundAlpn::H2OrHttp11),
             upgradable: client(OutboundAlpn::Http11Only),
             table,
-            response_timeout: limits.upstream_response_timeout,
+            deadlines: Deadlines::new(limits, crate::metrics::OUTBOUND),
         }
     }
 
@@ -408,6 +450,6 @@ impl MeshClient {
         } else {
             &self.multiplexed
         };
-        send(client, request, self.response_timeout).await
+        send(client, request, &self.deadlines).await
     }
 }

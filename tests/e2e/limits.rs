@@ -380,3 +380,201 @@ async fn connection_caps_per_listener_and_per_peer() {
     let live = crate::common::plain_send(admin, get("/live", "admin")).await;
     assert_eq!(live.status(), StatusCode::OK);
 }
+
+/// Read an HTTP/1.1 answer until the peer closes the connection (up to 5 s) and return it as
+/// text; fails if the connection was still open by then.
+async fn answer_until_closed<S>(stream: &mut S) -> String
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let received = read_until_closed(stream, Duration::from_secs(5))
+        .await
+        .expect("vakt kept the connection open for more than 5 s");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Wait (up to 3 s) until the app has recorded a request for `path`, and return its records.
+async fn app_records(server: &Server, path: &str) -> Vec<vakt::dev::mesh::SeenRequest> {
+    for _ in 0..60 {
+        let seen: Vec<_> = server
+            .app
+            .seen()
+            .into_iter()
+            .filter(|s| s.path_and_query == path)
+            .collect();
+        if !seen.is_empty() {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
+/// The app got the request (its head went ahead of the body) and then saw the body break off
+/// with an error: a stalled body is never presented to it as complete.
+pub(crate) async fn assert_app_saw_the_body_aborted(server: &Server, path: &str) {
+    let seen = app_records(server, path).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].body_aborted && seen[0].body_len == 0,
+        "the app read a stalled body as complete: {:?}",
+        seen[0]
+    );
+}
+
+/// Headers and 10 of 100 announced body bytes, then nothing: 408 `request_body_timeout` (the
+/// usual denial body), counted as a limit and as a denial; the app sees the body aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_gets_408_and_the_app_sees_it_aborted() {
+    let server = server(&["web"], "limits:\n  request_body_timeout: 300ms\n").await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_timeout")];
+    let denial = [("direction", "inbound"), ("reason", "request_body_timeout")];
+    let limit_before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+    let denial_before = counter(admin, DENIALS, &denial).await;
+
+    let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let started = Instant::now();
+    let answer = answer_until_closed(&mut tls).await;
+    let waited = started.elapsed();
+
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.contains(r#""error":"request_body_timeout""#),
+        "{answer}"
+    );
+    assert!(
+        waited >= Duration::from_millis(250),
+        "answered after {waited:?}, before the 300 ms body timeout"
+    );
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, limit_before).await;
+    assert_counted(admin, DENIALS, &denial, denial_before).await;
+    assert_app_saw_the_body_aborted(&server, "/upload").await;
+}
+
+/// The control: a body trickling in 12 pieces 150 ms apart (1.8 s in all, longer than the
+/// 1 s timeout) arrives whole, because the timeout is between pieces, not for the whole body.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_but_steady_request_body_passes_intact() {
+    let server = server(&["web"], "limits:\n  request_body_timeout: 1s\n").await;
+    let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 1200\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tls.write_all(&[b'x'; 100]).await.unwrap();
+        tls.flush().await.unwrap();
+    }
+    let answer = answer_until_closed(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("this is the app"), "{answer}");
+
+    let seen = app_records(&server, "/upload").await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].body_len, 1200);
+    assert!(!seen[0].body_aborted);
+}
+
+type BoxedBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// A request body that sends `first` and then nothing, without ever ending.
+pub(crate) fn stalling_body(first: &'static [u8]) -> BoxedBody {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let frames =
+        futures_util::stream::iter([Ok(http_body::Frame::data(bytes::Bytes::from_static(first)))])
+            .chain(futures_util::stream::pending());
+    BodyExt::boxed(http_body_util::StreamBody::new(frames))
+}
+
+/// The HTTP/2 variant: one DATA frame, then a stream that stays open with nothing on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http2_request_body_gets_408() {
+    let server = server(&["web"], "limits:\n  request_body_timeout: 300ms\n").await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_timeout")];
+    let denial = [("direction", "inbound"), ("reason", "request_body_timeout")];
+    let limit_before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+    let denial_before = counter(admin, DENIALS, &denial).await;
+
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post("https://orders.shop/upload-h2")
+        .body(stalling_body(b"the first part"))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("no answer within 5 s")
+        .expect("vakt should answer 408, not reset the stream");
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = json_error(response).await;
+    assert_eq!(body["error"], "request_body_timeout", "{body}");
+
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, limit_before).await;
+    assert_counted(admin, DENIALS, &denial, denial_before).await;
+    assert_app_saw_the_body_aborted(&server, "/upload-h2").await;
+    // Only the stream was given up: the connection serves the next request.
+    let next = Request::get("https://orders.shop/after")
+        .body(http_body_util::BodyExt::boxed(TestBody::default()))
+        .unwrap();
+    let response = sender.send_request(next).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// A body that stalls after the app has started answering (`/echo` streams the body back):
+/// too late for a 408, so the exchange is broken off both ways. The client's response ends
+/// with the connection closed before the response was complete, and the firing is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_stalling_after_the_response_started_aborts_the_exchange() {
+    let server = server(&["web"], "limits:\n  request_body_timeout: 1s\n").await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_timeout")];
+    let before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+
+    let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let answer = answer_until_closed(&mut tls).await;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response head: {answer:?}"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    // Fewer than the announced bytes, or a chunked body without its last chunk.
+    let lower = head.to_ascii_lowercase();
+    if let Some(length) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+    {
+        assert!(body.len() < length.trim().parse().unwrap(), "{answer:?}");
+    } else {
+        assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+        assert!(!body.ends_with("0\r\n\r\n"), "{answer:?}");
+    }
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, before).await;
+}
