@@ -85,6 +85,31 @@ pub async fn server(allowed: &[&str], extra: &str) -> Server {
     }
 }
 
+/// A server-side vakt for `spiffe://TD/ns/shop/sa/orders` in front of `app` (any app of the
+/// test's own), allowing `spiffe://TD/ns/shop/sa/web` everything the default test policy allows.
+/// `extra` is appended to the YAML. Returns the sidecar, its SPIFFE ID and its files' directory.
+pub async fn server_in_front_of(
+    pki: &DevPki,
+    app: SocketAddr,
+    extra: &str,
+) -> (App, String, std::path::PathBuf) {
+    init();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let policy = write_policy(
+        &dir,
+        &allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  policy: {}\n{extra}",
+        base_config_yaml(&dir, TD),
+        policy.display()
+    );
+    let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
+    (vakt, id, dir)
+}
+
 /// A client-side vakt for `spiffe://TD/ns/shop/<sa>` whose egress table maps `orders.shop:80`
 /// to `server_addr`, expecting `server_id` there.
 pub async fn client_sidecar(

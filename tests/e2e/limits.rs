@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Server, TD, TestBody, body_string, get, h1_send, metric_sum, metrics_text, mtls_connect,
-    raw_client_config, server, wait_for_metric,
+    Server, TD, TestBody, body_string, echo_once, get, h1_send, metric_sum, metrics_text,
+    mtls_connect, raw_client_config, raw_upgrade_app, server, server_in_front_of,
+    upgrade_to_websocket, wait_for_metric,
 };
 use http::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -577,4 +578,74 @@ async fn body_stalling_after_the_response_started_aborts_the_exchange() {
         assert!(!body.ends_with("0\r\n\r\n"), "{answer:?}");
     }
     assert_counted(admin, LIMITS_EXCEEDED, &limit, before).await;
+}
+
+/// Start a server-side vakt with `extra` YAML in front of [`raw_upgrade_app`], and open an
+/// upgraded tunnel through it as the allowed peer `sa/web`.
+async fn tunnel_through_inbound(
+    extra: &str,
+) -> (
+    DevPki,
+    App,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let pki = DevPki::new(TD).unwrap();
+    let (app, app_closed) = raw_upgrade_app().await;
+    let (vakt, id, dir) = server_in_front_of(&pki, app, extra).await;
+    let client_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
+    let config = raw_client_config(Some(&client_dir), &dir, &id, &[b"http/1.1"]);
+    let mut tls = mtls_connect(vakt.inbound_addr.unwrap(), config)
+        .await
+        .unwrap();
+    upgrade_to_websocket(&mut tls).await;
+    (pki, vakt, tls, app_closed)
+}
+
+/// An upgraded tunnel with no traffic for `tunnel_idle_timeout` is closed on both sides: the
+/// client reads EOF, the app's connection is closed, and the close is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upgraded_tunnel_is_closed_on_both_sides() {
+    let (_pki, vakt, mut tls, mut app_closed) =
+        tunnel_through_inbound("limits:\n  tunnel_idle_timeout: 300ms\n").await;
+    let admin = vakt.admin_addr;
+    let labels = [("direction", "inbound"), ("limit", "tunnel_idle_timeout")];
+    let before = counter(admin, LIMITS_EXCEEDED, &labels).await;
+
+    echo_once(&mut tls, b"hello through the tunnel").await;
+    let idle_since = Instant::now();
+    let rest = read_until_closed(&mut tls, Duration::from_secs(5))
+        .await
+        .expect("vakt kept an idle tunnel open for more than 5 s (tunnel_idle_timeout 300ms)");
+    let waited = idle_since.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?} of idleness, before the 300 ms timeout"
+    );
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's side of the tunnel was still open 5 s later")
+        .expect("the app stopped");
+    assert_counted(admin, LIMITS_EXCEEDED, &labels, before).await;
+}
+
+/// The control: a tunnel that moves a few bytes every 100 ms stays open well past its 1 s idle
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_upgraded_tunnel_outlives_the_idle_timeout() {
+    let (_pki, _vakt, mut tls, mut app_closed) =
+        tunnel_through_inbound("limits:\n  tunnel_idle_timeout: 1s\n").await;
+    let started = Instant::now();
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_millis(2500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        echo_once(&mut tls, format!("round {round}").as_bytes()).await;
+        round += 1;
+    }
+    assert!(
+        app_closed.try_recv().is_err(),
+        "the app's side was closed while traffic flowed"
+    );
+    echo_once(&mut tls, b"still open").await;
 }

@@ -685,3 +685,45 @@ async fn stalled_outbound_http2_body_gets_408_from_the_local_sidecar() {
     }
     crate::limits::assert_app_saw_the_body_aborted(&server, "/upload-out").await;
 }
+
+/// Outbound: the app's own upgraded tunnel, idle past its sidecar's `tunnel_idle_timeout`, is
+/// closed by that sidecar; the app reads EOF and the far app's connection is closed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_outbound_tunnel_is_closed_by_the_local_sidecar() {
+    let pki = vakt::dev::mesh::DevPki::new(TD).unwrap();
+    let (app, mut app_closed) = raw_upgrade_app().await;
+    let (server, server_id, _dir) = server_in_front_of(&pki, app, "").await;
+    let web = client_sidecar_with(
+        &pki,
+        "web",
+        server.inbound_addr.unwrap(),
+        &server_id,
+        "limits:\n  tunnel_idle_timeout: 300ms\n",
+    )
+    .await;
+    let admin = web.admin_addr;
+    let labels = [("direction", "outbound"), ("limit", "tunnel_idle_timeout")];
+    let before = metric_sum(
+        &metrics_text(admin).await,
+        vakt::metrics::LIMITS_EXCEEDED,
+        &labels,
+    );
+
+    let mut tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    upgrade_to_websocket(&mut tcp).await;
+    echo_once(&mut tcp, b"through two sidecars").await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel was still open 5 s later (tunnel_idle_timeout 300ms)")
+        .expect("EOF, not an error");
+    assert!(rest.is_empty(), "{rest:?}");
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the far app's side of the tunnel was still open 5 s later")
+        .expect("the app stopped");
+    let after = wait_for_metric(admin, vakt::metrics::LIMITS_EXCEEDED, &labels, before + 1.0).await;
+    assert!(after >= before + 1.0, "the idle close was not counted");
+}
