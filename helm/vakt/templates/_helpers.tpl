@@ -144,7 +144,9 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
     "upstream_pool_idle_timeout" $l.upstreamPoolIdleTimeout
     "upstream_pool_max_idle_per_host" (int64 $l.upstreamPoolMaxIdlePerHost)
     "max_connections" (int64 $l.maxConnections)
-    "max_connections_per_peer" (int64 $l.maxConnectionsPerPeer) }}
+    "max_connections_per_peer" (int64 $l.maxConnectionsPerPeer)
+    "request_body_timeout" $l.requestBodyTimeout
+    "tunnel_idle_timeout" $l.tunnelIdleTimeout }}
 {{- $cfg := dict
     "identity" $identity
     "tls" (dict "min_version" (toString $c.tlsMinVersion))
