@@ -66,6 +66,9 @@ pub enum DenyReason {
     /// The client stopped sending the request body for longer than
     /// `limits.request_body_timeout`; the forwarded request was aborted.
     RequestBodyTimeout,
+    /// The client sent the request body slower than `limits.request_body_min_rate`; the
+    /// forwarded request was aborted.
+    RequestBodyTooSlow,
 }
 
 impl DenyReason {
@@ -89,6 +92,7 @@ impl DenyReason {
             Self::UpstreamIdentityMismatch { .. } => "upstream_identity_mismatch",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::RequestBodyTimeout => "request_body_timeout",
+            Self::RequestBodyTooSlow => "request_body_too_slow",
         }
     }
 
@@ -113,7 +117,7 @@ impl DenyReason {
             | Self::UpstreamTlsFailed { .. }
             | Self::UpstreamIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::RequestBodyTimeout | Self::RequestBodyTooSlow => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -168,6 +172,7 @@ impl DenyReason {
             } => format!("the upstream did not present the expected identity {expected}").into(),
             Self::UpstreamTimeout => "the upstream did not answer in time".into(),
             Self::RequestBodyTimeout => "the request body stopped arriving".into(),
+            Self::RequestBodyTooSlow => "the request body arrived too slowly".into(),
         }
     }
 
@@ -230,7 +235,10 @@ impl DenyReason {
                 HeaderValue::from(retry_after_secs),
             );
         }
-        if matches!(self, Self::BadFraming(_) | Self::RequestBodyTimeout) {
+        if matches!(
+            self,
+            Self::BadFraming(_) | Self::RequestBodyTimeout | Self::RequestBodyTooSlow
+        ) {
             // After ambiguous framing the rest of the byte stream cannot be trusted; after a
             // stalled body, the unread rest of it would have to be read to reuse the connection.
             response

@@ -57,6 +57,18 @@ pub struct Limits {
         deserialize_with = "de_duration"
     )]
     pub request_body_timeout: Duration,
+    /// The slowest a client may send a request body, in bytes per second over each
+    /// `request_body_rate_window` of waiting for it (408 or an aborted exchange below it).
+    /// Absent: only `request_body_timeout` applies.
+    #[serde(default)]
+    pub request_body_min_rate: Option<u64>,
+    /// The time spent waiting for a request body over which its rate is judged; the first window
+    /// is the grace period.
+    #[serde(
+        default = "defaults::request_body_rate_window",
+        deserialize_with = "de_duration"
+    )]
+    pub request_body_rate_window: Duration,
     /// An upgraded connection (WebSocket, raw upgrade) with no bytes moving either way for this
     /// long is closed on both sides.
     #[serde(
@@ -81,6 +93,8 @@ impl Default for Limits {
             max_connections: defaults::max_connections(),
             max_connections_per_peer: defaults::max_connections_per_peer(),
             request_body_timeout: defaults::request_body_timeout(),
+            request_body_min_rate: None,
+            request_body_rate_window: defaults::request_body_rate_window(),
             tunnel_idle_timeout: defaults::tunnel_idle_timeout(),
         }
     }
@@ -102,6 +116,10 @@ impl Limits {
                 self.upstream_response_timeout,
             ),
             ("limits.request_body_timeout", self.request_body_timeout),
+            (
+                "limits.request_body_rate_window",
+                self.request_body_rate_window,
+            ),
             ("limits.tunnel_idle_timeout", self.tunnel_idle_timeout),
         ] {
             if value.is_zero() {
@@ -135,6 +153,12 @@ impl Limits {
                     "{} is more than limits.max_connections ({})",
                     self.max_connections_per_peer, self.max_connections
                 ),
+            ));
+        }
+        if self.request_body_min_rate == Some(0) {
+            return Err((
+                "limits.request_body_min_rate".into(),
+                "must be at least 1 (leave it out to check no rate)".into(),
             ));
         }
         if self.http2_max_concurrent_streams == 0 {
@@ -185,6 +209,9 @@ mod defaults {
     }
     pub fn request_body_timeout() -> Duration {
         Duration::from_secs(30)
+    }
+    pub fn request_body_rate_window() -> Duration {
+        Duration::from_secs(10)
     }
     // WebSocket clients ping every 30-60 s: five silent minutes means abandoned, not quiet.
     pub fn tunnel_idle_timeout() -> Duration {

@@ -26,7 +26,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::{self, ProxyBody};
+use crate::body::{self, BodyPace, BodyStalled, MinRate, ProxyBody};
 use crate::limits::Limits;
 
 use crate::error::DenyReason;
@@ -37,26 +37,37 @@ use crate::tls::{CertStore, OutboundAlpn, UnexpectedServerIdentity, tls_error_re
 #[derive(Clone)]
 struct Deadlines {
     response: Duration,
-    request_body: Duration,
-    /// `vakt_limits_exceeded_total{limit="request_body_timeout"}` of this client's direction.
-    request_body_timeouts: metrics::Counter,
+    /// What the request bodies it sends must keep up, with the counters of this direction.
+    request_body: BodyPace,
 }
 
 impl Deadlines {
-    /// Call after [`crate::metrics::install`]: the counter is registered here.
+    /// Call after [`crate::metrics::install`]: the counters are registered here.
     fn new(limits: &Limits, direction: &'static str) -> Self {
+        let exceeded = |limit: &'static str| {
+            metrics::counter!(crate::metrics::LIMITS_EXCEEDED,
+                "direction" => direction, "limit" => limit)
+        };
         Self {
             response: limits.upstream_response_timeout,
-            request_body: limits.request_body_timeout,
-            request_body_timeouts: metrics::counter!(crate::metrics::LIMITS_EXCEEDED,
-                "direction" => direction, "limit" => "request_body_timeout"),
+            request_body: BodyPace {
+                idle_timeout: limits.request_body_timeout,
+                idle_fired: exceeded("request_body_timeout"),
+                min_rate: limits
+                    .request_body_min_rate
+                    .map(|bytes_per_second| MinRate {
+                        bytes_per_second,
+                        window: limits.request_body_rate_window,
+                    }),
+                too_slow_fired: exceeded("request_body_min_rate"),
+            },
         }
     }
 }
 
 /// Send a request and map every failure to the reason vakt answers with. A request body that
-/// stalls is cut off (the upstream sees it aborted, never ended early): before the response
-/// that is a 408, after it the response stream breaks off.
+/// stalls or crawls is cut off (the upstream sees it aborted, never ended early): before the
+/// response that is a 408, after it the response stream breaks off.
 async fn send<C>(
     client: &Client<C, ProxyBody>,
     request: Request<ProxyBody>,
@@ -67,21 +78,22 @@ where
 {
     let (parts, body) = request.into_parts();
     // A body that has already ended (GET, HEAD, ...) needs no timer.
-    let (body, body_timed_out) = if body.is_end_stream() {
+    let (body, pace) = if body.is_end_stream() {
         (body, None)
     } else {
-        let (body, timed_out) = body::with_idle_timeout(
-            body,
-            deadlines.request_body,
-            deadlines.request_body_timeouts.clone(),
-        );
-        (body, Some(timed_out))
+        let (body, pace) = body::with_pace(body, deadlines.request_body.clone());
+        (body, Some(pace))
     };
     let request = Request::from_parts(parts, body);
     let result = tokio::time::timeout(deadlines.response, client.request(request)).await;
-    // HTTP/2 reports the aborted stream, not why: the flag says it was the body's timer.
-    if body_timed_out.is_some_and(|t| t.fired()) && !matches!(result, Ok(Ok(_))) {
-        return Err(DenyReason::RequestBodyTimeout);
+    // HTTP/2 reports the aborted stream, not why: the verdict says it was the body's limits.
+    if !matches!(result, Ok(Ok(_)))
+        && let Some(stalled) = pace.and_then(|p| p.fired())
+    {
+        return Err(match stalled {
+            BodyStalled::Idle => DenyReason::RequestBodyTimeout,
+            BodyStalled::TooSlow => DenyReason::RequestBodyTooSlow,
+        });
     }
     match result {
         Err(_) => Err(DenyReason::UpstreamTimeout),

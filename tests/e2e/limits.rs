@@ -462,10 +462,15 @@ async fn stalled_request_body_gets_408_and_the_app_sees_it_aborted() {
 }
 
 /// The control: a body trickling in 12 pieces 150 ms apart (1.8 s in all, longer than the
-/// 1 s timeout) arrives whole, because the timeout is between pieces, not for the whole body.
+/// 1 s timeout) arrives whole, because the timeout is between pieces, not for the whole body;
+/// at ~660 bytes a second it is also well over the 50 bytes a second minimum.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_but_steady_request_body_passes_intact() {
-    let server = server(&["web"], "limits:\n  request_body_timeout: 1s\n").await;
+    let server = server(
+        &["web"],
+        "limits:\n  request_body_timeout: 1s\n  request_body_min_rate: 50\n  request_body_rate_window: 500ms\n",
+    )
+    .await;
     let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
         .await
         .unwrap();
@@ -490,6 +495,54 @@ async fn slow_but_steady_request_body_passes_intact() {
 }
 
 type BoxedBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// A body that never stalls long enough for the idle timeout but crawls at ~10 bytes a second
+/// against a minimum of 1000 is cut off once a 500 ms window of waiting has passed: 408
+/// `request_body_too_slow`, counted; the app sees the body aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_under_the_minimum_rate_gets_408() {
+    let server = server(
+        &["web"],
+        "limits:\n  request_body_timeout: 2s\n  request_body_min_rate: 1000\n  request_body_rate_window: 500ms\n",
+    )
+    .await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_min_rate")];
+    let denial = [
+        ("direction", "inbound"),
+        ("reason", "request_body_too_slow"),
+    ];
+    let limit_before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+    let denial_before = counter(admin, DENIALS, &denial).await;
+
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    writer
+        .write_all(b"POST /crawl HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let crawl = tokio::spawn(async move {
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"x").await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = answer_until_closed(&mut reader).await;
+    crawl.abort();
+
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.contains(r#""error":"request_body_too_slow""#),
+        "{answer}"
+    );
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, limit_before).await;
+    assert_counted(admin, DENIALS, &denial, denial_before).await;
+    assert_app_saw_the_body_aborted(&server, "/crawl").await;
+}
 
 /// A request body that sends `first` and then nothing, without ever ending.
 pub(crate) fn stalling_body(first: &'static [u8]) -> BoxedBody {
