@@ -20,7 +20,7 @@ use crate::authn::jwks::IssuerKeys;
 use crate::authn::stage::Authenticate;
 use crate::authn::verify::Verifier;
 use crate::config::Config;
-use crate::forward::{ToApp, ToMesh};
+use crate::forward::{ToApp, ToMesh, Tunnels};
 use crate::hygiene::{HeaderRules, Hygiene};
 use crate::listener::{ConnectionLimits, ListenerContext, serve_plain, serve_tls};
 use crate::observe::Observe;
@@ -97,6 +97,11 @@ impl App {
             auditor,
             connections: ConnectionLimits::new(&limits),
         };
+        let tunnels = |direction: Direction| Tunnels {
+            tracker: tracker.clone(),
+            idle_timeout: limits.tunnel_idle_timeout,
+            direction: direction.as_str(),
+        };
 
         let mut listeners = Vec::new();
         let pseudonyms = Arc::new(match &config.pseudonymisation {
@@ -162,7 +167,7 @@ impl App {
                 RateLimitStage,
                 ToApp::new(
                     AppClient::new(inbound.app, inbound.app_protocol, &limits),
-                    tracker.clone(),
+                    tunnels(Direction::Inbound),
                 ),
             );
             let ctx = context(
@@ -182,7 +187,7 @@ impl App {
                 Hygiene::outbound(HeaderRules::new(&config.hygiene, Vec::new(), Vec::new())),
                 ToMesh::new(
                     MeshClient::new(&outbound.upstreams, certs.clone(), &limits),
-                    tracker.clone(),
+                    tunnels(Direction::Outbound),
                 ),
             );
             let ctx = context(

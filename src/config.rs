@@ -442,6 +442,9 @@ inbound:
         assert_eq!(c.admin.listen.to_string(), "0.0.0.0:15021");
         assert_eq!(c.tls.min_version, TlsVersion::Tls13);
         assert_eq!(c.limits.handshake_timeout, Duration::from_secs(10));
+        assert_eq!(c.limits.request_body_timeout, Duration::from_secs(30));
+        assert_eq!(c.limits.tunnel_idle_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.request_body_min_rate, None);
         assert!(c.outbound.is_none());
         assert_eq!(c.hygiene.underscore_headers, UnderscoreHeaders::Drop);
         assert_eq!(c.hygiene.forwarded, ForwardedHeaders::Set);
@@ -536,6 +539,22 @@ inbound:
             (
                 format!("{MINIMAL}limits:\n  idle_timeout: 0s\n"),
                 "limits.idle_timeout: must be greater than zero",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  request_body_timeout: 0s\n"),
+                "limits.request_body_timeout: must be greater than zero",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  tunnel_idle_timeout: 0ms\n"),
+                "limits.tunnel_idle_timeout: must be greater than zero",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  request_body_rate_window: 0s\n"),
+                "limits.request_body_rate_window: must be greater than zero",
+            ),
+            (
+                format!("{MINIMAL}limits:\n  request_body_min_rate: 0\n"),
+                "limits.request_body_min_rate: must be at least 1",
             ),
             (
                 format!("{MINIMAL}outbound:\n  listen: 0.0.0.0:15001\n"),

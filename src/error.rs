@@ -66,6 +66,12 @@ pub enum DenyReason {
     },
     /// The app / the remote sidecar did not answer in time.
     UpstreamTimeout,
+    /// The client stopped sending the request body for longer than
+    /// `limits.request_body_timeout`; the forwarded request was aborted.
+    RequestBodyTimeout,
+    /// The client sent the request body slower than `limits.request_body_min_rate`; the
+    /// forwarded request was aborted.
+    RequestBodyTooSlow,
 }
 
 impl DenyReason {
@@ -89,6 +95,8 @@ impl DenyReason {
             Self::UpstreamTlsFailed { .. } => "upstream_tls_failed",
             Self::UpstreamIdentityMismatch { .. } => "upstream_identity_mismatch",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::RequestBodyTimeout => "request_body_timeout",
+            Self::RequestBodyTooSlow => "request_body_too_slow",
         }
     }
 
@@ -114,6 +122,7 @@ impl DenyReason {
             | Self::UpstreamTlsFailed { .. }
             | Self::UpstreamIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::RequestBodyTimeout | Self::RequestBodyTooSlow => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -168,6 +177,8 @@ impl DenyReason {
                 presented: None,
             } => format!("the upstream did not present the expected identity {expected}").into(),
             Self::UpstreamTimeout => "the upstream did not answer in time".into(),
+            Self::RequestBodyTimeout => "the request body stopped arriving".into(),
+            Self::RequestBodyTooSlow => "the request body arrived too slowly".into(),
         }
     }
 
@@ -230,8 +241,12 @@ impl DenyReason {
                 HeaderValue::from(retry_after_secs),
             );
         }
-        if matches!(self, Self::BadFraming(_)) {
-            // After ambiguous framing the rest of the byte stream cannot be trusted.
+        if matches!(
+            self,
+            Self::BadFraming(_) | Self::RequestBodyTimeout | Self::RequestBodyTooSlow
+        ) {
+            // After ambiguous framing the rest of the byte stream cannot be trusted; after a
+            // stalled body, the unread rest of it would have to be read to reuse the connection.
             response
                 .headers_mut()
                 .insert(http::header::CONNECTION, HeaderValue::from_static("close"));

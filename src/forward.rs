@@ -1,12 +1,14 @@
 //! The innermost services: hand the request to the app (inbound) or to the destination's sidecar
 //! over mTLS (outbound). Hop-by-hop headers are removed both ways; protocol upgrades (WebSocket)
-//! are tunnelled byte for byte once both sides agreed on `101 Switching Protocols`.
+//! are tunnelled byte for byte once both sides agreed on `101 Switching Protocols`, and closed
+//! when idle for `limits.tunnel_idle_timeout`.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use http::header::HOST;
 use http::{HeaderValue, Method, Response, StatusCode};
@@ -18,13 +20,23 @@ use crate::body;
 use crate::error::DenyReason;
 use crate::hygiene::{self, RequestIds};
 use crate::stack::{Req, Resp};
+use crate::tunnel;
 use crate::upstream::Authority;
 use crate::upstream::{AppClient, MeshClient};
 
 type ResponseFuture = Pin<Box<dyn Future<Output = Result<Resp, Infallible>> + Send>>;
 
+/// What the tunnel of an upgraded connection needs: where it runs, and when it is idle.
+#[derive(Clone)]
+pub struct Tunnels {
+    pub tracker: TaskTracker,
+    pub idle_timeout: Duration,
+    /// The metrics label of this side's tunnels.
+    pub direction: &'static str,
+}
+
 /// Strip hop-by-hop headers, send, and wire up an upgrade if the upstream accepted one.
-async fn proxy<F, Fut>(mut req: Req, tracker: TaskTracker, send: F) -> Resp
+async fn proxy<F, Fut>(mut req: Req, tunnels: Tunnels, send: F) -> Resp
 where
     F: FnOnce(Req, bool) -> Fut,
     Fut: Future<Output = Result<Response<Incoming>, DenyReason>>,
@@ -43,16 +55,21 @@ where
     match (switching, client_side) {
         (true, Some(client_side)) => {
             let upstream_side = hyper::upgrade::on(&mut response);
+            let Tunnels {
+                tracker,
+                idle_timeout,
+                direction,
+            } = tunnels;
             tracker.spawn(async move {
                 match tokio::try_join!(client_side, upstream_side) {
                     Ok((client, upstream)) => {
-                        let (mut client, mut upstream) =
-                            (TokioIo::new(client), TokioIo::new(upstream));
-                        if let Err(error) =
-                            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-                        {
-                            tracing::debug!(%error, "upgraded connection ended with an error");
-                        }
+                        tunnel::relay(
+                            TokioIo::new(client),
+                            TokioIo::new(upstream),
+                            idle_timeout,
+                            direction,
+                        )
+                        .await;
                     }
                     Err(error) => tracing::debug!(%error, "protocol upgrade failed"),
                 }
@@ -71,14 +88,14 @@ where
 pub struct ToApp {
     // Shared, not cloned per request: a pooled client is several reference-counted parts.
     client: Arc<AppClient>,
-    tracker: TaskTracker,
+    tunnels: Tunnels,
 }
 
 impl ToApp {
-    pub fn new(client: AppClient, tracker: TaskTracker) -> Self {
+    pub fn new(client: AppClient, tunnels: Tunnels) -> Self {
         Self {
             client: Arc::new(client),
-            tracker,
+            tunnels,
         }
     }
 }
@@ -105,7 +122,7 @@ impl tower::Service<Req> for ToApp {
                 req.headers_mut().insert(HOST, value);
             }
             let client = this.client;
-            Ok(proxy(req, this.tracker, move |req, _upgrade| async move {
+            Ok(proxy(req, this.tunnels, move |req, _upgrade| async move {
                 client.send(req).await
             })
             .await)
@@ -117,14 +134,14 @@ impl tower::Service<Req> for ToApp {
 #[derive(Clone)]
 pub struct ToMesh {
     client: Arc<MeshClient>,
-    tracker: TaskTracker,
+    tunnels: Tunnels,
 }
 
 impl ToMesh {
-    pub fn new(client: MeshClient, tracker: TaskTracker) -> Self {
+    pub fn new(client: MeshClient, tunnels: Tunnels) -> Self {
         Self {
             client: Arc::new(client),
-            tracker,
+            tunnels,
         }
     }
 
@@ -187,7 +204,7 @@ impl tower::Service<Req> for ToMesh {
                 req.headers_mut().insert(HOST, host);
             }
             let client = this.client;
-            Ok(proxy(req, this.tracker, move |req, upgrade| async move {
+            Ok(proxy(req, this.tunnels, move |req, upgrade| async move {
                 client.send(&authority, req, upgrade).await
             })
             .await)

@@ -26,6 +26,7 @@ pub mod stack;
 #[cfg(feature = "test-support")]
 pub mod testing;
 pub mod tls;
+pub(crate) mod tunnel;
 pub(crate) mod upstream;
 pub(crate) mod watch;
 

@@ -50,6 +50,32 @@ pub struct Limits {
     /// Inbound connections one peer identity holds at once; more are closed after the handshake.
     #[serde(default = "defaults::max_connections_per_peer")]
     pub max_connections_per_peer: usize,
+    /// How long vakt waits for the next piece of a request body it forwards; a client that
+    /// stalls longer gets 408 (or, once the app answered, the forwarded request is aborted).
+    #[serde(
+        default = "defaults::request_body_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub request_body_timeout: Duration,
+    /// The slowest a client may send a request body, in bytes per second over each
+    /// `request_body_rate_window` of waiting for it (408 or an aborted exchange below it).
+    /// Absent: only `request_body_timeout` applies.
+    #[serde(default)]
+    pub request_body_min_rate: Option<u64>,
+    /// The time spent waiting for a request body over which its rate is judged; the first window
+    /// is the grace period.
+    #[serde(
+        default = "defaults::request_body_rate_window",
+        deserialize_with = "de_duration"
+    )]
+    pub request_body_rate_window: Duration,
+    /// An upgraded connection (WebSocket, raw upgrade) with no bytes moving either way for this
+    /// long is closed on both sides.
+    #[serde(
+        default = "defaults::tunnel_idle_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub tunnel_idle_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -66,6 +92,10 @@ impl Default for Limits {
             upstream_pool_max_idle_per_host: defaults::pool_max_idle(),
             max_connections: defaults::max_connections(),
             max_connections_per_peer: defaults::max_connections_per_peer(),
+            request_body_timeout: defaults::request_body_timeout(),
+            request_body_min_rate: None,
+            request_body_rate_window: defaults::request_body_rate_window(),
+            tunnel_idle_timeout: defaults::tunnel_idle_timeout(),
         }
     }
 }
@@ -85,6 +115,12 @@ impl Limits {
                 "limits.upstream_response_timeout",
                 self.upstream_response_timeout,
             ),
+            ("limits.request_body_timeout", self.request_body_timeout),
+            (
+                "limits.request_body_rate_window",
+                self.request_body_rate_window,
+            ),
+            ("limits.tunnel_idle_timeout", self.tunnel_idle_timeout),
         ] {
             if value.is_zero() {
                 return Err((key.into(), "must be greater than zero".into()));
@@ -117,6 +153,12 @@ impl Limits {
                     "{} is more than limits.max_connections ({})",
                     self.max_connections_per_peer, self.max_connections
                 ),
+            ));
+        }
+        if self.request_body_min_rate == Some(0) {
+            return Err((
+                "limits.request_body_min_rate".into(),
+                "must be at least 1 (leave it out to check no rate)".into(),
             ));
         }
         if self.http2_max_concurrent_streams == 0 {
@@ -164,5 +206,15 @@ mod defaults {
     }
     pub fn max_connections_per_peer() -> usize {
         512
+    }
+    pub fn request_body_timeout() -> Duration {
+        Duration::from_secs(30)
+    }
+    pub fn request_body_rate_window() -> Duration {
+        Duration::from_secs(10)
+    }
+    // WebSocket clients ping every 30-60 s: five silent minutes means abandoned, not quiet.
+    pub fn tunnel_idle_timeout() -> Duration {
+        Duration::from_secs(300)
     }
 }

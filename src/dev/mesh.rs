@@ -135,6 +135,9 @@ pub struct SeenRequest {
     pub body_len: usize,
     /// The request's trailers, for requests whose body the app reads whole (the default path).
     pub trailers: Option<HeaderMap>,
+    /// The body broke off with an error instead of ending (the client or a sidecar aborted
+    /// it), for requests whose body the app reads whole; `body_len` is then 0.
+    pub body_aborted: bool,
 }
 
 /// A small app: answers every request with what it saw, and records it.
@@ -216,6 +219,7 @@ async fn echo(
         headers: req.headers().clone(),
         body_len: 0,
         trailers: None,
+        body_aborted: false,
     };
     let path = req.uri().path().to_owned();
     let response = match path.as_str() {
@@ -277,6 +281,7 @@ async fn echo(
                 .unwrap_or("an unknown caller")
                 .to_owned();
             let collected = req.into_body().collect().await.ok();
+            record.body_aborted = collected.is_none();
             record.trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
             let body = collected.map(|c| c.to_bytes()).unwrap_or_default();
             record.body_len = body.len();

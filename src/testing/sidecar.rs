@@ -43,7 +43,11 @@ impl Server {
     /// with `result` (`success` or `failure`) has been counted; after a success, until this
     /// sidecar runs the new policy (the counter is shared by every sidecar in the process).
     pub async fn set_policy(&self, yaml: &str, result: &str) {
-        let store = self.vakt.policy.as_ref().expect("an inbound sidecar has a policy");
+        let store = self
+            .vakt
+            .policy
+            .as_ref()
+            .expect("an inbound sidecar has a policy");
         let running = store.current();
         let admin = self.vakt.admin_addr;
         let labels = [("result", result)];
@@ -113,6 +117,31 @@ pub async fn federated_server(
     }
 }
 
+/// A server-side vakt for `spiffe://TD/ns/shop/sa/orders` in front of `app` (any app of the
+/// test's own), allowing `spiffe://TD/ns/shop/sa/web` everything the default test policy allows.
+/// `extra` is appended to the YAML. Returns the sidecar, its SPIFFE ID and its files' directory.
+pub async fn server_in_front_of(
+    pki: &DevPki,
+    app: SocketAddr,
+    extra: &str,
+) -> (App, String, std::path::PathBuf) {
+    init();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let policy = write_policy(
+        &dir,
+        &allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
+    let yaml = format!(
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  policy: {}\n{extra}",
+        federated_config_yaml(&dir, &pki.trust_domain, &[]),
+        policy.display()
+    );
+    let vakt = App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap();
+    (vakt, id, dir)
+}
+
 /// A client-side vakt for `spiffe://TD/ns/shop/<sa>` whose egress table maps `orders.shop:80`
 /// to `server_addr`, expecting `server_id` there.
 pub async fn client_sidecar(
@@ -121,7 +150,18 @@ pub async fn client_sidecar(
     server_addr: SocketAddr,
     server_id: &str,
 ) -> App {
-    federated_client_sidecar(pki, sa, server_addr, server_id, &[]).await
+    start_client_sidecar(pki, sa, server_addr, server_id, &[], "").await
+}
+
+/// [`client_sidecar`] with `extra` appended to its YAML (limits...).
+pub async fn client_sidecar_with(
+    pki: &DevPki,
+    sa: &str,
+    server_addr: SocketAddr,
+    server_id: &str,
+    extra: &str,
+) -> App {
+    start_client_sidecar(pki, sa, server_addr, server_id, &[], extra).await
 }
 
 /// [`client_sidecar`] for `spiffe://<pki's trust domain>/ns/shop/<sa>`, with `federation`
@@ -133,9 +173,20 @@ pub async fn federated_client_sidecar(
     server_id: &str,
     federation: &[(&str, &std::path::Path)],
 ) -> App {
+    start_client_sidecar(pki, sa, server_addr, server_id, federation, "").await
+}
+
+async fn start_client_sidecar(
+    pki: &DevPki,
+    sa: &str,
+    server_addr: SocketAddr,
+    server_id: &str,
+    federation: &[(&str, &std::path::Path)],
+    extra: &str,
+) -> App {
     let dir = pki.workload(sa, &pki.spiffe_id("shop", sa)).unwrap();
     let yaml = format!(
-        "{}outbound:\n  listen: 127.0.0.1:0\n  upstreams:\n  - authority: orders.shop\n    address: {server_addr}\n    spiffe_id: {server_id}\n",
+        "{}outbound:\n  listen: 127.0.0.1:0\n  upstreams:\n  - authority: orders.shop\n    address: {server_addr}\n    spiffe_id: {server_id}\n{extra}",
         federated_config_yaml(&dir, &pki.trust_domain, federation)
     );
     App::start(Config::from_yaml(&yaml).unwrap()).await.unwrap()

@@ -15,6 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::{Request, Response, Uri};
+use http_body::Body;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::{Connected, Connection, HttpConnector};
@@ -25,23 +26,76 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
-use crate::body::ProxyBody;
+use crate::body::{self, BodyPace, BodyStalled, MinRate, ProxyBody};
 use crate::limits::Limits;
 
 use crate::error::DenyReason;
 use crate::identity::SpiffeId;
 use crate::tls::{CertStore, OutboundAlpn, UnexpectedServerIdentity, tls_error_reason};
 
-/// Send a request and map every failure to the reason vakt answers with.
+/// The per-request deadlines of one client.
+#[derive(Clone)]
+struct Deadlines {
+    response: Duration,
+    /// What the request bodies it sends must keep up, with the counters of this direction.
+    request_body: BodyPace,
+}
+
+impl Deadlines {
+    /// Call after [`crate::metrics::install`]: the counters are registered here.
+    fn new(limits: &Limits, direction: &'static str) -> Self {
+        let exceeded = |limit: &'static str| {
+            metrics::counter!(crate::metrics::LIMITS_EXCEEDED,
+                "direction" => direction, "limit" => limit)
+        };
+        Self {
+            response: limits.upstream_response_timeout,
+            request_body: BodyPace {
+                idle_timeout: limits.request_body_timeout,
+                idle_fired: exceeded("request_body_timeout"),
+                min_rate: limits
+                    .request_body_min_rate
+                    .map(|bytes_per_second| MinRate {
+                        bytes_per_second,
+                        window: limits.request_body_rate_window,
+                    }),
+                too_slow_fired: exceeded("request_body_min_rate"),
+            },
+        }
+    }
+}
+
+/// Send a request and map every failure to the reason vakt answers with. A request body that
+/// stalls or crawls is cut off (the upstream sees it aborted, never ended early): before the
+/// response that is a 408, after it the response stream breaks off.
 async fn send<C>(
     client: &Client<C, ProxyBody>,
     request: Request<ProxyBody>,
-    response_timeout: Duration,
+    deadlines: &Deadlines,
 ) -> Result<Response<Incoming>, DenyReason>
 where
     C: hyper_util::client::legacy::connect::Connect + Clone + Send + Sync + 'static,
 {
-    match tokio::time::timeout(response_timeout, client.request(request)).await {
+    let (parts, body) = request.into_parts();
+    // A body that has already ended (GET, HEAD, ...) needs no timer.
+    let (body, pace) = if body.is_end_stream() {
+        (body, None)
+    } else {
+        let (body, pace) = body::with_pace(body, deadlines.request_body.clone());
+        (body, Some(pace))
+    };
+    let request = Request::from_parts(parts, body);
+    let result = tokio::time::timeout(deadlines.response, client.request(request)).await;
+    // HTTP/2 reports the aborted stream, not why: the verdict says it was the body's limits.
+    if !matches!(result, Ok(Ok(_)))
+        && let Some(stalled) = pace.and_then(|p| p.fired())
+    {
+        return Err(match stalled {
+            BodyStalled::Idle => DenyReason::RequestBodyTimeout,
+            BodyStalled::TooSlow => DenyReason::RequestBodyTooSlow,
+        });
+    }
+    match result {
         Err(_) => Err(DenyReason::UpstreamTimeout),
         Ok(Ok(response)) => Ok(response),
         Ok(Err(error)) => Err(classify(&error)),
@@ -120,7 +174,7 @@ pub struct AppClient {
     /// so that they share one pool.
     authority: http::uri::Authority,
     protocol: AppProtocol,
-    response_timeout: Duration,
+    deadlines: Deadlines,
 }
 
 impl AppClient {
@@ -154,7 +208,7 @@ impl AppClient {
             client: builder.build(connector),
             authority,
             protocol,
-            response_timeout: limits.upstream_response_timeout,
+            deadlines: Deadlines::new(limits, crate::metrics::INBOUND),
         }
     }
 
@@ -180,7 +234,7 @@ impl AppClient {
             AppProtocol::Http1 => http::Version::HTTP_11,
             AppProtocol::H2c => http::Version::HTTP_2,
         };
-        send(&self.client, request, self.response_timeout).await
+        send(&self.client, request, &self.deadlines).await
     }
 }
 
@@ -380,7 +434,7 @@ pub struct MeshClient {
     multiplexed: Client<MeshConnector, ProxyBody>,
     upgradable: Client<MeshConnector, ProxyBody>,
     table: Arc<HashMap<String, Destination>>,
-    response_timeout: Duration,
+    deadlines: Deadlines,
 }
 
 impl MeshClient {
@@ -432,7 +486,7 @@ impl MeshClient {
             multiplexed: client(OutboundAlpn::H2OrHttp11),
             upgradable: client(OutboundAlpn::Http11Only),
             table,
-            response_timeout: limits.upstream_response_timeout,
+            deadlines: Deadlines::new(limits, crate::metrics::OUTBOUND),
         }
     }
 
@@ -463,6 +517,6 @@ impl MeshClient {
         } else {
             &self.multiplexed
         };
-        send(client, request, self.response_timeout).await
+        send(client, request, &self.deadlines).await
     }
 }

@@ -18,3 +18,88 @@ pub fn run_vakt(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// An app that switches every request to a raw byte echo (it answers `101` with
+/// `Upgrade: websocket` but speaks no WebSocket framing) and sends `()` on the returned channel
+/// each time the other side closes an upgraded connection.
+pub async fn raw_upgrade_app() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (closed_tx, closed) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if tcp.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let switched = b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n";
+                if tcp.write_all(switched).await.is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tcp.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    (addr, closed)
+}
+
+/// Ask for a WebSocket upgrade of `/chat` on `stream` and read the answer's head; fails unless
+/// it is `101`.
+pub async fn upgrade_to_websocket<S>(stream: &mut S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(b"GET /chat HTTP/1.1\r\nHost: orders.shop\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        stream.read_exact(&mut byte).await.unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+}
+
+/// Send `bytes` into an upgraded stream and read them back from the echo within 5 s.
+pub async fn echo_once<S>(stream: &mut S, bytes: &[u8])
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream.write_all(bytes).await.unwrap();
+    stream.flush().await.unwrap();
+    let mut echoed = vec![0u8; bytes.len()];
+    tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        stream.read_exact(&mut echoed),
+    )
+    .await
+    .expect("no echo within 5 s")
+    .expect("the tunnel closed instead of echoing");
+    assert_eq!(echoed, bytes);
+}

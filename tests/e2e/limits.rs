@@ -7,8 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Server, TD, TestBody, body_string, get, h1_send, metric_sum, metrics_text, mtls_connect,
-    raw_client_config, server, wait_for_metric,
+    Server, TD, TestBody, body_string, echo_once, get, h1_send, metric_sum, metrics_text,
+    mtls_connect, raw_client_config, raw_upgrade_app, server, server_in_front_of,
+    upgrade_to_websocket, wait_for_metric,
 };
 use http::{Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -379,4 +380,325 @@ async fn connection_caps_per_listener_and_per_peer() {
     // The admin listener has its own caps: probes are answered while inbound is full.
     let live = crate::common::plain_send(admin, get("/live", "admin")).await;
     assert_eq!(live.status(), StatusCode::OK);
+}
+
+/// Read an HTTP/1.1 answer until the peer closes the connection (up to 5 s) and return it as
+/// text; fails if the connection was still open by then.
+async fn answer_until_closed<S>(stream: &mut S) -> String
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    let received = read_until_closed(stream, Duration::from_secs(5))
+        .await
+        .expect("vakt kept the connection open for more than 5 s");
+    String::from_utf8_lossy(&received).into_owned()
+}
+
+/// Wait (up to 3 s) until the app has recorded a request for `path`, and return its records.
+async fn app_records(server: &Server, path: &str) -> Vec<vakt::dev::mesh::SeenRequest> {
+    for _ in 0..60 {
+        let seen: Vec<_> = server
+            .app
+            .seen()
+            .into_iter()
+            .filter(|s| s.path_and_query == path)
+            .collect();
+        if !seen.is_empty() {
+            return seen;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Vec::new()
+}
+
+/// The app got the request (its head went ahead of the body) and then saw the body break off
+/// with an error: a stalled body is never presented to it as complete.
+pub(crate) async fn assert_app_saw_the_body_aborted(server: &Server, path: &str) {
+    let seen = app_records(server, path).await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(
+        seen[0].body_aborted && seen[0].body_len == 0,
+        "the app read a stalled body as complete: {:?}",
+        seen[0]
+    );
+}
+
+/// Headers and 10 of 100 announced body bytes, then nothing: 408 `request_body_timeout` (the
+/// usual denial body), counted as a limit and as a denial; the app sees the body aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_gets_408_and_the_app_sees_it_aborted() {
+    let server = server(&["web"], "limits:\n  request_body_timeout: 300ms\n").await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_timeout")];
+    let denial = [("direction", "inbound"), ("reason", "request_body_timeout")];
+    let limit_before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+    let denial_before = counter(admin, DENIALS, &denial).await;
+
+    let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let started = Instant::now();
+    let answer = answer_until_closed(&mut tls).await;
+    let waited = started.elapsed();
+
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.contains(r#""error":"request_body_timeout""#),
+        "{answer}"
+    );
+    assert!(
+        waited >= Duration::from_millis(250),
+        "answered after {waited:?}, before the 300 ms body timeout"
+    );
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, limit_before).await;
+    assert_counted(admin, DENIALS, &denial, denial_before).await;
+    assert_app_saw_the_body_aborted(&server, "/upload").await;
+}
+
+/// The control: a body trickling in 12 pieces 150 ms apart (1.8 s in all, longer than the
+/// 1 s timeout) arrives whole, because the timeout is between pieces, not for the whole body;
+/// at ~660 bytes a second it is also well over the 50 bytes a second minimum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_but_steady_request_body_passes_intact() {
+    let server = server(
+        &["web"],
+        "limits:\n  request_body_timeout: 1s\n  request_body_min_rate: 50\n  request_body_rate_window: 500ms\n",
+    )
+    .await;
+    let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 1200\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..12 {
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tls.write_all(&[b'x'; 100]).await.unwrap();
+        tls.flush().await.unwrap();
+    }
+    let answer = answer_until_closed(&mut tls).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.contains("this is the app"), "{answer}");
+
+    let seen = app_records(&server, "/upload").await;
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].body_len, 1200);
+    assert!(!seen[0].body_aborted);
+}
+
+type BoxedBody = http_body_util::combinators::BoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// A body that never stalls long enough for the idle timeout but crawls at ~10 bytes a second
+/// against a minimum of 1000 is cut off once a 500 ms window of waiting has passed: 408
+/// `request_body_too_slow`, counted; the app sees the body aborted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_body_under_the_minimum_rate_gets_408() {
+    let server = server(
+        &["web"],
+        "limits:\n  request_body_timeout: 2s\n  request_body_min_rate: 1000\n  request_body_rate_window: 500ms\n",
+    )
+    .await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_min_rate")];
+    let denial = [
+        ("direction", "inbound"),
+        ("reason", "request_body_too_slow"),
+    ];
+    let limit_before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+    let denial_before = counter(admin, DENIALS, &denial).await;
+
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut reader, mut writer) = tokio::io::split(tls);
+    writer
+        .write_all(b"POST /crawl HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 1000\r\n\r\n")
+        .await
+        .unwrap();
+    let crawl = tokio::spawn(async move {
+        for _ in 0..1000 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if writer.write_all(b"x").await.is_err() || writer.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+    let answer = answer_until_closed(&mut reader).await;
+    crawl.abort();
+
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer}");
+    assert!(
+        answer.contains(r#""error":"request_body_too_slow""#),
+        "{answer}"
+    );
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, limit_before).await;
+    assert_counted(admin, DENIALS, &denial, denial_before).await;
+    assert_app_saw_the_body_aborted(&server, "/crawl").await;
+}
+
+/// A request body that sends `first` and then nothing, without ever ending.
+pub(crate) fn stalling_body(first: &'static [u8]) -> BoxedBody {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let frames =
+        futures_util::stream::iter([Ok(http_body::Frame::data(bytes::Bytes::from_static(first)))])
+            .chain(futures_util::stream::pending());
+    BodyExt::boxed(http_body_util::StreamBody::new(frames))
+}
+
+/// The HTTP/2 variant: one DATA frame, then a stream that stays open with nothing on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_http2_request_body_gets_408() {
+    let server = server(&["web"], "limits:\n  request_body_timeout: 300ms\n").await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_timeout")];
+    let denial = [("direction", "inbound"), ("reason", "request_body_timeout")];
+    let limit_before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+    let denial_before = counter(admin, DENIALS, &denial).await;
+
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"h2"]))
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut sender, connection) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post("https://orders.shop/upload-h2")
+        .body(stalling_body(b"the first part"))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("no answer within 5 s")
+        .expect("vakt should answer 408, not reset the stream");
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = json_error(response).await;
+    assert_eq!(body["error"], "request_body_timeout", "{body}");
+
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, limit_before).await;
+    assert_counted(admin, DENIALS, &denial, denial_before).await;
+    assert_app_saw_the_body_aborted(&server, "/upload-h2").await;
+    // Only the stream was given up: the connection serves the next request.
+    let next = Request::get("https://orders.shop/after")
+        .body(http_body_util::BodyExt::boxed(TestBody::default()))
+        .unwrap();
+    let response = sender.send_request(next).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+/// A body that stalls after the app has started answering (`/echo` streams the body back):
+/// too late for a 408, so the exchange is broken off both ways. The client's response ends
+/// with the connection closed before the response was complete, and the firing is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn body_stalling_after_the_response_started_aborts_the_exchange() {
+    let server = server(&["web"], "limits:\n  request_body_timeout: 1s\n").await;
+    let admin = server.vakt.admin_addr;
+    let limit = [("direction", "inbound"), ("limit", "request_body_timeout")];
+    let before = counter(admin, LIMITS_EXCEEDED, &limit).await;
+
+    let mut tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(
+        b"POST /echo HTTP/1.1\r\nHost: orders.shop\r\nContent-Length: 100\r\n\r\n0123456789",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let answer = answer_until_closed(&mut tls).await;
+    let (head, body) = answer
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("no complete response head: {answer:?}"));
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    // Fewer than the announced bytes, or a chunked body without its last chunk.
+    let lower = head.to_ascii_lowercase();
+    if let Some(length) = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+    {
+        assert!(body.len() < length.trim().parse().unwrap(), "{answer:?}");
+    } else {
+        assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+        assert!(!body.ends_with("0\r\n\r\n"), "{answer:?}");
+    }
+    assert_counted(admin, LIMITS_EXCEEDED, &limit, before).await;
+}
+
+/// Start a server-side vakt with `extra` YAML in front of [`raw_upgrade_app`], and open an
+/// upgraded tunnel through it as the allowed peer `sa/web`.
+async fn tunnel_through_inbound(
+    extra: &str,
+) -> (
+    DevPki,
+    App,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let pki = DevPki::new(TD).unwrap();
+    let (app, app_closed) = raw_upgrade_app().await;
+    let (vakt, id, dir) = server_in_front_of(&pki, app, extra).await;
+    let client_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
+    let config = raw_client_config(Some(&client_dir), &dir, &id, &[b"http/1.1"]);
+    let mut tls = mtls_connect(vakt.inbound_addr.unwrap(), config)
+        .await
+        .unwrap();
+    upgrade_to_websocket(&mut tls).await;
+    (pki, vakt, tls, app_closed)
+}
+
+/// An upgraded tunnel with no traffic for `tunnel_idle_timeout` is closed on both sides: the
+/// client reads EOF, the app's connection is closed, and the close is counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_upgraded_tunnel_is_closed_on_both_sides() {
+    let (_pki, vakt, mut tls, mut app_closed) =
+        tunnel_through_inbound("limits:\n  tunnel_idle_timeout: 300ms\n").await;
+    let admin = vakt.admin_addr;
+    let labels = [("direction", "inbound"), ("limit", "tunnel_idle_timeout")];
+    let before = counter(admin, LIMITS_EXCEEDED, &labels).await;
+
+    echo_once(&mut tls, b"hello through the tunnel").await;
+    let idle_since = Instant::now();
+    let rest = read_until_closed(&mut tls, Duration::from_secs(5))
+        .await
+        .expect("vakt kept an idle tunnel open for more than 5 s (tunnel_idle_timeout 300ms)");
+    let waited = idle_since.elapsed();
+    assert!(rest.is_empty(), "{rest:?}");
+    assert!(
+        waited >= Duration::from_millis(250),
+        "closed after {waited:?} of idleness, before the 300 ms timeout"
+    );
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the app's side of the tunnel was still open 5 s later")
+        .expect("the app stopped");
+    assert_counted(admin, LIMITS_EXCEEDED, &labels, before).await;
+}
+
+/// The control: a tunnel that moves a few bytes every 100 ms stays open well past its 1 s idle
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_upgraded_tunnel_outlives_the_idle_timeout() {
+    let (_pki, _vakt, mut tls, mut app_closed) =
+        tunnel_through_inbound("limits:\n  tunnel_idle_timeout: 1s\n").await;
+    let started = Instant::now();
+    let mut round = 0u32;
+    while started.elapsed() < Duration::from_millis(2500) {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        echo_once(&mut tls, format!("round {round}").as_bytes()).await;
+        round += 1;
+    }
+    assert!(
+        app_closed.try_recv().is_err(),
+        "the app's side was closed while traffic flowed"
+    );
+    echo_once(&mut tls, b"still open").await;
 }

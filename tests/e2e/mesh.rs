@@ -630,3 +630,100 @@ fn never_indexed_raw_literal(representation: &[u8], value: &[u8]) -> Vec<u8> {
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Outbound over HTTP/2: the app's own request body stalls on its way out; its sidecar answers
+/// 408 `request_body_timeout` and aborts the stream to the other sidecar, whose app sees the
+/// body break off.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_outbound_http2_body_gets_408_from_the_local_sidecar() {
+    let server = server(&["web"], "").await;
+    let web = client_sidecar_with(
+        &server.pki,
+        "web",
+        server.addr(),
+        &server.id,
+        "limits:\n  request_body_timeout: 300ms\n",
+    )
+    .await;
+    let admin = web.admin_addr;
+    let limit = [("direction", "outbound"), ("limit", "request_body_timeout")];
+    let denial = [
+        ("direction", "outbound"),
+        ("reason", "request_body_timeout"),
+    ];
+    let text = metrics_text(admin).await;
+    let limit_before = metric_sum(&text, vakt::metrics::LIMITS_EXCEEDED, &limit);
+    let denial_before = metric_sum(&text, vakt::metrics::DENIALS, &denial);
+
+    let tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    let request = Request::post("http://orders.shop/upload-out")
+        .body(crate::limits::stalling_body(b"the first part"))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .expect("no answer within 5 s")
+        .expect("the sidecar should answer 408, not reset the stream");
+    assert_eq!(response.status(), StatusCode::REQUEST_TIMEOUT);
+    let body = body_string(response).await;
+    assert!(body.contains(r#""error":"request_body_timeout""#), "{body}");
+
+    for (name, labels, before) in [
+        (vakt::metrics::LIMITS_EXCEEDED, &limit, limit_before),
+        (vakt::metrics::DENIALS, &denial, denial_before),
+    ] {
+        let after = wait_for_metric(admin, name, labels, before + 1.0).await;
+        assert!(after >= before + 1.0, "{name}{labels:?} did not grow");
+    }
+    crate::limits::assert_app_saw_the_body_aborted(&server, "/upload-out").await;
+}
+
+/// Outbound: the app's own upgraded tunnel, idle past its sidecar's `tunnel_idle_timeout`, is
+/// closed by that sidecar; the app reads EOF and the far app's connection is closed too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_outbound_tunnel_is_closed_by_the_local_sidecar() {
+    let pki = vakt::dev::mesh::DevPki::new(TD).unwrap();
+    let (app, mut app_closed) = raw_upgrade_app().await;
+    let (server, server_id, _dir) = server_in_front_of(&pki, app, "").await;
+    let web = client_sidecar_with(
+        &pki,
+        "web",
+        server.inbound_addr.unwrap(),
+        &server_id,
+        "limits:\n  tunnel_idle_timeout: 300ms\n",
+    )
+    .await;
+    let admin = web.admin_addr;
+    let labels = [("direction", "outbound"), ("limit", "tunnel_idle_timeout")];
+    let before = metric_sum(
+        &metrics_text(admin).await,
+        vakt::metrics::LIMITS_EXCEEDED,
+        &labels,
+    );
+
+    let mut tcp = TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    upgrade_to_websocket(&mut tcp).await;
+    echo_once(&mut tcp, b"through two sidecars").await;
+    let mut rest = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tcp.read_to_end(&mut rest))
+        .await
+        .expect("the idle tunnel was still open 5 s later (tunnel_idle_timeout 300ms)")
+        .expect("EOF, not an error");
+    assert!(rest.is_empty(), "{rest:?}");
+    tokio::time::timeout(Duration::from_secs(5), app_closed.recv())
+        .await
+        .expect("the far app's side of the tunnel was still open 5 s later")
+        .expect("the app stopped");
+    let after = wait_for_metric(admin, vakt::metrics::LIMITS_EXCEEDED, &labels, before + 1.0).await;
+    assert!(after >= before + 1.0, "the idle close was not counted");
+}

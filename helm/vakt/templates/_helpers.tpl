@@ -149,7 +149,13 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
     "upstream_pool_idle_timeout" $l.upstreamPoolIdleTimeout
     "upstream_pool_max_idle_per_host" (int64 $l.upstreamPoolMaxIdlePerHost)
     "max_connections" (int64 $l.maxConnections)
-    "max_connections_per_peer" (int64 $l.maxConnectionsPerPeer) }}
+    "max_connections_per_peer" (int64 $l.maxConnectionsPerPeer)
+    "request_body_timeout" $l.requestBodyTimeout
+    "request_body_rate_window" $l.requestBodyRateWindow
+    "tunnel_idle_timeout" $l.tunnelIdleTimeout }}
+{{- if gt (int64 $l.requestBodyMinRate) 0 }}
+{{- $_ := set $limits "request_body_min_rate" (int64 $l.requestBodyMinRate) }}
+{{- end }}
 {{- $cfg := dict
     "identity" $identity
     "tls" (dict "min_version" (toString $c.tlsMinVersion))
