@@ -76,6 +76,21 @@ impl CanonicalHost {
     /// Parse one host value (`Host` header or a URI authority) into canonical form.
     /// `default_port` is dropped from the result.
     pub fn parse(raw: &[u8], default_port: u16) -> Result<Self, HostError> {
+        Ok(ParsedHost::parse(raw, default_port)?.render(None))
+    }
+}
+
+/// A host value checked against the grammar, still borrowing the bytes it came from.
+#[derive(Debug, Clone, Copy)]
+struct ParsedHost<'a> {
+    name: Name<'a>,
+    /// The port, unless absent or the default.
+    port: Option<u16>,
+    raw: &'a [u8],
+}
+
+impl<'a> ParsedHost<'a> {
+    fn parse(raw: &'a [u8], default_port: u16) -> Result<Self, HostError> {
         if raw.is_empty() {
             return Err(HostError::Empty);
         }
@@ -104,28 +119,58 @@ impl CanonicalHost {
             (registered_name_or_ipv4(name)?, port)
         };
         let port = port.map(parse_port).transpose()?;
-        Ok(Self::render(name, port.filter(|&p| p != default_port), raw))
+        Ok(Self {
+            name,
+            port: port.filter(|&p| p != default_port),
+            raw,
+        })
     }
 
-    /// The canonical value, reusing `raw` when it already is canonical (the common case).
-    fn render(name: Name<'_>, port: Option<u16>, raw: &[u8]) -> Self {
-        let mut text = match name {
+    /// Whether `raw` already is the canonical spelling: a lower-case name, no trailing dot, and
+    /// a port only when it is not the default (nothing else can make `raw` longer).
+    fn is_canonical(&self) -> bool {
+        let Name::Text(name) = self.name else {
+            return false;
+        };
+        let digits = |p: u16| p.checked_ilog10().map_or(1, |l| l as usize + 1);
+        let port_len = self.port.map_or(0, |p| 1 + digits(p));
+        !name.bytes().any(|b| b.is_ascii_uppercase()) && self.raw.len() == name.len() + port_len
+    }
+
+    /// Do both name the same host in canonical form?
+    fn same_host(&self, other: &Self) -> bool {
+        let names = match (self.name, other.name) {
+            (Name::Text(a), Name::Text(b)) => a.eq_ignore_ascii_case(b),
+            (Name::Ipv6(a), Name::Ipv6(b)) => a == b,
+            _ => false,
+        };
+        names && self.port == other.port
+    }
+
+    /// The canonical value; `sent` is the header value `raw` came from, reused when it already
+    /// is canonical (the common case: no allocation).
+    fn render(&self, sent: Option<&HeaderValue>) -> CanonicalHost {
+        if let (Some(value), Name::Text(name)) = (sent, self.name)
+            && self.is_canonical()
+        {
+            return CanonicalHost {
+                value: value.clone(),
+                name_len: name.len(),
+            };
+        }
+        let mut text = match self.name {
             Name::Text(n) => n.to_ascii_lowercase(),
             Name::Ipv6(ip) => format!("[{ip}]"),
         };
         let name_len = text.len();
-        if let Some(port) = port {
+        if let Some(port) = self.port {
             text.push(':');
             text.push_str(&port.to_string());
         }
-        let value = if text.as_bytes() == raw {
-            HeaderValue::from_bytes(raw)
-        } else {
-            HeaderValue::from_str(&text)
-        };
-        Self {
+        CanonicalHost {
             // Letters, digits, '-', '.', ':', brackets and hex digits only: always a valid value.
-            value: value.unwrap_or_else(|_| HeaderValue::from_static("invalid")),
+            value: HeaderValue::from_str(&text)
+                .unwrap_or_else(|_| HeaderValue::from_static("invalid")),
             name_len,
         }
     }
@@ -137,6 +182,7 @@ impl std::fmt::Display for CanonicalHost {
     }
 }
 
+#[derive(Debug, Clone, Copy)]
 enum Name<'a> {
     /// A DNS name or IPv4 address, checked, not yet lower-cased, no trailing dot.
     Text(&'a str),
@@ -239,16 +285,16 @@ pub fn request_host(
         return Err(HostError::Multiple);
     }
     let from_header = header
-        .map(|h| CanonicalHost::parse(h.as_bytes(), default_port))
+        .map(|h| ParsedHost::parse(h.as_bytes(), default_port))
         .transpose()?;
     let from_target = uri
         .authority()
-        .map(|a| CanonicalHost::parse(a.as_str().as_bytes(), default_port))
+        .map(|a| ParsedHost::parse(a.as_str().as_bytes(), default_port))
         .transpose()?;
     match (from_header, from_target) {
-        (Some(h), Some(t)) if h != t => Err(HostError::AuthorityMismatch),
-        (Some(h), _) => Ok(h),
-        (None, Some(t)) => Ok(t),
+        (Some(h), Some(t)) if !h.same_host(&t) => Err(HostError::AuthorityMismatch),
+        (Some(h), _) => Ok(h.render(header)),
+        (None, Some(t)) => Ok(t.render(None)),
         (None, None) => Err(HostError::Missing),
     }
 }
@@ -460,6 +506,11 @@ mod tests {
                 continue;
             };
             accepted += 1;
+            // Reusing the sent value where it is canonical gives the same result.
+            if let Ok(sent) = HeaderValue::from_bytes(&raw) {
+                let reused = ParsedHost::parse(&raw, 443).unwrap().render(Some(&sent));
+                assert_eq!(reused, host, "{raw:?}");
+            }
             let text = host.as_str();
             assert!(
                 text.bytes()

@@ -286,6 +286,8 @@ struct Destination {
     /// The authority the app addressed, as the request to the remote sidecar names it in both
     /// the target and `Host` (the table key, port 80 left implicit as in a plain-HTTP `Host`).
     authority: http::uri::Authority,
+    /// The same authority as the `Host` value.
+    host: http::HeaderValue,
     address: String,
     server_name: ServerName<'static>,
     spiffe_id: SpiffeId,
@@ -449,16 +451,19 @@ impl MeshClient {
                     let server_name = ServerName::try_from(host).unwrap_or_else(|_| {
                         ServerName::try_from("vakt.invalid").expect("valid name")
                     });
+                    let named = u
+                        .authority
+                        .as_str()
+                        .strip_suffix(":80")
+                        .unwrap_or(u.authority.as_str());
                     (
                         u.authority.as_str().to_owned(),
                         Destination {
-                            authority: u
-                                .authority
-                                .as_str()
-                                .strip_suffix(":80")
-                                .unwrap_or(u.authority.as_str())
+                            authority: named
                                 .parse()
                                 .expect("a normalised authority is a valid URI authority"),
+                            host: http::HeaderValue::from_str(named)
+                                .expect("a normalised authority is a valid header value"),
                             address: u.address.clone(),
                             server_name,
                             spiffe_id: u.spiffe_id.clone(),
@@ -508,9 +513,9 @@ impl MeshClient {
             return Err(DenyReason::MissingDestination);
         }
         // The remote sidecar refuses a `Host` that names another host than the target.
-        if let Ok(host) = http::HeaderValue::from_str(dest.authority.as_str()) {
-            request.headers_mut().insert(http::header::HOST, host);
-        }
+        request
+            .headers_mut()
+            .insert(http::header::HOST, dest.host.clone());
         *request.version_mut() = http::Version::HTTP_11;
         let client = if upgrade {
             &self.upgradable
