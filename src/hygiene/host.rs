@@ -94,7 +94,15 @@ impl<'a> ParsedHost<'a> {
         if raw.is_empty() {
             return Err(HostError::Empty);
         }
-        if raw.contains(&b'@') {
+        let (mut at, mut colons, mut first_colon) = (false, 0, None);
+        for (i, &b) in raw.iter().enumerate() {
+            at |= b == b'@';
+            if b == b':' {
+                colons += 1;
+                first_colon.get_or_insert(i);
+            }
+        }
+        if at {
             return Err(HostError::Userinfo);
         }
         let (name, port) = if raw[0] == b'[' {
@@ -109,10 +117,10 @@ impl<'a> ParsedHost<'a> {
             };
             (Name::Ipv6(ipv6(&raw[1..close])?), port)
         } else {
-            if raw.iter().filter(|&&b| b == b':').count() > 1 {
+            if colons > 1 {
                 return Err(HostError::BadIpv6);
             }
-            let (name, port) = match raw.iter().position(|&b| b == b':') {
+            let (name, port) = match first_colon {
                 Some(colon) => (&raw[..colon], Some(&raw[colon + 1..])),
                 None => (raw, None),
             };
@@ -213,33 +221,40 @@ fn parse_port(port: &[u8]) -> Result<u16, HostError> {
         .ok_or(HostError::BadPort)
 }
 
-/// A DNS name or a dotted-decimal IPv4 address, with at most one trailing dot removed.
+/// A DNS name or a dotted-decimal IPv4 address, with at most one trailing dot removed. One
+/// pass over the bytes checks the characters and the labels (a bad character is reported before
+/// a bad label, wherever each is).
 fn registered_name_or_ipv4(name: &[u8]) -> Result<Name<'_>, HostError> {
     let name = name.strip_suffix(b".").unwrap_or(name);
     if name.is_empty() {
         return Err(HostError::Empty);
     }
-    if !name
-        .iter()
-        .all(|&b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
-    {
-        return Err(HostError::BadCharacter);
+    let mut bad_label = false;
+    let mut labels = 0;
+    let mut label_start = 0;
+    let mut last = name;
+    for i in 0..=name.len() {
+        match name.get(i) {
+            Some(b) if b.is_ascii_alphanumeric() || *b == b'-' => continue,
+            Some(b'.') | None => {
+                let label = &name[label_start..i];
+                last = label;
+                bad_label |= label.is_empty()
+                    || label.len() > MAX_LABEL
+                    || label[0] == b'-'
+                    || label[label.len() - 1] == b'-';
+                labels += 1;
+                label_start = i + 1;
+            }
+            Some(_) => return Err(HostError::BadCharacter),
+        }
     }
     if name.len() > MAX_NAME {
         return Err(HostError::TooLong);
     }
-    let mut labels = 0;
-    for label in name.split(|&b| b == b'.') {
-        labels += 1;
-        if label.is_empty()
-            || label.len() > MAX_LABEL
-            || label[0] == b'-'
-            || label[label.len() - 1] == b'-'
-        {
-            return Err(HostError::BadLabel);
-        }
+    if bad_label {
+        return Err(HostError::BadLabel);
     }
-    let last = name.rsplit(|&b| b == b'.').next().unwrap_or_default();
     // URL parsers and resolvers read a name ending in a number as an IPv4 address, in decimal,
     // octal or hex and with fewer than four parts: only the one unambiguous spelling passes.
     if looks_numeric(last) && !(labels == 4 && name.split(|&b| b == b'.').all(is_octet)) {
@@ -287,10 +302,13 @@ pub fn request_host(
     let from_header = header
         .map(|h| ParsedHost::parse(h.as_bytes(), default_port))
         .transpose()?;
-    let from_target = uri
-        .authority()
-        .map(|a| ParsedHost::parse(a.as_str().as_bytes(), default_port))
-        .transpose()?;
+    // The usual HTTP/2 request from a sidecar carries the same bytes in both: parsed once.
+    let from_target = match (uri.authority(), header) {
+        (Some(a), Some(h)) if a.as_str().as_bytes() == h.as_bytes() => from_header,
+        (a, _) => a
+            .map(|a| ParsedHost::parse(a.as_str().as_bytes(), default_port))
+            .transpose()?,
+    };
     match (from_header, from_target) {
         (Some(h), Some(t)) if !h.same_host(&t) => Err(HostError::AuthorityMismatch),
         (Some(h), _) => Ok(h.render(header)),
