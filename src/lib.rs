@@ -2,6 +2,7 @@
 //! each concern lives.
 #![forbid(unsafe_code)]
 
+pub(crate) mod activity;
 pub(crate) mod admin;
 pub mod app;
 pub mod audit;

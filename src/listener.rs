@@ -2,26 +2,24 @@
 //! HTTP/2 with limits, idle timeout and graceful drain.
 
 use std::collections::HashMap;
-use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::task::TaskTracker;
 
 use crate::Direction;
+use crate::activity::{ActivityClock, ActivityIo};
 use crate::body;
 use crate::hygiene::h1_framing::{ScannedIo, ScannerConfig};
 use crate::hygiene::{ClientAddr, FramingError, FramingVerdict};
@@ -217,7 +215,7 @@ async fn serve_connection<I>(
     let activity = Arc::new(Activity::new());
     let io = ActivityIo {
         inner: io,
-        activity: activity.clone(),
+        clock: activity.clock.clone(),
     };
     // Every connection is scanned, whatever ALPN said: hyper picks HTTP/1 or HTTP/2 by the first
     // bytes, so a client that negotiated h2 can still speak HTTP/1. On an HTTP/2 preface the
@@ -341,23 +339,16 @@ impl Drop for ActiveConnection {
 
 /// When the connection last moved bytes, and how many requests are in flight on it.
 struct Activity {
-    started: Instant,
-    last_ms: AtomicU64,
+    clock: Arc<ActivityClock>,
     in_flight: Arc<AtomicUsize>,
 }
 
 impl Activity {
     fn new() -> Self {
         Self {
-            started: Instant::now(),
-            last_ms: AtomicU64::new(0),
+            clock: Arc::new(ActivityClock::new()),
             in_flight: Arc::new(AtomicUsize::new(0)),
         }
-    }
-
-    fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_ms.store(ms, Ordering::Relaxed);
     }
 
     fn begin_request(&self) -> InFlight {
@@ -370,8 +361,7 @@ impl Activity {
         if self.in_flight.load(Ordering::Relaxed) > 0 {
             return Duration::ZERO;
         }
-        let now = self.started.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.last_ms.load(Ordering::Relaxed)))
+        self.clock.idle_for()
     }
 }
 
@@ -380,63 +370,5 @@ struct InFlight(Arc<AtomicUsize>);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// Records activity on every successful read or write.
-struct ActivityIo<I> {
-    inner: I,
-    activity: Arc<Activity>,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for ActivityIo<I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) {
-            self.activity.touch();
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for ActivityIo<I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(_))) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(_))) {
-            self.activity.touch();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }

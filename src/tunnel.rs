@@ -2,14 +2,12 @@
 //! when no byte has moved either way for `limits.tunnel_idle_timeout`: without that, a tunnel
 //! both ends forgot would hold two sockets and a task until one end's TCP stack gave up.
 
-use std::io;
-use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+
+use crate::activity::{ActivityClock, ActivityIo};
 
 /// How long closing an idle tunnel may wait for each side to take its close (a TLS
 /// close_notify, a FIN) before the sockets are dropped anyway.
@@ -38,11 +36,11 @@ where
     B: AsyncRead + AsyncWrite + Unpin,
 {
     let clock = ActivityClock::new();
-    let mut client = Tracked {
+    let mut client = ActivityIo {
         inner: client,
         clock: &clock,
     };
-    let mut upstream = Tracked {
+    let mut upstream = ActivityIo {
         inner: upstream,
         clock: &clock,
     };
@@ -83,89 +81,6 @@ where
         .await;
     }
     ended
-}
-
-/// When the tunnel last moved a byte, in milliseconds since it opened; shared by both sides.
-struct ActivityClock {
-    opened: Instant,
-    last_ms: AtomicU64,
-}
-
-impl ActivityClock {
-    fn new() -> Self {
-        Self {
-            opened: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    fn touch(&self) {
-        let ms = u64::try_from(self.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.last_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn last_activity(&self) -> Instant {
-        self.opened + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
-    }
-}
-
-/// One side of the tunnel; every read or write that moves bytes touches the clock.
-struct Tracked<'a, I> {
-    inner: I,
-    clock: &'a ActivityClock,
-}
-
-impl<I: AsyncRead + Unpin> AsyncRead for Tracked<'_, I> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.clock.touch();
-        }
-        result
-    }
-}
-
-impl<I: AsyncWrite + Unpin> AsyncWrite for Tracked<'_, I> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.clock.touch();
-        }
-        result
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
-        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
-            self.clock.touch();
-        }
-        result
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
