@@ -481,9 +481,29 @@ def requests_served(admin_port: int) -> float:
                if line.startswith("vakt_requests_total"))
 
 
-def callgrind_window(proc: Proc, work: Path, command: str) -> int | None:
+# The certificate and policy re-reads run on file-watch events, not per request: their share of a
+# window depends on how many requests the window held, so they are counted apart.
+RELOAD_FUNCTION = re.compile(r"<vakt::(tls::reload::CertStore|policy::reload::PolicyStore)>::reload\b")
+
+
+def reload_instructions(dump: Path) -> int:
+    """Instructions inside the certificate and policy reloads of one callgrind dump."""
+    out = subprocess.run(["callgrind_annotate", "--inclusive=yes", "--threshold=100", "--auto=no", str(dump)],
+                         capture_output=True, text=True, check=True).stdout
+    found: dict[str, int] = {}
+    for line in out.splitlines():
+        m = re.match(r"\s*([\d,]+)\s+\([^)]*\)\s+(.*)$", line)
+        if not m or "=>" in line:
+            continue
+        hit = RELOAD_FUNCTION.search(m.group(2))
+        if hit:
+            found[hit.group(1)] = max(found.get(hit.group(1), 0), int(m.group(1).replace(",", "")))
+    return sum(found.values())
+
+
+def callgrind_window(proc: Proc, work: Path, command: str) -> tuple[int, int] | None:
     """`zero` the counters of a sidecar under callgrind, or `dump` them and return the
-    instructions counted since the last zero."""
+    instructions counted since the last zero, and those of them spent in file reloads."""
     before = set(work.glob(f"callgrind.{proc.name}.{proc.pid}*"))
     run(["callgrind_control", "--" + command, str(proc.pid)])
     if command == "zero":
@@ -494,7 +514,7 @@ def callgrind_window(proc: Proc, work: Path, command: str) -> int | None:
         for dump in new:
             for line in dump.read_text(errors="replace").splitlines():
                 if line.startswith(("totals:", "summary:")):
-                    return int(line.split()[1])
+                    return int(line.split()[1]), reload_instructions(dump)
         time.sleep(0.2)
     raise RuntimeError(f"no callgrind dump from {proc.name}")
 
@@ -523,27 +543,36 @@ def count_instructions(args, systems: list["System"], admin: dict[str, int], tok
             after = {p.name: requests_served(admin[p.name]) for p in s.procs}
             per_request = {}
             for p in s.procs:
-                ir = callgrind_window(p, work, "dump")
+                ir, reloads = callgrind_window(p, work, "dump")
                 role = p.name.rsplit("-", 1)[1]
-                per_request[role] = ir / max(after[p.name] - before[p.name], 1)
+                served_here = max(after[p.name] - before[p.name], 1)
+                per_request[role] = ir / served_here
+                per_request[role + "_path"] = (ir - reloads) / served_here
             per_request["both"] = per_request["client"] + per_request["server"]
+            per_request["both_path"] = per_request["client_path"] + per_request["server_path"]
             results[s.name].append({"requests": t["requests"], "non_2xx": t["non_2xx"], **per_request})
             log(f"round {rnd + 1} {s.name}: {t['requests']} requests, instructions per request: "
-                f"client {per_request['client']:,.0f}, server {per_request['server']:,.0f}")
-    med = {name: {k: median([r[k] for r in rs]) for k in ("client", "server", "both")}
-           for name, rs in results.items()}
+                f"client {per_request['client']:,.0f}, server {per_request['server']:,.0f}; "
+                f"without file reloads {per_request['both_path']:,.0f}")
+    keys = ("client", "server", "both", "client_path", "server_path", "both_path")
+    med = {name: {k: median([r[k] for r in rs]) for k in keys} for name, rs in results.items()}
     lines = [
         f"Instructions per request (valgrind callgrind), {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
         f"{args.rounds} windows of {args.instructions:g} s per build, medians; each sidecar's whole "
         "process (request path, audit writer thread, timers), token cache warm.",
         "",
-        "| build | client sidecar | server sidecar | both | ratio to vakt-base |",
-        "|---|---|---|---|---|",
+        "| build | client sidecar | server sidecar | both | ratio to vakt-base "
+        "| both, without file reloads | ratio to vakt-base |",
+        "|---|---|---|---|---|---|---|",
     ]
-    base = med.get("vakt-base", {}).get("both")
+    base = med.get("vakt-base", {})
     for name, m in med.items():
-        ratio = f"{m['both'] / base:.3f}" if base else "–"
-        lines.append(f"| {name} | {m['client']:,.0f} | {m['server']:,.0f} | {m['both']:,.0f} | {ratio} |")
+        ratio = f"{m['both'] / base['both']:.3f}" if base else "–"
+        path_ratio = f"{m['both_path'] / base['both_path']:.3f}" if base else "–"
+        lines.append(f"| {name} | {m['client']:,.0f} | {m['server']:,.0f} | {m['both']:,.0f} | {ratio} "
+                     f"| {m['both_path']:,.0f} | {path_ratio} |")
+    lines += ["", "File reloads (certificate and policy re-reads on file-watch events) are counted apart: "
+              "their share per request depends on how many requests a window held."]
     md = "\n".join(lines) + "\n"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
