@@ -27,6 +27,24 @@ pub fn raw_client_config(
     server_id: &str,
     alpn: &[&[u8]],
 ) -> Arc<rustls::ClientConfig> {
+    Arc::new(client_config_with_versions(
+        dir,
+        roots_from,
+        server_id,
+        alpn,
+        rustls::DEFAULT_VERSIONS,
+    ))
+}
+
+/// [`raw_client_config`] offering only `versions`, unwrapped so a test can change more of it
+/// (a session store, say).
+pub fn client_config_with_versions(
+    dir: Option<&Path>,
+    roots_from: &Path,
+    server_id: &str,
+    alpn: &[&[u8]],
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> rustls::ClientConfig {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(roots_from.join(BUNDLE_FILE)).unwrap() {
@@ -38,7 +56,7 @@ pub fn raw_client_config(
         &provider,
     );
     let builder = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
+        .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier));
@@ -54,7 +72,7 @@ pub fn raw_client_config(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    Arc::new(config)
+    config
 }
 
 pub async fn mtls_connect(

@@ -12,13 +12,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Server, TD, body_string, federated_client_sidecar, federated_server, get, h1_send, metric_sum,
-    metrics_text, mtls_connect, plain_send, raw_client_config, run_vakt, wait_for_metric,
+    Server, TD, body_string, client_config_with_versions, federated_client_sidecar,
+    federated_server, get, h1_send, metric_sum, metrics_text, mtls_connect, plain_send,
+    raw_client_config, run_vakt, wait_for_metric,
 };
 use http::StatusCode;
 use rustls::client::{ClientSessionMemoryCache, ClientSessionStore};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use vakt::dev::certs::{BUNDLE_FILE, CERT_FILE, KEY_FILE};
 use vakt::dev::mesh::DevPki;
 use vakt::metrics::HANDSHAKE_FAILURES;
@@ -325,29 +325,13 @@ fn resuming_client_config(
     version: &'static rustls::SupportedProtocolVersion,
     store: Arc<RecordingStore>,
 ) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(server.dir.join(BUNDLE_FILE)).unwrap() {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let verifier = vakt::tls::SpiffeServerVerifier::new(
-        Arc::new(roots),
-        server.id.parse().unwrap(),
-        &provider,
+    let mut config = client_config_with_versions(
+        Some(dir),
+        &server.dir,
+        &server.id,
+        &[b"http/1.1"],
+        &[version],
     );
-    let chain: Vec<_> = CertificateDer::pem_file_iter(dir.join(CERT_FILE))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(dir.join(KEY_FILE)).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[version])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.resumption = rustls::client::Resumption::store(store);
     Arc::new(config)
 }

@@ -10,15 +10,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Server, TD, TestBody, body_string, client_sidecar, get, h1_send, h2_send, metric_sum,
-    metrics_text, mtls_connect, plain_send, raw_client_config, server, wait_for_metric,
+    Server, TD, TestBody, body_string, client_config_with_versions, client_sidecar, get, h1_send,
+    h2_send, metric_sum, metrics_text, mtls_connect, plain_send, raw_client_config, server,
+    wait_for_metric,
 };
 use http::{Request, StatusCode};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
-use vakt::dev::certs::{BUNDLE_FILE, CERT_FILE, KEY_FILE, LeafSpec};
+use vakt::dev::certs::LeafSpec;
 use vakt::dev::mesh::DevPki;
 use vakt::metrics::{DENIALS, HANDSHAKE_FAILURES};
 
@@ -275,30 +274,13 @@ async fn server_auth_only_certificate_is_refused() {
 
 /// A client that offers only TLS 1.2, with an otherwise valid certificate of an allowed peer.
 fn tls12_only_client_config(client_dir: &Path, server: &Server) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for ca in CertificateDer::pem_file_iter(server.dir.join(BUNDLE_FILE)).unwrap() {
-        roots.add(ca.unwrap()).unwrap();
-    }
-    let verifier = vakt::tls::SpiffeServerVerifier::new(
-        Arc::new(roots),
-        server.id.parse().unwrap(),
-        &provider,
-    );
-    let chain: Vec<_> = CertificateDer::pem_file_iter(client_dir.join(CERT_FILE))
-        .unwrap()
-        .map(Result::unwrap)
-        .collect();
-    let key = PrivateKeyDer::from_pem_file(client_dir.join(KEY_FILE)).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS12])
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_client_auth_cert(chain, key)
-        .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Arc::new(config)
+    Arc::new(client_config_with_versions(
+        Some(client_dir),
+        &server.dir,
+        &server.id,
+        &[b"http/1.1"],
+        &[&rustls::version::TLS12],
+    ))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
