@@ -23,6 +23,8 @@ mod json;
 pub mod log;
 pub mod report;
 pub mod sink;
+#[cfg(feature = "test-support")]
+pub mod slow;
 pub mod target;
 pub mod time;
 pub mod verify;
