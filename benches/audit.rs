@@ -1,5 +1,5 @@
-//! Cost of one audit event on the request path: build it from what the stages left in the
-//! response extensions, pseudonymise the personal identifiers, serialise it to its JSON line,
+//! Cost of one audit event on the request path: build it from what the stages learnt of the
+//! exchange, pseudonymise the personal identifiers, serialise it to its JSON line,
 //! and (on the audit writer thread, off the request path) seal it into the hash chain and hand
 //! it to a sink. `cargo bench --bench audit`.
 //!
@@ -22,21 +22,21 @@ use std::sync::Arc;
 
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
-use http::{HeaderMap, Method, Response, StatusCode};
+use http::{HeaderMap, Method, StatusCode};
 use vakt::Direction;
 use vakt::audit::{
     self, AuditEvent, ChainHash, ChainWriter, Label, Sink, WriterSink, line_hash, pseudonymise_path,
 };
 use vakt::authn::Principal;
 use vakt::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions};
+use vakt::exchange::{Known, Target};
 use vakt::hygiene::path::{CanonicalPath, canonicalize};
-use vakt::hygiene::{RequestIds, ensure_request_id, ensure_traceparent};
+use vakt::hygiene::{ensure_request_id, ensure_traceparent};
 use vakt::identity::PeerIdentity;
-use vakt::observe;
+use vakt::observe::{self, Answer};
 use vakt::policy::decide::{DecisionRecord, Outcome};
 use vakt::policy::{Policy, PolicyContext, RequestCtx, evaluate};
 use vakt::pseudonym::Pseudonymiser;
-use vakt::stack::Resp;
 
 const NATIONAL_ID: &str = "12345678901";
 const PEER: &str = "spiffe://cluster.local/ns/shop/sa/web";
@@ -66,9 +66,9 @@ fn principal(rt: &tokio::runtime::Runtime) -> Arc<Principal> {
         .expect("valid token")
 }
 
-/// The response of an allowed request as it comes back to the observe stage: 200 from the app,
-/// with the decision record, canonical path, principal and request ids the inner stages added.
-fn allowed_response(principal: Arc<Principal>, peer: &PeerIdentity) -> Resp {
+/// What the inner stages learnt of an allowed request (decision record, canonical path,
+/// principal, request ids) and the app's 200, as the observe stage's guard sees them.
+fn allowed_exchange(principal: Arc<Principal>, peer: &PeerIdentity) -> (Known, Answer) {
     let context = PolicyContext {
         issuers: Some(vec![principal.issuer.to_string()]),
         ..PolicyContext::default()
@@ -93,18 +93,20 @@ fn allowed_response(principal: Arc<Principal>, peer: &PeerIdentity) -> Resp {
     assert_eq!(record.outcome, Outcome::Allow);
     assert!(!record.personal_params.is_empty(), "{{pid}} is personal");
     let mut headers = HeaderMap::new();
-    let ids = RequestIds {
-        request_id: ensure_request_id(&mut headers),
-        decision_id: uuid::Uuid::new_v4(),
-        trace_id: ensure_traceparent(&mut headers),
+    let request_id = ensure_request_id(&mut headers);
+    let trace_id = ensure_traceparent(&mut headers);
+    let known = Known {
+        request_id: request_id.to_str().ok().map(Label::sanitized),
+        trace_id: Some(Label::sanitized(&trace_id)),
+        target: Some(Target::Canonical(path)),
+        record: Some(record),
+        principal: Some(principal),
     };
-    let mut response = Response::new(vakt::body::full("{\"entries\":[]}"));
-    *response.status_mut() = StatusCode::OK;
-    response.extensions_mut().insert(record);
-    response.extensions_mut().insert(path);
-    response.extensions_mut().insert(principal);
-    response.extensions_mut().insert(ids);
-    response
+    let answer = Answer {
+        status: StatusCode::OK,
+        refusal: None,
+    };
+    (known, answer)
 }
 
 fn finish(event: &mut AuditEvent) {
@@ -137,7 +139,7 @@ fn audit_event(c: &mut Criterion) {
     let peer = PeerIdentity::new(PEER.parse().expect("peer id"), [0xab; 32]);
     let principal = principal(&rt);
     assert_eq!(principal.national_id.as_deref(), Some(NATIONAL_ID));
-    let response = allowed_response(principal.clone(), &peer);
+    let (known, answer) = allowed_exchange(principal.clone(), &peer);
     let method = Method::GET;
 
     // The complete event, checked once: allowed, and nothing personal in clear.
@@ -146,7 +148,8 @@ fn audit_event(c: &mut Criterion) {
             Direction::Inbound,
             black_box(&method),
             Some(black_box(&peer)),
-            black_box(&response),
+            black_box(&known),
+            Some(black_box(&answer)),
             &pseudonyms,
         )
     };
@@ -196,7 +199,8 @@ fn audit_event(c: &mut Criterion) {
                 Direction::Inbound,
                 black_box(&method),
                 Some(black_box(&peer)),
-                black_box(&response),
+                black_box(&known),
+                Some(black_box(&answer)),
                 black_box(&pseudonyms),
             );
             finish(&mut event);

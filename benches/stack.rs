@@ -230,12 +230,12 @@ async fn setup() -> Bench {
         Pseudonymiser::from_config(config.pseudonymisation.as_ref().expect("key"))
             .expect("pseudonymiser"),
     );
-    let auditor = Arc::new(Auditor {
-        log: start_audit_log(&config),
-        pseudonyms: pseudonyms.clone(),
-        on_failure: config.audit.on_audit_failure,
-        capacity: config.audit.queue_capacity,
-    });
+    let auditor = Arc::new(Auditor::new(
+        start_audit_log(&config),
+        pseudonyms.clone(),
+        config.audit.on_audit_failure,
+        config.audit.queue_capacity,
+    ));
     let oidc = config.oidc.as_ref().expect("oidc");
     let client = IdpClient::new().expect("idp client");
     let mut issuers = Vec::new();

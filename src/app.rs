@@ -79,6 +79,20 @@ impl App {
     /// Load certificates, bind every listener and start serving. Fails (and serves nothing)
     /// if the certificates are unusable or an address cannot be bound.
     pub async fn start(config: Config) -> Result<Self, StartError> {
+        Self::start_with(config, Duration::ZERO).await
+    }
+
+    /// [`App::start`] with an audit file sink that waits `delay` before each write: a slow disk
+    /// for the tests of what happens when the audit queue fills up.
+    #[cfg(feature = "test-support")]
+    pub async fn start_with_slow_audit_sink(
+        config: Config,
+        delay: Duration,
+    ) -> Result<Self, StartError> {
+        Self::start_with(config, delay).await
+    }
+
+    async fn start_with(config: Config, audit_write_delay: Duration) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
         let readiness = Arc::new(Readiness::default());
         let certs = Arc::new(CertStore::load(&config.identity, config.tls.min_version)?);
@@ -113,12 +127,12 @@ impl App {
                 Pseudonymiser::ephemeral()
             }
         });
-        let auditor = Arc::new(Auditor {
-            log: start_audit_log(&config)?,
-            pseudonyms: pseudonyms.clone(),
-            on_failure: config.audit.on_audit_failure,
-            capacity: config.audit.queue_capacity,
-        });
+        let auditor = Arc::new(Auditor::new(
+            start_audit_log(&config, audit_write_delay)?,
+            pseudonyms.clone(),
+            config.audit.on_audit_failure,
+            config.audit.queue_capacity,
+        ));
         // Alerts compare the queue's depth with its capacity (a full queue refuses requests).
         metrics::gauge!(crate::metrics::AUDIT_QUEUE_CAPACITY).set(auditor.capacity as f64);
         listeners.push(spawn_audit_gauges(auditor.log.clone(), shutdown_rx.clone()));
@@ -281,14 +295,19 @@ impl App {
     }
 }
 
-fn start_audit_log(config: &Config) -> Result<AuditLog, StartError> {
+/// `write_delay` is zero but in the tests (feature `test-support`), which slow the file sink.
+#[cfg_attr(
+    not(feature = "test-support"),
+    allow(unused_variables, reason = "only the tests slow the sink")
+)]
+fn start_audit_log(config: &Config, write_delay: Duration) -> Result<AuditLog, StartError> {
     let queue = AuditConfig {
         capacity: config.audit.queue_capacity,
         ..AuditConfig::default()
     };
     Ok(match (config.audit.sink, &config.audit.file) {
-        (AuditSink::File, Some(file)) => AuditLog::start(
-            FileSink::new(FileSinkConfig {
+        (AuditSink::File, Some(file)) => {
+            let sink = FileSink::new(FileSinkConfig {
                 path: file.path.clone(),
                 max_bytes: file.max_bytes,
                 max_files: file.max_files,
@@ -296,9 +315,16 @@ fn start_audit_log(config: &Config) -> Result<AuditLog, StartError> {
                     .audit
                     .fsync()
                     .unwrap_or(crate::audit::FsyncPolicy::Always),
-            })?,
-            queue,
-        ),
+            })?;
+            #[cfg(feature = "test-support")]
+            if !write_delay.is_zero() {
+                return Ok(AuditLog::start(
+                    crate::audit::slow::SlowSink::new(sink, write_delay),
+                    queue,
+                ));
+            }
+            AuditLog::start(sink, queue)
+        }
         _ => AuditLog::start(StdoutSink::stdout(), queue),
     })
 }

@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use http::header::{CONTENT_TYPE, HeaderValue};
 use http::{Response, StatusCode};
 
+use crate::audit::fields::Outcome;
 use crate::authn::TokenError;
 use crate::body::{ProxyBody, full};
 use crate::hygiene::host::HostError;
@@ -123,6 +124,32 @@ impl DenyReason {
             | Self::UpstreamIdentityMismatch { .. } => StatusCode::BAD_GATEWAY,
             Self::UpstreamConnectTimeout | Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::RequestBodyTimeout | Self::RequestBodyTooSlow => StatusCode::REQUEST_TIMEOUT,
+        }
+    }
+
+    /// How an exchange vakt answered with this refusal ended, for the audit event: the app or
+    /// the remote sidecar failing is told apart from vakt refusing.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Self::UpstreamUnavailable
+            | Self::UpstreamTlsFailed { .. }
+            | Self::UpstreamIdentityMismatch { .. } => Outcome::UpstreamError,
+            Self::UpstreamConnectTimeout | Self::UpstreamTimeout => Outcome::Timeout,
+            Self::BadFraming(_)
+            | Self::InvalidHeaderName
+            | Self::InvalidPath(_)
+            | Self::InvalidHost(_)
+            | Self::NoPeerIdentity
+            | Self::Policy(_)
+            | Self::Token(_)
+            | Self::StepUp { .. }
+            | Self::AuditUnavailable
+            | Self::RateLimited { .. }
+            | Self::MissingDestination
+            | Self::UnknownDestination { .. }
+            | Self::ConnectNotSupported
+            | Self::RequestBodyTimeout
+            | Self::RequestBodyTooSlow => Outcome::Refused,
         }
     }
 

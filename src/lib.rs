@@ -12,6 +12,7 @@ pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;
 pub(crate) mod error;
+pub mod exchange;
 pub(crate) mod forward;
 pub mod hygiene;
 pub mod identity;

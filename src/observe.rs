@@ -1,11 +1,15 @@
 //! The outermost stage: every request is counted, timed and audited here, whoever answered it
 //! (the app, or vakt with a denial). The audit event is emitted exactly once, when the response
 //! body has been sent or the exchange is dropped (client gone, panic unwinding), so no early
-//! return or disconnect can skip it.
+//! return or disconnect can skip it. The event is built from the request's [`Exchange`], which
+//! the inner stages fill in as they learn about the request, so an exchange abandoned while the
+//! app works is recorded with who asked for what. With `on_audit_failure: deny` the guard holds
+//! the event's place in the audit queue before the request goes further: without a place, the
+//! request is refused (503 `audit_unavailable`) and nothing is served unrecorded.
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -13,12 +17,11 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
 use crate::Direction;
-use crate::audit::{self, AuditEvent, Auditor, Label, OnAuditFailure, Text};
-use crate::authn::Principal;
+use crate::audit::auditor::Slot;
+use crate::audit::{self, AuditEvent, Auditor, Label, Text};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::DenyReason;
-use crate::hygiene::RequestIds;
-use crate::hygiene::path::CanonicalPath;
+use crate::exchange::{Exchange, Known, Target};
 use crate::identity::PeerIdentity;
 use crate::metrics as m;
 use crate::policy::decide::{DecisionRecord, Outcome};
@@ -67,12 +70,31 @@ impl RequestMetrics {
     }
 }
 
-/// Counts body bytes as they stream.
+/// Which body of the exchange a [`Counted`] wraps.
+#[derive(Clone, Copy)]
+enum Side {
+    Request,
+    Response,
+}
+
+/// Counts body bytes as they stream, and sees how the body ends.
 struct Counted {
     inner: ProxyBody,
-    bytes: Arc<AtomicU64>,
-    /// Emits the audit event when the body ends or is dropped.
+    exchange: Arc<Exchange>,
+    side: Side,
+    /// Response side: emits the audit event when the body ends or is dropped.
     guard: Option<AuditGuard>,
+}
+
+impl Counted {
+    fn request(inner: ProxyBody, exchange: Arc<Exchange>) -> Self {
+        Self {
+            inner,
+            exchange,
+            side: Side::Request,
+            guard: None,
+        }
+    }
 }
 
 impl Body for Counted {
@@ -87,13 +109,21 @@ impl Body for Counted {
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    self.bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
+                    let bytes = match self.side {
+                        Side::Request => &self.exchange.bytes_in,
+                        Side::Response => &self.exchange.bytes_out,
+                    };
+                    bytes.fetch_add(data.len() as u64, Ordering::Relaxed);
                 }
             }
-            Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {
-                // End of the exchange: emit now rather than when hyper drops the body.
-                self.guard.take();
-            }
+            // End of the exchange: emit now rather than when hyper drops the body.
+            Poll::Ready(None) => self.finish(BodyEnd::Ended),
+            Poll::Ready(Some(Err(_))) => match self.side {
+                // The client's request body broke off: the client went away.
+                Side::Request => self.exchange.set_request_aborted(),
+                // The response body broke off on its way from the app or the remote sidecar.
+                Side::Response => self.finish(BodyEnd::Broken),
+            },
             Poll::Pending => {}
         }
         polled
@@ -108,49 +138,119 @@ impl Body for Counted {
     }
 }
 
-/// Emits one audit event on drop, with what is known by then.
-struct AuditGuard {
-    auditor: Arc<Auditor>,
-    /// The exchange's event once the response exists; until then the guard stands for a client
-    /// that went away, and builds that event only if it is dropped that early.
-    event: Option<AuditEvent>,
-    unanswered: Option<(Direction, http::Method)>,
-    started: Instant,
-    bytes_in: Arc<AtomicU64>,
-    bytes_out: Arc<AtomicU64>,
-}
-
-impl AuditGuard {
-    fn answered(mut self, event: AuditEvent) -> Self {
-        self.event = Some(event);
-        self.unanswered = None;
-        self
+impl Counted {
+    fn finish(&mut self, end: BodyEnd) {
+        if let Some(mut guard) = self.guard.take() {
+            guard.body = end;
+        }
     }
 }
 
-/// The event of an exchange dropped before any response existed.
-fn disconnected_event(direction: Direction, method: &http::Method) -> AuditEvent {
-    let mut event = AuditEvent::new(
-        audit_direction(direction),
-        audit::Decision::Refused,
-        Label::sanitized_static("client_disconnected"),
-    );
-    event.set_http_method(method);
-    event
+impl Drop for Counted {
+    fn drop(&mut self) {
+        // Dropped before its end was read: done if nothing was left to send (hyper need not poll
+        // an empty or fully sent body), else the client stopped reading.
+        let end = if self.inner.is_end_stream() {
+            BodyEnd::Ended
+        } else {
+            BodyEnd::Abandoned
+        };
+        self.finish(end);
+    }
+}
+
+/// How the response body ended, as far as the guard knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyEnd {
+    /// Not seen yet (no response, or the guard dropped with the stage's future).
+    Unknown,
+    Ended,
+    /// It broke off with an error from upstream.
+    Broken,
+    /// Dropped unfinished: the client went away.
+    Abandoned,
+}
+
+/// What vakt knows of the response when the event is built.
+#[derive(Debug, Clone, Copy)]
+pub struct Answer {
+    pub status: http::StatusCode,
+    /// vakt's own refusal, when vakt answered: its reason code and the outcome it stands for.
+    pub refusal: Option<(&'static str, audit::Outcome)>,
+}
+
+impl Answer {
+    pub fn of(response: &Resp) -> Self {
+        Self {
+            status: response.status(),
+            refusal: response
+                .extensions()
+                .get::<DenyReason>()
+                .map(|d| (d.code(), d.outcome())),
+        }
+    }
+}
+
+/// Emits one audit event on drop, with everything learnt about the exchange by then: the
+/// request side from the exchange the stages fill in, the response once it exists, how its
+/// body ended.
+struct AuditGuard {
+    auditor: Arc<Auditor>,
+    /// The place in the queue held for this event (`on_audit_failure: deny`).
+    slot: Option<Slot>,
+    exchange: Arc<Exchange>,
+    direction: Direction,
+    method: http::Method,
+    peer: Option<PeerIdentity>,
+    started: Instant,
+    answer: Option<Answer>,
+    body: BodyEnd,
+}
+
+/// How an exchange ended, from the response (if any), how its body ended and whether the
+/// client broke off its request body.
+fn outcome(answer: Option<&Answer>, body: BodyEnd, request_aborted: bool) -> audit::Outcome {
+    use audit::Outcome as O;
+    let Some(answer) = answer else {
+        // Dropped before any response existed: the client went away.
+        return O::ClientAborted;
+    };
+    let outcome = match (answer.refusal, body) {
+        (Some((_, outcome)), _) => outcome,
+        (None, BodyEnd::Ended) => O::Completed,
+        (None, BodyEnd::Broken) => O::UpstreamError,
+        (None, BodyEnd::Abandoned | BodyEnd::Unknown) => O::ClientAborted,
+    };
+    // An upstream that failed because the client broke off its request body did not fail on
+    // its own.
+    match outcome {
+        O::UpstreamError | O::Timeout if request_aborted => O::ClientAborted,
+        other => other,
+    }
 }
 
 impl Drop for AuditGuard {
     fn drop(&mut self) {
-        let event = self.event.take().or_else(|| {
-            self.unanswered
-                .take()
-                .map(|(direction, method)| disconnected_event(direction, &method))
-        });
-        if let Some(mut event) = event {
-            event.bytes_in = Some(self.bytes_in.load(Ordering::Relaxed));
-            event.bytes_out = Some(self.bytes_out.load(Ordering::Relaxed));
-            event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
-            self.auditor.record(event);
+        let outcome = outcome(
+            self.answer.as_ref(),
+            self.body,
+            self.exchange.request_aborted(),
+        );
+        let mut event = build_event(
+            self.direction,
+            &self.method,
+            self.peer.as_ref(),
+            &self.exchange.known(),
+            self.answer.as_ref(),
+            &self.auditor.pseudonyms,
+        );
+        event.outcome = Some(outcome);
+        event.bytes_in = Some(self.exchange.bytes_in.load(Ordering::Relaxed));
+        event.bytes_out = Some(self.exchange.bytes_out.load(Ordering::Relaxed));
+        event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        match self.slot.take() {
+            Some(slot) => slot.record(event),
+            None => self.auditor.record(event),
         }
     }
 }
@@ -162,18 +262,47 @@ fn audit_direction(direction: Direction) -> audit::Direction {
     }
 }
 
-/// The audit event for a finished exchange, from what the stages left in the extensions
-/// (public so `benches/audit.rs` measures this very function).
+/// The request target as the event holds it: the canonical path with the route's personal
+/// parameters pseudonymised, or the redacted target of a request whose path could not be read.
+fn logged_path(
+    target: Option<&Target>,
+    record: Option<&DecisionRecord>,
+    pseudonyms: &Pseudonymiser,
+) -> Option<Text> {
+    let path = match target? {
+        Target::Redacted(text) => return Some(text.clone()),
+        Target::Canonical(path) => path,
+    };
+    let hidden = record.map(|r| &r.personal_params[..]).unwrap_or(&[]);
+    let template = record.and_then(|r| r.route_template.as_deref());
+    Some(match template {
+        Some(t) if !hidden.is_empty() => {
+            let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
+            Text::sanitized(&audit::pseudonymise_path(
+                t,
+                path.as_str(),
+                &hidden,
+                pseudonyms,
+            ))
+        }
+        _ => Text::sanitized(path.as_str()),
+    })
+}
+
+/// The audit event of an exchange from what the stages learnt of it (`known`) and the response,
+/// if one exists (public so `benches/audit.rs` measures this very function). The caller adds
+/// the outcome, byte counts and duration.
 pub fn build_event(
     direction: Direction,
     method: &http::Method,
     peer: Option<&PeerIdentity>,
-    response: &Resp,
+    known: &Known,
+    answer: Option<&Answer>,
     pseudonyms: &Pseudonymiser,
 ) -> AuditEvent {
-    let record = response.extensions().get::<DecisionRecord>();
-    let deny = response.extensions().get::<DenyReason>();
-    let (decision, reason) = match (record, deny) {
+    let record = known.record.as_ref();
+    let refusal = answer.and_then(|a| a.refusal);
+    let (decision, reason) = match (record, refusal) {
         (Some(r), _) => (
             match r.outcome {
                 Outcome::Allow => audit::Decision::Allow,
@@ -182,8 +311,10 @@ pub fn build_event(
             },
             r.reason,
         ),
-        (None, Some(d)) => (audit::Decision::Refused, d.code()),
-        (None, None) => (audit::Decision::Allow, "forwarded"),
+        (None, Some((code, _))) => (audit::Decision::Refused, code),
+        (None, None) if answer.is_some() => (audit::Decision::Allow, "forwarded"),
+        // Gone before anything was decided.
+        (None, None) => (audit::Decision::Refused, "client_disconnected"),
     };
     let mut event = AuditEvent::new(
         audit_direction(direction),
@@ -191,36 +322,21 @@ pub fn build_event(
         Label::sanitized_static(reason),
     );
     event.set_http_method(method);
-    event.status = Some(response.status().as_u16());
+    event.status = answer.map(|a| a.status.as_u16());
     if let Some(r) = record {
         event.route = r.route_id.as_ref().map(Label::sanitized_shared);
         event.rule = r.rule.and_then(|i| u32::try_from(i).ok());
         event.route_template = r.route_template.as_ref().map(Text::sanitized_shared);
     }
-    if let Some(ids) = response.extensions().get::<RequestIds>() {
-        event.request_id = ids.request_id.to_str().ok().map(Label::sanitized);
-        event.trace_id = Some(Label::sanitized(&ids.trace_id));
-    }
-    if let Some(path) = response.extensions().get::<CanonicalPath>() {
-        let hidden = record.map(|r| &r.personal_params[..]).unwrap_or(&[]);
-        let template = record.and_then(|r| r.route_template.as_deref());
-        event.path = Some(match template {
-            Some(t) if !hidden.is_empty() => {
-                let hidden: Vec<&str> = hidden.iter().map(String::as_str).collect();
-                Text::sanitized(&audit::pseudonymise_path(
-                    t,
-                    path.as_str(),
-                    &hidden,
-                    pseudonyms,
-                ))
-            }
-            _ => Text::sanitized(path.as_str()),
-        });
-    }
+    event.request_id = known.request_id.clone();
+    event.trace_id = known.trace_id.clone();
+
+    event.path = logged_path(known.target.as_ref(), record, pseudonyms);
+
     if let Some(peer) = peer {
         event.peer = Some(Text::sanitized_shared(peer.spiffe_id.shared_str()));
     }
-    if let Some(p) = response.extensions().get::<Arc<Principal>>() {
+    if let Some(p) = &known.principal {
         event.issuer = Some(Text::sanitized_shared(&p.issuer));
         event.client_id = p.client_id.as_ref().map(Label::sanitized_shared);
         let made = p.pseudonyms(pseudonyms);
@@ -244,39 +360,46 @@ impl Stage for Observe {
         let method = req.method().clone();
         let direction = self.direction.as_str();
 
-        let (parts, body) = req.into_parts();
-        let bytes_in = Arc::new(AtomicU64::new(0));
-        let bytes_out = Arc::new(AtomicU64::new(0));
-        // Only the verified peer is known this early (the listener set it); request and decision
-        // ids, path and principal come back in the response extensions from the inner stages.
+        let (mut parts, body) = req.into_parts();
+        // Filled in by the inner stages as they learn about the request; read by the guard.
+        let exchange = Arc::new(Exchange::default());
+        parts.extensions.insert(exchange.clone());
+        // Only the verified peer is known this early (the listener set it).
         let peer = parts.extensions.get::<PeerIdentity>().cloned();
         // A body that has already ended (GET, HEAD, ...) has no bytes to count.
         let body = if body.is_end_stream() {
             body
         } else {
-            crate::body::boxed(Counted {
-                inner: body,
-                bytes: bytes_in.clone(),
-                guard: None,
-            })
+            crate::body::boxed(Counted::request(body, exchange.clone()))
         };
         let req = Req::from_parts(parts, body);
 
-        // A guard for the exchange: if this future is dropped before a response exists
-        // (client gone), the event still goes out.
-        let mut pending_guard = self.auditor.as_ref().map(|auditor| AuditGuard {
-            auditor: auditor.clone(),
-            event: None,
-            unanswered: Some((self.direction, method.clone())),
-            started,
-            bytes_in: bytes_in.clone(),
-            bytes_out: bytes_out.clone(),
-        });
-
-        let unavailable = self
-            .auditor
-            .as_ref()
-            .is_some_and(|a| a.on_failure == OnAuditFailure::Deny && !a.can_record());
+        // The guard of the exchange: if this future is dropped before a response exists (client
+        // gone), the event still goes out with what the stages learnt. With
+        // `on_audit_failure: deny` it holds the event's place in the queue before anything is
+        // served; without one, nothing is.
+        let mut unavailable = false;
+        let mut guard = match &self.auditor {
+            None => None,
+            Some(auditor) => match auditor.reserve() {
+                Ok(slot) => Some(AuditGuard {
+                    auditor: auditor.clone(),
+                    slot,
+                    exchange: exchange.clone(),
+                    direction: self.direction,
+                    method: method.clone(),
+                    peer,
+                    started,
+                    answer: None,
+                    body: BodyEnd::Unknown,
+                }),
+                Err(why) => {
+                    auditor.refused_unrecorded(why);
+                    unavailable = true;
+                    None
+                }
+            },
+        };
         let response = if unavailable {
             DenyReason::AuditUnavailable.into_response(None)
         } else {
@@ -288,12 +411,15 @@ impl Stage for Observe {
         self.metrics
             .duration
             .record(started.elapsed().as_secs_f64());
-        if let Some(record) = response.extensions().get::<DecisionRecord>() {
-            let key = (record.route_id.clone(), record.outcome, record.reason);
-            self.metrics.decisions.increment(&key, |(route, outcome, reason)| {
-                let route = route.as_deref().unwrap_or("none").to_owned();
-                metrics::counter!(m::POLICY_DECISIONS, "route" => route, "decision" => outcome.as_str(), "reason" => *reason)
-            });
+        {
+            let known = exchange.known();
+            if let Some(record) = &known.record {
+                let key = (record.route_id.clone(), record.outcome, record.reason);
+                self.metrics.decisions.increment(&key, |(route, outcome, reason)| {
+                    let route = route.as_deref().unwrap_or("none").to_owned();
+                    metrics::counter!(m::POLICY_DECISIONS, "route" => route, "decision" => outcome.as_str(), "reason" => *reason)
+                });
+            }
         }
         if let Some(reason) = response.extensions().get::<DenyReason>() {
             self.metrics.denials.increment(
@@ -309,24 +435,128 @@ impl Stage for Observe {
             );
         }
 
-        let guard = pending_guard.take().map(|guard| {
-            let event = build_event(
-                self.direction,
-                &method,
-                peer.as_ref(),
-                &response,
-                &guard.auditor.pseudonyms,
-            );
-            guard.answered(event)
-        });
+        if let Some(guard) = guard.as_mut() {
+            guard.answer = Some(Answer::of(&response));
+        }
         let (parts, body) = response.into_parts();
         Resp::from_parts(
             parts,
             crate::body::boxed(Counted {
                 inner: body,
-                bytes: bytes_out,
+                exchange,
+                side: Side::Response,
                 guard,
             }),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Outcome as O;
+    use crate::policy::file::Mode;
+
+    fn answer(status: u16, refusal: Option<&DenyReason>) -> Answer {
+        Answer {
+            status: http::StatusCode::from_u16(status).unwrap(),
+            refusal: refusal.map(|d| (d.code(), d.outcome())),
+        }
+    }
+
+    #[test]
+    fn outcomes() {
+        let ok = answer(200, None);
+        let denied = answer(403, Some(&DenyReason::NoPeerIdentity));
+        let bad_gateway = answer(502, Some(&DenyReason::UpstreamUnavailable));
+        let gateway_timeout = answer(504, Some(&DenyReason::UpstreamTimeout));
+        let table = [
+            (None, BodyEnd::Unknown, false, O::ClientAborted),
+            (Some(&ok), BodyEnd::Ended, false, O::Completed),
+            (Some(&ok), BodyEnd::Broken, false, O::UpstreamError),
+            (Some(&ok), BodyEnd::Abandoned, false, O::ClientAborted),
+            (Some(&ok), BodyEnd::Ended, true, O::Completed),
+            (Some(&denied), BodyEnd::Abandoned, false, O::Refused),
+            (Some(&denied), BodyEnd::Ended, false, O::Refused),
+            (Some(&bad_gateway), BodyEnd::Ended, false, O::UpstreamError),
+            (Some(&gateway_timeout), BodyEnd::Ended, false, O::Timeout),
+            // The app failed because the client broke off its request body.
+            (Some(&bad_gateway), BodyEnd::Ended, true, O::ClientAborted),
+            (
+                Some(&gateway_timeout),
+                BodyEnd::Ended,
+                true,
+                O::ClientAborted,
+            ),
+        ];
+        for (answer, body, aborted, want) in table {
+            assert_eq!(
+                outcome(answer, body, aborted),
+                want,
+                "{answer:?} {body:?} {aborted}"
+            );
+        }
+    }
+
+    fn allowed() -> DecisionRecord {
+        DecisionRecord::for_route(None, Some(0), Mode::Enforce, Outcome::Allow, "rule_matched")
+    }
+
+    /// Who and what, from what the stages learnt, whether or not a response exists.
+    #[test]
+    fn events_from_what_was_learnt() {
+        let p = Pseudonymiser::from_secret("k1", &[3; 32]);
+        let path = crate::hygiene::path::canonicalize("/a/b").unwrap();
+        let known = Known {
+            request_id: Some(Label::sanitized("r-1")),
+            trace_id: None,
+            target: Some(Target::Canonical(path)),
+            record: Some(allowed()),
+            principal: None,
+        };
+        let get = http::Method::GET;
+        // Gone while the app worked: still allowed, with its path and rule.
+        let e = build_event(Direction::Inbound, &get, None, &known, None, &p);
+        assert_eq!(
+            (e.decision, e.reason.as_str(), e.status),
+            (audit::Decision::Allow, "rule_matched", None)
+        );
+        assert_eq!(e.path.as_ref().map(Text::as_str), Some("/a/b"));
+        assert_eq!(
+            (e.rule, e.request_id.as_ref().map(Label::as_str)),
+            (Some(0), Some("r-1"))
+        );
+        // Gone before anything was decided.
+        let e = build_event(Direction::Inbound, &get, None, &Known::default(), None, &p);
+        assert_eq!(
+            (e.decision, e.reason.as_str(), e.path),
+            (audit::Decision::Refused, "client_disconnected", None)
+        );
+        // Refused by hygiene: the redacted target.
+        let known = Known {
+            target: Some(Target::Redacted(audit::redact_target("/x/%2e/y?q"))),
+            ..Known::default()
+        };
+        let refused = answer(400, Some(&DenyReason::InvalidHeaderName));
+        let e = build_event(Direction::Inbound, &get, None, &known, Some(&refused), &p);
+        assert_eq!(
+            (e.decision, e.reason.as_str(), e.status),
+            (audit::Decision::Refused, "invalid_header_name", Some(400))
+        );
+        assert_eq!(e.path.as_ref().map(Text::as_str), Some("/x/*/y"));
+        // Outbound, forwarded: allowed with nothing decided by a policy.
+        let ok = answer(200, None);
+        let e = build_event(
+            Direction::Outbound,
+            &get,
+            None,
+            &Known::default(),
+            Some(&ok),
+            &p,
+        );
+        assert_eq!(
+            (e.decision, e.reason.as_str()),
+            (audit::Decision::Allow, "forwarded")
+        );
     }
 }

@@ -36,7 +36,8 @@ pub struct AuditSettings {
     /// With `sink: file`.
     #[serde(default)]
     pub file: Option<AuditFileSettings>,
-    /// Events accepted and not yet written; when full, `on_audit_failure` applies.
+    /// Events accepted and not yet written (with `on_audit_failure: deny`, plus the places held
+    /// for the events of requests in flight); when full, `on_audit_failure` applies.
     #[serde(default = "defaults::queue")]
     pub queue_capacity: usize,
     /// `deny` (default: no access without a record) or `allow` (serve, count every lost event).

@@ -19,7 +19,9 @@ pub const SCHEMA: &str = "vakt.audit/1";
 
 pub use crate::pseudonym::{KIND_NATIONAL_ID, KIND_SUBJECT};
 
-use super::fields::{Action, ChainHash, Decision, Direction, EventId, Label, Pseudonym, Text};
+use super::fields::{
+    Action, ChainHash, Decision, Direction, EventId, Label, Outcome, Pseudonym, Text,
+};
 use super::time::Timestamp;
 
 /// The schema tag: serialises as [`SCHEMA`], refuses any other value.
@@ -107,6 +109,9 @@ pub struct AuditEvent {
     /// Response status sent to the caller.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
+    /// How the exchange ended (absent in events written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_in: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -143,6 +148,7 @@ impl AuditEvent {
             loa: None,
             amr: Vec::new(),
             status: None,
+            outcome: None,
             bytes_in: None,
             bytes_out: None,
             duration_ms: None,
@@ -306,6 +312,7 @@ mod tests {
         e.loa = Some(Label::new("high").unwrap());
         e.amr = vec![Label::new("pwd").unwrap(), Label::new("otp").unwrap()];
         e.status = Some(200);
+        e.outcome = Some(Outcome::Completed);
         e.bytes_in = Some(120);
         e.bytes_out = Some(5400);
         e.duration_ms = Some(12);
@@ -417,6 +424,17 @@ mod tests {
             enum_of("action"),
             ["read", "create", "update", "delete", "other"]
         );
+        let outcomes = [
+            Outcome::Completed,
+            Outcome::ClientAborted,
+            Outcome::UpstreamError,
+            Outcome::Timeout,
+            Outcome::Refused,
+        ];
+        assert_eq!(enum_of("outcome"), outcomes.map(Outcome::as_str));
+        for o in outcomes {
+            assert_eq!(serde_json::to_value(o).unwrap(), o.as_str());
+        }
         for d in [
             Direction::Inbound,
             Direction::Outbound,
@@ -446,6 +464,18 @@ mod tests {
         assert!(serde_json::from_value::<AuditEvent>(v).is_err());
         let wrong_schema = line.replace(SCHEMA, "vakt.audit/2");
         assert!(serde_json::from_str::<AuditEvent>(&wrong_schema).is_err());
+    }
+
+    /// Lines written before `outcome` was recorded read back, as events without one.
+    #[test]
+    fn events_without_an_outcome_still_parse() {
+        let mut e = full_event();
+        e.outcome = None;
+        let line = serde_json::to_string(&e).unwrap();
+        assert!(!line.contains("outcome"), "{line}");
+        let back: AuditEvent = serde_json::from_str(&line).unwrap();
+        assert_eq!(back.outcome, None);
+        assert_eq!(back, e);
     }
 
     #[test]
@@ -740,7 +770,7 @@ mod tests {
             .keys()
             .cloned()
             .collect();
-        assert_eq!(keys.len(), 27);
+        assert_eq!(keys.len(), 28);
         for key in &keys {
             let mut v = serde_json::to_value(&minimal).unwrap();
             v[key.as_str()] = serde_json::to_value(&full).unwrap()[key.as_str()].clone();
@@ -760,14 +790,35 @@ mod tests {
         big.action = Some(Action::Other);
         big.amr = vec![Label::new("bankid").unwrap()];
         events.push(big);
-        for (direction, decision, action) in [
-            (Direction::Inbound, Decision::Deny, Action::Create),
-            (Direction::Outbound, Decision::Allow, Action::Update),
-            (Direction::Handshake, Decision::Refused, Action::Delete),
-            (Direction::Inbound, Decision::Allow, Action::Read),
+        for (direction, decision, action, outcome) in [
+            (
+                Direction::Inbound,
+                Decision::Deny,
+                Action::Create,
+                Outcome::Refused,
+            ),
+            (
+                Direction::Outbound,
+                Decision::Allow,
+                Action::Update,
+                Outcome::UpstreamError,
+            ),
+            (
+                Direction::Handshake,
+                Decision::Refused,
+                Action::Delete,
+                Outcome::Timeout,
+            ),
+            (
+                Direction::Inbound,
+                Decision::Allow,
+                Action::Read,
+                Outcome::ClientAborted,
+            ),
         ] {
             let mut e = full.clone();
             (e.direction, e.decision, e.action) = (direction, decision, Some(action));
+            e.outcome = Some(outcome);
             events.push(e);
         }
         for e in &events {

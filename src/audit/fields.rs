@@ -292,6 +292,36 @@ impl Decision {
     }
 }
 
+/// How an exchange ended, whatever was decided about it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// The response was sent whole.
+    Completed,
+    /// The client went away (reset the stream, closed the connection, broke off its request
+    /// body) before the response was complete.
+    ClientAborted,
+    /// The app or the remote sidecar failed: vakt answered 502, or the response body broke off
+    /// from upstream.
+    UpstreamError,
+    /// The app or the remote sidecar did not answer in time: vakt answered 504.
+    Timeout,
+    /// vakt answered a refusal itself (policy denial, refused token, bad request, ...).
+    Refused,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Completed => "completed",
+            Self::ClientAborted => "client_aborted",
+            Self::UpstreamError => "upstream_error",
+            Self::Timeout => "timeout",
+            Self::Refused => "refused",
+        }
+    }
+}
+
 /// The action class of a request, from its method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -2,7 +2,7 @@
 //! every event).
 
 use super::event::{AuditEvent, SCHEMA};
-use super::fields::{Action, Label, Pseudonym, Text};
+use super::fields::{Action, Label, Outcome, Pseudonym, Text};
 
 /// `,"name":` — a field's key with its punctuation, as one literal.
 macro_rules! key {
@@ -69,6 +69,7 @@ impl AuditEvent {
             out.push(']');
         }
         opt_number(out, key!("status"), self.status.map(u64::from));
+        opt_string(out, key!("outcome"), self.outcome.map(Outcome::as_str));
         opt_number(out, key!("bytes_in"), self.bytes_in);
         opt_number(out, key!("bytes_out"), self.bytes_out);
         opt_number(out, key!("duration_ms"), self.duration_ms);

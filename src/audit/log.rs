@@ -199,6 +199,18 @@ impl AuditLog {
     /// Queue an event without waiting. Fails when the queue is full, the sink is known to be
     /// failing, or the log is shut down; every failure counts as dropped.
     pub fn try_record(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
+        self.enqueue(event, true)
+    }
+
+    /// As [`try_record`](Self::try_record), for an event whose place in the queue its caller
+    /// has held since before the exchange was served ([`crate::audit::auditor::Slot`]): taken
+    /// while the sink is failing too (the writer retries it until it is written), refused only
+    /// once the log is shut down.
+    pub fn try_record_reserved(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
+        self.enqueue(event, false)
+    }
+
+    fn enqueue(&self, event: AuditEvent, refuse_if_failing: bool) -> Result<(), AuditUnavailable> {
         let s = &self.inner.shared;
         let refuse = |why| {
             s.dropped.fetch_add(1, Ordering::Relaxed);
@@ -207,7 +219,7 @@ impl AuditLog {
         if s.closed.load(Ordering::Acquire) {
             return refuse(AuditUnavailable::Closed);
         }
-        if !s.healthy.load(Ordering::Acquire) {
+        if refuse_if_failing && !s.healthy.load(Ordering::Acquire) {
             return refuse(AuditUnavailable::SinkFailing);
         }
         let tx = self.inner.tx.load();

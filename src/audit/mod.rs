@@ -10,6 +10,8 @@
 //! - [`log`]: [`AuditLog`], the non-blocking front with a bounded queue and one writer thread (batches, linger, retry).
 //! - [`auditor`]: [`Auditor`], the trail as the request path sees it, and [`config`], the
 //!   `audit` section with what happens when an event cannot be recorded.
+//! - [`target`]: the redacted request target of a request refused before its path could be
+//!   canonicalised.
 //! - [`verify`](mod@verify): `vakt audit verify`; [`report`](mod@report): `vakt audit report`.
 
 pub mod auditor;
@@ -21,6 +23,9 @@ mod json;
 pub mod log;
 pub mod report;
 pub mod sink;
+#[cfg(feature = "test-support")]
+pub mod slow;
+pub mod target;
 pub mod time;
 pub mod verify;
 
@@ -31,13 +36,14 @@ pub use event::{
     AuditEvent, KIND_NATIONAL_ID, KIND_SUBJECT, SCHEMA, pseudonymise_path, pseudonymise_path_with,
 };
 pub use fields::{
-    Action, ChainHash, Decision, Direction, EventId, FieldError, Label, Pseudonym, Text,
+    Action, ChainHash, Decision, Direction, EventId, FieldError, Label, Outcome, Pseudonym, Text,
 };
 pub use log::{AuditConfig, AuditLog, AuditUnavailable, ShutdownError};
 pub use report::{Counts, Report, ReportError, report};
 pub use sink::{
     FileSink, FileSinkConfig, FsyncPolicy, Sink, SinkError, StdoutSink, WriteFailure, WriterSink,
 };
+pub use target::redact_target;
 pub use time::Timestamp;
 pub use verify::{BreakKind, BrokenLink, VerifyError, VerifyReport, verify};
 

@@ -8,6 +8,7 @@ use http::HeaderValue;
 
 use super::verify::{Verifier, extract_bearer};
 use crate::error::DenyReason;
+use crate::exchange;
 use crate::hygiene::RequestIds;
 use crate::metrics as m;
 use crate::stack::{Next, Req, Resp, Stage};
@@ -39,17 +40,19 @@ impl Stage for Authenticate {
 }
 
 async fn authenticate(verifier: &Verifier, mut req: Req, next: Next) -> Resp {
-    let refuse = |req: &Req, issuer: &str, error: super::TokenError| {
+    let refuse = |req: &mut Req, issuer: &str, error: super::TokenError| {
         metrics::counter!(m::AUTHN_FAILURES, "issuer" => issuer.to_owned(), "reason" => error.code())
                 .increment(1);
         tracing::info!(issuer, reason = error.code(), "access token refused");
+        // The refused request's path stays on record (never the token).
+        exchange::keep_target(req);
         DenyReason::Token(error).into_response(req.extensions().get::<RequestIds>())
     };
     let verified = match extract_bearer(req.headers(), req.uri(), verifier.max_token_bytes) {
         // Verified where it lies (no copy of the token).
         Ok(Some(token)) => verifier.verify(token).await,
         Ok(None) => return next.run(req).await,
-        Err(error) => return refuse(&req, "none", error),
+        Err(error) => return refuse(&mut req, "none", error),
     };
     match verified {
         Ok(principal) => {
@@ -63,7 +66,7 @@ async fn authenticate(verifier: &Verifier, mut req: Req, next: Next) -> Resp {
             let issuer = issuer
                 .map(|i| verifier.issuers()[i].config.issuer.clone())
                 .unwrap_or_else(|| "unknown".to_owned());
-            refuse(&req, &issuer, error)
+            refuse(&mut req, &issuer, error)
         }
     }
 }

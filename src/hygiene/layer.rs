@@ -13,8 +13,10 @@ use super::{
     ensure_traceparent, insert_forwarded, render_forwarded, xfcc_value,
 };
 use crate::Direction;
+use crate::audit::fields::Label;
 use crate::body;
 use crate::error::DenyReason;
+use crate::exchange;
 use crate::hygiene::path::{CanonicalPath, canonicalize};
 use crate::identity::PeerIdentity;
 use crate::stack::{Next, Req, Resp, Stage};
@@ -201,10 +203,22 @@ impl Stage for Hygiene {
             decision_id: uuid::Uuid::new_v4(),
             trace_id,
         };
-        req.extensions_mut().insert(ids.clone());
+        if let Some(exchange) = exchange::of(&req) {
+            exchange.learn(|k| {
+                k.request_id = request_id.to_str().ok().map(Label::sanitized);
+                k.trace_id = Some(Label::sanitized(&ids.trace_id));
+            });
+        }
         let mut response = match self.prepare(&mut req) {
-            Ok(()) => next.run(req).await,
-            Err(reason) => reason.into_response(Some(&ids)),
+            Ok(()) => {
+                req.extensions_mut().insert(ids);
+                next.run(req).await
+            }
+            Err(reason) => {
+                // Who asked for what stays on record, in a form that is safe to log.
+                exchange::keep_target(&mut req);
+                reason.into_response(Some(&ids))
+            }
         };
         // Back over HTTP/2 (server to client sidecar), the id is a never-indexed literal too.
         response
@@ -212,7 +226,6 @@ impl Stage for Hygiene {
             .entry(X_REQUEST_ID)
             .or_insert(request_id)
             .set_sensitive(true);
-        response.extensions_mut().get_or_insert_with(|| ids);
         response
     }
 }

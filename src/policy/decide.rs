@@ -401,8 +401,8 @@ fn finish(
     }
 }
 
-/// What was decided about a request, for the outer layers (metrics, audit). Travels in the
-/// response extensions.
+/// What was decided about a request, for the outer layers (metrics, audit). Written into the
+/// request's exchange (`crate::exchange`) by the policy and rate-limit stages.
 #[derive(Debug, Clone)]
 pub struct DecisionRecord {
     pub route_id: Option<Arc<str>>,

@@ -10,6 +10,7 @@ use super::reload::PolicyStore;
 use crate::authn::Principal;
 use crate::authn::headers::IdentityHeaders;
 use crate::error::DenyReason;
+use crate::exchange::{self, Target};
 use crate::hygiene::RequestIds;
 use crate::hygiene::host::{CanonicalHost, HostError};
 use crate::hygiene::path::CanonicalPath;
@@ -105,7 +106,7 @@ impl Stage for PolicyStage {
     async fn handle(&self, mut req: Req, next: Next) -> Resp {
         let policy = self.store.current();
         // Taken, not copied: nothing after this stage reads it from the request (the URI holds
-        // the same path); it goes back out in the response for the audit event.
+        // the same path); it goes into the request's exchange for the audit event.
         let Some(path) = req.extensions_mut().remove::<CanonicalPath>() else {
             // Hygiene always sets it inbound; without it nothing can be decided: fail closed.
             return DenyReason::Policy(super::decide::Reason::NoRoute)
@@ -148,11 +149,7 @@ impl Stage for PolicyStage {
             if let Some(allow) = allow_header(&decision.allowed_methods) {
                 response.headers_mut().insert(http::header::ALLOW, allow);
             }
-            response.extensions_mut().insert(record);
-            response.extensions_mut().insert(path);
-            if let Some(p) = principal {
-                response.extensions_mut().insert(p);
-            }
+            learn(&req, record, path, principal);
             return response;
         }
         let route = decision.route.map(|r| &policy.routes[r]);
@@ -168,13 +165,27 @@ impl Stage for PolicyStage {
                 route,
             });
         }
-        let mut response = next.run(req).await;
-        response.extensions_mut().get_or_insert_with(|| record);
-        response.extensions_mut().insert(path);
-        if let Some(p) = principal {
-            response.extensions_mut().insert(p);
-        }
-        response
+        // Known before the app is called, so a request the client abandons while the app works
+        // is still recorded as what it was.
+        learn(&req, record, path, principal);
+        next.run(req).await
+    }
+}
+
+/// Write down the decision, the path it was made on and the principal in the request's
+/// exchange, for the audit event and the decision metrics.
+fn learn(
+    req: &Req,
+    record: DecisionRecord,
+    path: CanonicalPath,
+    principal: Option<Arc<Principal>>,
+) {
+    if let Some(exchange) = exchange::of(req) {
+        exchange.learn(|k| {
+            k.record = Some(record);
+            k.target = Some(Target::Canonical(path));
+            k.principal = principal;
+        });
     }
 }
 
@@ -221,17 +232,17 @@ impl Stage for RateLimitStage {
         };
         let record =
             DecisionRecord::for_route(Some(route), None, route.mode, outcome, "rate_limited");
-        if route.mode == Mode::DryRun {
-            let mut response = next.run(req).await;
-            response.extensions_mut().insert(record);
-            return response;
+        // Replaces the policy's record: this is the decision that held.
+        if let Some(exchange) = exchange::of(&req) {
+            exchange.learn(|k| k.record = Some(record));
         }
-        let mut response = DenyReason::RateLimited {
+        if route.mode == Mode::DryRun {
+            return next.run(req).await;
+        }
+        DenyReason::RateLimited {
             retry_after_secs: retry_after_secs(wait),
         }
-        .into_response(req.extensions().get::<RequestIds>());
-        response.extensions_mut().insert(record);
-        response
+        .into_response(req.extensions().get::<RequestIds>())
     }
 }
 

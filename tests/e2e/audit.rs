@@ -275,3 +275,352 @@ async fn metrics_exposition_parses_and_labels_stay_bounded() {
     }
     assert!(samples > 20);
 }
+
+// ------------------------------------------------------------------ who and what, however it ends
+
+/// The events in `path` once one matches `found`, waiting up to 10 s for the writer.
+async fn wait_for_event(path: &std::path::Path, found: impl Fn(&Value) -> bool) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(e) = events(path).into_iter().find(&found) {
+            return e;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no such event in {}:\n{}",
+            path.display(),
+            std::fs::read_to_string(path).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn inbound_event_for(path: &'static str) -> impl Fn(&Value) -> bool {
+    move |e| e["direction"] == "inbound" && e["path"] == path
+}
+
+/// The fields every inbound event of the allowed peer `web` carries, however the exchange ended.
+fn assert_who_and_what(e: &Value, server: &Server, method: &str, path: &str) {
+    assert_eq!(e["peer"], server.pki.spiffe_id("shop", "web"), "{e}");
+    assert_eq!(e["method"], method, "{e}");
+    assert_eq!(e["path"], path, "{e}");
+    assert!(e["request_id"].is_string(), "{e}");
+    assert_eq!(e["trace_id"].as_str().map(str::len), Some(32), "{e}");
+}
+
+fn web_config(server: &Server, alpn: &[&[u8]]) -> std::sync::Arc<rustls::ClientConfig> {
+    let dir = server
+        .pki
+        .workload("web-outcomes", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    raw_client_config(Some(&dir), &server.dir, &server.id, alpn)
+}
+
+/// An allowed HTTP/2 request whose client resets the stream while the app is still working is
+/// recorded as allowed, with its peer, path, route and rule, and as aborted by the client: not
+/// as a refusal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_h2_request_reset_by_the_client_is_allowed_and_client_aborted() {
+    let server = server(&["web"], "").await;
+    let tls = mtls_connect(server.addr(), web_config(&server, &[b"h2"]))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    // The app answers after 5 s; the client gives up after 300 ms, which resets the stream
+    // (RST_STREAM CANCEL) and keeps the connection open.
+    let waited = tokio::time::timeout(
+        Duration::from_millis(300),
+        sender.send_request(get("/slow?ms=5000", "orders.shop")),
+    )
+    .await;
+    assert!(waited.is_err(), "the app answered too early: {waited:?}");
+
+    let audit_file = server.dir.join("audit.log");
+    let e = wait_for_event(&audit_file, |e| e["direction"] == "inbound").await;
+    assert_eq!(e["decision"], "allow", "{e}");
+    assert_eq!(e["reason"], "rule_matched", "{e}");
+    assert_eq!(e["outcome"], "client_aborted", "{e}");
+    assert_eq!(e["route"], "everything", "{e}");
+    assert_eq!(e["rule"], 0, "{e}");
+    assert!(e["status"].is_null(), "no response was sent: {e}");
+    assert_who_and_what(&e, &server, "GET", "/slow");
+    // Recorded when the client left, not when the app answered.
+    assert!(e["duration_ms"].as_u64().unwrap() < 4000, "{e}");
+    drop(sender);
+}
+
+/// The same over HTTP/1.1: the client closes its connection while the app is working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_allowed_h1_request_whose_client_closes_the_connection_is_allowed_and_client_aborted() {
+    use tokio::io::AsyncWriteExt;
+    let server = server(&["web"], "").await;
+    let mut tls = mtls_connect(server.addr(), web_config(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    tls.write_all(b"GET /slow?ms=5000 HTTP/1.1\r\nHost: orders.shop\r\n\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    tls.shutdown().await.unwrap();
+    drop(tls);
+
+    let audit_file = server.dir.join("audit.log");
+    let e = wait_for_event(&audit_file, |e| e["direction"] == "inbound").await;
+    assert_eq!(e["decision"], "allow", "{e}");
+    assert_eq!(e["outcome"], "client_aborted", "{e}");
+    assert_eq!(e["route"], "everything", "{e}");
+    assert_eq!(e["rule"], 0, "{e}");
+    assert_who_and_what(&e, &server, "GET", "/slow");
+}
+
+/// A normal exchange is `completed`; the app being down is an `upstream_error` of an allowed
+/// request, with who and what.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn completed_and_upstream_error_outcomes() {
+    let server = server(&["web"], "").await;
+    let config = web_config(&server, &[b"http/1.1"]);
+    let tls = mtls_connect(server.addr(), config.clone()).await.unwrap();
+    let response = h1_send(tls, get("/orders/1", "orders.shop")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    body_string(response).await;
+    let audit_file = server.dir.join("audit.log");
+    let e = wait_for_event(&audit_file, inbound_event_for("/orders/1")).await;
+    assert_eq!(
+        (&e["decision"], &e["outcome"], &e["status"]),
+        (&"allow".into(), &"completed".into(), &200.into()),
+        "{e}"
+    );
+    assert_who_and_what(&e, &server, "GET", "/orders/1");
+
+    // The app goes away: a sidecar in front of a port nobody listens on.
+    let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nobody = closed.local_addr().unwrap();
+    drop(closed);
+    let (down, down_id, down_dir) = server_in_front_of(&server.pki, nobody, "").await;
+    let config = raw_client_config(
+        Some(
+            &server
+                .pki
+                .workload("web-down", &server.pki.spiffe_id("shop", "web"))
+                .unwrap(),
+        ),
+        &down_dir,
+        &down_id,
+        &[b"http/1.1"],
+    );
+    let tls = mtls_connect(down.inbound_addr.unwrap(), config)
+        .await
+        .unwrap();
+    let response = h1_send(tls, get("/orders/2", "orders.shop")).await.unwrap();
+    assert_eq!(response.status(), 502);
+    body_string(response).await;
+    let e = wait_for_event(&down_dir.join("audit.log"), inbound_event_for("/orders/2")).await;
+    assert_eq!(e["decision"], "allow", "{e}");
+    assert_eq!(e["outcome"], "upstream_error", "{e}");
+    assert_eq!(e["status"], 502, "{e}");
+    assert_eq!(e["route"], "everything", "{e}");
+    assert_eq!(e["peer"], server.pki.spiffe_id("shop", "web"), "{e}");
+    assert_eq!(e["method"], "GET", "{e}");
+}
+
+/// A refused token keeps the method, the peer and the path (and never the token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_is_recorded_with_method_peer_and_path() {
+    // An issuer nobody serves: a malformed token is refused before any key is needed.
+    let oidc = "oidc:\n  issuers:\n    - issuer: http://127.0.0.1:9/realm\n      profile: helseid\n      audiences: [journal-api]\n      allow_insecure_loopback: true\n";
+    let server = server(&["web"], oidc).await;
+    let tls = mtls_connect(server.addr(), web_config(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let token = "not-a-jwt-but-secret";
+    let mut req = get("/orders/7", "orders.shop");
+    *req.method_mut() = http::Method::DELETE;
+    req.headers_mut().insert(
+        http::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().unwrap(),
+    );
+    let response = h1_send(tls, req).await.unwrap();
+    assert_eq!(response.status(), 401);
+    body_string(response).await;
+
+    let audit_file = server.dir.join("audit.log");
+    let e = wait_for_event(&audit_file, inbound_event_for("/orders/7")).await;
+    assert_eq!(e["decision"], "refused", "{e}");
+    assert_eq!(e["reason"], "malformed_token", "{e}");
+    assert_eq!(e["outcome"], "refused", "{e}");
+    assert_eq!(e["status"], 401, "{e}");
+    assert_eq!(e["action"], "delete", "{e}");
+    assert_who_and_what(&e, &server, "DELETE", "/orders/7");
+    assert!(!e.to_string().contains(token), "{e}");
+}
+
+/// A path or host vakt cannot read is refused and recorded with the method, the peer and a
+/// redacted target: unreadable segments as `*`, no query, never the raw bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_paths_and_hosts_are_recorded_with_a_redacted_target() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let server = server(&["web"], "").await;
+    let config = web_config(&server, &[b"http/1.1"]);
+    let tls = mtls_connect(server.addr(), config.clone()).await.unwrap();
+    let response = h1_send(
+        tls,
+        get(
+            "/records/%2e%2e/12%2F34/notes?nid=12345678901",
+            "orders.shop",
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 400);
+    body_string(response).await;
+
+    // Two different hosts: refused before the path is read.
+    let mut tls = mtls_connect(server.addr(), config).await.unwrap();
+    tls.write_all(
+        b"GET /hosts/a%20b/x?q=1 HTTP/1.1\r\nHost: orders.shop\r\nHost: other.shop\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut head = [0u8; 12];
+    tls.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 400");
+
+    let audit_file = server.dir.join("audit.log");
+    let e = wait_for_event(&audit_file, |e| e["reason"] == "invalid_path").await;
+    assert_eq!(e["decision"], "refused", "{e}");
+    assert_eq!(e["outcome"], "refused", "{e}");
+    assert_who_and_what(&e, &server, "GET", "/records/*/*/notes");
+    let e = wait_for_event(&audit_file, |e| e["reason"] == "invalid_host").await;
+    assert_eq!(e["outcome"], "refused", "{e}");
+    assert_who_and_what(&e, &server, "GET", "/hosts/*/x");
+    let trail = std::fs::read_to_string(&audit_file).unwrap();
+    assert!(
+        !trail.contains("12345678901") && !trail.contains("%2") && !trail.contains("other.shop"),
+        "{trail}"
+    );
+}
+
+// ------------------------------------------------------------------------------ deny mode, exact
+
+/// With `on_audit_failure: deny`, a burst of 200 concurrent requests against a queue of 50
+/// behind a slow disk: every request served has its event written, exactly, and every other
+/// one was refused with 503 `audit_unavailable` without reaching the app.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deny_mode_serves_exactly_the_requests_whose_events_are_written() {
+    let pki = vakt::dev::mesh::DevPki::new(TD).unwrap();
+    let app = vakt::dev::mesh::EchoApp::start().await.unwrap();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let policy = vakt::dev::mesh::write_policy(
+        &dir,
+        &vakt::dev::mesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
+    let base = vakt::dev::mesh::base_config_yaml(&dir, TD);
+    assert!(base.contains("audit:\n  sink: file\n"), "{base}");
+    let yaml = base.replace(
+        "audit:\n  sink: file\n",
+        "audit:\n  sink: file\n  queue_capacity: 50\n  on_audit_failure: deny\n",
+    ) + &format!(
+        "inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
+        app.addr,
+        policy.display()
+    );
+    let vakt = vakt::app::App::start_with_slow_audit_sink(
+        vakt::config::Config::from_yaml(&yaml).unwrap(),
+        Duration::from_millis(400),
+    )
+    .await
+    .unwrap();
+    let addr = vakt.inbound_addr.unwrap();
+    let web_dir = pki.workload("web", &pki.spiffe_id("shop", "web")).unwrap();
+    let config = raw_client_config(Some(&web_dir), &dir, &id, &[b"http/1.1"]);
+    let dropped = [("reason", "queue_full")];
+    let dropped_before = metric_sum(
+        &metrics_text(vakt.admin_addr).await,
+        "vakt_audit_events_dropped_total",
+        &dropped,
+    );
+
+    // Connect all 200 first, then send at once.
+    let mut streams = Vec::new();
+    for _ in 0..200 {
+        streams.push(mtls_connect(addr, config.clone()).await.unwrap());
+    }
+    let start = std::sync::Arc::new(tokio::sync::Barrier::new(200));
+    let tasks: Vec<_> = streams
+        .into_iter()
+        .enumerate()
+        .map(|(i, tls)| {
+            let start = start.clone();
+            tokio::spawn(async move {
+                start.wait().await;
+                let response = h1_send(tls, get(&format!("/burst/{i}"), "orders.shop"))
+                    .await
+                    .unwrap();
+                let status = response.status().as_u16();
+                (i, status, body_string(response).await)
+            })
+        })
+        .collect();
+    let mut served = std::collections::BTreeSet::new();
+    let mut refused = 0;
+    for t in tasks {
+        let (i, status, body) = t.await.unwrap();
+        match status {
+            200 => {
+                served.insert(format!("/burst/{i}"));
+            }
+            503 => {
+                assert!(body.contains(r#""error":"audit_unavailable""#), "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected status {other}: {body}"),
+        }
+    }
+    assert_eq!(served.len() + refused, 200);
+    assert!(
+        refused > 0,
+        "the queue never filled: the test proves nothing"
+    );
+    assert!(!served.is_empty(), "nothing was served");
+    // Nothing refused reached the app.
+    let at_app: std::collections::BTreeSet<String> =
+        app.seen().into_iter().map(|s| s.path_and_query).collect();
+    assert_eq!(at_app, served);
+    let text = metrics_text(vakt.admin_addr).await;
+    let dropped_after = metric_sum(&text, "vakt_audit_events_dropped_total", &dropped);
+    assert!(
+        dropped_after >= dropped_before + refused as f64,
+        "{dropped_before} -> {dropped_after}, {refused} refused"
+    );
+
+    let audit_file = dir.join("audit.log");
+    vakt.shutdown().await; // writes every accepted event
+    let events = events(&audit_file);
+    let recorded: std::collections::BTreeSet<String> = events
+        .iter()
+        .filter(|e| e["decision"] == "allow" && e["status"] == 200)
+        .map(|e| e["path"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        recorded.len(),
+        served.len(),
+        "served {} requests, recorded {}",
+        served.len(),
+        recorded.len()
+    );
+    assert_eq!(recorded, served, "served and recorded differ");
+    assert_eq!(
+        events.len(),
+        served.len(),
+        "one event per served request, none for the refusals"
+    );
+}
