@@ -2,6 +2,7 @@
 //! an event cannot be recorded.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -42,6 +43,33 @@ pub struct AuditSettings {
     /// `deny` (default: no access without a record) or `allow` (serve, count every lost event).
     #[serde(default)]
     pub on_audit_failure: OnAuditFailure,
+    /// The HMAC key of the chain, kept outside the audit volume. Required with `sink: file`;
+    /// without it a stdout trail is keyed with a per-process random key (never verifiable).
+    #[serde(default)]
+    pub chain_key: Option<ChainKeySettings>,
+    /// Append-only JSONL file of checkpoints, on another volume than the audit files. Required
+    /// with `sink: file`.
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// A checkpoint at most this long after a line is written (and at shutdown).
+    #[serde(
+        default = "defaults::checkpoint_interval",
+        deserialize_with = "crate::serde_helpers::de_duration"
+    )]
+    pub checkpoint_interval: Duration,
+    /// And after this many lines.
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+}
+
+/// The chain key: a file (a Kubernetes Secret) and the id written into every line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainKeySettings {
+    /// At least 32 random bytes.
+    pub key_file: PathBuf,
+    /// 1-16 characters of A-Z a-z 0-9 - _; a new id for every new key.
+    pub key_id: String,
 }
 
 impl Default for AuditSettings {
@@ -51,6 +79,10 @@ impl Default for AuditSettings {
             file: None,
             queue_capacity: defaults::queue(),
             on_audit_failure: Default::default(),
+            chain_key: None,
+            checkpoint_file: None,
+            checkpoint_interval: defaults::checkpoint_interval(),
+            checkpoint_every: defaults::checkpoint_every(),
         }
     }
 }
@@ -107,6 +139,36 @@ impl AuditSettings {
                 ));
             }
         }
+        // Fail closed: a file trail is keyed and anchored, or vakt does not start.
+        if self.sink == AuditSink::File {
+            if self.chain_key.is_none() {
+                return Err((
+                    "audit.chain_key".into(),
+                    "sink: file needs chain_key (key_file, key_id): the audit chain is keyed with a secret kept outside the audit volume".into(),
+                ));
+            }
+            if self.checkpoint_file.is_none() {
+                return Err((
+                    "audit.checkpoint_file".into(),
+                    "sink: file needs checkpoint_file, on another volume than the audit files"
+                        .into(),
+                ));
+            }
+        }
+        if let (Some(cp), Some(file)) = (&self.checkpoint_file, &self.file)
+            && (cp == &file.path || cp.starts_with(&file.path))
+        {
+            return Err((
+                "audit.checkpoint_file".into(),
+                "must not be the audit file itself".into(),
+            ));
+        }
+        if self.checkpoint_interval.is_zero() || self.checkpoint_every == 0 {
+            return Err((
+                "audit.checkpoint_interval".into(),
+                "checkpoint_interval and checkpoint_every must be positive".into(),
+            ));
+        }
         if self.queue_capacity == 0 {
             return Err(("audit.queue_capacity".into(), "must be at least 1".into()));
         }
@@ -115,6 +177,12 @@ impl AuditSettings {
 }
 
 mod defaults {
+    pub fn checkpoint_interval() -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
+    pub fn checkpoint_every() -> u64 {
+        10_000
+    }
     pub fn queue() -> usize {
         8192
     }
