@@ -1333,4 +1333,214 @@ mod tests {
         assert_eq!(record.lock().unwrap().lines, accepted);
         assert_eq!(probe.queue_depth(), 0);
     }
+
+    /// A file trail anchored in `dir`: checkpoints after `every` lines, into `checkpoints.jsonl`.
+    fn anchored(dir: &Path, every: u64) -> ChainSettings {
+        ChainSettings {
+            key: test_key(),
+            checkpoints: CheckpointSettings {
+                file: Some(dir.join("checkpoints.jsonl")),
+                stdout: false,
+                interval: Duration::from_secs(3600),
+                every,
+            },
+        }
+    }
+
+    fn options_with_checkpoints(dir: &Path) -> crate::audit::VerifyOptions {
+        crate::audit::VerifyOptions {
+            keys: vec![crate::audit::VerifyKey {
+                id: None,
+                key: ChainKey::new("t1", &[3; 32]).unwrap(),
+            }],
+            checkpoints: Some(
+                CheckpointFile::read_all(&dir.join("checkpoints.jsonl")).unwrap_or_default(),
+            ),
+        }
+    }
+
+    async fn run_once(dir: &Path, sink: FileSink, range: std::ops::RangeInclusive<u64>) {
+        let log = AuditLog::start(sink, fast_retry(1000), anchored(dir, 7));
+        for n in range {
+            log.try_record(event(n)).unwrap();
+        }
+        let probe = log.clone();
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(probe.head_seq(), probe_head(dir));
+    }
+
+    /// The head of the last checkpoint.
+    fn probe_head(dir: &Path) -> u64 {
+        CheckpointFile::last(&dir.join("checkpoints.jsonl"))
+            .unwrap()
+            .map_or(0, |c| c.seq)
+    }
+
+    #[tokio::test]
+    async fn a_normal_restart_continues_the_epoch_and_checkpoints_on_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // One event at a time, so each batch is one line.
+        let log = AuditLog::start(
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            fast_retry(10),
+            anchored(dir.path(), 7),
+        );
+        for n in 1..=20 {
+            log.try_record(event(n)).unwrap();
+            wait_for("the event", || log.written() == n).await;
+        }
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+        // Every 7 lines and at shutdown.
+        let checkpoints = CheckpointFile::read_all(&dir.path().join("checkpoints.jsonl")).unwrap();
+        let seqs: Vec<u64> = checkpoints.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [7, 14, 20]);
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            21..=30,
+        )
+        .await;
+        let r = crate::audit::verify_trail(
+            std::slice::from_ref(&path),
+            &options_with_checkpoints(dir.path()),
+        )
+        .unwrap();
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.events, 30);
+        assert_eq!(r.segments.len(), 1, "one epoch: {r}");
+        assert!(
+            r.of_kind(crate::audit::FindingKind::Epoch).is_empty(),
+            "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleted_files_start_a_new_epoch_that_names_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            1..=20,
+        )
+        .await;
+        fs::remove_file(&path).unwrap();
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            21..=25,
+        )
+        .await;
+        let text = fs::read_to_string(&path).unwrap();
+        let first = crate::audit::parse_line(text.lines().next().unwrap().as_bytes()).unwrap();
+        let note = first.event.chain.clone().unwrap();
+        assert_eq!(first.event.reason.as_str(), "chain_epoch_started");
+        assert_eq!(
+            (first.event.epoch, first.event.seq, first.event.prev),
+            (2, 21, crate::audit::ChainHash::ZERO)
+        );
+        assert_eq!(
+            note.epoch_start,
+            Some(crate::audit::EpochStart::FilesMissing)
+        );
+        assert_eq!(
+            (note.prev_epoch, note.checkpoint_seq, note.found_seq),
+            (Some(1), Some(20), None)
+        );
+        let r = crate::audit::verify_trail(
+            std::slice::from_ref(&path),
+            &options_with_checkpoints(dir.path()),
+        )
+        .unwrap();
+        let epochs = r.of_kind(crate::audit::FindingKind::Epoch);
+        assert_eq!(epochs.len(), 1, "{r}");
+        assert!(epochs[0].problem);
+        assert!(epochs[0].detail.contains("files_missing"), "{r}");
+        // Checkpoints of epoch 1 name seqs the files no longer hold: no truncated tail is
+        // claimed for them, the epoch start accounts for it; the trail is still not intact.
+        assert!(!r.is_intact());
+    }
+
+    #[tokio::test]
+    async fn rotation_deleting_a_file_is_recorded_in_the_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = FileSink::new(FileSinkConfig {
+            path: path.clone(),
+            max_bytes: 8 * 1024,
+            max_files: 2,
+            fsync: FsyncPolicy::Never,
+        })
+        .unwrap();
+        run_once(dir.path(), sink, 1..=120).await;
+        let files = FileSink::files_oldest_first(&path, 2);
+        let r = crate::audit::verify_trail(&files, &options_with_checkpoints(dir.path())).unwrap();
+        assert!(r.is_intact(), "{r}");
+        let rotated = r.of_kind(crate::audit::FindingKind::RotatedOut);
+        assert_eq!(rotated.len(), 1, "{r}");
+        assert_eq!(
+            rotated[0].seqs,
+            Some((1, r.segments[0].first_seq - 1)),
+            "{r}"
+        );
+        // The records themselves are in the trail.
+        let records = files
+            .iter()
+            .flat_map(|f| {
+                fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.contains("\"reason\":\"audit_file_rotated_out\""))
+            .count();
+        assert!(records >= 1);
+        // Without the records, the deletion reads as a missing start.
+        let stripped: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let kept: Vec<String> = fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.contains("audit_file_rotated_out"))
+                    .map(str::to_owned)
+                    .collect();
+                let out = dir.path().join(format!("stripped.{i}"));
+                fs::write(&out, kept.join("\n") + "\n").unwrap();
+                out
+            })
+            .collect();
+        let r =
+            crate::audit::verify_trail(&stripped, &options_with_checkpoints(dir.path())).unwrap();
+        assert!(
+            r.problems()
+                .any(|f| f.kind == crate::audit::FindingKind::MissingStart),
+            "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_checkpoints_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut chain = anchored(dir.path(), 1_000_000);
+        chain.checkpoints.interval = Duration::from_millis(100);
+        let log = AuditLog::start(
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            fast_retry(10),
+            chain,
+        );
+        for n in 1..=3 {
+            log.try_record(event(n)).unwrap();
+        }
+        wait_for("a checkpoint without new events", || {
+            probe_head(dir.path()) == 3
+        })
+        .await;
+        assert_eq!(log.head_seq(), 3);
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
 }

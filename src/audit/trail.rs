@@ -695,13 +695,16 @@ impl<'a> Walk<'a> {
                 .find(|(_, last, _)| *last == Some(first - 1));
             match covered {
                 Some((from, _, at)) => {
-                    let from = from.unwrap_or(FIRST_SEQ);
+                    let from = from.map_or_else(|| "?".to_owned(), |f| f.to_string());
                     self.finding(
                         FindingKind::RotatedOut,
-                        Some((from, first - 1)),
+                        Some((FIRST_SEQ, first - 1)),
                         None,
                         false,
-                        format!("rotated out, as recorded at seq {at} (earlier files too)"),
+                        format!(
+                            "rotated out: the record at seq {at} names the file of seq {from}..={} (earlier seqs were in files rotated out before it)",
+                            first - 1
+                        ),
                     );
                 }
                 None if prev == ChainHash::ZERO => {}
@@ -755,4 +758,286 @@ fn ranges(seqs: &[u64]) -> Vec<(u64, u64)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::audit::chain::{ChainNote, ChainPosition, ChainWriter, note_event, parse_line};
+    use crate::audit::testutil::{event, test_key, v1_lines};
+
+    fn options(keys: &[(&str, u8)], checkpoints: Option<Vec<Checkpoint>>) -> VerifyOptions {
+        VerifyOptions {
+            keys: keys
+                .iter()
+                .map(|(id, byte)| VerifyKey {
+                    id: None,
+                    key: ChainKey::new(id, &[*byte; 32]).unwrap(),
+                })
+                .collect(),
+            checkpoints,
+        }
+    }
+
+    /// The test key (`t1`, bytes 3).
+    fn keyed() -> VerifyOptions {
+        options(&[("t1", 3)], None)
+    }
+
+    fn save(path: &Path, lines: &[String]) {
+        fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// 100 lines with a checkpoint after line 80.
+    fn trail(dir: &Path) -> (PathBuf, Vec<String>, Checkpoint) {
+        let key = test_key();
+        let mut w = ChainWriter::new(key.clone());
+        let mut lines = Vec::new();
+        let mut cp = None;
+        for n in 1..=100 {
+            lines.push(w.seal(event(n)).text);
+            if n == 80 {
+                cp = Checkpoint::of(&w.position(), key.id());
+            }
+        }
+        let path = dir.join("audit.log");
+        save(&path, &lines);
+        (path, lines, cp.unwrap())
+    }
+
+    fn kinds(r: &TrailReport) -> Vec<(FindingKind, Option<(u64, u64)>)> {
+        r.problems().map(|f| (f.kind, f.seqs)).collect()
+    }
+
+    #[test]
+    fn intact_trail_with_its_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, cp) = trail(dir.path());
+        let r = verify_trail(&[path], &options(&[("t1", 3)], Some(vec![cp]))).unwrap();
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.events, 100);
+        assert_eq!(r.segments.len(), 1);
+        let text = r.to_string();
+        assert!(
+            text.contains("vakt.audit/2 epoch 1 key t1: seq 1..=100 (100 events)"),
+            "{text}"
+        );
+        assert!(text.contains("intact: 100 events"), "{text}");
+    }
+
+    #[test]
+    fn an_edited_line_is_named_by_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut lines, _) = trail(dir.path());
+        // A status changed: valid JSON, prev and seq untouched. A plain hash chain would need
+        // only the next line's prev rewritten; the mac cannot be recomputed without the key.
+        let edited = lines[40].replace("\"status\":200", "\"status\":403");
+        assert_ne!(edited, lines[40]);
+        lines[40] = edited;
+        save(&path, &lines);
+        let r = verify_trail(std::slice::from_ref(&path), &keyed()).unwrap();
+        assert_eq!(kinds(&r), [(FindingKind::Edited, Some((41, 41)))], "{r}");
+        let f = r.problems().next().unwrap();
+        assert_eq!(f.at, Some((path, 41)));
+        assert!(r.to_string().contains("seq 41: edited"), "{r}");
+    }
+
+    #[test]
+    fn a_tail_cut_at_a_line_boundary_after_a_checkpoint() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, lines, cp) = trail(dir.path());
+        save(&path, &lines[..70]);
+        // Without the checkpoint, a clean cut cannot be seen.
+        let r = verify_trail(std::slice::from_ref(&path), &keyed()).unwrap();
+        assert!(r.is_intact(), "{r}");
+        let r = verify_trail(&[path], &options(&[("t1", 3)], Some(vec![cp]))).unwrap();
+        assert_eq!(
+            kinds(&r),
+            [(FindingKind::TruncatedTail, Some((71, 80)))],
+            "{r}"
+        );
+        assert!(r.to_string().contains("seq 71..=80: truncated_tail"), "{r}");
+    }
+
+    #[test]
+    fn a_replaced_checkpointed_line_and_a_deleted_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, mut lines, cp) = trail(dir.path());
+        // Lines 80-100 rewritten from line 79 on by someone without the key but with another
+        // one: the checkpointed line differs, and no mac verifies there.
+        let forger = Arc::new(ChainKey::new("t1", &[8; 32]).unwrap());
+        let head = parse_line(lines[78].as_bytes()).unwrap();
+        let mut w = ChainWriter::resume(ChainPosition::after(&head).unwrap(), forger);
+        for (i, n) in (80..=100).enumerate() {
+            lines[79 + i] = w.seal(event(n + 1000)).text;
+        }
+        lines.drain(9..12);
+        save(&path, &lines);
+        let r = verify_trail(&[path], &options(&[("t1", 3)], Some(vec![cp]))).unwrap();
+        assert_eq!(
+            kinds(&r),
+            [
+                (FindingKind::Gap, Some((10, 12))),
+                (FindingKind::Edited, Some((80, 100))),
+                (FindingKind::CheckpointMismatch, Some((80, 80))),
+            ],
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_wrong_key_fails_clearly_and_no_key_is_not_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, _, _) = trail(dir.path());
+        let r = verify_trail(std::slice::from_ref(&path), &options(&[("t1", 9)], None)).unwrap();
+        assert_eq!(kinds(&r), [(FindingKind::WrongKey, Some((1, 100)))], "{r}");
+        assert!(r.to_string().contains("wrong key file"), "{r}");
+        let r = verify_trail(&[path], &VerifyOptions::default()).unwrap();
+        assert_eq!(
+            kinds(&r),
+            [(FindingKind::UnknownKey, Some((1, 100)))],
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn a_key_rotation_is_reported_and_both_keys_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = test_key();
+        let new = Arc::new(ChainKey::new("t2", &[5; 32]).unwrap());
+        let mut w = ChainWriter::new(old);
+        let mut lines: Vec<String> = (1..=5).map(|n| w.seal(event(n)).text).collect();
+        let mut w = ChainWriter::resume(w.position(), new);
+        lines.extend((6..=9).map(|n| w.seal(event(n)).text));
+        let path = dir.path().join("audit.log");
+        save(&path, &lines);
+        let both = options(&[("t1", 3), ("t2", 5)], None);
+        let r = verify_trail(std::slice::from_ref(&path), &both).unwrap();
+        assert!(r.is_intact(), "{r}");
+        let changes = r.of_kind(FindingKind::KeyChange);
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].seqs, Some((6, 6)));
+        assert!(changes[0].detail.contains("from t1 to t2"), "{r}");
+        assert_eq!(r.segments.len(), 2);
+        // Only the old key: the new lines are not verified.
+        let r = verify_trail(&[path], &keyed()).unwrap();
+        assert_eq!(kinds(&r), [(FindingKind::WrongKey, Some((6, 9)))], "{r}");
+    }
+
+    #[test]
+    fn epochs_rotation_and_gaps_are_told_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = test_key();
+        // seq 1..=10 were in a file rotation deleted (the record below says so): the first
+        // kept line links to that file's last line.
+        let mut lines: Vec<String> = Vec::new();
+        let pos = ChainPosition {
+            next_seq: 11,
+            prev: ChainHash([1; 32]),
+            epoch: 1,
+        };
+        let mut w = ChainWriter::resume(pos, key.clone());
+        lines.extend((11..=20).map(|n| w.seal(event(n)).text));
+        lines.push(
+            w.seal(note_event(ChainNote {
+                rotated_first_seq: Some(1),
+                rotated_last_seq: Some(10),
+                ..ChainNote::default()
+            }))
+            .text,
+        );
+        // Then a restart found the files cut back to seq 21 while seq 30 was checkpointed.
+        let mut w = ChainWriter::resume(
+            ChainPosition {
+                next_seq: 31,
+                prev: ChainHash::ZERO,
+                epoch: 2,
+            },
+            key,
+        );
+        lines.push(
+            w.seal(note_event(ChainNote {
+                epoch_start: Some(EpochStart::Truncated),
+                prev_epoch: Some(1),
+                checkpoint_seq: Some(30),
+                found_seq: Some(21),
+                ..ChainNote::default()
+            }))
+            .text,
+        );
+        lines.extend((32..=35).map(|n| w.seal(event(n)).text));
+        let path = dir.path().join("audit.log");
+        save(&path, &lines);
+        let r = verify_trail(std::slice::from_ref(&path), &keyed()).unwrap();
+        let text = r.to_string();
+        // The rotated-out start is a note; the epoch is a problem with its gap.
+        assert_eq!(kinds(&r), [(FindingKind::Epoch, Some((22, 30)))], "{text}");
+        let rotated = r.of_kind(FindingKind::RotatedOut);
+        assert_eq!(rotated[0].seqs, Some((1, 10)), "{text}");
+        assert!(!rotated[0].problem);
+        assert!(
+            text.contains("epoch 2 starts at seq 31 (truncated): previous epoch 1, last checkpointed seq 30, last seq found 21; seq 22..=30 were checkpointed and are gone"),
+            "{text}"
+        );
+        assert_eq!(r.segments.len(), 2, "{text}");
+        // Without the rotation record, the missing start is a problem.
+        lines.remove(10);
+        save(&path, &lines);
+        let r = verify_trail(&[path], &keyed()).unwrap();
+        assert!(
+            r.problems()
+                .any(|f| f.kind == FindingKind::MissingStart && f.seqs == Some((1, 10))),
+            "{r}"
+        );
+    }
+
+    #[test]
+    fn v1_trails_still_verify_and_v1_then_v2_is_two_segments() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log.1");
+        let old = v1_lines(1..=20);
+        save(&path, &old);
+        let r = verify_trail(std::slice::from_ref(&path), &VerifyOptions::default()).unwrap();
+        assert!(r.is_intact(), "{r}");
+        assert!(r.to_string().contains("intact: 20 events"), "{r}");
+        assert!(r.to_string().contains("schema: vakt.audit/1"), "{r}");
+        // An edit in a v1 trail is still found.
+        let mut edited = old.clone();
+        edited[4] = edited[4].replace("\"status\":200", "\"status\":201");
+        let bad = dir.path().join("bad.log");
+        save(&bad, &edited);
+        let r = verify_trail(&[bad], &VerifyOptions::default()).unwrap();
+        assert!(!r.is_intact());
+        assert!(r.to_string().contains("line 5"), "{r}");
+        // The upgrade: the keyed chain starts after the v1 lines, in a new file.
+        let mut w = ChainWriter::resume(
+            ChainPosition {
+                next_seq: 21,
+                prev: ChainHash::ZERO,
+                epoch: 1,
+            },
+            test_key(),
+        );
+        let mut new = vec![
+            w.seal(note_event(ChainNote {
+                epoch_start: Some(EpochStart::UpgradedFromV1),
+                found_seq: Some(20),
+                ..ChainNote::default()
+            }))
+            .text,
+        ];
+        new.extend((22..=30).map(|n| w.seal(event(n)).text));
+        let active = dir.path().join("audit.log");
+        save(&active, &new);
+        let r = verify_trail(&[path, active], &keyed()).unwrap();
+        assert!(r.is_intact(), "{r}");
+        let schemas: Vec<SchemaVersion> = r.segments.iter().map(|s| s.schema).collect();
+        assert_eq!(schemas, [SchemaVersion::V1, SchemaVersion::V2]);
+        assert!(r.to_string().contains("vakt.audit/1: seq 1..=20"), "{r}");
+        assert!(r.to_string().contains("upgraded_from_v1"), "{r}");
+    }
 }
