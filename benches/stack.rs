@@ -202,15 +202,14 @@ fn start_audit_log(config: &Config) -> AuditLog {
     )
 }
 
-/// `app::start_audit_log`'s chain key and checkpoints (checkpoints off stdout, so the bench's
-/// output stays readable).
+/// `app::start_audit_log`'s chain key and checkpoints.
 fn chain_settings(config: &Config) -> ChainSettings {
     let key = config.audit.chain_key.as_ref().expect("audit chain key");
     ChainSettings {
         key: Arc::new(ChainKey::from_file(&key.key_id, &key.key_file).expect("chain key")),
         checkpoints: CheckpointSettings {
             file: config.audit.checkpoint_file.clone(),
-            stdout: false,
+            stdout: config.audit.checkpoint_stdout,
             interval: config.audit.checkpoint_interval,
             every: config.audit.checkpoint_every,
         },

@@ -303,7 +303,7 @@ fn start_audit_log(config: &Config) -> Result<AuditLog, StartError> {
         key: Arc::new(key),
         checkpoints: CheckpointSettings {
             file: config.audit.checkpoint_file.clone(),
-            stdout: true,
+            stdout: config.audit.checkpoint_stdout,
             interval: config.audit.checkpoint_interval,
             every: config.audit.checkpoint_every,
         },

@@ -60,6 +60,9 @@ pub struct AuditSettings {
     /// And after this many lines.
     #[serde(default = "defaults::checkpoint_every")]
     pub checkpoint_every: u64,
+    /// Also write each checkpoint as one JSON line on stdout (for the cluster's log pipeline).
+    #[serde(default = "defaults::checkpoint_stdout")]
+    pub checkpoint_stdout: bool,
 }
 
 /// The chain key: a file (a Kubernetes Secret) and the id written into every line.
@@ -83,6 +86,7 @@ impl Default for AuditSettings {
             checkpoint_file: None,
             checkpoint_interval: defaults::checkpoint_interval(),
             checkpoint_every: defaults::checkpoint_every(),
+            checkpoint_stdout: defaults::checkpoint_stdout(),
         }
     }
 }
@@ -183,6 +187,9 @@ mod defaults {
     pub fn checkpoint_every() -> u64 {
         10_000
     }
+    pub fn checkpoint_stdout() -> bool {
+        true
+    }
     pub fn queue() -> usize {
         8192
     }
@@ -194,5 +201,47 @@ mod defaults {
     }
     pub fn fsync() -> String {
         "1s".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<AuditSettings, String> {
+        let settings: AuditSettings = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        settings
+            .validate()
+            .map_err(|(key, problem)| format!("{key}: {problem}"))?;
+        Ok(settings)
+    }
+
+    #[test]
+    fn a_file_trail_needs_a_chain_key_and_a_checkpoint_file() {
+        let file = "sink: file\nfile:\n  path: /var/log/vakt/audit.log\n";
+        let key = "chain_key:\n  key_file: /run/key\n  key_id: c1\n";
+        let checkpoints = "checkpoint_file: /var/lib/cp/audit.jsonl\n";
+        let err = parse(file).unwrap_err();
+        assert!(err.starts_with("audit.chain_key:"), "{err}");
+        let err = parse(&format!("{file}{key}")).unwrap_err();
+        assert!(err.starts_with("audit.checkpoint_file:"), "{err}");
+        let ok = parse(&format!("{file}{key}{checkpoints}")).unwrap();
+        assert_eq!(ok.checkpoint_interval, Duration::from_secs(60));
+        assert_eq!((ok.checkpoint_every, ok.checkpoint_stdout), (10_000, true));
+        let err = parse(&format!(
+            "{file}{key}checkpoint_file: /var/log/vakt/audit.log\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("not be the audit file"), "{err}");
+        let err = parse(&format!(
+            "{file}{key}{checkpoints}checkpoint_interval: 0s\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("must be positive"), "{err}");
+        // A stdout trail may go without (its key is then per process).
+        assert!(parse("sink: stdout\n").is_ok());
+        assert!(
+            parse("sink: stdout\nchain_key:\n  key_file: /k\n  key_id: c1\n  extra: 1\n").is_err()
+        );
     }
 }

@@ -1013,6 +1013,19 @@ mod tests {
         let r = verify_trail(&[bad], &VerifyOptions::default()).unwrap();
         assert!(!r.is_intact());
         assert!(r.to_string().contains("line 5"), "{r}");
+        // But whoever can write the files can re-hash every line after an edit, and a v1 trail
+        // then verifies: what the keyed chain is for.
+        let mut rehashed = old.clone();
+        rehashed[4] = rehashed[4].replace("\"status\":200", "\"status\":201");
+        for i in 5..rehashed.len() {
+            let prev = crate::audit::line_hash(rehashed[i - 1].as_bytes()).to_hex();
+            let at = rehashed[i].find("\"prev\":\"").unwrap() + 8;
+            rehashed[i].replace_range(at..at + 64, &prev);
+        }
+        let forged = dir.path().join("forged.log");
+        save(&forged, &rehashed);
+        let r = verify_trail(&[forged], &VerifyOptions::default()).unwrap();
+        assert!(r.is_intact(), "{r}");
         // The upgrade: the keyed chain starts after the v1 lines, in a new file.
         let mut w = ChainWriter::resume(
             ChainPosition {

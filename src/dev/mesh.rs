@@ -118,7 +118,7 @@ pub fn federated_config_yaml(
         format!("  federation:\n{federation}")
     };
     format!(
-        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n{federation}  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\n  chain_key:\n    key_file: {chain_key}\n    key_id: {DEV_CHAIN_KEY_ID}\n  checkpoint_file: {checkpoints}\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
+        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n{federation}  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\n  chain_key:\n    key_file: {chain_key}\n    key_id: {DEV_CHAIN_KEY_ID}\n  checkpoint_file: {checkpoints}\n  checkpoint_stdout: false\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
         audit = dir.join("audit.log").display(),
         chain_key = dev_chain_key(dir).display(),
         checkpoints = dir.join(DEV_CHECKPOINT_FILE).display(),
