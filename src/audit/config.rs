@@ -159,13 +159,22 @@ impl AuditSettings {
                 ));
             }
         }
-        if let (Some(cp), Some(file)) = (&self.checkpoint_file, &self.file)
-            && (cp == &file.path || cp.starts_with(&file.path))
-        {
-            return Err((
-                "audit.checkpoint_file".into(),
-                "must not be the audit file itself".into(),
-            ));
+        // The audit file and its rotated names (`audit.log.N`) are rewritten by rotation.
+        if let (Some(cp), Some(file)) = (&self.checkpoint_file, &self.file) {
+            let rotated = cp.parent() == file.path.parent()
+                && cp
+                    .file_name()
+                    .zip(file.path.file_name())
+                    .is_some_and(|(c, a)| {
+                        c.to_string_lossy()
+                            .starts_with(&format!("{}.", a.to_string_lossy()))
+                    });
+            if cp == &file.path || rotated {
+                return Err((
+                    "audit.checkpoint_file".into(),
+                    "must not be the audit file itself or one of its rotated names".into(),
+                ));
+            }
         }
         if self.checkpoint_interval.is_zero() || self.checkpoint_every == 0 {
             return Err((
@@ -233,6 +242,11 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.contains("not be the audit file"), "{err}");
+        let err = parse(&format!(
+            "{file}{key}checkpoint_file: /var/log/vakt/audit.log.3\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("rotated names"), "{err}");
         let err = parse(&format!(
             "{file}{key}{checkpoints}checkpoint_interval: 0s\n"
         ))

@@ -1,5 +1,6 @@
 //! The audit trail: one event per request decision, refused handshake and refused egress;
-//! pseudonymised, hash-chained (tamper-evident), and never silently lost.
+//! pseudonymised, chained under a key kept outside the audit volume (tamper-evident), anchored by
+//! checkpoints, and never silently lost.
 //!
 //! - [`event`]: the [`AuditEvent`] type, its checked [`fields`], [`time`]s and JSON line, (schema `vakt.audit/2`, documented in
 //!   `docs/audit-event.schema.json`); it cannot hold a token, a raw national id or a body.

@@ -456,4 +456,64 @@ mod tests {
         }
         assert!(!text.contains("0101"), "no raw national ids in the report");
     }
+
+    #[test]
+    fn epochs_gaps_and_rotated_files_are_flagged() {
+        use crate::audit::chain::{ChainNote, ChainPosition, EpochStart, note_event};
+        use crate::audit::fields::ChainHash;
+        use crate::audit::testutil::{event, test_key};
+
+        let key = test_key();
+        let mut w = ChainWriter::new(key.clone());
+        let mut lines: Vec<String> = (1..=5).map(|n| w.seal(event(n)).text).collect();
+        lines.push(
+            w.seal(note_event(ChainNote {
+                rotated_first_seq: Some(1),
+                rotated_last_seq: Some(3),
+                ..ChainNote::default()
+            }))
+            .text,
+        );
+        // seq 7..=8 deleted from the file.
+        w.seal(event(7));
+        w.seal(event(8));
+        lines.push(w.seal(event(9)).text);
+        // A new epoch after a cut tail.
+        let mut w = ChainWriter::resume(
+            ChainPosition {
+                next_seq: 20,
+                prev: ChainHash::ZERO,
+                epoch: 2,
+            },
+            key,
+        );
+        lines.push(
+            w.seal(note_event(ChainNote {
+                epoch_start: Some(EpochStart::Truncated),
+                prev_epoch: Some(1),
+                checkpoint_seq: Some(19),
+                found_seq: Some(9),
+                ..ChainNote::default()
+            }))
+            .text,
+        );
+        lines.push(w.seal(event(21)).text);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let r = report(&[path], None, None).unwrap();
+        // The trail's own records are not accesses.
+        assert_eq!(r.events, 7);
+        assert_eq!(r.epochs, [(2, 20, EpochStart::Truncated)]);
+        assert_eq!(r.gaps, [(7, 8)]);
+        assert_eq!(r.rotated_out, [(Some(1), Some(3))]);
+        let text = r.to_string();
+        for needle in [
+            "warning: epoch 2 begins at seq 20 (truncated)",
+            "warning: seq 7..=8 missing from the files",
+            "rotated out (recorded): seq 1..=3",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
+    }
 }
