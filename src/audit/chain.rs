@@ -52,6 +52,8 @@ pub enum ChainKeyError {
     },
     #[error("chain key {path} is shorter than 32 bytes")]
     TooShort { path: std::path::PathBuf },
+    #[error("chain key secret is shorter than 32 bytes")]
+    SecretTooShort,
 }
 
 /// The HMAC key of the chain and its id (written into every line, so a rotated key is
@@ -82,9 +84,7 @@ impl ChainKey {
             _ => return Err(ChainKeyError::BadKeyId),
         };
         if secret.len() < 32 {
-            return Err(ChainKeyError::TooShort {
-                path: std::path::PathBuf::new(),
-            });
+            return Err(ChainKeyError::SecretTooShort);
         }
         Ok(Self {
             id,
@@ -100,7 +100,7 @@ impl ChainKey {
             source,
         })?;
         match Self::new(id, secret.trim_ascii()) {
-            Err(ChainKeyError::TooShort { .. }) => Err(ChainKeyError::TooShort {
+            Err(ChainKeyError::SecretTooShort) => Err(ChainKeyError::TooShort {
                 path: path.to_path_buf(),
             }),
             other => other,
@@ -469,7 +469,7 @@ mod tests {
         ));
         assert!(matches!(
             ChainKey::new("k1", &[1; 31]),
-            Err(ChainKeyError::TooShort { .. })
+            Err(ChainKeyError::SecretTooShort)
         ));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("key");

@@ -75,16 +75,6 @@ pub struct ChainSettings {
     pub checkpoints: CheckpointSettings,
 }
 
-impl ChainSettings {
-    /// Under `key`, checkpoints with the default schedule on stdout only.
-    pub fn new(key: Arc<ChainKey>) -> Self {
-        Self {
-            key,
-            checkpoints: CheckpointSettings::default(),
-        }
-    }
-}
-
 /// Why an event was not accepted. The caller decides: refuse the request (`audit_unavailable`)
 /// or serve it anyway; either way the event is counted as dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -283,23 +283,33 @@ pub fn verify_trail(
     Walk::new(options).run(paths)
 }
 
-/// Do all files hold only `vakt.audit/1` lines (judged by each file's first line)?
+/// Do the files hold `vakt.audit/1` lines only? (After an upgrade, keyed lines follow them in
+/// the same file.)
 fn only_v1(paths: &[PathBuf]) -> Result<bool, VerifyError> {
     for path in paths {
-        let file = File::open(path).map_err(|source| VerifyError::Io {
+        let io_err = |source| VerifyError::Io {
             path: path.clone(),
             source,
-        })?;
-        let mut first = Vec::new();
-        BufReader::new(file)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut first)
-            .map_err(|source| VerifyError::Io {
-                path: path.clone(),
-                source,
-            })?;
-        if !first.is_empty() && SchemaVersion::of_line(&first) != Some(SchemaVersion::V1) {
-            return Ok(false);
+        };
+        let mut reader = BufReader::new(File::open(path).map_err(io_err)?);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let n = reader
+                .by_ref()
+                .take(MAX_LINE + 1)
+                .read_until(b'\n', &mut line)
+                .map_err(io_err)?;
+            if n == 0 {
+                break;
+            }
+            if SchemaVersion::of_line(&line) == Some(SchemaVersion::V2) {
+                return Ok(false);
+            }
+            if line.last() != Some(&b'\n') {
+                // The rest of an overlong line.
+                reader.read_until(b'\n', &mut Vec::new()).map_err(io_err)?;
+            }
         }
     }
     Ok(true)
@@ -1046,8 +1056,14 @@ mod tests {
         new.extend((22..=30).map(|n| w.seal(event(n)).text));
         let active = dir.path().join("audit.log");
         save(&active, &new);
-        let r = verify_trail(&[path, active], &keyed()).unwrap();
+        let r = verify_trail(&[path.clone(), active], &keyed()).unwrap();
         assert!(r.is_intact(), "{r}");
+        // vakt goes on writing into the file that holds the v1 lines.
+        let same = dir.path().join("upgraded.log");
+        save(&same, &[old.clone(), new.clone()].concat());
+        let both = verify_trail(&[same], &keyed()).unwrap();
+        assert!(both.is_intact(), "{both}");
+        assert_eq!(both.segments, r.segments);
         let schemas: Vec<SchemaVersion> = r.segments.iter().map(|s| s.schema).collect();
         assert_eq!(schemas, [SchemaVersion::V1, SchemaVersion::V2]);
         assert!(r.to_string().contains("vakt.audit/1: seq 1..=20"), "{r}");
