@@ -1533,4 +1533,35 @@ mod tests {
         assert_eq!(log.head_seq(), 3);
         log.shutdown(Duration::from_secs(10)).await.unwrap();
     }
+
+    #[tokio::test]
+    async fn the_first_start_after_v1_lines_opens_the_keyed_chain_without_a_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let old = crate::audit::testutil::v1_lines(1..=4);
+        fs::write(&path, old.join("\n") + "\n").unwrap();
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            5..=7,
+        )
+        .await;
+        let text = fs::read_to_string(&path).unwrap();
+        let first_keyed =
+            crate::audit::parse_line(text.lines().nth(4).unwrap().as_bytes()).unwrap();
+        let note = first_keyed.event.chain.unwrap();
+        assert_eq!(
+            note.epoch_start,
+            Some(crate::audit::EpochStart::UpgradedFromV1)
+        );
+        assert_eq!((first_keyed.event.seq, note.found_seq), (5, Some(4)));
+        let r = crate::audit::verify_trail(
+            std::slice::from_ref(&path),
+            &options_with_checkpoints(dir.path()),
+        )
+        .unwrap();
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.events, 8);
+        assert_eq!(r.segments.len(), 2, "{r}");
+    }
 }
