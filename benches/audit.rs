@@ -12,7 +12,7 @@
 //! pseudonymises as it builds; the pseudonymisation steps are also timed on their own.
 //! Serialisation is what `ChainWriter::seal` does per event
 //! (`serde_json::to_string`); "audit/chain + write to an in-memory buffer" is the writer
-//! thread's per-event work (seal: seq/prev, serialise, SHA-256; then `Sink::write`).
+//! thread's per-event work (seal: chain fields, serialise, HMAC-SHA-256; then `Sink::write`).
 
 mod common;
 
@@ -25,7 +25,7 @@ use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode};
 use vakt::Direction;
 use vakt::audit::{
-    self, AuditEvent, ChainHash, ChainWriter, Label, Sink, WriterSink, line_hash, pseudonymise_path,
+    self, AuditEvent, ChainHash, ChainKey, ChainWriter, Label, Sink, WriterSink, pseudonymise_path,
 };
 use vakt::authn::Principal;
 use vakt::dev::idp::{self as devidp, DevIdp, KeyStore, MintOptions};
@@ -222,14 +222,15 @@ fn audit_event(c: &mut Criterion) {
             event
         })
     });
-    // The chain's share of sealing: SHA-256 of the line.
-    group.bench_function("line hash (SHA-256)", |b| {
-        b.iter(|| line_hash(black_box(line.as_bytes())))
+    // The chain's share of sealing: the HMAC of the line.
+    let key = Arc::new(ChainKey::new("bench", &[7; 32]).expect("chain key"));
+    group.bench_function("line mac (HMAC-SHA-256)", |b| {
+        b.iter(|| key.mac(&ChainHash::ZERO, black_box(line.as_bytes())))
     });
-    // The writer thread, per event: seal (seq, prev, serialise, SHA-256), then the sink's write
+    // The writer thread, per event: seal (chain fields, serialise, HMAC), then the sink's write
     // (one line per batch here; the real writer batches whatever is queued, up to 512).
     group.bench_function("chain + write to an in-memory buffer", |b| {
-        let mut chain = ChainWriter::new();
+        let mut chain = ChainWriter::new(key.clone());
         let mut sink = WriterSink::new(Buffer(Vec::with_capacity(2 << 20)), "memory");
         b.iter_batched(
             || sample.clone(),

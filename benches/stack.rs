@@ -39,7 +39,10 @@ use http_body_util::BodyExt;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceExt;
 use vakt::Direction;
-use vakt::audit::{AuditConfig, AuditLog, FileSink, FileSinkConfig, FsyncPolicy};
+use vakt::audit::{
+    AuditConfig, AuditLog, ChainKey, ChainSettings, CheckpointSettings, FileSink, FileSinkConfig,
+    FsyncPolicy,
+};
 use vakt::audit::{AuditSink, Auditor};
 use vakt::authn::http_client::IdpClient;
 use vakt::authn::jwks::IssuerKeys;
@@ -195,7 +198,22 @@ fn start_audit_log(config: &Config) -> AuditLog {
             capacity: config.audit.queue_capacity,
             ..AuditConfig::default()
         },
+        chain_settings(config),
     )
+}
+
+/// `app::start_audit_log`'s chain key and checkpoints.
+fn chain_settings(config: &Config) -> ChainSettings {
+    let key = config.audit.chain_key.as_ref().expect("audit chain key");
+    ChainSettings {
+        key: Arc::new(ChainKey::from_file(&key.key_id, &key.key_file).expect("chain key")),
+        checkpoints: CheckpointSettings {
+            file: config.audit.checkpoint_file.clone(),
+            stdout: config.audit.checkpoint_stdout,
+            interval: config.audit.checkpoint_interval,
+            every: config.audit.checkpoint_every,
+        },
+    }
 }
 
 /// Build the stack as `App::start` does (inside the runtime: the dev issuer serves from it).

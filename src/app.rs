@@ -13,7 +13,8 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::admin::{self, Readiness};
 use crate::audit::{
-    AuditConfig, AuditLog, AuditSink, Auditor, FileSink, FileSinkConfig, SinkError, StdoutSink,
+    AuditConfig, AuditLog, AuditSink, Auditor, ChainKey, ChainKeyError, ChainSettings,
+    CheckpointSettings, FileSink, FileSinkConfig, SinkError, StdoutSink,
 };
 use crate::authn::http_client::IdpClient;
 use crate::authn::jwks::IssuerKeys;
@@ -44,6 +45,8 @@ pub enum StartError {
     Oidc(std::io::Error),
     #[error("audit sink: {0}")]
     Audit(#[from] SinkError),
+    #[error("audit chain key: {0}")]
+    ChainKey(#[from] ChainKeyError),
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         name: &'static str,
@@ -305,6 +308,25 @@ fn start_audit_log(config: &Config, write_delay: Duration) -> Result<AuditLog, S
         capacity: config.audit.queue_capacity,
         ..AuditConfig::default()
     };
+    // A configured key that cannot be read stops the start: never an unkeyed trail instead.
+    let key = match &config.audit.chain_key {
+        Some(k) => ChainKey::from_file(&k.key_id, &k.key_file)?,
+        None => {
+            tracing::warn!(
+                "no audit chain key configured: the stdout trail is keyed with a random per-process key and cannot be verified"
+            );
+            ChainKey::ephemeral()
+        }
+    };
+    let chain = ChainSettings {
+        key: Arc::new(key),
+        checkpoints: CheckpointSettings {
+            file: config.audit.checkpoint_file.clone(),
+            stdout: config.audit.checkpoint_stdout,
+            interval: config.audit.checkpoint_interval,
+            every: config.audit.checkpoint_every,
+        },
+    };
     Ok(match (config.audit.sink, &config.audit.file) {
         (AuditSink::File, Some(file)) => {
             let sink = FileSink::new(FileSinkConfig {
@@ -321,11 +343,12 @@ fn start_audit_log(config: &Config, write_delay: Duration) -> Result<AuditLog, S
                 return Ok(AuditLog::start(
                     crate::audit::slow::SlowSink::new(sink, write_delay),
                     queue,
+                    chain,
                 ));
             }
-            AuditLog::start(sink, queue)
+            AuditLog::start(sink, queue, chain)
         }
-        _ => AuditLog::start(StdoutSink::stdout(), queue),
+        _ => AuditLog::start(StdoutSink::stdout(), queue, chain),
     })
 }
 
@@ -336,6 +359,7 @@ fn spawn_audit_gauges(log: AuditLog, mut shutdown: watch::Receiver<bool>) -> Joi
         loop {
             metrics::counter!(crate::metrics::AUDIT_WRITTEN).absolute(log.written());
             metrics::gauge!(crate::metrics::AUDIT_QUEUE).set(log.queue_depth() as f64);
+            metrics::gauge!(crate::metrics::AUDIT_CHAIN_HEAD).set(log.head_seq() as f64);
             metrics::gauge!(crate::metrics::AUDIT_HEALTHY).set(if log.healthy() {
                 1.0
             } else {

@@ -278,6 +278,8 @@ impl Config {
         let policy = self.inbound.as_mut().map(|i| &mut i.policy);
         let key = self.pseudonymisation.as_mut().map(|p| &mut p.key_file);
         let audit = self.audit.file.as_mut().map(|f| &mut f.path);
+        let chain_key = self.audit.chain_key.as_mut().map(|k| &mut k.key_file);
+        let checkpoints = self.audit.checkpoint_file.as_mut();
         let federation = self.identity.federation.iter_mut().map(|f| &mut f.bundle);
         for p in [
             &mut self.identity.cert,
@@ -289,6 +291,8 @@ impl Config {
         .chain(policy)
         .chain(key)
         .chain(audit)
+        .chain(chain_key)
+        .chain(checkpoints)
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -30,6 +30,8 @@ pub const AUDIT_DROPPED: &str = "vakt_audit_events_dropped_total";
 pub const AUDIT_QUEUE: &str = "vakt_audit_queue_depth";
 pub const AUDIT_QUEUE_CAPACITY: &str = "vakt_audit_queue_capacity";
 pub const AUDIT_HEALTHY: &str = "vakt_audit_sink_healthy";
+pub const AUDIT_CHAIN_HEAD: &str = "vakt_audit_chain_head_seq";
+pub const AUDIT_CHAIN_BREAKS: &str = "vakt_audit_chain_breaks_total";
 pub const AUTHN_FAILURES: &str = "vakt_authn_failures_total";
 pub const TOKEN_CACHE: &str = "vakt_token_cache_lookups_total";
 pub const JWKS_FETCHES: &str = "vakt_jwks_fetches_total";
@@ -126,6 +128,14 @@ fn describe() {
     describe_gauge!(
         BUILD_INFO,
         "Always 1; the version label says which build runs"
+    );
+    describe_gauge!(
+        AUDIT_CHAIN_HEAD,
+        "seq of the last audit line written (the chain's head)"
+    );
+    describe_counter!(
+        AUDIT_CHAIN_BREAKS,
+        "Starts that opened a new audit chain epoch because the trail did not continue its last checkpoint, by reason"
     );
 }
 

@@ -194,7 +194,6 @@ mod tests {
     use std::sync::mpsc;
 
     use super::*;
-    use crate::audit::chain::ChainPosition;
     use crate::audit::log::AuditConfig;
     use crate::audit::sink::{Sink, SinkError, WriteFailure};
     use crate::audit::{SealedLine, testutil};
@@ -206,7 +205,7 @@ mod tests {
     }
 
     impl Sink for Gate {
-        fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+        fn tail(&mut self, _since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
             Ok(None)
         }
         fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
@@ -231,6 +230,7 @@ mod tests {
                 capacity,
                 ..AuditConfig::default()
             },
+            testutil::unanchored_chain(),
         );
         let pseudonyms = Arc::new(Pseudonymiser::from_secret("k1", &[1; 32]));
         (

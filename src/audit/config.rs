@@ -2,6 +2,7 @@
 //! an event cannot be recorded.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -43,6 +44,36 @@ pub struct AuditSettings {
     /// `deny` (default: no access without a record) or `allow` (serve, count every lost event).
     #[serde(default)]
     pub on_audit_failure: OnAuditFailure,
+    /// The HMAC key of the chain, kept outside the audit volume. Required with `sink: file`;
+    /// without it a stdout trail is keyed with a per-process random key (never verifiable).
+    #[serde(default)]
+    pub chain_key: Option<ChainKeySettings>,
+    /// Append-only JSONL file of checkpoints, on another volume than the audit files. Required
+    /// with `sink: file`.
+    #[serde(default)]
+    pub checkpoint_file: Option<PathBuf>,
+    /// A checkpoint at most this long after a line is written (and at shutdown).
+    #[serde(
+        default = "defaults::checkpoint_interval",
+        deserialize_with = "crate::serde_helpers::de_duration"
+    )]
+    pub checkpoint_interval: Duration,
+    /// And after this many lines.
+    #[serde(default = "defaults::checkpoint_every")]
+    pub checkpoint_every: u64,
+    /// Also write each checkpoint as one JSON line on stdout (for the cluster's log pipeline).
+    #[serde(default = "defaults::checkpoint_stdout")]
+    pub checkpoint_stdout: bool,
+}
+
+/// The chain key: a file (a Kubernetes Secret) and the id written into every line.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainKeySettings {
+    /// At least 32 random bytes.
+    pub key_file: PathBuf,
+    /// 1-16 characters of A-Z a-z 0-9 - _; a new id for every new key.
+    pub key_id: String,
 }
 
 impl Default for AuditSettings {
@@ -52,6 +83,11 @@ impl Default for AuditSettings {
             file: None,
             queue_capacity: defaults::queue(),
             on_audit_failure: Default::default(),
+            chain_key: None,
+            checkpoint_file: None,
+            checkpoint_interval: defaults::checkpoint_interval(),
+            checkpoint_every: defaults::checkpoint_every(),
+            checkpoint_stdout: defaults::checkpoint_stdout(),
         }
     }
 }
@@ -108,6 +144,45 @@ impl AuditSettings {
                 ));
             }
         }
+        // Fail closed: a file trail is keyed and anchored, or vakt does not start.
+        if self.sink == AuditSink::File {
+            if self.chain_key.is_none() {
+                return Err((
+                    "audit.chain_key".into(),
+                    "sink: file needs chain_key (key_file, key_id): the audit chain is keyed with a secret kept outside the audit volume".into(),
+                ));
+            }
+            if self.checkpoint_file.is_none() {
+                return Err((
+                    "audit.checkpoint_file".into(),
+                    "sink: file needs checkpoint_file, on another volume than the audit files"
+                        .into(),
+                ));
+            }
+        }
+        // The audit file and its rotated names (`audit.log.N`) are rewritten by rotation.
+        if let (Some(cp), Some(file)) = (&self.checkpoint_file, &self.file) {
+            let rotated = cp.parent() == file.path.parent()
+                && cp
+                    .file_name()
+                    .zip(file.path.file_name())
+                    .is_some_and(|(c, a)| {
+                        c.to_string_lossy()
+                            .starts_with(&format!("{}.", a.to_string_lossy()))
+                    });
+            if cp == &file.path || rotated {
+                return Err((
+                    "audit.checkpoint_file".into(),
+                    "must not be the audit file itself or one of its rotated names".into(),
+                ));
+            }
+        }
+        if self.checkpoint_interval.is_zero() || self.checkpoint_every == 0 {
+            return Err((
+                "audit.checkpoint_interval".into(),
+                "checkpoint_interval and checkpoint_every must be positive".into(),
+            ));
+        }
         if self.queue_capacity == 0 {
             return Err(("audit.queue_capacity".into(), "must be at least 1".into()));
         }
@@ -116,6 +191,15 @@ impl AuditSettings {
 }
 
 mod defaults {
+    pub fn checkpoint_interval() -> std::time::Duration {
+        std::time::Duration::from_secs(60)
+    }
+    pub fn checkpoint_every() -> u64 {
+        10_000
+    }
+    pub fn checkpoint_stdout() -> bool {
+        true
+    }
     pub fn queue() -> usize {
         8192
     }
@@ -127,5 +211,52 @@ mod defaults {
     }
     pub fn fsync() -> String {
         "1s".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(yaml: &str) -> Result<AuditSettings, String> {
+        let settings: AuditSettings = serde_saphyr::from_str(yaml).map_err(|e| e.to_string())?;
+        settings
+            .validate()
+            .map_err(|(key, problem)| format!("{key}: {problem}"))?;
+        Ok(settings)
+    }
+
+    #[test]
+    fn a_file_trail_needs_a_chain_key_and_a_checkpoint_file() {
+        let file = "sink: file\nfile:\n  path: /var/log/vakt/audit.log\n";
+        let key = "chain_key:\n  key_file: /run/key\n  key_id: c1\n";
+        let checkpoints = "checkpoint_file: /var/lib/cp/audit.jsonl\n";
+        let err = parse(file).unwrap_err();
+        assert!(err.starts_with("audit.chain_key:"), "{err}");
+        let err = parse(&format!("{file}{key}")).unwrap_err();
+        assert!(err.starts_with("audit.checkpoint_file:"), "{err}");
+        let ok = parse(&format!("{file}{key}{checkpoints}")).unwrap();
+        assert_eq!(ok.checkpoint_interval, Duration::from_secs(60));
+        assert_eq!((ok.checkpoint_every, ok.checkpoint_stdout), (10_000, true));
+        let err = parse(&format!(
+            "{file}{key}checkpoint_file: /var/log/vakt/audit.log\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("not be the audit file"), "{err}");
+        let err = parse(&format!(
+            "{file}{key}checkpoint_file: /var/log/vakt/audit.log.3\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("rotated names"), "{err}");
+        let err = parse(&format!(
+            "{file}{key}{checkpoints}checkpoint_interval: 0s\n"
+        ))
+        .unwrap_err();
+        assert!(err.contains("must be positive"), "{err}");
+        // A stdout trail may go without (its key is then per process).
+        assert!(parse("sink: stdout\n").is_ok());
+        assert!(
+            parse("sink: stdout\nchain_key:\n  key_file: /k\n  key_id: c1\n  extra: 1\n").is_err()
+        );
     }
 }

@@ -15,16 +15,19 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::pseudonym::Pseudonymiser;
 
 /// The schema tag every event carries (`"schema"`). Bump on any incompatible change.
-pub const SCHEMA: &str = "vakt.audit/1";
+pub const SCHEMA: &str = "vakt.audit/2";
+/// The previous schema (plain SHA-256 links, no key): still read by `verify` and `report`.
+pub const SCHEMA_V1: &str = "vakt.audit/1";
 
 pub use crate::pseudonym::{KIND_NATIONAL_ID, KIND_SUBJECT};
 
 use super::fields::{
-    Action, ChainHash, Decision, Direction, EventId, Label, Outcome, Pseudonym, Text,
+    Action, ChainHash, ChainNote, Decision, Direction, EventId, Label, Outcome, Pseudonym, Text,
 };
 use super::time::Timestamp;
 
-/// The schema tag: serialises as [`SCHEMA`], refuses any other value.
+/// The schema tag: serialises as [`SCHEMA`]; reads [`SCHEMA`] and [`SCHEMA_V1`] (the line's
+/// first bytes tell which: `chain::SchemaVersion::of_line`), refuses any other value.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct SchemaTag;
 
@@ -37,7 +40,7 @@ impl Serialize for SchemaTag {
 impl<'de> Deserialize<'de> for SchemaTag {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        if s == SCHEMA {
+        if s == SCHEMA || s == SCHEMA_V1 {
             Ok(Self)
         } else {
             Err(serde::de::Error::custom(format_args!(
@@ -58,9 +61,19 @@ pub struct AuditEvent {
     pub schema: SchemaTag,
     /// Position in the stream: the first event of a stream is 1, then +1 per event.
     pub seq: u64,
-    /// SHA-256 of the previous line of the stream (its bytes without the newline); zeros for
-    /// the first line.
+    /// The previous line's `mac` (`vakt.audit/1`: its SHA-256); zeros for the first line of an
+    /// epoch. This and the next three members are set by the chain writer (`audit::chain`).
     pub prev: ChainHash,
+    /// The chain epoch: 1 for a new trail, +1 whenever vakt starts without being able to vouch
+    /// for the lines before (absent in `vakt.audit/1`).
+    #[serde(default)]
+    pub epoch: u64,
+    /// Id of the key of this line's `mac`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_key_id: Option<Label>,
+    /// On the trail's own events: the gap an epoch start names, or a rotated-out file's range.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainNote>,
     pub id: EventId,
     pub time: Timestamp,
     pub direction: Direction,
@@ -127,6 +140,9 @@ impl AuditEvent {
             schema: SchemaTag,
             seq: 0,
             prev: ChainHash::ZERO,
+            epoch: 0,
+            chain_key_id: None,
+            chain: None,
             id: EventId::new_random(),
             time: Timestamp::now(),
             direction,
@@ -289,6 +305,16 @@ mod tests {
             Label::new("rule_matched").unwrap(),
         );
         e.seq = 7;
+        e.epoch = 2;
+        e.chain_key_id = Some(Label::new("k1").unwrap());
+        e.chain = Some(ChainNote {
+            epoch_start: Some(super::super::fields::EpochStart::Truncated),
+            prev_epoch: Some(1),
+            checkpoint_seq: Some(6),
+            found_seq: Some(4),
+            rotated_first_seq: Some(1),
+            rotated_last_seq: Some(3),
+        });
         e.request_id = Some(Label::new("4f1c2b8e-0d7a-4c55-9a59-0c3d6a1e2b3f").unwrap());
         e.trace_id = Some(Label::new("4bf92f3577b34da6a3ce929d0e0e4736").unwrap());
         e.route = Some(Label::new("journal-read").unwrap());
@@ -335,7 +361,9 @@ mod tests {
         let props = schema["properties"].as_object().unwrap();
         let event = serde_json::to_value(full_event()).unwrap();
         let event = event.as_object().unwrap();
-        let mut in_event: Vec<&String> = event.keys().collect();
+        // The line also carries `mac`, which the chain writer appends to the event's JSON.
+        let mac = "mac".to_owned();
+        let mut in_event: Vec<&String> = event.keys().chain([&mac]).collect();
         let mut in_schema: Vec<&String> = props.keys().collect();
         in_event.sort();
         in_schema.sort();
@@ -343,7 +371,19 @@ mod tests {
             in_event, in_schema,
             "event keys and schema properties differ"
         );
-        // Every required property is always present, even in a minimal event.
+        // The chain note's members too.
+        let note = serde_json::to_value(full_event().chain).unwrap();
+        let mut in_note: Vec<&String> = note.as_object().unwrap().keys().collect();
+        let mut in_note_schema: Vec<&String> = props["chain"]["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .collect();
+        in_note.sort();
+        in_note_schema.sort();
+        assert_eq!(in_note, in_note_schema);
+        // Every required property is always present, even in a minimal event once sealed
+        // (the writer adds `chain_key_id` and `mac`).
         let minimal = serde_json::to_value(AuditEvent::new(
             Direction::Handshake,
             Decision::Refused,
@@ -361,6 +401,7 @@ mod tests {
             .unwrap()
             .keys()
             .map(String::as_str)
+            .chain(["chain_key_id", "mac"])
             .collect();
         required.sort_unstable();
         minimal_keys.sort_unstable();
@@ -403,6 +444,19 @@ mod tests {
                     assert!(value.is_array(), "{key}: not an array");
                     assert_eq!(prop["items"]["type"], "string");
                 }
+                "object" => {
+                    for (member, v) in value.as_object().unwrap() {
+                        let member_prop = &prop["properties"][member];
+                        match member_prop["type"].as_str() {
+                            Some("integer") => assert!(v.is_u64(), "{key}.{member}"),
+                            Some("string") => {
+                                let values = member_prop["enum"].as_array().unwrap();
+                                assert!(values.contains(v), "{key}.{member}: {v} not in enum");
+                            }
+                            other => panic!("{key}.{member}: unexpected type {other:?}"),
+                        }
+                    }
+                }
                 other => panic!("{key}: unexpected schema type {other}"),
             }
         }
@@ -415,10 +469,13 @@ mod tests {
                 .map(|v| v.as_str().unwrap().to_owned())
                 .collect()
         };
-        assert_eq!(enum_of("direction"), ["inbound", "outbound", "handshake"]);
+        assert_eq!(
+            enum_of("direction"),
+            ["inbound", "outbound", "handshake", "audit"]
+        );
         assert_eq!(
             enum_of("decision"),
-            ["allow", "deny", "would_deny", "refused"]
+            ["allow", "deny", "would_deny", "refused", "recorded"]
         );
         assert_eq!(
             enum_of("action"),
@@ -439,6 +496,7 @@ mod tests {
             Direction::Inbound,
             Direction::Outbound,
             Direction::Handshake,
+            Direction::Audit,
         ] {
             assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
         }
@@ -447,6 +505,7 @@ mod tests {
             Decision::Deny,
             Decision::WouldDeny,
             Decision::Refused,
+            Decision::Recorded,
         ] {
             assert_eq!(serde_json::to_value(d).unwrap(), d.as_str());
         }
@@ -462,7 +521,7 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_str(&line).unwrap();
         v["token"] = "eyJhbGciOiJSUzI1NiJ9.e30.sig".into();
         assert!(serde_json::from_value::<AuditEvent>(v).is_err());
-        let wrong_schema = line.replace(SCHEMA, "vakt.audit/2");
+        let wrong_schema = line.replace(SCHEMA, "vakt.audit/3");
         assert!(serde_json::from_str::<AuditEvent>(&wrong_schema).is_err());
     }
 
@@ -487,10 +546,10 @@ mod tests {
         );
         let line = serde_json::to_string(&e).unwrap();
         let v: serde_json::Value = serde_json::from_str(&line).unwrap();
-        assert_eq!(v.as_object().unwrap().len(), 8, "{line}");
+        assert_eq!(v.as_object().unwrap().len(), 9, "{line}");
         // Keys in a fixed order, chain fields first.
         let prefix = format!(
-            r#"{{"schema":"vakt.audit/1","seq":0,"prev":"{}","id":"#,
+            r#"{{"schema":"vakt.audit/2","seq":0,"prev":"{}","epoch":0,"id":"#,
             "0".repeat(64)
         );
         assert!(line.starts_with(&prefix), "{line}");
@@ -770,7 +829,7 @@ mod tests {
             .keys()
             .cloned()
             .collect();
-        assert_eq!(keys.len(), 28);
+        assert_eq!(keys.len(), 31);
         for key in &keys {
             let mut v = serde_json::to_value(&minimal).unwrap();
             v[key.as_str()] = serde_json::to_value(&full).unwrap()[key.as_str()].clone();
@@ -814,6 +873,12 @@ mod tests {
                 Decision::Allow,
                 Action::Read,
                 Outcome::ClientAborted,
+            ),
+            (
+                Direction::Audit,
+                Decision::Recorded,
+                Action::Other,
+                Outcome::Completed,
             ),
         ] {
             let mut e = full.clone();

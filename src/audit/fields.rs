@@ -252,6 +252,8 @@ pub enum Direction {
     Outbound,
     /// A TLS handshake refused before any request.
     Handshake,
+    /// The trail about itself: an epoch start, a rotated-out file.
+    Audit,
 }
 
 impl Direction {
@@ -260,6 +262,7 @@ impl Direction {
             Self::Inbound => "inbound",
             Self::Outbound => "outbound",
             Self::Handshake => "handshake",
+            Self::Audit => "audit",
         }
     }
 }
@@ -274,6 +277,8 @@ pub enum Decision {
     WouldDeny,
     /// Refused before the policy: malformed request, refused handshake or egress.
     Refused,
+    /// Not a decision: a record the trail keeps about itself.
+    Recorded,
 }
 
 impl Decision {
@@ -283,6 +288,7 @@ impl Decision {
             Self::Deny => "deny",
             Self::WouldDeny => "would_deny",
             Self::Refused => "refused",
+            Self::Recorded => "recorded",
         }
     }
 
@@ -447,5 +453,95 @@ impl<'de> Deserialize<'de> for ChainHash {
         let s = String::deserialize(d)?;
         Self::parse_hex(&s)
             .ok_or_else(|| serde::de::Error::custom("prev: expected 64 lowercase hex digits"))
+    }
+}
+
+/// How an epoch began without a link to the line before it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EpochStart {
+    /// The last checkpoint names lines, but no audit file holds any line.
+    FilesMissing,
+    /// The audit files end before the last checkpointed line.
+    Truncated,
+    /// The line at the checkpointed `seq` is not the one checkpointed, or a line after it does
+    /// not verify.
+    HeadMismatch,
+    /// Audit lines exist but no checkpoint does: nothing to vouch for them against.
+    CheckpointMissing,
+    /// The files end with a `vakt.audit/1` line (first start after an upgrade): the keyed chain
+    /// starts here. Not a break.
+    UpgradedFromV1,
+}
+
+impl EpochStart {
+    /// Metric label and JSON value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::FilesMissing => "files_missing",
+            Self::Truncated => "truncated",
+            Self::HeadMismatch => "head_mismatch",
+            Self::CheckpointMissing => "checkpoint_missing",
+            Self::UpgradedFromV1 => "upgraded_from_v1",
+        }
+    }
+
+    /// Continuity was lost (counted in `vakt_audit_chain_breaks_total`).
+    pub fn is_break(self) -> bool {
+        !matches!(self, Self::UpgradedFromV1)
+    }
+}
+
+/// What the trail records about itself (the `chain` member): an epoch start and the gap it
+/// names, or the range of a rotated-out file. Every member optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChainNote {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub epoch_start: Option<EpochStart>,
+    /// The epoch before this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prev_epoch: Option<u64>,
+    /// The last checkpointed `seq` found at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_seq: Option<u64>,
+    /// The last `seq` found in the audit files at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub found_seq: Option<u64>,
+    /// The first and last `seq` of an audit file that rotation deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_first_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rotated_last_seq: Option<u64>,
+}
+
+impl ChainNote {
+    /// Append `{...}` as `serde_json` writes it (members in declaration order, absent ones
+    /// left out).
+    pub fn write_json(&self, out: &mut String) {
+        let mut first = true;
+        let mut member = |out: &mut String, key: &str, value: &str| {
+            out.push_str(if first { "\"" } else { ",\"" });
+            first = false;
+            out.push_str(key);
+            out.push_str("\":");
+            out.push_str(value);
+        };
+        out.push('{');
+        if let Some(start) = self.epoch_start {
+            member(out, "epoch_start", &format!("\"{}\"", start.as_str()));
+        }
+        for (key, value) in [
+            ("prev_epoch", self.prev_epoch),
+            ("checkpoint_seq", self.checkpoint_seq),
+            ("found_seq", self.found_seq),
+            ("rotated_first_seq", self.rotated_first_seq),
+            ("rotated_last_seq", self.rotated_last_seq),
+        ] {
+            if let Some(v) = value {
+                member(out, key, itoa::Buffer::new().format(v));
+            }
+        }
+        out.push('}');
     }
 }

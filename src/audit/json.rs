@@ -32,6 +32,12 @@ impl AuditEvent {
         string(out, "{\"schema\":", SCHEMA);
         number(out, key!("seq"), self.seq);
         string(out, key!("prev"), self.prev.hex(&mut [0; 64]));
+        number(out, key!("epoch"), self.epoch);
+        opt_string(out, key!("chain_key_id"), label(&self.chain_key_id));
+        if let Some(note) = &self.chain {
+            out.push_str(key!("chain"));
+            note.write_json(out);
+        }
         let mut id = uuid::Uuid::encode_buffer();
         string(
             out,

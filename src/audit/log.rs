@@ -12,7 +12,14 @@
 //! an accepted event is written: on a sink error the writer marks the log unhealthy and retries
 //! the same lines with backoff until the sink takes them, then marks it healthy again.
 //! [`AuditLog::shutdown`] waits until every accepted event is written.
+//!
+//! The writer also keeps the chain anchored ([`ChainSettings`]): on start it resumes from the
+//! last checkpoint or opens a new epoch whose first event names the gap
+//! ([`super::checkpoint::resume`]); it records each file rotation deletes; and it writes a
+//! checkpoint after `every` lines or `interval`, whichever comes first, and at shutdown, each
+//! time after syncing the sink.
 
+use std::io::Write;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
@@ -23,9 +30,11 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
-use super::chain::{ChainPosition, ChainWriter, SealedLine};
+use super::chain::{ChainKey, ChainNote, ChainWriter, SealedLine, note_event};
+use super::checkpoint::{Checkpoint, CheckpointFile, CheckpointSettings};
 use super::event::AuditEvent;
 use super::sink::{Sink, SinkError, WriteFailure};
+use crate::metrics as m;
 
 /// Name of the writer thread.
 const THREAD_NAME: &str = "vakt-audit";
@@ -57,6 +66,13 @@ impl Default for AuditConfig {
             retry_max: Duration::from_secs(2),
         }
     }
+}
+
+/// The chain's key and where and when its head is checkpointed.
+#[derive(Debug, Clone)]
+pub struct ChainSettings {
+    pub key: Arc<ChainKey>,
+    pub checkpoints: CheckpointSettings,
 }
 
 /// Why an event was not accepted. The caller decides: refuse the request (`audit_unavailable`)
@@ -102,6 +118,8 @@ struct Shared {
     closed: AtomicBool,
     /// Set when a shutdown timed out: the writer gives up at its next wait.
     stop: AtomicBool,
+    /// `seq` of the last line written (0 before the first).
+    head_seq: AtomicU64,
 }
 
 impl Shared {
@@ -157,7 +175,7 @@ impl AuditLog {
     /// Start the writer thread (`vakt-audit`), which owns `sink` from now on. Needs no tokio
     /// runtime ([`shutdown`](Self::shutdown) does). If the thread cannot be started the log is
     /// closed from the start: every event is refused ([`AuditUnavailable::Closed`]).
-    pub fn start<S: Sink>(sink: S, config: AuditConfig) -> Self {
+    pub fn start<S: Sink>(sink: S, config: AuditConfig, chain: ChainSettings) -> Self {
         let config = AuditConfig {
             capacity: config.capacity.max(1),
             max_batch: config.max_batch.max(1),
@@ -171,7 +189,7 @@ impl AuditLog {
         let spawned = thread::Builder::new()
             .name(THREAD_NAME.into())
             .spawn(move || {
-                let outcome = run(sink, rx, &writer_shared, config);
+                let outcome = run(sink, rx, &writer_shared, config, chain);
                 // Nobody waits if no shutdown was called.
                 let _ = done_tx.send(outcome);
             });
@@ -263,6 +281,11 @@ impl AuditLog {
         s.accepted.load(Ordering::Acquire).saturating_sub(written)
     }
 
+    /// `seq` of the last line written (0 before the first).
+    pub fn head_seq(&self) -> u64 {
+        self.inner.shared.head_seq.load(Ordering::Acquire)
+    }
+
     /// False from a sink error until the sink takes lines again.
     pub fn healthy(&self) -> bool {
         self.inner.shared.healthy.load(Ordering::Acquire)
@@ -301,6 +324,28 @@ impl AuditLog {
                 })
             }
         }
+    }
+}
+
+/// Log and count an epoch that starts without a link to the one before.
+fn note_epoch_start(note: &ChainNote) {
+    let Some(start) = note.epoch_start else {
+        return;
+    };
+    if start.is_break() {
+        metrics::counter!(m::AUDIT_CHAIN_BREAKS, "reason" => start.as_str()).increment(1);
+        tracing::error!(
+            reason = start.as_str(),
+            prev_epoch = note.prev_epoch,
+            checkpoint_seq = note.checkpoint_seq,
+            found_seq = note.found_seq,
+            "the audit trail does not continue its last checkpoint; a new epoch begins"
+        );
+    } else {
+        tracing::info!(
+            reason = start.as_str(),
+            "the keyed audit chain begins after the vakt.audit/1 lines"
+        );
     }
 }
 
@@ -353,8 +398,15 @@ fn run<S: Sink>(
     rx: Receiver<Box<AuditEvent>>,
     shared: &Shared,
     config: AuditConfig,
+    chain: ChainSettings,
 ) -> Outcome {
     let result = panic::catch_unwind(AssertUnwindSafe(move || {
+        let checkpoints = Checkpoints {
+            file: chain.checkpoints.file.clone().map(CheckpointFile::new),
+            settings: chain.checkpoints,
+            lines: 0,
+            since: None,
+        };
         Writer {
             sink,
             rx,
@@ -362,6 +414,8 @@ fn run<S: Sink>(
             config,
             backoff: Backoff::new(&config),
             unsynced: 0,
+            key: chain.key,
+            checkpoints,
         }
         .write_loop()
     }));
@@ -395,7 +449,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
 
 /// Why the writer woke without an event.
 enum Idle {
-    /// The sink has a sync due.
+    /// The sink has a sync or a checkpoint due.
     SyncDue,
     /// The queue is closed and drained.
     Closed,
@@ -410,16 +464,80 @@ struct Writer<'a, S> {
     backoff: Backoff,
     /// Lines in the sink but not yet counted (a partial batch, or a batch whose flush failed).
     unsynced: u64,
+    key: Arc<ChainKey>,
+    checkpoints: Checkpoints,
+}
+
+/// The checkpoint schedule's state.
+struct Checkpoints {
+    settings: CheckpointSettings,
+    file: Option<CheckpointFile>,
+    /// Lines written since the last checkpoint.
+    lines: u64,
+    /// When the first of them was written.
+    since: Option<Instant>,
+}
+
+impl Checkpoints {
+    fn wrote(&mut self, lines: u64) {
+        if lines > 0 {
+            self.lines += lines;
+            self.since.get_or_insert_with(Instant::now);
+        }
+    }
+
+    /// When the next checkpoint is due by time, if lines wait for one.
+    fn deadline(&self) -> Option<Instant> {
+        Some(self.since? + self.settings.interval)
+    }
+
+    fn due(&self) -> bool {
+        self.lines >= self.settings.every.max(1)
+            || self.deadline().is_some_and(|d| Instant::now() >= d)
+    }
+
+    /// Record `checkpoint` on stdout and in the checkpoint file. A failure is logged and the
+    /// next checkpoint tries again; the audit lines themselves are already written.
+    fn write(&mut self, checkpoint: &Checkpoint) {
+        if self.settings.stdout {
+            let mut line = checkpoint.to_line();
+            line.push('\n');
+            let mut out = std::io::stdout().lock();
+            if let Err(error) = out.write_all(line.as_bytes()).and_then(|()| out.flush()) {
+                tracing::error!(%error, "cannot write the audit checkpoint to stdout");
+            }
+        }
+        if let Some(file) = &mut self.file
+            && let Err(error) = file.append(checkpoint)
+        {
+            tracing::error!(%error, "cannot write the audit checkpoint file");
+        }
+        self.lines = 0;
+        self.since = None;
+    }
 }
 
 impl<S: Sink> Writer<'_, S> {
     fn write_loop(mut self) -> Result<(), Stopped> {
-        // Where the stream stands (a file sink continues its chain).
-        let mut chain = loop {
-            match self.sink.resume() {
-                Ok(position) => {
+        // Where the trail stands: resumed from the last checkpoint, or a new epoch.
+        let checkpoint = match &self.checkpoints.settings.file {
+            Some(path) => loop {
+                match CheckpointFile::last(path) {
+                    Ok(c) => break c,
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot read the audit checkpoint file");
+                        self.shared.healthy.store(false, Ordering::Release);
+                        self.backoff.wait(self.shared)?;
+                    }
+                }
+            },
+            None => None,
+        };
+        let tail = loop {
+            match self.sink.tail(checkpoint.as_ref().map(|c| c.seq)) {
+                Ok(tail) => {
                     self.shared.recovered();
-                    break ChainWriter::resume(position.unwrap_or(ChainPosition::GENESIS));
+                    break tail;
                 }
                 Err(e) => {
                     self.shared.fail(&e);
@@ -428,8 +546,21 @@ impl<S: Sink> Writer<'_, S> {
             }
         };
         self.backoff.reset();
-
+        let resumption = match tail {
+            Some(tail) => super::checkpoint::resume(checkpoint.as_ref(), &tail, &self.key),
+            // A sink that cannot be read back starts a new trail every time.
+            None => super::checkpoint::resume(None, &[], &self.key),
+        };
+        let mut chain = ChainWriter::resume(resumption.position, self.key.clone());
         let mut pending: Vec<SealedLine> = Vec::new();
+        // Checkpoint the new epoch as soon as its first event is written.
+        let mut checkpoint_now = false;
+        if let Some(note) = resumption.note {
+            note_epoch_start(&note);
+            pending.push(chain.seal(note_event(note)));
+            checkpoint_now = true;
+        }
+
         loop {
             if self.shared.stop.load(Ordering::Acquire) {
                 return Err(Stopped);
@@ -439,6 +570,9 @@ impl<S: Sink> Writer<'_, S> {
                     Ok(event) => event,
                     Err(Idle::SyncDue) => {
                         self.flush(false)?;
+                        if self.checkpoints.due() {
+                            self.checkpoint(&chain)?;
+                        }
                         continue;
                     }
                     Err(Idle::Closed) => break,
@@ -458,8 +592,27 @@ impl<S: Sink> Writer<'_, S> {
                 Ok(()) => {
                     let full = pending.len() >= self.config.max_batch;
                     self.unsynced += pending.len() as u64;
+                    self.checkpoints.wrote(pending.len() as u64);
+                    self.shared
+                        .head_seq
+                        .store(chain.position().head_seq().unwrap_or(0), Ordering::Release);
                     pending.clear();
                     self.flush(false)?;
+                    if std::mem::take(&mut checkpoint_now) || self.checkpoints.due() {
+                        self.checkpoint(&chain)?;
+                    }
+                    // Files rotation deleted go into the trail next.
+                    for out in self.sink.take_rotated_out() {
+                        let note = ChainNote {
+                            rotated_first_seq: out.first_seq,
+                            rotated_last_seq: out.last_seq,
+                            ..ChainNote::default()
+                        };
+                        pending.push(chain.seal(note_event(note)));
+                    }
+                    if !pending.is_empty() {
+                        continue;
+                    }
                     // Not after a full batch (there is a backlog), nor when closing.
                     if !full && !self.shared.closed.load(Ordering::Acquire) {
                         self.linger();
@@ -470,6 +623,7 @@ impl<S: Sink> Writer<'_, S> {
                     let written = written.min(pending.len());
                     pending.drain(..written);
                     self.unsynced += written as u64;
+                    self.checkpoints.wrote(written as u64);
                     self.shared.fail(&error);
                     self.backoff.wait(self.shared)?;
                     if pending.is_empty() {
@@ -479,8 +633,19 @@ impl<S: Sink> Writer<'_, S> {
                 }
             }
         }
-        // Closed and drained: everything accepted is in the sink; make it durable.
-        self.flush(true)
+        // Closed and drained: everything accepted is in the sink; make it durable and record
+        // where the trail ends.
+        self.flush(true)?;
+        self.checkpoint(&chain)
+    }
+
+    /// Sync the sink, then record the chain's head (nothing before the first line).
+    fn checkpoint(&mut self, chain: &ChainWriter) -> Result<(), Stopped> {
+        self.flush(true)?;
+        if let Some(checkpoint) = Checkpoint::of(&chain.position(), chain.key_id()) {
+            self.checkpoints.write(&checkpoint);
+        }
+        Ok(())
     }
 
     /// Let events gather for `linger` rather than wake for each one, but not past a due sync.
@@ -496,7 +661,11 @@ impl<S: Sink> Writer<'_, S> {
 
     /// Block until an event arrives, a sync is due, or the queue is closed and drained.
     fn wait(&self) -> Result<Box<AuditEvent>, Idle> {
-        match self.sink.sync_deadline() {
+        let deadline = match (self.sink.sync_deadline(), self.checkpoints.deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match deadline {
             None => self.rx.recv().map_err(|_| Idle::Closed),
             Some(deadline) => self
                 .rx
@@ -535,8 +704,11 @@ mod tests {
     use super::*;
     use crate::audit::event::AuditEvent;
     use crate::audit::sink::{FileSink, FileSinkConfig, FsyncPolicy};
-    use crate::audit::testutil::event;
-    use crate::audit::verify::verify;
+    use crate::audit::testutil::{event, test_key, verified};
+
+    fn chain() -> ChainSettings {
+        crate::audit::testutil::unanchored_chain()
+    }
 
     fn fast_retry(capacity: usize) -> AuditConfig {
         AuditConfig {
@@ -627,9 +799,9 @@ mod tests {
     }
 
     impl<S: Sink> Sink for Gated<S> {
-        fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+        fn tail(&mut self, since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
             self.gate.pass();
-            self.inner.resume()
+            self.inner.tail(since)
         }
         fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
             self.gate.pass();
@@ -640,6 +812,9 @@ mod tests {
         }
         fn sync_deadline(&self) -> Option<Instant> {
             self.inner.sync_deadline()
+        }
+        fn take_rotated_out(&mut self) -> Vec<crate::audit::sink::RotatedOut> {
+            self.inner.take_rotated_out()
         }
     }
 
@@ -652,7 +827,7 @@ mod tests {
             1 << 30,
             FsyncPolicy::Interval(Duration::from_millis(20)),
         ));
-        let log = AuditLog::start(sink, fast_retry(10_000));
+        let log = AuditLog::start(sink, fast_retry(10_000), chain());
         for n in 1..=10_000 {
             log.try_record(event(n)).unwrap();
         }
@@ -666,8 +841,9 @@ mod tests {
         assert_eq!((probe.dropped(), probe.queue_depth()), (0, 0));
         assert_eq!(probe.try_record(event(1)), Err(AuditUnavailable::Closed));
         assert_eq!(probe.dropped(), 1);
-        let report = verify(&[path]).unwrap();
-        assert_eq!((report.events, report.starts_at_genesis), (10_000, true));
+        let report = verified(&[path]);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.events, 10_000);
         // A second shutdown (another clone) has nothing left to do.
         probe.shutdown(Duration::from_secs(1)).await.unwrap();
     }
@@ -680,7 +856,7 @@ mod tests {
     }
 
     impl Sink for GateSink {
-        fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+        fn tail(&mut self, _since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
             Ok(None)
         }
         fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
@@ -706,7 +882,7 @@ mod tests {
             release: release_rx,
             out: out.clone(),
         };
-        let log = AuditLog::start(sink, fast_retry(4));
+        let log = AuditLog::start(sink, fast_retry(4), chain());
         log.try_record(event(1)).unwrap();
         // The writer takes event 1 and blocks in the sink.
         wait_for("the writer to enter the sink", || {
@@ -728,7 +904,7 @@ mod tests {
         let out = out.lock().unwrap();
         let seqs: Vec<u64> = out
             .iter()
-            .map(|l| serde_json::from_str::<AuditEvent>(l).unwrap().seq)
+            .map(|l| crate::audit::parse_line(l.as_bytes()).unwrap().event.seq)
             .collect();
         assert_eq!(seqs, [1, 2, 3, 4, 5]);
     }
@@ -742,7 +918,7 @@ mod tests {
         fs::write(&logs, "not a directory").unwrap();
         let path = logs.join("audit.log");
         let (sink, gate) = Gated::held(file_sink(&path, 1 << 20, FsyncPolicy::Always));
-        let log = AuditLog::start(sink, fast_retry(100));
+        let log = AuditLog::start(sink, fast_retry(100), chain());
         // Accepted before the writer first tried the sink.
         for n in 1..=20 {
             log.try_record(event(n)).unwrap();
@@ -770,8 +946,9 @@ mod tests {
         let probe = log.clone();
         log.shutdown(Duration::from_secs(10)).await.unwrap();
         assert_eq!((probe.written(), probe.dropped()), (25, 1));
-        let report = verify(&[path]).unwrap();
-        assert_eq!((report.events, report.starts_at_genesis), (25, true));
+        let report = verified(&[path]);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.events, 25);
     }
 
     #[tokio::test]
@@ -784,7 +961,7 @@ mod tests {
         let (sink, gate) = Gated::held(file_sink(&path, 1600, FsyncPolicy::Always));
         // Held again below, around the failure.
         gate.release();
-        let log = AuditLog::start(sink, fast_retry(100));
+        let log = AuditLog::start(sink, fast_retry(100), chain());
         for n in 1..=3 {
             log.try_record(event(n)).unwrap();
         }
@@ -812,8 +989,9 @@ mod tests {
         log.shutdown(Duration::from_secs(10)).await.unwrap();
         let files = files(&path);
         assert!(files.len() >= 4, "{files:?}");
-        let report = verify(&files).unwrap();
-        assert_eq!((report.events, report.starts_at_genesis), (9, true));
+        let report = verified(&files);
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.events, 9);
     }
 
     /// Fails `failures` times, each time after taking the first two lines of the batch.
@@ -823,7 +1001,7 @@ mod tests {
     }
 
     impl Sink for FlakySink {
-        fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+        fn tail(&mut self, _since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
             Ok(None)
         }
         fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
@@ -857,7 +1035,7 @@ mod tests {
         });
         let mut config = fast_retry(100);
         config.max_batch = 8;
-        let log = AuditLog::start(sink, config);
+        let log = AuditLog::start(sink, config, chain());
         for n in 1..=50 {
             log.try_record(event(n)).unwrap();
         }
@@ -868,16 +1046,15 @@ mod tests {
         assert_eq!(probe.written(), 50);
         assert!(probe.healthy());
         let out = out.lock().unwrap();
-        let events: Vec<AuditEvent> = out
+        let lines: Vec<crate::audit::chain::ParsedLine> = out
             .iter()
-            .map(|l| serde_json::from_str(l).unwrap())
+            .map(|l| crate::audit::parse_line(l.as_bytes()).unwrap())
             .collect();
-        let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+        let seqs: Vec<u64> = lines.iter().map(|l| l.event.seq).collect();
         assert_eq!(seqs, (1..=50).collect::<Vec<u64>>());
         // The chain holds line to line.
-        for pair in out.windows(2) {
-            let next: AuditEvent = serde_json::from_str(&pair[1]).unwrap();
-            assert_eq!(next.prev, crate::audit::line_hash(pair[0].as_bytes()));
+        for pair in lines.windows(2) {
+            assert_eq!(Some(pair[1].event.prev), pair[0].mac);
         }
     }
 
@@ -888,6 +1065,7 @@ mod tests {
         let log = AuditLog::start(
             file_sink(&path, 256 * 1024, FsyncPolicy::Never),
             fast_retry(64),
+            chain(),
         );
         let mut tasks = Vec::new();
         for t in 0..4u64 {
@@ -918,7 +1096,8 @@ mod tests {
         log.shutdown(Duration::from_secs(60)).await.unwrap();
         assert_eq!(probe.written(), accepted);
         assert_eq!(probe.dropped(), refused);
-        let report = verify(&files(&path)).unwrap();
+        let report = verified(&files(&path));
+        assert!(report.is_intact(), "{report}");
         assert_eq!(report.events, accepted);
     }
 
@@ -932,7 +1111,7 @@ mod tests {
             1 << 20,
             FsyncPolicy::Always,
         ));
-        let log = AuditLog::start(sink, fast_retry(10));
+        let log = AuditLog::start(sink, fast_retry(10), chain());
         for n in 1..=3 {
             log.try_record(event(n)).unwrap();
         }
@@ -996,7 +1175,7 @@ mod tests {
     }
 
     impl Sink for MemorySink {
-        fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+        fn tail(&mut self, _since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
             drop(called(&self.record));
             Ok(None)
         }
@@ -1029,7 +1208,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_is_written_in_few_batches_by_one_named_thread() {
         let (sink, record) = MemorySink::new(None);
-        let log = AuditLog::start(sink, fast_retry(2000));
+        let log = AuditLog::start(sink, fast_retry(2000), chain());
         let events: Vec<AuditEvent> = (1..=1000).map(event).collect();
         for e in events {
             log.try_record(e).unwrap();
@@ -1063,7 +1242,7 @@ mod tests {
             linger,
             ..fast_retry(100_000)
         };
-        let log = AuditLog::start(sink, config);
+        let log = AuditLog::start(sink, config, chain());
         let events: Vec<AuditEvent> = (1..=400).map(event).collect();
         let start = Instant::now();
         // One event every 250 µs (4,000/s), for 100 ms or more: slower than the writer seals
@@ -1096,7 +1275,7 @@ mod tests {
     async fn a_due_sync_happens_without_new_events() {
         let every = Duration::from_millis(250);
         let (sink, record) = MemorySink::new(Some(every));
-        let log = AuditLog::start(sink, fast_retry(10));
+        let log = AuditLog::start(sink, fast_retry(10), chain());
         let start = Instant::now();
         log.try_record(event(1)).unwrap();
         wait_for("the event to be written", || log.written() == 1).await;
@@ -1120,7 +1299,7 @@ mod tests {
             .build()
             .unwrap();
         let (sink, record) = MemorySink::new(None);
-        let log = AuditLog::start(sink, fast_retry(64));
+        let log = AuditLog::start(sink, fast_retry(64), chain());
         // Producers record until the log is closed under them.
         let producers: Vec<_> = (0..2u64)
             .map(|t| {
@@ -1148,5 +1327,246 @@ mod tests {
         assert_eq!(probe.written(), accepted);
         assert_eq!(record.lock().unwrap().lines, accepted);
         assert_eq!(probe.queue_depth(), 0);
+    }
+
+    /// A file trail anchored in `dir`: checkpoints after `every` lines, into `checkpoints.jsonl`.
+    fn anchored(dir: &Path, every: u64) -> ChainSettings {
+        ChainSettings {
+            key: test_key(),
+            checkpoints: CheckpointSettings {
+                file: Some(dir.join("checkpoints.jsonl")),
+                stdout: false,
+                interval: Duration::from_secs(3600),
+                every,
+            },
+        }
+    }
+
+    fn options_with_checkpoints(dir: &Path) -> crate::audit::VerifyOptions {
+        crate::audit::VerifyOptions {
+            keys: vec![crate::audit::VerifyKey {
+                id: None,
+                key: ChainKey::new("t1", &[3; 32]).unwrap(),
+            }],
+            checkpoints: Some(
+                CheckpointFile::read_all(&dir.join("checkpoints.jsonl")).unwrap_or_default(),
+            ),
+        }
+    }
+
+    async fn run_once(dir: &Path, sink: FileSink, range: std::ops::RangeInclusive<u64>) {
+        let log = AuditLog::start(sink, fast_retry(1000), anchored(dir, 7));
+        for n in range {
+            log.try_record(event(n)).unwrap();
+        }
+        let probe = log.clone();
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+        assert_eq!(probe.head_seq(), probe_head(dir));
+    }
+
+    /// The head of the last checkpoint.
+    fn probe_head(dir: &Path) -> u64 {
+        CheckpointFile::last(&dir.join("checkpoints.jsonl"))
+            .unwrap()
+            .map_or(0, |c| c.seq)
+    }
+
+    #[tokio::test]
+    async fn a_normal_restart_continues_the_epoch_and_checkpoints_on_schedule() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        // One event at a time, so each batch is one line.
+        let log = AuditLog::start(
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            fast_retry(10),
+            anchored(dir.path(), 7),
+        );
+        for n in 1..=20 {
+            log.try_record(event(n)).unwrap();
+            wait_for("the event", || log.written() == n).await;
+        }
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+        // Every 7 lines and at shutdown.
+        let checkpoints = CheckpointFile::read_all(&dir.path().join("checkpoints.jsonl")).unwrap();
+        let seqs: Vec<u64> = checkpoints.iter().map(|c| c.seq).collect();
+        assert_eq!(seqs, [7, 14, 20]);
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            21..=30,
+        )
+        .await;
+        let r = crate::audit::verify_trail(
+            std::slice::from_ref(&path),
+            &options_with_checkpoints(dir.path()),
+        )
+        .unwrap();
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.events, 30);
+        assert_eq!(r.segments.len(), 1, "one epoch: {r}");
+        assert!(
+            r.of_kind(crate::audit::FindingKind::Epoch).is_empty(),
+            "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleted_files_start_a_new_epoch_that_names_the_gap() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            1..=20,
+        )
+        .await;
+        fs::remove_file(&path).unwrap();
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            21..=25,
+        )
+        .await;
+        let text = fs::read_to_string(&path).unwrap();
+        let first = crate::audit::parse_line(text.lines().next().unwrap().as_bytes()).unwrap();
+        let note = first.event.chain.clone().unwrap();
+        assert_eq!(first.event.reason.as_str(), "chain_epoch_started");
+        assert_eq!(
+            (first.event.epoch, first.event.seq, first.event.prev),
+            (2, 21, crate::audit::ChainHash::ZERO)
+        );
+        assert_eq!(
+            note.epoch_start,
+            Some(crate::audit::EpochStart::FilesMissing)
+        );
+        assert_eq!(
+            (note.prev_epoch, note.checkpoint_seq, note.found_seq),
+            (Some(1), Some(20), None)
+        );
+        let r = crate::audit::verify_trail(
+            std::slice::from_ref(&path),
+            &options_with_checkpoints(dir.path()),
+        )
+        .unwrap();
+        let epochs = r.of_kind(crate::audit::FindingKind::Epoch);
+        assert_eq!(epochs.len(), 1, "{r}");
+        assert!(epochs[0].problem);
+        assert!(epochs[0].detail.contains("files_missing"), "{r}");
+        // Checkpoints of epoch 1 name seqs the files no longer hold: no truncated tail is
+        // claimed for them, the epoch start accounts for it; the trail is still not intact.
+        assert!(!r.is_intact());
+    }
+
+    #[tokio::test]
+    async fn rotation_deleting_a_file_is_recorded_in_the_trail() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let sink = FileSink::new(FileSinkConfig {
+            path: path.clone(),
+            max_bytes: 8 * 1024,
+            max_files: 2,
+            fsync: FsyncPolicy::Never,
+        })
+        .unwrap();
+        run_once(dir.path(), sink, 1..=120).await;
+        let files = FileSink::files_oldest_first(&path, 2);
+        let r = crate::audit::verify_trail(&files, &options_with_checkpoints(dir.path())).unwrap();
+        assert!(r.is_intact(), "{r}");
+        let rotated = r.of_kind(crate::audit::FindingKind::RotatedOut);
+        assert_eq!(rotated.len(), 1, "{r}");
+        assert_eq!(
+            rotated[0].seqs,
+            Some((1, r.segments[0].first_seq - 1)),
+            "{r}"
+        );
+        // The records themselves are in the trail.
+        let records = files
+            .iter()
+            .flat_map(|f| {
+                fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .filter(|l| l.contains("\"reason\":\"audit_file_rotated_out\""))
+            .count();
+        assert!(records >= 1);
+        // Without the records, the deletion reads as a missing start.
+        let stripped: Vec<PathBuf> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                let kept: Vec<String> = fs::read_to_string(f)
+                    .unwrap()
+                    .lines()
+                    .filter(|l| !l.contains("audit_file_rotated_out"))
+                    .map(str::to_owned)
+                    .collect();
+                let out = dir.path().join(format!("stripped.{i}"));
+                fs::write(&out, kept.join("\n") + "\n").unwrap();
+                out
+            })
+            .collect();
+        let r =
+            crate::audit::verify_trail(&stripped, &options_with_checkpoints(dir.path())).unwrap();
+        assert!(
+            r.problems()
+                .any(|f| f.kind == crate::audit::FindingKind::MissingStart),
+            "{r}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_idle_writer_checkpoints_after_the_interval() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let mut chain = anchored(dir.path(), 1_000_000);
+        chain.checkpoints.interval = Duration::from_millis(100);
+        let log = AuditLog::start(
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            fast_retry(10),
+            chain,
+        );
+        for n in 1..=3 {
+            log.try_record(event(n)).unwrap();
+        }
+        wait_for("a checkpoint without new events", || {
+            probe_head(dir.path()) == 3
+        })
+        .await;
+        assert_eq!(log.head_seq(), 3);
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_first_start_after_v1_lines_opens_the_keyed_chain_without_a_break() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let old = crate::audit::testutil::v1_lines(1..=4);
+        fs::write(&path, old.join("\n") + "\n").unwrap();
+        run_once(
+            dir.path(),
+            file_sink(&path, 1 << 20, FsyncPolicy::Never),
+            5..=7,
+        )
+        .await;
+        let text = fs::read_to_string(&path).unwrap();
+        let first_keyed =
+            crate::audit::parse_line(text.lines().nth(4).unwrap().as_bytes()).unwrap();
+        let note = first_keyed.event.chain.unwrap();
+        assert_eq!(
+            note.epoch_start,
+            Some(crate::audit::EpochStart::UpgradedFromV1)
+        );
+        assert_eq!((first_keyed.event.seq, note.found_seq), (5, Some(4)));
+        let r = crate::audit::verify_trail(
+            std::slice::from_ref(&path),
+            &options_with_checkpoints(dir.path()),
+        )
+        .unwrap();
+        assert!(r.is_intact(), "{r}");
+        assert_eq!(r.events, 8);
+        assert_eq!(r.segments.len(), 2, "{r}");
     }
 }

@@ -1,6 +1,8 @@
 //! `vakt audit report FILE…`: a summary of a time window for the security team's review —
 //! accesses per route and action, denials by reason and by peer, how many distinct subjects
-//! (a count, never a list), and the busiest national-id pseudonyms. It reads; `verify` checks.
+//! (a count, never a list), and the busiest national-id pseudonyms; and, from the trail's own
+//! records, the epochs (with the gap each break names), sequence gaps, and rotated-out files.
+//! It reads; `verify` checks.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
@@ -8,6 +10,8 @@ use std::fs::File;
 use std::io::{self, BufRead, BufReader};
 use std::path::PathBuf;
 
+use super::chain::{EpochStart, REASON_FILE_ROTATED_OUT, parse_line};
+use super::checkpoint::CHECKPOINT_PREFIX;
 use super::event::AuditEvent;
 use super::fields::{Action, Decision, Direction};
 use super::time::Timestamp;
@@ -37,6 +41,8 @@ impl Counts {
             Decision::Deny => self.deny += 1,
             Decision::WouldDeny => self.would_deny += 1,
             Decision::Refused => self.refused += 1,
+            // The trail's own records are reported apart.
+            Decision::Recorded => {}
         }
     }
 
@@ -72,6 +78,12 @@ pub struct Report {
     pub distinct_national_ids: usize,
     /// The [`TOP_N`] national-id pseudonyms with the most events, most first (ties by name).
     pub busiest_national_ids: Vec<(String, u64)>,
+    /// Epochs begun in the window: (epoch, first seq, how it began).
+    pub epochs: Vec<(u64, u64, EpochStart)>,
+    /// `seq` ranges missing between consecutive lines of the files (whatever the window).
+    pub gaps: Vec<(u64, u64)>,
+    /// Files rotation deleted, as recorded: (first seq, last seq).
+    pub rotated_out: Vec<(Option<u64>, Option<u64>)>,
 }
 
 /// Summarise the events of `paths` with `from <= time < to`.
@@ -87,6 +99,7 @@ pub fn report(
         ..Report::default()
     };
     let mut subjects: HashSet<String> = HashSet::new();
+    let mut last_seq: Option<u64> = None;
     let mut national_ids: HashMap<String, u64> = HashMap::new();
     for path in paths {
         let io_err = |source| ReportError::Io {
@@ -96,14 +109,31 @@ pub fn report(
         let reader = BufReader::new(File::open(path).map_err(io_err)?);
         for line in reader.split(b'\n') {
             let line = line.map_err(io_err)?;
-            if line.is_empty() {
+            if line.is_empty() || line.starts_with(CHECKPOINT_PREFIX.as_bytes()) {
                 continue;
             }
-            let Ok(e) = serde_json::from_slice::<AuditEvent>(&line) else {
+            let Ok(parsed) = parse_line(&line) else {
                 r.unreadable_lines += 1;
                 continue;
             };
+            let e = parsed.event;
+            if let Some(prev) = last_seq
+                && e.seq > prev + 1
+                && e.chain.as_ref().is_none_or(|c| c.epoch_start.is_none())
+            {
+                r.gaps.push((prev + 1, e.seq - 1));
+            }
+            last_seq = Some(e.seq);
             if from.is_some_and(|f| e.time < f) || to.is_some_and(|t| e.time >= t) {
+                continue;
+            }
+            if let Some(note) = &e.chain {
+                if let Some(start) = note.epoch_start {
+                    r.epochs.push((e.epoch, e.seq, start));
+                } else if e.reason.as_str() == REASON_FILE_ROTATED_OUT {
+                    r.rotated_out
+                        .push((note.rotated_first_seq, note.rotated_last_seq));
+                }
                 continue;
             }
             r.add(&e, &mut subjects, &mut national_ids);
@@ -195,6 +225,29 @@ impl fmt::Display for Report {
                 self.unreadable_lines
             )?;
         }
+        for (epoch, seq, start) in &self.epochs {
+            let flag = if start.is_break() { "warning: " } else { "" };
+            writeln!(
+                f,
+                "{flag}epoch {epoch} begins at seq {seq} ({}){}",
+                start.as_str(),
+                if start.is_break() {
+                    ": the trail did not continue its last checkpoint; run `vakt audit verify`"
+                } else {
+                    ""
+                }
+            )?;
+        }
+        for (a, b) in &self.gaps {
+            writeln!(
+                f,
+                "warning: seq {a}..={b} missing from the files; run `vakt audit verify`"
+            )?;
+        }
+        for (a, b) in &self.rotated_out {
+            let show = |v: &Option<u64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
+            writeln!(f, "rotated out (recorded): seq {}..={}", show(a), show(b))?;
+        }
 
         writeln!(f, "\nAccesses by route and action")?;
         if self.accesses.is_empty() {
@@ -278,7 +331,7 @@ mod tests {
     fn generate(path: &std::path::Path) -> Timestamp {
         let p = Pseudonymiser::from_secret("k1", &[3; 32]);
         let start = Timestamp::parse_rfc3339("2025-03-01T08:00:00Z").unwrap();
-        let mut chain = ChainWriter::new();
+        let mut chain = ChainWriter::new(crate::audit::testutil::test_key());
         let mut out = String::new();
         for i in 0..1000u64 {
             let (direction, decision, reason) = match i % 10 {
@@ -402,5 +455,65 @@ mod tests {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }
         assert!(!text.contains("0101"), "no raw national ids in the report");
+    }
+
+    #[test]
+    fn epochs_gaps_and_rotated_files_are_flagged() {
+        use crate::audit::chain::{ChainNote, ChainPosition, EpochStart, note_event};
+        use crate::audit::fields::ChainHash;
+        use crate::audit::testutil::{event, test_key};
+
+        let key = test_key();
+        let mut w = ChainWriter::new(key.clone());
+        let mut lines: Vec<String> = (1..=5).map(|n| w.seal(event(n)).text).collect();
+        lines.push(
+            w.seal(note_event(ChainNote {
+                rotated_first_seq: Some(1),
+                rotated_last_seq: Some(3),
+                ..ChainNote::default()
+            }))
+            .text,
+        );
+        // seq 7..=8 deleted from the file.
+        w.seal(event(7));
+        w.seal(event(8));
+        lines.push(w.seal(event(9)).text);
+        // A new epoch after a cut tail.
+        let mut w = ChainWriter::resume(
+            ChainPosition {
+                next_seq: 20,
+                prev: ChainHash::ZERO,
+                epoch: 2,
+            },
+            key,
+        );
+        lines.push(
+            w.seal(note_event(ChainNote {
+                epoch_start: Some(EpochStart::Truncated),
+                prev_epoch: Some(1),
+                checkpoint_seq: Some(19),
+                found_seq: Some(9),
+                ..ChainNote::default()
+            }))
+            .text,
+        );
+        lines.push(w.seal(event(21)).text);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
+        let r = report(&[path], None, None).unwrap();
+        // The trail's own records are not accesses.
+        assert_eq!(r.events, 7);
+        assert_eq!(r.epochs, [(2, 20, EpochStart::Truncated)]);
+        assert_eq!(r.gaps, [(7, 8)]);
+        assert_eq!(r.rotated_out, [(Some(1), Some(3))]);
+        let text = r.to_string();
+        for needle in [
+            "warning: epoch 2 begins at seq 20 (truncated)",
+            "warning: seq 7..=8 missing from the files",
+            "rotated out (recorded): seq 1..=3",
+        ] {
+            assert!(text.contains(needle), "missing {needle:?} in\n{text}");
+        }
     }
 }

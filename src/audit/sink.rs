@@ -7,7 +7,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::chain::{ChainPosition, SealedLine};
+use super::chain::SealedLine;
 
 /// Why a sink could not take lines.
 #[derive(Debug, thiserror::Error)]
@@ -53,9 +53,11 @@ pub struct WriteFailure {
 
 /// A destination for chained audit lines.
 pub trait Sink: Send + 'static {
-    /// Where the stream this sink holds stands (after its last line), or `None` to start a new
-    /// stream. Called once, before the first write.
-    fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError>;
+    /// The complete lines at the end of the trail this sink holds, oldest first: from the line
+    /// with `seq` `since` when the sink still has it, else only the last line; empty when it holds
+    /// none. `None` when the sink cannot be read back (stdout): each start is a new trail. Called
+    /// once, before the first write.
+    fn tail(&mut self, since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError>;
 
     /// Append `lines` in order, each followed by a newline.
     fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure>;
@@ -68,11 +70,23 @@ pub trait Sink: Send + 'static {
     fn sync_deadline(&self) -> Option<Instant> {
         None
     }
+
+    /// Files rotation deleted since the last call (each is recorded in the trail).
+    fn take_rotated_out(&mut self) -> Vec<RotatedOut> {
+        Vec::new()
+    }
+}
+
+/// An audit file that rotation deleted: the `seq` of its first and last lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RotatedOut {
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
 }
 
 impl Sink for Box<dyn Sink> {
-    fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
-        (**self).resume()
+    fn tail(&mut self, since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
+        (**self).tail(since)
     }
     fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
         (**self).write(lines)
@@ -82,6 +96,9 @@ impl Sink for Box<dyn Sink> {
     }
     fn sync_deadline(&self) -> Option<Instant> {
         (**self).sync_deadline()
+    }
+    fn take_rotated_out(&mut self) -> Vec<RotatedOut> {
+        (**self).take_rotated_out()
     }
 }
 
@@ -121,7 +138,7 @@ impl<W: Write + Send + 'static> WriterSink<W> {
 }
 
 impl<W: Write + Send + 'static> Sink for WriterSink<W> {
-    fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
+    fn tail(&mut self, _since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
         Ok(None)
     }
 
@@ -180,9 +197,11 @@ pub struct FileSinkConfig {
 }
 
 /// Append-only JSON lines in a file, rotated by size (`audit.log` → `audit.log.1` → …). The
-/// chain continues across rotation and across restarts: [`Sink::resume`] reads the last line of
-/// the active file (or of `audit.log.1` if the active file is empty) and the stream goes on from
-/// there. A partial last line (a crash in the middle of a write) is cut off, with a warning.
+/// chain continues across rotation and across restarts: [`Sink::tail`] reads the end of the
+/// trail (from the active file back into rotated ones as far as asked) and the writer decides
+/// from it and the last checkpoint how to go on. A partial last line (a crash in the middle of a
+/// write) is cut off, with a warning. Deleting the oldest file is reported
+/// ([`Sink::take_rotated_out`]) so the trail records it.
 pub struct FileSink {
     config: FileSinkConfig,
     file: Option<File>,
@@ -191,6 +210,7 @@ pub struct FileSink {
     /// Written since the last sync.
     dirty: bool,
     last_sync: Instant,
+    rotated_out: Vec<RotatedOut>,
 }
 
 impl std::fmt::Debug for FileSink {
@@ -204,6 +224,8 @@ impl std::fmt::Debug for FileSink {
 
 /// Longest line looked at when resuming (events are far smaller).
 const MAX_LINE: u64 = 1 << 20;
+/// Most bytes of lines read back after the last checkpoint when resuming.
+const MAX_TAIL: usize = 64 << 20;
 
 impl FileSink {
     /// Nothing is opened yet (the first write or [`Sink::resume`] does), so a missing or
@@ -231,6 +253,7 @@ impl FileSink {
             len: None,
             dirty: false,
             last_sync: Instant::now(),
+            rotated_out: Vec::new(),
         })
     }
 
@@ -372,10 +395,18 @@ impl FileSink {
         }
         if n == max {
             let oldest = self.rotated_path(max);
+            let range = RotatedOut {
+                first_seq: first_seq(&oldest),
+                last_seq: Self::last_line(&oldest, false)
+                    .ok()
+                    .flatten()
+                    .and_then(|line| line_seq(&line)),
+            };
             fs::remove_file(&oldest).map_err(|source| SinkError::Remove {
                 path: oldest.clone(),
                 source,
             })?;
+            self.rotated_out.push(range);
             n -= 1;
         }
         for i in (1..=n).rev() {
@@ -453,26 +484,39 @@ fn rotated_path(path: &Path, n: usize) -> PathBuf {
 }
 
 impl Sink for FileSink {
-    fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
-        let active = self.config.path.clone();
-        let (path, line) = match Self::last_line(&active, true)? {
-            Some(line) => (active, line),
-            None => {
-                let rotated = self.rotated_path(1);
-                match Self::last_line(&rotated, false)? {
-                    Some(line) => (rotated, line),
-                    None => return Ok(None),
-                }
-            }
-        };
+    fn tail(&mut self, since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
+        // Cut a partial last line of the active file before anything is appended to it.
+        let active_last = Self::last_line(&self.config.path, true)?;
         // The active file's length is read again when it is opened.
         self.len = None;
-        ChainPosition::after_line(&line)
-            .map(Some)
-            .map_err(|e| SinkError::Corrupt {
-                path,
-                detail: e.to_string(),
-            })
+        let last = match active_last {
+            Some(line) => Some(line),
+            None => Self::last_line(&self.rotated_path(1), false)?,
+        };
+        let Some(last) = last else {
+            return Ok(Some(Vec::new()));
+        };
+        let Some(since) = since else {
+            return Ok(Some(vec![last]));
+        };
+        // Newest file first, back to the one holding `since`. More than MAX_TAIL bytes after
+        // the checkpoint cannot be a tail a checkpoint schedule leaves: only the last line is
+        // returned, and the checkpointed line is then not found (a new epoch begins).
+        let mut found: Vec<Vec<u8>> = Vec::new();
+        let mut bytes = 0;
+        let files = Self::files_oldest_first(&self.config.path, self.config.max_files);
+        for path in files.iter().rev() {
+            let (lines, reached) = lines_since(path, since)?;
+            bytes += lines.iter().map(Vec::len).sum::<usize>();
+            found.splice(0..0, lines);
+            if reached || bytes > MAX_TAIL {
+                break;
+            }
+        }
+        if found.is_empty() || bytes > MAX_TAIL {
+            found = vec![last];
+        }
+        Ok(Some(found))
     }
 
     fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
@@ -521,14 +565,74 @@ impl Sink for FileSink {
             _ => None,
         }
     }
+
+    fn take_rotated_out(&mut self) -> Vec<RotatedOut> {
+        std::mem::take(&mut self.rotated_out)
+    }
+}
+
+/// The `seq` of a line, read without parsing the whole event.
+fn line_seq(line: &[u8]) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct Seq {
+        seq: u64,
+    }
+    serde_json::from_slice::<Seq>(line).ok().map(|s| s.seq)
+}
+
+/// The `seq` of the first line of `path`.
+fn first_seq(path: &Path) -> Option<u64> {
+    let file = File::open(path).ok()?;
+    let mut first = Vec::new();
+    io::BufRead::read_until(
+        &mut io::BufReader::new(file).take(MAX_LINE),
+        b'\n',
+        &mut first,
+    )
+    .ok()?;
+    line_seq(first.strip_suffix(b"\n")?)
+}
+
+/// The complete lines of `path` from the one with `seq` `since` on (lines whose `seq` cannot be
+/// read are kept: they belong to the tail under scrutiny), and whether `path` reaches back to
+/// `since` or before it.
+fn lines_since(path: &Path, since: u64) -> Result<(Vec<Vec<u8>>, bool), SinkError> {
+    let read_err = |source| SinkError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), false)),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut reader = io::BufReader::new(file);
+    let (mut kept, mut reached) = (Vec::new(), false);
+    loop {
+        let mut line = Vec::new();
+        let n = io::BufRead::read_until(&mut reader, b'\n', &mut line).map_err(read_err)?;
+        if n == 0 || line.last() != Some(&b'\n') {
+            break;
+        }
+        line.pop();
+        match line_seq(&line) {
+            Some(seq) if seq < since => reached = true,
+            Some(seq) => {
+                reached |= seq == since;
+                kept.push(line);
+            }
+            None => kept.push(line),
+        }
+    }
+    Ok((kept, reached))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::chain::ChainWriter;
-    use crate::audit::testutil::{event, lines};
-    use crate::audit::verify::verify;
+    use crate::audit::chain::{ChainPosition, ChainWriter, parse_line};
+    use crate::audit::testutil::{event, lines, test_key, verified};
+    use crate::audit::trail::FindingKind;
 
     fn config(dir: &Path, max_bytes: u64, max_files: usize) -> FileSinkConfig {
         FileSinkConfig {
@@ -543,8 +647,8 @@ mod tests {
     fn rotation_keeps_the_chain_across_files() {
         let dir = tempfile::tempdir().unwrap();
         let mut sink = FileSink::new(config(dir.path(), 4096, 5)).unwrap();
-        assert_eq!(sink.resume().unwrap(), None);
-        let mut chain = ChainWriter::new();
+        assert_eq!(sink.tail(None).unwrap(), Some(vec![]));
+        let mut chain = ChainWriter::new(test_key());
         // Uneven batches, so rotation falls inside and between batches.
         let mut n = 0u64;
         for batch in [1usize, 7, 30, 3, 50, 2, 40] {
@@ -562,24 +666,34 @@ mod tests {
         for f in &files {
             assert!(fs::metadata(f).unwrap().len() <= 4096, "{}", f.display());
         }
-        // The oldest files were deleted, so the chain starts after genesis.
-        let report = verify(&files).unwrap();
-        assert!(!report.starts_at_genesis);
-        assert_eq!(report.last_seq, Some(n));
         let on_disk: usize = files
             .iter()
             .map(|f| fs::read_to_string(f).unwrap().lines().count())
             .sum();
+        let first_kept = n - on_disk as u64 + 1;
+        // Each deleted file was reported with its range, oldest first, up to the first kept line.
+        let rotated = sink.take_rotated_out();
+        assert!(!rotated.is_empty());
+        assert_eq!(rotated[0].first_seq, Some(1));
+        assert_eq!(rotated.last().unwrap().last_seq, Some(first_kept - 1));
+        for pair in rotated.windows(2) {
+            assert_eq!(pair[1].first_seq, pair[0].last_seq.map(|s| s + 1));
+        }
+        assert!(sink.take_rotated_out().is_empty());
+        // The sink alone writes no rotation record (the writer does), so the start is missing.
+        let report = verified(&files);
         assert_eq!(report.events, on_disk as u64, "{report}");
-        assert_eq!(report.first_seq, Some(n - on_disk as u64 + 1));
+        let problems: Vec<_> = report.problems().collect();
+        assert_eq!(problems.len(), 1, "{report}");
+        assert_eq!(problems[0].kind, FindingKind::MissingStart);
+        assert_eq!(problems[0].seqs, Some((1, first_kept - 1)));
         // The first line of every file links to the last line of the previous one.
         for pair in files.windows(2) {
             let older = fs::read_to_string(&pair[0]).unwrap();
             let newer = fs::read_to_string(&pair[1]).unwrap();
-            let last = older.lines().last().unwrap();
-            let first: crate::audit::AuditEvent =
-                serde_json::from_str(newer.lines().next().unwrap()).unwrap();
-            assert_eq!(first.prev, crate::audit::line_hash(last.as_bytes()));
+            let last = parse_line(older.lines().last().unwrap().as_bytes()).unwrap();
+            let first = parse_line(newer.lines().next().unwrap().as_bytes()).unwrap();
+            assert_eq!(Some(first.event.prev), last.mac);
         }
         assert!(!dir.path().join("audit.log.6").exists());
     }
@@ -588,24 +702,32 @@ mod tests {
     fn resume_continues_the_chain_and_cuts_a_partial_line() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), 1 << 20, 3);
+        let written = lines(ChainWriter::new(test_key()), 1..=10);
         {
             let mut sink = FileSink::new(cfg.clone()).unwrap();
-            assert_eq!(sink.resume().unwrap(), None);
-            sink.write(&lines(ChainWriter::new(), 1..=10)).unwrap();
+            assert_eq!(sink.tail(None).unwrap(), Some(vec![]));
+            sink.write(&written).unwrap();
         }
         // A crash in the middle of line 11.
         let mut f = OpenOptions::new().append(true).open(&cfg.path).unwrap();
-        f.write_all(br#"{"schema":"vakt.audit/1","seq":11,"pr"#)
+        f.write_all(br#"{"schema":"vakt.audit/2","seq":11,"pr"#)
             .unwrap();
         drop(f);
         let mut sink = FileSink::new(cfg.clone()).unwrap();
-        let pos = sink.resume().unwrap().unwrap();
+        // The last line, or every line from a given seq on.
+        let tail = sink.tail(None).unwrap().unwrap();
+        assert_eq!(tail, vec![written[9].text.clone().into_bytes()]);
+        let tail = sink.tail(Some(7)).unwrap().unwrap();
+        assert_eq!(tail.len(), 4);
+        assert_eq!(tail[0], written[6].text.clone().into_bytes());
+        let pos = ChainPosition::after(&parse_line(tail.last().unwrap()).unwrap()).unwrap();
         assert_eq!(pos.next_seq, 11);
-        let mut chain = ChainWriter::resume(pos);
+        let mut chain = ChainWriter::resume(pos, test_key());
         let more: Vec<SealedLine> = (11..=20).map(|n| chain.seal(event(n))).collect();
         sink.write(&more).unwrap();
-        let report = verify(std::slice::from_ref(&cfg.path)).unwrap();
-        assert_eq!((report.events, report.starts_at_genesis), (20, true));
+        let report = verified(std::slice::from_ref(&cfg.path));
+        assert!(report.is_intact(), "{report}");
+        assert_eq!(report.events, 20);
     }
 
     #[test]
@@ -613,17 +735,24 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let cfg = config(dir.path(), 1 << 20, 3);
         let mut sink = FileSink::new(cfg.clone()).unwrap();
-        sink.resume().unwrap();
-        sink.write(&lines(ChainWriter::new(), 1..=5)).unwrap();
+        sink.tail(None).unwrap();
+        let written = lines(ChainWriter::new(test_key()), 1..=5);
+        sink.write(&written).unwrap();
         sink.rotate().unwrap();
         drop(sink);
         assert!(!cfg.path.exists());
         let mut sink = FileSink::new(cfg.clone()).unwrap();
-        assert_eq!(sink.resume().unwrap().unwrap().next_seq, 6);
-        // A last line that is not an event: refused, never silently restarted.
+        assert_eq!(
+            sink.tail(None).unwrap(),
+            Some(vec![written[4].text.clone().into_bytes()])
+        );
+        // From seq 2 on: back into the rotated file.
+        assert_eq!(sink.tail(Some(2)).unwrap().unwrap().len(), 4);
+        // A last line that is not an event is handed over as it is (the writer opens a new
+        // epoch on it).
         fs::write(&cfg.path, "garbage\n").unwrap();
         let mut sink = FileSink::new(cfg).unwrap();
-        assert!(matches!(sink.resume(), Err(SinkError::Corrupt { .. })));
+        assert_eq!(sink.tail(None).unwrap(), Some(vec![b"garbage".to_vec()]));
     }
 
     #[test]
@@ -631,10 +760,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let logs = dir.path().join("logs");
         fs::create_dir(&logs).unwrap();
-        let cfg = config(&logs, 2048, 2);
+        let all = lines(ChainWriter::new(test_key()), 1..=30);
+        // Three lines to a file.
+        let cfg = config(&logs, 3 * (all[0].text.len() as u64 + 8), 2);
         let mut sink = FileSink::new(cfg.clone()).unwrap();
-        sink.resume().unwrap();
-        let all = lines(ChainWriter::new(), 1..=30);
+        sink.tail(None).unwrap();
         sink.write(&all[..2]).unwrap();
         // Replace the directory by a file: the open handle still writes, rotation cannot.
         let moved = dir.path().join("moved");
@@ -650,8 +780,14 @@ mod tests {
         fs::rename(&moved, &logs).unwrap();
         sink.write(&all[2 + failure.written..]).unwrap();
         let files = FileSink::files_oldest_first(&cfg.path, 2);
-        let report = verify(&files).unwrap();
-        assert_eq!(report.last_seq, Some(30));
+        let report = verified(&files);
+        assert_eq!(report.segments.last().map(|s| s.last_seq), Some(30));
+        assert!(
+            report
+                .problems()
+                .all(|p| p.kind == FindingKind::MissingStart),
+            "{report}"
+        );
     }
 
     #[test]
@@ -670,9 +806,10 @@ mod tests {
         let mut cfg = config(dir.path(), 1 << 20, 1);
         cfg.fsync = FsyncPolicy::Interval(Duration::from_secs(3600));
         let mut sink = FileSink::new(cfg).unwrap();
-        sink.resume().unwrap();
+        sink.tail(None).unwrap();
         assert_eq!(sink.sync_deadline(), None);
-        sink.write(&lines(ChainWriter::new(), 1..=3)).unwrap();
+        sink.write(&lines(ChainWriter::new(test_key()), 1..=3))
+            .unwrap();
         sink.flush(false).unwrap();
         assert!(sink.sync_deadline().is_some(), "not due yet");
         sink.flush(true).unwrap();
@@ -682,8 +819,9 @@ mod tests {
     #[test]
     fn writer_sink_writes_json_lines() {
         let mut sink = WriterSink::new(Vec::new(), "memory");
-        assert_eq!(sink.resume().unwrap(), None);
-        sink.write(&lines(ChainWriter::new(), 1..=3)).unwrap();
+        assert_eq!(sink.tail(None).unwrap(), None);
+        sink.write(&lines(ChainWriter::new(test_key()), 1..=3))
+            .unwrap();
         let out = String::from_utf8(sink.into_inner()).unwrap();
         assert_eq!(out.lines().count(), 3);
         assert!(out.ends_with('\n'));

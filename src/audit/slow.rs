@@ -3,8 +3,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::chain::{ChainPosition, SealedLine};
-use super::sink::{Sink, SinkError, WriteFailure};
+use super::chain::SealedLine;
+use super::sink::{RotatedOut, Sink, SinkError, WriteFailure};
 
 /// `inner`, with `delay` before each write.
 pub struct SlowSink<S> {
@@ -19,8 +19,8 @@ impl<S: Sink> SlowSink<S> {
 }
 
 impl<S: Sink> Sink for SlowSink<S> {
-    fn resume(&mut self) -> Result<Option<ChainPosition>, SinkError> {
-        self.inner.resume()
+    fn tail(&mut self, since: Option<u64>) -> Result<Option<Vec<Vec<u8>>>, SinkError> {
+        self.inner.tail(since)
     }
 
     fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
@@ -34,5 +34,9 @@ impl<S: Sink> Sink for SlowSink<S> {
 
     fn sync_deadline(&self) -> Option<Instant> {
         self.inner.sync_deadline()
+    }
+
+    fn take_rotated_out(&mut self) -> Vec<RotatedOut> {
+        self.inner.take_rotated_out()
     }
 }

@@ -1,4 +1,4 @@
-//! `vakt audit verify FILE…`: walk audit files in order (rotated files oldest first, then the
+//! `vakt audit verify FILE…` over a `vakt.audit/1` trail (keyed trails: [`super::trail`]): walk audit files in order (rotated files oldest first, then the
 //! active one) and check every line: an audit event of this schema, `seq` +1, `prev` = SHA-256
 //! of the previous line. Reports the first broken link, naming the file, the line and what most
 //! likely happened (edited, deleted, reordered, inserted, truncated), or that all is intact.
@@ -14,7 +14,7 @@ use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use super::chain::{FIRST_SEQ, line_hash};
-use super::event::{AuditEvent, SCHEMA};
+use super::event::{AuditEvent, SCHEMA_V1 as SCHEMA};
 use super::fields::ChainHash;
 
 /// Longest line accepted (events are a few hundred bytes).
@@ -542,16 +542,12 @@ mod tests {
     use std::fs;
 
     use super::*;
-    use crate::audit::chain::ChainWriter;
-    use crate::audit::testutil::lines;
+    use crate::audit::testutil::{v1_lines, v1_lines_after};
 
-    /// 1,000 chained lines in a file.
+    /// 1,000 chained `vakt.audit/1` lines in a file.
     fn write_chain(dir: &Path) -> (PathBuf, Vec<String>) {
         let path = dir.join("audit.log");
-        let lines: Vec<String> = lines(ChainWriter::new(), 1..=1000)
-            .into_iter()
-            .map(|l| l.text)
-            .collect();
+        let lines = v1_lines(1..=1000);
         fs::write(&path, lines.join("\n") + "\n").unwrap();
         (path, lines)
     }
@@ -692,16 +688,15 @@ mod tests {
         assert_eq!((b.line, b.kind), (501, BreakKind::Inserted), "{b}");
         // A forged line that links correctly to the one before it.
         let (path, mut lines) = write_chain(dir.path());
-        let pos = crate::audit::chain::ChainPosition::after_line(lines[499].as_bytes()).unwrap();
-        let forged = ChainWriter::resume(pos).seal(crate::audit::testutil::event(9999));
-        lines.insert(500, forged.text);
+        let forged = v1_lines_after(Some(&lines[499]), 9999..=9999).remove(0);
+        lines.insert(500, forged);
         save(&path, &lines);
         let b = broken(&path);
         assert_eq!((b.line, b.kind), (501, BreakKind::Inserted), "{b}");
         // A line from another stream.
         let (path, mut lines) = write_chain(dir.path());
-        let other = crate::audit::testutil::lines(ChainWriter::new(), 1..=1);
-        lines.insert(500, other[0].text.clone());
+        let other = v1_lines(1..=1);
+        lines.insert(500, other[0].clone());
         save(&path, &lines);
         let b = broken(&path);
         assert_eq!((b.line, b.kind), (501, BreakKind::Inserted), "{b}");

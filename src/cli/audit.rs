@@ -1,20 +1,29 @@
 //! `vakt audit verify` and `vakt audit report`: the trail, for the security team.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use vakt::audit::Timestamp;
+use vakt::audit::{ChainKey, CheckpointFile, Timestamp, VerifyKey, VerifyOptions};
 
 use super::bad_input;
 
 #[derive(Subcommand)]
 pub enum AuditCommand {
-    /// Walk audit files (oldest first, across rotation) and report the first broken link.
+    /// Walk audit files (oldest first, across rotation) and report every problem with its seq
+    /// range: edited lines, gaps, epochs, a truncated tail, key-id changes. Exits non-zero on
+    /// any problem.
     Verify {
         /// The audit files, oldest first (`audit.log.2 audit.log.1 audit.log`).
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// A chain key file (`FILE`, or `KEY_ID=FILE`); repeat for rotated keys.
+        #[arg(long = "key", value_name = "KEY_FILE")]
+        keys: Vec<String>,
+        /// The checkpoint file (`audit.checkpoint_file`): finds a tail cut off after a checkpoint
+        /// and lines that differ from their checkpoint.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
     },
     /// Accesses per route and action, denials by reason and peer, distinct subjects.
     Report {
@@ -33,16 +42,39 @@ pub enum AuditCommand {
 impl AuditCommand {
     pub fn run(self) -> ExitCode {
         match self {
-            Self::Verify { files } => match vakt::audit::verify(&files) {
-                Ok(report) => {
-                    println!("{report}");
-                    ExitCode::SUCCESS
+            Self::Verify {
+                files,
+                keys,
+                checkpoints,
+            } => {
+                let options = match verify_options(&keys, checkpoints.as_deref()) {
+                    Ok(o) => o,
+                    Err(e) => return bad_input("audit verify", e),
+                };
+                match vakt::audit::verify_trail(&files, &options) {
+                    Ok(report) if report.is_intact() => {
+                        print!("{report}");
+                        ExitCode::SUCCESS
+                    }
+                    Ok(report) => {
+                        print!("{report}");
+                        eprintln!(
+                            "vakt audit verify: {} problem(s), first: {}",
+                            report.problems().count(),
+                            report
+                                .problems()
+                                .next()
+                                .map(ToString::to_string)
+                                .unwrap_or_default()
+                        );
+                        ExitCode::FAILURE
+                    }
+                    Err(e) => {
+                        eprintln!("vakt audit verify: {e}");
+                        ExitCode::FAILURE
+                    }
                 }
-                Err(e) => {
-                    eprintln!("vakt audit verify: {e}");
-                    ExitCode::FAILURE
-                }
-            },
+            }
             Self::Report { files, from, to } => {
                 let parse = |flag: &str, v: Option<String>| {
                     v.map(|t| {
@@ -63,4 +95,25 @@ impl AuditCommand {
             }
         }
     }
+}
+
+/// `--key FILE` or `--key ID=FILE` (an id binds the key to the lines of that id), and the
+/// checkpoints. Messages name files, never key bytes.
+fn verify_options(keys: &[String], checkpoints: Option<&Path>) -> Result<VerifyOptions, String> {
+    let mut options = VerifyOptions::default();
+    for arg in keys {
+        let (id, file) = match arg.split_once('=') {
+            Some((id, file)) if !id.contains('/') => (Some(id.to_owned()), file),
+            _ => (None, arg.as_str()),
+        };
+        // The id only names the key here; lines are matched by the id they carry.
+        let key = ChainKey::from_file(id.as_deref().unwrap_or("verify"), Path::new(file))
+            .map_err(|e| format!("--key {file}: {e}"))?;
+        options.keys.push(VerifyKey { id, key });
+    }
+    if let Some(path) = checkpoints {
+        options.checkpoints =
+            Some(CheckpointFile::read_all(path).map_err(|e| format!("--checkpoints: {e}"))?);
+    }
+    Ok(options)
 }

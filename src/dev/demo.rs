@@ -340,8 +340,18 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     }
     let leaked = text.contains("12345678901") || text.contains("10987654321");
     all_held &= !leaked && !text.is_empty();
-    match crate::audit::verify(std::slice::from_ref(&audit_file)) {
-        Ok(report) => writeln!(out, "   vakt audit verify: {report}")?,
+    match verify_demo_trail(&orders_dir, &audit_file) {
+        Ok(report) if report.is_intact() => {
+            writeln!(
+                out,
+                "   vakt audit verify: intact, {} events",
+                report.events
+            )?;
+        }
+        Ok(report) => {
+            all_held = false;
+            writeln!(out, "   vakt audit verify: BROKEN:\n{report}")?;
+        }
         Err(e) => {
             all_held = false;
             writeln!(out, "   vakt audit verify: BROKEN: {e}")?;
@@ -411,4 +421,24 @@ async fn admin_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Str
         .await?;
     let bytes = response.into_body().collect().await?.to_bytes();
     Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// `vakt audit verify --key --checkpoints` on the demo sidecar's trail, with its development key.
+fn verify_demo_trail(
+    dir: &std::path::Path,
+    audit_file: &std::path::Path,
+) -> Result<crate::audit::TrailReport, String> {
+    let key = crate::audit::ChainKey::from_file(
+        crate::dev::mesh::DEV_CHAIN_KEY_ID,
+        &dir.join(crate::dev::mesh::DEV_CHAIN_KEY_FILE),
+    )
+    .map_err(|e| e.to_string())?;
+    let checkpoints =
+        crate::audit::CheckpointFile::read_all(&dir.join(crate::dev::mesh::DEV_CHECKPOINT_FILE))
+            .map_err(|e| e.to_string())?;
+    let options = crate::audit::VerifyOptions {
+        keys: vec![crate::audit::VerifyKey { id: None, key }],
+        checkpoints: Some(checkpoints),
+    };
+    crate::audit::verify_trail(&[audit_file.to_path_buf()], &options).map_err(|e| e.to_string())
 }

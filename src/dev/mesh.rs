@@ -75,10 +75,31 @@ impl DevPki {
     }
 }
 
-/// The `identity:` section and loopback port-0 admin for a sidecar whose files are in `dir`.
-/// Callers append `inbound:` / `outbound:` sections.
+/// The `identity:` section, a file audit trail and loopback port-0 admin for a sidecar whose
+/// files are in `dir`. Callers append `inbound:` / `outbound:` sections.
 pub fn base_config_yaml(dir: &Path, trust_domain: &str) -> String {
     federated_config_yaml(dir, trust_domain, &[])
+}
+
+/// Id of the development audit chain key.
+pub const DEV_CHAIN_KEY_ID: &str = "dev";
+/// File name of the development audit chain key in a sidecar's directory.
+pub const DEV_CHAIN_KEY_FILE: &str = "audit-chain.key";
+/// File name of the checkpoint file in a sidecar's directory.
+pub const DEV_CHECKPOINT_FILE: &str = "audit-checkpoints.jsonl";
+
+/// Write a random development chain key into `dir` unless one is there (a failure shows when
+/// the sidecar reads it). Development only: a real key is a Secret outside the audit volume.
+pub fn dev_chain_key(dir: &Path) -> PathBuf {
+    let path = dir.join(DEV_CHAIN_KEY_FILE);
+    if !path.exists() {
+        let mut secret = [0u8; 32];
+        if aws_lc_rs::rand::fill(&mut secret).is_ok() {
+            let _ =
+                crate::dev::certs::write_atomically(&path, hex::encode(secret).as_bytes(), 0o600);
+        }
+    }
+    path
 }
 
 /// [`base_config_yaml`] with `identity.federation` entries: (trust domain, bundle file).
@@ -97,8 +118,10 @@ pub fn federated_config_yaml(
         format!("  federation:\n{federation}")
     };
     format!(
-        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n{federation}  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
+        "identity:\n  trust_domain: {trust_domain}\n  cert: {cert}\n  key: {key}\n  trust_bundle: {bundle}\n{federation}  reload_interval: 1s\naudit:\n  sink: file\n  file:\n    path: {audit}\n    fsync: never\n  chain_key:\n    key_file: {chain_key}\n    key_id: {DEV_CHAIN_KEY_ID}\n  checkpoint_file: {checkpoints}\n  checkpoint_stdout: false\nadmin:\n  listen: 127.0.0.1:0\nshutdown:\n  grace_period: 5s\n",
         audit = dir.join("audit.log").display(),
+        chain_key = dev_chain_key(dir).display(),
+        checkpoints = dir.join(DEV_CHECKPOINT_FILE).display(),
         cert = dir.join(crate::dev::certs::CERT_FILE).display(),
         key = dir.join(crate::dev::certs::KEY_FILE).display(),
         bundle = dir.join(crate::dev::certs::BUNDLE_FILE).display(),

@@ -1,13 +1,17 @@
 //! The audit trail on the real request path: one event per decision and per refused handshake,
-//! under concurrency; the chain verifies; a failing sink is handled as configured.
+//! under concurrency; the keyed chain verifies with the `vakt` binary; a failing sink is handled
+//! as configured; restarts resume the epoch or open a new one that names the gap; rotation is
+//! recorded; edits, cut tails, wrong keys and `vakt.audit/1` files are told apart.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use std::path::Path;
+
 use crate::common::*;
 use serde_json::Value;
 
-fn events(path: &std::path::Path) -> Vec<Value> {
+fn events(path: &Path) -> Vec<Value> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
         .lines()
@@ -86,8 +90,8 @@ async fn one_event_per_request_and_refused_handshake_under_concurrency() {
     );
     assert_eq!(events.len(), 2000 + refused_handshakes, "{by_outcome:?}");
 
-    let (code, stdout, stderr) = run_vakt(&["audit", "verify", audit_file.to_str().unwrap()]);
-    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = verify_cli(&server.dir, &[&audit_file]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(
         stdout.contains(&format!("intact: {} events", 2000 + refused_handshakes)),
         "{stdout}"
@@ -101,7 +105,7 @@ async fn one_event_per_request_and_refused_handshake_under_concurrency() {
     let mut lines: Vec<&str> = text.lines().collect();
     lines.remove(10);
     std::fs::write(&audit_file, lines.join("\n") + "\n").unwrap();
-    let (code, _, stderr) = run_vakt(&["audit", "verify", audit_file.to_str().unwrap()]);
+    let (code, _, stderr) = verify_cli(&server.dir, &[&audit_file]);
     assert_ne!(code, 0);
     assert!(stderr.contains("line 11"), "{stderr}");
 }
@@ -119,20 +123,26 @@ async fn a_failing_sink_refuses_access_then_recovers_without_losing_events() {
     let blocked = dir.join("audit-small.log.1");
     std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
     let policy = dir.join("policy.yaml");
-    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD).replace(
-        &format!(
-            "    path: {}\n    fsync: never\n",
-            dir.join("audit.log").display()
-        ),
-        &format!(
-            "    path: {}\n    fsync: never\n    max_bytes: 4096\n    max_files: 1\n",
-            dir.join("audit-small.log").display()
-        ),
-    ) + &format!(
-        "inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
-        server.app.addr,
-        policy.display()
-    );
+    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
+        .replace(
+            &format!(
+                "    path: {}\n    fsync: never\n",
+                dir.join("audit.log").display()
+            ),
+            &format!(
+                "    path: {}\n    fsync: never\n    max_bytes: 4096\n    max_files: 1\n",
+                dir.join("audit-small.log").display()
+            ),
+        )
+        .replace(
+            vakt::dev::mesh::DEV_CHECKPOINT_FILE,
+            "audit-small-checkpoints.jsonl",
+        )
+        + &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
+            server.app.addr,
+            policy.display()
+        );
     let vakt = vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
         .await
         .unwrap();
@@ -181,17 +191,19 @@ async fn a_failing_sink_refuses_access_then_recovers_without_losing_events() {
     let accepted = statuses.iter().filter(|s| **s == 200).count() + 1;
     vakt.shutdown().await;
     let files = [dir.join("audit-small.log.1"), dir.join("audit-small.log")];
-    let files: Vec<&str> = files
+    let files: Vec<&Path> = files
         .iter()
         .filter(|f| f.exists())
-        .map(|f| f.to_str().unwrap())
+        .map(|f| f.as_path())
         .collect();
-    let mut args = vec!["audit", "verify"];
-    args.extend(files.iter().copied());
-    let (code, stdout, stderr) = run_vakt(&args);
-    assert_eq!(code, 0, "{stderr}");
+    let (code, stdout, stderr) = run_vakt_owned(&verify_args(
+        &dir,
+        &files,
+        Some(&dir.join("audit-small-checkpoints.jsonl")),
+    ));
+    assert_eq!(code, 0, "{stdout}{stderr}");
     let written: usize = stdout
-        .split("intact: ")
+        .rsplit("intact: ")
         .nth(1)
         .and_then(|s| s.split(' ').next())
         .and_then(|n| n.parse().ok())
@@ -203,10 +215,7 @@ async fn a_failing_sink_refuses_access_then_recovers_without_losing_events() {
     );
 }
 
-fn web_client_config_for(
-    server: &Server,
-    dir: &std::path::Path,
-) -> std::sync::Arc<rustls::ClientConfig> {
+fn web_client_config_for(server: &Server, dir: &Path) -> std::sync::Arc<rustls::ClientConfig> {
     let web_dir = server
         .pki
         .workload("web-audit", &server.pki.spiffe_id("shop", "web"))
@@ -279,7 +288,7 @@ async fn metrics_exposition_parses_and_labels_stay_bounded() {
 // ------------------------------------------------------------------ who and what, however it ends
 
 /// The events in `path` once one matches `found`, waiting up to 10 s for the writer.
-async fn wait_for_event(path: &std::path::Path, found: impl Fn(&Value) -> bool) -> Value {
+async fn wait_for_event(path: &Path, found: impl Fn(&Value) -> bool) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(e) = events(path).into_iter().find(&found) {
@@ -623,4 +632,292 @@ async fn deny_mode_serves_exactly_the_requests_whose_events_are_written() {
         served.len(),
         "one event per served request, none for the refusals"
     );
+}
+
+/// `vakt audit verify --key <dev key> --checkpoints <dev checkpoints>` over `files` of the
+/// sidecar whose files are in `dir`.
+fn verify_cli(dir: &Path, files: &[&Path]) -> (i32, String, String) {
+    let checkpoints = dir.join(vakt::dev::mesh::DEV_CHECKPOINT_FILE);
+    run_vakt_owned(&verify_args(dir, files, Some(&checkpoints)))
+}
+
+fn verify_args(dir: &Path, files: &[&Path], checkpoints: Option<&Path>) -> Vec<String> {
+    let key = dir.join(vakt::dev::mesh::DEV_CHAIN_KEY_FILE);
+    let mut args: Vec<String> = vec![
+        "audit".into(),
+        "verify".into(),
+        "--key".into(),
+        key.display().to_string(),
+    ];
+    if let Some(c) = checkpoints {
+        args.extend(["--checkpoints".into(), c.display().to_string()]);
+    }
+    args.extend(files.iter().map(|f| f.display().to_string()));
+    args
+}
+
+fn run_vakt_owned(args: &[String]) -> (i32, String, String) {
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    run_vakt(&args)
+}
+
+/// A server sidecar on the files of `dir` (its certificates, key, policy and audit trail), in
+/// front of `app`, with `audit_file` settings replacing the defaults' `fsync: never` line.
+async fn sidecar_on(dir: &Path, app: std::net::SocketAddr, audit_file: &str) -> vakt::app::App {
+    let yaml = vakt::dev::mesh::base_config_yaml(dir, TD).replace("    fsync: never\n", audit_file)
+        + &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  policy: {}\n",
+            dir.join("policy.yaml").display()
+        );
+    vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap()
+}
+
+/// `n` requests from web, each on its own connection.
+async fn send(addr: std::net::SocketAddr, config: &std::sync::Arc<rustls::ClientConfig>, n: usize) {
+    for _ in 0..n {
+        let tls = mtls_connect(addr, config.clone()).await.unwrap();
+        let status = h1_send(tls, get("/x", "orders.shop"))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+}
+
+fn lines_of(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+fn save(path: &Path, lines: &[String]) {
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+/// A trail written by a real sidecar, checked by the real binary after an edit, a tail cut
+/// after the last checkpoint, with a wrong key; and a `vakt.audit/1` file still verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_edits_cut_tails_and_wrong_keys() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let config = web_client_config_for(&server, &dir);
+    send(server.addr(), &config, 30).await;
+    server.vakt.shutdown().await;
+    let audit = dir.join("audit.log");
+    let original = lines_of(&audit);
+    assert_eq!(original.len(), 30);
+    let (code, stdout, stderr) = verify_cli(&dir, &[&audit]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("vakt.audit/2 epoch 1 key dev: seq 1..=30"),
+        "{stdout}"
+    );
+
+    // (a) One line edited (its status): verify names its seq.
+    let mut edited = original.clone();
+    edited[11] = edited[11].replace("\"status\":200", "\"status\":500");
+    assert_ne!(edited[11], original[11]);
+    save(&audit, &edited);
+    let (code, stdout, _) = verify_cli(&dir, &[&audit]);
+    assert_ne!(code, 0);
+    assert!(stdout.contains("seq 12: edited"), "{stdout}");
+
+    // (b) The tail cut at a line boundary after the shutdown checkpoint (seq 30).
+    save(&audit, &original[..25]);
+    let (code, stdout, _) = verify_cli(&dir, &[&audit]);
+    assert_ne!(code, 0);
+    assert!(stdout.contains("seq 26..=30: truncated_tail"), "{stdout}");
+
+    // (f) A wrong key.
+    save(&audit, &original);
+    let wrong = dir.join("wrong.key");
+    std::fs::write(&wrong, "w".repeat(32)).unwrap();
+    let (code, stdout, stderr) = run_vakt(&[
+        "audit",
+        "verify",
+        "--key",
+        wrong.to_str().unwrap(),
+        audit.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stdout.contains("wrong_key") && stdout.contains("wrong key file"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("seq 1..=30"), "{stderr}");
+    assert!(
+        !stdout.contains(&"w".repeat(32)),
+        "no key material in the output"
+    );
+    // No key at all: not verified, not intact.
+    let (code, stdout, _) = run_vakt(&["audit", "verify", audit.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stdout.contains("unknown_key"), "{stdout}");
+
+    // (g) A vakt.audit/1 file (SHA-256 links, as vakt wrote before keyed chains).
+    let v1 = dir.join("audit-v1.log");
+    let mut prev = vakt::audit::ChainHash::ZERO;
+    let mut v1_lines = Vec::new();
+    for seq in 1..=5u64 {
+        let mut e = vakt::audit::AuditEvent::new(
+            vakt::audit::Direction::Inbound,
+            vakt::audit::Decision::Allow,
+            vakt::audit::Label::new("rule_matched").unwrap(),
+        );
+        (e.seq, e.prev) = (seq, prev);
+        let mut line = String::new();
+        e.write_json(&mut line);
+        let line = line
+            .replacen("vakt.audit/2", "vakt.audit/1", 1)
+            .replacen(",\"epoch\":0", "", 1);
+        prev = vakt::audit::line_hash(line.as_bytes());
+        v1_lines.push(line);
+    }
+    save(&v1, &v1_lines);
+    let (code, stdout, stderr) = run_vakt(&["audit", "verify", v1.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("intact: 5 events"), "{stdout}");
+    assert!(stdout.contains("schema: vakt.audit/1"), "{stdout}");
+}
+
+/// (d) A normal restart resumes the epoch; (c) after the audit files are deleted the restarted
+/// sidecar opens epoch 2, whose first event names the gap, and counts the break.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarts_resume_the_epoch_or_name_the_gap() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let app = server.app.addr;
+    let config = web_client_config_for(&server, &dir);
+    send(server.addr(), &config, 5).await;
+    server.vakt.shutdown().await;
+    let audit = dir.join("audit.log");
+
+    // (d) Normal restart.
+    let vakt = sidecar_on(&dir, app, "    fsync: never\n").await;
+    send(vakt.inbound_addr.unwrap(), &config, 5).await;
+    let breaks = |text: &str| {
+        metric_sum(
+            text,
+            "vakt_audit_chain_breaks_total",
+            &[("reason", "files_missing")],
+        )
+    };
+    let before = breaks(&metrics_text(vakt.admin_addr).await);
+    vakt.shutdown().await;
+    let (code, stdout, stderr) = verify_cli(&dir, &[&audit]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(
+        stdout.contains("vakt.audit/2 epoch 1 key dev: seq 1..=10 (10 events)"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("epoch 2"), "{stdout}");
+
+    // (c) The audit files deleted while the sidecar was down.
+    std::fs::remove_file(&audit).unwrap();
+    let vakt = sidecar_on(&dir, app, "    fsync: never\n").await;
+    send(vakt.inbound_addr.unwrap(), &config, 3).await;
+    let after = breaks(&metrics_text(vakt.admin_addr).await);
+    assert!(after >= before + 1.0, "breaks {before} -> {after}");
+    let head = metric_sum(
+        &metrics_text(vakt.admin_addr).await,
+        "vakt_audit_chain_head_seq",
+        &[],
+    );
+    vakt.shutdown().await;
+    let lines = lines_of(&audit);
+    let first: Value = serde_json::from_str(&lines[0]).unwrap();
+    assert_eq!(first["reason"], "chain_epoch_started", "{first}");
+    assert_eq!(
+        (first["epoch"].as_u64(), first["seq"].as_u64()),
+        (Some(2), Some(11))
+    );
+    assert_eq!(first["chain"]["epoch_start"], "files_missing");
+    assert_eq!(first["chain"]["prev_epoch"], 1);
+    assert_eq!(first["chain"]["checkpoint_seq"], 10);
+    assert!(head >= 11.0, "head gauge {head}");
+    let (code, stdout, _) = verify_cli(&dir, &[&audit]);
+    assert_ne!(code, 0, "a break is a problem: {stdout}");
+    assert!(
+        stdout.contains("epoch: epoch 2 starts at seq 11 (files_missing): previous epoch 1, last checkpointed seq 10"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("vakt.audit/2 epoch 2 key dev: seq 11..=14"),
+        "{stdout}"
+    );
+}
+
+/// (e) Rotation deleting the oldest file writes a record into the trail: verify reports the
+/// rotated-out range and passes; a file deleted by hand is a missing start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_recorded_and_told_apart_from_deletion() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let app = server.app.addr;
+    let config = web_client_config_for(&server, &dir);
+    server.vakt.shutdown().await;
+    std::fs::remove_file(dir.join("audit.log")).ok();
+    std::fs::remove_file(dir.join(vakt::dev::mesh::DEV_CHECKPOINT_FILE)).ok();
+    let vakt = sidecar_on(
+        &dir,
+        app,
+        "    fsync: never\n    max_bytes: 4096\n    max_files: 2\n",
+    )
+    .await;
+    send(vakt.inbound_addr.unwrap(), &config, 40).await;
+    vakt.shutdown().await;
+    let audit = dir.join("audit.log");
+    let (r2, r1) = (dir.join("audit.log.2"), dir.join("audit.log.1"));
+    assert!(r2.exists(), "rotation kept two files");
+    let all: Vec<String> = [&r2, &r1, &audit]
+        .iter()
+        .flat_map(|f| lines_of(f))
+        .collect();
+    assert!(
+        all.iter()
+            .any(|l| l.contains("\"reason\":\"audit_file_rotated_out\"")),
+        "no rotation record"
+    );
+    let (code, stdout, stderr) = verify_cli(&dir, &[&r2, &r1, &audit]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains(": rotated_out: rotated out"), "{stdout}");
+    // The oldest kept file deleted by hand: no record covers it.
+    let (code, stdout, _) = verify_cli(&dir, &[&r1, &audit]);
+    assert_ne!(code, 0);
+    assert!(stdout.contains("missing_start"), "{stdout}");
+}
+
+/// A configured chain key that cannot be read stops the start (never an unkeyed trail instead),
+/// and `vakt check` refuses a file trail without a key.
+#[tokio::test]
+async fn a_missing_chain_key_fails_closed() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    server.vakt.shutdown().await;
+    let base = vakt::dev::mesh::base_config_yaml(&dir, TD)
+        + &format!(
+            "inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
+            server.app.addr,
+            dir.join("policy.yaml").display()
+        );
+    let missing = base.replace(vakt::dev::mesh::DEV_CHAIN_KEY_FILE, "no-such.key");
+    let err = vakt::app::App::start(vakt::config::Config::from_yaml(&missing).unwrap())
+        .await
+        .err()
+        .expect("started without its chain key");
+    assert!(err.to_string().contains("audit chain key"), "{err}");
+    let keyless: String = base
+        .lines()
+        .filter(|l| !l.contains("chain_key") && !l.contains("key_file") && !l.contains("key_id"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let config = dir.join("keyless.yaml");
+    std::fs::write(&config, keyless).unwrap();
+    let (code, _, stderr) = run_vakt(&["check", "--config", config.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("audit.chain_key"), "{stderr}");
 }

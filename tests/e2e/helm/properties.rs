@@ -534,6 +534,12 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             "vakt_audit_queue_capacity",
             "vakt_audit_queue_depth{",
         ),
+        // A new pod's series starts at 1: increase() alone would miss it.
+        (
+            "VaktAuditChainBroken",
+            "vakt_audit_chain_breaks_total",
+            "offset 15m",
+        ),
     ] {
         let rule = rules
             .get(alert)
@@ -562,7 +568,7 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             .contains("sum by (namespace, route)"),
         "{label}: denials by route"
     );
-    assert_eq!(rules.len(), 10, "{label}: {:?}", rules.keys());
+    assert_eq!(rules.len(), 11, "{label}: {:?}", rules.keys());
 }
 
 // ---- the metrics catalogue ---------------------------------------------------------------------
