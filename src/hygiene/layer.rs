@@ -76,8 +76,11 @@ impl Hygiene {
     /// Trailers follow the same rules as headers; one that would be refused is removed (the
     /// request is already on its way). Only bodies that can carry trailers are wrapped.
     fn filter_trailers(&self, req: &mut Req) {
-        let may_have_trailers = req.version() >= Version::HTTP_2
-            || (req.version() == Version::HTTP_11 && req.headers().contains_key(TRANSFER_ENCODING));
+        // A body already at its end (a GET over HTTP/2, say) has no trailers to come.
+        let may_have_trailers = !http_body::Body::is_end_stream(req.body())
+            && (req.version() >= Version::HTTP_2
+                || (req.version() == Version::HTTP_11
+                    && req.headers().contains_key(TRANSFER_ENCODING)));
         if !may_have_trailers {
             return;
         }
