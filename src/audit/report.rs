@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use super::chain::{EpochStart, REASON_FILE_ROTATED_OUT, parse_line};
 use super::checkpoint::CHECKPOINT_PREFIX;
 use super::event::AuditEvent;
-use super::fields::{Action, Decision, Direction};
+use super::fields::{Action, Decision, Direction, Outcome};
 use super::time::Timestamp;
 
 /// How many national-id pseudonyms the report lists.
@@ -70,6 +70,10 @@ pub struct Report {
     pub accesses: BTreeMap<(String, Option<Action>), Counts>,
     /// Refused handshakes (no route, no action).
     pub handshakes_refused: u64,
+    /// Exchanges by how they ended (`-` for events written before outcomes were recorded).
+    pub outcomes: BTreeMap<String, u64>,
+    /// Allowed exchanges the client abandoned: the app may have acted on them.
+    pub allowed_then_aborted: u64,
     /// Deny and refused decisions by reason code.
     pub denials_by_reason: BTreeMap<String, u64>,
     /// Deny and refused decisions by peer SPIFFE ID (`-` when there was none).
@@ -167,6 +171,13 @@ impl Report {
                 .entry((route, e.action))
                 .or_default()
                 .add(e.decision);
+        }
+        *self
+            .outcomes
+            .entry(e.outcome.map_or("-", Outcome::as_str).to_owned())
+            .or_default() += 1;
+        if e.decision == Decision::Allow && e.outcome == Some(Outcome::ClientAborted) {
+            self.allowed_then_aborted += 1;
         }
         if e.decision.is_denial() {
             *self
@@ -283,7 +294,16 @@ impl fmt::Display for Report {
             writeln!(f, "  refused TLS handshakes: {}", self.handshakes_refused)?;
         }
 
+        if self.allowed_then_aborted > 0 {
+            writeln!(
+                f,
+                "  allowed, then abandoned by the client (the app may have acted): {}",
+                self.allowed_then_aborted
+            )?;
+        }
+
         for (title, map) in [
+            ("Outcomes", &self.outcomes),
             ("Denials by reason", &self.denials_by_reason),
             ("Denials by peer", &self.denials_by_peer),
         ] {
@@ -346,6 +366,14 @@ mod tests {
                 _ => (Direction::Handshake, Decision::Refused, "unknown_ca"),
             };
             let mut e = AuditEvent::new(direction, decision, Label::new(reason).unwrap());
+            // Every allowed exchange with i % 10 == 5 was abandoned by its client; the first
+            // ten events predate outcomes.
+            e.outcome = match (i < 10, i % 10, decision) {
+                (true, ..) => None,
+                (_, 5, _) => Some(Outcome::ClientAborted),
+                (_, _, Decision::Deny | Decision::Refused) => Some(Outcome::Refused),
+                _ => Some(Outcome::Completed),
+            };
             e.time = Timestamp::from_unix_millis(start.unix_millis() + 1000 * i as i64).unwrap();
             e.peer =
                 Some(Text::new(format!("spiffe://cluster.local/ns/n/sa/peer{}", i % 3)).unwrap());
@@ -383,6 +411,21 @@ mod tests {
             }
         );
         assert_eq!(r.handshakes_refused, 100);
+        assert_eq!(
+            r.outcomes,
+            BTreeMap::from([
+                ("-".to_owned(), 10),
+                ("client_aborted".to_owned(), 99),
+                ("completed".to_owned(), 594),
+                ("refused".to_owned(), 297),
+            ])
+        );
+        assert_eq!(r.allowed_then_aborted, 99);
+        let text = r.to_string();
+        assert!(
+            text.contains("allowed, then abandoned by the client (the app may have acted): 99"),
+            "{text}"
+        );
         // Routes: even i → journal, odd → notes; POST when i % 4 == 1 (always odd → notes).
         // Request events are i % 10 in 0..=8: 900 of them, 500 even and 400 odd.
         let journal_read = r.accesses[&("journal".to_owned(), Some(Action::Read))];
