@@ -349,6 +349,19 @@ mod tests {
         serde_json::from_str(include_str!("../../docs/audit-event.schema.json")).unwrap()
     }
 
+    /// The security team's guide explains every field of the schema.
+    #[test]
+    fn the_audit_guide_explains_every_field() {
+        let doc = include_str!("../../docs/AUDIT.md");
+        let schema = schema();
+        for key in schema["properties"].as_object().unwrap().keys() {
+            assert!(
+                doc.contains(&format!("`{key}`")),
+                "docs/AUDIT.md does not explain `{key}`"
+            );
+        }
+    }
+
     #[test]
     fn schema_and_full_event_have_the_same_keys() {
         let schema = schema();
