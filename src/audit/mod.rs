@@ -26,6 +26,7 @@ pub mod event;
 pub mod fields;
 mod json;
 pub mod log;
+pub mod redact;
 pub mod report;
 pub mod sink;
 #[cfg(feature = "test-support")]
