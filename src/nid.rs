@@ -122,15 +122,16 @@ fn scan(b: &[u8], mut on_found: impl FnMut(Found)) {
             at_start = true;
             continue;
         }
-        if at_start && c.is_ascii_digit() {
-            if let Some((end, kind)) = match_at(b, i) {
-                on_found(Found {
-                    kind,
-                    range: i..end,
-                });
-                i = end;
-                continue;
-            }
+        if at_start
+            && c.is_ascii_digit()
+            && let Some((end, kind)) = match_at(b, i)
+        {
+            on_found(Found {
+                kind,
+                range: i..end,
+            });
+            i = end;
+            continue;
         }
         // Not an id: skip the rest of this alphanumeric run.
         while i < b.len() && b[i].is_ascii_alphanumeric() {
