@@ -184,6 +184,22 @@ fn audit_event(c: &mut Criterion) {
             )
         })
     });
+    // Every logged path goes through the national-id detector: a path without an id (the
+    // common case, nothing allocated) and one with an id to pseudonymise.
+    group.bench_function("redact path (no national id)", |b| {
+        b.iter(|| {
+            redactor
+                .redact(black_box("/patients/k1:abc/journal/2026-01-15/items/12345"))
+                .len()
+        })
+    });
+    group.bench_function("redact path (one national id)", |b| {
+        b.iter(|| {
+            redactor
+                .redact(black_box("/records/31129956715/journal"))
+                .len()
+        })
+    });
     // The writer thread's encoder, and serde_json on the same event for comparison (they make
     // the same bytes; the writer used serde_json until 2026-12-04).
     group.bench_function("serialise (JSON line writer)", |b| {
