@@ -24,6 +24,7 @@ use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::{HeaderMap, Method, StatusCode};
 use vakt::Direction;
+use vakt::audit::redact::Redactor;
 use vakt::audit::{
     self, AuditEvent, ChainHash, ChainKey, ChainWriter, Label, Sink, WriterSink, pseudonymise_path,
 };
@@ -136,6 +137,7 @@ fn audit_event(c: &mut Criterion) {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pseudonyms = Pseudonymiser::from_secret("k1", &[7; 32]);
+    let redactor = Redactor::national_ids(Arc::new(Pseudonymiser::from_secret("k1", &[7; 32])));
     let peer = PeerIdentity::new(PEER.parse().expect("peer id"), [0xab; 32]);
     let principal = principal(&rt);
     assert_eq!(principal.national_id.as_deref(), Some(NATIONAL_ID));
@@ -151,6 +153,7 @@ fn audit_event(c: &mut Criterion) {
             black_box(&known),
             Some(black_box(&answer)),
             &pseudonyms,
+            &redactor,
         )
     };
     let mut sample = build();
@@ -181,6 +184,22 @@ fn audit_event(c: &mut Criterion) {
             )
         })
     });
+    // Every logged path goes through the national-id detector: a path without an id (the
+    // common case, nothing allocated) and one with an id to pseudonymise.
+    group.bench_function("redact path (no national id)", |b| {
+        b.iter(|| {
+            redactor
+                .redact(black_box("/patients/k1:abc/journal/2026-01-15/items/12345"))
+                .len()
+        })
+    });
+    group.bench_function("redact path (one national id)", |b| {
+        b.iter(|| {
+            redactor
+                .redact(black_box("/records/31129956715/journal"))
+                .len()
+        })
+    });
     // The writer thread's encoder, and serde_json on the same event for comparison (they make
     // the same bytes; the writer used serde_json until 2026-12-04).
     group.bench_function("serialise (JSON line writer)", |b| {
@@ -202,6 +221,7 @@ fn audit_event(c: &mut Criterion) {
                 black_box(&known),
                 Some(black_box(&answer)),
                 black_box(&pseudonyms),
+                black_box(&redactor),
             );
             finish(&mut event);
             let mut line = String::with_capacity(1024);

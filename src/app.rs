@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::Direction;
 use crate::admin::{self, Readiness};
+use crate::audit::redact::{RedactPatternError, Redactor};
 use crate::audit::{
     AuditConfig, AuditLog, AuditSink, Auditor, ChainKey, ChainKeyError, ChainSettings,
     CheckpointSettings, FileSink, FileSinkConfig, SinkError, StdoutSink,
@@ -47,6 +48,11 @@ pub enum StartError {
     Audit(#[from] SinkError),
     #[error("audit chain key: {0}")]
     ChainKey(#[from] ChainKeyError),
+    #[error("audit.redact_patterns[{index}]: {error}")]
+    RedactPattern {
+        index: usize,
+        error: RedactPatternError,
+    },
     #[error("cannot listen on {addr} ({name}): {source}")]
     Bind {
         name: &'static str,
@@ -130,12 +136,17 @@ impl App {
                 Pseudonymiser::ephemeral()
             }
         });
-        let auditor = Arc::new(Auditor::new(
-            start_audit_log(&config, audit_write_delay)?,
-            pseudonyms.clone(),
-            config.audit.on_audit_failure,
-            config.audit.queue_capacity,
-        ));
+        let redactor = Redactor::new(pseudonyms.clone(), &config.audit.redact_patterns)
+            .map_err(|(index, error)| StartError::RedactPattern { index, error })?;
+        let auditor = Arc::new(
+            Auditor::new(
+                start_audit_log(&config, audit_write_delay)?,
+                pseudonyms.clone(),
+                config.audit.on_audit_failure,
+                config.audit.queue_capacity,
+            )
+            .with_redactor(redactor),
+        );
         // Alerts compare the queue's depth with its capacity (a full queue refuses requests).
         metrics::gauge!(crate::metrics::AUDIT_QUEUE_CAPACITY).set(auditor.capacity as f64);
         listeners.push(spawn_audit_gauges(auditor.log.clone(), shutdown_rx.clone()));

@@ -598,6 +598,14 @@ inbound:
                 "unknown field `strip`",
             ),
             (
+                format!("{MINIMAL}audit:\n  redact_patterns: ['MRN-[0-9]+', 'x(']\n"),
+                "audit.redact_patterns[1]: not a valid regular expression",
+            ),
+            (
+                format!("{MINIMAL}audit:\n  redact_patterns: ['[0-9]*']\n"),
+                "audit.redact_patterns[0]: matches the empty string",
+            ),
+            (
                 format!("{MINIMAL}  keep_headers: [X_Vakt_LoA]\n"),
                 "inbound.keep_headers[0]: x_vakt_loa is set only by vakt",
             ),

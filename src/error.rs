@@ -182,8 +182,10 @@ impl DenyReason {
             Self::MissingDestination => {
                 "no destination: send an absolute URI (HTTP proxy form) or a Host header".into()
             }
+            // The authority comes from the app's request: a national id in it is not echoed.
             Self::UnknownDestination { authority } => format!(
-                "destination {authority} is not in this sidecar's egress table (outbound.upstreams)"
+                "destination {} is not in this sidecar's egress table (outbound.upstreams)",
+                crate::nid::mask(authority)
             )
             .into(),
             Self::ConnectNotSupported => {
@@ -280,5 +282,25 @@ impl DenyReason {
         }
         response.extensions_mut().insert(self);
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_do_not_echo_a_national_id() {
+        // A valid fødselsnummer as a host label.
+        let reason = DenyReason::UnknownDestination {
+            authority: "31129956715.shop:80".to_owned(),
+        };
+        let message = reason.message();
+        assert!(!message.contains("31129956715"), "{message}");
+        assert!(message.contains("[national-id].shop:80"), "{message}");
+        let other = DenyReason::UnknownDestination {
+            authority: "orders.shop:80".to_owned(),
+        };
+        assert!(other.message().contains("orders.shop:80"));
     }
 }

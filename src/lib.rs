@@ -19,6 +19,7 @@ pub mod identity;
 pub(crate) mod limits;
 pub(crate) mod listener;
 pub mod metrics;
+pub mod nid;
 pub mod observe;
 pub mod policy;
 pub mod pseudonym;

@@ -18,6 +18,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::Direction;
 use crate::audit::auditor::Slot;
+use crate::audit::redact::Redactor;
 use crate::audit::{self, AuditEvent, Auditor, Label, Text};
 use crate::body::{BoxError, ProxyBody};
 use crate::error::DenyReason;
@@ -243,6 +244,7 @@ impl Drop for AuditGuard {
             &self.exchange.known(),
             self.answer.as_ref(),
             &self.auditor.pseudonyms,
+            &self.auditor.redactor,
         );
         event.outcome = Some(outcome);
         event.bytes_in = Some(self.exchange.bytes_in.load(Ordering::Relaxed));
@@ -299,6 +301,7 @@ pub fn build_event(
     known: &Known,
     answer: Option<&Answer>,
     pseudonyms: &Pseudonymiser,
+    redactor: &Redactor,
 ) -> AuditEvent {
     let record = known.record.as_ref();
     let refusal = answer.and_then(|a| a.refusal);
@@ -331,7 +334,13 @@ pub fn build_event(
     event.request_id = known.request_id.clone();
     event.trace_id = known.trace_id.clone();
 
-    event.path = logged_path(known.target.as_ref(), record, pseudonyms);
+    event.path = logged_path(known.target.as_ref(), record, pseudonyms)
+        // Whatever the route bound: national ids and configured identifiers left anywhere in
+        // the path (no route, `/**` rests, other parameters, refused targets) become pseudonyms.
+        .map(|path| match redactor.redact(path.as_str()) {
+            std::borrow::Cow::Borrowed(_) => path,
+            std::borrow::Cow::Owned(redacted) => Text::sanitized(&redacted),
+        });
 
     if let Some(peer) = peer {
         event.peer = Some(Text::sanitized_shared(peer.spiffe_id.shared_str()));
@@ -506,6 +515,7 @@ mod tests {
     #[test]
     fn events_from_what_was_learnt() {
         let p = Pseudonymiser::from_secret("k1", &[3; 32]);
+        let r = Redactor::national_ids(Arc::new(Pseudonymiser::from_secret("k1", &[3; 32])));
         let path = crate::hygiene::path::canonicalize("/a/b").unwrap();
         let known = Known {
             request_id: Some(Label::sanitized("r-1")),
@@ -516,7 +526,7 @@ mod tests {
         };
         let get = http::Method::GET;
         // Gone while the app worked: still allowed, with its path and rule.
-        let e = build_event(Direction::Inbound, &get, None, &known, None, &p);
+        let e = build_event(Direction::Inbound, &get, None, &known, None, &p, &r);
         assert_eq!(
             (e.decision, e.reason.as_str(), e.status),
             (audit::Decision::Allow, "rule_matched", None)
@@ -527,7 +537,15 @@ mod tests {
             (Some(0), Some("r-1"))
         );
         // Gone before anything was decided.
-        let e = build_event(Direction::Inbound, &get, None, &Known::default(), None, &p);
+        let e = build_event(
+            Direction::Inbound,
+            &get,
+            None,
+            &Known::default(),
+            None,
+            &p,
+            &r,
+        );
         assert_eq!(
             (e.decision, e.reason.as_str(), e.path),
             (audit::Decision::Refused, "client_disconnected", None)
@@ -538,7 +556,15 @@ mod tests {
             ..Known::default()
         };
         let refused = answer(400, Some(&DenyReason::InvalidHeaderName));
-        let e = build_event(Direction::Inbound, &get, None, &known, Some(&refused), &p);
+        let e = build_event(
+            Direction::Inbound,
+            &get,
+            None,
+            &known,
+            Some(&refused),
+            &p,
+            &r,
+        );
         assert_eq!(
             (e.decision, e.reason.as_str(), e.status),
             (audit::Decision::Refused, "invalid_header_name", Some(400))
@@ -553,10 +579,44 @@ mod tests {
             &Known::default(),
             Some(&ok),
             &p,
+            &r,
         );
         assert_eq!(
             (e.decision, e.reason.as_str()),
             (audit::Decision::Allow, "forwarded")
+        );
+    }
+
+    /// A national id anywhere in the logged path, canonical or a refused target, becomes the
+    /// person's pseudonym; a path without one is shared as it was.
+    #[test]
+    fn national_ids_never_reach_the_event_path() {
+        let p = Pseudonymiser::from_secret("k1", &[3; 32]);
+        let r = Redactor::national_ids(Arc::new(Pseudonymiser::from_secret("k1", &[3; 32])));
+        let fnr = "31129956715";
+        let pseudonym = p.pseudonym(audit::KIND_NATIONAL_ID, fnr);
+        let get = http::Method::GET;
+        let path_of = |target: Target| {
+            let known = Known {
+                target: Some(target),
+                ..Known::default()
+            };
+            build_event(Direction::Inbound, &get, None, &known, None, &p, &r).path
+        };
+        let canonical = crate::hygiene::path::canonicalize(&format!("/records/{fnr}")).unwrap();
+        assert_eq!(
+            path_of(Target::Canonical(canonical)).unwrap().as_str(),
+            format!("/records/{pseudonym}")
+        );
+        let refused = audit::redact_target(&format!("/files/{fnr}/%2e?pid={fnr}"));
+        assert_eq!(
+            path_of(Target::Redacted(refused)).unwrap().as_str(),
+            format!("/files/{pseudonym}/*")
+        );
+        let plain = crate::hygiene::path::canonicalize("/records/12345").unwrap();
+        assert_eq!(
+            path_of(Target::Canonical(plain)).unwrap().as_str(),
+            "/records/12345"
         );
     }
 }

@@ -16,6 +16,7 @@ use super::config::OnAuditFailure;
 use super::event::AuditEvent;
 use super::fields::{Decision, Direction, Label, Text};
 use super::log::{AuditLog, AuditUnavailable};
+use super::redact::Redactor;
 use crate::metrics as m;
 use crate::pseudonym::Pseudonymiser;
 
@@ -29,6 +30,8 @@ pub struct Auditor {
     pub on_failure: OnAuditFailure,
     /// The queue's capacity: events queued or being written plus slots held never exceed it.
     pub capacity: usize,
+    /// Keeps national ids and the configured identifiers out of logged paths.
+    pub redactor: Redactor,
     /// Slots ever taken.
     taken: AtomicU64,
     /// Slots ever given back without an event queued in them.
@@ -78,6 +81,7 @@ impl Auditor {
     ) -> Self {
         Self {
             log,
+            redactor: Redactor::national_ids(pseudonyms.clone()),
             pseudonyms,
             on_failure,
             capacity,
@@ -87,6 +91,12 @@ impl Auditor {
             unrecorded_since_log: AtomicU64::new(0),
             started: Instant::now(),
         }
+    }
+
+    /// With `redactor` (for `audit.redact_patterns`) instead of national ids only.
+    pub fn with_redactor(mut self, redactor: Redactor) -> Self {
+        self.redactor = redactor;
+        self
     }
 
     /// Hold a place in the queue for the event of an exchange about to be served.

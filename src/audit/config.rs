@@ -64,6 +64,10 @@ pub struct AuditSettings {
     /// Also write each checkpoint as one JSON line on stdout (for the cluster's log pipeline).
     #[serde(default = "defaults::checkpoint_stdout")]
     pub checkpoint_stdout: bool,
+    /// Regular expressions for the service's own identifiers: what they match in a logged path
+    /// is replaced by a keyed pseudonym, as national ids are (see `docs/AUDIT.md`).
+    #[serde(default)]
+    pub redact_patterns: Vec<String>,
 }
 
 /// The chain key: a file (a Kubernetes Secret) and the id written into every line.
@@ -88,6 +92,7 @@ impl Default for AuditSettings {
             checkpoint_interval: defaults::checkpoint_interval(),
             checkpoint_every: defaults::checkpoint_every(),
             checkpoint_stdout: defaults::checkpoint_stdout(),
+            redact_patterns: Vec::new(),
         }
     }
 }
@@ -185,6 +190,10 @@ impl AuditSettings {
         }
         if self.queue_capacity == 0 {
             return Err(("audit.queue_capacity".into(), "must be at least 1".into()));
+        }
+        for (i, pattern) in self.redact_patterns.iter().enumerate() {
+            super::redact::compile_pattern(pattern)
+                .map_err(|e| (format!("audit.redact_patterns[{i}]"), e.to_string()))?;
         }
         Ok(())
     }

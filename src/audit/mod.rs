@@ -11,6 +11,8 @@
 //! - [`sink`]: [`StdoutSink`] and [`FileSink`] (size-based rotation, fsync policy; the chain
 //!   continues across rotation and restarts).
 //! - [`log`]: [`AuditLog`], the non-blocking front with a bounded queue and one writer thread (batches, linger, retry).
+//! - [`redact`]: national ids ([`crate::nid`]) and `audit.redact_patterns` matches in logged
+//!   paths replaced by pseudonyms.
 //! - [`auditor`]: [`Auditor`], the trail as the request path sees it, and [`config`], the
 //!   `audit` section with what happens when an event cannot be recorded.
 //! - [`target`]: the redacted request target of a request refused before its path could be
@@ -26,6 +28,7 @@ pub mod event;
 pub mod fields;
 mod json;
 pub mod log;
+pub mod redact;
 pub mod report;
 pub mod sink;
 #[cfg(feature = "test-support")]

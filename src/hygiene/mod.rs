@@ -451,10 +451,13 @@ fn valid_request_id(v: &HeaderValue) -> bool {
     (1..=MAX_REQUEST_ID_LEN).contains(&b.len())
         && b.iter()
             .all(|&c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        // The id is logged, audited and echoed in refusals: one holding a national id is
+        // replaced like any other unusable id.
+        && std::str::from_utf8(b).is_ok_and(|s| !crate::nid::contains(s))
 }
 
 /// Keep a valid incoming `x-request-id` (1..=128 chars of `[A-Za-z0-9._:-]`, exactly one field
-/// line) or replace it with a new UUID v4 (lowercase, hyphenated). Returns the value in effect.
+/// line, no national id as [`crate::nid`] finds them) or replace it with a new UUID v4 (lowercase, hyphenated). Returns the value in effect.
 pub fn ensure_request_id(headers: &mut HeaderMap) -> HeaderValue {
     let mut values = headers.get_all(X_REQUEST_ID).iter();
     if let (Some(v), None) = (values.next(), values.next())
@@ -1076,6 +1079,9 @@ mod tests {
             ("duplicate", vec!["abc", "def"], false),
             ("duplicate identical", vec!["abc", "abc"], false),
             ("missing", vec![], false),
+            ("national id", vec!["req-31129956715"], false),
+            ("national id alone", vec!["31129956715"], false),
+            ("digits, not a national id", vec!["req-31129956716"], true),
         ];
         for (name, incoming, kept) in cases {
             let mut h = HeaderMap::new();

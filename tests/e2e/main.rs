@@ -19,4 +19,5 @@ mod limits;
 mod mesh;
 mod oidc;
 mod policy;
+mod redaction;
 mod supply_chain;
