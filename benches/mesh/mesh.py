@@ -195,11 +195,22 @@ def vakt_identity(work: Path, name: str, reload_interval: str | None) -> str:
     )
 
 
-def vakt_common(work: Path, name: str, admin: int) -> str:
+def keyed_audit(vakt: str) -> bool:
+    """Whether a vakt build chains its audit file under a key (and then requires one): builds
+    from before the keyed chain refuse the keys as unknown."""
+    return b"checkpoint_file" in Path(vakt).read_bytes()
+
+
+def vakt_common(work: Path, name: str, admin: int, keyed: bool) -> str:
+    chain = (
+        f"  chain_key:\n    key_file: {work / 'chain.key'}\n    key_id: bench1\n"
+        f"  checkpoint_file: {work / 'checkpoints' / f'{name}.jsonl'}\n"
+        if keyed else ""
+    )
     return (
         f"pseudonymisation:\n  key_file: {work / 'pseudonym.key'}\n  key_id: bench1\n"
         f"audit:\n  sink: file\n  file:\n    path: {work / 'audit' / f'{name}.log'}\n    fsync: 1s\n"
-        f"  on_audit_failure: deny\n"
+        f"  on_audit_failure: deny\n" + chain +
         f"admin:\n  listen: 127.0.0.1:{admin}\n"
         f"log:\n  format: json\n  level: warn\n"
     )
@@ -221,7 +232,7 @@ routes:
 """
 
 
-def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str = "",
+def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, keyed: bool, tag: str = "",
                        reload_interval: str | None = None) -> tuple[Path, Path]:
     """`tag` names a second vakt mesh (`--baseline-vakt`): its own ports, policy and audit files.
     `reload_interval`: of the certificate safety-net re-read (`--instructions` keeps it out of the
@@ -234,6 +245,8 @@ def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str 
         if not (work / shared).exists():
             (work / shared).symlink_to(work_root / shared)
     (work / "pseudonym.key").write_bytes(os.urandom(48).hex().encode())
+    (work / "chain.key").write_bytes(os.urandom(32))
+    (work / "checkpoints").mkdir()
     # Each file in a directory of its own, as in a pod (ConfigMap mount, log volume): vakt
     # watches the policy's directory, which must not be the one the audit log grows in.
     (work / "policy").mkdir()
@@ -245,14 +258,14 @@ def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, tag: str 
         f"  policy: {work / 'policy' / 'policy.yaml'}\n"
         + f"oidc:\n  issuers:\n    - issuer: {issuer}\n      profile: helseid\n      audiences: [{AUDIENCE}]\n"
         f"      algorithms: [RS256]\n      allow_insecure_loopback: true\n  verified_token_cache: 10000\n"
-        + vakt_common(work, "server", ports["vakt_server_admin"])
+        + vakt_common(work, "server", ports["vakt_server_admin"], keyed)
     )
     client = (
         vakt_identity(work, "client", reload_interval)
         + f"outbound:\n  listen: 127.0.0.1:{ports['vakt_client']}\n  upstreams:\n"
         f"    - authority: {AUTHORITY}\n      address: 127.0.0.1:{ports['vakt_server']}\n"
         f"      spiffe_id: {SERVER_ID}\n"
-        + vakt_common(work, "client", ports["vakt_client_admin"])
+        + vakt_common(work, "client", ports["vakt_client_admin"], keyed)
     )
     sp, cp = work / "vakt-server.yaml", work / "vakt-client.yaml"
     sp.write_text(server)
@@ -703,7 +716,8 @@ def main() -> int:
             log(f"envoy {version} up")
             systems.append(System("envoy", f"http://127.0.0.1:{ports['envoy_client']}{PATH}", [client, server]))
         if "vakt" in systems_wanted:
-            vs, vc = write_vakt_configs(work, ports, issuer, reload_interval=reload_interval)
+            vs, vc = write_vakt_configs(work, ports, issuer, keyed_audit(args.vakt),
+                                        reload_interval=reload_interval)
             server = start_vakt("vakt-server", args.vakt, vs)
             client = start_vakt("vakt-client", args.vakt, vc)
             admin[server.name], admin[client.name] = ports["vakt_server_admin"], ports["vakt_client_admin"]
@@ -713,7 +727,8 @@ def main() -> int:
             systems.append(System("vakt", f"http://127.0.0.1:{ports['vakt_client']}{PATH}", [client, server]))
         if args.baseline_vakt:
             # A second vakt build on the same machine in the same run (A/B of a change).
-            vs, vc = write_vakt_configs(work, ports, issuer, tag="_base", reload_interval=reload_interval)
+            vs, vc = write_vakt_configs(work, ports, issuer, keyed_audit(args.baseline_vakt), tag="_base",
+                                        reload_interval=reload_interval)
             server = start_vakt("vakt-base-server", args.baseline_vakt, vs)
             client = start_vakt("vakt-base-client", args.baseline_vakt, vc)
             admin[server.name], admin[client.name] = ports["vakt_server_admin_base"], ports["vakt_client_admin_base"]
