@@ -356,13 +356,14 @@ fn current_year() -> u32 {
     u32::try_from(year).unwrap_or(2026)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
+/// Valid numbers of each format, made with their check digits, for tests.
+#[cfg(any(test, feature = "test-support"))]
+pub mod examples {
+    use super::FI_CHECK;
 
-    /// A Norwegian number with its two check digits computed, or `None` when a check digit would
-    /// be 10 (not issued).
-    fn no(ddmmyy: &str, individual: &str) -> Option<String> {
+    /// A Norwegian number (`DDMMYY` + three-digit individual number) with its two check digits,
+    /// or `None` when a check digit would be 10 (never issued).
+    pub fn no(ddmmyy: &str, individual: &str) -> Option<String> {
         let mut d: Vec<u32> = format!("{ddmmyy}{individual}")
             .bytes()
             .map(|c| u32::from(c - b'0'))
@@ -382,14 +383,14 @@ mod tests {
     }
 
     /// The first individual number from `from` that gives a valid Norwegian number.
-    fn no_any(ddmmyy: &str, from: u32) -> String {
+    pub fn no_any(ddmmyy: &str, from: u32) -> String {
         (from..from + 50)
             .find_map(|i| no(ddmmyy, &format!("{i:03}")))
             .unwrap()
     }
 
     /// A Swedish `YYMMDDNNN` with its Luhn digit.
-    fn se(nine: &str) -> String {
+    pub fn se(nine: &str) -> String {
         let sum: u32 = nine
             .bytes()
             .enumerate()
@@ -402,10 +403,16 @@ mod tests {
     }
 
     /// A Finnish code with its check character.
-    fn fi(ddmmyy: &str, sign: char, zzz: &str) -> String {
+    pub fn fi(ddmmyy: &str, sign: char, zzz: &str) -> String {
         let n: u32 = format!("{ddmmyy}{zzz}").parse().unwrap();
         format!("{ddmmyy}{sign}{zzz}{}", FI_CHECK[(n % 31) as usize] as char)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::examples::{fi, no, no_any, se};
+    use super::*;
 
     fn kinds(text: &str) -> Vec<NidKind> {
         find(text).into_iter().map(|f| f.kind).collect()
