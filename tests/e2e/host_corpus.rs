@@ -53,6 +53,28 @@ impl Setup {
         self.client.outbound_addr.unwrap()
     }
 
+    /// One raw request from the app to its sidecar.
+    async fn send_from_app(&self, head: &[u8]) -> String {
+        raw_exchange(TcpStream::connect(self.outbound()).await.unwrap(), head).await
+    }
+
+    /// One raw request straight to the server sidecar, over mTLS as the peer `web`.
+    async fn send_from_peer(&self, head: &[u8]) -> String {
+        let tls = mtls_connect(self.server.addr(), web_client_config(&self.server))
+            .await
+            .unwrap();
+        raw_exchange(tls, head).await
+    }
+
+    /// One raw request either way.
+    async fn send(&self, inbound: bool, head: &[u8]) -> String {
+        if inbound {
+            self.send_from_peer(head).await
+        } else {
+            self.send_from_app(head).await
+        }
+    }
+
     fn seen(&self, id: usize) -> Option<SeenRequest> {
         let id = id.to_string();
         self.server
@@ -203,11 +225,6 @@ async fn host_authority_method_case_and_slash_variants_are_refused_or_arrive_as_
         &denied("inbound"),
     );
     let (mut counted_out, mut counted_in) = (0.0, 0.0);
-    let inbound_tls = || async {
-        mtls_connect(setup.server.addr(), web_client_config(&setup.server))
-            .await
-            .unwrap()
-    };
 
     // 1. Invalid hosts, from the app to its sidecar and from a peer straight to the server.
     for host in INVALID_HOSTS {
@@ -215,15 +232,7 @@ async fn host_authority_method_case_and_slash_variants_are_refused_or_arrive_as_
             id += 1;
             variants += 1;
             let request = head("GET", "/records/1", &[host], id);
-            let answer = if inbound {
-                raw_exchange(inbound_tls().await, &request).await
-            } else {
-                raw_exchange(
-                    TcpStream::connect(setup.outbound()).await.unwrap(),
-                    &request,
-                )
-                .await
-            };
+            let answer = setup.send(inbound, &request).await;
             let context = format!("host {:?} inbound={inbound}", String::from_utf8_lossy(host));
             if assert_refused(&setup, id, &answer, &context) {
                 refused_invalid_host += 1;
@@ -252,15 +261,7 @@ async fn host_authority_method_case_and_slash_variants_are_refused_or_arrive_as_
             id += 1;
             variants += 1;
             let request = head("GET", target, hosts, id);
-            let answer = if inbound {
-                raw_exchange(inbound_tls().await, &request).await
-            } else {
-                raw_exchange(
-                    TcpStream::connect(setup.outbound()).await.unwrap(),
-                    &request,
-                )
-                .await
-            };
+            let answer = setup.send(inbound, &request).await;
             let context = format!("{target} hosts {hosts:?} inbound={inbound}");
             if assert_refused(&setup, id, &answer, &context) {
                 refused_invalid_host += 1;
@@ -273,39 +274,28 @@ async fn host_authority_method_case_and_slash_variants_are_refused_or_arrive_as_
         }
     }
 
-    // 3. Spellings of the same host arrive as the one canonical host, through the whole mesh.
-    for host in SAME_HOST_OUTBOUND {
+    // 3. Spellings of the same host arrive as the one canonical host, through the whole mesh:
+    // in `Host`, and in an absolute-form target with and without a matching `Host`.
+    let absolute: [(&str, &[&[u8]]); 2] = [
+        ("http://orders.shop/records/1", &[]),
+        ("http://ORDERS.shop:80/records/1", &[b"orders.shop."]),
+    ];
+    let spellings = SAME_HOST_OUTBOUND
+        .iter()
+        .map(|host| ("/records/1", vec![host.as_bytes()]))
+        .chain(
+            absolute
+                .iter()
+                .map(|(target, hosts)| (*target, hosts.to_vec())),
+        );
+    for (target, hosts) in spellings {
         id += 1;
         variants += 1;
-        let request = head("GET", "/records/1", &[host.as_bytes()], id);
-        let answer = raw_exchange(
-            TcpStream::connect(setup.outbound()).await.unwrap(),
-            &request,
-        )
-        .await;
-        assert_eq!(status_of(&answer), 200, "{host}: {answer}");
+        let answer = setup.send_from_app(&head("GET", target, &hosts, id)).await;
+        let context = format!("{target} {hosts:?}");
+        assert_eq!(status_of(&answer), 200, "{context}: {answer}");
         let seen = setup.seen(id).unwrap();
-        assert_arrived(&seen, "GET", "/records/1", "orders.shop", host);
-    }
-    // Absolute-form from the app, with and without a matching Host.
-    for (target, hosts) in [
-        ("http://orders.shop/records/1", &[][..]),
-        (
-            "http://ORDERS.shop:80/records/1",
-            &[&b"orders.shop."[..]][..],
-        ),
-    ] {
-        id += 1;
-        variants += 1;
-        let request = head("GET", target, hosts, id);
-        let answer = raw_exchange(
-            TcpStream::connect(setup.outbound()).await.unwrap(),
-            &request,
-        )
-        .await;
-        assert_eq!(status_of(&answer), 200, "{target}: {answer}");
-        let seen = setup.seen(id).unwrap();
-        assert_arrived(&seen, "GET", "/records/1", "orders.shop", target);
+        assert_arrived(&seen, "GET", "/records/1", "orders.shop", &context);
     }
     // Straight to the server: 443 is the default port of the mTLS hop; another port is kept
     // (and, not being `orders.shop` with port 443, it is still host `orders.shop` for routes).
@@ -319,7 +309,7 @@ async fn host_authority_method_case_and_slash_variants_are_refused_or_arrive_as_
         id += 1;
         variants += 1;
         let request = head("GET", "/records/1", &[host.as_bytes()], id);
-        let answer = raw_exchange(inbound_tls().await, &request).await;
+        let answer = setup.send_from_peer(&request).await;
         assert_eq!(status_of(&answer), 200, "{host}: {answer}");
         let seen = setup.seen(id).unwrap();
         assert_arrived(&seen, "GET", "/records/1", canonical, host);
@@ -336,7 +326,7 @@ async fn host_authority_method_case_and_slash_variants_are_refused_or_arrive_as_
         id += 1;
         variants += 1;
         let request = head("DELETE", "/records/1", &[host.as_bytes()], id);
-        let answer = raw_exchange(inbound_tls().await, &request).await;
+        let answer = setup.send_from_peer(&request).await;
         assert_eq!(status_of(&answer), status, "DELETE with {host}: {answer}");
         match status {
             200 => assert_arrived(&setup.seen(id).unwrap(), "DELETE", "/records/1", host, host),
@@ -433,11 +423,7 @@ async fn host_authority_method_case_and_slash_variants_are_refused_or_arrive_as_
             id += 1;
             variants += 1;
             let request = head(method, path, &[b"orders.shop"], id);
-            let answer = raw_exchange(
-                TcpStream::connect(setup.outbound()).await.unwrap(),
-                &request,
-            )
-            .await;
+            let answer = setup.send_from_app(&request).await;
             let context = format!("{method} {path}");
             let status = status_of(&answer);
             let reached = setup.seen(id);
