@@ -447,7 +447,13 @@ impl Stage for Observe {
         if let Some(guard) = guard.as_mut() {
             guard.answer = Some(Answer::of(&response));
         }
-        let (parts, body) = response.into_parts();
+        let (mut parts, mut body) = response.into_parts();
+        // A response to HEAD has no content (RFC 9110 §9.3.2); over HTTP/2 DATA frames after it
+        // are a protocol error. vakt's own refusals carry a JSON body: it is left out here.
+        if method == http::Method::HEAD && parts.extensions.get::<DenyReason>().is_some() {
+            body = crate::body::empty();
+            parts.headers.remove(http::header::CONTENT_LENGTH);
+        }
         Resp::from_parts(
             parts,
             crate::body::boxed(Counted {

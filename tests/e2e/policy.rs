@@ -249,6 +249,50 @@ async fn denials_carry_a_decision_id_and_the_reason_code_only() {
     );
 }
 
+/// A refusal of a HEAD request has no content: over HTTP/2, straight to the server and through
+/// the mesh, the client gets the status cleanly (DATA after a HEAD response would be a protocol
+/// error), and the decision is the same as for GET.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_head_requests_get_a_status_without_content_over_http2() {
+    let (server, web, batch) = policy_server().await;
+    let h2_config = {
+        let dir = server
+            .pki
+            .workload("web-h2", &server.pki.spiffe_id("shop", "web"))
+            .unwrap();
+        raw_client_config(Some(&dir), &server.dir, &server.id, &[b"h2"])
+    };
+    let head = |uri: &str| {
+        http::Request::head(uri)
+            .header(http::header::HOST, "orders.shop")
+            .body(TestBody::default())
+            .unwrap()
+    };
+    for (uri, status) in [
+        ("https://orders.shop/admin", 403),
+        ("https://orders.shop/orders%2F1", 400),
+        ("https://orders.shop/orders/1", 200),
+    ] {
+        let tls = mtls_connect(server.addr(), h2_config.clone())
+            .await
+            .unwrap();
+        let response = h2_send(tls, head(uri)).await.unwrap();
+        assert_eq!(response.status(), status, "{uri}");
+        assert_eq!(body_string(response).await, "", "{uri}");
+    }
+    // Through the mesh: the app speaks HTTP/2 (prior knowledge) to its sidecar.
+    for (client, path, status) in [(&batch, "/orders/1", 403), (&web, "/admin", 403)] {
+        let tcp = tokio::net::TcpStream::connect(client.outbound_addr.unwrap())
+            .await
+            .unwrap();
+        let response = h2_send(tcp, head(&format!("http://orders.shop{path}")))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), status, "{path}");
+        assert_eq!(body_string(response).await, "", "{path}");
+    }
+}
+
 /// The most specific route decides: a method it does not accept is answered 405 with its
 /// methods, never granted by a wildcard route; HEAD is authorised as GET; a path that misses a
 /// specific route only by case or a trailing slash is refused, not left to the wildcard.
