@@ -32,6 +32,8 @@ pub mod tls;
 pub(crate) mod tunnel;
 pub(crate) mod upstream;
 pub(crate) mod watch;
+#[cfg(any(test, feature = "test-support"))]
+pub mod xorshift;
 
 /// Which way a request travels through this sidecar.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

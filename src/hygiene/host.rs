@@ -502,13 +502,8 @@ mod tests {
             "\u{0}", "/", "\\", "?", "#", "*", ",", ";", "=", "orders", "shop", "1.2.3.4", "::1",
             "fe80::", "ffff:", "[::1]", "127.1",
         ];
-        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = crate::xorshift::XorShift(crate::xorshift::XorShift::SEED);
+        let mut next = || rng.next_u64();
         let mut accepted = 0;
         for round in 0..200_000 {
             let raw: Vec<u8> = if round % 2 == 0 {

@@ -733,20 +733,7 @@ mod tests {
 
     // ---- properties ---------------------------------------------------------------------------
 
-    struct XorShift(u64);
-    impl XorShift {
-        fn next(&mut self) -> u64 {
-            let mut x = self.0;
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.0 = x;
-            x
-        }
-        fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
-    }
+    use crate::xorshift::XorShift;
 
     const TOKENS: &[&[u8]] = &[
         b"/",
@@ -805,7 +792,7 @@ mod tests {
         let len = rng.below(24);
         for _ in 0..len {
             if rng.below(12) == 0 {
-                p.push((rng.next() & 0xFF) as u8);
+                p.push((rng.next_u64() & 0xFF) as u8);
             } else {
                 p.extend_from_slice(TOKENS[rng.below(TOKENS.len())]);
             }

@@ -488,13 +488,8 @@ fn decision_on_the_forwarded_path_equals_decision_on_the_raw_path() {
         "/", "/", "/", ".", "..", "%2e", "%2E", "%2f", "%5c", "%25", ";", "\\", "patients", "1",
         "me", "journal", "static", "healthz", "%41", "%7e", "~", "%00", "a", "//", "?",
     ];
-    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
-    let mut next = || {
-        state ^= state << 13;
-        state ^= state >> 7;
-        state ^= state << 17;
-        state
-    };
+    let mut rng = crate::xorshift::XorShift(crate::xorshift::XorShift::SEED);
+    let mut next = || rng.next_u64();
     let peer: SpiffeId = WEB.unwrap().parse().unwrap();
     let (mut accepted, mut refused) = (0, 0);
     for _ in 0..20_000 {

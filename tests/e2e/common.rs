@@ -6,6 +6,24 @@ pub use vakt::testing::client::*;
 pub use vakt::testing::metrics::*;
 pub use vakt::testing::sidecar::*;
 
+/// How long a test waits for the answer to a request on an accepted connection.
+pub const RESPONSE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Connect with `config` and send one HTTP/1.1 GET: the status, or why there was none.
+pub async fn attempt(
+    addr: std::net::SocketAddr,
+    config: std::sync::Arc<rustls::ClientConfig>,
+) -> Result<http::StatusCode, String> {
+    let tls = mtls_connect(addr, config)
+        .await
+        .map_err(|e| format!("handshake failed: {e}"))?;
+    match tokio::time::timeout(RESPONSE_WAIT, h1_send(tls, get("/", "orders.shop"))).await {
+        Err(_) => Err(format!("no response within {RESPONSE_WAIT:?}")),
+        Ok(Err(e)) => Err(format!("request failed: {e}")),
+        Ok(Ok(response)) => Ok(response.status()),
+    }
+}
+
 /// Run the real `vakt` binary: (exit code, stdout, stderr).
 pub fn run_vakt(args: &[&str]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_vakt"))

@@ -5,14 +5,13 @@
 //! as in `handshake`: no HTTP response, the failure counted under its reason, nothing reaching
 //! the app; inbound refusals also appear in the server's own audit trail under that reason.
 
-use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Server, TD, body_string, client_config_with_versions, federated_client_sidecar,
+    Server, TD, attempt, body_string, client_config_with_versions, federated_client_sidecar,
     federated_server, get, h1_send, metric_sum, metrics_text, mtls_connect, plain_send,
     raw_client_config, run_vakt, wait_for_metric,
 };
@@ -25,8 +24,6 @@ use vakt::metrics::HANDSHAKE_FAILURES;
 
 const PARTNER: &str = "partner.vakt.local";
 const HTTP11: &[&[u8]] = &[b"http/1.1"];
-/// How long a refused client waits for a response that must not come.
-const RESPONSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Our server (`spiffe://TD/ns/shop/sa/orders`) federated with `partner`, allowing `peers`.
 async fn server_federated_with(partner: &DevPki, peers: &[String], extra: &str) -> Server {
@@ -38,21 +35,6 @@ async fn server_federated_with(partner: &DevPki, peers: &[String], extra: &str) 
         extra,
     )
     .await
-}
-
-/// Connect with `config` and send one HTTP/1.1 GET: the status, or why there was none.
-async fn attempt(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<StatusCode, String> {
-    let tls = mtls_connect(addr, config)
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    match tokio::time::timeout(RESPONSE_WAIT, h1_send(tls, get("/", "orders.shop"))).await {
-        Err(_) => Err(format!("no response within {RESPONSE_WAIT:?}")),
-        Ok(Err(e)) => Err(format!("request failed: {e}")),
-        Ok(Ok(response)) => Ok(response.status()),
-    }
 }
 
 /// Refused handshakes in `server`'s own audit trail with `reason`, waiting up to 5 s for

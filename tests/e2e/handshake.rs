@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Server, TD, TestBody, body_string, client_config_with_versions, client_sidecar, get, h1_send,
-    h2_send, metric_sum, metrics_text, mtls_connect, plain_send, raw_client_config, server,
-    wait_for_metric,
+    Server, TD, TestBody, attempt, body_string, client_config_with_versions, client_sidecar, get,
+    h1_send, h2_send, metric_sum, metrics_text, mtls_connect, plain_send, raw_client_config,
+    server, wait_for_metric,
 };
 use http::{Request, StatusCode};
 use tokio::io::AsyncReadExt;
@@ -22,8 +22,6 @@ use vakt::dev::mesh::DevPki;
 use vakt::metrics::{DENIALS, HANDSHAKE_FAILURES};
 
 const HTTP11: &[&[u8]] = &[b"http/1.1"];
-/// How long a refused client waits for a response that must not come.
-const RESPONSE_WAIT: Duration = Duration::from_secs(3);
 
 fn svid(spiffe_id: &str) -> LeafSpec {
     LeafSpec::svid(spiffe_id, Duration::from_secs(3600))
@@ -48,21 +46,6 @@ async fn handshake_failure_lines(admin: SocketAddr) -> String {
         .filter(|l| l.starts_with(HANDSHAKE_FAILURES) && l.contains("direction=\"inbound\""))
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Connect with `config` and send one HTTP/1.1 GET: the status, or why there was none.
-async fn attempt(
-    addr: SocketAddr,
-    config: Arc<rustls::ClientConfig>,
-) -> Result<StatusCode, String> {
-    let tls = mtls_connect(addr, config)
-        .await
-        .map_err(|e| format!("handshake failed: {e}"))?;
-    match tokio::time::timeout(RESPONSE_WAIT, h1_send(tls, get("/", "orders.shop"))).await {
-        Err(_) => Err(format!("no response within {RESPONSE_WAIT:?}")),
-        Ok(Err(e)) => Err(format!("request failed: {e}")),
-        Ok(Ok(response)) => Ok(response.status()),
-    }
 }
 
 /// `config` must be refused: no HTTP response, the failure counted as `reason`, nothing reached

@@ -16,6 +16,7 @@ use vakt::app::App;
 use vakt::config::Config;
 use vakt::dev::mesh::{SeenRequest, base_config_yaml};
 use vakt::hygiene::names::{DEFAULT_STRIPPED, PROTECTED, VALIDATED, normalise};
+use vakt::xorshift::XorShift;
 
 /// Every value a test sends under a probed name contains this; no header the app sees may.
 const FORGED: &str = "forged";
@@ -407,24 +408,6 @@ async fn inbound_refuses_an_underscore_name_from_another_sidecar_in_reject_mode(
     assert_eq!(seen[0].headers.get("x-custom-ok").unwrap(), "forged-direct");
 }
 
-/// A small xorshift generator: deterministic, no dependency.
-struct XorShift(u64);
-
-impl XorShift {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
-
 /// A random spelling of `name`: each letter's case and each `-` (as `-` or `_`) chosen at random.
 /// A name vakt keeps under its own spelling (`x-request-id`) keeps at least one `_`.
 fn random_spelling(rng: &mut XorShift, name: &str) -> String {
@@ -453,7 +436,7 @@ fn random_spelling(rng: &mut XorShift, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_random_spelling_of_a_listed_name_reaches_the_app() {
     let names = probed_names();
-    let mut rng = XorShift(0x9e37_79b9_7f4a_7c15);
+    let mut rng = XorShift(XorShift::SEED);
     let mut sent = 0usize;
     let mut id = 0usize;
     for (mode, hygiene) in [
