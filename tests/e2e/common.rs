@@ -121,3 +121,84 @@ where
     .expect("the tunnel closed instead of echoing");
     assert_eq!(echoed, bytes);
 }
+
+/// A loopback port free at the time of the call, for a child process that must be told its port.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A `vakt run` child logging at debug, its stdout and stderr in files.
+pub struct Process {
+    pub child: tokio::process::Child,
+    pub stdout: std::path::PathBuf,
+    pub stderr: std::path::PathBuf,
+    pub admin: std::net::SocketAddr,
+}
+
+pub fn spawn_vakt(
+    name: &str,
+    dir: &std::path::Path,
+    yaml: &str,
+    admin: std::net::SocketAddr,
+) -> Process {
+    let config = dir.join(format!("{name}.yaml"));
+    std::fs::write(&config, yaml).unwrap();
+    let stdout = dir.join(format!("{name}.stdout"));
+    let stderr = dir.join(format!("{name}.stderr"));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vakt"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "debug")
+        .stdout(std::process::Stdio::from(
+            std::fs::File::create(&stdout).unwrap(),
+        ))
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(&stderr).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    Process {
+        child,
+        stdout,
+        stderr,
+        admin,
+    }
+}
+
+pub async fn wait_ready(p: &Process) {
+    for _ in 0..200 {
+        if let Ok(tcp) = tokio::net::TcpStream::connect(p.admin).await
+            && let Ok(r) = h1_send(tcp, get("/ready", "admin")).await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!(
+        "vakt did not become ready: {}",
+        std::fs::read_to_string(&p.stderr).unwrap_or_default()
+    );
+}
+
+/// SIGTERM, then wait for the exit: every accepted audit event is written by then.
+pub async fn stop(p: &mut Process) {
+    let pid = p.child.id().unwrap().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::time::timeout(std::time::Duration::from_secs(15), p.child.wait())
+        .await
+        .expect("vakt exited after SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+}

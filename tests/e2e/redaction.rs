@@ -7,9 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
 
 use http::{HeaderMap, Request, Response};
 use http_body_util::Full;
@@ -99,77 +97,6 @@ fn ids() -> Vec<Id> {
             raw: hetu,
         },
     ]
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A `vakt run` child logging at debug, its stdout and stderr in files.
-struct Process {
-    child: tokio::process::Child,
-    stdout: std::path::PathBuf,
-    stderr: std::path::PathBuf,
-    admin: SocketAddr,
-}
-
-fn spawn_vakt(name: &str, dir: &Path, yaml: &str, admin: SocketAddr) -> Process {
-    let config = dir.join(format!("{name}.yaml"));
-    std::fs::write(&config, yaml).unwrap();
-    let stdout = dir.join(format!("{name}.stdout"));
-    let stderr = dir.join(format!("{name}.stderr"));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vakt"))
-        .args(["run", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "debug")
-        .stdout(Stdio::from(std::fs::File::create(&stdout).unwrap()))
-        .stderr(Stdio::from(std::fs::File::create(&stderr).unwrap()))
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    Process {
-        child,
-        stdout,
-        stderr,
-        admin,
-    }
-}
-
-async fn wait_ready(p: &Process) {
-    for _ in 0..200 {
-        if let Ok(tcp) = tokio::net::TcpStream::connect(p.admin).await
-            && let Ok(r) = h1_send(tcp, get("/ready", "admin")).await
-            && r.status() == 200
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!(
-        "vakt did not become ready: {}",
-        std::fs::read_to_string(&p.stderr).unwrap_or_default()
-    );
-}
-
-/// SIGTERM, then wait for the exit: every accepted audit event is written by then.
-async fn stop(p: &mut Process) {
-    let pid = p.child.id().unwrap().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
-    let status = tokio::time::timeout(Duration::from_secs(15), p.child.wait())
-        .await
-        .expect("vakt exited after SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0));
 }
 
 #[derive(Clone, Copy, PartialEq)]
