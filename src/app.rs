@@ -145,7 +145,8 @@ impl App {
                 config.audit.on_audit_failure,
                 config.audit.queue_capacity,
             )
-            .with_redactor(redactor),
+            .with_redactor(redactor)
+            .with_responses_waiting_for_events(config.audit.responses_wait_for_events()),
         );
         // Alerts compare the queue's depth with its capacity (a full queue refuses requests).
         metrics::gauge!(crate::metrics::AUDIT_QUEUE_CAPACITY).set(auditor.capacity as f64);

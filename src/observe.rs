@@ -6,6 +6,12 @@
 //! app works is recorded with who asked for what. With `on_audit_failure: deny` the guard holds
 //! the event's place in the audit queue before the request goes further: without a place, the
 //! request is refused (503 `audit_unavailable`) and nothing is served unrecorded.
+//!
+//! When responses wait for their events (the file sink with `fsync: always`), the last frame of
+//! a response — or the response itself, when it has no content — is held back until the
+//! exchange's event is on disk, so whatever a client received in full is in the trail even if
+//! vakt is killed the next moment. In `deny` mode a response whose event can no longer be written
+//! is broken off instead of finished.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -18,6 +24,7 @@ use http_body::{Body, Frame, SizeHint};
 
 use crate::Direction;
 use crate::audit::auditor::Slot;
+use crate::audit::log::Written;
 use crate::audit::redact::Redactor;
 use crate::audit::{self, AuditEvent, Auditor, Label, Text};
 use crate::body::{BoxError, ProxyBody};
@@ -85,6 +92,8 @@ struct Counted {
     side: Side,
     /// Response side: emits the audit event when the body ends or is dropped.
     guard: Option<AuditGuard>,
+    /// Response side, when responses wait for their events: the end held back.
+    hold: Option<Hold>,
 }
 
 impl Counted {
@@ -94,6 +103,68 @@ impl Counted {
             exchange,
             side: Side::Request,
             guard: None,
+            hold: None,
+        }
+    }
+}
+
+/// The end of a response that waits for its event to be written.
+enum Hold {
+    /// Streaming; the response's `Content-Length`, if any, tells the last data frame.
+    Until { content_length: Option<u64> },
+    /// The body's end came: `last` (a frame, or the end itself) goes out once the event is
+    /// written.
+    Waiting {
+        written: Written,
+        fail_closed: bool,
+        last: Option<Frame<Bytes>>,
+    },
+    /// The event is written: the rest passes.
+    Released,
+}
+
+/// What a body's `poll_frame` returns when ready.
+type Polled = Option<Result<Frame<Bytes>, BoxError>>;
+
+/// The client may not have a response unless its event is written: the event could not be.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit event of this exchange could not be written")]
+struct EventNotWritten;
+
+impl Counted {
+    /// Whether `frame` (just read, `None` for the end) completes the response as the client
+    /// sees it: then it waits for the event.
+    fn completes(&self, frame: Option<&Frame<Bytes>>) -> bool {
+        match (&self.hold, frame) {
+            (Some(Hold::Until { .. }), None) => true,
+            (Some(Hold::Until { content_length }), Some(_)) => {
+                self.inner.is_end_stream()
+                    || content_length
+                        .is_some_and(|n| self.exchange.bytes_out.load(Ordering::Relaxed) >= n)
+            }
+            _ => false,
+        }
+    }
+
+    /// Emit the event now and hold `last` until it is written: `None` when it waits (the
+    /// caller polls again), else what to return right away.
+    fn hold_back(&mut self, last: Option<Frame<Bytes>>) -> Option<Polled> {
+        self.hold = Some(Hold::Released);
+        let Some(mut guard) = self.guard.take() else {
+            return Some(last.map(Ok));
+        };
+        guard.body = BodyEnd::Ended;
+        match guard.emit_written() {
+            EventWritten::Wait(written, fail_closed) => {
+                self.hold = Some(Hold::Waiting {
+                    written,
+                    fail_closed,
+                    last,
+                });
+                None
+            }
+            EventWritten::Never { fail_closed: true } => Some(Some(Err(EventNotWritten.into()))),
+            EventWritten::Never { fail_closed: false } => Some(last.map(Ok)),
         }
     }
 }
@@ -106,6 +177,24 @@ impl Body for Counted {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(Hold::Waiting {
+            written,
+            fail_closed,
+            last,
+        }) = &mut self.hold
+        {
+            let released = match std::task::ready!(Pin::new(written).poll(cx)) {
+                Ok(()) => Ok(last.take()),
+                Err(_) if *fail_closed => Err(EventNotWritten),
+                // `allow` mode: availability first.
+                Err(_) => Ok(last.take()),
+            };
+            self.hold = Some(Hold::Released);
+            return Poll::Ready(match released {
+                Ok(last) => last.map(Ok),
+                Err(e) => Some(Err(e.into())),
+            });
+        }
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
@@ -118,7 +207,15 @@ impl Body for Counted {
                 }
             }
             // End of the exchange: emit now rather than when hyper drops the body.
-            Poll::Ready(None) => self.finish(BodyEnd::Ended),
+            Poll::Ready(None) => {
+                if self.completes(None) {
+                    return match self.hold_back(None) {
+                        Some(now) => Poll::Ready(now),
+                        None => self.poll_frame(cx),
+                    };
+                }
+                self.finish(BodyEnd::Ended)
+            }
             Poll::Ready(Some(Err(_))) => match self.side {
                 // The client's request body broke off: the client went away.
                 Side::Request => self.exchange.set_request_aborted(),
@@ -127,11 +224,25 @@ impl Body for Counted {
             },
             Poll::Pending => {}
         }
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && self.completes(Some(frame))
+        {
+            let Poll::Ready(Some(Ok(frame))) = polled else {
+                unreachable!("matched just above")
+            };
+            return match self.hold_back(Some(frame)) {
+                Some(now) => Poll::Ready(now),
+                None => self.poll_frame(cx),
+            };
+        }
         polled
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        match self.hold {
+            Some(Hold::Until { .. } | Hold::Waiting { .. }) => false,
+            None | Some(Hold::Released) => self.inner.is_end_stream(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -206,6 +317,16 @@ struct AuditGuard {
     started: Instant,
     answer: Option<Answer>,
     body: BodyEnd,
+    /// The event went out before the guard was dropped ([`AuditGuard::emit_written`]).
+    emitted: bool,
+}
+
+/// Whether and when the event of a held-back response is written.
+enum EventWritten {
+    /// Wait for it; if it then fails, break the response off when `fail_closed`.
+    Wait(Written, bool),
+    /// It was not queued.
+    Never { fail_closed: bool },
 }
 
 /// How an exchange ended, from the response (if any), how its body ended and whether the
@@ -230,8 +351,24 @@ fn outcome(answer: Option<&Answer>, body: BodyEnd, request_aborted: bool) -> aud
     }
 }
 
-impl Drop for AuditGuard {
-    fn drop(&mut self) {
+impl AuditGuard {
+    /// Emit the event now, and learn when it is written.
+    fn emit_written(mut self) -> EventWritten {
+        let event = self.event();
+        self.emitted = true;
+        let fail_closed = self.auditor.on_failure == audit::OnAuditFailure::Deny;
+        let written = match self.slot.take() {
+            Some(slot) => slot.record_written(event).ok(),
+            None => self.auditor.record_written(event),
+        };
+        match written {
+            Some(written) => EventWritten::Wait(written, fail_closed),
+            None => EventWritten::Never { fail_closed },
+        }
+    }
+
+    /// The event, from everything learnt about the exchange by now.
+    fn event(&self) -> AuditEvent {
         let outcome = outcome(
             self.answer.as_ref(),
             self.body,
@@ -250,6 +387,16 @@ impl Drop for AuditGuard {
         event.bytes_in = Some(self.exchange.bytes_in.load(Ordering::Relaxed));
         event.bytes_out = Some(self.exchange.bytes_out.load(Ordering::Relaxed));
         event.duration_ms = Some(self.started.elapsed().as_millis() as u64);
+        event
+    }
+}
+
+impl Drop for AuditGuard {
+    fn drop(&mut self) {
+        if self.emitted {
+            return;
+        }
+        let event = self.event();
         match self.slot.take() {
             Some(slot) => slot.record(event),
             None => self.auditor.record(event),
@@ -401,6 +548,7 @@ impl Stage for Observe {
                     started,
                     answer: None,
                     body: BodyEnd::Unknown,
+                    emitted: false,
                 }),
                 Err(why) => {
                     auditor.refused_unrecorded(why);
@@ -454,6 +602,34 @@ impl Stage for Observe {
             body = crate::body::empty();
             parts.headers.remove(http::header::CONTENT_LENGTH);
         }
+        let mut hold = None;
+        if self
+            .auditor
+            .as_ref()
+            .is_some_and(|a| a.responses_wait_for_events)
+            && let Some(mut held) = guard.take()
+        {
+            let content_length = parts
+                .headers
+                .get(http::header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+            if body.is_end_stream() || content_length == Some(0) {
+                // The head is the whole response: it waits for the event.
+                held.body = BodyEnd::Ended;
+                let written = match held.emit_written() {
+                    EventWritten::Wait(written, fail_closed) => {
+                        written.await.is_ok() || !fail_closed
+                    }
+                    EventWritten::Never { fail_closed } => !fail_closed,
+                };
+                if !written {
+                    return DenyReason::AuditUnavailable.into_response(None);
+                }
+            } else {
+                guard = Some(held);
+                hold = Some(Hold::Until { content_length });
+            }
+        }
         Resp::from_parts(
             parts,
             crate::body::boxed(Counted {
@@ -461,6 +637,7 @@ impl Stage for Observe {
                 exchange,
                 side: Side::Response,
                 guard,
+                hold,
             }),
         )
     }

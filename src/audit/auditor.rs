@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use super::config::OnAuditFailure;
 use super::event::AuditEvent;
 use super::fields::{Decision, Direction, Label, Text};
-use super::log::{AuditLog, AuditUnavailable};
+use super::log::{AuditLog, AuditUnavailable, Written};
 use super::redact::Redactor;
 use crate::metrics as m;
 use crate::pseudonym::Pseudonymiser;
@@ -32,6 +32,9 @@ pub struct Auditor {
     pub capacity: usize,
     /// Keeps national ids and the configured identifiers out of logged paths.
     pub redactor: Redactor,
+    /// A response may reach its client in full only once its event is written (the file sink
+    /// with `fsync: always`): the request path holds back its end until then.
+    pub responses_wait_for_events: bool,
     /// Slots ever taken.
     taken: AtomicU64,
     /// Slots ever given back without an event queued in them.
@@ -62,6 +65,17 @@ impl Slot {
             self.auditor.dropped(why);
         }
     }
+
+    /// As [`record`](Self::record), and learn when the event is written. An error (the log is
+    /// shut down) means it never will be.
+    pub fn record_written(mut self, event: AuditEvent) -> Result<Written, AuditUnavailable> {
+        let queued = self.auditor.log.try_record_written(event, true);
+        self.used = queued.is_ok();
+        if let Err(why) = queued {
+            self.auditor.dropped(why);
+        }
+        queued
+    }
 }
 
 impl Drop for Slot {
@@ -82,6 +96,7 @@ impl Auditor {
         Self {
             log,
             redactor: Redactor::national_ids(pseudonyms.clone()),
+            responses_wait_for_events: false,
             pseudonyms,
             on_failure,
             capacity,
@@ -91,6 +106,12 @@ impl Auditor {
             unrecorded_since_log: AtomicU64::new(0),
             started: Instant::now(),
         }
+    }
+
+    /// Responses finish only once their event is written (see `responses_wait_for_events`).
+    pub fn with_responses_waiting_for_events(mut self, wait: bool) -> Self {
+        self.responses_wait_for_events = wait;
+        self
     }
 
     /// With `redactor` (for `audit.redact_patterns`) instead of national ids only.
@@ -150,6 +171,18 @@ impl Auditor {
                 }
             }
             Err(why) => self.dropped(why),
+        }
+    }
+
+    /// As [`record`](Self::record), and learn when the event is written. `allow` mode only (in
+    /// `deny` mode a served exchange holds a [`Slot`]): `None` when the event was dropped.
+    pub fn record_written(self: &Arc<Self>, event: AuditEvent) -> Option<Written> {
+        match self.log.try_record_written(event, false) {
+            Ok(written) => Some(written),
+            Err(why) => {
+                self.dropped(why);
+                None
+            }
         }
     }
 

@@ -107,7 +107,8 @@ pub struct AuditFileSettings {
     /// Rotated files kept (`audit.log.1` ... `.N`).
     #[serde(default = "defaults::max_files")]
     pub max_files: usize,
-    /// `always` (fsync every batch), `never`, or a duration such as `1s`.
+    /// `always` (fsync every batch, and a response's end waits until its event is on disk),
+    /// `never`, or a duration such as `1s`.
     #[serde(default = "defaults::fsync")]
     pub fsync: String,
 }
@@ -123,6 +124,12 @@ impl AuditSettings {
                 .map(FsyncPolicy::Interval)
                 .map_err(|_| format!("\"{other}\" is not always, never or a duration such as 1s")),
         }
+    }
+
+    /// With a file sink and `fsync: always`, a client receives the end of a response only once
+    /// the exchange's event is on disk.
+    pub fn responses_wait_for_events(&self) -> bool {
+        self.sink == AuditSink::File && self.fsync() == Ok(FsyncPolicy::Always)
     }
 
     /// Checks of the section itself; `Err((key, problem))`.

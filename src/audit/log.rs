@@ -13,6 +13,11 @@
 //! the same lines with backoff until the sink takes them, then marks it healthy again.
 //! [`AuditLog::shutdown`] waits until every accepted event is written.
 //!
+//! A caller that must not let a response finish before its event is written (the file sink with
+//! `fsync: always`) queues it with [`AuditLog::try_record_written`] and waits on the returned
+//! [`Written`]: it resolves once the line is in the sink and synced per the sink's policy, and
+//! fails if that can no longer happen (the writer stopped).
+//!
 //! The writer also keeps the chain anchored ([`ChainSettings`]): on start it resumes from the
 //! last checkpoint or opens a new epoch whose first event names the gap
 //! ([`super::checkpoint::resume`]); it records each file rotation deletes; and it writes a
@@ -142,13 +147,23 @@ impl Shared {
 /// What the writer thread reports when it ends.
 type Outcome = Result<(), String>;
 
+/// Resolves when an event queued by [`AuditLog::try_record_written`] is written and synced per
+/// the sink's policy; an error when it never will be.
+pub type Written = oneshot::Receiver<()>;
+
+/// One accepted event and, if its caller waits for it, who to tell once it is written.
+struct Queued {
+    event: Box<AuditEvent>,
+    written: Option<oneshot::Sender<()>>,
+}
+
 struct Inner {
     /// The queue's only sender; taken out at shutdown. The writer sees the queue disconnected,
     /// after draining it, once the last `try_record` still holding the sender is done with it, so
     /// an event accepted concurrently with `shutdown` is still written.
-    // Boxed: the channel preallocates `capacity` slots, and a slot the size of an event
-    // (~460 bytes) would keep megabytes resident once the ring has wrapped.
-    tx: ArcSwapOption<SyncSender<Box<AuditEvent>>>,
+    // The event is boxed: the channel preallocates `capacity` slots, and a slot the size of an
+    // event (~460 bytes) would keep megabytes resident once the ring has wrapped.
+    tx: ArcSwapOption<SyncSender<Queued>>,
     shared: Arc<Shared>,
     /// The writer thread (to wake it from a backoff wait when a shutdown times out).
     writer: Option<Thread>,
@@ -217,7 +232,7 @@ impl AuditLog {
     /// Queue an event without waiting. Fails when the queue is full, the sink is known to be
     /// failing, or the log is shut down; every failure counts as dropped.
     pub fn try_record(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
-        self.enqueue(event, true)
+        self.enqueue(event, true, None)
     }
 
     /// As [`try_record`](Self::try_record), for an event whose place in the queue its caller
@@ -225,10 +240,28 @@ impl AuditLog {
     /// while the sink is failing too (the writer retries it until it is written), refused only
     /// once the log is shut down.
     pub fn try_record_reserved(&self, event: AuditEvent) -> Result<(), AuditUnavailable> {
-        self.enqueue(event, false)
+        self.enqueue(event, false, None)
     }
 
-    fn enqueue(&self, event: AuditEvent, refuse_if_failing: bool) -> Result<(), AuditUnavailable> {
+    /// As [`try_record`](Self::try_record) (`reserved: false`) or
+    /// [`try_record_reserved`](Self::try_record_reserved), and tell the caller when the event is
+    /// written.
+    pub fn try_record_written(
+        &self,
+        event: AuditEvent,
+        reserved: bool,
+    ) -> Result<Written, AuditUnavailable> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(event, !reserved, Some(tx))?;
+        Ok(rx)
+    }
+
+    fn enqueue(
+        &self,
+        event: AuditEvent,
+        refuse_if_failing: bool,
+        written: Option<oneshot::Sender<()>>,
+    ) -> Result<(), AuditUnavailable> {
         let s = &self.inner.shared;
         let refuse = |why| {
             s.dropped.fetch_add(1, Ordering::Relaxed);
@@ -246,7 +279,11 @@ impl AuditLog {
         };
         // Counted before the send, so the writer never sees more written than accepted.
         s.accepted.fetch_add(1, Ordering::AcqRel);
-        match tx.try_send(Box::new(event)) {
+        let queued = Queued {
+            event: Box::new(event),
+            written,
+        };
+        match tx.try_send(queued) {
             Ok(()) => Ok(()),
             Err(e) => {
                 s.accepted.fetch_sub(1, Ordering::AcqRel);
@@ -395,7 +432,7 @@ impl Backoff {
 /// up), then report.
 fn run<S: Sink>(
     sink: S,
-    rx: Receiver<Box<AuditEvent>>,
+    rx: Receiver<Queued>,
     shared: &Shared,
     config: AuditConfig,
     chain: ChainSettings,
@@ -414,6 +451,7 @@ fn run<S: Sink>(
             config,
             backoff: Backoff::new(&config),
             unsynced: 0,
+            unsynced_waiting: Vec::new(),
             key: chain.key,
             checkpoints,
         }
@@ -455,15 +493,39 @@ enum Idle {
     Closed,
 }
 
+/// Sealed lines not yet in the sink, each with whoever waits for it.
+#[derive(Default)]
+struct Pending {
+    lines: Vec<SealedLine>,
+    waiting: Vec<Option<oneshot::Sender<()>>>,
+}
+
+impl Pending {
+    fn push(&mut self, line: SealedLine, waiting: Option<oneshot::Sender<()>>) {
+        self.lines.push(line);
+        self.waiting.push(waiting);
+    }
+
+    fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
+}
+
 /// The state of the writer thread; it owns the sink.
 struct Writer<'a, S> {
     sink: S,
-    rx: Receiver<Box<AuditEvent>>,
+    rx: Receiver<Queued>,
     shared: &'a Shared,
     config: AuditConfig,
     backoff: Backoff,
     /// Lines in the sink but not yet counted (a partial batch, or a batch whose flush failed).
     unsynced: u64,
+    /// Callers waiting for some of those lines ([`AuditLog::try_record_written`]).
+    unsynced_waiting: Vec<oneshot::Sender<()>>,
     key: Arc<ChainKey>,
     checkpoints: Checkpoints,
 }
@@ -552,12 +614,12 @@ impl<S: Sink> Writer<'_, S> {
             None => super::checkpoint::resume(None, &[], &self.key),
         };
         let mut chain = ChainWriter::resume(resumption.position, self.key.clone());
-        let mut pending: Vec<SealedLine> = Vec::new();
+        let mut pending = Pending::default();
         // Checkpoint the new epoch as soon as its first event is written.
         let mut checkpoint_now = false;
         if let Some(note) = resumption.note {
             note_epoch_start(&note);
-            pending.push(chain.seal(note_event(note)));
+            pending.push(chain.seal(note_event(note)), None);
             checkpoint_now = true;
         }
 
@@ -577,10 +639,10 @@ impl<S: Sink> Writer<'_, S> {
                     }
                     Err(Idle::Closed) => break,
                 };
-                pending.push(chain.seal(*event));
+                pending.push(chain.seal(*event.event), event.written);
                 while pending.len() < self.config.max_batch {
                     match self.rx.try_recv() {
-                        Ok(event) => pending.push(chain.seal(*event)),
+                        Ok(event) => pending.push(chain.seal(*event.event), event.written),
                         Err(_) => break,
                     }
                 }
@@ -588,15 +650,13 @@ impl<S: Sink> Writer<'_, S> {
                     continue;
                 }
             }
-            match self.sink.write(&pending) {
+            match self.sink.write(&pending.lines) {
                 Ok(()) => {
                     let full = pending.len() >= self.config.max_batch;
-                    self.unsynced += pending.len() as u64;
-                    self.checkpoints.wrote(pending.len() as u64);
+                    self.wrote(&mut pending, usize::MAX);
                     self.shared
                         .head_seq
                         .store(chain.position().head_seq().unwrap_or(0), Ordering::Release);
-                    pending.clear();
                     self.flush(false)?;
                     if std::mem::take(&mut checkpoint_now) || self.checkpoints.due() {
                         self.checkpoint(&chain)?;
@@ -608,7 +668,7 @@ impl<S: Sink> Writer<'_, S> {
                             rotated_last_seq: out.last_seq,
                             ..ChainNote::default()
                         };
-                        pending.push(chain.seal(note_event(note)));
+                        pending.push(chain.seal(note_event(note)), None);
                     }
                     if !pending.is_empty() {
                         continue;
@@ -620,10 +680,7 @@ impl<S: Sink> Writer<'_, S> {
                 }
                 Err(WriteFailure { written, error }) => {
                     // The first `written` lines are in; retry the rest, unchanged.
-                    let written = written.min(pending.len());
-                    pending.drain(..written);
-                    self.unsynced += written as u64;
-                    self.checkpoints.wrote(written as u64);
+                    self.wrote(&mut pending, written);
                     self.shared.fail(&error);
                     self.backoff.wait(self.shared)?;
                     if pending.is_empty() {
@@ -637,6 +694,16 @@ impl<S: Sink> Writer<'_, S> {
         // where the trail ends.
         self.flush(true)?;
         self.checkpoint(&chain)
+    }
+
+    /// The first `n` lines of `pending` are in the sink: count them once flushed.
+    fn wrote(&mut self, pending: &mut Pending, n: usize) {
+        let n = n.min(pending.len());
+        pending.lines.drain(..n);
+        self.unsynced_waiting
+            .extend(pending.waiting.drain(..n).flatten());
+        self.unsynced += n as u64;
+        self.checkpoints.wrote(n as u64);
     }
 
     /// Sync the sink, then record the chain's head (nothing before the first line).
@@ -660,7 +727,7 @@ impl<S: Sink> Writer<'_, S> {
     }
 
     /// Block until an event arrives, a sync is due, or the queue is closed and drained.
-    fn wait(&self) -> Result<Box<AuditEvent>, Idle> {
+    fn wait(&self) -> Result<Queued, Idle> {
         let deadline = match (self.sink.sync_deadline(), self.checkpoints.deadline()) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -687,6 +754,10 @@ impl<S: Sink> Writer<'_, S> {
             .written
             .fetch_add(self.unsynced, Ordering::AcqRel);
         self.unsynced = 0;
+        for waiting in self.unsynced_waiting.drain(..) {
+            // The caller may have gone (the client left): nothing to tell.
+            let _ = waiting.send(());
+        }
         self.shared.recovered();
         self.backoff.reset();
         Ok(())
@@ -870,6 +941,34 @@ mod tests {
         fn flush(&mut self, _force: bool) -> Result<(), SinkError> {
             Ok(())
         }
+    }
+
+    /// A caller waiting for its event learns of it once the line is in the sink, not before;
+    /// and of a refusal at once.
+    #[tokio::test]
+    async fn a_waiting_caller_learns_when_its_event_is_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.log");
+        let (sink, gate) = Gated::held(file_sink(&path, 1 << 30, FsyncPolicy::Always));
+        let log = AuditLog::start(sink, fast_retry(1), chain());
+        let mut written = log.try_record_written(event(1), false).unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            written.try_recv().is_err(),
+            "told before the line was written"
+        );
+        assert_eq!(
+            log.try_record_written(event(2), false).err(),
+            Some(AuditUnavailable::QueueFull)
+        );
+        gate.release();
+        tokio::time::timeout(Duration::from_secs(10), written)
+            .await
+            .expect("told once written")
+            .unwrap();
+        let text = fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1);
+        log.shutdown(Duration::from_secs(10)).await.unwrap();
     }
 
     #[tokio::test]

@@ -22,7 +22,7 @@ impl RunArgs {
         };
         init_logging(config.log.format, &config.log.level);
         runtime(&config.runtime).block_on(async move {
-            let app = match App::start(config).await {
+            let app = match start(config).await {
                 Ok(app) => app,
                 Err(e) => {
                     tracing::error!(error = %e, "vakt cannot start");
@@ -37,6 +37,26 @@ impl RunArgs {
             ExitCode::SUCCESS
         })
     }
+}
+
+/// In builds for this crate's own tests, `VAKT_TEST_AUDIT_WRITE_DELAY_MS` slows the audit file
+/// sink, so that a test can kill a sidecar while events wait to be written.
+#[cfg(feature = "test-support")]
+async fn start(config: Config) -> Result<App, vakt::app::StartError> {
+    let delay = std::env::var("VAKT_TEST_AUDIT_WRITE_DELAY_MS")
+        .ok()
+        .and_then(|ms| ms.parse().ok());
+    match delay {
+        Some(ms) => {
+            App::start_with_slow_audit_sink(config, std::time::Duration::from_millis(ms)).await
+        }
+        None => App::start(config).await,
+    }
+}
+
+#[cfg(not(feature = "test-support"))]
+async fn start(config: Config) -> Result<App, vakt::app::StartError> {
+    App::start(config).await
 }
 
 /// Read and check a config file, or say why not (exit code 2).

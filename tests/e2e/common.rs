@@ -145,6 +145,17 @@ pub fn spawn_vakt(
     yaml: &str,
     admin: std::net::SocketAddr,
 ) -> Process {
+    spawn_vakt_with_env(name, dir, yaml, admin, &[])
+}
+
+/// [`spawn_vakt`] with extra environment variables.
+pub fn spawn_vakt_with_env(
+    name: &str,
+    dir: &std::path::Path,
+    yaml: &str,
+    admin: std::net::SocketAddr,
+    env: &[(&str, &str)],
+) -> Process {
     let config = dir.join(format!("{name}.yaml"));
     std::fs::write(&config, yaml).unwrap();
     let stdout = dir.join(format!("{name}.stdout"));
@@ -153,6 +164,7 @@ pub fn spawn_vakt(
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "debug")
+        .envs(env.iter().copied())
         .stdout(std::process::Stdio::from(
             std::fs::File::create(&stdout).unwrap(),
         ))

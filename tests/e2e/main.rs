@@ -9,6 +9,7 @@ mod common;
 mod alerts;
 mod audit;
 mod code_layout;
+mod crash;
 mod federation;
 mod handshake;
 mod header_corpus;
