@@ -242,10 +242,14 @@ fn audit_event(c: &mut Criterion) {
             event
         })
     });
-    // The chain's share of sealing: the HMAC of the line.
+    // The chain's share of sealing: the HMAC of the line, and the plain SHA-256 link of
+    // `vakt.audit/1` over the same line for comparison.
     let key = Arc::new(ChainKey::new("bench", &[7; 32]).expect("chain key"));
     group.bench_function("line mac (HMAC-SHA-256)", |b| {
         b.iter(|| key.mac(&ChainHash::ZERO, black_box(line.as_bytes())))
+    });
+    group.bench_function("line hash (SHA-256, vakt.audit/1)", |b| {
+        b.iter(|| audit::line_hash(black_box(line.as_bytes())))
     });
     // The writer thread, per event: seal (chain fields, serialise, HMAC), then the sink's write
     // (one line per batch here; the real writer batches whatever is queued, up to 512).

@@ -516,9 +516,21 @@ impl FramingScanner {
 
     /// Parse the head in `self.head`; `None` when httparse refuses it (hyper will too).
     fn parse_head(&self) -> Option<ParsedHead> {
-        let mut storage = vec![httparse::EMPTY_HEADER; self.config.max_headers];
-        let mut req = httparse::Request::new(&mut storage);
-        match self.parser.parse_request(&mut req, &self.head) {
+        // Header slots on the stack, left uninitialised (httparse writes those it uses): zeroing
+        // a heap vector of them for every head cost more than the parse.
+        let mut on_stack = [const { std::mem::MaybeUninit::uninit() }; DEFAULT_MAX_HEADERS];
+        let mut on_heap = Vec::new();
+        let storage = if self.config.max_headers <= on_stack.len() {
+            &mut on_stack[..self.config.max_headers]
+        } else {
+            on_heap.resize_with(self.config.max_headers, std::mem::MaybeUninit::uninit);
+            &mut on_heap[..]
+        };
+        let mut req = httparse::Request::new(&mut []);
+        match self
+            .parser
+            .parse_request_with_uninit_headers(&mut req, &self.head, storage)
+        {
             Ok(httparse::Status::Complete(n)) if n == self.head.len() => {}
             _ => return None,
         }

@@ -9,8 +9,8 @@ use http_body_util::BodyExt;
 use super::host::{request_host, set_canonical_host};
 use super::names::{ForwardedHeaders, HeaderRules};
 use super::{
-    X_FORWARDED_CLIENT_CERT, X_REQUEST_ID, check_request_framing, ensure_request_id,
-    ensure_traceparent, insert_forwarded, render_forwarded, xfcc_value,
+    FORWARDED_HEADERS, X_FORWARDED_CLIENT_CERT, X_REQUEST_ID, check_request_framing,
+    ensure_request_id, ensure_traceparent, insert_forwarded, render_forwarded, xfcc_value,
 };
 use crate::Direction;
 use crate::audit::fields::Label;
@@ -134,43 +134,48 @@ impl Hygiene {
                 .extensions()
                 .get::<PeerIdentity>()
                 .ok_or(DenyReason::NoPeerIdentity)?;
+            // The connection's derived values, borrowed while the headers are written.
+            let derived = peer.derived.clone();
             let by = self
                 .certs
                 .as_ref()
                 .map(|c| c.current().material.identity.clone())
                 .ok_or(DenyReason::NoPeerIdentity)?;
-            let xfcc = match peer.derived.xfcc.get() {
+            let xfcc = match derived.xfcc.get() {
                 Some((made_by, value)) if *made_by == by => value.clone(),
                 _ => {
                     let value = xfcc_value(by.as_str(), &peer.cert_sha256, peer.spiffe_id.as_str());
                     // First request of the connection (a changed local identity is not kept).
-                    let _ = peer.derived.xfcc.set((by, value.clone()));
+                    let _ = derived.xfcc.set((by, value.clone()));
                     value
                 }
             };
+            let rendered;
             let forwarded = match req.extensions().get::<ClientAddr>() {
                 Some(ClientAddr(addr)) if self.forwarded == ForwardedHeaders::Set => {
-                    let cached = peer
-                        .derived
+                    let cached = derived
                         .forwarded
                         .get()
                         .filter(|v| v.host.as_ref() == Some(host.header_value()));
                     Some(match cached {
-                        Some(values) => values.clone(),
+                        Some(values) => values,
                         None => {
-                            let values =
+                            rendered =
                                 render_forwarded(addr.ip(), Some(host.header_value().clone()));
                             // Kept for the connection's first host; others are rendered anew.
-                            let _ = peer.derived.forwarded.set(values.clone());
-                            values
+                            let _ = derived.forwarded.set(rendered.clone());
+                            &rendered
                         }
                     })
                 }
                 _ => None,
             };
-            req.headers_mut().insert(X_FORWARDED_CLIENT_CERT, xfcc);
+            let headers = req.headers_mut();
+            // Room for all of vakt's headers at once: at most one growth of the map.
+            headers.reserve(1 + FORWARDED_HEADERS);
+            headers.insert(X_FORWARDED_CLIENT_CERT, xfcc);
             if let Some(values) = forwarded {
-                insert_forwarded(req.headers_mut(), &values);
+                insert_forwarded(headers, values);
             }
         }
         Ok(())

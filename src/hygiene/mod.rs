@@ -395,6 +395,9 @@ pub fn render_forwarded(peer: std::net::IpAddr, host: Option<HeaderValue>) -> Fo
 }
 
 /// Put rendered `Forwarded` values in place of whatever the request carried.
+/// How many headers [`insert_forwarded`] sets at most.
+pub const FORWARDED_HEADERS: usize = 5;
+
 pub fn insert_forwarded(headers: &mut HeaderMap, values: &ForwardedValues) {
     headers.insert(FORWARDED, values.forwarded.clone());
     headers.insert(X_FORWARDED_FOR, values.ip.clone());

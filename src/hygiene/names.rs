@@ -199,8 +199,31 @@ pub struct HeaderRules {
     /// Prefix families that always apply ([`PROTECTED`]) and those `keep` can except.
     protected_families: Vec<&'static [u8]>,
     stripped_families: Vec<&'static [u8]>,
-    /// Which first bytes a listed name can start with: most headers are passed on this alone.
-    first_bytes: [bool; 256],
+    /// Per first byte, bit `n` set when a listed exact name of that first byte has length `n`
+    /// (names of 64 bytes or more set bit 63, and are compared whenever it is set): most
+    /// headers are passed on this alone.
+    exact_lengths: [u64; 256],
+    /// Bit [`family_bucket`] of each family's first three bytes (a family shorter than that
+    /// sets every bit): a name whose bucket is clear starts no family.
+    family_buckets: Box<[u64; FAMILY_BUCKETS / 64]>,
+}
+
+/// Size of [`HeaderRules::family_buckets`] in bits.
+const FAMILY_BUCKETS: usize = 4096;
+
+/// The bucket of a name's first three bytes.
+fn family_bucket(name: &[u8]) -> Option<usize> {
+    match name {
+        [a, b, c, ..] => {
+            let h = (usize::from(*a) * 31 + usize::from(*b)) * 31 + usize::from(*c);
+            Some(h % FAMILY_BUCKETS)
+        }
+        _ => None,
+    }
+}
+
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
 }
 
 impl HeaderRules {
@@ -223,11 +246,17 @@ impl HeaderRules {
             }
         }
         let mut exact_by_len: Vec<Vec<Box<[u8]>>> = Vec::new();
-        let mut first_bytes = [false; 256];
-        let families = protected_families.iter().chain(&stripped_families);
-        for name in exact.iter().chain(families) {
+        let mut exact_lengths = [0u64; 256];
+        for name in &exact {
             if let Some(&first) = name.first() {
-                first_bytes[usize::from(first)] = true;
+                exact_lengths[usize::from(first)] |= length_bit(name.len());
+            }
+        }
+        let mut family_buckets = Box::new([0u64; FAMILY_BUCKETS / 64]);
+        for family in protected_families.iter().chain(&stripped_families) {
+            match family_bucket(family) {
+                Some(bucket) => family_buckets[bucket / 64] |= 1 << (bucket % 64),
+                None => family_buckets.fill(u64::MAX),
             }
         }
         for name in exact {
@@ -242,7 +271,8 @@ impl HeaderRules {
             exact_by_len,
             protected_families,
             stripped_families,
-            first_bytes,
+            exact_lengths,
+            family_buckets,
         }
     }
 
@@ -251,15 +281,21 @@ impl HeaderRules {
         let Some(&first) = name.first() else {
             return false;
         };
-        if !self.first_bytes[usize::from(first)] {
-            return false;
-        }
-        if self
-            .exact_by_len
-            .get(name.len())
-            .is_some_and(|same_length| same_length.iter().any(|n| **n == *name))
+        if self.exact_lengths[usize::from(first)] & length_bit(name.len()) != 0
+            && self
+                .exact_by_len
+                .get(name.len())
+                .is_some_and(|same_length| same_length.iter().any(|n| **n == *name))
         {
             return true;
+        }
+        let family = match family_bucket(name) {
+            Some(bucket) => self.family_buckets[bucket / 64] & (1 << (bucket % 64)) != 0,
+            // Shorter than three bytes: only a family that short could start it.
+            None => self.family_buckets.iter().all(|&w| w == u64::MAX),
+        };
+        if !family {
+            return false;
         }
         if self.protected_families.iter().any(|f| name.starts_with(f)) {
             return true;
