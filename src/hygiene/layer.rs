@@ -128,7 +128,6 @@ impl Hygiene {
             .apply(req.headers_mut())
             .map_err(|_| DenyReason::InvalidHeaderName)?;
         self.filter_trailers(req);
-        req.extensions_mut().insert(host.clone());
         if self.direction == Direction::Inbound {
             let peer = req
                 .extensions()
@@ -177,6 +176,9 @@ impl Hygiene {
             if let Some(values) = forwarded {
                 insert_forwarded(headers, values);
             }
+            // For the policy, which matches routes on the canonical name. Outbound nothing
+            // reads it: the upstream is found from the host vakt just wrote into the request.
+            req.extensions_mut().insert(host);
         }
         Ok(())
     }
