@@ -1,11 +1,14 @@
 //! Reload-on-change for files mounted from Kubernetes: watch the directories (ConfigMaps and
 //! Secrets update by swapping a `..data` symlink, which a watch on the file itself misses), settle
-//! bursts of events, and also reload on a slow interval as a safety net.
+//! bursts of events, and also reload on a slow interval as a safety net. Only events that can mean
+//! new content count: a reload opens and reads the files, and reacting to that would re-read them
+//! in a loop.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use notify::{RecursiveMode, Watcher};
+use notify::event::{AccessKind, AccessMode, MetadataKind, ModifyKind};
+use notify::{EventKind, RecursiveMode, Watcher};
 use tokio::sync::{mpsc, watch};
 
 /// Run `reload` (on a blocking thread) after changes in `dirs` and every `interval`, until
@@ -24,7 +27,7 @@ where
     dirs.dedup();
     let (tx, mut rx) = mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| may_change_content(&e.kind)) {
             let _ = tx.try_send(());
         }
     });
@@ -61,10 +64,56 @@ where
     })
 }
 
+/// Whether an event can mean that a file's content changed: created, written (and closed after
+/// writing), renamed or removed. Opening, reading and closing without writing (what every reload
+/// does) and access-time updates cannot.
+fn may_change_content(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        _ => true,
+    }
+}
+
 /// The directory of `path` (`.` for a bare file name).
 pub fn parent_dir(path: &std::path::Path) -> PathBuf {
     match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, RemoveKind, RenameMode};
+
+    #[test]
+    fn reading_a_file_is_no_change_and_writing_one_is() {
+        let ignored = [
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+            EventKind::Access(AccessKind::Any),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)),
+        ];
+        for kind in ignored {
+            assert!(!may_change_content(&kind), "{kind:?}");
+        }
+        let counted = [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Create(CreateKind::File),
+            EventKind::Create(CreateKind::Any),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Modify(ModifyKind::Name(RenameMode::Both)),
+            EventKind::Modify(ModifyKind::Metadata(MetadataKind::Permissions)),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ];
+        for kind in counted {
+            assert!(may_change_content(&kind), "{kind:?}");
+        }
     }
 }

@@ -18,6 +18,9 @@ pub struct PolicyStore {
     context: PolicyContext,
     /// The file content the current policy came from (reloads of identical bytes are skipped).
     loaded_text: Mutex<String>,
+    /// The last version rejected: its content, or why the file could not be read. A watcher that
+    /// finds it again skips it, so one bad version is logged and counted once.
+    rejected: Mutex<Option<Result<String, String>>>,
 }
 
 #[derive(Debug)]
@@ -37,6 +40,7 @@ impl PolicyStore {
             path: path.to_owned(),
             context,
             loaded_text: Mutex::new(text),
+            rejected: Mutex::new(None),
         })
     }
 
@@ -48,8 +52,19 @@ impl PolicyStore {
         &self.path
     }
 
+    /// Re-read the file now (SIGHUP): a rejected version is reported however often it is seen.
     pub fn reload(&self) -> PolicyReload {
-        let outcome = self.try_reload();
+        self.reload_from(false)
+    }
+
+    /// Re-read the file after a change was seen or on the periodic re-read: a version rejected
+    /// before is skipped (reported as unchanged).
+    pub fn reload_changed(&self) -> PolicyReload {
+        self.reload_from(true)
+    }
+
+    fn reload_from(&self, skip_rejected: bool) -> PolicyReload {
+        let outcome = self.try_reload(skip_rejected);
         match &outcome {
             PolicyReload::Unchanged => {}
             PolicyReload::Reloaded => {
@@ -64,13 +79,27 @@ impl PolicyStore {
         outcome
     }
 
-    fn try_reload(&self) -> PolicyReload {
-        let text = match read_policy_file(&self.path) {
+    fn try_reload(&self, skip_rejected: bool) -> PolicyReload {
+        let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        let read = read_policy_file(&self.path);
+        let seen_before = match (&*rejected, &read) {
+            (Some(Ok(old)), Ok(new)) => old == new,
+            (Some(Err(old)), Err(new)) => *old == new.to_string(),
+            _ => false,
+        };
+        if skip_rejected && seen_before {
+            return PolicyReload::Unchanged;
+        }
+        let text = match read {
             Ok(t) => t,
-            Err(e) => return PolicyReload::Rejected(e),
+            Err(e) => {
+                *rejected = Some(Err(e.to_string()));
+                return PolicyReload::Rejected(e);
+            }
         };
         let mut loaded = self.loaded_text.lock().unwrap_or_else(|p| p.into_inner());
         if *loaded == text {
+            *rejected = None;
             return PolicyReload::Unchanged;
         }
         match Policy::from_yaml(&text, &self.context) {
@@ -78,9 +107,13 @@ impl PolicyStore {
                 record_loaded(&policy);
                 self.current.store(Arc::new(policy));
                 *loaded = text;
+                *rejected = None;
                 PolicyReload::Reloaded
             }
-            Err(e) => PolicyReload::Rejected(e.in_file(&self.path)),
+            Err(e) => {
+                *rejected = Some(Ok(text));
+                PolicyReload::Rejected(e.in_file(&self.path))
+            }
         }
     }
 
@@ -98,7 +131,7 @@ impl PolicyStore {
             interval,
             shutdown.clone(),
             move || {
-                store.reload();
+                store.reload_changed();
             },
         );
         let store = self.clone();

@@ -36,6 +36,9 @@ pub struct CertStore {
     current: ArcSwap<LoadedTls>,
     identity: IdentityConfig,
     min_version: TlsVersion,
+    /// The files' bytes as last read by a watcher reload (SHA-256 over each file in turn, or why
+    /// one could not be read): unchanged files are neither parsed nor, when rejected, logged again.
+    last_seen: Mutex<Option<Result<[u8; 32], String>>>,
 }
 
 impl CertStore {
@@ -43,11 +46,14 @@ impl CertStore {
     pub fn load(identity: &IdentityConfig, min_version: TlsVersion) -> Result<Self, TlsError> {
         let loaded = Self::assemble(TlsMaterial::load(identity)?, min_version)?;
         record_expiry(&loaded.material);
-        Ok(Self {
+        let store = Self {
             current: ArcSwap::from_pointee(loaded),
             identity: identity.clone(),
             min_version,
-        })
+            last_seen: Mutex::new(None),
+        };
+        *store.last_seen.lock().unwrap_or_else(|p| p.into_inner()) = Some(store.sources());
+        Ok(store)
     }
 
     fn assemble(material: TlsMaterial, min_version: TlsVersion) -> Result<LoadedTls, TlsError> {
@@ -83,8 +89,39 @@ impl CertStore {
         Ok(config)
     }
 
-    /// Re-read the files; swap only if they changed and the new set is valid.
+    /// After a change was seen or on the periodic re-read: reload only when the files' bytes
+    /// differ from the last read, so an unchanged set is not parsed and a rejected one is
+    /// logged and counted once.
+    pub fn reload_changed(&self) -> ReloadOutcome {
+        let sources = self.sources();
+        let mut last_seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
+        if last_seen.as_ref() == Some(&sources) {
+            return ReloadOutcome::Unchanged;
+        }
+        *last_seen = Some(sources);
+        self.reload()
+    }
+
+    /// Digest of the files the material is read from, in order, or why one cannot be read.
+    fn sources(&self) -> Result<[u8; 32], String> {
+        let bundles = self.identity.bundle_files();
+        let files = [self.identity.cert.as_path(), self.identity.key.as_path()]
+            .into_iter()
+            .chain(bundles.iter().map(|(_, _, path)| *path));
+        let mut digest = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for file in files {
+            let bytes = std::fs::read(file).map_err(|e| format!("{}: {e}", file.display()))?;
+            digest.update(&(bytes.len() as u64).to_be_bytes());
+            digest.update(&bytes);
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(digest.finish().as_ref());
+        Ok(out)
+    }
+
+    /// Re-read the files now (SIGHUP); swap only if they changed and the new set is valid.
     pub fn reload(&self) -> ReloadOutcome {
+        tracing::debug!("certificate files read and parsed");
         match TlsMaterial::load(&self.identity) {
             Ok(material) if material.fingerprint == self.current.load().material.fingerprint => {
                 ReloadOutcome::Unchanged
@@ -153,6 +190,6 @@ pub fn spawn_reloader(
     let dirs = store.watched_dirs();
     let interval = store.identity.reload_interval;
     crate::watch::spawn_watcher("certificates", dirs, interval, shutdown, move || {
-        store.reload();
+        store.reload_changed();
     })
 }

@@ -10,6 +10,7 @@ mod alerts;
 mod audit;
 mod code_layout;
 mod crash;
+mod faults;
 mod federation;
 mod handshake;
 mod header_corpus;

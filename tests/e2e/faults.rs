@@ -1,0 +1,93 @@
+//! Faults an operator meets, on a real `vakt run` process: files that do not change, files that
+//! change to something broken.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::common::*;
+
+/// `vakt_policy_reloads_total` and `vakt_certificate_reloads_total` by result.
+async fn reloads(admin: SocketAddr) -> [f64; 4] {
+    let text = metrics_text(admin).await;
+    let count = |name: &str, result: &str| metric_sum(&text, name, &[("result", result)]);
+    [
+        count("vakt_policy_reloads_total", "success"),
+        count("vakt_policy_reloads_total", "failure"),
+        count("vakt_certificate_reloads_total", "success"),
+        count("vakt_certificate_reloads_total", "failure"),
+    ]
+}
+
+fn lines_with(path: &std::path::Path, needle: &str) -> usize {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .count()
+}
+
+/// An idle sidecar re-reads nothing it has not seen change (its own reads of the files are no
+/// change), and a broken policy or certificate is rejected, logged and counted once, however long
+/// it stays. The periodic re-read runs every second here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unchanged_files_are_not_reloaded_and_a_broken_version_is_reported_once() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let app = server.app.addr;
+    server.vakt.shutdown().await;
+    let (inbound, admin) = (free_port(), free_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let policy = dir.join("policy.yaml");
+    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
+        .replace("127.0.0.1:0", &admin.to_string())
+        + &format!(
+            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
+            policy.display()
+        );
+    let mut child = spawn_vakt("faults", &dir, &yaml, admin);
+    wait_ready(&child).await;
+
+    // Idle: nothing is reloaded or rejected, and the certificates are not even parsed again.
+    let parsed = "certificate files read and parsed";
+    let parsed_at_start = lines_with(&child.stderr, parsed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reloads(admin).await, [0.0; 4], "an idle sidecar reloaded");
+    assert_eq!(
+        lines_with(&child.stderr, parsed),
+        parsed_at_start,
+        "an idle sidecar parsed its certificates again"
+    );
+
+    // A broken policy: one rejection in 3 s (the watch event and three periodic re-reads).
+    std::fs::write(&policy, "routes: [ this is not a policy").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reloads(admin).await, [0.0, 1.0, 0.0, 0.0]);
+    let rejected = "new policy rejected";
+    assert_eq!(lines_with(&child.stderr, rejected), 1, "logged once");
+
+    // A broken certificate: the same.
+    let cert = dir.join(vakt::dev::certs::CERT_FILE);
+    let good_cert = std::fs::read(&cert).unwrap();
+    std::fs::write(&cert, b"-----BEGIN CERTIFICATE-----\nnot base64\n").unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(reloads(admin).await, [0.0, 1.0, 0.0, 1.0]);
+    assert_eq!(
+        lines_with(&child.stderr, "new certificate material rejected"),
+        1
+    );
+
+    // Both put right: one successful reload each (the certificate's bytes are back, but they
+    // differ from the broken ones last seen; the material is unchanged, so no swap).
+    std::fs::write(&cert, good_cert).unwrap();
+    std::fs::write(
+        &policy,
+        vakt::dev::mesh::allow_peers_policy_yaml(&[format!("spiffe://{TD}/ns/shop/sa/web")]),
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let [policy_ok, policy_failed, cert_ok, cert_failed] = reloads(admin).await;
+    assert_eq!((policy_failed, cert_failed), (1.0, 1.0));
+    assert!(policy_ok <= 1.0 && cert_ok == 0.0, "{policy_ok} {cert_ok}");
+    assert_eq!(lines_with(&child.stderr, rejected), 1);
+    stop(&mut child).await;
+}
