@@ -57,6 +57,13 @@ pub enum TlsError {
     Pem { path: PathBuf, problem: String },
     #[error("{path}: no certificate found (expected PEM \"BEGIN CERTIFICATE\" blocks)")]
     NoCertificate { path: PathBuf },
+    #[error("{path}: certificate {index} of the file is not a valid X.509 certificate: {problem}")]
+    BadCertificate {
+        path: PathBuf,
+        /// 1-based position of the PEM block in the file.
+        index: usize,
+        problem: String,
+    },
     #[error("{path}: the private key does not belong to the certificate: {source}")]
     KeyMismatch {
         path: PathBuf,
@@ -174,6 +181,17 @@ fn parse_certs(path: &Path, pem: &[u8]) -> Result<Vec<CertificateDer<'static>>, 
         return Err(TlsError::NoCertificate {
             path: path.to_owned(),
         });
+    }
+    // Each block must be a certificate, or a broken file shows up later as a confusing error
+    // about something else (such as the key not matching).
+    for (i, der) in certs.iter().enumerate() {
+        if let Err(e) = X509Certificate::from_der(der) {
+            return Err(TlsError::BadCertificate {
+                path: path.to_owned(),
+                index: i + 1,
+                problem: e.to_string(),
+            });
+        }
     }
     Ok(certs)
 }
@@ -489,6 +507,48 @@ mod tests {
                 "{message}"
             );
         }
+    }
+
+    /// A certificate file whose PEM block holds no certificate is reported as that file and its
+    /// parse error, not as a key that does not match.
+    #[test]
+    fn a_broken_certificate_names_its_file_and_the_parse_error() {
+        let ours = DevPki::new(OURS).unwrap();
+        let dir = ours.workload("w", &ours.spiffe_id("a", "b")).unwrap();
+        let cert = dir.join(crate::dev::certs::CERT_FILE);
+        let good = std::fs::read_to_string(&cert).unwrap();
+        // The same PEM framing around bytes that are not DER (a truncated or corrupted file).
+        std::fs::write(
+            &cert,
+            "-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let err = TlsMaterial::load(&identity(&dir, Vec::new())).unwrap_err();
+        let message = err.to_string();
+        assert!(
+            matches!(err, TlsError::BadCertificate { index: 1, .. }),
+            "{message}"
+        );
+        assert!(
+            message.starts_with(&format!("{}: certificate 1 of the file", cert.display())),
+            "{message}"
+        );
+        assert!(!message.contains("private key"), "{message}");
+        // The second block of a chain broken the same way.
+        let leaf_only = good
+            .split_inclusive("-----END CERTIFICATE-----\n")
+            .next()
+            .unwrap();
+        std::fs::write(
+            &cert,
+            format!("{leaf_only}-----BEGIN CERTIFICATE-----\nAAECAwQFBgcICQ==\n-----END CERTIFICATE-----\n"),
+        )
+        .unwrap();
+        let err = TlsMaterial::load(&identity(&dir, Vec::new())).unwrap_err();
+        assert!(
+            matches!(err, TlsError::BadCertificate { index: 2, .. }),
+            "{err}"
+        );
     }
 
     #[test]
