@@ -108,7 +108,9 @@ impl DenyReason {
             | Self::InvalidHost(_)
             | Self::InvalidHeaderName
             | Self::MissingDestination => StatusCode::BAD_REQUEST,
-            Self::Token(TokenError::KeysUnavailable) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Token(TokenError::KeysUnavailable | TokenError::UnknownKeyPending) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::Token(_) | Self::StepUp { .. } | Self::Policy(Reason::TokenRequired) => {
                 StatusCode::UNAUTHORIZED
             }
@@ -172,6 +174,9 @@ impl DenyReason {
             Self::Token(TokenError::KeysUnavailable) => {
                 "token verification is temporarily unavailable".into()
             }
+            Self::Token(TokenError::UnknownKeyPending) => {
+                "the token's signing key is not known yet; retry shortly (see Retry-After)".into()
+            }
             // No detail that helps an attacker: the code says which check failed.
             Self::Token(_) => "the access token was refused".into(),
             Self::StepUp { .. } => "a stronger or more recent authentication is required".into(),
@@ -214,7 +219,9 @@ impl DenyReason {
     /// The `WWW-Authenticate` challenge (RFC 6750, RFC 9470) for token-related answers.
     fn www_authenticate(&self) -> Option<HeaderValue> {
         let value = match self {
-            Self::Token(TokenError::KeysUnavailable) => return None,
+            Self::Token(TokenError::KeysUnavailable | TokenError::UnknownKeyPending) => {
+                return None;
+            }
             Self::Token(_) => r#"Bearer realm="vakt", error="invalid_token""#.to_owned(),
             Self::Policy(Reason::TokenRequired) => r#"Bearer realm="vakt""#.to_owned(),
             Self::Policy(Reason::InsufficientScope) => {
@@ -264,11 +271,17 @@ impl DenyReason {
                 .headers_mut()
                 .insert(http::header::WWW_AUTHENTICATE, challenge);
         }
-        if let Self::RateLimited { retry_after_secs } = self {
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                HeaderValue::from(retry_after_secs),
-            );
+        let retry_after = match self {
+            Self::RateLimited { retry_after_secs } => Some(retry_after_secs),
+            Self::Token(TokenError::UnknownKeyPending) => {
+                Some(crate::authn::jwks::UNKNOWN_KEY_RETRY_AFTER_SECS)
+            }
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            response
+                .headers_mut()
+                .insert(http::header::RETRY_AFTER, HeaderValue::from(secs));
         }
         if matches!(
             self,

@@ -51,6 +51,10 @@ pub enum TokenError {
     MissingClaim,
     #[error("signing keys unavailable")]
     KeysUnavailable,
+    /// The kid is in no key set fetched since it was first seen, and the next refetch is not
+    /// allowed yet: retryable, since the issuer may have just rotated.
+    #[error("no key with this kid yet; the key set is refetched shortly")]
+    UnknownKeyPending,
 }
 
 impl TokenError {
@@ -80,6 +84,7 @@ impl TokenError {
             Self::WrongAudience => "wrong_audience",
             Self::MissingClaim => "missing_claim",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::UnknownKeyPending => "unknown_key_pending",
         }
     }
 }

@@ -1,8 +1,11 @@
 //! Signing keys per issuer: discovery (exact issuer match), the JWKS from the discovered
 //! `jwks_uri` only, refreshed in the background honouring `Cache-Control` within bounds (with
-//! jitter). An unknown `kid` triggers one refetch — single-flight, at most once per 30 s per
-//! issuer, unknown kids remembered briefly — so a rotation is picked up on first use while a flood
-//! of random kids costs at most one fetch. On failure the last good keys are kept up to a maximum
+//! jitter). An unknown `kid` triggers one refetch — single-flight, at most once per 10 s per
+//! issuer — so a rotation is picked up on first use while a flood of random kids costs at most one
+//! fetch per 10 s. Only a kid that a fetch made after it was first seen did not contain is
+//! remembered as unknown (answered 401 without a fetch for 30 s); a kid that arrives while the
+//! refetch is held back gets a retryable 503, so a bogus kid never delays a real rotation by more
+//! than the refetch interval. On failure the last good keys are kept up to a maximum
 //! staleness; never an empty set, never a fallback key. Weak or unusable keys are dropped at
 //! load and counted.
 
@@ -21,7 +24,9 @@ use super::{Alg, IssuerConfig, OidcConfig};
 use crate::metrics as m;
 
 /// Least time between two unknown-kid refetches of one issuer.
-const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+const UNKNOWN_KID_REFETCH_INTERVAL: Duration = Duration::from_secs(UNKNOWN_KEY_RETRY_AFTER_SECS);
+/// What a request refused while the refetch is held back is told to wait (`Retry-After`).
+pub const UNKNOWN_KEY_RETRY_AFTER_SECS: u64 = 10;
 /// How long an unknown kid is remembered (answered without a fetch).
 const UNKNOWN_KID_MEMORY: Duration = Duration::from_secs(30);
 const MAX_REMEMBERED_KIDS: usize = 1024;
@@ -70,6 +75,9 @@ pub fn thumbprint(jwk: &Value) -> Option<String> {
 
 struct KeySet {
     keys: HashMap<String, Arc<VerifyKey>>,
+    /// Kids the issuer published with a key vakt dropped (weak or unusable): refused as unknown
+    /// without a refetch, which would find the same key.
+    dropped: std::collections::HashSet<String>,
     fetched_at: Instant,
 }
 
@@ -86,6 +94,8 @@ pub enum JwksError {
 /// What a key lookup found.
 pub enum KeyLookup {
     Found(Arc<VerifyKey>),
+    /// The issuer published the kid with a key vakt does not use.
+    Dropped,
     Unknown,
     /// No key set at all, or it is older than the allowed staleness.
     Unavailable,
@@ -224,6 +234,7 @@ impl IssuerKeys {
             Some(set) if set.fetched_at.elapsed() <= self.max_staleness => {
                 match set.keys.get(kid) {
                     Some(key) => KeyLookup::Found(key.clone()),
+                    None if set.dropped.contains(kid) => KeyLookup::Dropped,
                     None => KeyLookup::Unknown,
                 }
             }
@@ -235,6 +246,7 @@ impl IssuerKeys {
     pub async fn key(&self, kid: &str) -> Result<Arc<VerifyKey>, super::TokenError> {
         match self.lookup(kid) {
             KeyLookup::Found(key) => return Ok(key),
+            KeyLookup::Dropped => return Err(super::TokenError::UnknownKey),
             KeyLookup::Unavailable if !self.is_ready() && self.current.load().is_none() => {}
             KeyLookup::Unavailable => return Err(super::TokenError::KeysUnavailable),
             KeyLookup::Unknown => {}
@@ -248,17 +260,23 @@ impl IssuerKeys {
             return Ok(key);
         }
         let may_fetch = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH_INTERVAL);
-        if may_fetch {
-            *last = Some(Instant::now());
-            if let Err(error) = self.refresh("unknown_kid").await {
-                tracing::warn!(issuer = self.issuer(), %error, "JWKS refetch for an unknown kid failed");
-            }
+        if !may_fetch {
+            // No fetch has looked for this kid: it may be a key published a moment ago.
+            return Err(super::TokenError::UnknownKeyPending);
         }
+        *last = Some(Instant::now());
+        let fetched = self.refresh("unknown_kid").await;
         drop(last);
-        match self.lookup(kid) {
-            KeyLookup::Found(key) => Ok(key),
-            KeyLookup::Unavailable => Err(super::TokenError::KeysUnavailable),
-            KeyLookup::Unknown => {
+        if let Err(error) = &fetched {
+            tracing::warn!(issuer = self.issuer(), %error, "JWKS refetch for an unknown kid failed");
+        }
+        match (self.lookup(kid), fetched) {
+            (KeyLookup::Found(key), _) => Ok(key),
+            (KeyLookup::Dropped, _) => Err(super::TokenError::UnknownKey),
+            (KeyLookup::Unavailable, _) => Err(super::TokenError::KeysUnavailable),
+            // The issuer could not be asked: nothing is known about this kid.
+            (KeyLookup::Unknown, Err(_)) => Err(super::TokenError::KeysUnavailable),
+            (KeyLookup::Unknown, Ok(_)) => {
                 self.remember_unknown(kid);
                 Err(super::TokenError::UnknownKey)
             }
@@ -359,8 +377,11 @@ impl IssuerKeys {
             .and_then(Value::as_array)
             .ok_or_else(|| jwks_error("no \"keys\" array".into()))?;
         let mut keys = HashMap::new();
+        let mut dropped = std::collections::HashSet::new();
         for raw in raw_keys.iter().take(MAX_KEYS) {
+            let raw_kid = raw.get("kid").and_then(Value::as_str);
             if let Some(reason) = rejection(raw, &self.config.algorithms) {
+                dropped.extend(raw_kid.map(str::to_owned));
                 metrics::counter!(m::JWKS_KEYS_DROPPED, "issuer" => self.issuer().to_owned(), "reason" => reason).increment(1);
                 tracing::warn!(
                     issuer = self.issuer(),
@@ -374,6 +395,7 @@ impl IssuerKeys {
                 .ok()
                 .and_then(|jwk| jsonwebtoken::DecodingKey::from_jwk(&jwk).ok());
             let (Some(decoding), Some(thumbprint)) = (decoding, thumbprint(raw)) else {
+                dropped.extend(raw_kid.map(str::to_owned));
                 metrics::counter!(m::JWKS_KEYS_DROPPED, "issuer" => self.issuer().to_owned(), "reason" => "unusable").increment(1);
                 tracing::warn!(
                     issuer = self.issuer(),
@@ -411,6 +433,7 @@ impl IssuerKeys {
         }
         self.current.store(Some(Arc::new(KeySet {
             keys,
+            dropped,
             fetched_at: Instant::now(),
         })));
         let max_age = max_age(&fetched.headers).unwrap_or(self.refresh_min * 5);

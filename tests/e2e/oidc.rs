@@ -624,7 +624,8 @@ async fn key_rotation_is_picked_up_on_first_use_with_one_fetch_and_random_kids_c
         "rotation costs exactly one fetch"
     );
 
-    // A flood of random kids: at most one more fetch (rate-limited to one per 30 s).
+    // A flood of random kids: no fetch looked for them yet, and the refetch is held back for
+    // 10 s after the last one, so each gets the retryable 503; at most one more fetch.
     let fetches = s.idp.jwks_fetches();
     let tls = mtls_connect(s.vakt.inbound_addr.unwrap(), s.web.clone())
         .await
@@ -654,13 +655,83 @@ async fn key_rotation_is_picked_up_on_first_use_with_one_fetch_and_random_kids_c
             )
             .await
             .unwrap();
-        assert_eq!(response.status(), 401);
+        assert_eq!(response.status(), 503);
+        assert_eq!(response.headers()["retry-after"], "10");
     }
     assert!(
         s.idp.jwks_fetches() <= fetches + 1,
         "{} fetches for 10,000 random kids",
         s.idp.jwks_fetches() - fetches
     );
+}
+
+/// A token with a bogus kid does not delay a real rotation: the new key's first token within the
+/// refetch interval gets a retryable 503 (never a 401 for a key the issuer did publish), and the
+/// first one after it is verified. A kid that a fetch made after it arrived did not contain is
+/// refused 401 `unknown_key` without another fetch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bogus_kid_does_not_delay_a_rotation_beyond_the_refetch_interval() {
+    let s = setup_with(false).await;
+    let path = format!("/patients/{PID}/journal");
+    let person = citizen(Loa::High, PID);
+    let with_kid = |kid: &str| {
+        let base = token(&s, &person, &MintOptions::default());
+        let (header, rest) = base.split_once('.').unwrap();
+        let mut h: Value =
+            serde_json::from_slice(&URL_SAFE_NO_PAD.decode(header).unwrap()).unwrap();
+        h["kid"] = json!(kid);
+        format!("{}.{rest}", URL_SAFE_NO_PAD.encode(h.to_string()))
+    };
+    // The bogus kid triggers the one fetch, which does not contain it: 401, remembered.
+    let fetches = s.idp.jwks_fetches();
+    let (status, _, body) = send(
+        &s,
+        "GET",
+        &path,
+        &[&format!("Bearer {}", with_kid("bogus"))],
+    )
+    .await;
+    assert_eq!((status, error_code(&body).as_str()), (401, "unknown_key"));
+    assert_eq!(s.idp.jwks_fetches(), fetches + 1);
+    let (status, _, _) = send(
+        &s,
+        "GET",
+        &path,
+        &[&format!("Bearer {}", with_kid("bogus"))],
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(
+        s.idp.jwks_fetches(),
+        fetches + 1,
+        "a remembered kid costs no fetch"
+    );
+
+    // The issuer rotates right after: its first token is answered with the retryable 503.
+    s.idp.keys.rotate(Alg::RS256).unwrap();
+    let rotated = token(&s, &person, &MintOptions::default());
+    let started = std::time::Instant::now();
+    let (status, headers, body) = send(&s, "GET", &path, &[&format!("Bearer {rotated}")]).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "unknown_key_pending")
+    );
+    assert_eq!(headers["retry-after"], "10");
+    assert!(s.app.seen().is_empty());
+    // Retried as told, it is verified: the delay is bounded by the refetch interval.
+    loop {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, _, _) = send(&s, "GET", &path, &[&format!("Bearer {rotated}")]).await;
+        if status == 200 {
+            break;
+        }
+        assert_eq!(status, 503);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "still refused after 15 s"
+        );
+    }
+    assert_eq!(s.idp.jwks_fetches(), fetches + 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
