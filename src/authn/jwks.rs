@@ -30,6 +30,8 @@ pub const UNKNOWN_KEY_RETRY_AFTER_SECS: u64 = 10;
 /// How long an unknown kid is remembered (answered without a fetch).
 const UNKNOWN_KID_MEMORY: Duration = Duration::from_secs(30);
 const MAX_REMEMBERED_KIDS: usize = 1024;
+/// Longest wait between two fetches while an issuer has no usable keys (before jitter).
+const NOT_READY_RETRY_MAX: Duration = Duration::from_secs(2);
 const MAX_KEYS: usize = 64;
 
 /// A usable verification key.
@@ -441,7 +443,9 @@ impl IssuerKeys {
     }
 
     /// Background refresh until shutdown: on schedule with ±10 % jitter; after a failure, retry
-    /// soon (bounded backoff).
+    /// with a doubling backoff, bounded by `jwks_refresh_min` while the last good keys still
+    /// serve, and by [`NOT_READY_RETRY_MAX`] while there are none (a sidecar that is not ready
+    /// gets no traffic that could trigger a fetch, so it must find the issuer back by itself).
     pub fn spawn_refresher(
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
@@ -456,8 +460,13 @@ impl IssuerKeys {
                     }
                     Err(error) => {
                         tracing::warn!(issuer = self.issuer(), %error, "JWKS refresh failed; keeping the last good keys");
-                        let wait = backoff;
-                        backoff = (backoff * 2).min(self.refresh_min.max(Duration::from_secs(1)));
+                        let cap = if self.is_ready() {
+                            self.refresh_min.max(Duration::from_secs(1))
+                        } else {
+                            NOT_READY_RETRY_MAX
+                        };
+                        let wait = jitter(backoff.min(cap));
+                        backoff = (backoff * 2).min(cap);
                         wait
                     }
                 };

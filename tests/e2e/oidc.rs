@@ -734,6 +734,25 @@ async fn a_bogus_kid_does_not_delay_a_rotation_beyond_the_refetch_interval() {
     assert_eq!(s.idp.jwks_fetches(), fetches + 2);
 }
 
+/// A sidecar started while its issuer is down finds it back within seconds once it returns,
+/// however long the outage was: while it has no keys it retries at least every ~2 s (a doubling
+/// backoff had reached 16 s after a 16 s outage).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sidecar_started_during_an_issuer_outage_is_ready_seconds_after_it_ends() {
+    let s = setup_with(true).await;
+    tokio::time::sleep(Duration::from_secs(16)).await;
+    let ready = plain_send(s.vakt.admin_addr, get("/ready", "admin")).await;
+    assert_eq!(ready.status(), 503);
+    s.idp.set_down(false);
+    let back = std::time::Instant::now();
+    wait_ready(s.vakt.admin_addr).await;
+    let took = back.elapsed();
+    assert!(
+        took < Duration::from_secs(4),
+        "ready {took:?} after the issuer came back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issuer_down_at_start_means_not_ready_and_refused_then_cached_keys_survive_an_outage() {
     let s = setup_with(true).await;
