@@ -150,6 +150,13 @@ impl App {
         );
         // Alerts compare the queue's depth with its capacity (a full queue refuses requests).
         metrics::gauge!(crate::metrics::AUDIT_QUEUE_CAPACITY).set(auditor.capacity as f64);
+        if auditor.on_failure == crate::audit::OnAuditFailure::Deny {
+            // Every request would be refused 503 while the sink fails: take no traffic.
+            let log = auditor.log.clone();
+            readiness.add_condition("audit sink writing (on_audit_failure: deny)", move || {
+                log.healthy()
+            });
+        }
         listeners.push(spawn_audit_gauges(auditor.log.clone(), shutdown_rx.clone()));
         listeners.push(crate::metrics::spawn_upkeep(
             metrics.clone(),

@@ -583,7 +583,9 @@ impl Stage for Observe {
                 &reason.code(),
                 |code| metrics::counter!(m::DENIALS, "direction" => direction, "reason" => *code),
             );
-            tracing::info!(
+            // Debug only: every refusal is in the audit trail and the metrics already, and a
+            // flood of refused requests must not become a flood of log lines.
+            tracing::debug!(
                 direction,
                 %method,
                 status = status.as_u16(),

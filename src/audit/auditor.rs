@@ -186,16 +186,28 @@ impl Auditor {
         }
     }
 
+    /// An event that could not be queued: counted, and logged at most once per
+    /// [`UNRECORDED_LOG_INTERVAL`] with the count since the last line (a failing sink would
+    /// otherwise log once per request).
     fn dropped(&self, why: AuditUnavailable) {
         metrics::counter!(m::AUDIT_DROPPED, "reason" => why.as_str()).increment(1);
-        tracing::error!(reason = why.as_str(), "audit event dropped");
+        self.log_unrecorded(why, "audit events dropped");
     }
 
     /// A request refused with 503 `audit_unavailable` because no slot was free: its own event
-    /// cannot be queued either. Counted as a dropped event; logged at most once per
-    /// [`UNRECORDED_LOG_INTERVAL`] (a burst would otherwise log once per refused request).
+    /// cannot be queued either. Counted as a dropped event and logged as [`Auditor::dropped`]
+    /// is.
     pub fn refused_unrecorded(&self, why: AuditUnavailable) {
         metrics::counter!(m::AUDIT_DROPPED, "reason" => why.as_str()).increment(1);
+        self.log_unrecorded(
+            why,
+            "requests refused (503 audit_unavailable) without an audit event of their own",
+        );
+    }
+
+    /// One ERROR line per [`UNRECORDED_LOG_INTERVAL`] at most, with how many events went
+    /// unrecorded since the last one.
+    fn log_unrecorded(&self, why: AuditUnavailable, message: &'static str) {
         self.unrecorded_since_log.fetch_add(1, Ordering::Relaxed);
         // Zero stands for "never logged", so the clock reads at least 1.
         let now = u64::try_from(self.started.elapsed().as_millis())
@@ -211,12 +223,8 @@ impl Auditor {
                 .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
                 .is_ok()
         {
-            let refused = self.unrecorded_since_log.swap(0, Ordering::Relaxed);
-            tracing::error!(
-                reason = why.as_str(),
-                refused,
-                "requests refused (503 audit_unavailable) without an audit event of their own"
-            );
+            let unrecorded = self.unrecorded_since_log.swap(0, Ordering::Relaxed);
+            tracing::error!(reason = why.as_str(), unrecorded, "{message}");
         }
     }
 

@@ -125,15 +125,30 @@ struct Shared {
     stop: AtomicBool,
     /// `seq` of the last line written (0 before the first).
     head_seq: AtomicU64,
+    /// Failed attempts since the last "still failing" line, and when that was (the writer
+    /// thread's alone).
+    failing: Mutex<(u64, Option<Instant>)>,
 }
+
+/// At most one "still failing" line per this interval while the sink fails.
+const STILL_FAILING_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 impl Shared {
     fn fail(&self, error: &SinkError) {
         self.failures.fetch_add(1, Ordering::Relaxed);
+        let mut failing = self.failing.lock().unwrap_or_else(|p| p.into_inner());
         if self.healthy.swap(false, Ordering::AcqRel) {
             tracing::error!(%error, "audit sink failed; refusing new audit events until it recovers");
-        } else {
-            tracing::warn!(%error, "audit sink still failing");
+            *failing = (0, Some(Instant::now()));
+            return;
+        }
+        failing.0 += 1;
+        if failing
+            .1
+            .is_none_or(|t| t.elapsed() >= STILL_FAILING_LOG_INTERVAL)
+        {
+            tracing::warn!(%error, failed_attempts = failing.0, "audit sink still failing");
+            *failing = (0, Some(Instant::now()));
         }
     }
 

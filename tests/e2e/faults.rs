@@ -91,3 +91,81 @@ async fn unchanged_files_are_not_reloaded_and_a_broken_version_is_reported_once(
     assert_eq!(lines_with(&child.stderr, rejected), 1);
     stop(&mut child).await;
 }
+
+/// A failing audit sink in deny mode: requests are refused 503 and the sidecar reports itself
+/// not ready (naming the condition) until the sink writes again; the logs get a handful of lines
+/// with counts, not one or two per refused request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_logs() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let app = server.app.addr;
+    let web_dir = server
+        .pki
+        .workload("web-faults", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    let client = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
+    server.vakt.shutdown().await;
+    let blocked = dir.join("audit-small.log.1");
+    let (inbound, admin) = (free_port(), free_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
+        .replace("127.0.0.1:0", &admin.to_string())
+        .replace(
+            &format!("    path: {}\n", dir.join("audit.log").display()),
+            &format!(
+                "    path: {}\n    max_bytes: 4096\n    max_files: 1\n",
+                dir.join("audit-small.log").display()
+            ),
+        )
+        .replace("audit:\n", "audit:\n  on_audit_failure: deny\n")
+        + &format!(
+            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
+            dir.join("policy.yaml").display()
+        );
+    let mut child = spawn_vakt_with_env("sink", &dir, &yaml, admin, &[("RUST_LOG", "info")]);
+    wait_ready(&child).await;
+    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
+    // The first rotation's target becomes a non-empty directory: rotation, and so the sink,
+    // fails after 4 KiB of events.
+    std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
+
+    // Requests until the sink fails, then 300 more, all refused.
+    let mut refused = 0;
+    for _ in 0..2_000 {
+        match attempt(addr, client.clone()).await {
+            Ok(status) if status == 503 => refused += 1,
+            Ok(status) => assert_eq!(status, 200),
+            Err(e) => panic!("{e}"),
+        }
+        if refused == 300 {
+            break;
+        }
+    }
+    assert_eq!(refused, 300, "the sink never failed");
+    let ready = plain_send(admin, get("/ready", "admin")).await;
+    assert_eq!(ready.status(), 503);
+    let why = body_string(ready).await;
+    assert!(why.contains("audit sink writing"), "{why}");
+    let log = std::fs::read_to_string(&child.stderr).unwrap();
+    let lines = log.lines().count();
+    assert!(
+        lines < 40,
+        "{lines} log lines for 300 refused requests:\n{log}"
+    );
+    assert_eq!(lines_with(&child.stderr, "request refused by vakt"), 0);
+
+    // The sink writes again: ready, and requests pass.
+    std::fs::remove_dir_all(&blocked).unwrap();
+    let mut ready = false;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if plain_send(admin, get("/ready", "admin")).await.status() == 200 {
+            ready = true;
+            break;
+        }
+    }
+    assert!(ready, "never ready again after the sink recovered");
+    assert_eq!(attempt(addr, client).await, Ok(http::StatusCode::OK));
+    stop(&mut child).await;
+}
