@@ -31,6 +31,9 @@ const MAC_SUFFIX_LEN: usize = MAC_KEY.len() + 64 + 2;
 pub const REASON_EPOCH_STARTED: &str = "chain_epoch_started";
 /// Reason code of the event recording that rotation deleted the oldest audit file.
 pub const REASON_FILE_ROTATED_OUT: &str = "audit_file_rotated_out";
+/// Reason code of the event recording that the audit file being written was deleted or
+/// replaced by someone else (its lines are lost to the trail).
+pub const REASON_FILE_DELETED: &str = "audit_file_deleted";
 
 /// SHA-256 of one line's bytes (without the newline): the `prev` of `vakt.audit/1`.
 pub fn line_hash(line: &[u8]) -> ChainHash {
@@ -314,6 +317,16 @@ pub fn note_event(note: ChainNote) -> AuditEvent {
     } else {
         REASON_FILE_ROTATED_OUT
     };
+    recorded(reason, note)
+}
+
+/// The trail's own event recording that the file holding `note`'s seq range was deleted or
+/// replaced while vakt wrote to it.
+pub fn deleted_file_event(note: ChainNote) -> AuditEvent {
+    recorded(REASON_FILE_DELETED, note)
+}
+
+fn recorded(reason: &'static str, note: ChainNote) -> AuditEvent {
     let mut event = AuditEvent::new(
         Direction::Audit,
         Decision::Recorded,

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwapOption;
 use tokio::sync::oneshot;
 
-use super::chain::{ChainKey, ChainNote, ChainWriter, SealedLine, note_event};
+use super::chain::{ChainKey, ChainNote, ChainWriter, SealedLine, deleted_file_event, note_event};
 use super::checkpoint::{Checkpoint, CheckpointFile, CheckpointSettings};
 use super::event::AuditEvent;
 use super::sink::{Sink, SinkError, WriteFailure};
@@ -676,14 +676,21 @@ impl<S: Sink> Writer<'_, S> {
                     if std::mem::take(&mut checkpoint_now) || self.checkpoints.due() {
                         self.checkpoint(&chain)?;
                     }
-                    // Files rotation deleted go into the trail next.
+                    // Files rotation deleted, or someone else deleted, go into the trail next.
                     for out in self.sink.take_rotated_out() {
                         let note = ChainNote {
                             rotated_first_seq: out.first_seq,
                             rotated_last_seq: out.last_seq,
                             ..ChainNote::default()
                         };
-                        pending.push(chain.seal(note_event(note)), None);
+                        let event = if out.deleted {
+                            metrics::counter!(m::AUDIT_CHAIN_BREAKS, "reason" => "file_deleted")
+                                .increment(1);
+                            deleted_file_event(note)
+                        } else {
+                            note_event(note)
+                        };
+                        pending.push(chain.seal(event), None);
                     }
                     if !pending.is_empty() {
                         continue;

@@ -77,11 +77,13 @@ pub trait Sink: Send + 'static {
     }
 }
 
-/// An audit file that rotation deleted: the `seq` of its first and last lines.
+/// An audit file that is gone: the `seq` of its first and last lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RotatedOut {
     pub first_seq: Option<u64>,
     pub last_seq: Option<u64>,
+    /// Deleted or replaced by someone else while vakt wrote to it, rather than by rotation.
+    pub deleted: bool,
 }
 
 impl Sink for Box<dyn Sink> {
@@ -211,7 +213,16 @@ pub struct FileSink {
     dirty: bool,
     last_sync: Instant,
     rotated_out: Vec<RotatedOut>,
+    /// Device and inode of the open file, to see it deleted or replaced under us.
+    opened_id: Option<(u64, u64)>,
+    /// `seq` of the first and the last line in the open file, as far as known.
+    file_seqs: (Option<u64>, Option<u64>),
+    /// When the path was last compared with the open file.
+    last_check: Instant,
 }
+
+/// How often the audit file's path is compared with the open file (as log shippers do).
+const REPLACED_CHECK_INTERVAL: Duration = Duration::from_secs(1);
 
 impl std::fmt::Debug for FileSink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -254,6 +265,9 @@ impl FileSink {
             dirty: false,
             last_sync: Instant::now(),
             rotated_out: Vec::new(),
+            opened_id: None,
+            file_seqs: (None, None),
+            last_check: Instant::now(),
         })
     }
 
@@ -320,8 +334,56 @@ impl FileSink {
             Some(_) => {}
             None => self.len = Some(actual),
         }
+        if let Ok(meta) = file.metadata() {
+            use std::os::unix::fs::MetadataExt;
+            self.opened_id = Some((meta.dev(), meta.ino()));
+        }
+        if self.file_seqs.0.is_none() && self.len.is_some_and(|l| l > 0) {
+            self.file_seqs = (first_seq(path), self.file_seqs.1);
+        }
         self.file = Some(file);
         Ok(())
+    }
+
+    /// Whether the path still names the open file; if it was deleted or replaced (by hand, by a
+    /// careless log cleaner), record what it held and open the path anew. Checked at most once
+    /// per [`REPLACED_CHECK_INTERVAL`].
+    fn check_replaced(&mut self) {
+        if self.file.is_none() || self.last_check.elapsed() < REPLACED_CHECK_INTERVAL {
+            return;
+        }
+        self.last_check = Instant::now();
+        let current = fs::metadata(&self.config.path).ok().map(|meta| {
+            use std::os::unix::fs::MetadataExt;
+            (meta.dev(), meta.ino())
+        });
+        if current.is_some() && current == self.opened_id {
+            return;
+        }
+        tracing::error!(
+            path = %self.config.path.display(),
+            first_seq = self.file_seqs.0,
+            last_seq = self.file_seqs.1,
+            "the audit file was deleted or replaced while vakt wrote to it; recording the gap and writing to a new file"
+        );
+        self.rotated_out.push(RotatedOut {
+            first_seq: self.file_seqs.0,
+            last_seq: self.file_seqs.1,
+            deleted: true,
+        });
+        self.file = None;
+        self.opened_id = None;
+        self.len = None;
+        self.file_seqs = (None, None);
+        self.dirty = false;
+    }
+
+    /// `lines` are now in the open file.
+    fn wrote_seqs(&mut self, lines: &[SealedLine]) {
+        if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
+            self.file_seqs.0.get_or_insert(first.seq);
+            self.file_seqs.1 = Some(last.seq);
+        }
     }
 
     /// Append one chunk; on failure, cut back to the last complete line.
@@ -401,6 +463,7 @@ impl FileSink {
                     .ok()
                     .flatten()
                     .and_then(|line| line_seq(&line)),
+                deleted: false,
             };
             fs::remove_file(&oldest).map_err(|source| SinkError::Remove {
                 path: oldest.clone(),
@@ -416,6 +479,7 @@ impl FileSink {
         let (from, to) = (self.config.path.clone(), self.rotated_path(1));
         fs::rename(&from, &to).map_err(|source| SinkError::Rotate { from, to, source })?;
         self.len = Some(0);
+        self.file_seqs = (None, None);
         if self.config.fsync != FsyncPolicy::Never {
             self.sync_dir()?;
         }
@@ -521,6 +585,7 @@ impl Sink for FileSink {
 
     fn write(&mut self, lines: &[SealedLine]) -> Result<(), WriteFailure> {
         let failed = |written: usize| move |error: SinkError| WriteFailure { written, error };
+        self.check_replaced();
         self.open().map_err(failed(0))?;
         let mut chunk: Vec<u8> =
             Vec::with_capacity(lines.iter().map(|l| l.text.len() + 1).sum::<usize>());
@@ -531,6 +596,7 @@ impl Sink for FileSink {
             if fill > 0 && fill + line.text.len() as u64 + 1 > self.config.max_bytes {
                 if !chunk.is_empty() {
                     self.append(&chunk).map_err(failed(first))?;
+                    self.wrote_seqs(&lines[first..i]);
                     chunk.clear();
                     first = i;
                 }
@@ -542,11 +608,13 @@ impl Sink for FileSink {
         }
         if !chunk.is_empty() {
             self.append(&chunk).map_err(failed(first))?;
+            self.wrote_seqs(&lines[first..]);
         }
         Ok(())
     }
 
     fn flush(&mut self, force: bool) -> Result<(), SinkError> {
+        self.check_replaced();
         let due = match self.config.fsync {
             FsyncPolicy::Always => true,
             FsyncPolicy::Interval(d) => force || self.last_sync.elapsed() >= d,

@@ -169,3 +169,107 @@ async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_log
     assert_eq!(attempt(addr, client).await, Ok(http::StatusCode::OK));
     stop(&mut child).await;
 }
+
+/// The live audit file deleted under a running sidecar: vakt notices within a second, writes to
+/// a new file whose trail records the lost range (`audit_file_deleted`), counts the break, and
+/// loses nothing written after it noticed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_audit_file_is_noticed_reopened_and_recorded() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let app = server.app.addr;
+    let web_dir = server
+        .pki
+        .workload("web-deleted", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    let client = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
+    server.vakt.shutdown().await;
+    let audit = dir.join("audit.log");
+    std::fs::remove_file(&audit).ok();
+    std::fs::remove_file(dir.join(vakt::dev::mesh::DEV_CHECKPOINT_FILE)).ok();
+    let (inbound, admin) = (free_port(), free_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
+        .replace("127.0.0.1:0", &admin.to_string())
+        + &format!(
+            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
+            dir.join("policy.yaml").display()
+        );
+    let mut child = spawn_vakt("deleted", &dir, &yaml, admin);
+    wait_ready(&child).await;
+    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            attempt(addr, client.clone()).await,
+            Ok(http::StatusCode::OK)
+        );
+    }
+    // Written and out of the queue: the file holds the first 20 (plus the epoch's first event).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let before: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let last_before = before.last().unwrap()["seq"].as_u64().unwrap();
+    std::fs::remove_file(&audit).unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut sent = Vec::new();
+    for i in 0..10 {
+        let id = format!("after-delete-{i}");
+        let tls = mtls_connect(addr, client.clone()).await.unwrap();
+        let req = http::Request::get("/x")
+            .header("host", "orders.shop")
+            .header("x-request-id", &id)
+            .body(http_body_util::Full::default())
+            .unwrap();
+        assert_eq!(h1_send(tls, req).await.unwrap().status(), 200);
+        sent.push(id);
+    }
+    let text = metrics_text(admin).await;
+    assert_eq!(
+        metric_sum(
+            &text,
+            "vakt_audit_chain_breaks_total",
+            &[("reason", "file_deleted")]
+        ),
+        1.0
+    );
+    stop(&mut child).await;
+
+    let after: Vec<serde_json::Value> = std::fs::read_to_string(&audit)
+        .expect("a new audit file")
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let record = after
+        .iter()
+        .find(|e| e["reason"] == "audit_file_deleted")
+        .expect("the deletion is recorded");
+    assert_eq!(record["chain"]["rotated_first_seq"], 1, "{record}");
+    assert_eq!(record["chain"]["rotated_last_seq"], last_before, "{record}");
+    for id in &sent {
+        assert!(
+            after.iter().any(|e| e["request_id"] == id.as_str()),
+            "{id} lost"
+        );
+    }
+    // The chain goes on: seqs continue after the lost range, and verify names the lost lines.
+    assert_eq!(after[0]["seq"].as_u64(), Some(last_before + 1));
+    let (code, stdout, _) = run_vakt(&[
+        "audit",
+        "verify",
+        "--key",
+        &format!(
+            "{}={}",
+            vakt::dev::mesh::DEV_CHAIN_KEY_ID,
+            dir.join(vakt::dev::mesh::DEV_CHAIN_KEY_FILE).display()
+        ),
+        audit.to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0, "lost lines are a problem: {stdout}");
+    assert!(
+        stdout.contains(&format!("seq 1..={last_before}")),
+        "{stdout}"
+    );
+}
