@@ -24,6 +24,14 @@ pub struct Limits {
     pub max_header_bytes: usize,
     #[serde(default = "defaults::idle_timeout", deserialize_with = "de_duration")]
     pub idle_timeout: Duration,
+    /// A connection must begin its first request within this long of being accepted (after
+    /// the TLS handshake inbound): one that sends nothing, or an HTTP/2 preface and no request,
+    /// is closed instead of held for `idle_timeout`.
+    #[serde(
+        default = "defaults::first_request_timeout",
+        deserialize_with = "de_duration"
+    )]
+    pub first_request_timeout: Duration,
     #[serde(
         default = "defaults::connect_timeout",
         deserialize_with = "de_duration"
@@ -85,6 +93,7 @@ impl Default for Limits {
             header_read_timeout: defaults::header_read_timeout(),
             max_header_bytes: defaults::max_header_bytes(),
             idle_timeout: defaults::idle_timeout(),
+            first_request_timeout: defaults::first_request_timeout(),
             upstream_connect_timeout: defaults::connect_timeout(),
             upstream_response_timeout: defaults::response_timeout(),
             http2_max_concurrent_streams: defaults::max_concurrent_streams(),
@@ -107,6 +116,7 @@ impl Limits {
             ("limits.handshake_timeout", self.handshake_timeout),
             ("limits.header_read_timeout", self.header_read_timeout),
             ("limits.idle_timeout", self.idle_timeout),
+            ("limits.first_request_timeout", self.first_request_timeout),
             (
                 "limits.upstream_connect_timeout",
                 self.upstream_connect_timeout,
@@ -185,6 +195,9 @@ mod defaults {
     }
     pub fn idle_timeout() -> Duration {
         Duration::from_secs(300)
+    }
+    pub fn first_request_timeout() -> Duration {
+        Duration::from_secs(10)
     }
     pub fn connect_timeout() -> Duration {
         Duration::from_secs(5)

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -274,9 +274,22 @@ async fn serve_connection<I>(
 
     let idle_timeout = limits.idle_timeout;
     let mut idle_check = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(100)));
+    let first_request = tokio::time::sleep(limits.first_request_timeout);
+    tokio::pin!(first_request);
+    let mut waiting_for_first = true;
     let mut draining = false;
     loop {
         tokio::select! {
+            _ = &mut first_request, if waiting_for_first => {
+                waiting_for_first = false;
+                if !activity.started.load(Ordering::Relaxed) {
+                    // Nothing asked of us: close at once (a graceful shutdown would wait for an
+                    // HTTP/2 preface that may never come).
+                    metrics::counter!(m::LIMITS_EXCEEDED, "direction" => direction, "limit" => "first_request_timeout").increment(1);
+                    tracing::debug!(direction, "connection closed: no request within the first-request timeout");
+                    break;
+                }
+            }
             result = connection.as_mut() => {
                 if let Err(error) = result {
                     record_connection_error(direction, &*error);
@@ -341,6 +354,8 @@ impl Drop for ActiveConnection {
 struct Activity {
     clock: Arc<ActivityClock>,
     in_flight: Arc<AtomicUsize>,
+    /// A request has begun on the connection.
+    started: AtomicBool,
 }
 
 impl Activity {
@@ -348,10 +363,12 @@ impl Activity {
         Self {
             clock: Arc::new(ActivityClock::new()),
             in_flight: Arc::new(AtomicUsize::new(0)),
+            started: AtomicBool::new(false),
         }
     }
 
     fn begin_request(&self) -> InFlight {
+        self.started.store(true, Ordering::Relaxed);
         self.in_flight.fetch_add(1, Ordering::Relaxed);
         InFlight(self.in_flight.clone())
     }

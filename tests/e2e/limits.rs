@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Server, TD, TestBody, body_string, echo_once, get, h1_send, metric_sum, metrics_text,
-    mtls_connect, raw_client_config, raw_upgrade_app, server, server_in_front_of,
+    Server, TD, TestBody, body_string, client_sidecar_with, echo_once, get, h1_send, metric_sum,
+    metrics_text, mtls_connect, raw_client_config, raw_upgrade_app, server, server_in_front_of,
     upgrade_to_websocket, wait_for_metric,
 };
 use http::{Request, StatusCode};
@@ -237,6 +237,72 @@ async fn idle_connection_is_closed_after_the_idle_timeout() {
     assert_eq!(server.app.seen().len(), 1);
 
     assert_counted(admin, LIMITS_EXCEEDED, &labels, before).await;
+}
+
+/// A connection that sends nothing, or after the mTLS handshake only the HTTP/2 preface, is
+/// closed after `first_request_timeout`, on both listeners; one that asks promptly is served and
+/// kept past it (only the idle timeout ends it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_ask_are_closed_after_the_first_request_timeout() {
+    let limits = "limits:\n  first_request_timeout: 300ms\n";
+    let server = server(&["web"], limits).await;
+    let web = client_sidecar_with(&server.pki, "web", server.addr(), &server.id, limits).await;
+    let admin = server.vakt.admin_addr;
+    let inbound = [("direction", "inbound"), ("limit", "first_request_timeout")];
+    let outbound = [
+        ("direction", "outbound"),
+        ("limit", "first_request_timeout"),
+    ];
+    let before = counter(admin, LIMITS_EXCEEDED, &inbound).await;
+    let before_out = counter(web.admin_addr, LIMITS_EXCEEDED, &outbound).await;
+
+    // Plaintext from the app, not a byte sent.
+    let started = Instant::now();
+    let mut silent = tokio::net::TcpStream::connect(web.outbound_addr.unwrap())
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut silent, Duration::from_secs(5)).await;
+    assert_eq!(got.as_deref(), Some(&[][..]), "closed without an answer");
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // mTLS done, nothing after it; and mTLS with h2 and only the preface.
+    let mut quiet = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut quiet, Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    let mut preface_only = mtls_connect(server.addr(), web_client(&server, &[b"h2"]))
+        .await
+        .unwrap();
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .await
+        .unwrap();
+    assert!(
+        read_until_closed(&mut preface_only, Duration::from_secs(5))
+            .await
+            .is_some(),
+        "an HTTP/2 connection with a preface and no request was kept"
+    );
+    assert_counted(admin, LIMITS_EXCEEDED, &inbound, before + 1.0).await;
+    assert_counted(web.admin_addr, LIMITS_EXCEEDED, &outbound, before_out).await;
+
+    // A connection that asks at once is served, and kept past the first-request timeout.
+    let tls = mtls_connect(server.addr(), web_client(&server, &[b"http/1.1"]))
+        .await
+        .unwrap();
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let response = sender.send_request(get("/", "orders.shop")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    body_string(response).await;
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let response = sender.send_request(get("/", "orders.shop")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }
 
 fn h2_get(path: &str) -> Request<TestBody> {

@@ -143,6 +143,7 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
     "header_read_timeout" $l.headerReadTimeout
     "max_header_bytes" (int64 $l.maxHeaderBytes)
     "idle_timeout" $l.idleTimeout
+    "first_request_timeout" $l.firstRequestTimeout
     "upstream_connect_timeout" $l.upstreamConnectTimeout
     "upstream_response_timeout" $l.upstreamResponseTimeout
     "http2_max_concurrent_streams" (int64 $l.http2MaxConcurrentStreams)
