@@ -108,6 +108,10 @@ impl App {
         readiness.set_certificates_loaded();
 
         let limits = Arc::new(config.limits.clone());
+        let data_listeners =
+            usize::from(config.inbound.is_some()) + usize::from(config.outbound.is_some());
+        let connection_cap =
+            crate::listener::fit_connection_cap(limits.max_connections, data_listeners);
         let tracker = TaskTracker::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
@@ -118,7 +122,7 @@ impl App {
             shutdown,
             tracker: tracker.clone(),
             auditor,
-            connections: ConnectionLimits::new(&limits),
+            connections: ConnectionLimits::new(&limits, connection_cap),
         };
         let tunnels = |direction: Direction| Tunnels {
             tracker: tracker.clone(),
@@ -243,8 +247,9 @@ impl App {
             shutdown: admin_shutdown_rx.clone(),
             tracker: TaskTracker::new(),
             auditor: None,
-            // Its own caps: saturated data listeners leave the probes answered.
-            connections: ConnectionLimits::new(&limits),
+            // Its own caps, within the descriptors kept free: saturated data listeners leave
+            // the probes answered.
+            connections: ConnectionLimits::new(&limits, crate::listener::ADMIN_MAX_CONNECTIONS),
         };
         let admin = tokio::spawn(serve_plain(admin_listener, admin_ctx));
         listeners.push(spawn_reloader(certs.clone(), shutdown_rx));

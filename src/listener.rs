@@ -52,10 +52,15 @@ pub struct ConnectionLimits {
     per_peer: Mutex<HashMap<SpiffeId, usize>>,
 }
 
+/// The admin listener's own connection cap (probes and scrapes need few).
+pub const ADMIN_MAX_CONNECTIONS: usize = 64;
+
 impl ConnectionLimits {
-    pub fn new(limits: &Limits) -> Arc<Self> {
+    /// `cap` connections on the listener (`limits.max_connections`, or less when the
+    /// file-descriptor limit is lower: [`fit_connection_cap`]).
+    pub fn new(limits: &Limits, cap: usize) -> Arc<Self> {
         Arc::new(Self {
-            listener: Arc::new(Semaphore::new(limits.max_connections)),
+            listener: Arc::new(Semaphore::new(cap.max(1))),
             per_peer_max: limits.max_connections_per_peer,
             per_peer: Mutex::new(HashMap::new()),
         })
@@ -100,6 +105,36 @@ impl Drop for PeerSlot {
                 open.remove(&self.peer);
             }
         }
+    }
+}
+
+/// Raise the soft file-descriptor limit as far as the hard one allows, and return the connection
+/// cap of each of `data_listeners` listeners that fits under it: `configured`, or less when the
+/// descriptors would not suffice. A data connection may hold two descriptors (the client's and
+/// one towards the app or the remote sidecar); a quarter of the limit (16 to 256) stays free for
+/// the admin listener, files and the issuers' clients, so probes are answered and files read
+/// however many connections the data listeners hold.
+pub fn fit_connection_cap(configured: usize, data_listeners: usize) -> usize {
+    let soft = match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => soft,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the file-descriptor limit; keeping limits.max_connections");
+            return configured;
+        }
+    };
+    let reserve = (soft / 4).clamp(16, 256);
+    let per_listener = soft.saturating_sub(reserve) / (2 * data_listeners.max(1) as u64);
+    let cap = usize::try_from(per_listener).unwrap_or(usize::MAX).max(1);
+    if cap < configured {
+        tracing::warn!(
+            file_descriptor_limit = soft,
+            configured,
+            cap,
+            "limits.max_connections does not fit under the file-descriptor limit; each listener takes at most `cap` connections"
+        );
+        cap
+    } else {
+        configured
     }
 }
 

@@ -273,3 +273,96 @@ async fn a_deleted_audit_file_is_noticed_reopened_and_recorded() {
         "{stdout}"
     );
 }
+
+/// Started with only 64 file descriptors (`ulimit -n 64`) and the default 4,096-connection cap, a
+/// sidecar caps its listener to fit, so 80 connections held open leave `/live` and `/ready`
+/// answering at once and the held connections usable; the excess is closed at accept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_answer_when_the_data_listener_holds_all_it_can() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let app = server.app.addr;
+    let web_dir = server
+        .pki
+        .workload("web-fds", &server.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    let client = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
+    server.vakt.shutdown().await;
+    let (inbound, admin) = (free_port(), free_port());
+    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
+        .replace("127.0.0.1:0", &admin.to_string())
+        + &format!(
+            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
+            dir.join("policy.yaml").display()
+        );
+    let config = dir.join("fds.yaml");
+    std::fs::write(&config, yaml).unwrap();
+    let stderr = dir.join("fds.stderr");
+    let child = tokio::process::Command::new("bash")
+        .args([
+            "-c",
+            "ulimit -n 64 && exec \"$0\" run --config \"$1\"",
+            env!("CARGO_BIN_EXE_vakt"),
+        ])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(
+            std::fs::File::create(&stderr).unwrap(),
+        ))
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut child = Process {
+        child,
+        stdout: dir.join("fds.stdout"),
+        stderr: stderr.clone(),
+        admin,
+    };
+    wait_ready(&child).await;
+    assert_eq!(
+        lines_with(&stderr, "does not fit under the file-descriptor limit"),
+        1
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
+
+    let mut held = Vec::new();
+    let mut refused = 0;
+    let started = std::time::Instant::now();
+    for _ in 0..80 {
+        match tokio::time::timeout(Duration::from_secs(3), mtls_connect(addr, client.clone())).await
+        {
+            Ok(Ok(tls)) => held.push(tls),
+            _ => refused += 1,
+        }
+    }
+    assert!(refused > 0, "all 80 accepted under a 64-descriptor limit");
+    // The excess is closed at accept, not left waiting for descriptors (each wait ran into the
+    // 3 s client timeout before).
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?} for 80 connections: the excess was not refused at once",
+        started.elapsed()
+    );
+    for probe in ["/live", "/ready"] {
+        let answered = tokio::time::timeout(
+            Duration::from_secs(2),
+            plain_send(admin, get(probe, "admin")),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{probe} did not answer with the listener full"));
+        assert_eq!(answered.status(), 200, "{probe}");
+    }
+    // A held connection still serves a request.
+    let tls = held.pop().unwrap();
+    assert_eq!(
+        h1_send(tls, get("/x", "orders.shop"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    drop(held);
+    stop(&mut child).await;
+}
