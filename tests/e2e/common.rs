@@ -214,3 +214,59 @@ pub async fn stop(p: &mut Process) {
         .unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+/// The orders workload of a test server, for `vakt run` children: the in-process sidecar is shut
+/// down, its files (certificates, policy, chain key) and the app stay, and the web peer's client
+/// configs are made.
+pub struct ChildWorkload {
+    pub pki: vakt::dev::mesh::DevPki,
+    pub app: vakt::dev::mesh::EchoApp,
+    pub id: String,
+    pub dir: std::path::PathBuf,
+    /// The web peer over HTTP/1.1 and over HTTP/2.
+    pub web_h1: std::sync::Arc<rustls::ClientConfig>,
+    pub web_h2: std::sync::Arc<rustls::ClientConfig>,
+}
+
+impl ChildWorkload {
+    /// `client` names the web peer's own directory of certificates.
+    pub async fn new(client: &str) -> Self {
+        let server = server(&["web"], "").await;
+        let web_dir = server
+            .pki
+            .workload(client, &server.pki.spiffe_id("shop", "web"))
+            .unwrap();
+        let web_h1 = raw_client_config(Some(&web_dir), &server.dir, &server.id, &[b"http/1.1"]);
+        let web_h2 = raw_client_config(Some(&web_dir), &server.dir, &server.id, &[b"h2"]);
+        let Server {
+            pki,
+            app,
+            vakt,
+            id,
+            dir,
+        } = server;
+        vakt.shutdown().await;
+        Self {
+            pki,
+            app,
+            id,
+            dir,
+            web_h1,
+            web_h2,
+        }
+    }
+
+    /// A child's config on fresh loopback ports, in front of the app: (YAML, inbound, admin).
+    pub fn child_config(&self) -> (String, std::net::SocketAddr, std::net::SocketAddr) {
+        let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let yaml = vakt::dev::mesh::base_config_yaml(&self.dir, TD)
+            .replace("127.0.0.1:0", &admin.to_string())
+            + &format!(
+                "inbound:\n  listen: {inbound}\n  app: {}\n  policy: {}\n",
+                self.app.addr,
+                self.dir.join("policy.yaml").display()
+            );
+        (yaml, inbound, admin)
+    }
+}

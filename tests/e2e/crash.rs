@@ -106,39 +106,22 @@ async fn client(
 
 /// Start a `vakt run` child with `fsync`, load it for `load`, `kill -9` it, read its trail.
 async fn crash_round(fsync: &str, load: Duration) -> Round {
-    let server = server(&["web"], "").await;
-    let dir = server.dir.clone();
-    let app = server.app.addr;
-    let web_dir = server
-        .pki
-        .workload("web-crash", &server.pki.spiffe_id("shop", "web"))
-        .unwrap();
-    let h1 = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
-    let h2 = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"h2"]);
-    server.vakt.shutdown().await;
+    let workload = ChildWorkload::new("web-crash").await;
+    let (dir, h1, h2) = (&workload.dir, &workload.web_h1, &workload.web_h2);
     let audit = dir.join("audit.log");
     std::fs::remove_file(&audit).ok();
-
-    let (inbound, admin) = (free_port(), free_port());
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
-        .replace("127.0.0.1:0", &admin.to_string())
-        .replace("    fsync: never\n", &format!("    fsync: {fsync}\n"))
-        + &format!(
-            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
-            dir.join("policy.yaml").display()
-        );
+    let (yaml, addr, admin) = workload.child_config();
+    let yaml = yaml.replace("    fsync: never\n", &format!("    fsync: {fsync}\n"));
     // A slow disk: events wait ~20 ms to be written, so a kill finds some unwritten.
     let delay = std::env::var("VAKT_CRASH_WRITE_DELAY_MS").unwrap_or_else(|_| "20".into());
     let mut child = spawn_vakt_with_env(
         "crash",
-        &dir,
+        dir,
         &yaml,
         admin,
         &[("VAKT_TEST_AUDIT_WRITE_DELAY_MS", &delay)],
     );
     wait_ready(&child).await;
-    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
 
     let received = Arc::new(Mutex::new(Vec::new()));
     let clients: Vec<_> = (0..CLIENTS)
@@ -253,23 +236,11 @@ async fn kill_9_with_fsync_never_loses_only_the_last_moments() {
 /// would be missed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fsync_always_the_event_is_on_disk_when_the_response_arrives() {
-    let server = server(&["web"], "").await;
-    let dir = server.dir.clone();
-    let app = server.app.addr;
-    let web_dir = server
-        .pki
-        .workload("web-held", &server.pki.spiffe_id("shop", "web"))
-        .unwrap();
-    let h1 = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
-    let h2 = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"h2"]);
-    server.vakt.shutdown().await;
+    let workload = ChildWorkload::new("web-held").await;
+    let (dir, h1, h2) = (&workload.dir, &workload.web_h1, &workload.web_h2);
     let audit = dir.join("audit.log");
-    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
-        .replace("    fsync: never\n", "    fsync: always\n")
-        + &format!(
-            "inbound:\n  listen: 127.0.0.1:0\n  app: {app}\n  policy: {}\n",
-            dir.join("policy.yaml").display()
-        );
+    let (yaml, _, _) = workload.child_config();
+    let yaml = yaml.replace("    fsync: never\n", "    fsync: always\n");
     let vakt = vakt::app::App::start_with_slow_audit_sink(
         vakt::config::Config::from_yaml(&yaml).unwrap(),
         Duration::from_millis(150),

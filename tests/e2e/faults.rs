@@ -31,20 +31,11 @@ fn lines_with(path: &std::path::Path, needle: &str) -> usize {
 /// it stays. The periodic re-read runs every second here.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unchanged_files_are_not_reloaded_and_a_broken_version_is_reported_once() {
-    let server = server(&["web"], "").await;
-    let dir = server.dir.clone();
-    let app = server.app.addr;
-    server.vakt.shutdown().await;
-    let (inbound, admin) = (free_port(), free_port());
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
+    let workload = ChildWorkload::new("web-reloads").await;
+    let dir = &workload.dir;
     let policy = dir.join("policy.yaml");
-    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
-        .replace("127.0.0.1:0", &admin.to_string())
-        + &format!(
-            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
-            policy.display()
-        );
-    let mut child = spawn_vakt("faults", &dir, &yaml, admin);
+    let (yaml, _, admin) = workload.child_config();
+    let mut child = spawn_vakt("faults", dir, &yaml, admin);
     wait_ready(&child).await;
 
     // Idle: nothing is reloaded or rejected, and the certificates are not even parsed again.
@@ -97,20 +88,11 @@ async fn unchanged_files_are_not_reloaded_and_a_broken_version_is_reported_once(
 /// with counts, not one or two per refused request.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_logs() {
-    let server = server(&["web"], "").await;
-    let dir = server.dir.clone();
-    let app = server.app.addr;
-    let web_dir = server
-        .pki
-        .workload("web-faults", &server.pki.spiffe_id("shop", "web"))
-        .unwrap();
-    let client = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
-    server.vakt.shutdown().await;
+    let workload = ChildWorkload::new("web-faults").await;
+    let (dir, client) = (&workload.dir, workload.web_h1.clone());
     let blocked = dir.join("audit-small.log.1");
-    let (inbound, admin) = (free_port(), free_port());
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
-        .replace("127.0.0.1:0", &admin.to_string())
+    let (yaml, addr, admin) = workload.child_config();
+    let yaml = yaml
         .replace(
             &format!("    path: {}\n", dir.join("audit.log").display()),
             &format!(
@@ -118,14 +100,9 @@ async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_log
                 dir.join("audit-small.log").display()
             ),
         )
-        .replace("audit:\n", "audit:\n  on_audit_failure: deny\n")
-        + &format!(
-            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
-            dir.join("policy.yaml").display()
-        );
-    let mut child = spawn_vakt_with_env("sink", &dir, &yaml, admin, &[("RUST_LOG", "info")]);
+        .replace("audit:\n", "audit:\n  on_audit_failure: deny\n");
+    let mut child = spawn_vakt_with_env("sink", dir, &yaml, admin, &[("RUST_LOG", "info")]);
     wait_ready(&child).await;
-    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
     // The first rotation's target becomes a non-empty directory: rotation, and so the sink,
     // fails after 4 KiB of events.
     std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
@@ -175,29 +152,14 @@ async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_log
 /// loses nothing written after it noticed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deleted_audit_file_is_noticed_reopened_and_recorded() {
-    let server = server(&["web"], "").await;
-    let dir = server.dir.clone();
-    let app = server.app.addr;
-    let web_dir = server
-        .pki
-        .workload("web-deleted", &server.pki.spiffe_id("shop", "web"))
-        .unwrap();
-    let client = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
-    server.vakt.shutdown().await;
+    let workload = ChildWorkload::new("web-deleted").await;
+    let (dir, client) = (&workload.dir, workload.web_h1.clone());
     let audit = dir.join("audit.log");
     std::fs::remove_file(&audit).ok();
     std::fs::remove_file(dir.join(vakt::dev::mesh::DEV_CHECKPOINT_FILE)).ok();
-    let (inbound, admin) = (free_port(), free_port());
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
-        .replace("127.0.0.1:0", &admin.to_string())
-        + &format!(
-            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
-            dir.join("policy.yaml").display()
-        );
-    let mut child = spawn_vakt("deleted", &dir, &yaml, admin);
+    let (yaml, addr, admin) = workload.child_config();
+    let mut child = spawn_vakt("deleted", dir, &yaml, admin);
     wait_ready(&child).await;
-    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
     for _ in 0..20 {
         assert_eq!(
             attempt(addr, client.clone()).await,
@@ -279,23 +241,9 @@ async fn a_deleted_audit_file_is_noticed_reopened_and_recorded() {
 /// answering at once and the held connections usable; the excess is closed at accept.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probes_answer_when_the_data_listener_holds_all_it_can() {
-    let server = server(&["web"], "").await;
-    let dir = server.dir.clone();
-    let app = server.app.addr;
-    let web_dir = server
-        .pki
-        .workload("web-fds", &server.pki.spiffe_id("shop", "web"))
-        .unwrap();
-    let client = raw_client_config(Some(&web_dir), &dir, &server.id, &[b"http/1.1"]);
-    server.vakt.shutdown().await;
-    let (inbound, admin) = (free_port(), free_port());
-    let admin: SocketAddr = format!("127.0.0.1:{admin}").parse().unwrap();
-    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
-        .replace("127.0.0.1:0", &admin.to_string())
-        + &format!(
-            "inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {app}\n  policy: {}\n",
-            dir.join("policy.yaml").display()
-        );
+    let workload = ChildWorkload::new("web-fds").await;
+    let (dir, client) = (&workload.dir, workload.web_h1.clone());
+    let (yaml, addr, admin) = workload.child_config();
     let config = dir.join("fds.yaml");
     std::fs::write(&config, yaml).unwrap();
     let stderr = dir.join("fds.stderr");
@@ -325,7 +273,6 @@ async fn probes_answer_when_the_data_listener_holds_all_it_can() {
         lines_with(&stderr, "does not fit under the file-descriptor limit"),
         1
     );
-    let addr: SocketAddr = format!("127.0.0.1:{inbound}").parse().unwrap();
 
     let mut held = Vec::new();
     let mut refused = 0;
