@@ -108,6 +108,7 @@ async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_log
     std::fs::create_dir_all(blocked.join("in-the-way")).unwrap();
 
     // Requests until the sink fails, then 300 more, all refused.
+    let refusing_from = std::time::Instant::now();
     let mut refused = 0;
     for _ in 0..2_000 {
         match attempt(addr, client.clone()).await {
@@ -126,6 +127,11 @@ async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_log
     assert!(why.contains("audit sink writing"), "{why}");
     let log = std::fs::read_to_string(&child.stderr).unwrap();
     let lines = log.lines().count();
+    eprintln!(
+        "failing audit sink: {} log bytes ({lines} lines) over {:?} and 300 refused requests",
+        log.len(),
+        refusing_from.elapsed()
+    );
     assert!(
         lines < 40,
         "{lines} log lines for 300 refused requests:\n{log}"
@@ -311,5 +317,74 @@ async fn probes_answer_when_the_data_listener_holds_all_it_can() {
         200
     );
     drop(held);
+    stop(&mut child).await;
+}
+
+/// The long version (`benches/faults-long`, not in CI): 10,000 connections that never send a
+/// byte against a sidecar with the default limits. Prints the sidecar's peak RSS, `/live`
+/// latency while they are held, and how many vakt closed within the handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by benches/faults-long"]
+async fn long_ten_thousand_silent_connections() {
+    let workload = ChildWorkload::new("web-long").await;
+    let (yaml, addr, admin) = workload.child_config();
+    let mut child =
+        spawn_vakt_with_env("long", &workload.dir, &yaml, admin, &[("RUST_LOG", "warn")]);
+    wait_ready(&child).await;
+    let pid = child.child.id().unwrap();
+    let rss_kib = || {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    let idle_rss = rss_kib();
+    let started = std::time::Instant::now();
+    let mut silent = Vec::new();
+    for _ in 0..10_000 {
+        if let Ok(Ok(tcp)) =
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr)).await
+        {
+            silent.push(tcp);
+        }
+    }
+    let opened = silent.len();
+    let mut live = Vec::new();
+    for _ in 0..20 {
+        let t = std::time::Instant::now();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            plain_send(admin, get("/live", "admin")),
+        )
+        .await
+        .expect("/live answered");
+        assert_eq!(r.status(), 200);
+        live.push(t.elapsed());
+    }
+    live.sort();
+    let peak_rss = rss_kib();
+    // After the 10 s handshake timeout every silent connection is closed by vakt.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let mut closed = 0;
+    for tcp in &silent {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(1), tcp.peek(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    eprintln!(
+        "10,000 silent connections: {opened} opened in {:?}; sidecar RSS {} MB idle, {} MB with them held; /live median {:?}, max {:?}; {closed} of {opened} closed by vakt 12 s later",
+        started.elapsed(),
+        idle_rss / 1024,
+        peak_rss / 1024,
+        live[live.len() / 2],
+        live[live.len() - 1],
+    );
+    assert!(live[live.len() - 1] < Duration::from_secs(1));
+    drop(silent);
     stop(&mut child).await;
 }
