@@ -263,8 +263,12 @@ impl IssuerKeys {
         }
         let may_fetch = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH_INTERVAL);
         if !may_fetch {
-            // No fetch has looked for this kid: it may be a key published a moment ago.
-            return Err(super::TokenError::UnknownKeyPending);
+            return Err(match self.lookup(kid) {
+                // No keys at all (the issuer has not answered yet).
+                KeyLookup::Unavailable => super::TokenError::KeysUnavailable,
+                // No fetch has looked for this kid: it may be a key published a moment ago.
+                _ => super::TokenError::UnknownKeyPending,
+            });
         }
         *last = Some(Instant::now());
         let fetched = self.refresh("unknown_kid").await;

@@ -772,6 +772,12 @@ async fn issuer_down_at_start_means_not_ready_and_refused_then_cached_keys_survi
         (status, error_code(&body).as_str()),
         (503, "keys_unavailable")
     );
+    // Asked again while the refetch is held back: still no keys at all, not a pending kid.
+    let (status, _, body) = send(&s, "GET", &path, &[&format!("Bearer {t}")]).await;
+    assert_eq!(
+        (status, error_code(&body).as_str()),
+        (503, "keys_unavailable")
+    );
     assert!(s.app.seen().is_empty());
 
     s.idp.set_down(false);
