@@ -224,18 +224,15 @@ impl Body for Counted {
             },
             Poll::Pending => {}
         }
-        if let Poll::Ready(Some(Ok(frame))) = &polled
-            && self.completes(Some(frame))
-        {
-            let Poll::Ready(Some(Ok(frame))) = polled else {
-                unreachable!("matched just above")
-            };
-            return match self.hold_back(Some(frame)) {
-                Some(now) => Poll::Ready(now),
-                None => self.poll_frame(cx),
-            };
+        match polled {
+            Poll::Ready(Some(Ok(frame))) if self.completes(Some(&frame)) => {
+                match self.hold_back(Some(frame)) {
+                    Some(now) => Poll::Ready(now),
+                    None => self.poll_frame(cx),
+                }
+            }
+            other => other,
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {
