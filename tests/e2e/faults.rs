@@ -291,8 +291,8 @@ async fn probes_answer_when_the_data_listener_holds_all_it_can() {
         }
     }
     assert!(refused > 0, "all 80 accepted under a 64-descriptor limit");
-    // The excess is closed at accept, not left waiting for descriptors (each wait ran into the
-    // 3 s client timeout before).
+    // The excess is closed at accept, not left waiting for a descriptor until the client
+    // gives up.
     assert!(
         started.elapsed() < Duration::from_secs(3),
         "{:?} for 80 connections: the excess was not refused at once",

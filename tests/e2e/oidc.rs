@@ -739,8 +739,8 @@ async fn a_bogus_kid_does_not_delay_a_rotation_beyond_the_refetch_interval() {
 }
 
 /// A sidecar started while its issuer is down finds it back within seconds once it returns,
-/// however long the outage was: while it has no keys it retries at least every ~2 s (a doubling
-/// backoff had reached 16 s after a 16 s outage).
+/// however long the outage was: while it has no keys it retries at least every ~2 s, rather than
+/// on a doubling backoff that a long outage would stretch to a minute.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sidecar_started_during_an_issuer_outage_is_ready_seconds_after_it_ends() {
     let s = setup_with(true).await;
