@@ -65,6 +65,7 @@ fn principal(rt: &tokio::runtime::Runtime) -> Arc<Principal> {
         .now_or_never()
         .expect("keys are loaded")
         .expect("valid token")
+        .1
 }
 
 /// What the inner stages learnt of an allowed request (decision record, canonical path,

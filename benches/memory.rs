@@ -60,6 +60,7 @@ fn main() {
                 .now_or_never()
                 .expect("keys known: no await")
                 .expect("valid token")
+                .1
         })
         .collect();
     bytes_per_token("verified-token cache, principals as verified", before);

@@ -44,6 +44,11 @@ pub enum StartError {
     Pseudonym(#[from] PseudonymError),
     #[error("oidc client: {0}")]
     Oidc(std::io::Error),
+    #[error("oidc.dpop.nonce_secret_file {path}: {reason}")]
+    NonceSecret {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("audit sink: {0}")]
     Audit(#[from] SinkError),
     #[error("audit chain key: {0}")]
@@ -183,7 +188,22 @@ impl App {
                 readiness.add_condition("signing keys of every issuer loaded", move || {
                     ready_keys.iter().all(|k| k.is_ready())
                 });
-                Some(Arc::new(Verifier::new(issuers, oidc)))
+                let mut verifier = Verifier::new(issuers, oidc);
+                if let Some(path) = &oidc.dpop.nonce_secret_file {
+                    let fail = |reason: String| StartError::NonceSecret {
+                        path: path.clone(),
+                        reason,
+                    };
+                    let secret = std::fs::read(path).map_err(|e| fail(e.to_string()))?;
+                    if secret.len() < 32 {
+                        return Err(fail(format!(
+                            "{} bytes; at least 32 are needed",
+                            secret.len()
+                        )));
+                    }
+                    verifier = verifier.with_nonce_secret(oidc, &secret);
+                }
+                Some(Arc::new(verifier))
             }
         };
         let mut inbound_addr = None;

@@ -234,6 +234,10 @@ impl Config {
                     .flat_map(|o| o.issuers.iter().map(|i| i.issuer.clone()))
                     .collect(),
             ),
+            dpop_public_url: self.oidc.as_ref().map(|o| {
+                !o.dpop.public_url.is_empty()
+                    || o.issuers.iter().any(|i| !i.dpop.public_url.is_empty())
+            }),
         }
     }
 
@@ -280,6 +284,10 @@ impl Config {
         let audit = self.audit.file.as_mut().map(|f| &mut f.path);
         let chain_key = self.audit.chain_key.as_mut().map(|k| &mut k.key_file);
         let checkpoints = self.audit.checkpoint_file.as_mut();
+        let nonce_secret = self
+            .oidc
+            .as_mut()
+            .and_then(|o| o.dpop.nonce_secret_file.as_mut());
         let federation = self.identity.federation.iter_mut().map(|f| &mut f.bundle);
         for p in [
             &mut self.identity.cert,
@@ -293,6 +301,7 @@ impl Config {
         .chain(audit)
         .chain(chain_key)
         .chain(checkpoints)
+        .chain(nonce_secret)
         {
             if p.is_relative() {
                 *p = base.join(&*p);

@@ -12,6 +12,7 @@ use http::{Response, StatusCode};
 
 use crate::audit::fields::Outcome;
 use crate::authn::TokenError;
+use crate::authn::dpop::SUPPORTED_PROOF_ALGS;
 use crate::body::{ProxyBody, full};
 use crate::hygiene::host::HostError;
 use crate::hygiene::path::PathError;
@@ -108,10 +109,14 @@ impl DenyReason {
             | Self::InvalidHost(_)
             | Self::InvalidHeaderName
             | Self::MissingDestination => StatusCode::BAD_REQUEST,
-            Self::Token(TokenError::KeysUnavailable | TokenError::UnknownKeyPending) => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            Self::Token(_) | Self::StepUp { .. } | Self::Policy(Reason::TokenRequired) => {
+            Self::Token(
+                TokenError::KeysUnavailable
+                | TokenError::UnknownKeyPending
+                | TokenError::DpopReplayCacheFull,
+            ) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Token(_)
+            | Self::StepUp { .. }
+            | Self::Policy(Reason::TokenRequired | Reason::DpopRequired) => {
                 StatusCode::UNAUTHORIZED
             }
             Self::Policy(Reason::MethodNotAllowed) => StatusCode::METHOD_NOT_ALLOWED,
@@ -167,6 +172,9 @@ impl DenyReason {
             Self::NoPeerIdentity => "no verified peer identity".into(),
             // Deliberately vague: the caller learns the reason code, not the policy.
             Self::Policy(Reason::TokenRequired) => "an access token is required".into(),
+            Self::Policy(Reason::DpopRequired) => {
+                "this route needs a DPoP-bound access token with its proof".into()
+            }
             Self::Policy(Reason::MethodNotAllowed) => {
                 "the route does not accept this method (see Allow)".into()
             }
@@ -177,6 +185,13 @@ impl DenyReason {
             Self::Token(TokenError::UnknownKeyPending) => {
                 "the token's signing key is not known yet; retry shortly (see Retry-After)".into()
             }
+            Self::Token(TokenError::DpopReplayCacheFull) => {
+                "DPoP proofs cannot be checked for replay right now; retry shortly".into()
+            }
+            Self::Token(TokenError::DpopNonceRequired | TokenError::DpopNonceInvalid) => {
+                "the DPoP proof needs the nonce in the DPoP-Nonce header".into()
+            }
+
             // No detail that helps an attacker: the code says which check failed.
             Self::Token(_) => "the access token was refused".into(),
             Self::StepUp { .. } => "a stronger or more recent authentication is required".into(),
@@ -219,11 +234,18 @@ impl DenyReason {
     /// The `WWW-Authenticate` challenge (RFC 6750, RFC 9470) for token-related answers.
     fn www_authenticate(&self) -> Option<HeaderValue> {
         let value = match self {
-            Self::Token(TokenError::KeysUnavailable | TokenError::UnknownKeyPending) => {
+            Self::Token(
+                TokenError::KeysUnavailable
+                | TokenError::UnknownKeyPending
+                | TokenError::DpopReplayCacheFull,
+            ) => {
                 return None;
             }
             Self::Token(_) => r#"Bearer realm="vakt", error="invalid_token""#.to_owned(),
             Self::Policy(Reason::TokenRequired) => r#"Bearer realm="vakt""#.to_owned(),
+            Self::Policy(Reason::DpopRequired) => {
+                format!(r#"DPoP realm="vakt", algs="{SUPPORTED_PROOF_ALGS}""#)
+            }
             Self::Policy(Reason::InsufficientScope) => {
                 r#"Bearer realm="vakt", error="insufficient_scope""#.to_owned()
             }
@@ -276,6 +298,7 @@ impl DenyReason {
             Self::Token(TokenError::UnknownKeyPending) => {
                 Some(crate::authn::jwks::UNKNOWN_KEY_RETRY_AFTER_SECS)
             }
+            Self::Token(TokenError::DpopReplayCacheFull) => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

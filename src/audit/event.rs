@@ -109,6 +109,9 @@ pub struct AuditEvent {
     /// Token client id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub client_id: Option<Label>,
+    /// The RFC 7638 thumbprint of the DPoP proof key the token is bound to (`cnf.jkt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dpop_jkt: Option<Label>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_pseudonym: Option<Pseudonym>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -159,6 +162,7 @@ impl AuditEvent {
             peer: None,
             issuer: None,
             client_id: None,
+            dpop_jkt: None,
             subject_pseudonym: None,
             national_id_pseudonym: None,
             loa: None,
@@ -333,6 +337,7 @@ mod tests {
         e.peer = Some(Text::new("spiffe://cluster.local/ns/records/sa/web").unwrap());
         e.issuer = Some(Text::new("https://helseid.example/").unwrap());
         e.client_id = Some(Label::new("a1b2c3d4-records-web").unwrap());
+        e.dpop_jkt = Some(Label::new("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I").unwrap());
         e.set_subject(&p, "subject-123");
         e.set_national_id(&p, "12345678901");
         e.loa = Some(Label::new("high").unwrap());
@@ -842,7 +847,7 @@ mod tests {
             .keys()
             .cloned()
             .collect();
-        assert_eq!(keys.len(), 31);
+        assert_eq!(keys.len(), 32);
         for key in &keys {
             let mut v = serde_json::to_value(&minimal).unwrap();
             v[key.as_str()] = serde_json::to_value(&full).unwrap()[key.as_str()].clone();

@@ -59,6 +59,7 @@ impl AuditEvent {
         opt_string(out, key!("peer"), text(&self.peer));
         opt_string(out, key!("issuer"), text(&self.issuer));
         opt_string(out, key!("client_id"), label(&self.client_id));
+        opt_string(out, key!("dpop_jkt"), label(&self.dpop_jkt));
         let subject = pseudonym(&self.subject_pseudonym);
         opt_string(out, key!("subject_pseudonym"), subject);
         let national_id = pseudonym(&self.national_id_pseudonym);

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::assurance::Profile;
+use super::dpop::{DpopConfig, IssuerDpop};
 use crate::serde_helpers::de_duration;
 
 /// Signature algorithms vakt can accept. `none` and HMAC never.
@@ -113,6 +114,9 @@ pub struct IssuerConfig {
     /// Development only: allow `http://` for an issuer on a loopback address.
     #[serde(default)]
     pub allow_insecure_loopback: bool,
+    /// Sender-constrained (DPoP) tokens from this issuer.
+    #[serde(default)]
+    pub dpop: IssuerDpop,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +137,9 @@ pub struct OidcConfig {
     /// Larger `Authorization` values are refused.
     #[serde(default = "defaults::max_token_bytes")]
     pub max_token_bytes: usize,
+    /// How DPoP proofs are checked: the public URL, window, replay cache and nonces.
+    #[serde(default)]
+    pub dpop: DpopConfig,
 }
 
 mod defaults {
@@ -221,6 +228,16 @@ impl OidcConfig {
             if self.issuers[..i].iter().any(|o| o.issuer == issuer.issuer) {
                 return Err((format!("{at}.issuer"), "listed twice".into()));
             }
+            issuer.dpop.validate(&at)?;
+            if issuer.dpop.required(issuer.profile)
+                && issuer.dpop.public_url.is_empty()
+                && self.dpop.public_url.is_empty()
+            {
+                return Err((
+                    format!("{at}.dpop"),
+                    "DPoP is required (the default for profile helseid) but no public URL is known to check proofs' htu against; set oidc.dpop.public_url (or this issuer's dpop.public_url), or dpop.required: false".into(),
+                ));
+            }
         }
         if self.jwks_refresh_min > self.jwks_refresh_max || self.jwks_refresh_min.is_zero() {
             return Err((
@@ -234,6 +251,7 @@ impl OidcConfig {
                 "must be at least 1".into(),
             ));
         }
+        self.dpop.validate()?;
         if !(1024..=65536).contains(&self.max_token_bytes) {
             return Err((
                 "oidc.max_token_bytes".into(),

@@ -55,6 +55,56 @@ pub enum TokenError {
     /// allowed yet: retryable, since the issuer may have just rotated.
     #[error("no key with this kid yet; the key set is refetched shortly")]
     UnknownKeyPending,
+    #[error("this issuer's tokens must be sender-constrained (DPoP), not Bearer")]
+    DpopRequired,
+    #[error("DPoP token without a DPoP proof")]
+    DpopProofMissing,
+    #[error("more than one DPoP proof")]
+    DpopMultipleProofs,
+    #[error("DPoP proof without a DPoP access token")]
+    DpopProofWithoutToken,
+    #[error("DPoP scheme with a token that is not bound to a key (no cnf.jkt)")]
+    DpopTokenNotBound,
+    #[error("DPoP proof is not a compact JWS of JSON objects")]
+    DpopMalformed,
+    #[error("DPoP proof typ is not dpop+jwt")]
+    DpopWrongType,
+    #[error("DPoP proof algorithm not allowed")]
+    DpopAlgNotAllowed,
+    #[error("DPoP proof header has a parameter that is not allowed")]
+    DpopHeaderNotAllowed,
+    #[error("DPoP proof jwk missing or not a usable public key")]
+    DpopBadKey,
+    #[error("DPoP proof jwk holds private or symmetric key material")]
+    DpopPrivateKey,
+    #[error("DPoP proof key does not fit the algorithm")]
+    DpopKeyAlgMismatch,
+    #[error("DPoP proof signature does not verify")]
+    DpopBadSignature,
+    #[error("DPoP proof misses jti, htm, htu, iat or ath")]
+    DpopMissingClaim,
+    #[error("DPoP proof htm is not the request method")]
+    DpopWrongMethod,
+    #[error("DPoP proof htu is not the URI of this request")]
+    DpopWrongUri,
+    #[error("no public URL configured to check DPoP proofs against")]
+    DpopPublicUrlUnknown,
+    #[error("DPoP proof too old")]
+    DpopProofExpired,
+    #[error("DPoP proof issued in the future")]
+    DpopProofInFuture,
+    #[error("DPoP proof ath does not hash this access token")]
+    DpopWrongAth,
+    #[error("DPoP proof key is not the key the token is bound to (cnf.jkt)")]
+    DpopKeyMismatch,
+    #[error("DPoP proof replayed")]
+    DpopReplayed,
+    #[error("DPoP replay cache full")]
+    DpopReplayCacheFull,
+    #[error("DPoP proof needs a nonce")]
+    DpopNonceRequired,
+    #[error("DPoP proof nonce unknown or expired")]
+    DpopNonceInvalid,
 }
 
 impl TokenError {
@@ -85,6 +135,72 @@ impl TokenError {
             Self::MissingClaim => "missing_claim",
             Self::KeysUnavailable => "keys_unavailable",
             Self::UnknownKeyPending => "unknown_key_pending",
+            Self::DpopRequired => "dpop_required",
+            Self::DpopProofMissing => "dpop_proof_missing",
+            Self::DpopMultipleProofs => "dpop_multiple_proofs",
+            Self::DpopProofWithoutToken => "dpop_proof_without_token",
+            Self::DpopTokenNotBound => "dpop_token_not_bound",
+            Self::DpopMalformed => "dpop_malformed_proof",
+            Self::DpopWrongType => "dpop_wrong_type",
+            Self::DpopAlgNotAllowed => "dpop_alg_not_allowed",
+            Self::DpopHeaderNotAllowed => "dpop_header_not_allowed",
+            Self::DpopBadKey => "dpop_bad_key",
+            Self::DpopPrivateKey => "dpop_private_key",
+            Self::DpopKeyAlgMismatch => "dpop_key_alg_mismatch",
+            Self::DpopBadSignature => "dpop_bad_signature",
+            Self::DpopMissingClaim => "dpop_missing_claim",
+            Self::DpopWrongMethod => "dpop_wrong_method",
+            Self::DpopWrongUri => "dpop_wrong_uri",
+            Self::DpopPublicUrlUnknown => "dpop_public_url_unknown",
+            Self::DpopProofExpired => "dpop_proof_expired",
+            Self::DpopProofInFuture => "dpop_proof_in_future",
+            Self::DpopWrongAth => "dpop_wrong_ath",
+            Self::DpopKeyMismatch => "dpop_key_mismatch",
+            Self::DpopReplayed => "dpop_replayed",
+            Self::DpopReplayCacheFull => "dpop_replay_cache_full",
+            Self::DpopNonceRequired => "dpop_nonce_required",
+            Self::DpopNonceInvalid => "dpop_nonce_invalid",
         }
+    }
+
+    /// A refusal of the DPoP proof itself (`invalid_dpop_proof`), as opposed to the token.
+    pub fn is_proof_error(self) -> bool {
+        matches!(
+            self,
+            Self::DpopProofMissing
+                | Self::DpopMultipleProofs
+                | Self::DpopMalformed
+                | Self::DpopWrongType
+                | Self::DpopAlgNotAllowed
+                | Self::DpopHeaderNotAllowed
+                | Self::DpopBadKey
+                | Self::DpopPrivateKey
+                | Self::DpopKeyAlgMismatch
+                | Self::DpopBadSignature
+                | Self::DpopMissingClaim
+                | Self::DpopWrongMethod
+                | Self::DpopWrongUri
+                | Self::DpopPublicUrlUnknown
+                | Self::DpopProofExpired
+                | Self::DpopProofInFuture
+                | Self::DpopWrongAth
+                | Self::DpopKeyMismatch
+                | Self::DpopReplayed
+                | Self::DpopNonceRequired
+                | Self::DpopNonceInvalid
+        )
+    }
+
+    /// Refusals answered with a `DPoP` challenge: the proof's, and the token's when the client
+    /// should have used (or used) DPoP.
+    pub fn wants_dpop_challenge(self) -> bool {
+        self.is_proof_error()
+            || matches!(
+                self,
+                Self::DpopRequired
+                    | Self::DpopProofWithoutToken
+                    | Self::DpopTokenNotBound
+                    | Self::BoundToken
+            )
     }
 }

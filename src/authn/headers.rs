@@ -86,6 +86,9 @@ impl IdentityHeaders {
                 &mut std::iter::once(&**pseudonym),
             );
         }
+        if let Some(jkt) = &p.dpop_jkt {
+            put(IdentityHeader::DpopJkt, &mut std::iter::once(jkt.as_str()));
+        }
         RenderedIdentity {
             text: Bytes::copy_from_slice(&text),
             spans: spans.into_boxed_slice(),

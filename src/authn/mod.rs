@@ -7,6 +7,7 @@
 
 pub mod assurance;
 pub mod config;
+pub mod dpop;
 pub mod error;
 pub mod headers;
 pub mod http_client;

@@ -27,6 +27,9 @@ pub struct Principal {
     pub expires_at: i64,
     /// All claims as sent, for `claims` conditions.
     pub claims: Claims,
+    /// The RFC 7638 thumbprint of the key the token is bound to (`cnf.jkt`); a request with
+    /// such a principal passed the DPoP proof check with that key.
+    pub dpop_jkt: Option<String>,
     /// Pseudonyms of `subject` and `national_id`, made on first use and kept: the principal is
     /// cached with its token, so a request does not pay an HMAC per pseudonym (the audit event
     /// and the app's identity headers need the same ones). Tagged with the key id made under.

@@ -153,6 +153,7 @@ impl Profile {
             org_numbers: self.org_numbers(&claims),
             expires_at,
             claims: claims.into(),
+            dpop_jkt: None,
             pseudonyms: Default::default(),
             identity_headers: Default::default(),
             rate_limit_key: Default::default(),

@@ -16,9 +16,10 @@ pub(super) enum IdentityHeader {
     AuthTime,
     OrgNumber,
     NationalIdPseudonym,
+    DpopJkt,
 }
 
-pub(super) static IDENTITY_HEADER_NAMES: [HeaderName; 9] = [
+pub(super) static IDENTITY_HEADER_NAMES: [HeaderName; 10] = [
     HeaderName::from_static("x-vakt-issuer"),
     HeaderName::from_static("x-vakt-loa"),
     HeaderName::from_static("x-vakt-subject"),
@@ -28,6 +29,7 @@ pub(super) static IDENTITY_HEADER_NAMES: [HeaderName; 9] = [
     HeaderName::from_static("x-vakt-auth-time"),
     HeaderName::from_static("x-vakt-org-number"),
     HeaderName::from_static("x-vakt-national-id-pseudonym"),
+    HeaderName::from_static("x-vakt-dpop-jkt"),
 ];
 
 /// A principal's identity headers, rendered once and cached with it: every value's text in one

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use super::verify::{Verifier, extract_bearer};
+use super::TokenError;
+use super::dpop::{self, ProofContext};
+use super::verify::{Scheme, Verifier, extract_token};
 use crate::error::DenyReason;
 use crate::exchange;
 use crate::hygiene::RequestIds;
@@ -39,34 +41,124 @@ impl Stage for Authenticate {
     }
 }
 
+/// The `DPoP` request header (RFC 9449 §4.1).
+pub const DPOP: http::HeaderName = http::HeaderName::from_static("dpop");
+/// The `DPoP-Nonce` response header (RFC 9449 §8).
+pub const DPOP_NONCE: http::HeaderName = http::HeaderName::from_static("dpop-nonce");
+
+/// The caller's `DPoP` proof, taken off the request with its token and put back with it.
+#[derive(Clone)]
+pub struct OriginalDpopProof(pub HeaderValue);
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
 async fn authenticate(verifier: &Verifier, mut req: Req, next: Next) -> Resp {
-    let refuse = |req: &mut Req, issuer: &str, error: super::TokenError| {
+    let refuse = |req: &mut Req, issuer: &str, error: TokenError, dpop: bool| {
         metrics::counter!(m::AUTHN_FAILURES, "issuer" => issuer.to_owned(), "reason" => error.code())
                 .increment(1);
         tracing::info!(issuer, reason = error.code(), "access token refused");
         // The refused request's path stays on record (never the token).
         exchange::keep_target(req);
-        DenyReason::Token(error).into_response(req.extensions().get::<RequestIds>())
-    };
-    let verified = match extract_bearer(req.headers(), req.uri(), verifier.max_token_bytes) {
-        // Verified where it lies (no copy of the token).
-        Ok(Some(token)) => verifier.verify(token).await,
-        Ok(None) => return next.run(req).await,
-        Err(error) => return refuse(&mut req, "none", error),
-    };
-    match verified {
-        Ok(principal) => {
-            if let Some(original) = req.headers_mut().remove(http::header::AUTHORIZATION) {
-                req.extensions_mut().insert(OriginalAuthorization(original));
+        let mut response =
+            DenyReason::Token(error).into_response(req.extensions().get::<RequestIds>());
+        // A DPoP request, or one that should have been, is answered in DPoP's terms.
+        if response.status() == http::StatusCode::UNAUTHORIZED
+            && (dpop || error.wants_dpop_challenge())
+        {
+            let (challenge, with_nonce) = dpop::challenge(error, verifier.proof_algs());
+            if let Ok(value) = HeaderValue::from_str(&challenge) {
+                response
+                    .headers_mut()
+                    .insert(http::header::WWW_AUTHENTICATE, value);
             }
-            req.extensions_mut().insert(principal);
-            next.run(req).await
+            if with_nonce
+                && let Ok(value) =
+                    HeaderValue::from_str(&verifier.proofs().current_nonce(unix_now()))
+            {
+                response.headers_mut().insert(DPOP_NONCE, value);
+            }
         }
+        response
+    };
+    let presented = match extract_token(req.headers(), req.uri(), verifier.max_token_bytes) {
+        Ok(presented) => presented,
+        Err(error) => return refuse(&mut req, "none", error, false),
+    };
+    let mut proofs = req.headers().get_all(DPOP).iter();
+    let (proof, more_proofs) = (proofs.next(), proofs.next().is_some());
+    let Some((scheme, token)) = presented else {
+        if proof.is_some() {
+            return refuse(&mut req, "none", TokenError::DpopProofWithoutToken, true);
+        }
+        return next.run(req).await;
+    };
+    let dpop = scheme == Scheme::Dpop;
+    let shape = match (scheme, proof, more_proofs) {
+        (Scheme::Bearer, Some(_), _) => Err(TokenError::DpopProofWithoutToken),
+        (Scheme::Dpop, None, _) => Err(TokenError::DpopProofMissing),
+        (Scheme::Dpop, Some(_), true) => Err(TokenError::DpopMultipleProofs),
+        _ => Ok(()),
+    };
+    if let Err(error) = shape {
+        return refuse(&mut req, "none", error, true);
+    }
+    // Verified where it lies (no copy of the token).
+    let (issuer, principal) = match verifier.verify(token).await {
+        Ok(verified) => verified,
         Err((issuer, error)) => {
             let issuer = issuer
                 .map(|i| verifier.issuers()[i].config.issuer.clone())
                 .unwrap_or_else(|| "unknown".to_owned());
-            refuse(&mut req, &issuer, error)
+            return refuse(&mut req, &issuer, error, dpop);
         }
+    };
+    let rules = verifier.proof_rules(issuer);
+    let checked = match (scheme, principal.dpop_jkt.as_deref(), proof) {
+        (Scheme::Bearer, Some(_), _) => Err(TokenError::BoundToken),
+        (Scheme::Bearer, None, _) if rules.required => Err(TokenError::DpopRequired),
+        (Scheme::Bearer, None, _) => Ok(None),
+        (Scheme::Dpop, None, _) => Err(TokenError::DpopTokenNotBound),
+        (Scheme::Dpop, Some(jkt), Some(proof)) => proof
+            .to_str()
+            .ok()
+            .filter(|p| p.len() <= verifier.max_token_bytes)
+            .ok_or(TokenError::DpopMalformed)
+            .and_then(|proof| {
+                let request = ProofContext {
+                    method: req.method(),
+                    path: req.uri().path(),
+                    token,
+                    token_jkt: jkt,
+                    now: unix_now(),
+                };
+                verifier.proofs().check(proof, rules, &request)
+            })
+            .map(|accepted| accepted.next_nonce),
+        (Scheme::Dpop, Some(_), None) => Err(TokenError::DpopProofMissing),
+    };
+    let next_nonce = match checked {
+        Ok(next_nonce) => next_nonce,
+        Err(error) => {
+            let issuer = verifier.issuers()[issuer].config.issuer.clone();
+            return refuse(&mut req, &issuer, error, dpop);
+        }
+    };
+    if let Some(original) = req.headers_mut().remove(http::header::AUTHORIZATION) {
+        req.extensions_mut().insert(OriginalAuthorization(original));
     }
+    if let Some(proof) = req.headers_mut().remove(DPOP) {
+        req.extensions_mut().insert(OriginalDpopProof(proof));
+    }
+    req.extensions_mut().insert(principal);
+    let mut response = next.run(req).await;
+    // The proof used the previous nonce: here is the current one (RFC 9449 §8.2).
+    if let Some(value) = next_nonce.and_then(|n| HeaderValue::from_str(&n).ok()) {
+        response.headers_mut().insert(DPOP_NONCE, value);
+    }
+    response
 }

@@ -16,6 +16,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use http::{HeaderMap, Uri};
 use serde_json::Value;
 
+use super::dpop::{IssuerProofRules, ProofChecker};
 use super::jwks::{IssuerKeys, VerifyKey};
 use super::{Alg, OidcConfig, Principal, TokenError};
 use crate::metrics as m;
@@ -69,12 +70,20 @@ fn query_has_access_token(query: &str) -> bool {
     })
 }
 
-/// The bearer token of a request: `Ok(None)` when there is none.
-pub fn extract_bearer<'a>(
+/// How the client presented its access token (RFC 6750 §2.1, RFC 9449 §7.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scheme {
+    Bearer,
+    /// With a proof in the `DPoP` header.
+    Dpop,
+}
+
+/// The access token of a request and its scheme: `Ok(None)` when there is none.
+pub fn extract_token<'a>(
     headers: &'a HeaderMap,
     uri: &Uri,
     max_bytes: usize,
-) -> Result<Option<&'a str>, TokenError> {
+) -> Result<Option<(Scheme, &'a str)>, TokenError> {
     if uri.query().is_some_and(query_has_access_token) {
         return Err(TokenError::TokenInQuery);
     }
@@ -90,14 +99,18 @@ pub fn extract_bearer<'a>(
     }
     let value = value.to_str().map_err(|_| TokenError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(TokenError::NotBearer)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
+    let scheme = if scheme.eq_ignore_ascii_case("bearer") {
+        Scheme::Bearer
+    } else if scheme.eq_ignore_ascii_case("dpop") {
+        Scheme::Dpop
+    } else {
         return Err(TokenError::NotBearer);
-    }
+    };
     let token = token.trim_start_matches(' ');
     if token.is_empty() || token.contains(' ') {
         return Err(TokenError::Malformed);
     }
-    Ok(Some(token))
+    Ok(Some((scheme, token)))
 }
 
 /// The value of one base64url character, `None` outside the URL-safe alphabet.
@@ -115,7 +128,7 @@ fn sextet(c: u8) -> Option<u8> {
 /// Decode one JWS segment, accepting only its canonical form (RFC 7515 §2: URL-safe alphabet,
 /// no padding; RFC 4648 §3.5: the unused bits of the last character are zero), so a token has
 /// exactly one encoding and no decoder downstream can read it differently.
-fn decode_segment(part: &str) -> Result<Vec<u8>, TokenError> {
+pub(super) fn decode_segment(part: &str) -> Result<Vec<u8>, TokenError> {
     let bytes = part.as_bytes();
     let Some(&last) = bytes.last() else {
         return Err(TokenError::Malformed);
@@ -142,7 +155,7 @@ fn decode_segment(part: &str) -> Result<Vec<u8>, TokenError> {
 }
 
 /// A decoded header or payload as a JSON object without duplicate members.
-fn parse_object(bytes: &[u8]) -> Result<BTreeMap<String, Value>, TokenError> {
+pub(super) fn parse_object(bytes: &[u8]) -> Result<BTreeMap<String, Value>, TokenError> {
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let map = object_without_duplicates(&mut de).map_err(|e| {
         if e.to_string().contains("duplicate member") {
@@ -172,6 +185,11 @@ struct Cached {
 
 pub struct Verifier {
     issuers: Vec<Arc<IssuerKeys>>,
+    /// Each issuer's DPoP rules, by the issuer's index.
+    proof_rules: Vec<IssuerProofRules>,
+    proofs: ProofChecker,
+    /// The proof algorithms of every issuer, space-separated, for `DPoP` challenges.
+    proof_algs: String,
     cache: quick_cache::sync::Cache<[u8; 32], Arc<Cached>>,
     pub max_token_bytes: usize,
     /// `vakt_token_cache_lookups_total` for hits and misses, registered once.
@@ -182,8 +200,25 @@ pub struct Verifier {
 impl Verifier {
     /// Call after [`crate::metrics::install`]: the metric handles are registered here.
     pub fn new(issuers: Vec<Arc<IssuerKeys>>, config: &OidcConfig) -> Self {
+        let proof_rules = issuers
+            .iter()
+            .map(|i| IssuerProofRules::new(&i.config, &config.dpop))
+            .collect::<Vec<_>>();
+        let mut algs: Vec<Alg> = proof_rules
+            .iter()
+            .flat_map(|r| r.algorithms.iter().copied())
+            .collect();
+        algs.sort();
+        algs.dedup();
         Self {
             issuers,
+            proof_rules,
+            proofs: ProofChecker::new(&config.dpop, None),
+            proof_algs: algs
+                .iter()
+                .map(|a| a.as_str())
+                .collect::<Vec<_>>()
+                .join(" "),
             cache: quick_cache::sync::Cache::new(config.verified_token_cache),
             max_token_bytes: config.max_token_bytes,
             cache_hits: metrics::counter!(m::TOKEN_CACHE, "result" => "hit"),
@@ -191,12 +226,35 @@ impl Verifier {
         }
     }
 
+    /// Nonces made with this shared secret, so that replicas accept each other's.
+    pub fn with_nonce_secret(mut self, config: &OidcConfig, secret: &[u8]) -> Self {
+        self.proofs = ProofChecker::new(&config.dpop, Some(secret));
+        self
+    }
+
     pub fn issuers(&self) -> &[Arc<IssuerKeys>] {
         &self.issuers
     }
 
-    /// Verify `token` and map its claims to a principal.
-    pub async fn verify(&self, token: &str) -> Result<Arc<Principal>, (Option<usize>, TokenError)> {
+    /// The DPoP rules of the issuer at `index`.
+    pub fn proof_rules(&self, index: usize) -> &IssuerProofRules {
+        &self.proof_rules[index]
+    }
+
+    pub fn proofs(&self) -> &ProofChecker {
+        &self.proofs
+    }
+
+    /// Space-separated proof algorithms, for the `algs` of a `DPoP` challenge.
+    pub fn proof_algs(&self) -> &str {
+        &self.proof_algs
+    }
+
+    /// Verify `token` and map its claims to a principal; with the index of its issuer.
+    pub async fn verify(
+        &self,
+        token: &str,
+    ) -> Result<(usize, Arc<Principal>), (Option<usize>, TokenError)> {
         let hash: [u8; 32] = {
             let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
             let mut out = [0u8; 32];
@@ -214,7 +272,7 @@ impl Verifier {
                 )
             {
                 self.cache_hits.increment(1);
-                return Ok(hit.principal.clone());
+                return Ok((hit.issuer, hit.principal.clone()));
             }
             self.cache.remove(&hash);
         }
@@ -230,7 +288,7 @@ impl Verifier {
                 thumbprint: key.thumbprint.clone(),
             }),
         );
-        Ok(principal)
+        Ok((issuer, principal))
     }
 
     async fn verify_uncached(
@@ -286,9 +344,20 @@ impl Verifier {
         if ID_TOKEN_MARKERS.iter().any(|k| payload.contains_key(*k)) {
             return Err(fail(TokenError::IdToken));
         }
-        if payload.contains_key("cnf") {
-            return Err(fail(TokenError::BoundToken));
-        }
+        // A key-bound token (RFC 7800 `cnf`) is accepted only bound by DPoP thumbprint; the
+        // stage then refuses it as Bearer and demands its proof.
+        let dpop_jkt = match payload.get("cnf") {
+            None => None,
+            Some(cnf) => Some(
+                cnf.as_object()
+                    .filter(|c| c.len() == 1)
+                    .and_then(|c| c.get("jkt"))
+                    .and_then(Value::as_str)
+                    .filter(|jkt| jkt.len() == 43 && decode_segment(jkt).is_ok())
+                    .ok_or(fail(TokenError::BoundToken))?
+                    .to_owned(),
+            ),
+        };
         let kid = header
             .get("kid")
             .and_then(Value::as_str)
@@ -341,9 +410,10 @@ impl Verifier {
         if exp - iat.unwrap_or(now) > config.max_token_lifetime.as_secs() as i64 {
             return Err(fail(TokenError::LifetimeTooLong));
         }
-        let principal = config
+        let mut principal = config
             .profile
             .principal(config.issuer.as_str().into(), payload, exp);
+        principal.dpop_jkt = dpop_jkt;
         Ok((index, key, principal))
     }
 }
@@ -386,17 +456,27 @@ mod tests {
         h
     }
 
-    type Row<'a> = (Vec<&'a str>, &'a str, Result<Option<&'a str>, TokenError>);
+    type Row<'a> = (
+        Vec<&'a str>,
+        &'a str,
+        Result<Option<(Scheme, &'a str)>, TokenError>,
+    );
 
     #[test]
-    fn bearer_extraction() {
+    fn token_extraction_reads_the_scheme_and_refuses_everything_else() {
         let cases: Vec<Row> = vec![
             (vec![], "/p", Ok(None)),
-            (vec!["Bearer abc.def.ghi"], "/p", Ok(Some("abc.def.ghi"))),
-            (vec!["bearer abc"], "/p", Ok(Some("abc"))),
-            (vec!["BEARER  abc"], "/p", Ok(Some("abc"))),
+            (
+                vec!["Bearer abc.def.ghi"],
+                "/p",
+                Ok(Some((Scheme::Bearer, "abc.def.ghi"))),
+            ),
+            (vec!["bearer abc"], "/p", Ok(Some((Scheme::Bearer, "abc")))),
+            (vec!["BEARER  abc"], "/p", Ok(Some((Scheme::Bearer, "abc")))),
             (vec!["Basic dXNlcjpwYXNz"], "/p", Err(TokenError::NotBearer)),
-            (vec!["DPoP abc"], "/p", Err(TokenError::NotBearer)),
+            (vec!["DPoP abc"], "/p", Ok(Some((Scheme::Dpop, "abc")))),
+            (vec!["dpop abc"], "/p", Ok(Some((Scheme::Dpop, "abc")))),
+            (vec!["DPoP"], "/p", Err(TokenError::NotBearer)),
             (vec!["Bearer"], "/p", Err(TokenError::NotBearer)),
             (vec!["Bearer "], "/p", Err(TokenError::Malformed)),
             (vec!["Bearer a b"], "/p", Err(TokenError::Malformed)),
@@ -415,11 +495,11 @@ mod tests {
         for (values, uri, expected) in cases {
             let h = headers(&values);
             let uri: Uri = uri.parse().unwrap();
-            assert_eq!(extract_bearer(&h, &uri, 100), expected, "{values:?} {uri}");
+            assert_eq!(extract_token(&h, &uri, 100), expected, "{values:?} {uri}");
         }
         let long = format!("Bearer {}", "a".repeat(200));
         assert_eq!(
-            extract_bearer(&headers(&[&long]), &"/".parse().unwrap(), 100),
+            extract_token(&headers(&[&long]), &"/".parse().unwrap(), 100),
             Err(TokenError::TooLarge)
         );
     }
@@ -454,7 +534,7 @@ mod tests {
             assert!(query_has_access_token(query), "{query}");
             let uri: Uri = format!("/p?{query}").parse().unwrap();
             assert_eq!(
-                extract_bearer(&headers(&[]), &uri, 100),
+                extract_token(&headers(&[]), &uri, 100),
                 Err(TokenError::TokenInQuery),
                 "{query}"
             );

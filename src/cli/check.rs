@@ -80,6 +80,7 @@ impl CheckArgs {
                 PolicyContext {
                     trust_domains: tds,
                     issuers,
+                    dpop_public_url: None,
                 },
             ));
         }

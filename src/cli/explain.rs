@@ -78,6 +78,7 @@ impl ExplainArgs {
         let context = PolicyContext {
             trust_domains: Vec::new(),
             issuers: (!self.issuers.is_empty()).then_some(self.issuers),
+            dpop_public_url: None,
         };
         let policy = match Policy::from_file(&self.policy, &context) {
             Ok(p) => p,

@@ -560,8 +560,9 @@ pub fn ensure_traceparent(headers: &mut HeaderMap) -> String {
 ///   request, only to push out the entries that do repeat (authority, user agent, content
 ///   type, ...), which then travel as literals again; the receiving end also copies every
 ///   inserted value once more.
-const NEVER_INDEXED: [HeaderName; 5] = [
+const NEVER_INDEXED: [HeaderName; 6] = [
     http::header::AUTHORIZATION,
+    HeaderName::from_static("dpop"),
     PROXY_AUTHORIZATION,
     http::header::COOKIE,
     X_REQUEST_ID,
@@ -593,6 +594,7 @@ mod tests {
         );
         h.append(http::header::COOKIE, HeaderValue::from_static("a=1"));
         h.append(http::header::COOKIE, HeaderValue::from_static("b=2"));
+        h.insert("dpop", HeaderValue::from_static("e30.e30.sig"));
         h.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
         h.insert(http::header::USER_AGENT, HeaderValue::from_static("app/1"));
         h.insert(TRACESTATE, HeaderValue::from_static("vendor=abc"));
@@ -600,6 +602,7 @@ mod tests {
         ensure_traceparent(&mut h);
         mark_never_indexed(&mut h);
         assert!(h[http::header::AUTHORIZATION].is_sensitive());
+        assert!(h["dpop"].is_sensitive());
         assert!(
             h.get_all(http::header::COOKIE)
                 .iter()

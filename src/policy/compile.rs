@@ -80,6 +80,7 @@ pub struct Route {
     pub rules: Vec<Rule>,
     pub rate_limit: Option<RateLimitSpec>,
     pub token: TokenRequirement,
+    pub require_dpop: bool,
     pub forward_token: bool,
     pub forward_national_id: bool,
     /// Protocols this route tunnels after an `Upgrade`, lower case.
@@ -300,6 +301,17 @@ impl Policy {
                     "{at}.token: the sidecar has no oidc issuers; a route cannot require a token"
                 ));
             }
+            if spec.require_dpop {
+                if token == TokenRequirement::None || no_oidc {
+                    problems.push(format!(
+                        "{at}.require_dpop: needs a token (token: required or optional, and oidc issuers in the sidecar config)"
+                    ));
+                } else if ctx.dpop_public_url == Some(false) {
+                    problems.push(format!(
+                        "{at}.require_dpop: no DPoP public URL is configured (oidc.dpop.public_url), so no proof's htu could be checked"
+                    ));
+                }
+            }
             let param_names: Vec<&str> = pattern
                 .segments
                 .iter()
@@ -442,6 +454,7 @@ impl Policy {
                 rules,
                 rate_limit: spec.rate_limit,
                 token,
+                require_dpop: spec.require_dpop,
                 forward_token: spec.forward_token,
                 forward_national_id: spec.forward_national_id,
                 upgrade,

@@ -186,6 +186,9 @@ pub enum Reason {
     NoPeerIdentity,
     /// The route needs an access token and none was presented.
     TokenRequired,
+    /// The route needs a DPoP-bound token with its proof (`require_dpop: true`), and the token
+    /// came as Bearer or not at all.
+    DpopRequired,
     IssuerNotAllowed,
     ClientNotAllowed,
     /// The token's client is bound to other SPIFFE IDs than this peer.
@@ -216,6 +219,7 @@ impl Reason {
             Self::PeerNotAllowed => "peer_not_allowed",
             Self::NoPeerIdentity => "no_peer_identity",
             Self::TokenRequired => "token_required",
+            Self::DpopRequired => "dpop_required",
             Self::IssuerNotAllowed => "issuer_not_allowed",
             Self::ClientNotAllowed => "client_not_allowed",
             Self::ClientPeerMismatch => "client_peer_mismatch",
@@ -321,6 +325,16 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
         return finish(
             spec.mode,
             Reason::TokenRequired,
+            Some(route),
+            None,
+            captures,
+            None,
+        );
+    }
+    if spec.require_dpop && principal.is_none_or(|p| p.dpop_jkt.is_none()) {
+        return finish(
+            spec.mode,
+            Reason::DpopRequired,
             Some(route),
             None,
             captures,

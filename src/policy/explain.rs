@@ -349,6 +349,7 @@ pub fn run_tests(file: &Path, out: &mut String) -> Result<bool, String> {
     let context = PolicyContext {
         trust_domains: tests.trust_domains.clone(),
         issuers: Some(tests.issuers.clone()),
+        dpop_public_url: None,
     };
     let policy = Policy::from_file(&policy_path, &context).map_err(|e| e.to_string())?;
     let mut failed = 0;

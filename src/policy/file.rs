@@ -74,6 +74,9 @@ pub struct PolicyContext {
     /// Configured issuers: `None` when unknown (standalone `vakt check --policy`), `Some(empty)`
     /// when the sidecar has no OIDC section (token conditions are then errors).
     pub issuers: Option<Vec<String>>,
+    /// Whether DPoP proofs can be checked (a public URL is configured for some issuer): `None`
+    /// when unknown.
+    pub dpop_public_url: Option<bool>,
 }
 
 impl PolicyContext {
@@ -81,6 +84,7 @@ impl PolicyContext {
         Self {
             trust_domains: trust_domains.to_vec(),
             issuers: None,
+            dpop_public_url: None,
         }
     }
 
@@ -118,7 +122,11 @@ pub struct RouteSpec {
     /// `required` (default when the sidecar has OIDC issuers), `optional` or `none`.
     #[serde(default)]
     pub token: Option<TokenRequirement>,
-    /// Pass the caller's `Authorization` header to the app (removed by default).
+    /// Only DPoP-bound tokens with a valid proof (RFC 9449); Bearer tokens are refused.
+    #[serde(default)]
+    pub require_dpop: bool,
+    /// Pass the caller's `Authorization` header (and `DPoP` proof) to the app (removed by
+    /// default).
     #[serde(default)]
     pub forward_token: bool,
     /// Send the national id to the app in clear (default: only its pseudonym).

@@ -66,6 +66,12 @@ fn apply_identity_headers(
     {
         req.headers_mut()
             .insert(http::header::AUTHORIZATION, original.0);
+        if let Some(proof) = req
+            .extensions_mut()
+            .remove::<crate::authn::stage::OriginalDpopProof>()
+        {
+            req.headers_mut().insert(crate::authn::stage::DPOP, proof.0);
+        }
     }
     let Some(p) = principal else {
         return;

@@ -564,6 +564,7 @@ fn policy_with_issuers(yaml: &str, issuers: &[&str]) -> Result<Policy, String> {
         &PolicyContext {
             trust_domains: vec![TD.parse().unwrap()],
             issuers: Some(issuers.iter().map(|i| (*i).to_owned()).collect()),
+            dpop_public_url: None,
         },
     )
     .map_err(|e| e.to_string())
@@ -912,4 +913,36 @@ routes:
         );
     }
     assert!(!signicat.contains("binding:"), "{signicat}");
+}
+
+#[test]
+fn require_dpop_needs_a_token_and_a_public_url_to_check_proofs_against() {
+    let yaml = |token: &str| {
+        format!(
+            "routes:\n  - id: v2\n    methods: [GET]\n    path: /v2\n    require_dpop: true\n    token: {token}\n    allow:\n      - peers: [spiffe://{TD}/ns/a/sa/b]\n"
+        )
+    };
+    let context = |public_url: Option<bool>| PolicyContext {
+        trust_domains: vec![TD.parse().unwrap()],
+        issuers: Some(vec![HELSEID.to_owned()]),
+        dpop_public_url: public_url,
+    };
+    let err = Policy::from_yaml(&yaml("none"), &context(Some(true)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[0] (v2).require_dpop: needs a token"),
+        "{err}"
+    );
+    let err = Policy::from_yaml(&yaml("required"), &context(Some(false)))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("routes[0] (v2).require_dpop: no DPoP public URL is configured"),
+        "{err}"
+    );
+    let policy = Policy::from_yaml(&yaml("required"), &context(Some(true))).unwrap();
+    assert!(policy.routes[0].require_dpop);
+    // Unknown (a policy checked on its own): accepted.
+    Policy::from_yaml(&yaml("optional"), &context(None)).unwrap();
 }
