@@ -17,9 +17,9 @@ use http::Method;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
-use super::config::Alg;
+use super::alg::Alg;
 use super::error::TokenError;
-use super::verify::{decode_segment, parse_object};
+use super::jws::{decode_segment, parse_object};
 use crate::serde_helpers::de_duration;
 
 /// The proof header's media type (RFC 9449 §4.2), compared exactly.

@@ -5,6 +5,7 @@
 //! verified in [`verify`] (strict checks on top of `jsonwebtoken`), mapped to one normalised
 //! principal by [`profile`], and put into the request by the [`stage`].
 
+pub mod alg;
 pub mod assurance;
 pub mod config;
 pub mod dpop;
@@ -12,13 +13,15 @@ pub mod error;
 pub mod headers;
 pub mod http_client;
 pub mod jwks;
+pub mod jws;
 pub mod principal;
 pub mod profile;
 pub mod rendered;
 pub mod stage;
 pub mod verify;
 
+pub use alg::Alg;
 pub use assurance::{Loa, Profile};
-pub use config::{Alg, IssuerConfig, OidcConfig};
+pub use config::{IssuerConfig, OidcConfig};
 pub use error::TokenError;
 pub use principal::{Claims, Principal, PrincipalPseudonyms};
