@@ -149,6 +149,8 @@ oidc:
       audiences: [journal-api]
       algorithms: [RS256]
       allow_insecure_loopback: true
+      dpop:
+        required: false
 ",
         cert = dir.join(vakt::dev::certs::CERT_FILE).display(),
         key = dir.join(vakt::dev::certs::KEY_FILE).display(),

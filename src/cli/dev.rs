@@ -129,6 +129,8 @@ pub enum DevIdpCommand {
     },
     /// Print an access token with a provider's claims, signed by the current key in DIR.
     Mint(MintArgs),
+    /// Print a DPoP proof (RFC 9449) for a method and URL, signed by a client key.
+    Proof(ProofArgs),
     /// Make a new key current for ALG; the previous one stays published.
     Rotate {
         /// The key directory.
@@ -178,6 +180,49 @@ pub struct MintArgs {
     /// Mint this many tokens, one per line, for subjects `<sub>-0`, `<sub>-1`, ... (load tests).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     count: u32,
+    /// Bind the token to this DPoP client key (`cnf.jkt`; PKCS#8 file, made if missing).
+    #[arg(long)]
+    dpop_key: Option<PathBuf>,
+    /// The DPoP client key's algorithm (as `dev-idp proof --alg`).
+    #[arg(long, default_value = "ES256")]
+    dpop_alg: String,
+}
+
+#[derive(clap::Args)]
+pub struct ProofArgs {
+    /// The DPoP client key (PKCS#8 file, made if missing; the one the token is bound to).
+    #[arg(long)]
+    dpop_key: PathBuf,
+    /// The key's algorithm: ES256, ES384, RS256, PS256, ...
+    #[arg(long, default_value = "ES256")]
+    alg: String,
+    /// The request method.
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// The URL as the client calls it (scheme, host, path; no query).
+    #[arg(long)]
+    url: String,
+    /// The access token the proof goes with (its hash becomes `ath`).
+    #[arg(long)]
+    token: Option<String>,
+    /// A nonce from a `DPoP-Nonce` header.
+    #[arg(long)]
+    nonce: Option<String>,
+}
+
+impl ProofArgs {
+    fn proof(self) -> Result<String, String> {
+        let alg = idp::parse_proof_alg(&self.alg).map_err(|e| format!("--alg: {e}"))?;
+        let key = vakt::dev::dpop::DpopClientKey::load_or_create(&self.dpop_key, alg)
+            .map_err(|e| e.to_string())?;
+        key.proof(
+            &self.method,
+            &self.url,
+            self.token.as_deref(),
+            self.nonce.as_deref(),
+        )
+        .map_err(|e| e.to_string())
+    }
 }
 
 impl MintArgs {
@@ -194,14 +239,28 @@ impl MintArgs {
             audience: self.audience,
             ..idp::Person::default()
         };
+        let cnf = match &self.dpop_key {
+            Some(path) => Some(
+                vakt::dev::dpop::DpopClientKey::load_or_create(
+                    path,
+                    idp::parse_proof_alg(&self.dpop_alg).map_err(|e| format!("--dpop-alg: {e}"))?,
+                )
+                .map_err(|e| format!("--dpop-key: {e}"))?
+                .cnf(),
+            ),
+            None => None,
+        };
         idp::mint_cli(
             &self.dir,
             &self.issuer,
             profile,
             person,
-            alg,
-            self.lifetime,
-            self.count as usize,
+            &idp::CliMint {
+                alg,
+                lifetime: self.lifetime,
+                count: self.count as usize,
+                cnf,
+            },
         )
         .map_err(|e| e.to_string())
     }
@@ -219,6 +278,7 @@ impl DevIdpCommand {
                 .map(|()| String::new())
                 .map_err(|e| e.to_string()),
             Self::Mint(args) => args.mint(),
+            Self::Proof(args) => args.proof(),
             Self::Rotate { dir, alg } => (|| {
                 let alg = idp::parse_alg(&alg).map_err(|e| format!("--alg: {e}"))?;
                 let keys = idp::KeyStore::open_or_create(&dir).map_err(|e| e.to_string())?;

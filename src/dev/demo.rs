@@ -25,7 +25,10 @@ struct Expectation {
     via: &'static str,
     host: &'static str,
     path: &'static str,
-    token: Option<String>,
+    /// The `Authorization` header value.
+    authorization: Option<String>,
+    /// The `DPoP` proof header value.
+    proof: Option<String>,
     status: StatusCode,
     reason: Option<&'static str>,
 }
@@ -62,11 +65,11 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     let policy = crate::dev::mesh::write_policy(
         &orders_dir,
         &format!(
-            "routes:\n  - id: orders-read\n    methods: [GET]\n    path: /orders/{{id}}\n    token: none\n    allow:\n      - peers: [\"{web_id}\"]\n  - id: journal-read\n    methods: [GET]\n    path: /patients/{{pid}}/journal\n    allow:\n      - peers: [\"{web_id}\"]\n        min_loa: high\n        scopes_any: [journal.read]\n        bind: {{ pid: national_id }}\n"
+            "routes:\n  - id: orders-read\n    methods: [GET]\n    path: /orders/{{id}}\n    token: none\n    allow:\n      - peers: [\"{web_id}\"]\n  - id: journal-read\n    methods: [GET]\n    path: /patients/{{pid}}/journal\n    allow:\n      - peers: [\"{web_id}\"]\n        min_loa: high\n        scopes_any: [journal.read]\n        bind: {{ pid: national_id }}\n  - id: journal-read-v2\n    methods: [GET]\n    path: /v2/patients/{{pid}}/journal\n    require_dpop: true\n    allow:\n      - peers: [\"{web_id}\"]\n        min_loa: high\n        scopes_any: [journal.read]\n        bind: {{ pid: national_id }}\n"
         ),
     )?;
     let server = App::start(Config::from_yaml(&format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [orders-api]\n      allow_insecure_loopback: true\n",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  dpop:\n    public_url: http://orders.shop\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [orders-api]\n      allow_insecure_loopback: true\n      dpop:\n        required: false\n",
         base_config_yaml(&orders_dir, TRUST_DOMAIN),
         app.addr,
         policy.display(),
@@ -77,7 +80,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     let server_addr = server.inbound_addr.context("server inbound address")?;
     writeln!(
         out,
-        "2. The app 'orders' listens on {} (plaintext, loopback only); its vakt accepts mTLS on {server_addr}.\n   Its policy: GET /orders/{{id}} for {web_id} only; GET /patients/{{pid}}/journal for web\n   with a HelseID-style token at level 4 (high), scope journal.read, and only the citizen's own pid.\n   A development issuer serves discovery and keys at {}.\n",
+        "2. The app 'orders' listens on {} (plaintext, loopback only); its vakt accepts mTLS on {server_addr}.\n   Its policy: GET /orders/{{id}} for {web_id} only; GET /patients/{{pid}}/journal for web\n   with a HelseID-style token at level 4 (high), scope journal.read, and only the citizen's own pid;\n   GET /v2/patients/{{pid}}/journal the same, with a DPoP-bound token and its proof (RFC 9449).\n   A development issuer serves discovery and keys at {}.\n",
         app.addr, idp.issuer
     )?;
 
@@ -117,7 +120,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/orders/42",
-                token: None,
+                authorization: None,
+                proof: None,
                 status: StatusCode::OK,
                 reason: None,
             },
@@ -129,7 +133,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "batch",
                 host: "orders.shop",
                 path: "/orders/42",
-                token: None,
+                authorization: None,
+                proof: None,
                 status: StatusCode::FORBIDDEN,
                 reason: Some("peer_not_allowed"),
             },
@@ -141,7 +146,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "payments.shop",
                 path: "/orders/42",
-                token: None,
+                authorization: None,
+                proof: None,
                 status: StatusCode::FORBIDDEN,
                 reason: Some("unknown_destination"),
             },
@@ -153,7 +159,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/admin",
-                token: None,
+                authorization: None,
+                proof: None,
                 status: StatusCode::FORBIDDEN,
                 reason: Some("no_route"),
             },
@@ -165,14 +172,16 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/orders%2F..%2Fadmin",
-                token: None,
+                authorization: None,
+                proof: None,
                 status: StatusCode::BAD_REQUEST,
                 reason: Some("invalid_path"),
             },
             web.outbound_addr,
         ),
     ];
-    let citizen = |level, lifetime_offset: i64| {
+    let client_key = crate::dev::dpop::DpopClientKey::generate(crate::authn::Alg::ES256)?;
+    let mint = |level, lifetime_offset: i64, bound: bool| {
         let person = Person {
             sub: "demo-citizen".into(),
             // Synthetic (test-register) fødselsnummer: month + 80, valid check digits.
@@ -187,8 +196,74 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
             issued_at_offset: Some(lifetime_offset),
             ..MintOptions::default()
         };
-        idp.mint(devidp::claims(Profile::Helseid, &person), &opts)
+        let mut claims = devidp::claims(Profile::Helseid, &person);
+        if bound {
+            claims["cnf"] = client_key.cnf();
+        }
+        idp.mint(claims, &opts)
     };
+    let citizen = |level, lifetime_offset| mint(level, lifetime_offset, false);
+    let v2 = "/v2/patients/01819012446/journal";
+    let v2_url = format!("http://orders.shop{v2}");
+    let bound = mint(Loa::High, 0, true)?;
+    let proof = client_key.proof("GET", &v2_url, Some(&bound), None)?;
+    let dpop_cases = [
+        Expectation {
+            what: "the citizen reads the v2 journal with a DPoP-bound token and a fresh proof",
+            via: "web",
+            host: "orders.shop",
+            path: v2,
+            authorization: Some(format!("DPoP {bound}")),
+            proof: Some(proof.clone()),
+            status: StatusCode::OK,
+            reason: None,
+        },
+        Expectation {
+            what: "someone replays that same proof (and token)",
+            via: "web",
+            host: "orders.shop",
+            path: v2,
+            authorization: Some(format!("DPoP {bound}")),
+            proof: Some(proof),
+            status: StatusCode::UNAUTHORIZED,
+            reason: Some("dpop_replayed"),
+        },
+        Expectation {
+            what: "a proof made for another URL (/v2/patients/15838545626/journal)",
+            via: "web",
+            host: "orders.shop",
+            path: v2,
+            authorization: Some(format!("DPoP {bound}")),
+            proof: Some(client_key.proof(
+                "GET",
+                "http://orders.shop/v2/patients/15838545626/journal",
+                Some(&bound),
+                None,
+            )?),
+            status: StatusCode::UNAUTHORIZED,
+            reason: Some("dpop_wrong_uri"),
+        },
+        Expectation {
+            what: "the DPoP-bound token stolen and sent as a plain Bearer token",
+            via: "web",
+            host: "orders.shop",
+            path: "/patients/01819012446/journal",
+            authorization: Some(format!("Bearer {bound}")),
+            proof: None,
+            status: StatusCode::UNAUTHORIZED,
+            reason: Some("bound_token"),
+        },
+        Expectation {
+            what: "a Bearer token on the v2 route, which takes DPoP only",
+            via: "web",
+            host: "orders.shop",
+            path: v2,
+            authorization: Some(format!("Bearer {}", citizen(Loa::High, 0)?)),
+            proof: None,
+            status: StatusCode::UNAUTHORIZED,
+            reason: Some("dpop_required"),
+        },
+    ];
     let token_cases = [
         (
             Expectation {
@@ -196,7 +271,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/01819012446/journal",
-                token: Some(citizen(Loa::High, 0)?),
+                authorization: Some(format!("Bearer {}", citizen(Loa::High, 0)?)),
+                proof: None,
                 status: StatusCode::OK,
                 reason: None,
             },
@@ -208,7 +284,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/01819012446/journal",
-                token: Some(citizen(Loa::High, -3600)?),
+                authorization: Some(format!("Bearer {}", citizen(Loa::High, -3600)?)),
+                proof: None,
                 status: StatusCode::UNAUTHORIZED,
                 reason: Some("token_expired"),
             },
@@ -220,7 +297,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/01819012446/journal",
-                token: Some(citizen(Loa::Substantial, 0)?),
+                authorization: Some(format!("Bearer {}", citizen(Loa::Substantial, 0)?)),
+                proof: None,
                 status: StatusCode::UNAUTHORIZED,
                 reason: Some("insufficient_assurance"),
             },
@@ -232,7 +310,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 via: "web",
                 host: "orders.shop",
                 path: "/patients/15838545626/journal",
-                token: Some(citizen(Loa::High, 0)?),
+                authorization: Some(format!("Bearer {}", citizen(Loa::High, 0)?)),
+                proof: None,
                 status: StatusCode::FORBIDDEN,
                 reason: Some("binding_mismatch"),
             },
@@ -240,16 +319,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
         ),
     ];
     writeln!(out, "4. Requests through the mesh:")?;
-    for (expect, addr) in cases.into_iter().chain(token_cases) {
+    let dpop_cases = dpop_cases.into_iter().map(|e| (e, web.outbound_addr));
+    for (expect, addr) in cases.into_iter().chain(token_cases).chain(dpop_cases) {
         let addr = addr.context("client outbound address")?;
-        let (status, body) = get(
-            &client,
-            addr,
-            expect.host,
-            expect.path,
-            expect.token.as_deref(),
-        )
-        .await?;
+        let (status, body) = get(&client, addr, &expect).await?;
         let held = status == expect.status
             && expect
                 .reason
@@ -272,7 +345,17 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 .outbound_addr
                 .context("impostor outbound address")?;
             let before = handshake_refusals(&server).await;
-            let (status, body) = get(&client, addr, "orders.shop", "/orders/42", None).await?;
+            let probe = Expectation {
+                what: "",
+                via: "impostor",
+                host: "orders.shop",
+                path: "/orders/42",
+                authorization: None,
+                proof: None,
+                status: StatusCode::OK,
+                reason: None,
+            };
+            let (status, body) = get(&client, addr, &probe).await?;
             let after = handshake_refusals(&server).await;
             let held = !status.is_success() && after > before;
             all_held &= held;
@@ -296,7 +379,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
 
     let seen = app.seen();
     let paths: Vec<&str> = seen.iter().map(|r| r.path_and_query.as_str()).collect();
-    let only_web = paths == ["/orders/42", "/patients/01819012446/journal"];
+    let only_web = paths == ["/orders/42", "/patients/01819012446/journal", v2];
     all_held &= only_web;
     writeln!(
         out,
@@ -327,7 +410,7 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
         let e: serde_json::Value = serde_json::from_str(line)?;
         writeln!(
             out,
-            "   #{:<2} {:<9} {:<10} {:<22} {} {}{}",
+            "   #{:<2} {:<9} {:<10} {:<22} {} {}{}{}",
             e["seq"],
             e["direction"].as_str().unwrap_or("-"),
             e["decision"].as_str().unwrap_or("-"),
@@ -336,7 +419,10 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
             e["path"].as_str().unwrap_or(""),
             e["national_id_pseudonym"]
                 .as_str()
-                .map_or(String::new(), |p| format!("  (citizen {p})"))
+                .map_or(String::new(), |p| format!("  (citizen {p})")),
+            e["dpop_jkt"]
+                .as_str()
+                .map_or(String::new(), |k| format!("  (DPoP key {k})"))
         )?;
     }
     let leaked = text.contains("01819012446") || text.contains("15838545626");
@@ -379,14 +465,15 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
 async fn get(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, ProxyBody>,
     proxy: std::net::SocketAddr,
-    host: &str,
-    path: &str,
-    token: Option<&str>,
+    expect: &Expectation,
 ) -> anyhow::Result<(StatusCode, String)> {
-    let mut request =
-        Request::get(format!("http://{proxy}{path}")).header(http::header::HOST, host);
-    if let Some(token) = token {
-        request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+    let mut request = Request::get(format!("http://{proxy}{}", expect.path))
+        .header(http::header::HOST, expect.host);
+    if let Some(authorization) = &expect.authorization {
+        request = request.header(http::header::AUTHORIZATION, authorization);
+    }
+    if let Some(proof) = &expect.proof {
+        request = request.header("dpop", proof);
     }
     let request = request.body(body::empty())?;
     let response = client.request(request).await?;

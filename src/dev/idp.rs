@@ -141,6 +141,21 @@ pub fn parse_alg(s: &str) -> Result<Alg, DevIdpError> {
     parse_name("algorithm", s, &SIGNING_ALGS, Alg::as_str)
 }
 
+/// A DPoP proof algorithm by its JOSE name, any case (RS/PS 256–512, ES256, ES384).
+pub fn parse_proof_alg(s: &str) -> Result<Alg, DevIdpError> {
+    const ALL: [Alg; 8] = [
+        Alg::RS256,
+        Alg::RS384,
+        Alg::RS512,
+        Alg::PS256,
+        Alg::PS384,
+        Alg::PS512,
+        Alg::ES256,
+        Alg::ES384,
+    ];
+    parse_name("algorithm", s, &ALL, Alg::as_str)
+}
+
 /// `low`, `substantial` or `high`.
 pub fn parse_level(s: &str) -> Result<Loa, DevIdpError> {
     parse_name(
@@ -1088,26 +1103,43 @@ pub async fn serve_forever(listen: SocketAddr, dir: &Path, prefix: &str) -> io::
     Ok(())
 }
 
+/// What `vakt dev-idp mint` signs with and how many tokens it makes.
+#[derive(Debug, Clone)]
+pub struct CliMint {
+    pub alg: Alg,
+    pub lifetime: Duration,
+    /// More than one: one token per line, subjects `<sub>-0`, `<sub>-1`, ...
+    pub count: usize,
+    /// The `cnf` claim binding the tokens to a DPoP key.
+    pub cnf: Option<Value>,
+}
+
 /// `vakt dev-idp mint`: a token for `person` with `profile`'s claims, signed with the current key
-/// of `alg` in `dir` (created if missing), `typ` `at+jwt`. `issuer` must be the served issuer
-/// (`serve_forever` prints it).
+/// of `mint.alg` in `dir` (created if missing), `typ` `at+jwt`. `issuer` must be the served
+/// issuer (`serve_forever` prints it).
 pub fn mint_cli(
     dir: &Path,
     issuer: &str,
     profile: Profile,
     person: Person,
-    alg: Alg,
-    lifetime: Duration,
-    count: usize,
+    mint: &CliMint,
 ) -> Result<String, DevIdpError> {
+    let (alg, lifetime, count) = (mint.alg, mint.lifetime, mint.count);
     let keys = KeyStore::open_or_create(dir)?;
+    let claims = |person: &Person| {
+        let mut claims = claims(profile, person);
+        if let Some(cnf) = &mint.cnf {
+            claims["cnf"] = cnf.clone();
+        }
+        claims
+    };
     let opts = MintOptions {
         alg,
         lifetime,
         ..MintOptions::default()
     };
     if count <= 1 {
-        return keys.mint(issuer, claims(profile, &person), &opts);
+        return keys.mint(issuer, claims(&person), &opts);
     }
     // Many distinct tokens (load tests): one subject each, `<sub>-<i>`, one token per line.
     let mut lines = Vec::with_capacity(count);
@@ -1116,7 +1148,7 @@ pub fn mint_cli(
             sub: format!("{}-{i}", person.sub),
             ..person.clone()
         };
-        lines.push(keys.mint(issuer, claims(profile, &person), &opts)?);
+        lines.push(keys.mint(issuer, claims(&person), &opts)?);
     }
     Ok(lines.join("\n"))
 }
@@ -1705,15 +1737,22 @@ mod tests {
             &idp.issuer,
             Profile::Bankid,
             person,
-            Alg::ES256,
-            Duration::from_secs(60),
-            1,
+            &CliMint {
+                alg: Alg::ES256,
+                lifetime: Duration::from_secs(60),
+                count: 1,
+                cnf: Some(json!({"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"})),
+            },
         )
         .unwrap();
         let set = fetch_jwks(&idp).await;
         let c = verify(&token, &set, Alg::ES256, &idp.issuer, "journal-api");
         assert_eq!(c["acr"], "urn:bankid:bis;LOA=3");
         assert_eq!(c["nnin_altsub"], "01017000000");
+        assert_eq!(
+            c["cnf"]["jkt"],
+            "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"
+        );
         assert_eq!(c["exp"].as_i64().unwrap() - c["iat"].as_i64().unwrap(), 60);
     }
 
@@ -1725,9 +1764,12 @@ mod tests {
             &idp.issuer,
             Profile::Helseid,
             Person::default(),
-            Alg::RS256,
-            Duration::from_secs(60),
-            3,
+            &CliMint {
+                alg: Alg::RS256,
+                lifetime: Duration::from_secs(60),
+                count: 3,
+                cnf: None,
+            },
         )
         .unwrap();
         let set = fetch_jwks(&idp).await;

@@ -5,5 +5,6 @@
 
 pub mod certs;
 pub mod demo;
+pub mod dpop;
 pub mod idp;
 pub mod mesh;

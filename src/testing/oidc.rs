@@ -13,7 +13,7 @@ use crate::dev::idp::{DevIdp, Person};
 /// verified-token cache of `cache` entries, its keys fetched once.
 pub fn verifier(rt: &tokio::runtime::Runtime, idp: &DevIdp, cache: usize) -> Verifier {
     let oidc: OidcConfig = serde_saphyr::from_str(&format!(
-        "verified_token_cache: {cache}\nissuers:\n  - issuer: {}\n    profile: helseid\n    audiences: [bench]\n    algorithms: [RS256, PS256, ES256]\n    allow_insecure_loopback: true\n",
+        "verified_token_cache: {cache}\nissuers:\n  - issuer: {}\n    profile: helseid\n    audiences: [bench]\n    algorithms: [RS256, PS256, ES256]\n    allow_insecure_loopback: true\n    dpop:\n      required: false\n",
         idp.issuer
     ))
     .expect("bench oidc config");

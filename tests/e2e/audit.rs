@@ -443,7 +443,7 @@ async fn completed_and_upstream_error_outcomes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_is_recorded_with_method_peer_and_path() {
     // An issuer nobody serves: a malformed token is refused before any key is needed.
-    let oidc = "oidc:\n  issuers:\n    - issuer: http://127.0.0.1:9/realm\n      profile: helseid\n      audiences: [journal-api]\n      allow_insecure_loopback: true\n";
+    let oidc = "oidc:\n  issuers:\n    - issuer: http://127.0.0.1:9/realm\n      profile: helseid\n      audiences: [journal-api]\n      allow_insecure_loopback: true\n      dpop:\n        required: false\n";
     let server = server(&["web"], oidc).await;
     let tls = mtls_connect(server.addr(), web_config(&server, &[b"http/1.1"]))
         .await

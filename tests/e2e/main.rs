@@ -10,6 +10,7 @@ mod alerts;
 mod audit;
 mod code_layout;
 mod crash;
+mod dpop;
 mod faults;
 mod federation;
 mod handshake;

@@ -72,7 +72,7 @@ async fn setup_with(down_at_start: bool) -> Setup {
     let dir = pki.workload("orders", &id).unwrap();
     let policy = write_policy(&dir, POLICY).unwrap();
     let yaml = format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  jwks_refresh_min: 1h\n  jwks_refresh_max: 2h\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [journal-api]\n      algorithms: [RS256, ES256]\n      max_token_lifetime: 1h\n      allow_insecure_loopback: true\n",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  jwks_refresh_min: 1h\n  jwks_refresh_max: 2h\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [journal-api]\n      algorithms: [RS256, ES256]\n      max_token_lifetime: 1h\n      allow_insecure_loopback: true\n      dpop:\n        required: false\n",
         base_config_yaml(&dir, TD),
         app.addr,
         policy.display(),
@@ -1217,7 +1217,7 @@ async fn a_client_id_counts_only_with_its_issuer_and_bindings_fail_closed() {
     .unwrap();
     let issuer = |url: &str, profile: &str| {
         format!(
-            "    - issuer: {url}\n      profile: {profile}\n      audiences: [journal-api]\n      algorithms: [RS256]\n      max_token_lifetime: 1h\n      allow_insecure_loopback: true\n"
+            "    - issuer: {url}\n      profile: {profile}\n      audiences: [journal-api]\n      algorithms: [RS256]\n      max_token_lifetime: 1h\n      allow_insecure_loopback: true\n      dpop:\n        required: false\n"
         )
     };
     let yaml = format!(

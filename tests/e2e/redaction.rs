@@ -232,7 +232,7 @@ async fn no_raw_national_id_in_any_output() {
     let server_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let client_admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let server_yaml = format!(
-        "{}inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n  policy: {}\n{pseudonymisation}oidc:\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [journal-api]\n      algorithms: [RS256]\n      allow_insecure_loopback: true\n",
+        "{}inbound:\n  listen: 127.0.0.1:{inbound}\n  app: {}\n  policy: {}\n{pseudonymisation}oidc:\n  issuers:\n    - issuer: {}\n      profile: helseid\n      audiences: [journal-api]\n      algorithms: [RS256]\n      allow_insecure_loopback: true\n      dpop:\n        required: false\n",
         base_config_yaml(&dir, TD).replace("127.0.0.1:0", &server_admin.to_string()),
         app.addr,
         policy.display(),

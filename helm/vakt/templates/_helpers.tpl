@@ -15,6 +15,7 @@ For the same reason the chart name is the constant "vakt" rather than .Chart.Nam
 {{- define "vakt.trustDir" -}}/var/run/vakt/trust{{- end }}
 {{- define "vakt.federationDir" -}}/var/run/vakt/federation{{- end }}
 {{- define "vakt.pseudonymDir" -}}/var/run/vakt/pseudonym{{- end }}
+{{- define "vakt.dpopNonceDir" -}}/var/run/vakt/dpop-nonce{{- end }}
 
 {{/* vakt's fixed ports (the listen addresses in the rendered config use the same numbers). */}}
 {{- define "vakt.mtlsPort" -}}15443{{- end }}
@@ -190,16 +191,33 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
 {{- with .leeway }}{{ $_ := set $i "leeway" . }}{{ end }}
 {{- with .maxTokenLifetime }}{{ $_ := set $i "max_token_lifetime" . }}{{ end }}
 {{- with .discoveryUrl }}{{ $_ := set $i "discovery_url" . }}{{ end }}
+{{- with .dpop }}
+{{- $d := dict }}
+{{- if hasKey . "required" }}{{ $_ := set $d "required" .required }}{{ end }}
+{{- with .algorithms }}{{ $_ := set $d "algorithms" . }}{{ end }}
+{{- if hasKey . "requireNonce" }}{{ $_ := set $d "require_nonce" .requireNonce }}{{ end }}
+{{- with .publicUrl }}{{ $_ := set $d "public_url" . }}{{ end }}
+{{- $_ := set $i "dpop" $d }}
+{{- end }}
 {{- $issuers = append $issuers $i }}
 {{- end }}
 {{- $o := $c.oidc }}
+{{- $dpop := dict
+    "proof_window" $o.dpop.proofWindow
+    "replay_cache" (int64 $o.dpop.replayCache)
+    "nonce_lifetime" $o.dpop.nonceLifetime }}
+{{- with $o.dpop.publicUrl }}{{ $_ := set $dpop "public_url" . }}{{ end }}
+{{- with $o.dpop.nonceSecret.existingSecret }}
+{{- $_ := set $dpop "nonce_secret_file" (printf "%s/%s" (include "vakt.dpopNonceDir" $) $o.dpop.nonceSecret.key) }}
+{{- end }}
 {{- $_ := set $cfg "oidc" (dict
     "issuers" $issuers
     "jwks_refresh_min" $o.jwksRefreshMin
     "jwks_refresh_max" $o.jwksRefreshMax
     "jwks_max_staleness" $o.jwksMaxStaleness
     "verified_token_cache" (int64 $o.verifiedTokenCache)
-    "max_token_bytes" (int64 $o.maxTokenBytes)) }}
+    "max_token_bytes" (int64 $o.maxTokenBytes)
+    "dpop" $dpop) }}
 {{- end }}
 {{- with $v.pseudonymisation.existingSecret }}
 {{- $_ := set $cfg "pseudonymisation" (dict

@@ -94,6 +94,11 @@ helm/examples/orders in the vakt repository is a complete example chart.
       mountPath: {{ include "vakt.pseudonymDir" . }}
       readOnly: true
     {{- end }}
+    {{- if .Values.config.oidc.dpop.nonceSecret.existingSecret }}
+    - name: vakt-dpop-nonce
+      mountPath: {{ include "vakt.dpopNonceDir" . }}
+      readOnly: true
+    {{- end }}
 {{- end }}
 
 {{/* The pod volumes vakt needs, as list items for `volumes` (only vakt mounts the Secrets). */}}
@@ -131,6 +136,12 @@ helm/examples/orders in the vakt repository is a complete example chart.
 {{- end }}
 {{- with .Values.pseudonymisation.existingSecret }}
 - name: vakt-pseudonym
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288
+{{- end }}
+{{- with .Values.config.oidc.dpop.nonceSecret.existingSecret }}
+- name: vakt-dpop-nonce
   secret:
     secretName: {{ . }}
     defaultMode: 288
