@@ -1,6 +1,7 @@
 //! Memory held per verified token: the verified-token cache keeps one principal per token (up to
 //! `oidc.verified_token_cache`, 10,000 by default), so this is what a sidecar's heap grows by as
-//! distinct users call it. Counted exactly by a counting allocator, not sampled from RSS.
+//! distinct users call it. And memory held per DPoP proof id in the replay cache (up to
+//! `oidc.dpop.replay_cache`). Counted exactly by a counting allocator, not sampled from RSS.
 //! `cargo bench --bench memory`.
 
 use std::sync::Arc;
@@ -95,4 +96,20 @@ fn main() {
         .filter(|t| verifier.verify(t).now_or_never().is_some_and(|r| r.is_ok()))
         .count();
     assert_eq!(hits, TOKENS, "every token verified and answered");
+
+    // The DPoP replay cache full to its default capacity: one id per accepted proof.
+    let ids = 100_000u64;
+    let before = live_bytes();
+    let cache = vakt::authn::dpop::ReplayCache::new(ids as usize);
+    for i in 0..ids {
+        // Spread as the ids (hashes) spread in use.
+        let id = i.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        cache.insert(id, 1_000, 1_070).expect("room for every id");
+    }
+    let held = live_bytes() - before;
+    println!(
+        "DPoP replay cache: {ids} proof ids hold {held} bytes, {:.1} bytes per id",
+        held as f64 / ids as f64
+    );
+    assert_eq!(cache.len(), ids as usize);
 }

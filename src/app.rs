@@ -203,7 +203,9 @@ impl App {
                     }
                     verifier = verifier.with_nonce_secret(oidc, &secret);
                 }
-                Some(Arc::new(verifier))
+                let verifier = Arc::new(verifier);
+                listeners.push(spawn_dpop_gauges(verifier.clone(), shutdown_rx.clone()));
+                Some(verifier)
             }
         };
         let mut inbound_addr = None;
@@ -393,6 +395,26 @@ fn start_audit_log(config: &Config, write_delay: Duration) -> Result<AuditLog, S
             AuditLog::start(sink, queue, chain)
         }
         _ => AuditLog::start(StdoutSink::stdout(), queue, chain),
+    })
+}
+
+/// Mirror the DPoP replay cache's size into metrics once a second.
+fn spawn_dpop_gauges(
+    verifier: Arc<Verifier>,
+    mut shutdown: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let proofs = verifier.proofs();
+        metrics::gauge!(crate::metrics::DPOP_REPLAY_CAPACITY).set(proofs.replay_capacity() as f64);
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            metrics::gauge!(crate::metrics::DPOP_REPLAY_ENTRIES)
+                .set(proofs.replay_entries() as f64);
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+        }
     })
 }
 

@@ -37,6 +37,8 @@ pub const TOKEN_CACHE: &str = "vakt_token_cache_lookups_total";
 pub const JWKS_FETCHES: &str = "vakt_jwks_fetches_total";
 pub const JWKS_LAST_SUCCESS: &str = "vakt_jwks_last_success_timestamp_seconds";
 pub const JWKS_KEYS_DROPPED: &str = "vakt_jwks_keys_dropped_total";
+pub const DPOP_REPLAY_ENTRIES: &str = "vakt_dpop_replay_cache_entries";
+pub const DPOP_REPLAY_CAPACITY: &str = "vakt_dpop_replay_cache_capacity";
 
 /// Traffic direction label values.
 pub const INBOUND: &str = "inbound";
@@ -132,6 +134,14 @@ fn describe() {
     describe_gauge!(
         AUDIT_CHAIN_HEAD,
         "seq of the last audit line written (the chain's head)"
+    );
+    describe_gauge!(
+        DPOP_REPLAY_ENTRIES,
+        "DPoP proof ids remembered against replay (each until its proof could no longer be accepted)"
+    );
+    describe_gauge!(
+        DPOP_REPLAY_CAPACITY,
+        "oidc.dpop.replay_cache: when the entries reach it, DPoP requests are refused (503)"
     );
     describe_counter!(
         AUDIT_CHAIN_BREAKS,

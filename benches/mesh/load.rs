@@ -1,5 +1,6 @@
 //! The mesh benchmark's load generator: HTTP/1.1 keep-alive connections, a different Bearer
-//! token on every request (rotating through a file of tokens), JSON results on stdout.
+//! token on every request (rotating through a file of tokens), JSON results on stdout. With
+//! `--dpop-proofs`, the tokens go as `DPoP` with proof i on request i (each proof used once).
 //!
 //! Two modes:
 //! - closed (no `--rate`): every connection sends its next request as soon as the previous
@@ -39,6 +40,10 @@ struct Args {
     /// File with one access token per line; request i carries token i mod n as a Bearer token.
     #[arg(long)]
     tokens: Option<PathBuf>,
+    /// File with one DPoP proof per line, proof i made for token i mod n: request i sends the
+    /// token as `DPoP` with proof i. A run that uses them all up stops early.
+    #[arg(long)]
+    dpop_proofs: Option<PathBuf>,
     /// Keep-alive connections.
     #[arg(long, default_value_t = 64)]
     connections: usize,
@@ -57,6 +62,8 @@ struct Plan {
     addr: String,
     host: HeaderValue,
     tokens: Vec<HeaderValue>,
+    /// DPoP proofs, one per request; empty: Bearer tokens.
+    proofs: Vec<HeaderValue>,
     start: Instant,
     end: Instant,
     /// Open model: one permit per request that has come due.
@@ -125,8 +132,14 @@ async fn connection(plan: Arc<Plan>) -> (Histogram<u64>, Tally) {
         };
         let mut request = Request::get(plan.target.clone()).header(HOST, plan.host.clone());
         if !plan.tokens.is_empty() {
-            let i = plan.next_token.fetch_add(1, Ordering::Relaxed) % plan.tokens.len();
-            request = request.header(AUTHORIZATION, plan.tokens[i].clone());
+            let i = plan.next_token.fetch_add(1, Ordering::Relaxed);
+            request = request.header(AUTHORIZATION, plan.tokens[i % plan.tokens.len()].clone());
+            if !plan.proofs.is_empty() {
+                let Some(proof) = plan.proofs.get(i) else {
+                    break; // every proof used: a replayed one would only measure a refusal
+                };
+                request = request.header("dpop", proof.clone());
+            }
         }
         let request = request.body(Empty::new()).expect("valid request");
         let outcome = async {
@@ -177,13 +190,14 @@ fn pace(plan: Arc<Plan>) {
     }
 }
 
-fn read_tokens(path: &PathBuf) -> std::io::Result<Vec<HeaderValue>> {
+/// The lines of `path` as header values, each after `prefix`.
+fn read_lines(path: &PathBuf, prefix: &str) -> std::io::Result<Vec<HeaderValue>> {
     let text = std::fs::read_to_string(path)?;
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
         .map(|t| {
-            HeaderValue::try_from(format!("Bearer {t}"))
+            HeaderValue::try_from(format!("{prefix}{t}"))
                 .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
         })
         .collect()
@@ -196,10 +210,22 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .authority()
         .ok_or("the URL needs host:port")?
         .to_string();
-    let tokens = match &args.tokens {
-        Some(p) => read_tokens(p)?,
+    let proofs = match &args.dpop_proofs {
+        Some(p) => read_lines(p, "")?,
         None => Vec::new(),
     };
+    let scheme = if proofs.is_empty() {
+        "Bearer "
+    } else {
+        "DPoP "
+    };
+    let tokens = match &args.tokens {
+        Some(p) => read_lines(p, scheme)?,
+        None => Vec::new(),
+    };
+    if !proofs.is_empty() && tokens.is_empty() {
+        return Err("--dpop-proofs needs --tokens".into());
+    }
     let host = HeaderValue::try_from(args.host.clone().unwrap_or_else(|| authority.clone()))?;
     if args.connections == 0 || args.rate == Some(0) {
         return Err("--connections and --rate must be positive".into());
@@ -218,6 +244,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         addr: authority,
         host,
         tokens,
+        proofs,
         start,
         end: start + args.duration,
         due: args
@@ -260,6 +287,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ok": tally.ok,
         "non_2xx": tally.non_2xx,
         "errors": tally.errors,
+        "proofs_used_up": !plan.proofs.is_empty()
+            && plan.next_token.load(Ordering::Relaxed) >= plan.proofs.len(),
         // Open model: requests that came due but were never sent before the end.
         "not_sent": if args.rate.is_some() { scheduled.saturating_sub(answered + tally.errors) } else { 0 },
         "latency_ms": {

@@ -35,6 +35,10 @@ time on this shared machine spreads by ±25%, so a change of ~5% between two bui
 runs the counts move more (when the machine is busy, fewer requests share each TLS record and
 wake-up), so only builds measured in the same run are compared. Writes instructions.{md,json}.
 
+With `--dpop` (and `--baseline-vakt` naming the same binary), the `vakt` mesh is sent
+DPoP-bound tokens (RFC 9449), each request with a fresh ES256 proof made before the run, while
+`vakt-base` gets the same tokens' Bearer twins: DPoP against Bearer in one run.
+
 With `--hot-text FILE` (as `benches/mesh/run --hot-text` does), the same callgrind run profiles
 which of the binary's functions execute, from start-up on, and writes the linker script that puts
 them together in front of the rest of the code (see hot_text.py).
@@ -201,6 +205,12 @@ def keyed_audit(vakt: str) -> bool:
     return b"checkpoint_file" in Path(vakt).read_bytes()
 
 
+def knows_dpop(vakt: str) -> bool:
+    """Whether a vakt build checks DPoP proofs (and then requires HelseID tokens to be DPoP-bound
+    unless told otherwise): builds from before refuse the `dpop` keys as unknown."""
+    return b"nonce_secret_file" in Path(vakt).read_bytes()
+
+
 def vakt_common(work: Path, name: str, admin: int, keyed: bool) -> str:
     chain = (
         f"  chain_key:\n    key_file: {work / 'chain.key'}\n    key_id: bench1\n"
@@ -233,7 +243,7 @@ routes:
 
 
 def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, keyed: bool, tag: str = "",
-                       reload_interval: str | None = None) -> tuple[Path, Path]:
+                       reload_interval: str | None = None, dpop: bool = False) -> tuple[Path, Path]:
     """`tag` names a second vakt mesh (`--baseline-vakt`): its own ports, policy and audit files.
     `reload_interval`: of the certificate safety-net re-read (`--instructions` keeps it out of the
     measured window)."""
@@ -257,7 +267,12 @@ def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, keyed: bo
         + f"inbound:\n  listen: 127.0.0.1:{ports['vakt_server']}\n  app: 127.0.0.1:{ports['app']}\n"
         f"  policy: {work / 'policy' / 'policy.yaml'}\n"
         + f"oidc:\n  issuers:\n    - issuer: {issuer}\n      profile: helseid\n      audiences: [{AUDIENCE}]\n"
-        f"      algorithms: [RS256]\n      allow_insecure_loopback: true\n  verified_token_cache: 10000\n"
+        f"      algorithms: [RS256]\n      allow_insecure_loopback: true\n"
+        + (f"      dpop:\n        required: false\n" if dpop else "")
+        + f"  verified_token_cache: 10000\n"
+        # Room for every proof of a DPoP run at Bearer speed (~13,000 req/s for proof_window 60 s
+        # plus leeway 10 s): a full cache would refuse requests.
+        + (f"  dpop:\n    public_url: http://{AUTHORITY}\n    replay_cache: 1000000\n" if dpop else "")
         + vakt_common(work, "server", ports["vakt_server_admin"], keyed)
     )
     client = (
@@ -428,17 +443,37 @@ static_resources:
 # Load generators
 # ------------------------------------------------------------------------------------------------
 
-def load(args, url: str, tokens: Path, seconds: float, rate: int | None = None) -> dict:
+def load(args, url: str, tokens: Path, seconds: float, rate: int | None = None,
+         proofs: Path | None = None) -> dict:
     """One run of the load generator (benches/mesh/load.rs) on the load core."""
     argv = ["taskset", "-c", args.load_cpus, args.load, url, "--host", AUTHORITY, "--tokens", str(tokens),
             "--connections", str(args.connections), "--duration", f"{seconds}s"]
     if rate:
         argv += ["--rate", str(rate)]
+    if proofs:
+        argv += ["--dpop-proofs", str(proofs)]
     return json.loads(run(argv))
 
 
-def throughput(args, url: str, tokens: Path, seconds: float) -> dict:
-    r = load(args, url, tokens, seconds)
+# Most requests a DPoP run can take per second (this machine serves ~11,000 Bearer requests a
+# second through the mesh); a run that uses up its proofs says so.
+DPOP_PROOFS_PER_SECOND = 16_000
+
+
+def dpop_proofs(args, work: Path, tokens: Path, seconds: float) -> Path:
+    """Fresh proofs for one run, proof i for token i mod n (made just before it: their iat must be
+    within a minute of the requests)."""
+    out = work / "dpop-proofs.txt"
+    out.write_text(run([args.dev_tools, "dev-idp", "proof", "--dpop-key", str(work / "dpop.key"),
+                        "--url", f"http://{AUTHORITY}{PATH}", "--tokens", str(tokens),
+                        "--count", str(int(seconds * DPOP_PROOFS_PER_SECOND) + 1000)]))
+    return out
+
+
+def throughput(args, url: str, tokens: Path, seconds: float, proofs: Path | None = None) -> dict:
+    r = load(args, url, tokens, seconds, proofs=proofs)
+    if r.get("proofs_used_up"):
+        raise RuntimeError(f"{url}: the DPoP run used up its proofs; raise DPOP_PROOFS_PER_SECOND")
     return {"requests": r["requests"], "rps": r["rps"], "non_2xx": r["non_2xx"], "socket_errors": r["errors"]}
 
 
@@ -463,10 +498,11 @@ def latency(args, url: str, tokens: Path, rate: int, seconds: float) -> dict:
 
 
 class System:
-    def __init__(self, name: str, url: str, procs: list[Proc]):
+    def __init__(self, name: str, url: str, procs: list[Proc], dpop: bool = False):
         self.name = name
         self.url = url
         self.procs = procs  # the proxies whose CPU and memory are reported (empty: direct)
+        self.dpop = dpop  # sent DPoP-bound tokens with proofs (`--dpop`)
 
 
 def check_enforced(system: System, good: str, no_scope: str, timeout: float = 5.0) -> None:
@@ -485,6 +521,23 @@ def check_enforced(system: System, good: str, no_scope: str, timeout: float = 5.
         if status != want:
             raise RuntimeError(f"{system.name}: {what}: expected {want}, got {status}: {body[:200]!r}")
     log(f"{system.name}: enforcement checked (200 allowed; 401 no token / forged; 403 scope / path)")
+
+
+def check_dpop(system: System, tokens: Path, proofs: Path) -> None:
+    """The DPoP mesh must take a fresh proof and refuse its replay and the bound token as Bearer."""
+    token = tokens.read_text().split()[0]
+    proof = proofs.read_text().split()[0]
+    dpop = {"Host": AUTHORITY, "Authorization": f"DPoP {token}", "DPoP": proof}
+    cases = [
+        ("DPoP token with a fresh proof", dpop, 200),
+        ("the same proof again", dpop, 401),
+        ("the bound token as Bearer", {"Host": AUTHORITY, "Authorization": f"Bearer {token}"}, 401),
+    ]
+    for what, headers, want in cases:
+        status, body = http_get(system.url, headers)
+        if status != want:
+            raise RuntimeError(f"{system.name}: {what}: expected {want}, got {status}: {body[:200]!r}")
+    log(f"{system.name}: DPoP checked (200 fresh proof; 401 replay, bound token as Bearer)")
 
 
 def requests_served(admin_port: int) -> float:
@@ -626,6 +679,8 @@ def main() -> int:
                     help="cores for everything under test (app, sidecars)")
     ap.add_argument("--keep", action="store_true", help="keep the work directory")
     ap.add_argument("--baseline-vakt", help="a second vakt binary, measured as `vakt-base` in the same run")
+    ap.add_argument("--dpop", action="store_true",
+                    help="send `vakt` DPoP-bound tokens with a proof per request (`vakt-base`: Bearer)")
     ap.add_argument("--instructions", type=float, default=0.0, metavar="SECONDS",
                     help="instead of the timed runs: count the instructions each vakt sidecar "
                          "executes per request (valgrind callgrind), over windows of SECONDS of "
@@ -697,6 +752,12 @@ def main() -> int:
         tokens_file = work / "tokens.txt"
         tokens_file.write_text("\n".join(tokens) + "\n")
         log(f"minted {len(tokens)} distinct RS256 tokens")
+        dpop_tokens_file = work / "dpop-tokens.txt"
+        if args.dpop:
+            bound = run(mint + ["--scope", SCOPE, "--scope", "bench.other", "--count", str(args.tokens),
+                                "--dpop-key", str(work / "dpop.key")]).split()
+            dpop_tokens_file.write_text("\n".join(bound) + "\n")
+            log(f"minted {len(bound)} distinct DPoP-bound RS256 tokens")
 
         start("app", [args.app, f"127.0.0.1:{ports['app']}"])
         wait_port(ports["app"])
@@ -717,18 +778,19 @@ def main() -> int:
             systems.append(System("envoy", f"http://127.0.0.1:{ports['envoy_client']}{PATH}", [client, server]))
         if "vakt" in systems_wanted:
             vs, vc = write_vakt_configs(work, ports, issuer, keyed_audit(args.vakt),
-                                        reload_interval=reload_interval)
+                                        reload_interval=reload_interval, dpop=knows_dpop(args.vakt))
             server = start_vakt("vakt-server", args.vakt, vs)
             client = start_vakt("vakt-client", args.vakt, vc)
             admin[server.name], admin[client.name] = ports["vakt_server_admin"], ports["vakt_client_admin"]
             for p in ("vakt_server_admin", "vakt_client_admin"):
                 wait_ready(f"http://127.0.0.1:{ports[p]}/ready", ready_timeout)
             log("vakt up")
-            systems.append(System("vakt", f"http://127.0.0.1:{ports['vakt_client']}{PATH}", [client, server]))
+            systems.append(System("vakt", f"http://127.0.0.1:{ports['vakt_client']}{PATH}", [client, server],
+                                  dpop=args.dpop))
         if args.baseline_vakt:
             # A second vakt build on the same machine in the same run (A/B of a change).
             vs, vc = write_vakt_configs(work, ports, issuer, keyed_audit(args.baseline_vakt), tag="_base",
-                                        reload_interval=reload_interval)
+                                        reload_interval=reload_interval, dpop=knows_dpop(args.baseline_vakt))
             server = start_vakt("vakt-base-server", args.baseline_vakt, vs)
             client = start_vakt("vakt-base-client", args.baseline_vakt, vc)
             admin[server.name], admin[client.name] = ports["vakt_server_admin_base"], ports["vakt_client_admin_base"]
@@ -752,16 +814,29 @@ def main() -> int:
                 log("hot text: " + hot_text.write(dumps, Path(args.vakt), Path(args.hot_text)))
             return rc
 
+        def run_tokens(s: System, seconds: float) -> tuple[Path, Path | None]:
+            if s.dpop:
+                return dpop_tokens_file, dpop_proofs(args, work, dpop_tokens_file, seconds)
+            return tokens_file, None
+
+        if args.dpop:
+            if counting:
+                raise SystemExit("--dpop measures time, not instructions")
+            check_dpop(next(s for s in systems if s.dpop), dpop_tokens_file,
+                       dpop_proofs(args, work, dpop_tokens_file, 0))
+
         # Warm-up: connections, pools, token caches (every token seen once).
         for s in systems:
-            throughput(args, s.url, tokens_file, 2)
+            warm_tokens, warm_proofs = run_tokens(s, 2)
+            throughput(args, s.url, warm_tokens, 2, proofs=warm_proofs)
 
         results: dict[str, dict] = {s.name: {"throughput": [], "latency": {r: [] for r in rates}} for s in systems}
         for rnd in range(args.rounds):
             order = systems[rnd % len(systems):] + systems[:rnd % len(systems)]
             for s in order:
+                run_with, proofs = run_tokens(s, args.duration)
                 cpu0 = [p.cpu_seconds() for p in s.procs]
-                t = throughput(args, s.url, tokens_file, args.duration)
+                t = throughput(args, s.url, run_with, args.duration, proofs=proofs)
                 cpu = sum(p.cpu_seconds() for p in s.procs) - sum(cpu0)
                 t["proxy_cpu_ms_per_1k"] = (cpu / t["requests"] * 1e6) if s.procs and t["requests"] else 0.0
                 results[s.name]["throughput"].append(t)

@@ -431,13 +431,16 @@ impl ProofKey {
 // ---------------------------------------------------------------------------------------------
 
 struct ReplayShard {
-    seen: HashSet<u128>,
-    /// Entries by expiry; expiries pushed never decrease, so the oldest is at the front.
-    order: VecDeque<(i64, u128)>,
+    seen: HashSet<u64>,
+    /// Entries by expiry (unix seconds); expiries pushed never decrease, so the oldest is at the
+    /// front.
+    order: VecDeque<(u32, u64)>,
 }
 
 /// Proof ids seen while their proofs could still be accepted, bounded: full of live entries, it
-/// refuses (fail closed) instead of forgetting one.
+/// refuses (fail closed) instead of forgetting one. An entry is a 64-bit hash of key thumbprint
+/// and `jti` and a 32-bit expiry (`cargo bench --bench memory` counts the bytes); two different
+/// proofs share an id with a chance of n/2^64 among n live ones, and the later one is refused.
 pub struct ReplayCache {
     shards: Box<[Mutex<ReplayShard>]>,
     per_shard: usize,
@@ -460,8 +463,10 @@ impl ReplayCache {
     }
 
     /// Remembers `id` until `expires` (unix seconds); refuses one already remembered.
-    pub fn insert(&self, id: u128, now: i64, expires: i64) -> Result<(), TokenError> {
-        let shard = &self.shards[(id % REPLAY_SHARDS as u128) as usize];
+    pub fn insert(&self, id: u64, now: i64, expires: i64) -> Result<(), TokenError> {
+        let clamp = |t: i64| u32::try_from(t.max(0)).unwrap_or(u32::MAX);
+        let (now, expires) = (clamp(now), clamp(expires));
+        let shard = &self.shards[(id % REPLAY_SHARDS as u64) as usize];
         let mut shard = shard
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -486,6 +491,7 @@ impl ReplayCache {
         Ok(())
     }
 
+    /// Ids remembered now (including expired ones not yet swept by an insert).
     pub fn len(&self) -> usize {
         self.shards
             .iter()
@@ -495,6 +501,10 @@ impl ReplayCache {
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.per_shard * REPLAY_SHARDS
     }
 }
 
@@ -641,6 +651,10 @@ impl ProofChecker {
         self.replay.len()
     }
 
+    pub fn replay_capacity(&self) -> usize {
+        self.replay.capacity()
+    }
+
     /// All of RFC 9449 §4.3 for one proof, in an order that spends no replay-cache entry on a
     /// proof that fails any other check.
     pub fn check(
@@ -739,10 +753,10 @@ impl ProofChecker {
         ctx.update(jkt.as_bytes());
         ctx.update(&[0]);
         ctx.update(jti.as_bytes());
-        let id = u128::from_be_bytes(
-            ctx.finish().as_ref()[..16]
+        let id = u64::from_be_bytes(
+            ctx.finish().as_ref()[..8]
                 .try_into()
-                .expect("a SHA-256 digest has 16 bytes to spare"),
+                .expect("a SHA-256 digest has 8 bytes to spare"),
         );
         // Kept while a proof with this iat could still be accepted.
         self.replay
@@ -849,7 +863,7 @@ mod tests {
         cache.insert(1, 100, 160).unwrap();
         assert_eq!(cache.insert(1, 120, 180), Err(TokenError::DpopReplayed));
         // Same shard (ids equal modulo the shard count): two fit, the third is refused.
-        let step = REPLAY_SHARDS as u128;
+        let step = REPLAY_SHARDS as u64;
         cache.insert(1 + step, 120, 180).unwrap();
         assert_eq!(
             cache.insert(1 + 2 * step, 120, 180),
@@ -858,6 +872,9 @@ mod tests {
         // Once the first has expired, its place is free again and it is forgotten.
         cache.insert(1 + 2 * step, 161, 221).unwrap();
         assert_eq!(cache.len(), 2);
+        assert_eq!(cache.capacity(), REPLAY_SHARDS * 2);
+        // The capacity asked for is rounded up to whole shards.
+        assert_eq!(ReplayCache::new(1000).capacity(), 1008);
     }
 
     #[test]

@@ -208,6 +208,12 @@ pub struct ProofArgs {
     /// A nonce from a `DPoP-Nonce` header.
     #[arg(long)]
     nonce: Option<String>,
+    /// Make this many proofs, one per line, each with its own `jti` (load tests).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    count: u32,
+    /// A file of tokens, one per line: proof i goes with token i mod n (instead of --token).
+    #[arg(long, conflicts_with = "token")]
+    tokens: Option<PathBuf>,
 }
 
 impl ProofArgs {
@@ -215,13 +221,25 @@ impl ProofArgs {
         let alg = idp::parse_proof_alg(&self.alg).map_err(|e| format!("--alg: {e}"))?;
         let key = vakt::dev::dpop::DpopClientKey::load_or_create(&self.dpop_key, alg)
             .map_err(|e| e.to_string())?;
-        key.proof(
-            &self.method,
-            &self.url,
-            self.token.as_deref(),
-            self.nonce.as_deref(),
-        )
-        .map_err(|e| e.to_string())
+        let tokens: Vec<String> = match &self.tokens {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("--tokens {}: {e}", path.display()))?
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect(),
+            None => self.token.into_iter().collect(),
+        };
+        let mut lines = Vec::with_capacity(self.count as usize);
+        for i in 0..self.count as usize {
+            let token = (!tokens.is_empty()).then(|| tokens[i % tokens.len()].as_str());
+            lines.push(
+                key.proof(&self.method, &self.url, token, self.nonce.as_deref())
+                    .map_err(|e| e.to_string())?,
+            );
+        }
+        Ok(lines.join("\n"))
     }
 }
 

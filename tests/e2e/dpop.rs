@@ -65,7 +65,7 @@ struct Mesh {
     generic: DevIdp,
     nonce: DevIdp,
     dir: std::path::PathBuf,
-    _keys: Vec<tempfile::TempDir>,
+    keys: Vec<tempfile::TempDir>,
 }
 
 async fn issuer(prefix: &str) -> (DevIdp, tempfile::TempDir) {
@@ -78,6 +78,11 @@ async fn issuer(prefix: &str) -> (DevIdp, tempfile::TempDir) {
 }
 
 async fn mesh() -> Mesh {
+    mesh_with("").await
+}
+
+/// [`mesh`] with `dpop_extra` appended to the server's `oidc.dpop` section.
+async fn mesh_with(dpop_extra: &str) -> Mesh {
     init();
     let (helseid, k1) = issuer("/helseid").await;
     let (generic, k2) = issuer("/generic").await;
@@ -99,7 +104,7 @@ async fn mesh() -> Mesh {
         )
     };
     let yaml = format!(
-        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  jwks_refresh_min: 1h\n  jwks_refresh_max: 2h\n  dpop:\n    public_url: {PUBLIC}\n    nonce_secret_file: {}\n    nonce_lifetime: 60s\n  issuers:\n{}{}{}",
+        "{}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\noidc:\n  jwks_refresh_min: 1h\n  jwks_refresh_max: 2h\n  dpop:\n    public_url: {PUBLIC}\n    nonce_secret_file: {}\n    nonce_lifetime: 60s\n{dpop_extra}  issuers:\n{}{}{}",
         base_config_yaml(&dir, TD),
         app.addr,
         policy.display(),
@@ -124,7 +129,7 @@ async fn mesh() -> Mesh {
         generic,
         nonce,
         dir,
-        _keys: vec![k1, k2, k3],
+        keys: vec![k1, k2, k3],
     }
 }
 
@@ -930,4 +935,131 @@ async fn dpop_config_without_a_public_url_is_refused_with_the_reason() {
     );
     let err = Config::from_yaml(&bad_url).unwrap_err().to_string();
     assert!(err.contains("has a query"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_idp_mints_bound_tokens_and_makes_proofs_the_mesh_accepts() {
+    let m = mesh().await;
+    let work = tempfile::tempdir().unwrap();
+    let key = work.path().join("client.key");
+    let key_arg = key.to_str().unwrap();
+    let (code, token, err) = run_vakt(&[
+        "dev-idp",
+        "mint",
+        "--dir",
+        m.keys[0].path().to_str().unwrap(),
+        "--issuer",
+        &m.helseid.issuer,
+        "--audience",
+        "journal-api",
+        "--scope",
+        "journal.read",
+        "--dpop-key",
+        key_arg,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let token = token.trim().to_owned();
+    let path = "/v2/records/9";
+    let url = format!("{PUBLIC}{path}");
+    let (code, proof, err) = run_vakt(&[
+        "dev-idp",
+        "proof",
+        "--dpop-key",
+        key_arg,
+        "--method",
+        "GET",
+        "--url",
+        &url,
+        "--token",
+        &token,
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let answer = send_dpop(&m, "GET", path, &token, proof.trim()).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+
+    // Many proofs at once (load tests): distinct, each accepted once.
+    let tokens = work.path().join("tokens");
+    std::fs::write(&tokens, format!("{token}\n")).unwrap();
+    let (code, proofs, err) = run_vakt(&[
+        "dev-idp",
+        "proof",
+        "--dpop-key",
+        key_arg,
+        "--url",
+        &url,
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--count",
+        "3",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let proofs: Vec<&str> = proofs.lines().collect();
+    assert_eq!(proofs.len(), 3);
+    for proof in &proofs {
+        let answer = send_dpop(&m, "GET", path, &token, proof).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+    }
+    // A bad algorithm name is a usage error that names the choices.
+    let (code, _, err) = run_vakt(&[
+        "dev-idp",
+        "proof",
+        "--dpop-key",
+        key_arg,
+        "--alg",
+        "HS256",
+        "--url",
+        &url,
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("unknown algorithm \"HS256\""), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_replay_cache_refuses_dpop_requests_rather_than_forget_a_proof() {
+    let m = mesh_with("    replay_cache: 1000\n").await;
+    let key = DpopClientKey::generate(Alg::ES256).unwrap();
+    let token = token(&m.helseid, Some(&key));
+    let path = "/v2/records/4";
+    let url = format!("{PUBLIC}{path}");
+    // Proofs until one is refused: the cache holds 1,000 ids in 16 shards of 63.
+    let mut accepted = 0;
+    let refused = loop {
+        let batch: Vec<String> = (0..50)
+            .map(|_| key.proof("GET", &url, Some(&token), None).unwrap())
+            .collect();
+        let answers = futures_util::future::join_all(
+            batch
+                .iter()
+                .map(|proof| send_dpop(&m, "GET", path, &token, proof)),
+        )
+        .await;
+        accepted += answers.iter().filter(|a| a.status == 200).count();
+        if let Some(refused) = answers.into_iter().find(|a| a.status != 200) {
+            break refused;
+        }
+        assert!(accepted <= 1008, "the cache never filled");
+    };
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (503, "dpop_replay_cache_full"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    assert!(accepted >= 16, "{accepted}");
+    assert_eq!(
+        m.app.seen().len(),
+        accepted,
+        "only accepted proofs reached the app"
+    );
+    // Gauges are process-wide in this test binary (other sidecars set them too); the refusal
+    // counter, by reason, is this test's own to grow.
+    let metrics = metrics_text(m.server.admin_addr).await;
+    assert!(
+        metric_sum(
+            &metrics,
+            "vakt_authn_failures_total",
+            &[("reason", "dpop_replay_cache_full")]
+        ) >= 1.0
+    );
 }

@@ -534,6 +534,11 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             "vakt_audit_queue_capacity",
             "vakt_audit_queue_depth{",
         ),
+        (
+            "VaktDpopReplayCacheFilling",
+            "vakt_dpop_replay_cache_capacity",
+            "vakt_dpop_replay_cache_entries{",
+        ),
         // A new pod's series starts at 1: increase() alone would miss it.
         (
             "VaktAuditChainBroken",
@@ -568,7 +573,7 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             .contains("sum by (namespace, route)"),
         "{label}: denials by route"
     );
-    assert_eq!(rules.len(), 11, "{label}: {:?}", rules.keys());
+    assert_eq!(rules.len(), 12, "{label}: {:?}", rules.keys());
 }
 
 // ---- the metrics catalogue ---------------------------------------------------------------------
