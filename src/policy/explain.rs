@@ -25,7 +25,8 @@ pub struct RequestSpec {
     pub host: Option<String>,
     #[serde(default)]
     pub peer: Option<SpiffeId>,
-    /// Claims of a (verified) access token, as the token would carry them.
+    /// Claims of a (verified) access token, as the token would carry them. A `cnf: {jkt: ...}`
+    /// stands for a DPoP-bound token that came with a valid proof (RFC 9449).
     #[serde(default)]
     pub claims: Option<std::collections::BTreeMap<String, serde_json::Value>>,
     /// How to read the claims (default generic).
@@ -46,11 +47,17 @@ impl RequestSpec {
             .get("exp")
             .and_then(serde_json::Value::as_i64)
             .unwrap_or(i64::MAX);
-        Some(
-            self.profile
-                .unwrap_or(Profile::Generic)
-                .principal(issuer, claims, exp),
-        )
+        let dpop_jkt = claims
+            .get("cnf")
+            .and_then(|c| c.get("jkt"))
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned);
+        let mut principal = self
+            .profile
+            .unwrap_or(Profile::Generic)
+            .principal(issuer, claims, exp);
+        principal.dpop_jkt = dpop_jkt;
+        Some(principal)
     }
 }
 

@@ -946,3 +946,29 @@ fn require_dpop_needs_a_token_and_a_public_url_to_check_proofs_against() {
     // Unknown (a policy checked on its own): accepted.
     Policy::from_yaml(&yaml("optional"), &context(None)).unwrap();
 }
+
+#[test]
+fn a_test_request_with_cnf_jkt_stands_for_a_dpop_request() {
+    let yaml = format!(
+        "routes:\n  - id: v2\n    methods: [GET]\n    path: /v2\n    require_dpop: true\n    allow:\n      - peers: [{WEB_ID}]\n"
+    );
+    let p = policy_with_issuers(&yaml, &[HELSEID]).unwrap();
+    let request = |claims: serde_json::Value| explain::RequestSpec {
+        method: "GET".into(),
+        path: "/v2".into(),
+        host: None,
+        peer: Some(WEB_ID.parse().unwrap()),
+        claims: Some(serde_json::from_value(claims).unwrap()),
+        profile: None,
+    };
+    let bound = request(
+        serde_json::json!({"iss": HELSEID, "cnf": {"jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I"}}),
+    );
+    let bearer = request(serde_json::json!({"iss": HELSEID}));
+    let reason = |r: &explain::RequestSpec| match explain::decide(&p, r).unwrap() {
+        explain::Verdict::Decided { decision, .. } => decision.reason,
+        _ => panic!("the path is canonical"),
+    };
+    assert_eq!(reason(&bound), Reason::RuleMatched);
+    assert_eq!(reason(&bearer), Reason::DpopRequired);
+}
