@@ -703,6 +703,11 @@ impl<S: Sink> Writer<'_, S> {
                 Err(WriteFailure { written, error }) => {
                     // The first `written` lines are in; retry the rest, unchanged.
                     self.wrote(&mut pending, written);
+                    // Whoever holds a response back for one of the rest is told now, not when
+                    // the sink comes back (deny mode breaks that response off); the lines stay
+                    // pending and are written on recovery.
+                    pending.waiting.iter_mut().for_each(|w| drop(w.take()));
+                    self.settle_written();
                     self.shared.fail(&error);
                     self.backoff.wait(self.shared)?;
                     if pending.is_empty() {
@@ -770,8 +775,27 @@ impl<S: Sink> Writer<'_, S> {
     fn flush(&mut self, force: bool) -> Result<(), Stopped> {
         while let Err(e) = self.sink.flush(force) {
             self.shared.fail(&e);
+            // Lines not known to be durable: whoever waits for them is told now.
+            self.unsynced_waiting.clear();
             self.backoff.wait(self.shared)?;
         }
+        self.synced();
+        self.shared.recovered();
+        self.backoff.reset();
+        Ok(())
+    }
+
+    /// After a failed write: the lines that did go in are made durable if the sink lets us and
+    /// their callers told; if not, they are told the lines are not known to be durable.
+    fn settle_written(&mut self) {
+        match self.sink.flush(false) {
+            Ok(()) => self.synced(),
+            Err(_) => self.unsynced_waiting.clear(),
+        }
+    }
+
+    /// The lines in the sink are durable (per its policy): count them and tell their callers.
+    fn synced(&mut self) {
         self.shared
             .written
             .fetch_add(self.unsynced, Ordering::AcqRel);
@@ -780,9 +804,6 @@ impl<S: Sink> Writer<'_, S> {
             // The caller may have gone (the client left): nothing to tell.
             let _ = waiting.send(());
         }
-        self.shared.recovered();
-        self.backoff.reset();
-        Ok(())
     }
 }
 
@@ -1145,6 +1166,39 @@ mod tests {
         fn flush(&mut self, _force: bool) -> Result<(), SinkError> {
             Ok(())
         }
+    }
+
+    /// A failing sink does not keep callers waiting for it to recover: the one whose line was
+    /// written learns it was written, the one whose line was not learns at once that it was not;
+    /// the line is still written once the sink works again.
+    #[tokio::test]
+    async fn a_waiting_caller_is_told_at_once_when_its_line_cannot_be_written() {
+        let out = Arc::new(Mutex::new(Vec::new()));
+        let (sink, gate) = Gated::held(FlakySink {
+            failures: 1_000,
+            out: out.clone(),
+        });
+        let mut config = fast_retry(10);
+        config.retry_initial = Duration::from_secs(30);
+        config.retry_max = Duration::from_secs(30);
+        let log = AuditLog::start(sink, config, chain());
+        let first = log.try_record_written(event(1), false).unwrap();
+        let second = log.try_record_written(event(2), false).unwrap();
+        let third = log.try_record_written(event(3), false).unwrap();
+        gate.release();
+        // The first two lines went in before the failure; the third did not.
+        for written in [first, second] {
+            tokio::time::timeout(Duration::from_secs(5), written)
+                .await
+                .expect("told")
+                .expect("written");
+        }
+        tokio::time::timeout(Duration::from_secs(5), third)
+            .await
+            .expect("told long before the 30 s retry")
+            .expect_err("not written");
+        assert_eq!(out.lock().unwrap().len(), 2);
+        assert!(!log.healthy());
     }
 
     #[tokio::test]

@@ -388,3 +388,123 @@ async fn long_ten_thousand_silent_connections() {
     drop(silent);
     stop(&mut child).await;
 }
+
+/// A tmpfs mounted for one test, unmounted (lazily) when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` at `dir`; `None` (with the reason printed) where this machine
+    /// cannot mount, unless CI asks for every test to run.
+    fn mount(dir: &std::path::Path, size: &str) -> Option<Self> {
+        std::fs::create_dir_all(dir).unwrap();
+        let out = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir)
+            .output()
+            .unwrap();
+        if out.status.success() {
+            return Some(Self(dir.to_owned()));
+        }
+        let why = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI runs as root and must mount a tmpfs: {why}"
+        );
+        eprintln!("skipped: cannot mount a tmpfs here ({why})");
+        None
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// The audit trail on a tiny tmpfs that fills up, with `fsync: always` and deny mode: once the
+/// disk is full every request is refused (503) and the sidecar is not ready; every response a
+/// client received whole has its event in the file, and no event was written for a request that
+/// was refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_disk_refuses_requests_and_every_served_response_has_its_event() {
+    let workload = ChildWorkload::new("web-full-disk").await;
+    let (dir, client) = (&workload.dir, workload.web_h1.clone());
+    let Some(disk) = Tmpfs::mount(&dir.join("audit-disk"), "64k") else {
+        return;
+    };
+    let audit = disk.0.join("audit.log");
+    let (yaml, addr, admin) = workload.child_config();
+    let yaml = yaml
+        .replace(
+            &format!(
+                "    path: {}\n    fsync: never\n",
+                dir.join("audit.log").display()
+            ),
+            &format!("    path: {}\n    fsync: always\n", audit.display()),
+        )
+        .replace("audit:\n", "audit:\n  on_audit_failure: deny\n");
+    assert!(yaml.contains("fsync: always"), "{yaml}");
+    let mut child = spawn_vakt_with_env("full-disk", dir, &yaml, admin, &[("RUST_LOG", "info")]);
+    wait_ready(&child).await;
+
+    // A response counts as served when its body arrived whole: with `fsync: always` the last
+    // frame waits for the event, and an event that cannot be written breaks the response off.
+    let (mut served, mut broken_off, mut refused) = (0, 0, 0);
+    for _ in 0..5_000 {
+        let tls = mtls_connect(addr, client.clone()).await.unwrap();
+        let response = tokio::time::timeout(RESPONSE_WAIT, h1_send(tls, get("/", "orders.shop")))
+            .await
+            .unwrap_or_else(|_| panic!("no response head ({served} served, {refused} refused)"));
+        let Ok(response) = response else {
+            // Broken off before its head was out.
+            broken_off += 1;
+            continue;
+        };
+        let status = response.status();
+        let whole = tokio::time::timeout(
+            RESPONSE_WAIT,
+            http_body_util::BodyExt::collect(response.into_body()),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("the body of a {status} never ended ({served} served)"))
+        .is_ok();
+        match (status.as_u16(), whole) {
+            (503, true) => refused += 1,
+            (200, true) => served += 1,
+            (200, false) => broken_off += 1,
+            other => panic!("{other:?}"),
+        }
+        if refused == 50 {
+            break;
+        }
+    }
+    assert_eq!(refused, 50, "the disk never filled ({served} served)");
+    assert!(broken_off <= 1, "{broken_off} responses broken off");
+    assert!(served > 20, "{served}");
+    let ready = plain_send(admin, get("/ready", "admin")).await;
+    assert_eq!(ready.status(), 503);
+    assert!(body_string(ready).await.contains("audit sink writing"));
+
+    // Every served request is in the trail, as a whole line; no refused one is.
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let allowed = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|e| e["direction"] == "inbound" && e["decision"] == "allow")
+        .count();
+    assert_eq!(allowed, served, "served responses against their events");
+    assert!(!text.contains("audit_unavailable"));
+    eprintln!(
+        "full audit disk (64 KiB tmpfs, fsync always): {served} served, each with its event; {broken_off} broken off when its event could not be written; then refused"
+    );
+    let _ = child.child.kill().await;
+}
