@@ -54,7 +54,7 @@ where
                 _ = ticker.tick() => {}
                 Some(()) = rx.recv() => {
                     // Let a burst of events (several files, a symlink swap) settle first.
-                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
                 }
                 _ = shutdown.changed() => return,
@@ -62,6 +62,27 @@ where
             let _ = tokio::task::spawn_blocking(reload.clone()).await;
         }
     })
+}
+
+/// How long changed files must stay unchanged before they are read, and how many times that
+/// wait is repeated while they keep changing.
+pub const SETTLE: Duration = Duration::from_millis(200);
+pub const SETTLE_ROUNDS: usize = 5;
+
+/// `first`, or what `read` gives once two reads `SETTLE` apart agree (at most `SETTLE_ROUNDS`
+/// waits): a writer that replaces files in several steps (the key, then the certificate; a
+/// truncate, then a write) is given a moment, so a read between its steps is not taken for a
+/// new version. Blocks: call from a blocking task.
+pub fn settled<T: PartialEq>(mut first: T, read: impl Fn() -> T) -> T {
+    for _ in 0..SETTLE_ROUNDS {
+        std::thread::sleep(SETTLE);
+        let now = read();
+        if now == first {
+            break;
+        }
+        first = now;
+    }
+    first
 }
 
 /// Whether an event can mean that a file's content changed: created, written (and closed after

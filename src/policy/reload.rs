@@ -81,6 +81,17 @@ impl PolicyStore {
 
     fn try_reload(&self, skip_rejected: bool) -> PolicyReload {
         let mut rejected = self.rejected.lock().unwrap_or_else(|p| p.into_inner());
+        if skip_rejected {
+            // A file that changed is read once it stopped changing: a writer that truncates and
+            // then writes is not caught in between.
+            let bytes = std::fs::read(&self.path).ok();
+            let loaded = self.loaded_text.lock().unwrap_or_else(|p| p.into_inner());
+            let changed = bytes.as_deref() != Some(loaded.as_bytes());
+            drop(loaded);
+            if changed {
+                crate::watch::settled(bytes, || std::fs::read(&self.path).ok());
+            }
+        }
         let read = read_policy_file(&self.path);
         let seen_before = match (&*rejected, &read) {
             (Some(Ok(old)), Ok(new)) => old == new,
@@ -144,4 +155,38 @@ impl PolicyStore {
 
 fn record_loaded(policy: &Policy) {
     metrics::gauge!(m::POLICY_ROUTES).set(policy.routes.len() as f64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A writer that truncates the file and writes the new version a moment later (`cp`, an
+    /// editor saving in place), with a re-read landing in between: the empty file is never taken
+    /// for a broken version, the new one is taken once whole.
+    #[test]
+    fn a_file_rewritten_in_place_is_read_once_it_stopped_changing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("policy.yaml");
+        let route = |id: &str| {
+            format!(
+                "routes:\n  - id: {id}\n    methods: [GET]\n    path: /a\n    allow:\n      - peers: [spiffe://td/ns/a/sa/b]\n"
+            )
+        };
+        std::fs::write(&path, route("first")).unwrap();
+        let context = PolicyContext::with_trust_domains(&["td".parse().unwrap()]);
+        let store = PolicyStore::load(&path, context).unwrap();
+        std::fs::write(&path, "").unwrap();
+        let late = {
+            let (path, text) = (path.clone(), route("second"));
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(100));
+                std::fs::write(path, text).unwrap();
+            })
+        };
+        let outcome = store.reload_changed();
+        late.join().unwrap();
+        assert!(matches!(outcome, PolicyReload::Reloaded), "{outcome:?}");
+        assert_eq!(&*store.current().routes[0].id, "second");
+    }
 }

@@ -569,4 +569,41 @@ mod tests {
             "{err}"
         );
     }
+
+    /// A writer replacing key and certificate one at a time, with a re-read landing between the
+    /// two writes: the half-replaced pair is never read, the new pair is taken once whole.
+    #[test]
+    fn a_pair_replaced_file_by_file_is_read_once_it_stopped_changing() {
+        let pki = DevPki::new(OURS).unwrap();
+        let id = pki.spiffe_id("a", "b");
+        let dir = pki.workload("w", &id).unwrap();
+        let store = CertStore::load(&identity(&dir, Vec::new()), TlsVersion::Tls13).unwrap();
+        let old = store.current().material.fingerprint;
+        let new = pki
+            .issue(&crate::dev::certs::LeafSpec::svid(
+                &id,
+                std::time::Duration::from_secs(3600),
+            ))
+            .unwrap();
+        std::fs::write(dir.join(crate::dev::certs::KEY_FILE), &new.key_pem).unwrap();
+        let late_cert = {
+            let (path, pem) = (dir.join(crate::dev::certs::CERT_FILE), new.cert_pem.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                std::fs::write(path, pem).unwrap();
+            })
+        };
+        // The re-read between the key and the certificate.
+        let outcome = store.reload_changed();
+        late_cert.join().unwrap();
+        assert!(
+            matches!(outcome, reload::ReloadOutcome::Reloaded),
+            "{outcome:?}"
+        );
+        assert_ne!(store.current().material.fingerprint, old);
+        assert!(matches!(
+            store.reload_changed(),
+            reload::ReloadOutcome::Unchanged
+        ));
+    }
 }

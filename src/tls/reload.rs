@@ -18,7 +18,6 @@ use super::config::{IdentityConfig, TlsVersion};
 use super::{OutboundAlpn, TlsError, TlsMaterial, client_config, server_config};
 use crate::identity::SpiffeId;
 use crate::metrics as m;
-
 /// One loaded generation of TLS material with the configs built from it.
 #[derive(Debug)]
 pub struct LoadedTls {
@@ -92,12 +91,16 @@ impl CertStore {
     /// After a change was seen or on the periodic re-read: reload only when the files' bytes
     /// differ from the last read, so an unchanged set is not parsed and a rejected one is
     /// logged and counted once.
+    /// A writer that replaces the files one at a time (the key, then the certificate) is given
+    /// a moment: the set is read once its bytes stopped changing, so the periodic re-read
+    /// landing between two writes does not reject a half-replaced pair.
     pub fn reload_changed(&self) -> ReloadOutcome {
         let sources = self.sources();
         let mut last_seen = self.last_seen.lock().unwrap_or_else(|p| p.into_inner());
         if last_seen.as_ref() == Some(&sources) {
             return ReloadOutcome::Unchanged;
         }
+        let sources = crate::watch::settled(sources, || self.sources());
         *last_seen = Some(sources);
         self.reload()
     }

@@ -389,6 +389,126 @@ async fn long_ten_thousand_silent_connections() {
     stop(&mut child).await;
 }
 
+/// The long version of reloads under load (`benches/faults-long`, not in CI): 20 s of requests
+/// on 16 keep-alive HTTP/2 connections (each reconnecting every 500 requests, so new handshakes
+/// meet every certificate), the policy changed every 500 ms, alternately to a new valid version
+/// and to a new broken one, and the certificate re-issued every 2 s. Prints the request rate,
+/// failed requests and the reload counts against the changes made; then 10 s idle, which must
+/// reload nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "long: run by benches/faults-long"]
+async fn long_reloads_and_certificate_swaps_under_load() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    let workload = ChildWorkload::new("web-swaps").await;
+    let (yaml, addr, admin) = workload.child_config();
+    let mut child = spawn_vakt_with_env(
+        "swaps",
+        &workload.dir,
+        &yaml,
+        admin,
+        &[("RUST_LOG", "warn")],
+    );
+    wait_ready(&child).await;
+    let start_counts = reloads(admin).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let mut load = Vec::new();
+    for _ in 0..16 {
+        let (stop, ok, failed, config) = (
+            stop.clone(),
+            ok.clone(),
+            failed.clone(),
+            workload.web_h2.clone(),
+        );
+        load.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(tls) = mtls_connect(addr, config.clone()).await else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                let Ok((mut sender, conn)) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tls),
+                )
+                .await
+                else {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                };
+                tokio::spawn(conn);
+                for _ in 0..500 {
+                    if stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    let answer = match sender.send_request(get("/", "orders.shop")).await {
+                        Ok(r) if r.status() == 200 => !body_string(r).await.is_empty(),
+                        _ => false,
+                    };
+                    let counter = if answer { &ok } else { &failed };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+
+    let policy = workload.dir.join("policy.yaml");
+    let valid = std::fs::read_to_string(&policy).unwrap();
+    let started = std::time::Instant::now();
+    let (mut valid_writes, mut broken_writes, mut cert_swaps) = (0.0, 0.0, 0.0);
+    for step in 1..=40 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if step % 2 == 0 {
+            // A new valid version (a comment makes its content new).
+            std::fs::write(&policy, format!("{valid}# version {step}\n")).unwrap();
+            valid_writes += 1.0;
+        } else {
+            std::fs::write(&policy, format!("routes: [ # broken version {step}\n")).unwrap();
+            broken_writes += 1.0;
+        }
+        if step % 4 == 0 {
+            workload
+                .pki
+                .issue(&vakt::dev::certs::LeafSpec::svid(
+                    &workload.id,
+                    Duration::from_secs(3600),
+                ))
+                .unwrap()
+                .save(&workload.dir, &workload.pki.ca)
+                .unwrap();
+            cert_swaps += 1.0;
+        }
+    }
+    // The last change is a valid policy; let the last reloads land, then stop the load.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    let elapsed = started.elapsed();
+    let loaded = reloads(admin).await;
+    let got = |i: usize| loaded[i] - start_counts[i];
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle = reloads(admin).await;
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!(
+        "reloads under load: {ok} requests in {elapsed:?} ({:.0}/s) on 16 HTTP/2 connections, {failed} failed; policy reloads {} success / {} failure for {valid_writes} valid and {broken_writes} broken versions; certificate reloads {} success / {} failure for {cert_swaps} re-issues; {} reloads in 10 s idle afterwards",
+        ok as f64 / elapsed.as_secs_f64(),
+        got(0),
+        got(1),
+        got(2),
+        got(3),
+        idle.iter().sum::<f64>() - loaded.iter().sum::<f64>(),
+    );
+    assert_eq!(failed, 0, "requests failed during reloads");
+    assert_eq!((got(0), got(1)), (valid_writes, broken_writes));
+    assert_eq!((got(2), got(3)), (cert_swaps, 0.0));
+    assert_eq!(idle, loaded, "reloads while idle");
+    self::stop(&mut child).await;
+}
+
 /// A tmpfs mounted for one test, unmounted (lazily) when dropped.
 struct Tmpfs(std::path::PathBuf);
 
