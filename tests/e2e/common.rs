@@ -160,7 +160,11 @@ pub fn spawn_vakt_with_env(
     std::fs::write(&config, yaml).unwrap();
     let stdout = dir.join(format!("{name}.stdout"));
     let stderr = dir.join(format!("{name}.stderr"));
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_vakt"))
+    // `VAKT_TEST_BINARY` runs the children from another build (benches/faults-long compares
+    // builds with it); by default the one under test.
+    let binary =
+        std::env::var_os("VAKT_TEST_BINARY").unwrap_or_else(|| env!("CARGO_BIN_EXE_vakt").into());
+    let child = tokio::process::Command::new(binary)
         .args(["run", "--config"])
         .arg(&config)
         .env("RUST_LOG", "debug")

@@ -122,16 +122,20 @@ async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_log
     }
     assert_eq!(refused, 300, "the sink never failed");
     let ready = plain_send(admin, get("/ready", "admin")).await;
-    assert_eq!(ready.status(), 503);
+    let ready_status = ready.status();
     let why = body_string(ready).await;
-    assert!(why.contains("audit sink writing"), "{why}");
-    let log = std::fs::read_to_string(&child.stderr).unwrap();
+    // Logs go to stderr (older builds wrote them to stdout: counted too, for comparisons).
+    let log = std::fs::read_to_string(&child.stderr).unwrap()
+        + &std::fs::read_to_string(&child.stdout).unwrap();
     let lines = log.lines().count();
     eprintln!(
-        "failing audit sink: {} log bytes ({lines} lines) over {:?} and 300 refused requests",
+        "failing audit sink: {} log bytes ({lines} lines) over {:?} and 300 refused requests; /ready {}",
         log.len(),
-        refusing_from.elapsed()
+        refusing_from.elapsed(),
+        ready_status.as_u16()
     );
+    assert_eq!(ready_status, 503);
+    assert!(why.contains("audit sink writing"), "{why}");
     assert!(
         lines < 40,
         "{lines} log lines for 300 refused requests:\n{log}"
@@ -352,18 +356,21 @@ async fn long_ten_thousand_silent_connections() {
     }
     let opened = silent.len();
     let mut live = Vec::new();
+    let mut live_failed = 0;
     for _ in 0..20 {
         let t = std::time::Instant::now();
-        let r = tokio::time::timeout(
-            Duration::from_secs(5),
-            plain_send(admin, get("/live", "admin")),
-        )
+        match tokio::time::timeout(Duration::from_secs(5), async {
+            let tcp = tokio::net::TcpStream::connect(admin).await.ok()?;
+            h1_send(tcp, get("/live", "admin")).await.ok()
+        })
         .await
-        .expect("/live answered");
-        assert_eq!(r.status(), 200);
-        live.push(t.elapsed());
+        {
+            Ok(Some(r)) if r.status() == 200 => live.push(t.elapsed()),
+            _ => live_failed += 1,
+        }
     }
     live.sort();
+    let quantile = |q: f64| live.get((live.len() as f64 * q) as usize).copied();
     let peak_rss = rss_kib();
     // After the 10 s handshake timeout every silent connection is closed by vakt.
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -377,13 +384,14 @@ async fn long_ten_thousand_silent_connections() {
         }
     }
     eprintln!(
-        "10,000 silent connections: {opened} opened in {:?}; sidecar RSS {} MB idle, {} MB with them held; /live median {:?}, max {:?}; {closed} of {opened} closed by vakt 12 s later",
+        "10,000 silent connections: {opened} opened in {:?}; sidecar RSS {} MB idle, {} MB with them held; /live median {:?}, max {:?}, {live_failed} of 20 unanswered within 5 s; {closed} of {opened} closed by vakt 12 s later",
         started.elapsed(),
         idle_rss / 1024,
         peak_rss / 1024,
-        live[live.len() / 2],
-        live[live.len() - 1],
+        quantile(0.5),
+        live.last(),
     );
+    assert_eq!(live_failed, 0);
     assert!(live[live.len() - 1] < Duration::from_secs(1));
     drop(silent);
     stop(&mut child).await;
