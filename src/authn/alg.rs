@@ -16,6 +16,18 @@ pub enum Alg {
 }
 
 impl Alg {
+    /// Every algorithm vakt can check.
+    pub const ALL: [Alg; 8] = [
+        Self::RS256,
+        Self::RS384,
+        Self::RS512,
+        Self::PS256,
+        Self::PS384,
+        Self::PS512,
+        Self::ES256,
+        Self::ES384,
+    ];
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::RS256 => "RS256",

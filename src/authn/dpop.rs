@@ -129,16 +129,7 @@ mod defaults {
         Duration::from_secs(300)
     }
     pub fn proof_algorithms() -> Vec<Alg> {
-        vec![
-            Alg::RS256,
-            Alg::RS384,
-            Alg::RS512,
-            Alg::PS256,
-            Alg::PS384,
-            Alg::PS512,
-            Alg::ES256,
-            Alg::ES384,
-        ]
+        Alg::ALL.to_vec()
     }
 }
 

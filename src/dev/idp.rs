@@ -143,17 +143,7 @@ pub fn parse_alg(s: &str) -> Result<Alg, DevIdpError> {
 
 /// A DPoP proof algorithm by its JOSE name, any case (RS/PS 256–512, ES256, ES384).
 pub fn parse_proof_alg(s: &str) -> Result<Alg, DevIdpError> {
-    const ALL: [Alg; 8] = [
-        Alg::RS256,
-        Alg::RS384,
-        Alg::RS512,
-        Alg::PS256,
-        Alg::PS384,
-        Alg::PS512,
-        Alg::ES256,
-        Alg::ES384,
-    ];
-    parse_name("algorithm", s, &ALL, Alg::as_str)
+    parse_name("algorithm", s, &Alg::ALL, Alg::as_str)
 }
 
 /// `low`, `substantial` or `high`.
