@@ -703,12 +703,14 @@ impl<S: Sink> Writer<'_, S> {
                 Err(WriteFailure { written, error }) => {
                     // The first `written` lines are in; retry the rest, unchanged.
                     self.wrote(&mut pending, written);
+                    // Failing before anyone is told: a caller told its line was not written
+                    // finds the sink unhealthy.
+                    self.shared.fail(&error);
                     // Whoever holds a response back for one of the rest is told now, not when
                     // the sink comes back (deny mode breaks that response off); the lines stay
                     // pending and are written on recovery.
                     pending.waiting.iter_mut().for_each(|w| drop(w.take()));
                     self.settle_written();
-                    self.shared.fail(&error);
                     self.backoff.wait(self.shared)?;
                     if pending.is_empty() {
                         // Nothing left to retry: probe the sink so health is restored.
