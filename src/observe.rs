@@ -492,7 +492,7 @@ pub fn build_event(
     if let Some(p) = &known.principal {
         event.issuer = Some(Text::sanitized_shared(&p.issuer));
         event.client_id = p.client_id.as_ref().map(Label::sanitized_shared);
-        event.dpop_jkt = p.dpop_jkt.as_deref().map(Label::sanitized);
+        event.dpop_jkt = p.dpop_jkt.as_ref().map(Label::sanitized_shared);
         let made = p.pseudonyms(pseudonyms);
         event.subject_pseudonym = made
             .subject

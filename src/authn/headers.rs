@@ -87,7 +87,7 @@ impl IdentityHeaders {
             );
         }
         if let Some(jkt) = &p.dpop_jkt {
-            put(IdentityHeader::DpopJkt, &mut std::iter::once(jkt.as_str()));
+            put(IdentityHeader::DpopJkt, &mut std::iter::once(&**jkt));
         }
         RenderedIdentity {
             text: Bytes::copy_from_slice(&text),

@@ -29,7 +29,7 @@ pub struct Principal {
     pub claims: Claims,
     /// The RFC 7638 thumbprint of the key the token is bound to (`cnf.jkt`); a request with
     /// such a principal passed the DPoP proof check with that key.
-    pub dpop_jkt: Option<String>,
+    pub dpop_jkt: Option<Arc<str>>,
     /// Pseudonyms of `subject` and `national_id`, made on first use and kept: the principal is
     /// cached with its token, so a request does not pay an HMAC per pseudonym (the audit event
     /// and the app's identity headers need the same ones). Tagged with the key id made under.

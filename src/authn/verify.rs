@@ -295,8 +295,8 @@ impl Verifier {
                     .and_then(|c| c.get("jkt"))
                     .and_then(Value::as_str)
                     .filter(|jkt| jkt.len() == 43 && decode_segment(jkt).is_ok())
-                    .ok_or(fail(TokenError::BoundToken))?
-                    .to_owned(),
+                    .map(Arc::from)
+                    .ok_or(fail(TokenError::BoundToken))?,
             ),
         };
         let kid = header

@@ -51,7 +51,7 @@ impl RequestSpec {
             .get("cnf")
             .and_then(|c| c.get("jkt"))
             .and_then(serde_json::Value::as_str)
-            .map(str::to_owned);
+            .map(std::sync::Arc::from);
         let mut principal = self
             .profile
             .unwrap_or(Profile::Generic)
