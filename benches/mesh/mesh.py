@@ -270,8 +270,8 @@ def write_vakt_configs(work: Path, ports: dict[str, int], issuer: str, keyed: bo
         f"      algorithms: [RS256]\n      allow_insecure_loopback: true\n"
         + (f"      dpop:\n        required: false\n" if dpop else "")
         + f"  verified_token_cache: 10000\n"
-        # Room for every proof of a DPoP run at Bearer speed (~13,000 req/s for proof_window 60 s
-        # plus leeway 10 s): a full cache would refuse requests.
+        # Room for every proof a DPoP run could send at Bearer speed within proof_window plus
+        # leeway: a full cache would refuse requests and measure refusals.
         + (f"  dpop:\n    public_url: http://{AUTHORITY}\n    replay_cache: 1000000\n" if dpop else "")
         + vakt_common(work, "server", ports["vakt_server_admin"], keyed)
     )
@@ -455,8 +455,8 @@ def load(args, url: str, tokens: Path, seconds: float, rate: int | None = None,
     return json.loads(run(argv))
 
 
-# Most requests a DPoP run can take per second (this machine serves ~11,000 Bearer requests a
-# second through the mesh); a run that uses up its proofs says so.
+# Proofs made per second of a DPoP run: above what the mesh serves with Bearer tokens, so a run
+# never runs out; one that does says so.
 DPOP_PROOFS_PER_SECOND = 16_000
 
 

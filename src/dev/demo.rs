@@ -322,7 +322,15 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
     let dpop_cases = dpop_cases.into_iter().map(|e| (e, web.outbound_addr));
     for (expect, addr) in cases.into_iter().chain(token_cases).chain(dpop_cases) {
         let addr = addr.context("client outbound address")?;
-        let (status, body) = get(&client, addr, &expect).await?;
+        let (status, body) = get(
+            &client,
+            addr,
+            expect.host,
+            expect.path,
+            expect.authorization.as_deref(),
+            expect.proof.as_deref(),
+        )
+        .await?;
         let held = status == expect.status
             && expect
                 .reason
@@ -345,17 +353,8 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
                 .outbound_addr
                 .context("impostor outbound address")?;
             let before = handshake_refusals(&server).await;
-            let probe = Expectation {
-                what: "",
-                via: "impostor",
-                host: "orders.shop",
-                path: "/orders/42",
-                authorization: None,
-                proof: None,
-                status: StatusCode::OK,
-                reason: None,
-            };
-            let (status, body) = get(&client, addr, &probe).await?;
+            let (status, body) =
+                get(&client, addr, "orders.shop", "/orders/42", None, None).await?;
             let after = handshake_refusals(&server).await;
             let held = !status.is_success() && after > before;
             all_held &= held;
@@ -465,14 +464,17 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
 async fn get(
     client: &Client<hyper_util::client::legacy::connect::HttpConnector, ProxyBody>,
     proxy: std::net::SocketAddr,
-    expect: &Expectation,
+    host: &str,
+    path: &str,
+    authorization: Option<&str>,
+    proof: Option<&str>,
 ) -> anyhow::Result<(StatusCode, String)> {
-    let mut request = Request::get(format!("http://{proxy}{}", expect.path))
-        .header(http::header::HOST, expect.host);
-    if let Some(authorization) = &expect.authorization {
+    let mut request =
+        Request::get(format!("http://{proxy}{path}")).header(http::header::HOST, host);
+    if let Some(authorization) = authorization {
         request = request.header(http::header::AUTHORIZATION, authorization);
     }
-    if let Some(proof) = &expect.proof {
+    if let Some(proof) = proof {
         request = request.header("dpop", proof);
     }
     let request = request.body(body::empty())?;

@@ -124,7 +124,8 @@ async fn a_failing_audit_sink_makes_the_sidecar_unready_without_flooding_the_log
     let ready = plain_send(admin, get("/ready", "admin")).await;
     let ready_status = ready.status();
     let why = body_string(ready).await;
-    // Logs go to stderr (older builds wrote them to stdout: counted too, for comparisons).
+    // Logs go to stderr; stdout is counted too, so a build that logs there (run through
+    // VAKT_TEST_BINARY) is measured the same way.
     let log = std::fs::read_to_string(&child.stderr).unwrap()
         + &std::fs::read_to_string(&child.stdout).unwrap();
     let lines = log.lines().count();
