@@ -103,6 +103,7 @@ fn allowed_exchange(principal: Arc<Principal>, peer: &PeerIdentity) -> (Known, A
         target: Some(Target::Canonical(path)),
         record: Some(record),
         principal: Some(principal),
+        destination: None,
     };
     let answer = Answer {
         status: StatusCode::OK,

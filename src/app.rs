@@ -21,10 +21,13 @@ use crate::authn::http_client::IdpClient;
 use crate::authn::jwks::IssuerKeys;
 use crate::authn::stage::Authenticate;
 use crate::authn::verify::Verifier;
+use crate::capture::{CaptureMode, EgressTable};
 use crate::config::Config;
 use crate::forward::{ToApp, ToMesh, Tunnels};
 use crate::hygiene::{HeaderRules, Hygiene};
-use crate::listener::{ConnectionLimits, ListenerContext, serve_plain, serve_tls};
+use crate::listener::{
+    ConnectionLimits, ListenerContext, serve_plain, serve_tls, serve_transparent,
+};
 use crate::observe::Observe;
 use crate::policy::PolicyError;
 use crate::policy::reload::PolicyStore;
@@ -42,6 +45,8 @@ pub enum StartError {
     Policy(#[from] PolicyError),
     #[error("pseudonymisation: {0}")]
     Pseudonym(#[from] PseudonymError),
+    #[error("DNS resolver for the egress table: {0}")]
+    Resolver(std::io::Error),
     #[error("oidc client: {0}")]
     Oidc(std::io::Error),
     #[error("oidc.dpop.nonce_secret_file {path}: {reason}")]
@@ -258,7 +263,21 @@ impl App {
                 shutdown_rx.clone(),
                 Some(auditor.clone()),
             );
-            listeners.push(tokio::spawn(serve_plain(listener, ctx)));
+            match outbound.capture {
+                CaptureMode::Proxy => listeners.push(tokio::spawn(serve_plain(listener, ctx))),
+                CaptureMode::Transparent => {
+                    // The table is filled before the first connection is taken.
+                    let egress = Arc::new(EgressTable::new(&outbound.upstreams));
+                    listeners.push(
+                        egress
+                            .clone()
+                            .start_resolver(shutdown_rx.clone())
+                            .await
+                            .map_err(StartError::Resolver)?,
+                    );
+                    listeners.push(tokio::spawn(serve_transparent(listener, egress, ctx)));
+                }
+            }
         }
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);

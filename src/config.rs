@@ -20,6 +20,7 @@ use serde::Deserialize;
 pub use crate::admin::AdminConfig;
 pub use crate::audit::AuditSettings;
 pub use crate::authn::OidcConfig;
+pub use crate::capture::CaptureMode;
 pub use crate::hygiene::{ForwardedHeaders, HygieneConfig, UnderscoreHeaders};
 use crate::identity::TrustDomain;
 pub use crate::limits::Limits;
@@ -27,7 +28,7 @@ use crate::policy::PolicyContext;
 pub use crate::pseudonym::PseudonymConfig;
 use crate::serde_helpers::{de_duration, de_header_names};
 pub use crate::tls::{IdentityConfig, TlsSettings};
-pub use crate::upstream::{AppProtocol, Authority, UpstreamConfig};
+pub use crate::upstream::{AppProtocol, Authority, Passthrough, UpstreamConfig};
 
 /// Largest config file we read; a sidecar config is a few KiB.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
@@ -151,9 +152,15 @@ impl InboundConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct OutboundConfig {
-    /// Loopback address the local app sends its outbound requests to (HTTP_PROXY).
+    /// Loopback address the local app sends its outbound requests to (HTTP_PROXY), and where
+    /// transparent capture redirects the app's connections.
     #[serde(default = "defaults::outbound_listen")]
     pub listen: SocketAddr,
+    /// `proxy`: the app sends through `HTTP_PROXY`. `transparent`: `vakt net setup` redirects
+    /// every TCP connection of the app here, and vakt reads where it was going
+    /// (`docs/CAPTURE.md`).
+    #[serde(default)]
+    pub capture: CaptureMode,
     /// The egress allow-list: every destination the app may reach, and who must answer there.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -367,21 +374,28 @@ impl Config {
                         format!("{} is listed twice", up.authority),
                     ));
                 }
-                if Authority::parse(&up.address, 0)
+                let Some(target) = up.mesh() else {
+                    self.check_passthrough(&key, up, outbound.capture)?;
+                    continue;
+                };
+                if Authority::parse(target.address, 0)
                     .filter(|a| !a.as_str().ends_with(":0"))
                     .is_none()
                 {
                     return Err(ConfigError::invalid(
                         format!("{key}.address"),
-                        format!("\"{}\" is not host:port with an explicit port", up.address),
+                        format!(
+                            "\"{}\" is not host:port with an explicit port",
+                            target.address
+                        ),
                     ));
                 }
-                if !accepted.contains(&up.spiffe_id.trust_domain()) {
+                if !accepted.contains(&target.spiffe_id.trust_domain()) {
                     return Err(ConfigError::invalid(
                         format!("{key}.spiffe_id"),
                         format!(
                             "{} is outside the accepted trust domains ({}); a federated trust domain needs an entry with its bundle in identity.federation",
-                            up.spiffe_id,
+                            target.spiffe_id,
                             join(&accepted)
                         ),
                     ));
@@ -421,6 +435,49 @@ impl Config {
             ));
         }
         Ok(())
+    }
+
+    /// An egress entry without a mesh target: it must be a whole passthrough entry, and only
+    /// transparent capture can see the connections it is for.
+    fn check_passthrough(
+        &self,
+        key: &str,
+        up: &UpstreamConfig,
+        capture: CaptureMode,
+    ) -> Result<(), ConfigError> {
+        match (up.passthrough, &up.address, &up.spiffe_id) {
+            (None, None, _) => Err(ConfigError::invalid(
+                format!("{key}.address"),
+                "is missing: a mesh destination needs the address and spiffe_id of its sidecar (or mark an external TLS service passthrough: tls)",
+            )),
+            (None, Some(_), _) => Err(ConfigError::invalid(
+                format!("{key}.spiffe_id"),
+                "is missing: the SPIFFE ID the destination's sidecar must present",
+            )),
+            (Some(_), Some(_), _) => Err(ConfigError::invalid(
+                format!("{key}.address"),
+                "a passthrough destination is reached at the address the app dialed; remove address",
+            )),
+            (Some(_), None, Some(_)) => Err(ConfigError::invalid(
+                format!("{key}.spiffe_id"),
+                "a passthrough destination keeps its own TLS, vakt sees no SPIFFE ID there; remove spiffe_id",
+            )),
+            (Some(Passthrough::Tls), None, None) if capture != CaptureMode::Transparent => {
+                Err(ConfigError::invalid(
+                    format!("{key}.passthrough"),
+                    "needs outbound.capture: transparent (in proxy mode the app's TLS connections do not pass through vakt)",
+                ))
+            }
+            (Some(Passthrough::Tls), None, None) => {
+                if up.authority.host().parse::<std::net::IpAddr>().is_ok() {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.authority"),
+                        "a passthrough destination is checked by the name in its TLS ClientHello (SNI): give a DNS name, not an address",
+                    ));
+                }
+                Ok(())
+            }
+        }
     }
 }
 
@@ -584,6 +641,30 @@ inbound:
                     "{MINIMAL}outbound:\n  upstreams:\n  - authority: A\n    address: x:1\n    spiffe_id: spiffe://cluster.local/ns/x/sa/y\n  - authority: a:80\n    address: x:1\n    spiffe_id: spiffe://cluster.local/ns/x/sa/y\n"
                 ),
                 "outbound.upstreams[1].authority: a:80 is listed twice",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  upstreams:\n  - authority: a\n    spiffe_id: spiffe://cluster.local/ns/x/sa/y\n"),
+                "outbound.upstreams[0].address: is missing",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  upstreams:\n  - authority: a\n    address: x:1\n"),
+                "outbound.upstreams[0].spiffe_id: is missing",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  upstreams:\n  - authority: idp.example:443\n    passthrough: tls\n"),
+                "outbound.upstreams[0].passthrough: needs outbound.capture: transparent",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  capture: transparent\n  upstreams:\n  - authority: idp.example:443\n    passthrough: tls\n    address: x:1\n"),
+                "outbound.upstreams[0].address: a passthrough destination is reached at the address the app dialed",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  capture: transparent\n  upstreams:\n  - authority: idp.example:443\n    passthrough: tls\n    spiffe_id: spiffe://cluster.local/ns/x/sa/y\n"),
+                "outbound.upstreams[0].spiffe_id: a passthrough destination keeps its own TLS",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  capture: transparent\n  upstreams:\n  - authority: 10.0.0.1:443\n    passthrough: tls\n"),
+                "outbound.upstreams[0].authority: a passthrough destination is checked by the name in its TLS ClientHello",
             ),
             (
                 format!("{MINIMAL}admin:\n  listen: 0.0.0.0:15443\n"),

@@ -36,6 +36,16 @@ pub struct Known {
     /// The last decision about the request (the rate-limit stage's replaces the policy's).
     pub record: Option<DecisionRecord>,
     pub principal: Option<Arc<Principal>>,
+    /// Outbound: the egress entry the request was sent to.
+    pub destination: Option<OutboundDestination>,
+}
+
+/// Where an outbound request was sent: the egress entry's authority (with the address the app
+/// dialed, under transparent capture) and the SPIFFE ID its sidecar had to present.
+#[derive(Debug, Clone)]
+pub struct OutboundDestination {
+    pub authority: Arc<str>,
+    pub spiffe_id: Arc<str>,
 }
 
 /// One exchange, shared by the stages, the body counters and the audit guard.

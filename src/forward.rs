@@ -17,6 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio_util::task::TaskTracker;
 
 use crate::body;
+use crate::capture::Captured;
 use crate::error::DenyReason;
 use crate::hygiene::{self, RequestIds};
 use crate::stack::{Req, Resp};
@@ -171,6 +172,37 @@ impl ToMesh {
         };
         Ok((authority, missing_host))
     }
+
+    /// The destination of a request on a connection found by transparent capture: the mesh
+    /// entry of the address the app dialed. Where several entries share that address, the one
+    /// the request's authority (or `Host`) names.
+    fn captured_destination(req: &Req, captured: &Captured) -> Result<Authority, DenyReason> {
+        if req.method() == Method::CONNECT {
+            return Err(DenyReason::ConnectNotSupported);
+        }
+        let port = captured.destination.port();
+        let named = req
+            .uri()
+            .authority()
+            .map(|a| a.as_str())
+            .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
+            .and_then(|raw| Authority::parse(raw, port));
+        let mut candidates = captured.mesh();
+        let first = candidates.next();
+        let more = candidates.next().is_some();
+        if let Some(named) = &named
+            && captured.mesh().any(|e| &e.authority == named)
+        {
+            return Ok(named.clone());
+        }
+        match (first, more) {
+            (Some(only), false) => Ok(only.authority.clone()),
+            _ => Err(DenyReason::UnknownDestination {
+                authority: named
+                    .map_or_else(|| captured.destination.to_string(), |n| n.to_string()),
+            }),
+        }
+    }
 }
 
 impl tower::Service<Req> for ToMesh {
@@ -185,7 +217,11 @@ impl tower::Service<Req> for ToMesh {
     fn call(&mut self, mut req: Req) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            let checked = Self::destination(&req).and_then(|(authority, host)| {
+            let checked = match req.extensions().get::<Captured>() {
+                Some(captured) => Self::captured_destination(&req, captured).map(|a| (a, None)),
+                None => Self::destination(&req),
+            };
+            let checked = checked.and_then(|(authority, host)| {
                 if this.client.knows(&authority) {
                     Ok((authority, host))
                 } else {
@@ -200,6 +236,11 @@ impl tower::Service<Req> for ToMesh {
                     return Ok(reason.into_response(req.extensions().get::<RequestIds>()));
                 }
             };
+            if let Some(exchange) = crate::exchange::of(&req) {
+                let dialed = req.extensions().get::<Captured>().map(|c| c.destination);
+                let destination = this.client.audited(&authority, dialed);
+                exchange.learn(|k| k.destination = destination);
+            }
             if let Some(host) = host {
                 req.headers_mut().insert(HOST, host);
             }

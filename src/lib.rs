@@ -8,6 +8,7 @@ pub mod app;
 pub mod audit;
 pub mod authn;
 pub mod body;
+pub mod capture;
 pub mod config;
 #[cfg(feature = "dev")]
 pub mod dev;

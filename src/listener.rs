@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::Direction;
 use crate::activity::{ActivityClock, ActivityIo};
 use crate::body;
+use crate::capture::{self, Captured, EgressTable};
 use crate::hygiene::h1_framing::{ScannedIo, ScannerConfig};
 use crate::hygiene::{ClientAddr, FramingError, FramingVerdict};
 use crate::identity::{PeerIdentity, SpiffeId};
@@ -223,7 +224,7 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
             };
             let peer = PeerIdentity::new(spiffe_id, cert_sha256);
             tracing::debug!(%remote, peer = %peer.spiffe_id, h2, "mTLS connection established");
-            serve_connection(tls, Some((peer, remote)), ctx).await;
+            serve_connection(tls, Some((peer, remote)), None, ctx).await;
         }
     })
     .await;
@@ -232,15 +233,73 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
 /// Plaintext listener (outbound from the local app, admin).
 pub async fn serve_plain(listener: TcpListener, ctx: ListenerContext) {
     accept_loop(listener, ctx, |tcp, _remote, ctx| async move {
-        serve_connection(tcp, None, ctx).await;
+        serve_connection(tcp, None, None, ctx).await;
     })
     .await;
 }
+
+/// The outbound listener in transparent capture: each connection is sorted by where the app was
+/// connecting. Not redirected (the app dialed the listener itself): served as [`serve_plain`].
+/// A mesh destination: served as HTTP, sent on to that destination only. A passthrough TLS
+/// destination: relayed after its SNI check. Any other address: closed at once with a reset,
+/// and audited.
+pub async fn serve_transparent(
+    listener: TcpListener,
+    egress: Arc<EgressTable>,
+    ctx: ListenerContext,
+) {
+    accept_loop(listener, ctx, move |tcp, _remote, ctx| {
+        let egress = egress.clone();
+        async move {
+            let Some(destination) = capture::original_destination(&tcp) else {
+                metrics::counter!(m::CAPTURED_CONNECTIONS, "destination" => "direct").increment(1);
+                return serve_connection(tcp, None, None, ctx).await;
+            };
+            let Some(captured) = egress.lookup(destination) else {
+                if let Some(auditor) = &ctx.auditor {
+                    capture::refuse_unknown(destination, auditor);
+                }
+                // A reset, so the app fails at once instead of reading an empty response.
+                let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+                return;
+            };
+            if is_passthrough(&tcp, &captured, ctx.limits.handshake_timeout).await {
+                if let Some(auditor) = ctx.auditor.clone() {
+                    capture::passthrough::serve(tcp, captured, auditor, ctx.limits.clone()).await;
+                }
+                return;
+            }
+            metrics::counter!(m::CAPTURED_CONNECTIONS, "destination" => "mesh").increment(1);
+            serve_connection(tcp, None, Some(captured), ctx).await;
+        }
+    })
+    .await;
+}
+
+/// Whether a captured connection is for a passthrough entry: yes when its address has only
+/// those; when it has both kinds, when the first byte is a TLS handshake record's.
+async fn is_passthrough(tcp: &TcpStream, captured: &Captured, wait: Duration) -> bool {
+    match (captured.mesh().next(), captured.passthrough().next()) {
+        (_, None) => false,
+        (None, Some(_)) => true,
+        (Some(_), Some(_)) => {
+            let mut first = [0u8; 1];
+            matches!(
+                tokio::time::timeout(wait, tcp.peek(&mut first)).await,
+                Ok(Ok(1)) if first[0] == TLS_HANDSHAKE_RECORD
+            )
+        }
+    }
+}
+
+/// The content type of a TLS handshake record: the first byte of a ClientHello.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
 
 /// Serve HTTP/1.1 or HTTP/2 on one connection until it closes, idles out or is drained.
 async fn serve_connection<I>(
     io: I,
     peer: Option<(PeerIdentity, SocketAddr)>,
+    captured: Option<Captured>,
     mut ctx: ListenerContext,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -270,6 +329,9 @@ async fn serve_connection<I>(
             if let Some((peer, remote)) = &peer {
                 req.extensions_mut().insert(peer.clone());
                 req.extensions_mut().insert(ClientAddr(*remote));
+            }
+            if let Some(captured) = &captured {
+                req.extensions_mut().insert(captured.clone());
             }
             if req.version() <= http::Version::HTTP_11 {
                 let index = request_index.fetch_add(1, Ordering::Relaxed);

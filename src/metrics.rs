@@ -39,6 +39,8 @@ pub const JWKS_LAST_SUCCESS: &str = "vakt_jwks_last_success_timestamp_seconds";
 pub const JWKS_KEYS_DROPPED: &str = "vakt_jwks_keys_dropped_total";
 pub const DPOP_REPLAY_ENTRIES: &str = "vakt_dpop_replay_cache_entries";
 pub const DPOP_REPLAY_CAPACITY: &str = "vakt_dpop_replay_cache_capacity";
+pub const CAPTURED_CONNECTIONS: &str = "vakt_captured_connections_total";
+pub const EGRESS_DNS_FAILURES: &str = "vakt_egress_dns_failures_total";
 
 /// Traffic direction label values.
 pub const INBOUND: &str = "inbound";
@@ -142,6 +144,14 @@ fn describe() {
     describe_gauge!(
         DPOP_REPLAY_CAPACITY,
         "oidc.dpop.replay_cache: when the entries reach it, DPoP requests are refused (503)"
+    );
+    describe_counter!(
+        CAPTURED_CONNECTIONS,
+        "Connections redirected by transparent capture, by what they were found to be: mesh, passthrough, direct (sent to the listener itself) or refused"
+    );
+    describe_counter!(
+        EGRESS_DNS_FAILURES,
+        "Failed DNS lookups of egress destinations (their last addresses are kept)"
     );
     describe_counter!(
         AUDIT_CHAIN_BREAKS,

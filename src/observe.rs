@@ -489,6 +489,13 @@ pub fn build_event(
     if let Some(peer) = peer {
         event.peer = Some(Text::sanitized_shared(peer.spiffe_id.shared_str()));
     }
+    if let Some(d) = &known.destination {
+        event.destination = Some(Text::sanitized_shared(&d.authority));
+        // A response from upstream came over a handshake that proved this identity.
+        if answer.is_some_and(|a| a.refusal.is_none()) {
+            event.peer = Some(Text::sanitized_shared(&d.spiffe_id));
+        }
+    }
     if let Some(p) = &known.principal {
         event.issuer = Some(Text::sanitized_shared(&p.issuer));
         event.client_id = p.client_id.as_ref().map(Label::sanitized_shared);
@@ -706,6 +713,7 @@ mod tests {
             target: Some(Target::Canonical(path)),
             record: Some(allowed()),
             principal: None,
+            destination: None,
         };
         let get = http::Method::GET;
         // Gone while the app worked: still allowed, with its path and rule.

@@ -103,6 +103,10 @@ pub struct AuditEvent {
     /// The peer's SPIFFE ID (inbound: the caller; outbound: the remote sidecar).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peer: Option<Text>,
+    /// Outbound connections found by transparent capture: where the app was connecting
+    /// (`address:port`, or `name:port(address:port)` once the name is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<Text>,
     /// Token issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<Text>,
@@ -160,6 +164,7 @@ impl AuditEvent {
             route_template: None,
             path: None,
             peer: None,
+            destination: None,
             issuer: None,
             client_id: None,
             dpop_jkt: None,
@@ -335,6 +340,7 @@ mod tests {
             .unwrap(),
         );
         e.peer = Some(Text::new("spiffe://cluster.local/ns/records/sa/web").unwrap());
+        e.destination = Some(Text::new("billing.billing.svc:8080(10.0.3.7:8080)").unwrap());
         e.issuer = Some(Text::new("https://helseid.example/").unwrap());
         e.client_id = Some(Label::new("a1b2c3d4-records-web").unwrap());
         e.dpop_jkt = Some(Label::new("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I").unwrap());
@@ -847,7 +853,7 @@ mod tests {
             .keys()
             .cloned()
             .collect();
-        assert_eq!(keys.len(), 32);
+        assert_eq!(keys.len(), 33);
         for key in &keys {
             let mut v = serde_json::to_value(&minimal).unwrap();
             v[key.as_str()] = serde_json::to_value(&full).unwrap()[key.as_str()].clone();

@@ -3,13 +3,14 @@
 //!
 //! Exit codes: 0 success; 1 a negative answer (a failing policy test, a broken audit chain, a
 //! demo expectation that did not hold, a sidecar that could not start); 2 bad input (an invalid
-//! config, policy, flag or file).
+//! config, policy, flag or file); 3 `vakt net` could not change the network rules.
 
 mod audit;
 mod check;
 #[cfg(feature = "dev")]
 mod dev;
 mod explain;
+mod net;
 mod run;
 
 use std::process::ExitCode;
@@ -43,6 +44,12 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Transparent capture: install, show or remove the nftables rules that send the app's
+    /// connections through vakt (run in the pod's network namespace, e.g. an init container).
+    Net {
+        #[command(subcommand)]
+        command: net::NetCommand,
+    },
     /// Development PKI: a throwaway CA and workload certificates (never for production).
     #[cfg(feature = "dev")]
     Certs {
@@ -68,6 +75,7 @@ impl Cli {
             Command::Explain(args) => args.run(),
             Command::Test(args) => args.run(),
             Command::Audit { command } => command.run(),
+            Command::Net { command } => command.run(),
             #[cfg(feature = "dev")]
             Command::Certs { command } => command.run(),
             #[cfg(feature = "dev")]

@@ -23,10 +23,41 @@ pub struct UpstreamConfig {
     /// `host[:port]` as the app addresses it (port 80 when omitted).
     #[serde(deserialize_with = "de_authority")]
     pub authority: Authority,
-    /// `host:port` of that service's vakt inbound listener.
-    pub address: String,
-    /// The SPIFFE ID the server must present; anything else is refused.
-    pub spiffe_id: SpiffeId,
+    /// `host:port` of that service's vakt inbound listener (mesh destinations).
+    #[serde(default)]
+    pub address: Option<String>,
+    /// The SPIFFE ID the server must present; anything else is refused (mesh destinations).
+    #[serde(default)]
+    pub spiffe_id: Option<SpiffeId>,
+    /// An external service the app reaches over its own TLS (transparent capture only): vakt
+    /// checks the SNI against `authority` and relays the bytes without terminating TLS.
+    #[serde(default)]
+    pub passthrough: Option<Passthrough>,
+}
+
+/// How a passthrough destination is recognised.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Passthrough {
+    /// TLS whose ClientHello names the destination's host (SNI).
+    Tls,
+}
+
+/// A mesh destination: where its sidecar listens and who must answer there.
+#[derive(Debug, Clone, Copy)]
+pub struct MeshTarget<'a> {
+    pub address: &'a str,
+    pub spiffe_id: &'a SpiffeId,
+}
+
+impl UpstreamConfig {
+    /// The sidecar to dial, for a mesh destination (`None` for a passthrough one).
+    pub fn mesh(&self) -> Option<MeshTarget<'_>> {
+        match (&self.passthrough, &self.address, &self.spiffe_id) {
+            (None, Some(address), Some(spiffe_id)) => Some(MeshTarget { address, spiffe_id }),
+            _ => None,
+        }
+    }
 }
 
 /// A normalised `host:port` (lowercase host, explicit port) used as the egress table key.
@@ -84,6 +115,11 @@ impl Authority {
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The port (always explicit once normalised).
+    pub fn port(&self) -> Option<u16> {
+        self.0.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
     }
 
     pub fn host(&self) -> &str {

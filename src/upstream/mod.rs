@@ -3,7 +3,7 @@
 
 pub mod config;
 
-pub use config::{AppProtocol, Authority, UpstreamConfig};
+pub use config::{AppProtocol, Authority, Passthrough, UpstreamConfig};
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -30,6 +30,7 @@ use crate::body::{self, BodyPace, BodyStalled, MinRate, ProxyBody};
 use crate::limits::Limits;
 
 use crate::error::DenyReason;
+use crate::exchange::OutboundDestination;
 use crate::identity::SpiffeId;
 use crate::tls::{CertStore, OutboundAlpn, UnexpectedServerIdentity, tls_error_reason};
 
@@ -291,6 +292,8 @@ struct Destination {
     address: String,
     server_name: ServerName<'static>,
     spiffe_id: SpiffeId,
+    /// The entry as audit events name it.
+    audited: OutboundDestination,
 }
 
 /// Dials the sidecar of a destination and performs mTLS, checking its SPIFFE ID. The pool keys
@@ -444,8 +447,9 @@ impl MeshClient {
         let table: Arc<HashMap<String, Destination>> = Arc::new(
             upstreams
                 .iter()
-                .map(|u| {
-                    let host = Authority::parse(&u.address, 0)
+                .filter_map(|u| Some((u, u.mesh()?)))
+                .map(|(u, target)| {
+                    let host = Authority::parse(target.address, 0)
                         .map(|a| a.host().to_owned())
                         .unwrap_or_default();
                     let server_name = ServerName::try_from(host).unwrap_or_else(|_| {
@@ -464,9 +468,13 @@ impl MeshClient {
                                 .expect("a normalised authority is a valid URI authority"),
                             host: http::HeaderValue::from_str(named)
                                 .expect("a normalised authority is a valid header value"),
-                            address: u.address.clone(),
+                            address: target.address.to_owned(),
                             server_name,
-                            spiffe_id: u.spiffe_id.clone(),
+                            spiffe_id: target.spiffe_id.clone(),
+                            audited: OutboundDestination {
+                                authority: Arc::from(u.authority.as_str()),
+                                spiffe_id: Arc::from(target.spiffe_id.as_str()),
+                            },
                         },
                     )
                 })
@@ -498,6 +506,23 @@ impl MeshClient {
     /// Is `authority` (normalised) in the egress table?
     pub fn knows(&self, authority: &Authority) -> bool {
         self.table.contains_key(authority.as_str())
+    }
+
+    /// The entry of `authority` as audit events name it; with the address the app dialed when
+    /// transparent capture found the connection.
+    pub fn audited(
+        &self,
+        authority: &Authority,
+        dialed: Option<SocketAddr>,
+    ) -> Option<OutboundDestination> {
+        let entry = &self.table.get(authority.as_str())?.audited;
+        Some(match dialed {
+            None => entry.clone(),
+            Some(addr) => OutboundDestination {
+                authority: Arc::from(format!("{}({addr})", entry.authority)),
+                spiffe_id: entry.spiffe_id.clone(),
+            },
+        })
     }
 
     pub async fn send(

@@ -8,6 +8,7 @@ mod common;
 
 mod alerts;
 mod audit;
+mod capture;
 mod code_layout;
 mod crash;
 mod dpop;
