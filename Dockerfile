@@ -26,6 +26,19 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
  && install -D -m 0755 target/release/vakt /out/vakt \
  && /out/vakt --version
 
+# ---- init (transparent capture) ----------------------------------------------------------------
+# The image of the init container of `capture.mode: transparent`: the same binary with Debian's
+# nft, for `vakt net setup`. It runs once as root in the pod's network namespace with NET_ADMIN
+# and NET_RAW, then exits; the sidecar itself runs from the distroless image below.
+#   docker build --target init -t ghcr.io/vakt-mesh/vakt-init:0.1.0 .
+FROM debian:bookworm-slim AS init
+RUN apt-get update \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends nftables \
+ && rm -rf /var/lib/apt/lists/*
+COPY --from=build --chown=0:0 --chmod=0555 /out/vakt /vakt
+ENTRYPOINT ["/vakt", "net"]
+CMD ["show"]
+
 # ---- runtime -----------------------------------------------------------------------------------
 # distroless/cc: glibc and libgcc only (what a Rust binary links against); no shell, no package
 # manager. The :nonroot tag's default user is 65532.

@@ -176,11 +176,19 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
 {{- if $c.outbound.enabled }}
 {{- $upstreams := list }}
 {{- range $c.outbound.upstreams }}
+{{- if .passthrough }}
+{{- $upstreams = append $upstreams (dict "authority" .authority "passthrough" .passthrough) }}
+{{- else }}
 {{- $upstreams = append $upstreams (dict "authority" .authority "address" .address "spiffe_id" .spiffeId) }}
 {{- end }}
-{{- $_ := set $cfg "outbound" (dict
+{{- end }}
+{{- $outbound := dict
     "listen" (printf "127.0.0.1:%s" (include "vakt.outboundPort" .))
-    "upstreams" $upstreams) }}
+    "upstreams" $upstreams }}
+{{- if eq $v.capture.mode "transparent" }}
+{{- $_ := set $outbound "capture" "transparent" }}
+{{- end }}
+{{- $_ := set $cfg "outbound" $outbound }}
 {{- end }}
 {{- with $c.oidc.issuers }}
 {{- $issuers := list }}

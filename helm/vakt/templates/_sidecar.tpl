@@ -13,9 +13,11 @@ renders its ConfigMaps, ServiceAccount, Certificate, Service and NetworkPolicy i
     serviceAccountName: {{ include "vakt.serviceAccountName" $vakt }}
     automountServiceAccountToken: false
     securityContext: {{- include "vakt.podSecurityContext" $vakt | nindent 8 }}
-    {{- if .Values.vakt.sidecar.native }}
-    initContainers: {{- include "vakt.sidecar" $vakt | nindent 8 }}
-    {{- end }}
+    initContainers:
+      {{- with include "vakt.captureInit" $vakt }}{{ . | nindent 8 }}{{ end }}
+      {{- if .Values.vakt.sidecar.native }}
+      {{- include "vakt.sidecar" $vakt | nindent 8 }}
+      {{- end }}
     containers:
       - name: app
         env: {{- include "vakt.appEnv" $vakt | nindent 12 }}
@@ -101,6 +103,62 @@ helm/examples/orders in the vakt repository is a complete example chart.
     {{- end }}
 {{- end }}
 
+{{/*
+Transparent capture: the init container that installs the nftables rules in the pod's network
+namespace and exits (`vakt net setup`), as one list item for `initContainers`, before vakt. It
+is the only container with privileges: root in the pod's network namespace, NET_ADMIN and
+NET_RAW, nothing else. Empty in proxy mode.
+*/}}
+{{- define "vakt.captureInit" -}}
+{{- if eq .Values.capture.mode "transparent" }}
+{{- $appUid := (.Values.app.securityContext | default dict).runAsUser }}
+{{- if kindIs "invalid" $appUid }}
+{{- fail "capture.mode transparent: set app.securityContext.runAsUser (a UID other than sidecar.runAsUser): the rules redirect every UID but vakt's" }}
+{{- end }}
+{{- if eq (int64 $appUid) (int64 .Values.sidecar.runAsUser) }}
+{{- fail (printf "capture.mode transparent: app.securityContext.runAsUser (%d) is vakt's UID, so the app's connections would not be captured; give the app another UID" (int64 $appUid)) }}
+{{- end -}}
+- name: {{ .Values.sidecar.name }}-init
+  image: {{ include "vakt.image" .Values.capture.initImage | quote }}
+  imagePullPolicy: {{ .Values.capture.initImage.pullPolicy }}
+  command: ["/vakt"]
+  args:
+    - net
+    - setup
+    - --proxy-uid={{ int64 .Values.sidecar.runAsUser }}
+    - --outbound-port={{ include "vakt.outboundPort" . }}
+    - --inbound-port={{ include "vakt.mtlsPort" . }}
+    - --admin-port={{ include "vakt.adminPort" . }}
+    {{- if and .Values.capture.inbound .Values.config.inbound.enabled }}
+    - --inbound-ports={{ int64 .Values.app.port }}
+    {{- end }}
+    {{- with .Values.capture.excludeOutboundCidrs }}
+    - --exclude-outbound-cidrs={{ join "," . }}
+    {{- end }}
+    {{- with .Values.capture.excludeOutboundPorts }}
+    - --exclude-outbound-ports={{ join "," . }}
+    {{- end }}
+  resources:
+    {{- toYaml .Values.capture.resources | nindent 4 }}
+  securityContext:
+    # nftables rules are changed as root with NET_ADMIN, in this pod's network namespace only.
+    runAsNonRoot: false
+    runAsUser: 0
+    runAsGroup: 0
+    readOnlyRootFilesystem: true
+    allowPrivilegeEscalation: false
+    privileged: false
+    capabilities:
+      drop:
+        - ALL
+      add:
+        - NET_ADMIN
+        - NET_RAW
+    seccompProfile:
+      type: RuntimeDefault
+{{- end }}
+{{- end }}
+
 {{/* The pod volumes vakt needs, as list items for `volumes` (only vakt mounts the Secrets). */}}
 {{- define "vakt.volumes" -}}
 - name: vakt-config
@@ -153,7 +211,7 @@ Environment of the app container: its outbound HTTP goes through vakt (plain HTT
 proxy; vakt originates mTLS), loopback stays direct. Both spellings, since tools differ.
 */}}
 {{- define "vakt.appEnv" -}}
-{{- if .Values.config.outbound.enabled -}}
+{{- if and .Values.config.outbound.enabled (eq .Values.capture.mode "proxy") -}}
 - name: HTTP_PROXY
   value: "http://127.0.0.1:{{ include "vakt.outboundPort" . }}"
 - name: http_proxy

@@ -44,6 +44,7 @@ const EXAMPLES: &[&str] = &[
     "existing-secret",
     "monitoring",
     "oidc",
+    "transparent",
 ];
 /// The kinds kubernetes-validate has no schema for; checked field by field in [`properties`].
 const CRD_KINDS: &[(&str, &str)] = &[
@@ -273,6 +274,7 @@ const RENDERS: &[Render] = &[
     vakt_chart("existing-secret", Some("existing-secret")),
     vakt_chart("monitoring", Some("monitoring")),
     vakt_chart("oidc", Some("oidc")),
+    vakt_chart("transparent", Some("transparent")),
     Render {
         name: "orders-chart",
         chart: Chart::Orders,
@@ -515,6 +517,7 @@ mod render {
         existing_secret: "existing-secret",
         monitoring: "monitoring",
         oidc: "oidc",
+        transparent: "transparent",
         orders_chart: "orders-chart",
         orders_chart_classic: "orders-chart-classic",
     }
@@ -651,6 +654,7 @@ fn values_schema_is_strict_and_every_value_is_documented() {
         "app.securityContext",
         "app.resources",
         "sidecar.resources",
+        "capture.resources",
         "sidecar.probes.liveness",
         "sidecar.probes.readiness",
         "policy.document",

@@ -16,8 +16,9 @@ use super::{
 /// - renders: names from `RENDERS`, space-separated; `*` is every render (also those other
 ///   tests make), `!name` leaves one out. A row naming renders fails where its object is
 ///   missing; a `*` row skips a render without the object (the goldens say which exist).
-/// - object: `pod` (the workload's pod template), `vakt` (its vakt container), `apps` (each other
-///   container), `containers` (each container), `config` (the rendered vakt.yaml), `Service`
+/// - object: `pod` (the workload's pod template), `vakt` (its vakt container), `capture` (the
+///   transparent-capture init container), `apps` (each other container), `containers` (each
+///   container but the capture init container), `config` (the rendered vakt.yaml), `Service`
 ///   (the workload's Service, not the metrics one) or any other kind (each object of it).
 /// - field: `a.b`, `a[0]`, `a["key.with.dots"]`, `a[name=x]` (the element named x), `a[*]` (every
 ///   element: the values as a list).
@@ -56,11 +57,23 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("*",                      "vakt",           "ports[*].containerPort", "[15443, 15021]"),
     ("*",                      "vakt",           "volumeMounts[*].readOnly", "each true"),
     ("*",                      "vakt",           "volumeMounts[*].subPath", "each null"),
+    // Transparent capture: the one container with privileges, exactly those it needs (root in
+    // the pod's network namespace, NET_ADMIN and NET_RAW) and no more, leaving vakt's UID alone.
+    ("transparent",            "capture",        "args", r#"["net", "setup", "--proxy-uid=65532", "--outbound-port=15001", "--inbound-port=15443", "--admin-port=15021", "--inbound-ports=8080"]"#),
+    ("transparent",            "capture",        "securityContext.runAsUser", "0"),
+    ("transparent",            "capture",        "securityContext.capabilities", r#"{"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}"#),
+    ("transparent",            "capture",        "securityContext.readOnlyRootFilesystem", "true"),
+    ("transparent",            "capture",        "securityContext.allowPrivilegeEscalation", "false"),
+    ("transparent",            "capture",        "securityContext.privileged", "false"),
+    ("transparent",            "capture",        "securityContext.seccompProfile.type", RUNTIME_DEFAULT),
+    ("transparent",            "capture",        "resources.limits.memory", "set"),
+    ("transparent",            "apps",           "securityContext.runAsUser", "10001"),
+    ("transparent",            "config",         "outbound.capture", r#""transparent""#),
     // The apps: calls out through vakt; no port of their own, no access to vakt's keys.
-    ("!existing-secret",       "apps",           "env[name=HTTP_PROXY].value", PROXY),
-    ("!existing-secret",       "apps",           "env[name=http_proxy].value", PROXY),
-    ("!existing-secret",       "apps",           "env[name=NO_PROXY].value", r#""localhost,127.0.0.1,::1""#),
-    ("existing-secret",        "apps",           "env[name=HTTP_PROXY]", "null"),
+    ("!existing-secret !transparent", "apps",    "env[name=HTTP_PROXY].value", PROXY),
+    ("!existing-secret !transparent", "apps",    "env[name=http_proxy].value", PROXY),
+    ("!existing-secret !transparent", "apps",    "env[name=NO_PROXY].value", r#""localhost,127.0.0.1,::1""#),
+    ("existing-secret transparent", "apps",      "env[name=HTTP_PROXY]", "null"),
     ("*",                      "apps",           "ports", "null"),
     ("*",                      "apps",           "volumeMounts[name=vakt-identity]", "null"),
     ("*",                      "apps",           "volumeMounts[name=vakt-pseudonym]", "null"),
@@ -243,6 +256,11 @@ fn is_vakt(container: &Value) -> bool {
     container["args"] == json!(["run", "--config", CONFIG_PATH])
 }
 
+/// The transparent-capture init container (`vakt net setup`).
+fn is_capture(container: &Value) -> bool {
+    container["args"][0] == "net" && container["args"][1] == "setup"
+}
+
 /// A pod template's init containers and containers.
 fn pod_containers(pod: &Value) -> impl Iterator<Item = &Value> {
     let spec = &pod["spec"];
@@ -266,8 +284,15 @@ fn objects<'r>(r: &'r Rendered, config: &'r Value, object: &str) -> Vec<&'r Valu
     match object {
         "pod" => pods(r),
         "vakt" => containers(r).into_iter().filter(|c| is_vakt(c)).collect(),
-        "apps" => containers(r).into_iter().filter(|c| !is_vakt(c)).collect(),
-        "containers" => containers(r),
+        "capture" => containers(r).into_iter().filter(|c| is_capture(c)).collect(),
+        "apps" => containers(r)
+            .into_iter()
+            .filter(|c| !is_vakt(c) && !is_capture(c))
+            .collect(),
+        "containers" => containers(r)
+            .into_iter()
+            .filter(|c| !is_capture(c))
+            .collect(),
         "config" => vec![config],
         "Service" => workload_services(r),
         kind if KINDS.contains(&kind) => r.all(kind),
@@ -298,7 +323,7 @@ fn check_table() {
             );
         }
         assert!(
-            ["pod", "vakt", "apps", "containers", "config"].contains(object)
+            ["pod", "vakt", "capture", "apps", "containers", "config"].contains(object)
                 || KINDS.contains(object),
             "PROPERTIES: unknown object {object}"
         );
