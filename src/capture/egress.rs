@@ -19,6 +19,9 @@ use crate::upstream::{Authority, Passthrough, UpstreamConfig};
 pub const MIN_REFRESH: Duration = Duration::from_secs(5);
 /// ...and at least this often.
 pub const MAX_REFRESH: Duration = Duration::from_secs(300);
+/// How long the start waits for the first answers: a slow or failing DNS server must not keep
+/// the sidecar from starting (the names not yet resolved refuse their connections meanwhile).
+const FIRST_ROUND: Duration = Duration::from_secs(5);
 /// A name that failed to resolve is tried again after this (its last answer is kept meanwhile).
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
@@ -106,7 +109,7 @@ impl EgressTable {
             });
         }
         let now = Instant::now();
-        let names = names
+        let names: Vec<Name> = names
             .into_iter()
             .map(|(host, uses)| Name {
                 addresses: host
@@ -117,15 +120,13 @@ impl EgressTable {
                 uses,
                 next_refresh: now,
             })
-            .collect::<Vec<_>>();
-        let table = Self {
+            .collect();
+        let by_address = ArcSwap::from_pointee(by_address(&entries, &names));
+        Self {
             entries,
-            names: tokio::sync::Mutex::new(Vec::new()),
-            by_address: ArcSwap::from_pointee(HashMap::new()),
-        };
-        table.publish(&names);
-        *table.names.try_lock().expect("not shared yet") = names;
-        table
+            names: tokio::sync::Mutex::new(names),
+            by_address,
+        }
     }
 
     /// The entries `destination` belongs to, if any.
@@ -140,21 +141,23 @@ impl EgressTable {
             })
     }
 
-    /// Resolve every name that is due, then publish the new table; returns when the next name
-    /// is due.
+    /// Resolve every name that is due (all at once), then publish the new table; returns when
+    /// the next name is due.
     pub async fn refresh(&self, resolver: &hickory_resolver::TokioResolver) -> Instant {
         let mut names = self.names.lock().await;
         let now = Instant::now();
+        let due: Vec<usize> = (0..names.len())
+            .filter(|&i| names[i].next_refresh <= now && names[i].host.parse::<IpAddr>().is_err())
+            .collect();
+        let answers = futures_util::future::join_all(
+            due.iter()
+                .map(|&i| resolver.lookup_ip(names[i].host.as_str())),
+        )
+        .await;
         let mut changed = false;
-        for name in names.iter_mut() {
-            if name.host.parse::<IpAddr>().is_ok() {
-                name.next_refresh = now + MAX_REFRESH * 1000;
-                continue;
-            }
-            if name.next_refresh > now {
-                continue;
-            }
-            match resolver.lookup_ip(name.host.as_str()).await {
+        for (&i, answer) in due.iter().zip(answers) {
+            let name = &mut names[i];
+            match answer {
                 Ok(answer) => {
                     let mut addresses: Vec<IpAddr> = answer.iter().collect();
                     addresses.sort_unstable();
@@ -175,41 +178,19 @@ impl EgressTable {
             }
         }
         if changed {
-            self.publish(&names);
+            self.by_address
+                .store(Arc::new(by_address(&self.entries, &names)));
         }
         names
             .iter()
+            .filter(|n| n.host.parse::<IpAddr>().is_err())
             .map(|n| n.next_refresh)
             .min()
             .unwrap_or(now + MAX_REFRESH)
     }
 
-    fn publish(&self, names: &[Name]) {
-        let mut by_address: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
-        for name in names {
-            for &(entry, port) in &name.uses {
-                for ip in &name.addresses {
-                    let slot = by_address
-                        .entry(canonical(SocketAddr::new(*ip, port)))
-                        .or_default();
-                    if !slot.contains(&entry) {
-                        slot.push(entry);
-                    }
-                }
-            }
-        }
-        let table = by_address
-            .into_iter()
-            .map(|(addr, indices)| {
-                let entries: Arc<[EgressEntry]> =
-                    indices.iter().map(|&i| self.entries[i].clone()).collect();
-                (addr, entries)
-            })
-            .collect();
-        self.by_address.store(Arc::new(table));
-    }
-
-    /// Resolve the names once now, then again whenever an answer's TTL runs out, until shutdown.
+    /// Resolve the names once now (waiting at most [`FIRST_ROUND`]), then again whenever an
+    /// answer's TTL runs out, until shutdown.
     pub async fn start_resolver(
         self: Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
@@ -218,7 +199,14 @@ impl EgressTable {
             .map_err(std::io::Error::other)?
             .build()
             .map_err(std::io::Error::other)?;
-        let mut next = self.refresh(&resolver).await;
+        let mut next = tokio::time::timeout(FIRST_ROUND, self.refresh(&resolver))
+            .await
+            .unwrap_or_else(|_| {
+                tracing::warn!(
+                    "egress names not all resolved at start; serving the rest, retrying"
+                );
+                Instant::now() + RETRY_AFTER_FAILURE
+            });
         Ok(tokio::spawn(async move {
             loop {
                 tokio::select! {
@@ -229,6 +217,30 @@ impl EgressTable {
             }
         }))
     }
+}
+
+/// Each resolved address and port, and the entries it belongs to.
+fn by_address(entries: &[EgressEntry], names: &[Name]) -> HashMap<SocketAddr, Arc<[EgressEntry]>> {
+    let mut table: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
+    for name in names {
+        for &(entry, port) in &name.uses {
+            for ip in &name.addresses {
+                let slot = table
+                    .entry(canonical(SocketAddr::new(*ip, port)))
+                    .or_default();
+                if !slot.contains(&entry) {
+                    slot.push(entry);
+                }
+            }
+        }
+    }
+    table
+        .into_iter()
+        .map(|(addr, indices)| {
+            let found: Arc<[EgressEntry]> = indices.iter().map(|&i| entries[i].clone()).collect();
+            (addr, found)
+        })
+        .collect()
 }
 
 /// IPv4-mapped IPv6 addresses compare as the IPv4 address they map.

@@ -73,9 +73,27 @@ def dns_answer(query, records):
     return struct.pack("!HHHHHH", qid, 0x8180, 1, 1, 0, 0) + question + answer
 
 
+class Records(dict):
+    """NAME=ADDRESS lines of --records, read again for every query (a test changes them)."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path = path
+
+    def __contains__(self, name):
+        return name in self.read()
+
+    def __getitem__(self, name):
+        return self.read()[name]
+
+    def read(self):
+        with open(self.path) as f:
+            return dict(line.strip().split("=", 1) for line in f if "=" in line)
+
+
 def dns(args):
-    """A DNS server on --addr:53, UDP and TCP, for the names given as NAME=ADDRESS."""
-    records = dict(r.split("=", 1) for r in args.record)
+    """A DNS server on --addr:53, UDP and TCP, for the names in --records."""
+    records = Records(args.records)
     udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     udp.bind((args.addr, 53))
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -187,7 +205,7 @@ def main():
     p.add_argument("--key", required=True)
     p = sub.add_parser("dns")
     p.add_argument("--addr", required=True)
-    p.add_argument("--record", action="append", default=[])
+    p.add_argument("--records", required=True)
     p = sub.add_parser("get")
     p.add_argument("--host", required=True)
     p.add_argument("--port", type=int, required=True)

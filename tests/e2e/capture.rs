@@ -309,7 +309,7 @@ fn an_app_reaches_the_network_only_through_vakt() {
         .unwrap();
     let config_a = base_config_yaml(&dir_a, TD).replace("127.0.0.1:0", "127.0.0.1:15021")
         + &format!(
-            "outbound:\n  listen: 127.0.0.1:15001\n  capture: transparent\n  upstreams:\n  - authority: billing.test:8080\n    address: billing.test:15443\n    spiffe_id: {billing_id}\n  - authority: idp.test:9443\n    passthrough: tls\n"
+            "outbound:\n  listen: 127.0.0.1:15001\n  capture: transparent\n  upstreams:\n  - authority: billing.test:8080\n    address: billing.test:15443\n    spiffe_id: {billing_id}\n  - authority: idp.test:9443\n    passthrough: tls\n  - authority: moving.test:8081\n    address: billing.test:15443\n    spiffe_id: {billing_id}\n"
         );
     std::fs::write(
         dir_b.join("policy.yaml"),
@@ -363,6 +363,12 @@ fn an_app_reaches_the_network_only_through_vakt() {
     std::fs::create_dir_all(&logs).unwrap();
     let py = pod_py();
     let py = py.to_str().unwrap();
+    let records = logs.join("dns-records");
+    std::fs::write(
+        &records,
+        format!("billing.test={B_ADDR}\nidp.test={B_ADDR}\nmoving.test={UNLISTED}\n"),
+    )
+    .unwrap();
     b.spawn(
         None,
         PYTHON,
@@ -371,10 +377,8 @@ fn an_app_reaches_the_network_only_through_vakt() {
             "dns",
             "--addr",
             B_ADDR,
-            "--record",
-            &format!("billing.test={B_ADDR}"),
-            "--record",
-            &format!("idp.test={B_ADDR}"),
+            "--records",
+            records.to_str().unwrap(),
         ],
         &logs.join("dns"),
     );
@@ -561,6 +565,40 @@ fn an_app_reaches_the_network_only_through_vakt() {
             "{reason}: {events_a:?}"
         );
     }
+
+    // 2d. The table follows DNS: moving.test first resolves elsewhere, so B's address on its
+    //     port is refused; once the record points at B and its TTL (5 s) has run out, the same
+    //     connection goes through.
+    let moved = [
+        "get",
+        "--host",
+        "moving.test",
+        "--connect",
+        B_ADDR,
+        "--port",
+        "8081",
+        "--path",
+        "/moved",
+    ];
+    let before = a.client(APP_UID, &moved);
+    assert!(before.get("status").is_none(), "{before}");
+    std::fs::write(
+        &records,
+        format!("billing.test={B_ADDR}\nidp.test={B_ADDR}\nmoving.test={B_ADDR}\n"),
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let after = loop {
+        let r = a.client(APP_UID, &moved);
+        if r["status"] == 200 || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(
+        after["status"], 200,
+        "the egress table did not follow DNS: {after}"
+    );
 
     // 3. A process with vakt's UID in A is not captured there: its plaintext to B's app port
     //    meets B's inbound capture, which sends it to the mTLS listener; refused, the app never

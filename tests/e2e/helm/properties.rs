@@ -284,7 +284,10 @@ fn objects<'r>(r: &'r Rendered, config: &'r Value, object: &str) -> Vec<&'r Valu
     match object {
         "pod" => pods(r),
         "vakt" => containers(r).into_iter().filter(|c| is_vakt(c)).collect(),
-        "capture" => containers(r).into_iter().filter(|c| is_capture(c)).collect(),
+        "capture" => containers(r)
+            .into_iter()
+            .filter(|c| is_capture(c))
+            .collect(),
         "apps" => containers(r)
             .into_iter()
             .filter(|c| !is_vakt(c) && !is_capture(c))

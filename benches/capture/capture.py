@@ -1,0 +1,245 @@
+#!/usr/bin/env python3
+"""What transparent capture costs against proxy mode, measured in the same run.
+
+Two "pods" in network namespaces joined by a veth pair (10.232.0.1 and 10.232.0.2, inside the
+namespaces only). Pod B: the bench app on 127.0.0.1:8080 behind a vakt (mTLS on 15443). Pod A:
+two vakts from the same build, as vakt's UID:
+  - proxy:        `outbound.capture: proxy` on 127.0.0.1:15002; the load generator sends to it
+                  (as an app with HTTP_PROXY does);
+  - transparent:  `outbound.capture: transparent` on 127.0.0.1:15001 with `vakt net setup` rules;
+                  the load generator dials 10.232.0.2:8080 directly and the kernel redirects it.
+Both send every request to B's vakt over mTLS with the same Host, so the arms differ only in how
+the connection reached the A-side vakt: the NAT redirect, SO_ORIGINAL_DST and the egress lookup.
+
+Rounds alternate the arms. Per arm and round:
+  - keep-alive: the load generator (benches/mesh/load.rs) for --duration seconds on
+    --connections connections: requests per second, and the A-side vakt's CPU per 1,000 requests;
+  - new connections: --churn connections, one request each (`Connection: close`), from a small
+    client: connections per second, and the A-side vakt's CPU per 1,000 connections.
+Medians over rounds, and transparent/proxy ratios. Needs root, ip, nft and setpriv.
+
+    benches/capture/run                   # builds, then runs this with 6 rounds
+"""
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+TD = "cluster.local"
+A, B = "10.232.0.1", "10.232.0.2"
+PROXY_UID, APP_UID = 1337, 1000
+TARGET = f"{B}:8080"
+
+
+def sh(*argv: str) -> str:
+    return subprocess.run(argv, check=True, capture_output=True, text=True).stdout
+
+
+def in_ns(ns: str, uid: int | None, argv: list[str]) -> list[str]:
+    prefix = ["ip", "netns", "exec", ns]
+    if uid is not None:
+        prefix += ["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--"]
+    return prefix + argv
+
+
+class Pods:
+    """The two namespaces, the processes started in them (stopped by pid), removed on exit."""
+
+    def __init__(self, tag: str):
+        self.a, self.b = f"vkb{tag}a", f"vkb{tag}b"
+        self.procs: list[subprocess.Popen] = []
+        for ns in (self.a, self.b):
+            sh("ip", "netns", "add", ns)
+            sh("ip", "-n", ns, "link", "set", "lo", "up")
+        va, vb = f"vkb{tag}va", f"vkb{tag}vb"
+        sh("ip", "link", "add", va, "netns", self.a, "type", "veth", "peer", "name", vb, "netns", self.b)
+        for ns, dev, addr in ((self.a, va, A), (self.b, vb, B)):
+            sh("ip", "-n", ns, "addr", "add", f"{addr}/24", "dev", dev)
+            sh("ip", "-n", ns, "link", "set", dev, "up")
+
+    def start(self, ns: str, uid: int | None, argv: list[str], log: Path) -> subprocess.Popen:
+        p = subprocess.Popen(in_ns(ns, uid, argv), stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+        self.procs.append(p)
+        return p
+
+    def close(self) -> None:
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        for ns in (self.a, self.b):
+            subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def vakt_config(work: Path, name: str, admin: int, body: str) -> Path:
+    d = work / name
+    path = work / f"{name}.yaml"
+    path.write_text(
+        f"identity:\n  trust_domain: {TD}\n  cert: {d / 'cert.pem'}\n  key: {d / 'key.pem'}\n"
+        f"  trust_bundle: {d / 'bundle.pem'}\n"
+        f"audit:\n  sink: file\n  file:\n    path: {work / (name + '-audit.log')}\n    fsync: 1s\n"
+        f"admin:\n  listen: 127.0.0.1:{admin}\nlog:\n  level: warn\n" + body
+    )
+    return path
+
+
+def wait_ready(pods: Pods, ns: str, admin: int) -> None:
+    probe = (
+        "import socket,sys\n"
+        f"s=socket.create_connection(('127.0.0.1',{admin}),timeout=1)\n"
+        "s.sendall(b'GET /ready HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n')\n"
+        "sys.exit(0 if s.recv(64).startswith(b'HTTP/1.1 200') else 1)\n"
+    )
+    for _ in range(100):
+        if subprocess.run(in_ns(ns, None, ["/usr/bin/python3", "-c", probe]), capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"vakt on admin port {admin} in {ns} not ready")
+
+
+CHURN_CLIENT = """
+import socket, sys, time, json
+host, port, n, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+req = f"GET / HTTP/1.1\\r\\nHost: {target}\\r\\nConnection: close\\r\\n\\r\\n".encode()
+ok = 0
+start = time.perf_counter()
+for _ in range(n):
+    with socket.create_connection((host, port)) as s:
+        s.sendall(req)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        ok += data.startswith(b"HTTP/1.1 200")
+print(json.dumps({"ok": ok, "seconds": time.perf_counter() - start}))
+"""
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--vakt", required=True, help="the vakt under test (release build)")
+    ap.add_argument("--dev-tools", required=True, help="a vakt with the dev feature (certs)")
+    ap.add_argument("--app", required=True, help="benches/mesh app binary (mesh_app)")
+    ap.add_argument("--load", required=True, help="benches/mesh load generator (mesh_load)")
+    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--duration", type=float, default=4.0)
+    ap.add_argument("--connections", type=int, default=32)
+    ap.add_argument("--churn", type=int, default=1500)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
+    args = ap.parse_args()
+
+    work = Path(sh("mktemp", "-d", "/tmp/vakt-capture-bench.XXXXXX").strip())
+    os.chmod(work, 0o755)
+    sh(args.dev_tools, "certs", "init", "--dir", str(work / "ca"), "--trust-domain", TD)
+    for name, sa in (("a", "web"), ("b", "billing")):
+        sh(args.dev_tools, "certs", "issue", "--ca", str(work / "ca"), "--spiffe-id",
+           f"spiffe://{TD}/ns/shop/sa/{sa}", "--out", str(work / name))
+    (work / "policy.yaml").write_text(
+        "routes:\n  - id: everything\n    methods: [GET]\n    path: /**\n    allow:\n"
+        f"      - peers: [\"spiffe://{TD}/ns/shop/sa/web\"]\n")
+    upstream = (f"  upstreams:\n  - authority: {TARGET}\n    address: {B}:15443\n"
+                f"    spiffe_id: spiffe://{TD}/ns/shop/sa/billing\n")
+    conf_b = vakt_config(work, "b", 15021, f"inbound:\n  listen: 0.0.0.0:15443\n  app: 127.0.0.1:8080\n"
+                                            f"  policy: {work / 'policy.yaml'}\n")
+    conf_t = vakt_config(work, "a", 15021, "outbound:\n  listen: 127.0.0.1:15001\n  capture: transparent\n" + upstream)
+    conf_p = vakt_config(work, "a", 15022, "outbound:\n  listen: 127.0.0.1:15002\n  capture: proxy\n" + upstream)
+    conf_p = conf_p.rename(work / "a-proxy.yaml")
+    sh("chown", "-R", f"{PROXY_UID}:{PROXY_UID}", str(work))
+    (work / "churn.py").write_text(CHURN_CLIENT)
+    os.chmod(work / "churn.py", 0o644)
+
+    pods = Pods(str(os.getpid() % 10000))
+    try:
+        sh(*in_ns(pods.a, None, [args.vakt, "net", "setup", f"--proxy-uid={PROXY_UID}"]))
+        pods.start(pods.b, APP_UID, [args.app, "127.0.0.1:8080"], work / "app.log")
+        pods.start(pods.b, PROXY_UID, [args.vakt, "run", "--config", str(conf_b)], work / "vakt-b.log")
+        wait_ready(pods, pods.b, 15021)
+        arms = {
+            "transparent": {"proc": pods.start(pods.a, PROXY_UID, [args.vakt, "run", "--config", str(conf_t)],
+                                               work / "vakt-t.log"),
+                            "url": f"http://{TARGET}/", "dial": (B, 8080)},
+            "proxy": {"proc": pods.start(pods.a, PROXY_UID, [args.vakt, "run", "--config", str(conf_p)],
+                                         work / "vakt-p.log"),
+                      "url": "http://127.0.0.1:15002/", "dial": ("127.0.0.1", 15002)},
+        }
+        wait_ready(pods, pods.a, 15021)
+        wait_ready(pods, pods.a, 15022)
+        rows: dict[str, list[dict]] = {name: [] for name in arms}
+        for r in range(args.rounds):
+            order = list(arms) if r % 2 == 0 else list(reversed(arms))
+            for name in order:
+                arm = arms[name]
+                pid = arm["proc"].pid
+                before = cpu_seconds(pid)
+                out = json.loads(subprocess.run(
+                    in_ns(pods.a, APP_UID, [args.load, arm["url"], "--host", TARGET, "--connections",
+                                            str(args.connections), "--duration", f"{args.duration}s"]),
+                    check=True, capture_output=True, text=True).stdout)
+                keepalive_cpu = cpu_seconds(pid) - before
+                before = cpu_seconds(pid)
+                host, port = arm["dial"]
+                churn = json.loads(subprocess.run(
+                    in_ns(pods.a, APP_UID, ["/usr/bin/python3", str(work / "churn.py"), host, str(port),
+                                            str(args.churn), TARGET]),
+                    check=True, capture_output=True, text=True).stdout)
+                churn_cpu = cpu_seconds(pid) - before
+                if out["non_2xx"] or out["errors"] or churn["ok"] != args.churn:
+                    raise RuntimeError(f"{name}: failed requests: {out} {churn}")
+                row = {
+                    "rps": out["rps"],
+                    "cpu_ms_per_1k_requests": 1e6 * keepalive_cpu / out["requests"],
+                    "connections_per_s": args.churn / churn["seconds"],
+                    "cpu_ms_per_1k_connections": 1e6 * churn_cpu / args.churn,
+                }
+                rows[name].append(row)
+                print(f"round {r + 1} {name}: {json.dumps({k: round(v, 2) for k, v in row.items()})}",
+                      file=sys.stderr)
+    finally:
+        pods.close()
+
+    med = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in rows.items()}
+    ratio = {k: med["transparent"][k] / med["proxy"][k] for k in med["proxy"]}
+    result = {"rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
+              "churn": args.churn, "median": med, "ratio_transparent_over_proxy": ratio, "runs": rows}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "capture.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [
+        "# Transparent capture against proxy mode",
+        "",
+        f"`benches/capture/run`: {args.rounds} alternating rounds; keep-alive load {args.duration:g} s on "
+        f"{args.connections} connections (benches/mesh/load.rs), then {args.churn} new connections with one "
+        "request each. CPU is the A-side vakt's (the one the arm goes through). Medians; ratio = "
+        "transparent / proxy.",
+        "",
+        "| measure | proxy | transparent | ratio |",
+        "|---|---|---|---|",
+    ]
+    names = {"rps": "keep-alive requests per second", "cpu_ms_per_1k_requests": "vakt CPU per 1,000 requests (ms)",
+             "connections_per_s": "new connections per second", "cpu_ms_per_1k_connections":
+             "vakt CPU per 1,000 new connections (ms)"}
+    for k, label in names.items():
+        lines.append(f"| {label} | {med['proxy'][k]:.1f} | {med['transparent'][k]:.1f} | {ratio[k]:.3f}x |")
+    (args.out / "capture.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
