@@ -252,3 +252,70 @@ impl tower::Service<Req> for ToMesh {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::capture::{EgressEntry, EntryKind};
+
+    fn captured(authorities: &[&str]) -> Captured {
+        Captured {
+            destination: "10.0.3.7:8080".parse().unwrap(),
+            entries: authorities
+                .iter()
+                .map(|a| EgressEntry {
+                    authority: Authority::parse(a, 80).unwrap(),
+                    kind: EntryKind::Mesh,
+                })
+                .collect::<Arc<[_]>>(),
+        }
+    }
+
+    fn request(host: Option<&str>) -> Req {
+        let mut builder = http::Request::builder().uri("/journal");
+        if let Some(host) = host {
+            builder = builder.header(HOST, host);
+        }
+        builder.body(body::empty()).unwrap()
+    }
+
+    #[test]
+    fn a_captured_connection_goes_to_the_entry_of_the_address_dialed() {
+        let one = captured(&["billing.svc:8080"]);
+        let two = captured(&["billing.svc:8080", "ledger.svc:8080"]);
+        let cases: &[(&Captured, Option<&str>, Result<&str, &str>)] = &[
+            // One entry at that address: its entry, whatever Host says (or without one).
+            (&one, Some("billing.svc:8080"), Ok("billing.svc:8080")),
+            (&one, Some("other.example"), Ok("billing.svc:8080")),
+            (&one, Some("10.0.3.7:8080"), Ok("billing.svc:8080")),
+            (&one, None, Ok("billing.svc:8080")),
+            // Several: Host picks among them (its port defaults to the port dialed)...
+            (&two, Some("ledger.svc"), Ok("ledger.svc:8080")),
+            (&two, Some("Billing.SVC:8080"), Ok("billing.svc:8080")),
+            // ...and names none of them: refused, naming what was asked for.
+            (&two, Some("other.example"), Err("other.example:8080")),
+            (&two, None, Err("10.0.3.7:8080")),
+        ];
+        for (captured, host, want) in cases {
+            let got = ToMesh::captured_destination(&request(*host), captured);
+            match (got, want) {
+                (Ok(a), Ok(w)) => assert_eq!(a.as_str(), *w, "{host:?}"),
+                (Err(DenyReason::UnknownDestination { authority }), Err(w)) => {
+                    assert_eq!(authority, *w, "{host:?}");
+                }
+                (got, want) => panic!("{host:?}: got {got:?}, want {want:?}"),
+            }
+        }
+        let connect = http::Request::builder()
+            .method(Method::CONNECT)
+            .uri("billing.svc:8080")
+            .body(body::empty())
+            .unwrap();
+        assert!(matches!(
+            ToMesh::captured_destination(&connect, &one),
+            Err(DenyReason::ConnectNotSupported)
+        ));
+    }
+}

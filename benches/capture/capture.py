@@ -24,6 +24,7 @@ Medians over rounds, and transparent/proxy ratios. Needs root, ip, nft and setpr
 import argparse
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -86,13 +87,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def vakt_config(work: Path, name: str, admin: int, body: str) -> Path:
+def vakt_config(work: Path, name: str, admin: int, body: str, file: str) -> Path:
     d = work / name
-    path = work / f"{name}.yaml"
+    path = work / f"{file}.yaml"
+    key = work / f"{file}-chain.key"
+    key.write_text(os.urandom(32).hex())
     path.write_text(
         f"identity:\n  trust_domain: {TD}\n  cert: {d / 'cert.pem'}\n  key: {d / 'key.pem'}\n"
         f"  trust_bundle: {d / 'bundle.pem'}\n"
-        f"audit:\n  sink: file\n  file:\n    path: {work / (name + '-audit.log')}\n    fsync: 1s\n"
+        f"audit:\n  sink: file\n  file:\n    path: {work / (file + '-audit.log')}\n    fsync: 1s\n"
+        f"  chain_key:\n    key_file: {key}\n    key_id: bench\n"
+        f"  checkpoint_file: {work / (file + '-checkpoints.jsonl')}\n  checkpoint_stdout: false\n"
         f"admin:\n  listen: 127.0.0.1:{admin}\nlog:\n  level: warn\n" + body
     )
     return path
@@ -157,10 +162,11 @@ def main() -> int:
     upstream = (f"  upstreams:\n  - authority: {TARGET}\n    address: {B}:15443\n"
                 f"    spiffe_id: spiffe://{TD}/ns/shop/sa/billing\n")
     conf_b = vakt_config(work, "b", 15021, f"inbound:\n  listen: 0.0.0.0:15443\n  app: 127.0.0.1:8080\n"
-                                            f"  policy: {work / 'policy.yaml'}\n")
-    conf_t = vakt_config(work, "a", 15021, "outbound:\n  listen: 127.0.0.1:15001\n  capture: transparent\n" + upstream)
-    conf_p = vakt_config(work, "a", 15022, "outbound:\n  listen: 127.0.0.1:15002\n  capture: proxy\n" + upstream)
-    conf_p = conf_p.rename(work / "a-proxy.yaml")
+                                            f"  policy: {work / 'policy.yaml'}\n", "b")
+    conf_t = vakt_config(work, "a", 15021, "outbound:\n  listen: 127.0.0.1:15001\n  capture: transparent\n"
+                         + upstream, "a-transparent")
+    conf_p = vakt_config(work, "a", 15022, "outbound:\n  listen: 127.0.0.1:15002\n  capture: proxy\n"
+                         + upstream, "a-proxy")
     sh("chown", "-R", f"{PROXY_UID}:{PROXY_UID}", str(work))
     (work / "churn.py").write_text(CHURN_CLIENT)
     os.chmod(work / "churn.py", 0o644)
@@ -213,15 +219,20 @@ def main() -> int:
                       file=sys.stderr)
     finally:
         pods.close()
+        shutil.rmtree(work, ignore_errors=True)
 
     med = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in rows.items()}
-    ratio = {k: med["transparent"][k] / med["proxy"][k] for k in med["proxy"]}
-    result = {"rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
+    ratio = {k: med["transparent"][k] / med["proxy"][k] if med["proxy"][k] else float("nan") for k in med["proxy"]}
+    result = {"date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()), "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
               "churn": args.churn, "median": med, "ratio_transparent_over_proxy": ratio, "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "capture.json").write_text(json.dumps(result, indent=2) + "\n")
+    commit = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "rev-parse", "--short", "HEAD"],
+                            capture_output=True, text=True).stdout.strip() or "unknown"
     lines = [
         "# Transparent capture against proxy mode",
+        "",
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, commit {commit}, {os.cpu_count()} cpus.",
         "",
         f"`benches/capture/run`: {args.rounds} alternating rounds; keep-alive load {args.duration:g} s on "
         f"{args.connections} connections (benches/mesh/load.rs), then {args.churn} new connections with one "
@@ -236,6 +247,12 @@ def main() -> int:
              "vakt CPU per 1,000 new connections (ms)"}
     for k, label in names.items():
         lines.append(f"| {label} | {med['proxy'][k]:.1f} | {med['transparent'][k]:.1f} | {ratio[k]:.3f}x |")
+    lines += [
+        "",
+        "The redirect itself (nftables NAT on the connection's first packet, conntrack on every packet) runs in",
+        "the kernel, charged to whichever process is on the CPU, mostly the client's; the rates include it, the",
+        "vakt CPU columns do not.",
+    ]
     (args.out / "capture.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

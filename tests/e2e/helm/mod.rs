@@ -1256,6 +1256,16 @@ fn notes_tell_the_installer_what_to_check_next() {
         notes.contains("payments.billing.svc.cluster.local:8080 -> payments.billing.svc.cluster.local:15443 as spiffe://cluster.local/ns/billing/sa/payments"),
         "{notes}"
     );
+    let notes = render_notes(&["-f", &example("transparent")]);
+    for needle in [
+        "Every TCP connection of the app goes through vakt",
+        "redirected to vakt's mTLS port",
+        "helseid-sts.nhn.no:443 -> relayed as it is",
+        "billing.billing.svc.cluster.local:8080 -> billing.billing.svc.cluster.local:15443",
+    ] {
+        assert!(notes.contains(needle), "{needle:?}: {notes}");
+    }
+    assert!(!notes.contains("HTTP_PROXY=http"), "{notes}");
     let notes = render_notes(&["-f", &example("oidc")]);
     assert!(
         notes.contains("--trust-domain cluster.local --issuer https://helseid-sts.nhn.no"),
