@@ -10,7 +10,9 @@
 //! - IPv6 is not captured: new IPv6 TCP connections of the app (outbound) and to the app's ports
 //!   (inbound) are refused with a reset, so IPv6 is no way around the capture. Only initial SYNs
 //!   are refused: the kernel's own resets carry no UID and must pass.
-//! - UDP, DNS included, is not touched.
+//! - UDP is not captured: new UDP flows of the app leaving the pod are refused (the send fails),
+//!   but for DNS (port 53) and the exclusions; replies of the pod's own UDP servers pass.
+//!   `allow_udp` lets all of the app's UDP out instead.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -34,10 +36,12 @@ pub struct CaptureRules {
     pub admin_port: u16,
     /// The app's ports whose inbound connections go through vakt (empty: no inbound capture).
     pub inbound_ports: Vec<u16>,
-    /// Destinations the app reaches without vakt.
+    /// Destinations the app reaches without vakt (TCP and UDP).
     pub exclude_outbound_cidrs: Vec<Ipv4Net>,
-    /// Destination ports the app reaches without vakt.
+    /// Destination ports the app reaches without vakt (TCP and UDP).
     pub exclude_outbound_ports: Vec<u16>,
+    /// Let the app's UDP out uncaptured; otherwise only DNS (and the exclusions) passes.
+    pub allow_udp: bool,
 }
 
 /// DNS over TCP passes by (DNS over UDP is not captured at all).
@@ -92,13 +96,32 @@ impl CaptureRules {
             );
             out.push_str("\t}\n");
         }
-        out.push_str("\tchain outbound_ipv6 {\n");
+        out.push_str("\tchain outbound_filter {\n");
         out.push_str("\t\ttype filter hook output priority 0; policy accept;\n");
         let _ = writeln!(
             out,
             "\t\tmeta nfproto ipv6 oifname != \"lo\" meta skuid != {uid} tcp flags & (syn | ack) == syn reject with tcp reset"
         );
+        if !self.allow_udp {
+            let _ = writeln!(
+                out,
+                "\t\tmeta l4proto udp ct state new oifname != \"lo\" meta skuid != {uid} jump outbound_udp"
+            );
+        }
         out.push_str("\t}\n");
+        if !self.allow_udp {
+            out.push_str("\tchain outbound_udp {\n");
+            let mut passing = vec![DNS_PORT];
+            passing.extend(&self.exclude_outbound_ports);
+            passing.sort_unstable();
+            passing.dedup();
+            let _ = writeln!(out, "\t\tudp dport {} return", set(&passing));
+            for cidr in &self.exclude_outbound_cidrs {
+                let _ = writeln!(out, "\t\tip daddr {cidr} return");
+            }
+            out.push_str("\t\treject\n");
+            out.push_str("\t}\n");
+        }
         out.push_str("}\n");
         out
     }
@@ -214,6 +237,7 @@ mod tests {
             inbound_ports: vec![8080],
             exclude_outbound_cidrs: vec!["169.254.169.254/32".parse().unwrap()],
             exclude_outbound_ports: vec![15021, 5432],
+            allow_udp: false,
         }
     }
 
@@ -231,6 +255,9 @@ mod tests {
             "meta nfproto ipv4 iifname != \"lo\" tcp dport 8080 redirect to :15443",
             "meta nfproto ipv6 iifname != \"lo\" tcp dport 8080 tcp flags & (syn | ack) == syn reject with tcp reset",
             "meta nfproto ipv6 oifname != \"lo\" meta skuid != 1337 tcp flags & (syn | ack) == syn reject with tcp reset",
+            "meta l4proto udp ct state new oifname != \"lo\" meta skuid != 1337 jump outbound_udp",
+            "udp dport { 53, 5432, 15021 } return",
+            "reject",
         ] {
             assert!(
                 text.lines().any(|l| l.trim() == line),
@@ -240,6 +267,16 @@ mod tests {
         // The redirect comes after every exclusion.
         let redirect = text.find("redirect to :15001").unwrap();
         assert!(text.find("169.254.169.254").unwrap() < redirect);
+    }
+
+    #[test]
+    fn allowing_udp_leaves_it_alone() {
+        let text = CaptureRules {
+            allow_udp: true,
+            ..rules()
+        }
+        .ruleset();
+        assert!(!text.contains("udp"), "{text}");
     }
 
     #[test]

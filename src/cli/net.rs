@@ -44,9 +44,13 @@ pub struct SetupArgs {
     /// Destinations the app reaches without vakt (IPv4 CIDRs, comma separated).
     #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
     exclude_outbound_cidrs: Vec<Ipv4Net>,
-    /// Destination ports the app reaches without vakt (comma separated).
+    /// Destination ports the app reaches without vakt, TCP and UDP (comma separated).
     #[arg(long, value_delimiter = ',', value_name = "PORTS")]
     exclude_outbound_ports: Vec<u16>,
+    /// Let the app's UDP out (uncaptured). Without it, only DNS (port 53) and the exclusions
+    /// pass; other UDP leaving the pod is refused.
+    #[arg(long)]
+    allow_udp: bool,
     /// Print the rules instead of installing them.
     #[arg(long)]
     dry_run: bool,
@@ -102,6 +106,7 @@ impl SetupArgs {
             inbound_ports: self.inbound_ports,
             exclude_outbound_cidrs: self.exclude_outbound_cidrs,
             exclude_outbound_ports: self.exclude_outbound_ports,
+            allow_udp: self.allow_udp,
         };
         if self.dry_run {
             print!("{}", capture.ruleset());
@@ -118,8 +123,13 @@ impl SetupArgs {
                         capture.inbound_port
                     )
                 };
+                let udp = if capture.allow_udp {
+                    "UDP not captured"
+                } else {
+                    "UDP refused but DNS"
+                };
                 println!(
-                    "vakt capture rules installed: outbound TCP of every UID but {} -> 127.0.0.1:{}; {inbound}; IPv6 TCP refused",
+                    "vakt capture rules installed: outbound TCP of every UID but {} -> 127.0.0.1:{}; {inbound}; IPv6 TCP refused; {udp}",
                     capture.proxy_uid, capture.outbound_port
                 );
                 ExitCode::SUCCESS

@@ -54,6 +54,15 @@ def tls_server(args):
     socketserver.ThreadingTCPServer((args.addr, args.port), Handler).serve_forever()
 
 
+def udp_echo(args):
+    """A UDP service: answers every datagram with `echo: <datagram>`."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((args.addr, args.port))
+    while True:
+        data, peer = sock.recvfrom(2048)
+        sock.sendto(b"echo: " + data, peer)
+
+
 def dns_answer(query, records):
     """A DNS response to `query`: the A record of a known name (TTL 5), NXDOMAIN otherwise."""
     (qid,) = struct.unpack("!H", query[:2])
@@ -183,6 +192,18 @@ def resolve(args):
     return out
 
 
+def udp(args):
+    """Send one datagram to --connect:--port and wait for the answer."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(3)
+        try:
+            sock.connect((args.connect, args.port))
+            sock.send(b"ping")
+            return {"reply": sock.recv(2048).decode()}
+        except OSError as e:
+            return {"error": type(e).__name__ + ": " + str(e)}
+
+
 def connect_v6(args):
     """Open a TCP connection to an IPv6 address: connected, or refused."""
     try:
@@ -220,12 +241,18 @@ def main():
     p = sub.add_parser("resolve")
     p.add_argument("--host", required=True)
     p.add_argument("--server", required=True)
+    p = sub.add_parser("udp-echo")
+    p.add_argument("--addr", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p = sub.add_parser("udp")
+    p.add_argument("--connect", required=True)
+    p.add_argument("--port", type=int, required=True)
     p = sub.add_parser("connect6")
     p.add_argument("--connect", required=True)
     p.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    servers = {"app": app, "tls-server": tls_server, "dns": dns}
-    clients = {"get": http_get, "tls": tls_echo, "resolve": resolve, "connect6": connect_v6}
+    servers = {"app": app, "tls-server": tls_server, "dns": dns, "udp-echo": udp_echo}
+    clients = {"get": http_get, "tls": tls_echo, "resolve": resolve, "udp": udp, "connect6": connect_v6}
     if args.command in servers:
         servers[args.command](args)
     else:

@@ -399,6 +399,12 @@ fn an_app_reaches_the_network_only_through_vakt() {
         ],
         &logs.join("idp"),
     );
+    b.spawn(
+        None,
+        PYTHON,
+        &[py, "udp-echo", "--addr", B_ADDR, "--port", "5353"],
+        &logs.join("udp-echo"),
+    );
     let app_log = logs.join("app-requests.jsonl");
     std::fs::write(&app_log, "").unwrap();
     run(Command::new("chmod").arg("666").arg(&app_log));
@@ -660,6 +666,19 @@ fn an_app_reaches_the_network_only_through_vakt() {
         v6["error"].as_str().unwrap_or_default().contains("Refused"),
         "{v6}"
     );
+
+    // UDP is not captured: the app's is refused but DNS (above); vakt's UID is not touched. A
+    // datagram rejected on its way out fails the send itself (EPERM).
+    let udp = a.client(APP_UID, &["udp", "--connect", B_ADDR, "--port", "5353"]);
+    assert!(
+        udp["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("PermissionError"),
+        "{udp}"
+    );
+    let udp = a.client(PROXY_UID, &["udp", "--connect", B_ADDR, "--port", "5353"]);
+    assert_eq!(udp["reply"], "echo: ping", "{udp}");
 
     // 4. Cleanup leaves no rule behind, and show says so.
     for ns in [&a, &b] {

@@ -138,6 +138,9 @@ NET_RAW, nothing else. Empty in proxy mode.
     {{- with .Values.capture.excludeOutboundPorts }}
     - --exclude-outbound-ports={{ join "," . }}
     {{- end }}
+    {{- if .Values.capture.allowUdp }}
+    - --allow-udp
+    {{- end }}
   resources:
     {{- toYaml .Values.capture.resources | nindent 4 }}
   securityContext:
