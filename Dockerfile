@@ -29,7 +29,8 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 # ---- init (transparent capture) ----------------------------------------------------------------
 # The image of the init container of `capture.mode: transparent`: the same binary with Debian's
 # nft, for `vakt net setup`. It runs once as root in the pod's network namespace with NET_ADMIN
-# and NET_RAW, then exits; the sidecar itself runs from the distroless image below.
+# only (nftables is configured over netlink), then exits; the sidecar itself runs from the
+# distroless image below.
 #   docker build --target init -t ghcr.io/vakt-mesh/vakt-init:0.1.0 .
 FROM debian:bookworm-slim AS init
 RUN apt-get update \

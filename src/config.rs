@@ -469,7 +469,14 @@ impl Config {
                 ))
             }
             (Some(Passthrough::Tls), None, None) => {
-                if up.authority.host().parse::<std::net::IpAddr>().is_ok() {
+                if up.authority.port() == Some(80) {
+                    return Err(ConfigError::invalid(
+                        format!("{key}.authority"),
+                        "port 80 (the default when none is given): give the service's TLS port, e.g. idp.example:443",
+                    ));
+                }
+                let host = up.authority.host();
+                if host.starts_with('[') || host.parse::<std::net::IpAddr>().is_ok() {
                     return Err(ConfigError::invalid(
                         format!("{key}.authority"),
                         "a passthrough destination is checked by the name in its TLS ClientHello (SNI): give a DNS name, not an address",
@@ -665,6 +672,14 @@ inbound:
             (
                 format!("{MINIMAL}outbound:\n  capture: transparent\n  upstreams:\n  - authority: 10.0.0.1:443\n    passthrough: tls\n"),
                 "outbound.upstreams[0].authority: a passthrough destination is checked by the name in its TLS ClientHello",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  capture: transparent\n  upstreams:\n  - authority: \"[fd00::1]:443\"\n    passthrough: tls\n"),
+                "outbound.upstreams[0].authority: a passthrough destination is checked by the name in its TLS ClientHello",
+            ),
+            (
+                format!("{MINIMAL}outbound:\n  capture: transparent\n  upstreams:\n  - authority: idp.example\n    passthrough: tls\n"),
+                "outbound.upstreams[0].authority: port 80 (the default when none is given)",
             ),
             (
                 format!("{MINIMAL}admin:\n  listen: 0.0.0.0:15443\n"),

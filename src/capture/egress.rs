@@ -1,8 +1,11 @@
 //! The egress table by address: which `outbound.upstreams` entries a redirected connection's
 //! original destination (IP and port) belongs to. Each entry's `authority` (and a mesh entry's
-//! `address`) is resolved through DNS and resolved again when the answer's TTL runs out, so the
-//! table follows the addresses the app itself resolves. An address no entry resolves to is not
-//! in the table: its connections are refused.
+//! `address`) is resolved through DNS (the pod's resolver, as the app's) and resolved again when
+//! the answer's TTL runs out. An address stays in the table for its TTL plus [`STALE_GRACE`]
+//! after the last answer that named it: an app that cached an address a little longer, or a
+//! name whose answers rotate, still reaches it; a name that no longer exists, or a DNS outage,
+//! removes it within that bound. An address no entry resolves to is not in the table: its
+//! connections are refused.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
@@ -10,6 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use futures_util::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -22,8 +26,10 @@ pub const MAX_REFRESH: Duration = Duration::from_secs(300);
 /// How long the start waits for the first answers: a slow or failing DNS server must not keep
 /// the sidecar from starting (the names not yet resolved refuse their connections meanwhile).
 const FIRST_ROUND: Duration = Duration::from_secs(5);
-/// A name that failed to resolve is tried again after this (its last answer is kept meanwhile).
+/// A name that failed to resolve, or has no address, is asked again after this.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(5);
+/// How long an address outlives the TTL of the last answer that named it.
+pub const STALE_GRACE: Duration = Duration::from_secs(300);
 
 /// What kind of destination an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,15 +74,75 @@ struct Name {
     host: String,
     /// `(entry index, port)` for each use of the name.
     uses: Vec<(usize, u16)>,
-    /// The last good answer.
-    addresses: Vec<IpAddr>,
+    /// Its addresses, each until when it may be used (`None`: an address literal, always).
+    addresses: BTreeMap<IpAddr, Option<Instant>>,
     next_refresh: Instant,
 }
 
-/// The egress table by address, kept in step with DNS by [`EgressTable::spawn_resolver`].
+impl Name {
+    fn is_literal(&self) -> bool {
+        self.host.parse::<IpAddr>().is_ok()
+    }
+
+    /// Take a lookup's result; `true` when the set of addresses changed.
+    fn take(
+        &mut self,
+        answer: Result<hickory_resolver::lookup_ip::LookupIp, hickory_resolver::net::NetError>,
+        now: Instant,
+    ) -> bool {
+        let before: Vec<IpAddr> = self.addresses.keys().copied().collect();
+        match answer {
+            Ok(answer) => {
+                let ttl = answer
+                    .valid_until()
+                    .saturating_duration_since(now)
+                    .clamp(MIN_REFRESH, MAX_REFRESH);
+                for ip in answer.iter() {
+                    self.addresses.insert(ip, Some(now + ttl + STALE_GRACE));
+                }
+                self.next_refresh = now + ttl;
+            }
+            Err(error) if error.is_no_records_found() => {
+                // An authoritative "no such address": nothing new; what was there expires.
+                tracing::warn!(name = %self.host, "egress destination has no address");
+                self.next_refresh = now + RETRY_AFTER_FAILURE;
+            }
+            Err(error) => {
+                metrics::counter!(crate::metrics::EGRESS_DNS_FAILURES).increment(1);
+                tracing::warn!(name = %self.host, %error, kept = self.addresses.len(), "cannot resolve an egress destination; its addresses stay until they expire");
+                self.next_refresh = now + RETRY_AFTER_FAILURE;
+            }
+        }
+        self.expire(now);
+        let after: Vec<IpAddr> = self.addresses.keys().copied().collect();
+        if after != before {
+            tracing::info!(name = %self.host, addresses = ?after, "egress destination resolved");
+        }
+        after != before
+    }
+
+    /// Drop the addresses whose time is up; `true` when one was dropped.
+    fn expire(&mut self, now: Instant) -> bool {
+        let before = self.addresses.len();
+        self.addresses
+            .retain(|_, until| until.is_none_or(|t| t > now));
+        self.addresses.len() != before
+    }
+
+    /// When this name next needs attention: its refresh, or an address expiring.
+    fn next_due(&self) -> Option<Instant> {
+        if self.is_literal() {
+            return None;
+        }
+        let expiry = self.addresses.values().flatten().min().copied();
+        Some(expiry.map_or(self.next_refresh, |e| e.min(self.next_refresh)))
+    }
+}
+
+/// The egress table by address, kept in step with DNS by [`EgressTable::start_resolver`].
 pub struct EgressTable {
     entries: Vec<EgressEntry>,
-    names: tokio::sync::Mutex<Vec<Name>>,
+    names: std::sync::Mutex<Vec<Name>>,
     by_address: ArcSwap<HashMap<SocketAddr, Arc<[EgressEntry]>>>,
 }
 
@@ -114,7 +180,7 @@ impl EgressTable {
             .map(|(host, uses)| Name {
                 addresses: host
                     .parse::<IpAddr>()
-                    .map(|ip| vec![ip])
+                    .map(|ip| BTreeMap::from([(ip, None)]))
                     .unwrap_or_default(),
                 host,
                 uses,
@@ -124,7 +190,7 @@ impl EgressTable {
         let by_address = ArcSwap::from_pointee(by_address(&entries, &names));
         Self {
             entries,
-            names: tokio::sync::Mutex::new(names),
+            names: std::sync::Mutex::new(names),
             by_address,
         }
     }
@@ -141,56 +207,60 @@ impl EgressTable {
             })
     }
 
-    /// Resolve every name that is due (all at once), then publish the new table; returns when
-    /// the next name is due.
-    pub async fn refresh(&self, resolver: &hickory_resolver::TokioResolver) -> Instant {
-        let mut names = self.names.lock().await;
-        let now = Instant::now();
-        let due: Vec<usize> = (0..names.len())
-            .filter(|&i| names[i].next_refresh <= now && names[i].host.parse::<IpAddr>().is_err())
-            .collect();
-        let answers = futures_util::future::join_all(
-            due.iter()
-                .map(|&i| resolver.lookup_ip(names[i].host.as_str())),
-        )
-        .await;
-        let mut changed = false;
-        for (&i, answer) in due.iter().zip(answers) {
-            let name = &mut names[i];
-            match answer {
-                Ok(answer) => {
-                    let mut addresses: Vec<IpAddr> = answer.iter().collect();
-                    addresses.sort_unstable();
-                    addresses.dedup();
-                    let ttl = answer.valid_until().saturating_duration_since(now);
-                    name.next_refresh = now + ttl.clamp(MIN_REFRESH, MAX_REFRESH);
-                    if addresses != name.addresses {
-                        tracing::info!(name = %name.host, ?addresses, "egress destination resolved");
-                        name.addresses = addresses;
-                        changed = true;
-                    }
-                }
-                Err(error) => {
-                    metrics::counter!(crate::metrics::EGRESS_DNS_FAILURES).increment(1);
-                    tracing::warn!(name = %name.host, %error, kept = name.addresses.len(), "cannot resolve an egress destination; keeping its last addresses");
-                    name.next_refresh = now + RETRY_AFTER_FAILURE;
-                }
-            }
-        }
-        if changed {
-            self.by_address
-                .store(Arc::new(by_address(&self.entries, &names)));
-        }
-        names
-            .iter()
-            .filter(|n| n.host.parse::<IpAddr>().is_err())
-            .map(|n| n.next_refresh)
-            .min()
-            .unwrap_or(now + MAX_REFRESH)
+    fn names(&self) -> std::sync::MutexGuard<'_, Vec<Name>> {
+        self.names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Resolve the names once now (waiting at most [`FIRST_ROUND`]), then again whenever an
-    /// answer's TTL runs out, until shutdown.
+    /// Resolve every name that is due, all at once, each answer published as it arrives (a slow
+    /// name holds up no other); drop expired addresses. Returns when a name is next due.
+    pub async fn refresh(&self, resolver: &hickory_resolver::TokioResolver) -> Instant {
+        let now = Instant::now();
+        let due: Vec<(usize, String)> = {
+            let mut names = self.names();
+            let mut expired = false;
+            for name in names.iter_mut() {
+                expired |= name.expire(now);
+            }
+            if expired {
+                self.by_address
+                    .store(Arc::new(by_address(&self.entries, &names)));
+            }
+            names
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| !n.is_literal() && n.next_refresh <= now)
+                .map(|(i, n)| (i, n.host.clone()))
+                .collect()
+        };
+        let mut lookups: futures_util::stream::FuturesUnordered<_> = due
+            .into_iter()
+            .map(|(i, host)| async move { (i, resolver.lookup_ip(host.as_str()).await) })
+            .collect();
+        while let Some((i, answer)) = lookups.next().await {
+            let mut names = self.names();
+            if names[i].take(answer, Instant::now()) {
+                self.by_address
+                    .store(Arc::new(by_address(&self.entries, &names)));
+            }
+        }
+        self.next_due()
+    }
+
+    /// When the next name is due (a refresh or an expiring address).
+    fn next_due(&self) -> Instant {
+        let now = Instant::now();
+        self.names()
+            .iter()
+            .filter_map(Name::next_due)
+            .min()
+            .unwrap_or(now + MAX_REFRESH)
+            .max(now + Duration::from_millis(100))
+    }
+
+    /// Resolve the names once now (waiting at most [`FIRST_ROUND`]: answers that came in by
+    /// then are in the table, the rest follow), then again whenever one is due, until shutdown.
     pub async fn start_resolver(
         self: Arc<Self>,
         mut shutdown: watch::Receiver<bool>,
@@ -199,32 +269,31 @@ impl EgressTable {
             .map_err(std::io::Error::other)?
             .build()
             .map_err(std::io::Error::other)?;
-        let mut next = tokio::time::timeout(FIRST_ROUND, self.refresh(&resolver))
-            .await
-            .unwrap_or_else(|_| {
-                tracing::warn!(
-                    "egress names not all resolved at start; serving the rest, retrying"
-                );
-                Instant::now() + RETRY_AFTER_FAILURE
-            });
+        let first = tokio::time::timeout(FIRST_ROUND, self.refresh(&resolver)).await;
+        if first.is_err() {
+            tracing::warn!(
+                "egress names not all resolved within {FIRST_ROUND:?} of the start; serving what is resolved, retrying the rest"
+            );
+        }
         Ok(tokio::spawn(async move {
             loop {
+                let next = self.next_due();
                 tokio::select! {
                     () = tokio::time::sleep_until(next.into()) => {}
                     _ = shutdown.changed() => return,
                 }
-                next = self.refresh(&resolver).await;
+                self.refresh(&resolver).await;
             }
         }))
     }
 }
 
-/// Each resolved address and port, and the entries it belongs to.
+/// Each usable address and port, and the entries it belongs to.
 fn by_address(entries: &[EgressEntry], names: &[Name]) -> HashMap<SocketAddr, Arc<[EgressEntry]>> {
     let mut table: HashMap<SocketAddr, Vec<usize>> = HashMap::new();
     for name in names {
         for &(entry, port) in &name.uses {
-            for ip in &name.addresses {
+            for ip in name.addresses.keys() {
                 let slot = table
                     .entry(canonical(SocketAddr::new(*ip, port)))
                     .or_default();
@@ -282,6 +351,48 @@ mod tests {
                 .lookup("[::ffff:10.0.0.7]:8080".parse().unwrap())
                 .is_some()
         );
+    }
+
+    #[test]
+    fn addresses_leave_the_table_when_their_time_is_up_and_literals_never() {
+        let now = Instant::now();
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let mut name = Name {
+            host: "billing.svc".into(),
+            uses: vec![(0, 8080)],
+            addresses: BTreeMap::from([
+                (ip("10.0.0.1"), Some(now + Duration::from_secs(60))),
+                (ip("10.0.0.2"), Some(now - Duration::from_secs(1))),
+            ]),
+            next_refresh: now + Duration::from_secs(600),
+        };
+        assert_eq!(name.next_due(), Some(now - Duration::from_secs(1)));
+        assert!(name.expire(now));
+        assert_eq!(
+            name.addresses.keys().copied().collect::<Vec<_>>(),
+            [ip("10.0.0.1")]
+        );
+        assert!(!name.expire(now));
+        assert_eq!(name.next_due(), Some(now + Duration::from_secs(60)));
+        let entries = [EgressEntry {
+            authority: Authority::parse("billing.svc:8080", 80).unwrap(),
+            kind: EntryKind::Mesh,
+        }];
+        let table = by_address(&entries, std::slice::from_ref(&name));
+        assert!(table.contains_key(&"10.0.0.1:8080".parse().unwrap()));
+        assert!(!table.contains_key(&"10.0.0.2:8080".parse().unwrap()));
+        // After its time, the name has no address left: refused from then on.
+        assert!(name.expire(now + Duration::from_secs(61)));
+        assert!(by_address(&entries, &[name]).is_empty());
+
+        let mut literal = Name {
+            host: "10.0.0.7".into(),
+            uses: vec![(0, 80)],
+            addresses: BTreeMap::from([(ip("10.0.0.7"), None)]),
+            next_refresh: now,
+        };
+        assert!(!literal.expire(now + Duration::from_secs(1_000_000)));
+        assert_eq!(literal.next_due(), None);
     }
 
     #[test]

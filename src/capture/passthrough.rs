@@ -19,9 +19,10 @@ use super::egress::Captured;
 use crate::audit::{AuditEvent, Auditor, Decision, Outcome, Text};
 use crate::limits::Limits;
 
-/// A ClientHello larger than this is refused (real ones are a few hundred bytes to a few KiB,
-/// post-quantum key shares included).
-const MAX_CLIENT_HELLO: usize = 64 * 1024;
+/// A ClientHello larger than one TLS record (16 KiB and its header) is refused: real ones are a
+/// few hundred bytes to a few KiB, post-quantum key shares included, and a connection's buffer
+/// must stay small.
+const MAX_CLIENT_HELLO: usize = 16 * 1024 + 5;
 
 /// Why a passthrough connection was refused (its audit reason and metric label).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -58,7 +59,7 @@ pub struct ClientHello {
 pub async fn read_client_hello<R: AsyncRead + Unpin>(io: &mut R) -> Result<ClientHello, Refusal> {
     let mut acceptor = rustls::server::Acceptor::default();
     let mut bytes = Vec::with_capacity(2048);
-    let mut chunk = [0u8; 4096];
+    let mut chunk = [0u8; 2048];
     loop {
         let n = io.read(&mut chunk).await.map_err(|_| Refusal::NotTls)?;
         if n == 0 || bytes.len() + n > MAX_CLIENT_HELLO {

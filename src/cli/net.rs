@@ -1,5 +1,5 @@
 //! `vakt net setup`, `vakt net show`, `vakt net cleanup`: the transparent-capture rules in the
-//! current network namespace (the pod's, from an init container with NET_ADMIN and NET_RAW).
+//! current network namespace (the pod's, from an init container with NET_ADMIN).
 //!
 //! Exit codes: 0 done; 1 `show` found no rules; 2 bad flags; 3 the rules could not be changed
 //! (nft missing, not permitted, refused).
@@ -11,6 +11,9 @@ use ipnet::Ipv4Net;
 use vakt::capture::rules::{self, CaptureRules, NetError};
 
 use super::bad_input;
+
+/// Where the pod's nameservers are read from when `--dns-servers` is not given.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 #[derive(Subcommand)]
 pub enum NetCommand {
@@ -34,7 +37,7 @@ pub struct SetupArgs {
     /// vakt's inbound mTLS listener port (`inbound.listen`).
     #[arg(long, default_value_t = 15443, value_name = "PORT")]
     inbound_port: u16,
-    /// vakt's admin port: never redirected.
+    /// vakt's admin port: never taken by inbound capture.
     #[arg(long, default_value_t = 15021, value_name = "PORT")]
     admin_port: u16,
     /// The app's ports whose inbound TCP is redirected to vakt's inbound listener (comma
@@ -44,9 +47,14 @@ pub struct SetupArgs {
     /// Destinations the app reaches without vakt (IPv4 CIDRs, comma separated).
     #[arg(long, value_delimiter = ',', value_name = "CIDRS")]
     exclude_outbound_cidrs: Vec<Ipv4Net>,
-    /// Destination ports the app reaches without vakt, TCP and UDP (comma separated).
+    /// Destination ports the app reaches without vakt, to any address, TCP and UDP (comma
+    /// separated).
     #[arg(long, value_delimiter = ',', value_name = "PORTS")]
     exclude_outbound_ports: Vec<u16>,
+    /// The pod's nameservers: DNS to them passes (comma separated; default: the `nameserver`
+    /// lines of /etc/resolv.conf). DNS to any other address is not exempt.
+    #[arg(long, value_delimiter = ',', value_name = "ADDRESSES")]
+    dns_servers: Option<Vec<std::net::IpAddr>>,
     /// Let the app's UDP out (uncaptured). Without it, only DNS (port 53) and the exclusions
     /// pass; other UDP leaving the pod is refused.
     #[arg(long)]
@@ -107,6 +115,19 @@ impl SetupArgs {
             exclude_outbound_cidrs: self.exclude_outbound_cidrs,
             exclude_outbound_ports: self.exclude_outbound_ports,
             allow_udp: self.allow_udp,
+            dns_servers: match self.dns_servers {
+                Some(servers) => servers,
+                None => {
+                    let conf = std::fs::read_to_string(RESOLV_CONF).unwrap_or_default();
+                    let servers = rules::nameservers(&conf);
+                    if servers.is_empty() {
+                        eprintln!(
+                            "vakt net setup: no nameserver in {RESOLV_CONF}: DNS is captured like any other traffic (give --dns-servers)"
+                        );
+                    }
+                    servers
+                }
+            },
         };
         if self.dry_run {
             print!("{}", capture.ruleset());

@@ -63,6 +63,25 @@ def udp_echo(args):
         sock.sendto(b"echo: " + data, peer)
 
 
+def tcp6_listen(args):
+    """An IPv6-only TCP listener on each --port: logs `<port>` per accepted connection."""
+    def serve(port):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(("::", port))
+        sock.listen(16)
+        while True:
+            conn, _ = sock.accept()
+            with open(args.log, "a") as log:
+                log.write(f"{port}\n")
+            conn.close()
+
+    for port in args.port[1:]:
+        threading.Thread(target=serve, args=(port,), daemon=True).start()
+    serve(args.port[0])
+
+
 def dns_answer(query, records):
     """A DNS response to `query`: the A record of a known name (TTL 5), NXDOMAIN otherwise."""
     (qid,) = struct.unpack("!H", query[:2])
@@ -241,6 +260,9 @@ def main():
     p = sub.add_parser("resolve")
     p.add_argument("--host", required=True)
     p.add_argument("--server", required=True)
+    p = sub.add_parser("tcp6-listen")
+    p.add_argument("--port", type=int, action="append", required=True)
+    p.add_argument("--log", required=True)
     p = sub.add_parser("udp-echo")
     p.add_argument("--addr", required=True)
     p.add_argument("--port", type=int, required=True)
@@ -251,7 +273,7 @@ def main():
     p.add_argument("--connect", required=True)
     p.add_argument("--port", type=int, required=True)
     args = parser.parse_args()
-    servers = {"app": app, "tls-server": tls_server, "dns": dns, "udp-echo": udp_echo}
+    servers = {"app": app, "tls-server": tls_server, "dns": dns, "udp-echo": udp_echo, "tcp6-listen": tcp6_listen}
     clients = {"get": http_get, "tls": tls_echo, "resolve": resolve, "udp": udp, "connect6": connect_v6}
     if args.command in servers:
         servers[args.command](args)

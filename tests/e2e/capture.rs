@@ -405,6 +405,23 @@ fn an_app_reaches_the_network_only_through_vakt() {
         &[py, "udp-echo", "--addr", B_ADDR, "--port", "5353"],
         &logs.join("udp-echo"),
     );
+    let v6_log = logs.join("v6-accepted");
+    std::fs::write(&v6_log, "").unwrap();
+    b.spawn(
+        None,
+        PYTHON,
+        &[
+            py,
+            "tcp6-listen",
+            "--port",
+            "8080",
+            "--port",
+            "9080",
+            "--log",
+            v6_log.to_str().unwrap(),
+        ],
+        &logs.join("v6"),
+    );
     let app_log = logs.join("app-requests.jsonl");
     std::fs::write(&app_log, "").unwrap();
     run(Command::new("chmod").arg("666").arg(&app_log));
@@ -588,6 +605,15 @@ fn an_app_reaches_the_network_only_through_vakt() {
     ];
     let before = a.client(APP_UID, &moved);
     assert!(before.get("status").is_none(), "{before}");
+    let unmoved = format!("{B_ADDR}:8081");
+    let events_a = audit_events(&audit_a, |e| {
+        has(e, |v| v["destination"] == unmoved.as_str())
+    });
+    assert!(
+        has(&events_a, |v| v["reason"] == "unknown_destination"
+            && v["destination"] == unmoved.as_str()),
+        "{events_a:?}"
+    );
     std::fs::write(
         &records,
         format!("billing.test={B_ADDR}\nidp.test={B_ADDR}\nmoving.test={B_ADDR}\n"),
@@ -649,22 +675,39 @@ fn an_app_reaches_the_network_only_through_vakt() {
     );
     assert!(app_saw.contains("/journal/1"));
 
-    // IPv6 is not a way around it: refused for the app, and at B's app port for anyone.
-    let v6 = a.client(
-        APP_UID,
-        &["connect6", "--connect", B_ADDR6, "--port", "8080"],
-    );
+    // IPv6 is not a way around it: B listens on IPv6 (8080 and 9080). vakt's UID reaches 9080
+    // (IPv6 works); the app is refused, and so is anyone at B's captured app port.
+    let v6 = |uid, port| a.client(uid, &["connect6", "--connect", B_ADDR6, "--port", port]);
+    assert_eq!(v6(PROXY_UID, "9080")["connected"], true);
+    for (uid, port) in [(APP_UID, "9080"), (APP_UID, "8080"), (PROXY_UID, "8080")] {
+        let r = v6(uid, port);
+        assert!(
+            r["error"].as_str().unwrap_or_default().contains("Refused"),
+            "uid {uid} to [{B_ADDR6}]:{port}: {r}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(&v6_log).unwrap(), "9080\n");
+
+    // DNS passes only to the pod's nameserver: DNS-shaped traffic to another address is
+    // captured like the rest (TCP: refused as an unknown destination; UDP: refused).
+    let tunnel = a.client(APP_UID, &["get", "--host", UNLISTED, "--port", "53"]);
+    assert!(tunnel.get("status").is_none(), "{tunnel}");
+    let dns_elsewhere = format!("{UNLISTED}:53");
+    let events_a = audit_events(&audit_a, |e| {
+        has(e, |v| v["destination"] == dns_elsewhere.as_str())
+    });
     assert!(
-        v6["error"].as_str().unwrap_or_default().contains("Refused"),
-        "{v6}"
+        has(&events_a, |v| v["reason"] == "unknown_destination"
+            && v["destination"] == dns_elsewhere.as_str()),
+        "{events_a:?}"
     );
-    let v6 = a.client(
-        PROXY_UID,
-        &["connect6", "--connect", B_ADDR6, "--port", "8080"],
-    );
+    let udp53 = a.client(APP_UID, &["udp", "--connect", UNLISTED, "--port", "53"]);
     assert!(
-        v6["error"].as_str().unwrap_or_default().contains("Refused"),
-        "{v6}"
+        udp53["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("PermissionError"),
+        "{udp53}"
     );
 
     // UDP is not captured: the app's is refused but DNS (above); vakt's UID is not touched. A

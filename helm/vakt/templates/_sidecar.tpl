@@ -106,17 +106,25 @@ helm/examples/orders in the vakt repository is a complete example chart.
 {{/*
 Transparent capture: the init container that installs the nftables rules in the pod's network
 namespace and exits (`vakt net setup`), as one list item for `initContainers`, before vakt. It
-is the only container with privileges: root in the pod's network namespace, NET_ADMIN and
-NET_RAW, nothing else. Empty in proxy mode.
+is the only container with privileges: root in the pod's network namespace with NET_ADMIN
+(nftables is configured over netlink; nothing else is needed). Empty in proxy mode.
 */}}
 {{- define "vakt.captureInit" -}}
 {{- if eq .Values.capture.mode "transparent" }}
-{{- $appUid := (.Values.app.securityContext | default dict).runAsUser }}
-{{- if kindIs "invalid" $appUid }}
+{{- $vaktUid := int64 .Values.sidecar.runAsUser }}
+{{- $app := .Values.app.securityContext | default dict }}
+{{- $pod := .Values.workload.podSecurityContext | default dict }}
+{{- if kindIs "invalid" $app.runAsUser }}
 {{- fail "capture.mode transparent: set app.securityContext.runAsUser (a UID other than sidecar.runAsUser): the rules redirect every UID but vakt's" }}
 {{- end }}
-{{- if eq (int64 $appUid) (int64 .Values.sidecar.runAsUser) }}
-{{- fail (printf "capture.mode transparent: app.securityContext.runAsUser (%d) is vakt's UID, so the app's connections would not be captured; give the app another UID" (int64 $appUid)) }}
+{{- if eq (int64 $app.runAsUser) $vaktUid }}
+{{- fail (printf "capture.mode transparent: app.securityContext.runAsUser (%d) is vakt's UID, so the app's connections would not be captured; give the app another UID" (int64 $app.runAsUser)) }}
+{{- end }}
+{{- if or (eq (int64 $app.runAsUser) 0) (eq (toString $app.runAsNonRoot) "false") (eq (toString $app.allowPrivilegeEscalation) "true") (eq (toString $app.privileged) "true") (($app.capabilities | default dict).add) }}
+{{- fail "capture.mode transparent: the app must run as non-root without added capabilities or privilege escalation (app.securityContext): a process that can change its UID to vakt's escapes the capture" }}
+{{- end }}
+{{- if or (kindIs "invalid" $pod.runAsUser) (eq (int64 (default 0 $pod.runAsUser)) $vaktUid) }}
+{{- fail (printf "capture.mode transparent: set workload.podSecurityContext.runAsUser to a UID other than vakt's (%d): containers without a UID of their own (debug containers, other sidecars) would run uncaptured" $vaktUid) }}
 {{- end -}}
 - name: {{ .Values.sidecar.name }}-init
   image: {{ include "vakt.image" .Values.capture.initImage | quote }}
@@ -156,7 +164,6 @@ NET_RAW, nothing else. Empty in proxy mode.
         - ALL
       add:
         - NET_ADMIN
-        - NET_RAW
     seccompProfile:
       type: RuntimeDefault
 {{- end }}

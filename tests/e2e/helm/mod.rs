@@ -1278,3 +1278,77 @@ fn notes_tell_the_installer_what_to_check_next() {
     let notes = render_notes(&["-f", &example("monitoring")]);
     assert!(notes.contains("ServiceMonitor orders-vakt"), "{notes}");
 }
+
+/// Transparent capture exempts vakt's UID: the chart refuses to render a pod where the app, or a
+/// container without a UID of its own, could run as that UID.
+#[test]
+fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
+    let Some(t) = tools() else { return };
+    let chart = chart();
+    let chart = chart.to_string_lossy();
+    let values = example("transparent");
+    let cases: &[(&str, &str)] = &[
+        ("app.securityContext.runAsUser=65532", "is vakt's UID"),
+        (
+            "app.securityContext.runAsUser=null",
+            "set app.securityContext.runAsUser",
+        ),
+        ("app.securityContext.runAsUser=0", "must run as non-root"),
+        (
+            "app.securityContext.runAsNonRoot=false",
+            "must run as non-root",
+        ),
+        (
+            "app.securityContext.allowPrivilegeEscalation=true",
+            "must run as non-root",
+        ),
+        (
+            "app.securityContext.capabilities.add={SETUID}",
+            "must run as non-root",
+        ),
+        (
+            "workload.podSecurityContext.runAsUser=65532",
+            "workload.podSecurityContext.runAsUser",
+        ),
+        (
+            "workload.podSecurityContext.runAsUser=null",
+            "workload.podSecurityContext.runAsUser",
+        ),
+    ];
+    for (set, needle) in cases {
+        let out = run(
+            &t.helm,
+            &[
+                "template",
+                RELEASE,
+                &chart,
+                "--namespace",
+                NS,
+                "-f",
+                &values,
+                "--set",
+                set,
+            ],
+        );
+        let stderr = text(&out.stderr);
+        assert!(!out.status.success(), "{set} was accepted");
+        assert!(
+            stderr.contains(needle),
+            "{set}: expected {needle:?} in:\n{stderr}"
+        );
+    }
+    // Proxy mode asks none of this.
+    let out = run(
+        &t.helm,
+        &[
+            "template",
+            RELEASE,
+            &chart,
+            "--namespace",
+            NS,
+            "--set",
+            "app.securityContext.runAsUser=65532",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

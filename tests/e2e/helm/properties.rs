@@ -58,16 +58,18 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("*",                      "vakt",           "volumeMounts[*].readOnly", "each true"),
     ("*",                      "vakt",           "volumeMounts[*].subPath", "each null"),
     // Transparent capture: the one container with privileges, exactly those it needs (root in
-    // the pod's network namespace, NET_ADMIN and NET_RAW) and no more, leaving vakt's UID alone.
+    // the pod's network namespace, NET_ADMIN) and no more, leaving vakt's UID alone; the app and
+    // the pod's default UID are not vakt's.
     ("transparent",            "capture",        "args", r#"["net", "setup", "--proxy-uid=65532", "--outbound-port=15001", "--inbound-port=15443", "--admin-port=15021", "--inbound-ports=8080"]"#),
     ("transparent",            "capture",        "securityContext.runAsUser", "0"),
-    ("transparent",            "capture",        "securityContext.capabilities", r#"{"drop": ["ALL"], "add": ["NET_ADMIN", "NET_RAW"]}"#),
+    ("transparent",            "capture",        "securityContext.capabilities", r#"{"drop": ["ALL"], "add": ["NET_ADMIN"]}"#),
     ("transparent",            "capture",        "securityContext.readOnlyRootFilesystem", "true"),
     ("transparent",            "capture",        "securityContext.allowPrivilegeEscalation", "false"),
     ("transparent",            "capture",        "securityContext.privileged", "false"),
     ("transparent",            "capture",        "securityContext.seccompProfile.type", RUNTIME_DEFAULT),
     ("transparent",            "capture",        "resources.limits.memory", "set"),
     ("transparent",            "apps",           "securityContext.runAsUser", "10001"),
+    ("transparent",            "pod",            "spec.securityContext.runAsUser", "10001"),
     ("transparent",            "config",         "outbound.capture", r#""transparent""#),
     // The apps: calls out through vakt; no port of their own, no access to vakt's keys.
     ("!existing-secret !transparent", "apps",    "env[name=HTTP_PROXY].value", PROXY),
