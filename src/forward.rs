@@ -180,6 +180,10 @@ impl ToMesh {
         if req.method() == Method::CONNECT {
             return Err(DenyReason::ConnectNotSupported);
         }
+        let mut candidates = captured.mesh();
+        if let (Some(only), None) = (candidates.next(), candidates.next()) {
+            return Ok(only.authority.clone());
+        }
         let port = captured.destination.port();
         let named = req
             .uri()
@@ -237,8 +241,11 @@ impl tower::Service<Req> for ToMesh {
                 }
             };
             if let Some(exchange) = crate::exchange::of(&req) {
-                let dialed = req.extensions().get::<Captured>().map(|c| c.destination);
-                let destination = this.client.audited(&authority, dialed);
+                let label = req
+                    .extensions()
+                    .get::<Captured>()
+                    .map(|c| c.audit_label(&authority));
+                let destination = this.client.audited(&authority, label);
                 exchange.learn(|k| k.destination = destination);
             }
             if let Some(host) = host {
@@ -261,16 +268,16 @@ mod tests {
     use crate::capture::{EgressEntry, EntryKind};
 
     fn captured(authorities: &[&str]) -> Captured {
-        Captured {
-            destination: "10.0.3.7:8080".parse().unwrap(),
-            entries: authorities
+        Captured::new(
+            "10.0.3.7:8080".parse().unwrap(),
+            authorities
                 .iter()
                 .map(|a| EgressEntry {
                     authority: Authority::parse(a, 80).unwrap(),
                     kind: EntryKind::Mesh,
                 })
                 .collect::<Arc<[_]>>(),
-        }
+        )
     }
 
     fn request(host: Option<&str>) -> Req {

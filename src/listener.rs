@@ -265,7 +265,15 @@ pub async fn serve_transparent(
             };
             if is_passthrough(&tcp, &captured, ctx.limits.handshake_timeout).await {
                 if let Some(auditor) = ctx.auditor.clone() {
-                    capture::passthrough::serve(tcp, captured, auditor, ctx.limits.clone()).await;
+                    // Boxed: its state (the ClientHello being read, the relay) would otherwise
+                    // make every connection's future larger, and each move of it dearer.
+                    Box::pin(capture::passthrough::serve(
+                        tcp,
+                        captured,
+                        auditor,
+                        ctx.limits.clone(),
+                    ))
+                    .await;
                 }
                 return;
             }

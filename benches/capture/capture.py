@@ -19,6 +19,7 @@ Rounds alternate the arms. Per arm and round:
 Medians over rounds, and transparent/proxy ratios. Needs root, ip, nft and setpriv.
 
     benches/capture/run                   # builds, then runs this with 6 rounds
+    benches/capture/run --instructions 5  # and 5 callgrind windows per arm (valgrind)
 """
 
 import argparse
@@ -103,14 +104,14 @@ def vakt_config(work: Path, name: str, admin: int, body: str, file: str) -> Path
     return path
 
 
-def wait_ready(pods: Pods, ns: str, admin: int) -> None:
+def wait_ready(pods: Pods, ns: str, admin: int, seconds: float = 10.0) -> None:
     probe = (
         "import socket,sys\n"
         f"s=socket.create_connection(('127.0.0.1',{admin}),timeout=1)\n"
         "s.sendall(b'GET /ready HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n')\n"
         "sys.exit(0 if s.recv(64).startswith(b'HTTP/1.1 200') else 1)\n"
     )
-    for _ in range(100):
+    for _ in range(int(seconds * 10)):
         if subprocess.run(in_ns(ns, None, ["/usr/bin/python3", "-c", probe]), capture_output=True).returncode == 0:
             return
         time.sleep(0.1)
@@ -120,10 +121,13 @@ def wait_ready(pods: Pods, ns: str, admin: int) -> None:
 CHURN_CLIENT = """
 import socket, sys, time, json
 host, port, n, target = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+limit = float(sys.argv[5]) if len(sys.argv) > 5 else None
 req = f"GET / HTTP/1.1\\r\\nHost: {target}\\r\\nConnection: close\\r\\n\\r\\n".encode()
 ok = 0
 start = time.perf_counter()
 for _ in range(n):
+    if limit is not None and time.perf_counter() - start > limit:
+        break
     with socket.create_connection((host, port)) as s:
         s.sendall(req)
         data = b""
@@ -137,6 +141,94 @@ print(json.dumps({"ok": ok, "seconds": time.perf_counter() - start}))
 """
 
 
+def callgrind(pid: int, command: str, work: Path, name: str) -> int | None:
+    """`zero` the counters of a vakt under callgrind, or `dump` them and return the instructions
+    counted since the last zero. The vakt must be busy: valgrind takes the command at its next
+    scheduling point, and an idle one sits in a system call."""
+    before = set(work.glob(f"callgrind.{name}.*"))
+    # As vakt's UID: vgdb reaches a valgrind of another user only through ptrace.
+    subprocess.run(["setpriv", f"--reuid={PROXY_UID}", f"--regid={PROXY_UID}", "--clear-groups", "--",
+                    "callgrind_control", f"--vgdb-prefix={work / ('vgdb-' + name)}", f"--{command}", str(pid)],
+                   check=True, capture_output=True, timeout=60)
+    if command == "zero":
+        return None
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        for dump in set(work.glob(f"callgrind.{name}.*")) - before:
+            for line in dump.read_text(errors="replace").splitlines():
+                if line.startswith(("totals:", "summary:")):
+                    return int(line.split()[1])
+        time.sleep(0.2)
+    raise RuntimeError(f"no callgrind dump from {name}")
+
+
+def counter(pods: Pods, admin: int, metric: str) -> float:
+    """The sum of a counter's outbound series on a vakt's /metrics."""
+    fetch = (
+        "import socket\n"
+        f"s=socket.create_connection(('127.0.0.1',{admin}),timeout=10)\n"
+        "s.sendall(b'GET /metrics HTTP/1.1\\r\\nHost: a\\r\\nConnection: close\\r\\n\\r\\n')\n"
+        "d=b''\n"
+        "while True:\n"
+        "    c=s.recv(65536)\n"
+        "    if not c: break\n"
+        "    d+=c\n"
+        "print(d.decode())\n"
+    )
+    text = subprocess.run(in_ns(pods.a, None, ["/usr/bin/python3", "-c", fetch]),
+                          check=True, capture_output=True, text=True).stdout
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(metric + "{") and 'direction="outbound"' in line)
+
+
+def count_instructions(args, pods: Pods, work: Path, conf_t: Path, conf_p: Path) -> dict:
+    """Both A-side vakts again, under callgrind: per arm, windows of keep-alive load and of new
+    connections. Each window is a zero and a dump of the counters while the load runs, and the
+    requests (connections) the vakt's own counters saw in between."""
+    def start(name: str, conf: Path) -> subprocess.Popen:
+        return pods.start(pods.a, PROXY_UID, [
+            "valgrind", "--tool=callgrind", f"--vgdb-prefix={work / ('vgdb-' + name)}",
+            f"--callgrind-out-file={work / ('callgrind.' + name + '.%p')}",
+            args.vakt, "run", "--config", str(conf)], work / f"vakt-{name}-callgrind.log")
+
+    arms = {"transparent": (start("transparent", conf_t), 15021, f"http://{TARGET}/", (B, 8080)),
+            "proxy": (start("proxy", conf_p), 15022, "http://127.0.0.1:15002/", ("127.0.0.1", 15002))}
+    wait_ready(pods, pods.a, 15021, 120)
+    wait_ready(pods, pods.a, 15022, 120)
+    window = 8.0
+    per: dict[str, dict[str, list[float]]] = {n: {"per_request": [], "per_connection": []} for n in arms}
+    for w in range(args.instructions + 1):
+        for name, (proc, admin, url, (host, port)) in arms.items():
+            for kind, metric, argv in (
+                ("per_request", "vakt_requests_total",
+                 [args.load, url, "--host", TARGET, "--connections", "8", "--duration", f"{window + 8:g}s"]),
+                ("per_connection", "vakt_connections_total",
+                 ["/usr/bin/python3", str(work / "churn.py"), host, str(port), "100000", TARGET,
+                  str(window + 8)]),
+            ):
+                load = subprocess.Popen(in_ns(pods.a, APP_UID, argv), stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+                time.sleep(3)
+                # The counters are read outside the window, so /metrics is not counted in it.
+                before = counter(pods, admin, metric)
+                callgrind(proc.pid, "zero", work, name)
+                time.sleep(window)
+                instructions = callgrind(proc.pid, "dump", work, name)
+                after = counter(pods, admin, metric)
+                load.wait()
+                if w == 0:
+                    continue  # the first window warms the connection pools up
+                if after <= before:
+                    raise RuntimeError(f"{name}: nothing served in a callgrind window")
+                per[name][kind].append(instructions / (after - before))
+            if w:
+                print(f"instructions window {w} {name}: {per[name]['per_request'][-1]:,.0f} per request, "
+                      f"{per[name]['per_connection'][-1]:,.0f} per connection", file=sys.stderr)
+    for proc, _, _, _ in arms.values():
+        proc.terminate()
+    return {n: {k: statistics.median(v) for k, v in d.items()} for n, d in per.items()}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--vakt", required=True, help="the vakt under test (release build)")
@@ -147,6 +239,8 @@ def main() -> int:
     ap.add_argument("--duration", type=float, default=4.0)
     ap.add_argument("--connections", type=int, default=32)
     ap.add_argument("--churn", type=int, default=1500)
+    ap.add_argument("--instructions", type=int, default=0, metavar="N",
+                    help="then N callgrind windows per arm: instructions per request and per connection")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "results")
     args = ap.parse_args()
 
@@ -217,13 +311,23 @@ def main() -> int:
                 rows[name].append(row)
                 print(f"round {r + 1} {name}: {json.dumps({k: round(v, 2) for k, v in row.items()})}",
                       file=sys.stderr)
+        instructions = None
+        if args.instructions:
+            for arm in arms.values():
+                arm["proc"].terminate()
+                arm["proc"].wait(timeout=15)
+            instructions = count_instructions(args, pods, work, conf_t, conf_p)
     finally:
         pods.close()
         shutil.rmtree(work, ignore_errors=True)
 
     med = {name: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for name, rs in rows.items()}
     ratio = {k: med["transparent"][k] / med["proxy"][k] if med["proxy"][k] else float("nan") for k in med["proxy"]}
-    result = {"date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()), "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
+    if instructions:
+        result_instructions = instructions
+    else:
+        result_instructions = None
+    result = {"instructions": result_instructions, "date": time.strftime("%Y-%m-%dT%H:%MZ", time.gmtime()), "rounds": args.rounds, "duration_s": args.duration, "connections": args.connections,
               "churn": args.churn, "median": med, "ratio_transparent_over_proxy": ratio, "runs": rows}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "capture.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -247,6 +351,19 @@ def main() -> int:
              "vakt CPU per 1,000 new connections (ms)"}
     for k, label in names.items():
         lines.append(f"| {label} | {med['proxy'][k]:.1f} | {med['transparent'][k]:.1f} | {ratio[k]:.3f}x |")
+    if instructions:
+        lines += [
+            "",
+            f"Instructions of the A-side vakt (valgrind callgrind, {args.instructions} windows per arm, medians): "
+            "repeatable where CPU time on a shared machine is not.",
+            "",
+            "| measure | proxy | transparent | ratio |",
+            "|---|---|---|---|",
+        ]
+        for k, label in (("per_request", "instructions per keep-alive request"),
+                         ("per_connection", "instructions per new connection (one request)")):
+            p_, t_ = instructions["proxy"][k], instructions["transparent"][k]
+            lines.append(f"| {label} | {p_:,.0f} | {t_:,.0f} | {t_ / p_:.3f}x |")
     lines += [
         "",
         "The redirect itself (nftables NAT on the connection's first packet, conntrack on every packet) runs in",

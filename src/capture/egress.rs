@@ -53,9 +53,32 @@ pub struct Captured {
     /// Where the app was connecting.
     pub destination: SocketAddr,
     pub entries: Arc<[EgressEntry]>,
+    /// How audit events of this connection name an entry and the address dialed, made once per
+    /// connection for the entry its requests go to (usually the only one).
+    audit_label: Arc<std::sync::OnceLock<(Authority, Arc<str>)>>,
 }
 
 impl Captured {
+    pub fn new(destination: SocketAddr, entries: Arc<[EgressEntry]>) -> Self {
+        Self {
+            destination,
+            entries,
+            audit_label: Arc::default(),
+        }
+    }
+
+    /// `authority(address:port)`, as audit events name a request to `authority` on this
+    /// connection.
+    pub fn audit_label(&self, authority: &Authority) -> Arc<str> {
+        let make = || Arc::from(format!("{authority}({})", self.destination));
+        let (cached, label) = self.audit_label.get_or_init(|| (authority.clone(), make()));
+        if cached == authority {
+            label.clone()
+        } else {
+            make()
+        }
+    }
+
     /// The mesh entries among them.
     pub fn mesh(&self) -> impl Iterator<Item = &EgressEntry> {
         self.entries.iter().filter(|e| e.kind == EntryKind::Mesh)
@@ -201,10 +224,7 @@ impl EgressTable {
         self.by_address
             .load()
             .get(&destination)
-            .map(|entries| Captured {
-                destination,
-                entries: entries.clone(),
-            })
+            .map(|entries| Captured::new(destination, entries.clone()))
     }
 
     fn names(&self) -> std::sync::MutexGuard<'_, Vec<Name>> {
@@ -393,6 +413,17 @@ mod tests {
         };
         assert!(!literal.expire(now + Duration::from_secs(1_000_000)));
         assert_eq!(literal.next_due(), None);
+    }
+
+    #[test]
+    fn a_connection_names_its_entry_and_address_once() {
+        let a = Authority::parse("billing.svc:8080", 80).unwrap();
+        let b = Authority::parse("ledger.svc:8080", 80).unwrap();
+        let captured = Captured::new("10.0.3.7:8080".parse().unwrap(), Arc::from([]));
+        let first = captured.audit_label(&a);
+        assert_eq!(&*first, "billing.svc:8080(10.0.3.7:8080)");
+        assert!(Arc::ptr_eq(&first, &captured.clone().audit_label(&a)));
+        assert_eq!(&*captured.audit_label(&b), "ledger.svc:8080(10.0.3.7:8080)");
     }
 
     #[test]

@@ -508,18 +508,18 @@ impl MeshClient {
         self.table.contains_key(authority.as_str())
     }
 
-    /// The entry of `authority` as audit events name it; with the address the app dialed when
-    /// transparent capture found the connection.
+    /// The entry of `authority` as audit events name it; under transparent capture, by the
+    /// connection's own label (the entry and the address dialed).
     pub fn audited(
         &self,
         authority: &Authority,
-        dialed: Option<SocketAddr>,
+        label: Option<Arc<str>>,
     ) -> Option<OutboundDestination> {
         let entry = &self.table.get(authority.as_str())?.audited;
-        Some(match dialed {
+        Some(match label {
             None => entry.clone(),
-            Some(addr) => OutboundDestination {
-                authority: Arc::from(format!("{}({addr})", entry.authority)),
+            Some(authority) => OutboundDestination {
+                authority,
                 spiffe_id: entry.spiffe_id.clone(),
             },
         })

@@ -149,6 +149,14 @@ impl Netns {
         self.children.push(child);
     }
 
+    /// A long-running `pod.py` process (a server) in the namespace.
+    fn pod(&mut self, uid: Option<u32>, args: &[&str], log: &Path) {
+        let script = pod_py();
+        let mut all = vec![script.to_str().unwrap()];
+        all.extend_from_slice(args);
+        self.spawn(uid, PYTHON, &all, log);
+    }
+
     /// Run a `pod.py` client as the app's UID (or `uid`) and read its JSON line.
     fn client(&self, uid: u32, args: &[&str]) -> Value {
         let out = self
@@ -361,19 +369,15 @@ fn an_app_reaches_the_network_only_through_vakt() {
     // B: DNS for both pods, an external TLS service, the app on 0.0.0.0, vakt.
     let logs = pki.path().join("logs");
     std::fs::create_dir_all(&logs).unwrap();
-    let py = pod_py();
-    let py = py.to_str().unwrap();
     let records = logs.join("dns-records");
     std::fs::write(
         &records,
         format!("billing.test={B_ADDR}\nidp.test={B_ADDR}\nmoving.test={UNLISTED}\n"),
     )
     .unwrap();
-    b.spawn(
+    b.pod(
         None,
-        PYTHON,
         &[
-            py,
             "dns",
             "--addr",
             B_ADDR,
@@ -382,11 +386,9 @@ fn an_app_reaches_the_network_only_through_vakt() {
         ],
         &logs.join("dns"),
     );
-    b.spawn(
+    b.pod(
         None,
-        PYTHON,
         &[
-            py,
             "tls-server",
             "--addr",
             B_ADDR,
@@ -399,19 +401,16 @@ fn an_app_reaches_the_network_only_through_vakt() {
         ],
         &logs.join("idp"),
     );
-    b.spawn(
+    b.pod(
         None,
-        PYTHON,
-        &[py, "udp-echo", "--addr", B_ADDR, "--port", "5353"],
+        &["udp-echo", "--addr", B_ADDR, "--port", "5353"],
         &logs.join("udp-echo"),
     );
     let v6_log = logs.join("v6-accepted");
     std::fs::write(&v6_log, "").unwrap();
-    b.spawn(
+    b.pod(
         None,
-        PYTHON,
         &[
-            py,
             "tcp6-listen",
             "--port",
             "8080",
@@ -425,17 +424,9 @@ fn an_app_reaches_the_network_only_through_vakt() {
     let app_log = logs.join("app-requests.jsonl");
     std::fs::write(&app_log, "").unwrap();
     run(Command::new("chmod").arg("666").arg(&app_log));
-    b.spawn(
+    b.pod(
         Some(APP_UID),
-        PYTHON,
-        &[
-            py,
-            "app",
-            "--port",
-            "8080",
-            "--log",
-            app_log.to_str().unwrap(),
-        ],
+        &["app", "--port", "8080", "--log", app_log.to_str().unwrap()],
         &logs.join("app"),
     );
     let vakt_b_log = logs.join("vakt-b");

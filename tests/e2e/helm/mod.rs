@@ -1315,21 +1315,13 @@ fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
             "workload.podSecurityContext.runAsUser",
         ),
     ];
+    let template = |args: &[&str]| {
+        let mut all = vec!["template", RELEASE, &chart, "--namespace", NS];
+        all.extend_from_slice(args);
+        run(&t.helm, &all)
+    };
     for (set, needle) in cases {
-        let out = run(
-            &t.helm,
-            &[
-                "template",
-                RELEASE,
-                &chart,
-                "--namespace",
-                NS,
-                "-f",
-                &values,
-                "--set",
-                set,
-            ],
-        );
+        let out = template(&["-f", &values, "--set", set]);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{set} was accepted");
         assert!(
@@ -1338,17 +1330,6 @@ fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
         );
     }
     // Proxy mode asks none of this.
-    let out = run(
-        &t.helm,
-        &[
-            "template",
-            RELEASE,
-            &chart,
-            "--namespace",
-            NS,
-            "--set",
-            "app.securityContext.runAsUser=65532",
-        ],
-    );
+    let out = template(&["--set", "app.securityContext.runAsUser=65532"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
