@@ -366,9 +366,10 @@ def main() -> int:
             lines.append(f"| {label} | {p_:,.0f} | {t_:,.0f} | {t_ / p_:.3f}x |")
     lines += [
         "",
-        "The redirect itself (nftables NAT on the connection's first packet, conntrack on every packet) runs in",
-        "the kernel, charged to whichever process is on the CPU, mostly the client's; the rates include it, the",
-        "vakt CPU columns do not.",
+        "The instruction counts are vakt's own code (user space). The redirect itself is the kernel's: NAT on",
+        "a connection's first packet, then conntrack translating every packet both ways. That shows in the",
+        "timed columns only: in the rates, and in vakt's CPU (which includes the kernel's work on vakt's own",
+        "sends and receives).",
     ]
     (args.out / "capture.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
