@@ -113,6 +113,12 @@ impl App {
 
     async fn start_with(config: Config, audit_write_delay: Duration) -> Result<Self, StartError> {
         let metrics = crate::metrics::install();
+        // Counters that alerts watch for a first failure start at zero.
+        Auditor::register_failure_series();
+        CertStore::register_failure_series();
+        if config.inbound.is_some() {
+            PolicyStore::register_failure_series();
+        }
         let readiness = Arc::new(Readiness::default());
         let certs = Arc::new(CertStore::load(&config.identity, config.tls.min_version)?);
         readiness.set_certificates_loaded();
@@ -266,6 +272,7 @@ impl App {
             match outbound.capture {
                 CaptureMode::Proxy => listeners.push(tokio::spawn(serve_plain(listener, ctx))),
                 CaptureMode::Transparent => {
+                    crate::capture::register_failure_series();
                     // The table is filled before the first connection is taken.
                     let egress = Arc::new(EgressTable::new(&outbound.upstreams));
                     listeners.push(

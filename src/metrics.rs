@@ -50,6 +50,17 @@ const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Register a counter series at zero, without changing it if it exists. Alerts watch some
+/// counters for their first increment: a series that appears at 1 has no `increase()` in
+/// Prometheus, one that was scraped at 0 before does.
+pub fn register_at_zero(name: &'static str, labels: &[(&'static str, &'static str)]) {
+    let labels: Vec<metrics::Label> = labels
+        .iter()
+        .map(|(k, v)| metrics::Label::new(*k, *v))
+        .collect();
+    metrics::counter!(name, labels).increment(0);
+}
+
 /// Install the process-wide recorder once and return its handle (for `/metrics`). Later calls
 /// (a second vakt in the same test process, the demo) share it.
 pub fn install() -> PrometheusHandle {

@@ -228,6 +228,23 @@ impl Auditor {
         }
     }
 
+    /// The trail's failure counters at zero (`metrics::register_at_zero`): dropped events by
+    /// reason, chain breaks by reason.
+    pub fn register_failure_series() {
+        for why in AuditUnavailable::ALL {
+            m::register_at_zero(m::AUDIT_DROPPED, &[("reason", why.as_str())]);
+        }
+        for start in super::fields::EpochStart::ALL {
+            if start.is_break() {
+                m::register_at_zero(m::AUDIT_CHAIN_BREAKS, &[("reason", start.as_str())]);
+            }
+        }
+        m::register_at_zero(
+            m::AUDIT_CHAIN_BREAKS,
+            &[("reason", super::log::FILE_DELETED)],
+        );
+    }
+
     /// A refused TLS handshake: who tried, and why.
     pub fn handshake_refused(self: &Arc<Self>, reason: &'static str, peer: Option<&str>) {
         let mut event = AuditEvent::new(

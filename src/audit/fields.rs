@@ -475,6 +475,14 @@ pub enum EpochStart {
 }
 
 impl EpochStart {
+    pub const ALL: [Self; 5] = [
+        Self::FilesMissing,
+        Self::Truncated,
+        Self::HeadMismatch,
+        Self::CheckpointMissing,
+        Self::UpgradedFromV1,
+    ];
+
     /// Metric label and JSON value.
     pub fn as_str(self) -> &'static str {
         match self {

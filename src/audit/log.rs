@@ -92,7 +92,12 @@ pub enum AuditUnavailable {
     Closed,
 }
 
+/// The chain-break reason of a live audit file deleted under vakt.
+pub const FILE_DELETED: &str = "file_deleted";
+
 impl AuditUnavailable {
+    pub const ALL: [Self; 3] = [Self::QueueFull, Self::SinkFailing, Self::Closed];
+
     /// Metric label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -684,7 +689,7 @@ impl<S: Sink> Writer<'_, S> {
                             ..ChainNote::default()
                         };
                         let event = if out.deleted {
-                            metrics::counter!(m::AUDIT_CHAIN_BREAKS, "reason" => "file_deleted")
+                            metrics::counter!(m::AUDIT_CHAIN_BREAKS, "reason" => FILE_DELETED)
                                 .increment(1);
                             deleted_file_event(note)
                         } else {

@@ -454,6 +454,13 @@ impl IssuerKeys {
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
+        // This issuer's fetch counters at zero: an alert sees its first failed fetch.
+        for result in ["success", "failure"] {
+            for trigger in ["scheduled", "unknown_kid"] {
+                metrics::counter!(m::JWKS_FETCHES, "issuer" => self.issuer().to_owned(), "result" => result, "trigger" => trigger)
+                    .increment(0);
+            }
+        }
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);
             loop {

@@ -31,6 +31,32 @@ pub enum CaptureMode {
     Transparent,
 }
 
+/// The capture counters at zero (`metrics::register_at_zero`): connections by what they were
+/// found to be, refusals by reason, failed lookups.
+pub fn register_failure_series() {
+    use crate::metrics as m;
+    for destination in ["mesh", "passthrough", "direct", "refused"] {
+        m::register_at_zero(m::CAPTURED_CONNECTIONS, &[("destination", destination)]);
+    }
+    let refusals = [
+        passthrough::Refusal::NotTls,
+        passthrough::Refusal::SniMissing,
+        passthrough::Refusal::SniMismatch,
+        passthrough::Refusal::HelloTimeout,
+    ];
+    for reason in refusals
+        .iter()
+        .map(|r| r.as_str())
+        .chain([UNKNOWN_DESTINATION])
+    {
+        m::register_at_zero(
+            m::DENIALS,
+            &[("direction", m::OUTBOUND), ("reason", reason)],
+        );
+    }
+    m::register_at_zero(m::EGRESS_DNS_FAILURES, &[]);
+}
+
 /// Where a redirected connection was going (`SO_ORIGINAL_DST`); `None` when it was not
 /// redirected: the app dialed the listener itself, as with `HTTP_PROXY`.
 pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
@@ -41,6 +67,9 @@ pub fn original_destination(tcp: &TcpStream) -> Option<SocketAddr> {
     let local = tcp.local_addr().ok()?;
     (original != local).then_some(original)
 }
+
+/// The reason code of a connection to an address no egress entry has.
+const UNKNOWN_DESTINATION: &str = "unknown_destination";
 
 /// The audit event of a captured connection (outbound, no request).
 fn egress_event(decision: Decision, reason: &'static str) -> AuditEvent {
@@ -61,7 +90,7 @@ fn count_refusal(reason: &'static str) {
 /// A redirected connection to an address no egress entry has: closed at once, audited with
 /// where it was going.
 pub fn refuse_unknown(destination: SocketAddr, auditor: &Arc<Auditor>) {
-    const REASON: &str = "unknown_destination";
+    const REASON: &str = UNKNOWN_DESTINATION;
     count_refusal(REASON);
     tracing::info!(%destination, "connection refused: the destination is not in the egress table");
     let mut event = egress_event(Decision::Refused, REASON);

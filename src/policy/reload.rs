@@ -30,7 +30,17 @@ pub enum PolicyReload {
     Rejected(PolicyError),
 }
 
+const RELOAD_SUCCESS: &str = "success";
+const RELOAD_FAILURE: &str = "failure";
+
 impl PolicyStore {
+    /// The reload counters at zero (`metrics::register_at_zero`).
+    pub fn register_failure_series() {
+        for result in [RELOAD_SUCCESS, RELOAD_FAILURE] {
+            m::register_at_zero(m::POLICY_RELOADS, &[("result", result)]);
+        }
+    }
+
     pub fn load(path: &Path, context: PolicyContext) -> Result<Self, PolicyError> {
         let text = read_policy_file(path)?;
         let policy = Policy::from_yaml(&text, &context).map_err(|e| e.in_file(path))?;
@@ -68,11 +78,11 @@ impl PolicyStore {
         match &outcome {
             PolicyReload::Unchanged => {}
             PolicyReload::Reloaded => {
-                metrics::counter!(m::POLICY_RELOADS, "result" => "success").increment(1);
+                metrics::counter!(m::POLICY_RELOADS, "result" => RELOAD_SUCCESS).increment(1);
                 tracing::info!(path = %self.path.display(), routes = self.current().routes.len(), "policy reloaded");
             }
             PolicyReload::Rejected(error) => {
-                metrics::counter!(m::POLICY_RELOADS, "result" => "failure").increment(1);
+                metrics::counter!(m::POLICY_RELOADS, "result" => RELOAD_FAILURE).increment(1);
                 tracing::error!(path = %self.path.display(), %error, "new policy rejected; the running policy stays");
             }
         }

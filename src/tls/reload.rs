@@ -40,7 +40,24 @@ pub struct CertStore {
     last_seen: Mutex<Option<Result<[u8; 32], String>>>,
 }
 
+const RELOAD_SUCCESS: &str = "success";
+const RELOAD_FAILURE: &str = "failure";
+
 impl CertStore {
+    /// The reload counters and the refused handshakes from an unknown CA, both ways, at zero
+    /// (`metrics::register_at_zero`).
+    pub fn register_failure_series() {
+        for result in [RELOAD_SUCCESS, RELOAD_FAILURE] {
+            m::register_at_zero(m::CERT_RELOADS, &[("result", result)]);
+        }
+        for direction in [m::INBOUND, m::OUTBOUND] {
+            m::register_at_zero(
+                m::HANDSHAKE_FAILURES,
+                &[("direction", direction), ("reason", "unknown_ca")],
+            );
+        }
+    }
+
     /// Load the initial material; an error here stops vakt from starting.
     pub fn load(identity: &IdentityConfig, min_version: TlsVersion) -> Result<Self, TlsError> {
         let loaded = Self::assemble(TlsMaterial::load(identity)?, min_version)?;
@@ -138,7 +155,7 @@ impl CertStore {
                         "certificate material reloaded"
                     );
                     self.current.store(Arc::new(loaded));
-                    metrics::counter!(m::CERT_RELOADS, "result" => "success").increment(1);
+                    metrics::counter!(m::CERT_RELOADS, "result" => RELOAD_SUCCESS).increment(1);
                     ReloadOutcome::Reloaded
                 }
                 Err(e) => self.rejected(e),
@@ -149,7 +166,7 @@ impl CertStore {
 
     fn rejected(&self, error: TlsError) -> ReloadOutcome {
         tracing::error!(%error, "new certificate material rejected; keeping the current one");
-        metrics::counter!(m::CERT_RELOADS, "result" => "failure").increment(1);
+        metrics::counter!(m::CERT_RELOADS, "result" => RELOAD_FAILURE).increment(1);
         ReloadOutcome::Rejected(error)
     }
 

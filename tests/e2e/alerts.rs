@@ -73,3 +73,53 @@ fn alert_rules_use_only_catalogued_metrics_and_every_alert_is_tested() {
         }
     }
 }
+
+/// The counters the "first failure" alerts watch exist at 0 on a sidecar that just started,
+/// before anything failed, so Prometheus sees the first failure as an increase from 0 to 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_counters_are_scraped_at_zero_before_the_first_failure() {
+    use crate::common::*;
+    let workload = ChildWorkload::new("web-zero-series").await;
+    let (yaml, _, admin) = workload.child_config();
+    let mut child = spawn_vakt("zero-series", &workload.dir, &yaml, admin);
+    wait_ready(&child).await;
+    let text = metrics_text(admin).await;
+    let series: &[(&str, &[(&str, &str)])] = &[
+        ("vakt_policy_reloads_total", &[("result", "failure")]),
+        ("vakt_policy_reloads_total", &[("result", "success")]),
+        ("vakt_certificate_reloads_total", &[("result", "failure")]),
+        (
+            "vakt_audit_events_dropped_total",
+            &[("reason", "queue_full")],
+        ),
+        (
+            "vakt_audit_events_dropped_total",
+            &[("reason", "sink_failing")],
+        ),
+        ("vakt_audit_chain_breaks_total", &[("reason", "truncated")]),
+        (
+            "vakt_audit_chain_breaks_total",
+            &[("reason", "file_deleted")],
+        ),
+        (
+            "vakt_tls_handshake_failures_total",
+            &[("direction", "inbound"), ("reason", "unknown_ca")],
+        ),
+        (
+            "vakt_tls_handshake_failures_total",
+            &[("direction", "outbound"), ("reason", "unknown_ca")],
+        ),
+    ];
+    for (name, labels) in series {
+        let present = text.lines().any(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{'))
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+                && l.ends_with(" 0")
+        });
+        assert!(present, "{name}{labels:?} is not scraped at 0:\n{text}");
+    }
+    stop(&mut child).await;
+}
