@@ -261,6 +261,17 @@ fn has(events: &[Value], pred: impl Fn(&Value) -> bool) -> bool {
     events.iter().any(pred)
 }
 
+/// The trail in `audit` has a connection to `destination` refused as `unknown_destination`.
+fn assert_refused_unknown(audit: &Path, destination: &str) {
+    let events = audit_events(audit, |e| has(e, |v| v["destination"] == destination));
+    assert!(
+        has(&events, |v| v["decision"] == "refused"
+            && v["reason"] == "unknown_destination"
+            && v["destination"] == destination),
+        "no refusal of {destination} in {events:?}"
+    );
+}
+
 /// Wait until vakt in `ns` answers `/ready` on its admin port.
 fn wait_ready(ns: &Netns, log: &Path) {
     for _ in 0..100 {
@@ -508,16 +519,7 @@ fn an_app_reaches_the_network_only_through_vakt() {
         &["get", "--host", UNLISTED, "--port", "80", "--path", "/x"],
     );
     assert!(refused.get("status").is_none(), "{refused}");
-    let destination = format!("{UNLISTED}:80");
-    let events_a = audit_events(&audit_a, |e| {
-        has(e, |v| v["destination"] == destination.as_str())
-    });
-    assert!(
-        has(&events_a, |v| v["decision"] == "refused"
-            && v["reason"] == "unknown_destination"
-            && v["destination"] == destination.as_str()),
-        "{events_a:?}"
-    );
+    assert_refused_unknown(&audit_a, &format!("{UNLISTED}:80"));
 
     // 2b. A listed external name over TLS: relayed after the SNI check (the app verifies the
     //     service's own certificate end to end), audited.
@@ -596,15 +598,7 @@ fn an_app_reaches_the_network_only_through_vakt() {
     ];
     let before = a.client(APP_UID, &moved);
     assert!(before.get("status").is_none(), "{before}");
-    let unmoved = format!("{B_ADDR}:8081");
-    let events_a = audit_events(&audit_a, |e| {
-        has(e, |v| v["destination"] == unmoved.as_str())
-    });
-    assert!(
-        has(&events_a, |v| v["reason"] == "unknown_destination"
-            && v["destination"] == unmoved.as_str()),
-        "{events_a:?}"
-    );
+    assert_refused_unknown(&audit_a, &format!("{B_ADDR}:8081"));
     std::fs::write(
         &records,
         format!("billing.test={B_ADDR}\nidp.test={B_ADDR}\nmoving.test={B_ADDR}\n"),
@@ -683,15 +677,7 @@ fn an_app_reaches_the_network_only_through_vakt() {
     // captured like the rest (TCP: refused as an unknown destination; UDP: refused).
     let tunnel = a.client(APP_UID, &["get", "--host", UNLISTED, "--port", "53"]);
     assert!(tunnel.get("status").is_none(), "{tunnel}");
-    let dns_elsewhere = format!("{UNLISTED}:53");
-    let events_a = audit_events(&audit_a, |e| {
-        has(e, |v| v["destination"] == dns_elsewhere.as_str())
-    });
-    assert!(
-        has(&events_a, |v| v["reason"] == "unknown_destination"
-            && v["destination"] == dns_elsewhere.as_str()),
-        "{events_a:?}"
-    );
+    assert_refused_unknown(&audit_a, &format!("{UNLISTED}:53"));
     let udp53 = a.client(APP_UID, &["udp", "--connect", UNLISTED, "--port", "53"]);
     assert!(
         udp53["error"]
