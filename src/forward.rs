@@ -191,17 +191,9 @@ impl ToMesh {
             .map(|a| a.as_str())
             .or_else(|| req.headers().get(HOST).and_then(|h| h.to_str().ok()))
             .and_then(|raw| Authority::parse(raw, port));
-        let mut candidates = captured.mesh();
-        let first = candidates.next();
-        let more = candidates.next().is_some();
-        if let Some(named) = &named
-            && captured.mesh().any(|e| &e.authority == named)
-        {
-            return Ok(named.clone());
-        }
-        match (first, more) {
-            (Some(only), false) => Ok(only.authority.clone()),
-            _ => Err(DenyReason::UnknownDestination {
+        match named {
+            Some(named) if captured.mesh().any(|e| e.authority == named) => Ok(named),
+            named => Err(DenyReason::UnknownDestination {
                 authority: named
                     .map_or_else(|| captured.destination.to_string(), |n| n.to_string()),
             }),
