@@ -16,6 +16,9 @@ For the same reason the chart name is the constant "vakt" rather than .Chart.Nam
 {{- define "vakt.federationDir" -}}/var/run/vakt/federation{{- end }}
 {{- define "vakt.pseudonymDir" -}}/var/run/vakt/pseudonym{{- end }}
 {{- define "vakt.dpopNonceDir" -}}/var/run/vakt/dpop-nonce{{- end }}
+{{- define "vakt.auditDir" -}}/var/log/vakt{{- end }}
+{{- define "vakt.auditCheckpointDir" -}}/var/lib/vakt-checkpoints{{- end }}
+{{- define "vakt.auditKeyDir" -}}/var/run/vakt/audit-chain{{- end }}
 
 {{/* vakt's fixed ports (the listen addresses in the rendered config use the same numbers). */}}
 {{- define "vakt.mtlsPort" -}}15443{{- end }}
@@ -227,6 +230,35 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
     "max_token_bytes" (int64 $o.maxTokenBytes)
     "dpop" $dpop) }}
 {{- end }}
+{{- $a := $v.audit }}
+{{- $audit := dict
+    "sink" $a.sink
+    "on_audit_failure" $a.onFailure
+    "queue_capacity" (int64 $a.queueCapacity)
+    "checkpoint_interval" $a.checkpoints.interval
+    "checkpoint_every" (int64 $a.checkpoints.every)
+    "checkpoint_stdout" $a.checkpoints.stdout }}
+{{- with $a.redactPatterns }}{{ $_ := set $audit "redact_patterns" . }}{{ end }}
+{{- with $a.chainKey.existingSecret }}
+{{- $_ := set $audit "chain_key" (dict
+    "key_file" (printf "%s/%s" (include "vakt.auditKeyDir" $) $a.chainKey.key)
+    "key_id" $a.chainKey.keyId) }}
+{{- end }}
+{{- if eq $a.sink "file" }}
+{{- if not $a.chainKey.existingSecret }}
+{{- fail "audit.sink file needs audit.chainKey.existingSecret: the chain's key must live off the audit volume (vakt refuses to start without it)" }}
+{{- end }}
+{{- if and (eq $a.file.volume "persistentVolumeClaim") (not $a.file.claimName) }}
+{{- fail "audit.file.volume persistentVolumeClaim needs audit.file.claimName" }}
+{{- end }}
+{{- $_ := set $audit "file" (dict
+    "path" (printf "%s/audit.log" (include "vakt.auditDir" $))
+    "max_bytes" (int64 $a.file.maxBytes)
+    "max_files" (int64 $a.file.maxFiles)
+    "fsync" $a.file.fsync) }}
+{{- $_ := set $audit "checkpoint_file" (printf "%s/audit-checkpoints.jsonl" (include "vakt.auditCheckpointDir" $)) }}
+{{- end }}
+{{- $_ := set $cfg "audit" $audit }}
 {{- with $v.pseudonymisation.existingSecret }}
 {{- $_ := set $cfg "pseudonymisation" (dict
     "key_file" (printf "%s/%s" (include "vakt.pseudonymDir" $) $v.pseudonymisation.key)

@@ -101,6 +101,18 @@ helm/examples/orders in the vakt repository is a complete example chart.
       mountPath: {{ include "vakt.dpopNonceDir" . }}
       readOnly: true
     {{- end }}
+    {{- if .Values.audit.chainKey.existingSecret }}
+    - name: vakt-audit-chain-key
+      mountPath: {{ include "vakt.auditKeyDir" . }}
+      readOnly: true
+    {{- end }}
+    {{- if eq .Values.audit.sink "file" }}
+    # The audit files and the checkpoints: the only volumes vakt writes.
+    - name: vakt-audit
+      mountPath: {{ include "vakt.auditDir" . }}
+    - name: vakt-audit-checkpoints
+      mountPath: {{ include "vakt.auditCheckpointDir" . }}
+    {{- end }}
 {{- end }}
 
 {{/*
@@ -213,6 +225,26 @@ is the only container with privileges: root in the pod's network namespace with 
   secret:
     secretName: {{ . }}
     defaultMode: 288
+{{- end }}
+{{- with .Values.audit.chainKey.existingSecret }}
+- name: vakt-audit-chain-key
+  secret:
+    secretName: {{ . }}
+    defaultMode: 288
+{{- end }}
+{{- if eq .Values.audit.sink "file" }}
+- name: vakt-audit
+  {{- if eq .Values.audit.file.volume "persistentVolumeClaim" }}
+  persistentVolumeClaim:
+    claimName: {{ .Values.audit.file.claimName }}
+  {{- else }}
+  emptyDir:
+    sizeLimit: {{ .Values.audit.file.sizeLimit }}
+  {{- end }}
+# Checkpoints on a volume of their own (and on stdout), not the audit files'.
+- name: vakt-audit-checkpoints
+  emptyDir:
+    sizeLimit: 64Mi
 {{- end }}
 {{- end }}
 

@@ -45,6 +45,7 @@ const EXAMPLES: &[&str] = &[
     "monitoring",
     "oidc",
     "transparent",
+    "audit-file",
 ];
 /// The kinds kubernetes-validate has no schema for; checked field by field in [`properties`].
 const CRD_KINDS: &[(&str, &str)] = &[
@@ -59,6 +60,9 @@ const IDENTITY_DIR: &str = "/var/run/vakt/identity";
 const TRUST_DIR: &str = "/var/run/vakt/trust";
 const FEDERATION_DIR: &str = "/var/run/vakt/federation";
 const PSEUDONYM_DIR: &str = "/var/run/vakt/pseudonym";
+const AUDIT_KEY_DIR: &str = "/var/run/vakt/audit-chain";
+const AUDIT_DIR: &str = "/var/log/vakt";
+const AUDIT_CHECKPOINT_DIR: &str = "/var/lib/vakt-checkpoints";
 const ADMIN_PORT: i64 = 15021;
 
 // ---- tools -------------------------------------------------------------------------------------
@@ -275,6 +279,7 @@ const RENDERS: &[Render] = &[
     vakt_chart("monitoring", Some("monitoring")),
     vakt_chart("oidc", Some("oidc")),
     vakt_chart("transparent", Some("transparent")),
+    vakt_chart("audit-file", Some("audit-file")),
     Render {
         name: "orders-chart",
         chart: Chart::Orders,
@@ -518,6 +523,7 @@ mod render {
         monitoring: "monitoring",
         oidc: "oidc",
         transparent: "transparent",
+        audit_file: "audit-file",
         orders_chart: "orders-chart",
         orders_chart_classic: "orders-chart-classic",
     }
@@ -989,6 +995,9 @@ fn vakt_check_rendering(mesh: &Mesh) {
         (TRUST_DIR, "trust"),
         (FEDERATION_DIR, "federation"),
         (PSEUDONYM_DIR, "pseudonym"),
+        (AUDIT_KEY_DIR, "audit-chain"),
+        (AUDIT_DIR, "audit"),
+        (AUDIT_CHECKPOINT_DIR, "audit-checkpoints"),
     ] {
         std::fs::create_dir_all(dir.path().join(local)).unwrap();
         config = config.replace(&format!("{mounted}/"), &format!("{root}/{local}/"));
@@ -1007,6 +1016,9 @@ fn vakt_check_rendering(mesh: &Mesh) {
     }
     if let Some(p) = mesh.config.get("pseudonymisation") {
         std::fs::write(local(&p["key_file"]), [0x5a; 48]).unwrap();
+    }
+    if let Some(key) = mesh.config["audit"].get("chain_key") {
+        std::fs::write(local(&key["key_file"]), "5a".repeat(32)).unwrap();
     }
 
     // A certificate for the SPIFFE ID from the rendering, from a CA of the trust domain.
@@ -1284,9 +1296,6 @@ fn notes_tell_the_installer_what_to_check_next() {
 #[test]
 fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
     let Some(t) = tools() else { return };
-    let chart = chart();
-    let chart = chart.to_string_lossy();
-    let values = example("transparent");
     let cases: &[(&str, &str)] = &[
         ("app.securityContext.runAsUser=65532", "is vakt's UID"),
         (
@@ -1315,13 +1324,83 @@ fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
             "workload.podSecurityContext.runAsUser",
         ),
     ];
-    let template = |args: &[&str]| {
-        let mut all = vec!["template", RELEASE, &chart, "--namespace", NS];
-        all.extend_from_slice(args);
-        run(&t.helm, &all)
-    };
+    assert_refused(t, &example("transparent"), cases);
+    // Proxy mode asks none of this.
+    let chart = chart();
+    let out = run(
+        &t.helm,
+        &[
+            "template",
+            RELEASE,
+            &chart.to_string_lossy(),
+            "--namespace",
+            NS,
+            "--set",
+            "app.securityContext.runAsUser=65532",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// A file audit trail needs its chain key from a Secret (vakt refuses to start without one), and
+/// a PVC volume needs its claim: the chart says so instead of rendering a pod that cannot start.
+#[test]
+fn a_file_audit_trail_without_its_key_or_claim_is_refused() {
+    let Some(t) = tools() else { return };
+    let values = example("audit-file");
+    assert_refused(
+        t,
+        &values,
+        &[
+            (
+                "audit.chainKey.existingSecret=",
+                "audit.sink file needs audit.chainKey.existingSecret",
+            ),
+            (
+                "audit.file.volume=persistentVolumeClaim",
+                "needs audit.file.claimName",
+            ),
+        ],
+    );
+    let chart = chart();
+    let out = run(
+        &t.helm,
+        &[
+            "template",
+            RELEASE,
+            &chart.to_string_lossy(),
+            "--namespace",
+            NS,
+            "-f",
+            &values,
+            "--set",
+            "audit.file.volume=persistentVolumeClaim,audit.file.claimName=journal-audit",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("claimName: journal-audit"));
+}
+
+/// `helm template` of the chart with `values` and each `--set` of `cases` fails, saying the
+/// case's text.
+fn assert_refused(t: &Tools, values: &str, cases: &[(&str, &str)]) {
+    let chart = chart();
+    let chart = chart.to_string_lossy();
     for (set, needle) in cases {
-        let out = template(&["-f", &values, "--set", set]);
+        let out = run(
+            &t.helm,
+            &[
+                "template",
+                RELEASE,
+                &chart,
+                "--namespace",
+                NS,
+                "-f",
+                values,
+                "--set",
+                set,
+            ],
+        );
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{set} was accepted");
         assert!(
@@ -1329,7 +1408,4 @@ fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
             "{set}: expected {needle:?} in:\n{stderr}"
         );
     }
-    // Proxy mode asks none of this.
-    let out = template(&["--set", "app.securityContext.runAsUser=65532"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
 }

@@ -55,7 +55,7 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("*",                      "vakt",           "readinessProbe.httpGet.path", r#""/ready""#),
     ("*",                      "vakt",           "readinessProbe.httpGet.port", "15021"),
     ("*",                      "vakt",           "ports[*].containerPort", "[15443, 15021]"),
-    ("*",                      "vakt",           "volumeMounts[*].readOnly", "each true"),
+    ("!audit-file",            "vakt",           "volumeMounts[*].readOnly", "each true"),
     ("*",                      "vakt",           "volumeMounts[*].subPath", "each null"),
     // Transparent capture: the one container with privileges, exactly those it needs (root in
     // the pod's network namespace, NET_ADMIN) and no more, leaving vakt's UID alone; the app and
@@ -71,6 +71,22 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("transparent",            "apps",           "securityContext.runAsUser", "10001"),
     ("transparent",            "pod",            "spec.securityContext.runAsUser", "10001"),
     ("transparent",            "config",         "outbound.capture", r#""transparent""#),
+    // The audit trail: stdout by default; in files, on a volume of their own that only vakt
+    // writes, the chain key from a Secret only vakt reads, checkpoints on another volume.
+    ("!audit-file",            "config",         "audit.sink", r#""stdout""#),
+    ("*",                      "config",         "audit.on_audit_failure", r#""deny""#),
+    ("audit-file",             "config",         "audit.sink", r#""file""#),
+    ("audit-file",             "config",         "audit.file.path", r#""/var/log/vakt/audit.log""#),
+    ("audit-file",             "config",         "audit.file.fsync", r#""always""#),
+    ("audit-file",             "config",         "audit.chain_key.key_file", r#""/var/run/vakt/audit-chain/key""#),
+    ("audit-file",             "config",         "audit.checkpoint_file", r#""/var/lib/vakt-checkpoints/audit-checkpoints.jsonl""#),
+    ("audit-file",             "config",         "audit.redact_patterns", r#"["\\bMRN-[0-9]{6,10}\\b"]"#),
+    ("audit-file",             "pod",            "spec.volumes[name=vakt-audit-chain-key].secret.defaultMode", "288"),
+    ("audit-file",             "pod",            "spec.volumes[name=vakt-audit].emptyDir.sizeLimit", r#""2Gi""#),
+    ("audit-file",             "vakt",           "volumeMounts[name=vakt-audit-chain-key].readOnly", "true"),
+    ("audit-file",             "vakt",           "volumeMounts[name=vakt-audit].readOnly", "null"),
+    ("audit-file",             "apps",           "volumeMounts[name=vakt-audit]", "null"),
+    ("audit-file",             "apps",           "volumeMounts[name=vakt-audit-chain-key]", "null"),
     // The apps: calls out through vakt; no port of their own, no access to vakt's keys.
     ("!existing-secret !transparent", "apps",    "env[name=HTTP_PROXY].value", PROXY),
     ("!existing-secret !transparent", "apps",    "env[name=http_proxy].value", PROXY),
@@ -410,6 +426,9 @@ fn check_selectors_and_identity(r: &Rendered, mesh: &Mesh) {
             config["identity"]["trust_bundle"].as_str(),
             config["inbound"]["policy"].as_str(),
             config["pseudonymisation"]["key_file"].as_str(),
+            config["audit"]["chain_key"]["key_file"].as_str(),
+            config["audit"]["file"]["path"].as_str(),
+            config["audit"]["checkpoint_file"].as_str(),
         ]
         .into_iter()
         .chain(federation.map(|f| f["bundle"].as_str()));
