@@ -65,6 +65,15 @@ helm/examples/orders in the vakt repository is a complete example chart.
       port: {{ include "vakt.adminPort" . }}
       scheme: HTTP
     {{- toYaml .Values.sidecar.probes.readiness | nindent 4 }}
+  {{- if .Values.sidecar.native }}
+  # The kubelet starts the app containers once this passes.
+  startupProbe:
+    httpGet:
+      path: /ready
+      port: {{ include "vakt.adminPort" . }}
+      scheme: HTTP
+    {{- toYaml .Values.sidecar.probes.startup | nindent 4 }}
+  {{- end }}
   resources:
     {{- toYaml .Values.sidecar.resources | nindent 4 }}
   securityContext:

@@ -663,6 +663,7 @@ fn values_schema_is_strict_and_every_value_is_documented() {
         "capture.resources",
         "sidecar.probes.liveness",
         "sidecar.probes.readiness",
+        "sidecar.probes.startup",
         "policy.document",
         "metrics.dashboard.labels",
         "certificate.certManager.issuerRef",

@@ -54,6 +54,11 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("*",                      "vakt",           "livenessProbe.httpGet.port", "15021"),
     ("*",                      "vakt",           "readinessProbe.httpGet.path", r#""/ready""#),
     ("*",                      "vakt",           "readinessProbe.httpGet.port", "15021"),
+    // A native sidecar (the default): the app starts once vakt is ready.
+    ("!orders-chart-classic",  "vakt",           "restartPolicy", r#""Always""#),
+    ("!orders-chart-classic",  "vakt",           "startupProbe.httpGet.path", r#""/ready""#),
+    ("!orders-chart-classic",  "vakt",           "startupProbe.httpGet.port", "15021"),
+    ("orders-chart-classic",   "vakt",           "startupProbe", "null"),
     ("*",                      "vakt",           "ports[*].containerPort", "[15443, 15021]"),
     ("!audit-file",            "vakt",           "volumeMounts[*].readOnly", "each true"),
     ("*",                      "vakt",           "volumeMounts[*].subPath", "each null"),
