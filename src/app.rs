@@ -71,6 +71,9 @@ pub enum StartError {
     },
 }
 
+/// How often shutdown looks whether the app still holds connections to the outbound listener.
+const OUTBOUND_CHECK: Duration = Duration::from_millis(100);
+
 /// A running vakt.
 pub struct App {
     pub inbound_addr: Option<SocketAddr>,
@@ -81,11 +84,35 @@ pub struct App {
     pub policy: Option<Arc<PolicyStore>>,
     pub auditor: Arc<Auditor>,
     grace_period: Duration,
+    /// Inbound and outbound are stopped one after the other (`App::shutdown`).
+    inbound: Option<Serving>,
+    outbound: Option<Serving>,
+    /// Everything else: reloaders, refreshers, gauges.
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
-    tracker: TaskTracker,
     listeners: Vec<JoinHandle<()>>,
     admin: JoinHandle<()>,
+}
+
+/// One data listener, and what stops and drains it.
+struct Serving {
+    shutdown: watch::Sender<bool>,
+    listener: JoinHandle<()>,
+    tracker: TaskTracker,
+    connections: Arc<ConnectionLimits>,
+}
+
+impl Serving {
+    /// Stop accepting, ask every connection to finish, and wait for them until `deadline`;
+    /// `true` when they all finished.
+    async fn drain(self, deadline: tokio::time::Instant) -> bool {
+        let _ = self.shutdown.send(true);
+        let _ = self.listener.await;
+        self.tracker.close();
+        tokio::time::timeout_at(deadline, self.tracker.wait())
+            .await
+            .is_ok()
+    }
 }
 
 async fn bind(name: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -128,22 +155,28 @@ impl App {
             usize::from(config.inbound.is_some()) + usize::from(config.outbound.is_some());
         let connection_cap =
             crate::listener::fit_connection_cap(limits.max_connections, data_listeners);
-        let tracker = TaskTracker::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (admin_shutdown, admin_shutdown_rx) = watch::channel(false);
-        let context = |direction, stack, shutdown, auditor| ListenerContext {
+        // Each data listener with its own stop signal and connection tracker (its tunnels
+        // included), so that shutdown can drain inbound while outbound still serves the app.
+        let serving = |direction: Direction| {
+            let (stop, stop_rx) = watch::channel(false);
+            let tracker = TaskTracker::new();
+            let tunnels = Tunnels {
+                tracker: tracker.clone(),
+                idle_timeout: limits.tunnel_idle_timeout,
+                direction: direction.as_str(),
+            };
+            (stop, stop_rx, tracker, tunnels)
+        };
+        let context = |direction, stack, shutdown, tracker, auditor| ListenerContext {
             direction,
             stack,
             limits: limits.clone(),
             shutdown,
-            tracker: tracker.clone(),
+            tracker,
             auditor,
             connections: ConnectionLimits::new(&limits, connection_cap),
-        };
-        let tunnels = |direction: Direction| Tunnels {
-            tracker: tracker.clone(),
-            idle_timeout: limits.tunnel_idle_timeout,
-            direction: direction.as_str(),
         };
 
         let mut listeners = Vec::new();
@@ -220,6 +253,7 @@ impl App {
             }
         };
         let mut inbound_addr = None;
+        let mut inbound_serving = None;
         let mut policy = None;
         if let Some(inbound) = &config.inbound {
             let store = Arc::new(PolicyStore::load(&inbound.policy, config.policy_context())?);
@@ -228,6 +262,7 @@ impl App {
             policy = Some(store.clone());
             let listener = bind("inbound.listen", inbound.listen).await?;
             inbound_addr = listener.local_addr().ok();
+            let (stop, stop_rx, tracker, tunnels) = serving(Direction::Inbound);
             let stack = stack::inbound(
                 Observe::new(Direction::Inbound, Some(auditor.clone())),
                 Hygiene::inbound(
@@ -240,37 +275,48 @@ impl App {
                 RateLimitStage,
                 ToApp::new(
                     AppClient::new(inbound.app, inbound.app_protocol, &limits),
-                    tunnels(Direction::Inbound),
+                    tunnels,
                 ),
             );
             let ctx = context(
                 Direction::Inbound,
                 stack,
-                shutdown_rx.clone(),
+                stop_rx,
+                tracker.clone(),
                 Some(auditor.clone()),
             );
-            listeners.push(tokio::spawn(serve_tls(listener, certs.clone(), ctx)));
+            let connections = ctx.connections.clone();
+            inbound_serving = Some(Serving {
+                shutdown: stop,
+                listener: tokio::spawn(serve_tls(listener, certs.clone(), ctx)),
+                tracker,
+                connections,
+            });
         }
         let mut outbound_addr = None;
+        let mut outbound_serving = None;
         if let Some(outbound) = &config.outbound {
             let listener = bind("outbound.listen", outbound.listen).await?;
             outbound_addr = listener.local_addr().ok();
+            let (stop, stop_rx, tracker, tunnels) = serving(Direction::Outbound);
             let stack = stack::outbound(
                 Observe::new(Direction::Outbound, Some(auditor.clone())),
                 Hygiene::outbound(HeaderRules::new(&config.hygiene, Vec::new(), Vec::new())),
                 ToMesh::new(
                     MeshClient::new(&outbound.upstreams, certs.clone(), &limits),
-                    tunnels(Direction::Outbound),
+                    tunnels,
                 ),
             );
             let ctx = context(
                 Direction::Outbound,
                 stack,
-                shutdown_rx.clone(),
+                stop_rx,
+                tracker.clone(),
                 Some(auditor.clone()),
             );
-            match outbound.capture {
-                CaptureMode::Proxy => listeners.push(tokio::spawn(serve_plain(listener, ctx))),
+            let connections = ctx.connections.clone();
+            let serve = match outbound.capture {
+                CaptureMode::Proxy => tokio::spawn(serve_plain(listener, ctx)),
                 CaptureMode::Transparent => {
                     crate::capture::register_failure_series();
                     // The table is filled before the first connection is taken.
@@ -282,9 +328,15 @@ impl App {
                             .await
                             .map_err(StartError::Resolver)?,
                     );
-                    listeners.push(tokio::spawn(serve_transparent(listener, egress, ctx)));
+                    tokio::spawn(serve_transparent(listener, egress, ctx))
                 }
-            }
+            };
+            outbound_serving = Some(Serving {
+                shutdown: stop,
+                listener: serve,
+                tracker,
+                connections,
+            });
         }
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
@@ -319,9 +371,10 @@ impl App {
             policy,
             auditor,
             grace_period: config.shutdown.grace_period,
+            inbound: inbound_serving,
+            outbound: outbound_serving,
             shutdown,
             admin_shutdown,
-            tracker,
             listeners,
             admin,
         })
@@ -340,18 +393,30 @@ impl App {
         .await;
     }
 
-    /// Stop accepting, let in-flight requests finish within the grace period, then stop.
+    /// Stop within the grace period, in the order a pod needs: `/ready` turns false; inbound
+    /// stops accepting and its requests finish; the outbound listener keeps serving the app
+    /// meanwhile, and until the app has closed its connections to it (the app may still be
+    /// finishing work that calls other services); then outbound drains and everything stops.
     /// Returns `true` when everything drained in time.
     pub async fn shutdown(self) -> bool {
         self.readiness.set_draining();
+        let deadline = tokio::time::Instant::now() + self.grace_period;
+        let mut drained = true;
+        if let Some(inbound) = self.inbound {
+            drained &= inbound.drain(deadline).await;
+            tracing::info!(drained, "inbound stopped");
+        }
+        if let Some(outbound) = self.outbound {
+            while outbound.connections.open() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(OUTBOUND_CHECK).await;
+            }
+            drained &= outbound.drain(deadline).await;
+            tracing::info!(drained, "outbound stopped");
+        }
         let _ = self.shutdown.send(true);
         for listener in self.listeners {
             let _ = listener.await;
         }
-        self.tracker.close();
-        let drained = tokio::time::timeout(self.grace_period, self.tracker.wait())
-            .await
-            .is_ok();
         if drained {
             tracing::info!("all connections drained");
         } else {

@@ -169,7 +169,8 @@ pub struct OutboundConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ShutdownConfig {
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// How long the drain after SIGTERM may take: inbound first, then outbound once the app has
+    /// let go of it.
     #[serde(default = "defaults::grace_period", deserialize_with = "de_duration")]
     pub grace_period: Duration,
 }

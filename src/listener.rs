@@ -49,6 +49,7 @@ pub struct ListenerContext {
 /// and counted in `vakt_limits_exceeded_total`.
 pub struct ConnectionLimits {
     listener: Arc<Semaphore>,
+    cap: usize,
     per_peer_max: usize,
     per_peer: Mutex<HashMap<SpiffeId, usize>>,
 }
@@ -62,9 +63,15 @@ impl ConnectionLimits {
     pub fn new(limits: &Limits, cap: usize) -> Arc<Self> {
         Arc::new(Self {
             listener: Arc::new(Semaphore::new(cap.max(1))),
+            cap: cap.max(1),
             per_peer_max: limits.max_connections_per_peer,
             per_peer: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Connections open on this listener now.
+    pub fn open(&self) -> usize {
+        self.cap.saturating_sub(self.listener.available_permits())
     }
 
     /// A place for one more connection on this listener, held until the connection ends.

@@ -418,3 +418,113 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
         "still accepting after exit"
     );
 }
+
+/// SIGTERM on a `vakt run` child in front of an app that is still working: `/ready` turns false
+/// and the inbound listener closes at once, while the outbound listener keeps serving the app,
+/// on its open connection and on new ones, for as long as the app holds a connection to it;
+/// once the app has let go, vakt stops without waiting out its grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_sigterm_inbound_stops_first_and_outbound_serves_the_app_until_it_lets_go() {
+    let upstream = server(&["web"], "").await;
+    let dir = upstream
+        .pki
+        .workload("web-sigterm", &upstream.pki.spiffe_id("shop", "web"))
+        .unwrap();
+    let policy = dir.join("policy.yaml");
+    std::fs::write(
+        &policy,
+        vakt::dev::mesh::allow_peers_policy_yaml(&[upstream.pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
+    let inbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let outbound: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let yaml = vakt::dev::mesh::base_config_yaml(&dir, TD)
+        .replace("127.0.0.1:0", &admin.to_string())
+        .replace("grace_period: 5s", "grace_period: 20s")
+        + &format!(
+            "inbound:\n  listen: {inbound}\n  app: {}\n  policy: {}\noutbound:\n  listen: {outbound}\n  upstreams:\n  - authority: orders.shop\n    address: {}\n    spiffe_id: {}\n",
+            upstream.app.addr,
+            policy.display(),
+            upstream.vakt.inbound_addr.unwrap(),
+            upstream.id,
+        );
+    let mut child = spawn_vakt("sigterm", &dir, &yaml, admin);
+    wait_ready(&child).await;
+
+    // The app holds a keep-alive connection to the outbound listener.
+    let tcp = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    let (mut app, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let call = |path: &str| get(path, "orders.shop");
+    assert_eq!(
+        app.send_request(call("/before")).await.unwrap().status(),
+        200
+    );
+
+    let pid = child.child.id().unwrap().to_string();
+    let signalled = std::time::Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Inbound first: not ready, and no new connection is taken.
+    let mut inbound_closed = false;
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(inbound).await.is_err() {
+            inbound_closed = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(
+        inbound_closed,
+        "the inbound listener still accepts after SIGTERM"
+    );
+    let ready = h1_send(
+        tokio::net::TcpStream::connect(admin).await.unwrap(),
+        get("/ready", "admin"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(ready.status(), 503, "/ready after SIGTERM");
+
+    // Outbound still serves the app: on its connection, and on a new one.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        app.send_request(call("/after")).await.unwrap().status(),
+        200
+    );
+    let fresh = tokio::net::TcpStream::connect(outbound).await.unwrap();
+    assert_eq!(h1_send(fresh, call("/fresh")).await.unwrap().status(), 200);
+    assert!(
+        child.child.try_wait().unwrap().is_none(),
+        "vakt exited while the app was working"
+    );
+
+    // The app lets go: vakt stops, long before its 20 s grace period.
+    drop(app);
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.child.wait())
+        .await
+        .expect("vakt exited once the app closed its connections")
+        .unwrap();
+    assert_eq!(status.code(), Some(0));
+    assert!(signalled.elapsed() < std::time::Duration::from_secs(15));
+    let seen: Vec<String> = upstream
+        .app
+        .seen()
+        .iter()
+        .map(|r| r.path_and_query.clone())
+        .collect();
+    for path in ["/before", "/after", "/fresh"] {
+        assert!(
+            seen.iter().any(|p| p == path),
+            "{path} did not reach the app: {seen:?}"
+        );
+    }
+}
