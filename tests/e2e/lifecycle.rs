@@ -467,7 +467,7 @@ async fn after_sigterm_inbound_stops_first_and_outbound_serves_the_app_until_it_
     let pid = child.child.id().unwrap().to_string();
     let signalled = std::time::Instant::now();
     assert!(
-        std::process::Command::new("kill")
+        Command::new("kill")
             .args(["-TERM", &pid])
             .status()
             .unwrap()
@@ -480,7 +480,7 @@ async fn after_sigterm_inbound_stops_first_and_outbound_serves_the_app_until_it_
             inbound_closed = true;
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
         inbound_closed,
@@ -495,7 +495,7 @@ async fn after_sigterm_inbound_stops_first_and_outbound_serves_the_app_until_it_
     assert_eq!(ready.status(), 503, "/ready after SIGTERM");
 
     // Outbound still serves the app: on its connection, and on a new one.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
         app.send_request(call("/after")).await.unwrap().status(),
         200
@@ -509,12 +509,12 @@ async fn after_sigterm_inbound_stops_first_and_outbound_serves_the_app_until_it_
 
     // The app lets go: vakt stops, long before its 20 s grace period.
     drop(app);
-    let status = tokio::time::timeout(std::time::Duration::from_secs(10), child.child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(10), child.child.wait())
         .await
         .expect("vakt exited once the app closed its connections")
         .unwrap();
     assert_eq!(status.code(), Some(0));
-    assert!(signalled.elapsed() < std::time::Duration::from_secs(15));
+    assert!(signalled.elapsed() < Duration::from_secs(15));
     let seen: Vec<String> = upstream
         .app
         .seen()
