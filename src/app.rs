@@ -338,11 +338,24 @@ impl App {
                 connections,
             });
         }
+        // The app's health for /ready and the kubelet's probes (`inbound.app_health`).
+        let app_health = config.inbound.as_ref().and_then(|inbound| {
+            if inbound.app_health.is_none() && inbound.app_probe_paths.is_empty() {
+                return None;
+            }
+            let health = Arc::new(admin::AppHealth::new(
+                inbound.app,
+                inbound.app_health.clone(),
+                inbound.app_probe_paths.clone(),
+            ));
+            listeners.extend(health.watch(&readiness, shutdown_rx.clone()));
+            Some(health)
+        });
         let admin_listener = bind("admin.listen", config.admin.listen).await?;
         let admin_addr = admin_listener.local_addr().unwrap_or(config.admin.listen);
         let admin_ctx = ListenerContext {
             direction: Direction::Admin,
-            stack: admin::stack(readiness.clone(), metrics),
+            stack: admin::stack(readiness.clone(), metrics, app_health),
             limits: limits.clone(),
             shutdown: admin_shutdown_rx.clone(),
             tracker: TaskTracker::new(),

@@ -136,6 +136,15 @@ pub struct InboundConfig {
     /// check` warns about each). Headers only vakt sets cannot be listed.
     #[serde(default, deserialize_with = "de_header_names")]
     pub keep_headers: Vec<HeaderName>,
+    /// The app's health endpoint (a path such as `/healthz`): `/ready` is true only while it
+    /// answers 2xx (asked every 2 s).
+    #[serde(default)]
+    pub app_health: Option<String>,
+    /// Paths of the app the admin port answers at `/app-health/<path>` with the app's status,
+    /// for the kubelet's `httpGet` probes of an app bound to loopback. Only these, GET only, no
+    /// body.
+    #[serde(default)]
+    pub app_probe_paths: Vec<String>,
 }
 
 impl InboundConfig {
@@ -346,6 +355,21 @@ impl Config {
                     ));
                 }
             }
+            let paths = inbound.app_health.iter().map(|p| ("inbound.app_health", p));
+            let probes = inbound
+                .app_probe_paths
+                .iter()
+                .map(|p| ("inbound.app_probe_paths", p));
+            for (key, path) in paths.chain(probes) {
+                if !is_plain_path(path) {
+                    return Err(ConfigError::invalid(
+                        key,
+                        format!(
+                            "\"{path}\" is not a plain path (it starts with /, has no query, no dot segments and only visible ASCII)"
+                        ),
+                    ));
+                }
+            }
             if inbound.app == inbound.listen {
                 return Err(ConfigError::invalid(
                     "inbound.app",
@@ -487,6 +511,18 @@ impl Config {
             }
         }
     }
+}
+
+/// A path the admin port may ask the app for: absolute, no query or fragment, no dot segment,
+/// visible ASCII only.
+fn is_plain_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'?' && b != b'#' && b != b'%')
+        && !path
+            .split('/')
+            .any(|segment| segment == "." || segment == "..")
 }
 
 fn join(tds: &[TrustDomain]) -> String {
@@ -681,6 +717,18 @@ inbound:
             (
                 format!("{MINIMAL}outbound:\n  capture: transparent\n  upstreams:\n  - authority: idp.example\n    passthrough: tls\n"),
                 "outbound.upstreams[0].authority: port 80 (the default when none is given)",
+            ),
+            (
+                format!("{MINIMAL}  app_health: healthz\n"),
+                "inbound.app_health: \"healthz\" is not a plain path",
+            ),
+            (
+                format!("{MINIMAL}  app_probe_paths: [/healthz, /a/../admin]\n"),
+                "inbound.app_probe_paths: \"/a/../admin\" is not a plain path",
+            ),
+            (
+                format!("{MINIMAL}  app_probe_paths: [\"/healthz?x=1\"]\n"),
+                "inbound.app_probe_paths: \"/healthz?x=1\" is not a plain path",
             ),
             (
                 format!("{MINIMAL}admin:\n  listen: 0.0.0.0:15443\n"),

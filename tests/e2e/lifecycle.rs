@@ -528,3 +528,98 @@ async fn after_sigterm_inbound_stops_first_and_outbound_serves_the_app_until_it_
         );
     }
 }
+
+/// An app on loopback whose health endpoint says what the test wants; records what it was asked.
+async fn health_app(
+    healthy: Arc<AtomicBool>,
+    asked: Arc<std::sync::Mutex<Vec<String>>>,
+) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (healthy, asked) = (healthy.clone(), asked.clone());
+            let service = hyper::service::service_fn(move |req: http::Request<_>| {
+                let path = req.uri().path().to_owned();
+                asked.lock().unwrap().push(path.clone());
+                let status = match path.as_str() {
+                    "/healthz" if !healthy.load(Ordering::Relaxed) => 503,
+                    _ => 200,
+                };
+                let response = http::Response::builder()
+                    .status(status)
+                    .body(http_body_util::Full::new(bytes::Bytes::from_static(b"ok")))
+                    .unwrap();
+                async move { Ok::<_, std::convert::Infallible>(response) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), service),
+            );
+        }
+    });
+    addr
+}
+
+/// `inbound.app_health` makes `/ready` follow the app's own health endpoint, and the admin port
+/// answers the kubelet's probes for the listed paths of an app bound to loopback, and no others.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_follows_the_app_health_and_the_admin_port_answers_only_its_probe_paths() {
+    let healthy = Arc::new(AtomicBool::new(true));
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let app = health_app(healthy.clone(), asked.clone()).await;
+    let workload = ChildWorkload::new("web-app-health").await;
+    let (yaml, _, admin) = workload.child_config();
+    let yaml = yaml.replace(
+        &format!("  app: {}\n", workload.app.addr),
+        &format!("  app: {app}\n"),
+    ) + "  app_health: /healthz\n  app_probe_paths: [/healthz, /livez]\n";
+    let mut child = spawn_vakt("app-health", &workload.dir, &yaml, admin);
+    wait_ready(&child).await;
+    let admin_get = |path: &'static str| async move {
+        let tcp = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let response = h1_send(tcp, get(path, "admin")).await.unwrap();
+        let status = response.status().as_u16();
+        let body = http_body_util::BodyExt::collect(response.into_body())
+            .await
+            .unwrap()
+            .to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    };
+
+    // The listed probe paths are asked of the app; anything else is not.
+    assert_eq!(
+        admin_get("/app-health/livez").await,
+        (200, "app: 200\n".into())
+    );
+    let (status, _) = admin_get("/app-health/secret/records").await;
+    assert_eq!(status, 404);
+    assert!(
+        !asked.lock().unwrap().iter().any(|p| p.contains("secret")),
+        "the app was asked for an unlisted path"
+    );
+
+    // The app turns unhealthy: /ready follows within a few seconds, naming why; then back.
+    healthy.store(false, Ordering::Relaxed);
+    let mut unready = None;
+    for _ in 0..60 {
+        let (status, body) = admin_get("/ready").await;
+        if status == 503 {
+            unready = Some(body);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let body = unready.expect("/ready stayed 200 with the app unhealthy");
+    assert!(body.contains("app health endpoint answering 2xx"), "{body}");
+    assert_eq!(
+        admin_get("/app-health/healthz").await,
+        (503, "app: 503\n".into())
+    );
+    healthy.store(true, Ordering::Relaxed);
+    wait_ready(&child).await;
+    stop(&mut child).await;
+}
