@@ -175,6 +175,12 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
     "app_protocol" $v.app.protocol
     "policy" (printf "%s/%s" (include "vakt.policyDir" .) (include "vakt.policyKey" .))
     "strip_headers" $c.inbound.stripHeaders) }}
+{{- with fromJsonArray (include "vakt.appProbePaths" .) }}
+{{- $_ := set $cfg.inbound "app_probe_paths" . }}
+{{- end }}
+{{- with $v.app.healthPath }}
+{{- $_ := set $cfg.inbound "app_health" . }}
+{{- end }}
 {{- end }}
 {{- if $c.outbound.enabled }}
 {{- $upstreams := list }}

@@ -190,6 +190,31 @@ is the only container with privileges: root in the pod's network namespace with 
 {{- end }}
 {{- end }}
 
+{{/*
+An app probe as the kubelet gets it: an httpGet probe goes to vakt's admin port at
+/app-health/<path>, which asks the app on loopback (the kubelet probes the pod IP, where the app
+does not listen); vakt answers only the paths of the app's probes (vakt.appProbePaths). Other
+probes unchanged. Context: dict "probe" "root".
+*/}}
+{{- define "vakt.appProbe" -}}
+{{- $probe := deepCopy .probe }}
+{{- with $probe.httpGet }}
+{{- $_ := set . "port" (int64 (include "vakt.adminPort" $.root)) }}
+{{- $_ := set . "path" (printf "/app-health%s" .path) }}
+{{- $_ := set . "scheme" "HTTP" }}
+{{- end }}
+{{- toYaml $probe }}
+{{- end }}
+
+{{/* The paths of the app's httpGet probes, for vakt's inbound.app_probe_paths (a JSON list). */}}
+{{- define "vakt.appProbePaths" -}}
+{{- $paths := list }}
+{{- range (list .Values.app.livenessProbe .Values.app.readinessProbe .Values.app.startupProbe) }}
+{{- with . }}{{ with .httpGet }}{{ $paths = append $paths .path }}{{ end }}{{ end }}
+{{- end }}
+{{- toJson ($paths | uniq) }}
+{{- end }}
+
 {{/* The pod volumes vakt needs, as list items for `volumes` (only vakt mounts the Secrets). */}}
 {{- define "vakt.volumes" -}}
 - name: vakt-config

@@ -76,6 +76,12 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("transparent",            "apps",           "securityContext.runAsUser", "10001"),
     ("transparent",            "pod",            "spec.securityContext.runAsUser", "10001"),
     ("transparent",            "config",         "outbound.capture", r#""transparent""#),
+    // The app's httpGet probes go to vakt's admin port, which answers only their paths.
+    ("transparent",            "apps",           "readinessProbe.httpGet.port", "15021"),
+    ("transparent",            "apps",           "readinessProbe.httpGet.path", r#""/app-health/healthz""#),
+    ("transparent",            "config",         "inbound.app_probe_paths", r#"["/healthz"]"#),
+    ("transparent",            "config",         "inbound.app_health", r#""/healthz""#),
+    ("!transparent",           "config",         "inbound.app_probe_paths", "null"),
     // The audit trail: stdout by default; in files, on a volume of their own that only vakt
     // writes, the chain key from a Secret only vakt reads, checkpoints on another volume.
     ("!audit-file",            "config",         "audit.sink", r#""stdout""#),
