@@ -292,8 +292,12 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
 {{/* The hardened securityContext of the vakt container (not configurable apart from the IDs). */}}
 {{- define "vakt.sidecarSecurityContext" -}}
 runAsNonRoot: true
+{{- if not (kindIs "invalid" .Values.sidecar.runAsUser) }}
 runAsUser: {{ int64 .Values.sidecar.runAsUser }}
+{{- end }}
+{{- if not (kindIs "invalid" .Values.sidecar.runAsGroup) }}
 runAsGroup: {{ int64 .Values.sidecar.runAsGroup }}
+{{- end }}
 readOnlyRootFilesystem: true
 allowPrivilegeEscalation: false
 privileged: false

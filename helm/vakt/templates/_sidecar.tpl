@@ -132,6 +132,9 @@ is the only container with privileges: root in the pod's network namespace with 
 */}}
 {{- define "vakt.captureInit" -}}
 {{- if eq .Values.capture.mode "transparent" }}
+{{- if kindIs "invalid" .Values.sidecar.runAsUser }}
+{{- fail "capture.mode transparent: set sidecar.runAsUser: the rules exempt vakt's UID, which must be known before the pod starts" }}
+{{- end }}
 {{- $vaktUid := int64 .Values.sidecar.runAsUser }}
 {{- $app := .Values.app.securityContext | default dict }}
 {{- $pod := .Values.workload.podSecurityContext | default dict }}

@@ -281,6 +281,24 @@ const RENDERS: &[Render] = &[
     vakt_chart("transparent", Some("transparent")),
     vakt_chart("audit-file", Some("audit-file")),
     Render {
+        name: "openshift",
+        chart: Chart::Vakt,
+        values: None,
+        args: &[
+            "--set",
+            "sidecar.runAsUser=null,sidecar.runAsGroup=null,app.securityContext.runAsUser=null,app.securityContext.runAsGroup=null,workload.podSecurityContext.runAsUser=null,workload.podSecurityContext.runAsGroup=null,workload.podSecurityContext.fsGroup=null",
+        ],
+    },
+    Render {
+        name: "egress-policy",
+        chart: Chart::Vakt,
+        values: None,
+        args: &[
+            "--set",
+            "networkPolicy.egress.enabled=true,networkPolicy.egress.identityProviderCidrs={203.0.113.10/32}",
+        ],
+    },
+    Render {
         name: "orders-chart",
         chart: Chart::Orders,
         values: None,
@@ -524,6 +542,8 @@ mod render {
         oidc: "oidc",
         transparent: "transparent",
         audit_file: "audit-file",
+        egress_policy: "egress-policy",
+        openshift: "openshift",
         orders_chart: "orders-chart",
         orders_chart_classic: "orders-chart-classic",
     }
@@ -1299,6 +1319,7 @@ fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
     let Some(t) = tools() else { return };
     let cases: &[(&str, &str)] = &[
         ("app.securityContext.runAsUser=65532", "is vakt's UID"),
+        ("sidecar.runAsUser=null", "set sidecar.runAsUser"),
         (
             "app.securityContext.runAsUser=null",
             "set app.securityContext.runAsUser",

@@ -28,7 +28,8 @@ use super::{
 pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     // Every container: not root, no privileges, a read-only root, a resource budget.
     ("*",                      "containers",     "securityContext.runAsNonRoot", "true"),
-    ("*",                      "containers",     "securityContext.runAsUser", "set"),
+    ("!openshift",             "containers",     "securityContext.runAsUser", "set"),
+    ("openshift",              "containers",     "securityContext.runAsUser", "null"),
     ("*",                      "containers",     "securityContext.readOnlyRootFilesystem", "true"),
     ("*",                      "containers",     "securityContext.allowPrivilegeEscalation", "false"),
     ("*",                      "containers",     "securityContext.privileged", "false"),
@@ -41,15 +42,16 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     // The pod: non-root, no Kubernetes API token; vakt's group (the fsGroup) alone reads its keys.
     ("*",                      "pod",            "spec.securityContext.runAsNonRoot", "true"),
     ("*",                      "pod",            "spec.securityContext.seccompProfile.type", RUNTIME_DEFAULT),
-    ("*",                      "pod",            "spec.securityContext.fsGroup", "65532"),
+    ("!openshift",             "pod",            "spec.securityContext.fsGroup", "65532"),
+    ("openshift",              "pod",            "spec.securityContext.fsGroup", "null"),
     ("*",                      "pod",            "spec.automountServiceAccountToken", "false"),
     ("*",                      "ServiceAccount", "automountServiceAccountToken", "false"),
     ("*",                      "pod",            "spec.volumes[name=vakt-identity].secret.defaultMode", "288"),
     ("oidc",                   "pod",            "spec.volumes[name=vakt-pseudonym].secret.defaultMode", "288"),
     // vakt: the image's user, probes on the admin port, its two ports, read-only mounts that
     // follow their Secret or ConfigMap (a subPath mount never sees a rotated certificate).
-    ("*",                      "vakt",           "securityContext.runAsUser", "65532"),
-    ("*",                      "vakt",           "securityContext.runAsGroup", "65532"),
+    ("!openshift",             "vakt",           "securityContext.runAsUser", "65532"),
+    ("!openshift",             "vakt",           "securityContext.runAsGroup", "65532"),
     ("*",                      "vakt",           "livenessProbe.httpGet.path", r#""/live""#),
     ("*",                      "vakt",           "livenessProbe.httpGet.port", "15021"),
     ("*",                      "vakt",           "readinessProbe.httpGet.path", r#""/ready""#),
@@ -109,7 +111,13 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     // The network: the Service exposes the mTLS port only; ingress admits 15443 from the mesh
     // and 15021 (/metrics) from the monitoring namespace, each from someone, nothing else.
     ("*",                      "Service",        "spec.ports", SERVICE_PORTS),
-    ("*",                      "NetworkPolicy",  "spec.policyTypes", r#"["Ingress"]"#),
+    ("!egress-policy",         "NetworkPolicy",  "spec.policyTypes", r#"["Ingress"]"#),
+    ("!egress-policy",         "NetworkPolicy",  "spec.egress", "null"),
+    // Egress, when asked for: DNS to kube-dns, 15443 to the mesh, 443 to the identity providers.
+    ("egress-policy",          "NetworkPolicy",  "spec.policyTypes", r#"["Ingress", "Egress"]"#),
+    ("egress-policy",          "NetworkPolicy",  "spec.egress[*].ports[*].port", "[53, 53, 15443, 443]"),
+    ("egress-policy",          "NetworkPolicy",  "spec.egress[0].to[0].podSelector.matchLabels", r#"{"k8s-app": "kube-dns"}"#),
+    ("egress-policy",          "NetworkPolicy",  "spec.egress[2].to[0].ipBlock.cidr", r#""203.0.113.10/32""#),
     ("*",                      "NetworkPolicy",  "spec.ingress[*].ports[*].port", "[15443, 15021]"),
     ("*",                      "NetworkPolicy",  "spec.ingress[*].ports[*].protocol", r#"each "TCP""#),
     ("*",                      "NetworkPolicy",  "spec.ingress[*].from", "each set"),
