@@ -220,7 +220,7 @@ fn chain_settings(config: &Config) -> ChainSettings {
 
 /// Build the stack as `App::start` does (inside the runtime: the dev issuer serves from it).
 async fn setup() -> Bench {
-    let metrics = vakt::metrics::install();
+    let metrics = vakt::metrics::install(None);
     let keys_dir = tempfile::tempdir().expect("tempdir");
     let keys = Arc::new(KeyStore::open_or_create(keys_dir.path()).expect("keys"));
     let idp = DevIdp::start(([127, 0, 0, 1], 0).into(), keys, "")

@@ -117,12 +117,40 @@ pub struct AdminConfig {
     /// `/live`, `/ready`, `/metrics` (plaintext; restrict with a NetworkPolicy).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
+    /// The workload this sidecar belongs to (e.g. `shop/orders`): a `vakt_workload` label on
+    /// every metric, so alerts select a workload's series however they were scraped.
+    #[serde(default)]
+    pub workload: Option<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         Self {
             listen: default_listen(),
+            workload: None,
+        }
+    }
+}
+
+impl AdminConfig {
+    /// The workload name, if set, must be a short plain label value.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        match &self.workload {
+            Some(w)
+                if w.is_empty()
+                    || w.len() > 253
+                    || !w.bytes().all(|b| {
+                        b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'/' | b'-')
+                    }) =>
+            {
+                Err((
+                    "admin.workload".into(),
+                    format!(
+                        "\"{w}\" is not a workload name (letters, digits, . _ / -; at most 253)"
+                    ),
+                ))
+            }
+            _ => Ok(()),
         }
     }
 }

@@ -139,7 +139,7 @@ impl App {
     }
 
     async fn start_with(config: Config, audit_write_delay: Duration) -> Result<Self, StartError> {
-        let metrics = crate::metrics::install();
+        let metrics = crate::metrics::install(config.admin.workload.as_deref());
         // Counters that alerts watch for a first failure start at zero.
         Auditor::register_failure_series();
         CertStore::register_failure_series();

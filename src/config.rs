@@ -440,6 +440,9 @@ impl Config {
         self.limits
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
+        self.admin
+            .validate()
+            .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;
         self.audit
             .validate()
             .map_err(|(key, problem)| ConfigError::invalid(key, problem))?;

@@ -61,13 +61,21 @@ pub fn register_at_zero(name: &'static str, labels: &[(&'static str, &'static st
     metrics::counter!(name, labels).increment(0);
 }
 
-/// Install the process-wide recorder once and return its handle (for `/metrics`). Later calls
-/// (a second vakt in the same test process, the demo) share it.
-pub fn install() -> PrometheusHandle {
+/// The label every metric carries when `admin.workload` is set.
+pub const WORKLOAD_LABEL: &str = "vakt_workload";
+
+/// Install the process-wide recorder once and return its handle (for `/metrics`), with
+/// `workload` as a label on every metric. Later calls (a second vakt in the same test process,
+/// the demo) share the first one.
+pub fn install(workload: Option<&str>) -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new()
+            let builder = match workload {
+                Some(w) => PrometheusBuilder::new().add_global_label(WORKLOAD_LABEL, w),
+                None => PrometheusBuilder::new(),
+            };
+            let recorder = builder
                 .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), DURATION_BUCKETS)
                 .map(PrometheusBuilder::build_recorder)
                 .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());

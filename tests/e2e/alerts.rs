@@ -81,6 +81,11 @@ async fn failure_counters_are_scraped_at_zero_before_the_first_failure() {
     use crate::common::*;
     let workload = ChildWorkload::new("web-zero-series").await;
     let (yaml, _, admin) = workload.child_config();
+    // The workload's name on every series: what the chart's alerts select on.
+    let yaml = yaml.replace(
+        &format!("admin:\n  listen: {admin}\n"),
+        &format!("admin:\n  listen: {admin}\n  workload: shop/orders\n"),
+    );
     let mut child = spawn_vakt("zero-series", &workload.dir, &yaml, admin);
     wait_ready(&child).await;
     let text = metrics_text(admin).await;
@@ -110,6 +115,14 @@ async fn failure_counters_are_scraped_at_zero_before_the_first_failure() {
             &[("direction", "outbound"), ("reason", "unknown_ca")],
         ),
     ];
+    let unlabelled: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("vakt_") && !l.contains("vakt_workload=\"shop/orders\""))
+        .collect();
+    assert!(
+        unlabelled.is_empty(),
+        "series without the workload label: {unlabelled:?}"
+    );
     for (name, labels) in series {
         let present = text.lines().any(|l| {
             l.strip_prefix(name)

@@ -164,7 +164,7 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
 {{- $cfg := dict
     "identity" $identity
     "tls" (dict "min_version" (toString $c.tlsMinVersion))
-    "admin" (dict "listen" (printf "0.0.0.0:%s" (include "vakt.adminPort" .)))
+    "admin" (dict "listen" (printf "0.0.0.0:%s" (include "vakt.adminPort" .)) "workload" (include "vakt.workloadName" .))
     "limits" $limits
     "shutdown" (dict "grace_period" $c.shutdownGracePeriod)
     "log" (dict "format" "json" "level" $c.logLevel) }}
@@ -321,8 +321,13 @@ vakt.io/metrics: "true"
 PromQL label matchers that select this workload's vakt series: by default the namespace and the
 job the ServiceMonitor gives them (the metrics Service's name).
 */}}
+{{/* The workload name vakt puts on every metric (admin.workload): <namespace>/<fullname>. */}}
+{{- define "vakt.workloadName" -}}
+{{- printf "%s/%s" .Release.Namespace (include "vakt.fullname" .) }}
+{{- end }}
+
 {{- define "vakt.alertSelector" -}}
-{{- default (printf "namespace=%q,job=%q" .Release.Namespace (include "vakt.metricsServiceName" .)) .Values.metrics.prometheusRule.selector }}
+{{- default (printf "vakt_workload=%q" (include "vakt.workloadName" .)) .Values.metrics.prometheusRule.selector }}
 {{- end }}
 
 {{/* Alert labels: the severity, then the installer's own (context: dict severity, extra). */}}

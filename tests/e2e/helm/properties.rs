@@ -143,6 +143,7 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     // The config vakt runs: its listeners where the ports and the NetworkPolicy expect them,
     // the app on loopback only, TLS 1.3, JSON logs.
     ("*",                      "config",         "admin.listen", r#""0.0.0.0:15021""#),
+    ("*",                      "config",         "admin.workload", "starts shop/"),
     ("*",                      "config",         "inbound.listen", r#""0.0.0.0:15443""#),
     ("*",                      "config",         "inbound.app", "starts 127.0.0.1:"),
     ("!existing-secret",       "config",         "outbound.listen", r#""127.0.0.1:15001""#),
@@ -554,8 +555,9 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
         .iter()
         .map(|rule| (rule["alert"].as_str().unwrap(), rule))
         .collect();
-    let selector = format!("namespace=\"{NS}\",job=\"{fullname}-metrics\"");
+    let selector = format!("vakt_workload=\"{NS}/{fullname}\"");
     for (alert, metric, matcher) in [
+        ("VaktTargetDown", "vakt_build_info", "absent("),
         (
             "VaktHandshakesFromUnknownCA",
             "vakt_tls_handshake_failures_total",
@@ -641,7 +643,7 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             .contains("sum by (namespace, route)"),
         "{label}: denials by route"
     );
-    assert_eq!(rules.len(), 12, "{label}: {:?}", rules.keys());
+    assert_eq!(rules.len(), 13, "{label}: {:?}", rules.keys());
 }
 
 // ---- the metrics catalogue ---------------------------------------------------------------------
@@ -670,6 +672,11 @@ fn metrics_in(expr: &str) -> Vec<String> {
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
         let name = &tail[..end];
+        // A label matcher (`vakt_workload="..."`), not a metric.
+        if tail[end..].starts_with(['=', '!']) {
+            rest = &tail[end..];
+            continue;
+        }
         let base = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|s| name.strip_suffix(s).filter(|b| known.contains(*b)))
