@@ -559,6 +559,26 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
     for (alert, metric, matcher) in [
         ("VaktTargetDown", "vakt_build_info", "absent("),
         (
+            "VaktJwksStale",
+            "vakt_jwks_last_success_timestamp_seconds",
+            "time() -",
+        ),
+        (
+            "VaktTokenFailureSpike",
+            "vakt_authn_failures_total",
+            "rate(",
+        ),
+        (
+            "VaktCertificateReloadFailing",
+            "vakt_certificate_reloads_total",
+            "offset 15m",
+        ),
+        (
+            "VaktAuditEventsDropped",
+            "vakt_audit_events_dropped_total",
+            "offset 5m",
+        ),
+        (
             "VaktHandshakesFromUnknownCA",
             "vakt_tls_handshake_failures_total",
             "reason=\"unknown_ca\"",
@@ -643,7 +663,38 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
             .contains("sum by (namespace, route)"),
         "{label}: denials by route"
     );
-    assert_eq!(rules.len(), 13, "{label}: {:?}", rules.keys());
+    assert_eq!(rules.len(), 15, "{label}: {:?}", rules.keys());
+    promtool_check(label, &doc["spec"]["groups"]);
+}
+
+/// `promtool check rules` on the rendered groups (JSON is YAML), where promtool is installed
+/// (`scripts/test` installs it and sets VAKT_REQUIRE_PROMTOOL).
+fn promtool_check(label: &str, groups: &Value) {
+    let found = std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        assert!(
+            std::env::var_os("VAKT_REQUIRE_PROMTOOL").is_none(),
+            "promtool is required but not installed"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rules.yaml");
+    std::fs::write(&file, json!({ "groups": groups }).to_string()).unwrap();
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{label}: promtool check rules on the chart's rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---- the metrics catalogue ---------------------------------------------------------------------
