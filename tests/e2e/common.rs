@@ -202,16 +202,20 @@ pub async fn wait_ready(p: &Process) {
     );
 }
 
-/// SIGTERM, then wait for the exit: every accepted audit event is written by then.
-pub async fn stop(p: &mut Process) {
-    let pid = p.child.id().unwrap().to_string();
+/// Send SIGTERM to a child this test started.
+pub fn sigterm(pid: u32) {
     assert!(
         std::process::Command::new("kill")
-            .args(["-TERM", &pid])
+            .args(["-TERM", &pid.to_string()])
             .status()
             .unwrap()
             .success()
     );
+}
+
+/// SIGTERM, then wait for the exit: every accepted audit event is written by then.
+pub async fn stop(p: &mut Process) {
+    sigterm(p.child.id().unwrap());
     let status = tokio::time::timeout(std::time::Duration::from_secs(15), p.child.wait())
         .await
         .expect("vakt exited after SIGTERM")

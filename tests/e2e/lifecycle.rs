@@ -396,14 +396,7 @@ async fn sigterm_lets_the_in_flight_request_finish_then_exits_zero() {
     let tls = mtls_connect(addr, config.clone()).await.unwrap();
     let slow = tokio::spawn(h1_send(tls, get("/slow?ms=1500", "orders.shop")));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let pid = child.id().unwrap().to_string();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(child.id().unwrap());
 
     let response = slow.await.unwrap().expect("in-flight request completed");
     assert_eq!(response.status(), 200);
@@ -464,15 +457,8 @@ async fn after_sigterm_inbound_stops_first_and_outbound_serves_the_app_until_it_
         200
     );
 
-    let pid = child.child.id().unwrap().to_string();
     let signalled = std::time::Instant::now();
-    assert!(
-        Command::new("kill")
-            .args(["-TERM", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    sigterm(child.child.id().unwrap());
     // Inbound first: not ready, and no new connection is taken.
     let mut inbound_closed = false;
     for _ in 0..50 {

@@ -1348,19 +1348,7 @@ fn transparent_capture_refuses_a_pod_that_could_run_as_vakts_uid() {
     ];
     assert_refused(t, &example("transparent"), cases);
     // Proxy mode asks none of this.
-    let chart = chart();
-    let out = run(
-        &t.helm,
-        &[
-            "template",
-            RELEASE,
-            &chart.to_string_lossy(),
-            "--namespace",
-            NS,
-            "--set",
-            "app.securityContext.runAsUser=65532",
-        ],
-    );
+    let out = template_with(t, &["--set", "app.securityContext.runAsUser=65532"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
 
@@ -1384,15 +1372,9 @@ fn a_file_audit_trail_without_its_key_or_claim_is_refused() {
             ),
         ],
     );
-    let chart = chart();
-    let out = run(
-        &t.helm,
+    let out = template_with(
+        t,
         &[
-            "template",
-            RELEASE,
-            &chart.to_string_lossy(),
-            "--namespace",
-            NS,
             "-f",
             &values,
             "--set",
@@ -1403,26 +1385,20 @@ fn a_file_audit_trail_without_its_key_or_claim_is_refused() {
     assert!(text(&out.stdout).contains("claimName: journal-audit"));
 }
 
+/// `helm template` of the chart (release and namespace of the renders) with `args`.
+fn template_with(t: &Tools, args: &[&str]) -> Output {
+    let chart = chart();
+    let chart = chart.to_string_lossy();
+    let mut all = vec!["template", RELEASE, &chart, "--namespace", NS];
+    all.extend_from_slice(args);
+    run(&t.helm, &all)
+}
+
 /// `helm template` of the chart with `values` and each `--set` of `cases` fails, saying the
 /// case's text.
 fn assert_refused(t: &Tools, values: &str, cases: &[(&str, &str)]) {
-    let chart = chart();
-    let chart = chart.to_string_lossy();
     for (set, needle) in cases {
-        let out = run(
-            &t.helm,
-            &[
-                "template",
-                RELEASE,
-                &chart,
-                "--namespace",
-                NS,
-                "-f",
-                values,
-                "--set",
-                set,
-            ],
-        );
+        let out = template_with(t, &["-f", values, "--set", set]);
         let stderr = text(&out.stderr);
         assert!(!out.status.success(), "{set} was accepted");
         assert!(
