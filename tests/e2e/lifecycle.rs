@@ -261,25 +261,7 @@ async fn certificate_rotation_under_traffic_drops_nothing() {
     };
     let before = metrics_text(admin).await;
 
-    // Traffic on new connections the whole time.
-    let stop = Arc::new(AtomicBool::new(false));
-    let failures = Arc::new(AtomicUsize::new(0));
-    let done = Arc::new(AtomicUsize::new(0));
-    let traffic = {
-        let (stop, failures, done, config) =
-            (stop.clone(), failures.clone(), done.clone(), config.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                match one_request(addr, config.clone()).await {
-                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                    Err(e) => {
-                        eprintln!("request failed during rotation: {e}");
-                        failures.fetch_add(1, Ordering::Relaxed)
-                    }
-                };
-            }
-        })
-    };
+    let traffic = Traffic::start(addr, config.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     // A broken file first: rejected, the running certificate stays.
@@ -322,19 +304,220 @@ async fn certificate_rotation_under_traffic_drops_nothing() {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    stop.store(true, Ordering::Relaxed);
-    traffic.await.unwrap();
     assert!(rotated, "new connections never got the new certificate");
-    assert_eq!(
-        failures.load(Ordering::Relaxed),
-        0,
-        "requests failed during rotation"
+    traffic.stop_and_check().await;
+}
+
+/// Requests on new connections, one after the other, until stopped.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicUsize>,
+    done: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Traffic {
+    fn start(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicUsize::new(0));
+        let done = Arc::new(AtomicUsize::new(0));
+        let task = {
+            let (stop, failures, done) = (stop.clone(), failures.clone(), done.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    match one_request(addr, config.clone()).await {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(e) => {
+                            eprintln!("request failed during rotation: {e}");
+                            failures.fetch_add(1, Ordering::Relaxed)
+                        }
+                    };
+                }
+            })
+        };
+        Traffic {
+            stop,
+            failures,
+            done,
+            task,
+        }
+    }
+
+    /// Let it run a little longer, stop it, and assert that nothing failed and enough ran.
+    async fn stop_and_check(self) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await.unwrap();
+        assert_eq!(
+            self.failures.load(Ordering::Relaxed),
+            0,
+            "requests failed during rotation"
+        );
+        assert!(
+            self.done.load(Ordering::Relaxed) > 10,
+            "too little traffic to mean anything"
+        );
+    }
+}
+
+/// Writes `files` into `dir` the way the kubelet's AtomicWriter does for Secret volumes and
+/// cert-manager's csi-lib does for csi-driver-spiffe: a new `..<timestamp>` directory, a
+/// `..data` symlink swapped to it in one rename, the visible names as symlinks through `..data`,
+/// then the old directory removed. Files are 0440, as the driver writes them.
+fn atomic_writer_update(dir: &Path, files: &[(&str, &[u8])]) {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+    std::fs::create_dir_all(dir).unwrap();
+    let old = std::fs::read_link(dir.join("..data")).ok();
+    let stamp = format!(
+        "..{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
     );
+    let version = dir.join(&stamp);
+    std::fs::create_dir(&version).unwrap();
+    for (name, data) in files {
+        let path = version.join(name);
+        std::fs::write(&path, data).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o440)).unwrap();
+    }
+    let tmp = dir.join("..data_tmp");
+    symlink(&stamp, &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    for (name, _) in files {
+        let visible = dir.join(name);
+        if std::fs::symlink_metadata(&visible).is_err() {
+            symlink(format!("..data/{name}"), &visible).unwrap();
+        }
+    }
+    if let Some(old) = old {
+        std::fs::remove_dir_all(dir.join(old)).unwrap();
+    }
+}
+
+/// csi-driver-spiffe renews a pod's certificate by swapping the `..data` symlink of its volume;
+/// vakt watches `tls.crt` through that symlink and serves the new certificate on new connections
+/// while requests keep going. A republish with the same files (the driver does that
+/// periodically) is not a rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_rotation_in_the_csi_driver_layout_drops_nothing() {
+    init();
+    let pki = vakt::dev::mesh::DevPki::new(TD).unwrap();
+    let app = vakt::dev::mesh::EchoApp::start().await.unwrap();
+    let id = pki.spiffe_id("shop", "orders");
+    let dir = pki.workload("orders", &id).unwrap();
+    let csi = dir.join("spiffe");
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    let bundle = read(vakt::dev::certs::BUNDLE_FILE);
+    atomic_writer_update(
+        &csi,
+        &[
+            ("tls.crt", &read(vakt::dev::certs::CERT_FILE)),
+            ("tls.key", &read(vakt::dev::certs::KEY_FILE)),
+            ("ca.crt", &bundle),
+        ],
+    );
+    let policy = vakt::dev::mesh::write_policy(
+        &dir,
+        &vakt::dev::mesh::allow_peers_policy_yaml(&[pki.spiffe_id("shop", "web")]),
+    )
+    .unwrap();
+    let identity = vakt::dev::mesh::federated_config_yaml(&dir, TD, &[])
+        .replace(
+            &dir.join(vakt::dev::certs::CERT_FILE).display().to_string(),
+            &csi.join("tls.crt").display().to_string(),
+        )
+        .replace(
+            &dir.join(vakt::dev::certs::KEY_FILE).display().to_string(),
+            &csi.join("tls.key").display().to_string(),
+        );
+    assert!(identity.contains("spiffe/tls.crt") && identity.contains("spiffe/tls.key"));
+    let yaml = format!(
+        "{identity}inbound:\n  listen: 127.0.0.1:0\n  app: {}\n  policy: {}\n",
+        app.addr,
+        policy.display()
+    );
+    let vakt = vakt::app::App::start(vakt::config::Config::from_yaml(&yaml).unwrap())
+        .await
+        .unwrap();
+    let server = Server {
+        pki,
+        app,
+        vakt,
+        id,
+        dir,
+    };
+    let (addr, admin) = (server.addr(), server.vakt.admin_addr);
+    let config = web_client_config(&server);
+    let first = one_request(addr, config.clone()).await.unwrap();
+    let reloads = |text: &str| {
+        metric_sum(
+            text,
+            "vakt_certificate_reloads_total",
+            &[("result", "success")],
+        )
+    };
+    let traffic = Traffic::start(addr, config.clone());
+
+    // Two renewals, each a new key and certificate swapped in at once.
+    let mut previous = first;
+    for _ in 0..2 {
+        let before = reloads(&metrics_text(admin).await);
+        let new = server
+            .pki
+            .issue(&LeafSpec::svid(&server.id, Duration::from_secs(3600)))
+            .unwrap();
+        atomic_writer_update(
+            &csi,
+            &[
+                ("tls.crt", new.cert_pem.as_bytes()),
+                ("tls.key", new.key_pem.as_bytes()),
+                ("ca.crt", &bundle),
+            ],
+        );
+        wait_for_metric(
+            admin,
+            "vakt_certificate_reloads_total",
+            &[("result", "success")],
+            before + 1.0,
+        )
+        .await;
+        let mut served = Vec::new();
+        for _ in 0..50 {
+            served = one_request(addr, config.clone()).await.unwrap();
+            if served == new.cert_der {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            served, new.cert_der,
+            "new connections never got the renewed certificate"
+        );
+        assert_ne!(served, previous);
+        previous = served;
+    }
+    traffic.stop_and_check().await;
+
+    // The driver republishes the same content: written again, nothing reloaded.
+    let loaded = server.vakt.certs.current();
+    let current = std::fs::read(csi.join("tls.crt")).unwrap();
+    let key = std::fs::read(csi.join("tls.key")).unwrap();
+    atomic_writer_update(
+        &csi,
+        &[
+            ("tls.crt", &current),
+            ("tls.key", &key),
+            ("ca.crt", &bundle),
+        ],
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
-        done.load(Ordering::Relaxed) > 10,
-        "too little traffic to mean anything"
+        Arc::ptr_eq(&loaded, &server.vakt.certs.current()),
+        "reloaded the same files"
     );
+    assert_eq!(one_request(addr, config).await.unwrap(), previous);
 }
 
 fn free_port() -> u16 {

@@ -97,19 +97,39 @@ vakt.io/workload: {{ include "vakt.fullname" . }}
 {{- end }}
 
 {{- define "vakt.identitySecretName" -}}
-{{- if eq .Values.certificate.source "existingSecret" }}
-{{- required "certificate.existingSecret.name is required when certificate.source is existingSecret" .Values.certificate.existingSecret.name }}
+{{- if eq .Values.identity.source "existingSecret" }}
+{{- required "identity.existingSecret.name is required when identity.source is existingSecret" .Values.identity.existingSecret.name }}
 {{- else }}
-{{- default (printf "%s-identity" (include "vakt.fullname" .)) .Values.certificate.certManager.secretName }}
+{{- default (printf "%s-identity" (include "vakt.fullname" .)) .Values.identity.certificate.secretName }}
 {{- end }}
 {{- end }}
 
+{{/* The file names in the identity volume: csi-driver-spiffe and cert-manager both write tls.crt and tls.key. */}}
 {{- define "vakt.certKey" -}}
-{{- if eq .Values.certificate.source "existingSecret" }}{{ .Values.certificate.existingSecret.certKey }}{{ else }}tls.crt{{ end }}
+{{- if eq .Values.identity.source "existingSecret" }}{{ .Values.identity.existingSecret.certKey }}{{ else }}tls.crt{{ end }}
 {{- end }}
 
 {{- define "vakt.keyKey" -}}
-{{- if eq .Values.certificate.source "existingSecret" }}{{ .Values.certificate.existingSecret.keyKey }}{{ else }}tls.key{{ end }}
+{{- if eq .Values.identity.source "existingSecret" }}{{ .Values.identity.existingSecret.keyKey }}{{ else }}tls.key{{ end }}
+{{- end }}
+
+{{/*
+The group csi-driver-spiffe gives the key files (mode 0440): identity.csi.fsGroup, else the pod's
+fsGroup, else vakt's group. Without any, the files would be root's and vakt could not read them.
+*/}}
+{{- define "vakt.csiFsGroup" -}}
+{{- $c := .Values.identity.csi }}
+{{- $pod := .Values.workload.podSecurityContext }}
+{{- if not (kindIs "invalid" $c.fsGroup) }}{{ int64 $c.fsGroup }}
+{{- else if not (kindIs "invalid" $pod.fsGroup) }}{{ int64 $pod.fsGroup }}
+{{- else if not (kindIs "invalid" .Values.sidecar.runAsGroup) }}{{ int64 .Values.sidecar.runAsGroup }}
+{{- else }}{{ fail "identity.source csi: set identity.csi.fsGroup (a group vakt runs in, e.g. the fsGroup the platform assigns): the driver writes the key readable by that group only" }}
+{{- end }}
+{{- end }}
+
+{{/* The approver-policy CertificateRequestPolicy's name: cluster-scoped, so namespace and release. */}}
+{{- define "vakt.certificateRequestPolicyName" -}}
+{{- printf "vakt-%s-%s" .Release.Namespace (include "vakt.fullname" .) | trunc 253 | trimSuffix "-" }}
 {{- end }}
 
 {{/* An image reference from {repository, tag, digest}: the digest wins over the tag. */}}

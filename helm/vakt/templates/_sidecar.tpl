@@ -229,10 +229,20 @@ probes unchanged. Context: dict "probe" "root".
     name: {{ include "vakt.policyConfigMapName" . }}
 {{- end }}
 - name: vakt-identity
+  {{- if eq .Values.identity.source "csi" }}
+  # The pod's own X509-SVID from csi-driver-spiffe: key made on the node for this pod, certificate
+  # for this pod's service account, renewed in place; only the vakt container mounts it.
+  csi:
+    driver: {{ .Values.identity.csi.driver }}
+    readOnly: true
+    volumeAttributes:
+      spiffe.csi.cert-manager.io/fs-group: {{ include "vakt.csiFsGroup" . | quote }}
+  {{- else }}
   secret:
     secretName: {{ include "vakt.identitySecretName" . }}
     # 0440: readable by the pod's fsGroup (vakt's group) only; only the vakt container mounts it.
     defaultMode: 288
+  {{- end }}
 - name: vakt-trust
   {{- if eq .Values.trustBundle.source "secret" }}
   secret:

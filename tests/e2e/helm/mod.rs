@@ -7,9 +7,14 @@
 //!   `kubernetes-validate --strict` against Kubernetes 1.31, and the security properties in
 //!   [`properties`]: a table of the fields that state them (security contexts, probes, ports,
 //!   the SPIFFE URI SAN, `HTTP_PROXY`, NetworkPolicy ports...), the config checksum, and the
-//!   CRD kinds kubernetes-validate has no schema for (cert-manager `Certificate`, Prometheus
-//!   Operator `ServiceMonitor` and `PrometheusRule`, whose alerts use only metrics in
-//!   docs/METRICS.md), field by field.
+//!   custom resources (cert-manager `Certificate`, approver-policy `CertificateRequestPolicy`,
+//!   Prometheus Operator `ServiceMonitor` and `PrometheusRule`, whose alerts use only metrics in
+//!   docs/METRICS.md): each valid against its CRD's schema (`tests/fixtures/crds/validate.py`,
+//!   with kubernetes-validate's Python) and checked field by field.
+//! - The identity: the CSI volume's key group is vakt's, the pod's account may only create
+//!   CertificateRequests; a Certificate comes with a CertificateRequestPolicy for its SPIFFE ID
+//!   only. `helm/platform/` (cert-manager, the mesh CA, trust-manager's Bundle,
+//!   csi-driver-spiffe) validates against its CRDs and names what the chart's defaults expect.
 //! - `helm lint --strict` with the defaults, every example and the example chart.
 //! - The config checksum follows the sidecar config, not the policy; values the schema must
 //!   reject; `vakt check` on the config and the policy the rendered ConfigMaps contain; the
@@ -47,9 +52,14 @@ const EXAMPLES: &[&str] = &[
     "transparent",
     "audit-file",
 ];
-/// The kinds kubernetes-validate has no schema for; checked field by field in [`properties`].
+/// The kinds kubernetes-validate has no schema for: validated against their CRDs' schemas
+/// (`tests/fixtures/crds/`) and checked field by field in [`properties`].
 const CRD_KINDS: &[(&str, &str)] = &[
     ("cert-manager.io/v1", "Certificate"),
+    (
+        "policy.cert-manager.io/v1alpha1",
+        "CertificateRequestPolicy",
+    ),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
     ("monitoring.coreos.com/v1", "PrometheusRule"),
 ];
@@ -70,6 +80,9 @@ const ADMIN_PORT: i64 = 15021;
 struct Tools {
     helm: PathBuf,
     validate: PathBuf,
+    /// The Python of kubernetes-validate's virtualenv (it has jsonschema and PyYAML), for
+    /// `tests/fixtures/crds/validate.py`.
+    python: PathBuf,
 }
 
 fn tools_bin() -> PathBuf {
@@ -97,7 +110,18 @@ fn tools() -> Option<&'static Tools> {
             .filter(|t| find_tool(t).is_none())
             .collect();
         match (find_tool("helm"), find_tool("kubernetes-validate")) {
-            (Some(helm), Some(validate)) => Ok(Tools { helm, validate }),
+            (Some(helm), Some(validate)) => {
+                let python = std::fs::canonicalize(&validate)
+                    .ok()
+                    .and_then(|v| Some(v.parent()?.join("python3")))
+                    .filter(|p| p.exists())
+                    .ok_or_else(|| "kubernetes-validate's virtualenv python".to_owned())?;
+                Ok(Tools {
+                    helm,
+                    validate,
+                    python,
+                })
+            }
             _ => Err(missing.join(" and ")),
         }
     });
@@ -286,7 +310,7 @@ const RENDERS: &[Render] = &[
         values: None,
         args: &[
             "--set",
-            "sidecar.runAsUser=null,sidecar.runAsGroup=null,app.securityContext.runAsUser=null,app.securityContext.runAsGroup=null,workload.podSecurityContext.runAsUser=null,workload.podSecurityContext.runAsGroup=null,workload.podSecurityContext.fsGroup=null",
+            "sidecar.runAsUser=null,sidecar.runAsGroup=null,app.securityContext.runAsUser=null,app.securityContext.runAsGroup=null,workload.podSecurityContext.runAsUser=null,workload.podSecurityContext.runAsGroup=null,workload.podSecurityContext.fsGroup=null,identity.csi.fsGroup=1000680000",
         ],
     },
     Render {
@@ -445,6 +469,41 @@ fn validate(t: &Tools, r: &Rendered) {
         "{}: a kind without a schema that is not one of the known CRDs:\n{report}",
         r.label
     );
+    validate_custom_resources(t, r, &file);
+}
+
+/// Every custom resource of `r` against its CRD's schema (`tests/fixtures/crds/validate.py`).
+fn validate_custom_resources(t: &Tools, r: &Rendered, file: &Path) {
+    let script = repo().join("tests/fixtures/crds/validate.py");
+    let out = run(
+        &t.python,
+        &[&script.to_string_lossy(), &file.to_string_lossy()],
+    );
+    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}: custom resources against their CRD schemas:\n{report}",
+        r.label
+    );
+    // Core kinds have no group, or one under k8s.io; the rest are custom resources.
+    let custom: Vec<&Value> = r
+        .docs
+        .iter()
+        .filter(|d| {
+            let api = str_of(&d["apiVersion"], "apiVersion");
+            api.split_once('/')
+                .is_some_and(|(group, _)| group.contains('.') && !group.ends_with(".k8s.io"))
+        })
+        .collect();
+    for doc in &custom {
+        let line = format!(
+            "passed {}/{} against ",
+            str_of(&doc["kind"], "kind"),
+            str_of(&doc["metadata"]["name"], "name")
+        );
+        assert!(report.contains(&line), "{}: {line}?\n{report}", r.label);
+    }
+    assert_eq!(report.matches("passed ").count(), custom.len(), "{report}");
 }
 
 // ---- what a render says about the workload ----------------------------------------------------
@@ -686,7 +745,8 @@ fn values_schema_is_strict_and_every_value_is_documented() {
         "sidecar.probes.startup",
         "policy.document",
         "metrics.dashboard.labels",
-        "certificate.certManager.issuerRef",
+        "identity.certificate.issuerRef",
+        "identity.certificate.approverPolicy.requester",
     ];
     fn leaves(v: &Value, at: &str, out: &mut Vec<String>) {
         match v.as_object() {
@@ -945,13 +1005,18 @@ fn schema_rejects_unknown_keys_and_wrong_types() {
             &["--set", "config.limits.maxHeaderBytes=100"],
             &["config.limits.maxHeaderBytes"],
         ),
+        (&["--set", "identity.source=vault"], &["identity.source"]),
         (
-            &["--set", "certificate.source=vault"],
-            &["certificate.source"],
+            &["--set", "identity.source=existingSecret"],
+            &["identity.existingSecret.name"],
         ),
         (
-            &["--set", "certificate.source=existingSecret"],
-            &["certificate.existingSecret.name"],
+            &["--set", "certificate.source=certManager"],
+            &["Additional property certificate is not allowed"],
+        ),
+        (
+            &["--set", "identity.csi.fsGroup=0"],
+            &["identity.csi.fsGroup"],
         ),
         (&["--set", "trustDomain=Not A Domain"], &["trustDomain"]),
         (
@@ -1264,7 +1329,9 @@ fn notes_tell_the_installer_what_to_check_next() {
     let notes = render_notes(&[]);
     for needle in [
         "spiffe://cluster.local/ns/shop/sa/orders-vakt",
-        "kubectl -n shop get certificate orders-vakt",
+        "csi-driver-spiffe (spiffe.csi.cert-manager.io)",
+        "trust domain \"cluster.local\"",
+        "kubectl -n shop get certificaterequests",
         "kubectl -n shop get configmap mesh-trust-bundle",
         "rollout status deployment/orders-vakt",
         "127.0.0.1:8080 only",
@@ -1278,6 +1345,23 @@ fn notes_tell_the_installer_what_to_check_next() {
             "NOTES.txt lacks {needle:?}:\n{notes}"
         );
     }
+    let notes = render_notes(&["--set", "identity.source=certificate"]);
+    for needle in [
+        "kubectl -n shop get certificate orders-vakt",
+        "CertificateRequestPolicy \"vakt-shop-orders-vakt\"",
+        "whoever may create Certificates or CertificateRequests in shop",
+        "every replica shares it",
+    ] {
+        assert!(notes.contains(needle), "{needle:?}:\n{notes}");
+    }
+    let notes = render_notes(&[
+        "--set",
+        "identity.source=certificate,identity.certificate.approverPolicy.create=false",
+    ]);
+    assert!(
+        notes.contains("anyone who may create a Certificate in any namespace"),
+        "{notes}"
+    );
     let notes = render_notes(&["-f", &example("existing-secret")]);
     assert!(
         notes.contains("existing Secret \"payments-svid\""),
@@ -1406,4 +1490,120 @@ fn assert_refused(t: &Tools, values: &str, cases: &[(&str, &str)]) {
             "{set}: expected {needle:?} in:\n{stderr}"
         );
     }
+}
+
+/// csi-driver-spiffe writes the key readable by one group: with no group known (OpenShift
+/// leaves them all to the platform) the chart asks for one instead of rendering a pod whose vakt
+/// cannot read its key. The other sources do not need one.
+#[test]
+fn csi_identity_without_a_group_for_the_key_is_refused() {
+    let Some(t) = tools() else { return };
+    let no_groups = "sidecar.runAsGroup=null,workload.podSecurityContext.fsGroup=null";
+    let out = template_with(t, &["--set", no_groups]);
+    assert!(
+        !out.status.success(),
+        "rendered without a group for the key"
+    );
+    assert!(
+        text(&out.stderr).contains("set identity.csi.fsGroup"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = template_with(
+        t,
+        &["--set", &format!("{no_groups},identity.source=certificate")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+/// The cluster-wide pieces the chart README's walkthrough applies (`helm/platform/`): valid
+/// against Kubernetes and their CRDs, and naming what the chart's defaults expect (the issuer,
+/// the trust domain, the driver, the trust bundle's ConfigMap and key, the mesh label).
+#[test]
+fn platform_manifests_validate_and_fit_the_chart_defaults() {
+    let Some(t) = tools() else { return };
+    let platform = repo().join("helm/platform");
+    let defaults = yaml(&std::fs::read_to_string(chart().join("values.yaml")).unwrap());
+    let mut docs = Vec::new();
+    for name in ["mesh-ca.yaml", "trust-bundle.yaml"] {
+        let file = platform.join(name);
+        let manifest = std::fs::read_to_string(&file).unwrap();
+        let parsed: Vec<Value> = serde_saphyr::from_multiple(&manifest).unwrap();
+        let out = run(
+            &t.validate,
+            &[
+                "--strict",
+                "--kubernetes-version",
+                KUBE_VERSION,
+                &file.to_string_lossy(),
+            ],
+        );
+        let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(
+            out.status.success() && !report.contains("ERROR"),
+            "{name}:\n{report}"
+        );
+        let r = Rendered {
+            label: name.to_owned(),
+            command: String::new(),
+            text: manifest,
+            docs: parsed,
+        };
+        validate_custom_resources(t, &r, &file);
+        docs.extend(r.docs);
+    }
+    let find = |kind: &str, name: &str| {
+        docs.iter()
+            .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+            .unwrap_or_else(|| panic!("helm/platform: no {kind} {name}"))
+    };
+    let issuer = &defaults["identity"]["certificate"]["issuerRef"];
+    assert_eq!(issuer["kind"], "ClusterIssuer");
+    let ca_issuer = find("ClusterIssuer", str_of(&issuer["name"], "issuer"));
+    let root = find("Certificate", "mesh-ca-root");
+    assert_eq!(
+        ca_issuer["spec"]["ca"]["secretName"],
+        root["spec"]["secretName"]
+    );
+    assert_eq!(root["spec"]["isCA"], true);
+
+    let bundle = find(
+        "Bundle",
+        str_of(&defaults["trustBundle"]["name"], "trustBundle.name"),
+    );
+    assert_eq!(defaults["trustBundle"]["source"], "configMap");
+    assert_eq!(
+        bundle["spec"]["target"]["configMap"]["key"],
+        defaults["trustBundle"]["key"]
+    );
+    assert_eq!(
+        bundle["spec"]["sources"][0]["secret"]["name"],
+        root["spec"]["secretName"]
+    );
+    assert_eq!(
+        root["metadata"]["namespace"], "cert-manager",
+        "trust-manager's trust namespace"
+    );
+    assert_eq!(
+        bundle["spec"]["target"]["namespaceSelector"]["matchLabels"],
+        json!({"vakt.io/mesh": "enabled"}),
+        "the label the chart's NOTES and NetworkPolicy use for mesh namespaces"
+    );
+
+    let csi =
+        yaml(&std::fs::read_to_string(platform.join("csi-driver-spiffe.values.yaml")).unwrap());
+    let app = &csi["app"];
+    assert_eq!(app["trustDomain"], defaults["trustDomain"]);
+    assert_eq!(app["name"], defaults["identity"]["csi"]["driver"]);
+    assert_eq!(app["issuer"], *issuer);
+    assert_eq!(
+        app["approver"]["signerName"],
+        format!(
+            "clusterissuers.cert-manager.io/{}",
+            str_of(&issuer["name"], "issuer")
+        )
+    );
+    let cert_manager =
+        yaml(&std::fs::read_to_string(platform.join("cert-manager.values.yaml")).unwrap());
+    assert_eq!(cert_manager["disableAutoApproval"], true);
 }

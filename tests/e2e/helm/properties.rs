@@ -46,7 +46,14 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("openshift",              "pod",            "spec.securityContext.fsGroup", "null"),
     ("*",                      "pod",            "spec.automountServiceAccountToken", "false"),
     ("*",                      "ServiceAccount", "automountServiceAccountToken", "false"),
-    ("*",                      "pod",            "spec.volumes[name=vakt-identity].secret.defaultMode", "288"),
+    // The identity: by default the pod's own from csi-driver-spiffe, readable by vakt's group.
+    (CSI,                      "pod",            "spec.volumes[name=vakt-identity].csi.driver", r#""spiffe.csi.cert-manager.io""#),
+    (CSI,                      "pod",            "spec.volumes[name=vakt-identity].csi.readOnly", "true"),
+    (CSI,                      "pod",            "spec.volumes[name=vakt-identity].secret", "null"),
+    ("!cert-manager !existing-secret !openshift", "pod", CSI_FS_GROUP, r#""65532""#),
+    ("openshift",              "pod",            CSI_FS_GROUP, r#""1000680000""#),
+    ("cert-manager existing-secret", "pod",      "spec.volumes[name=vakt-identity].secret.defaultMode", "288"),
+    ("cert-manager existing-secret", "pod",      "spec.volumes[name=vakt-identity].csi", "null"),
     ("oidc",                   "pod",            "spec.volumes[name=vakt-pseudonym].secret.defaultMode", "288"),
     // vakt: the image's user, probes on the admin port, its two ports, read-only mounts that
     // follow their Secret or ConfigMap (a subPath mount never sees a rotated certificate).
@@ -131,15 +138,11 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("*",                      "Certificate",    "spec.privateKey.algorithm", r#""ECDSA""#),
     ("*",                      "Certificate",    "spec.privateKey.size", "256"),
     ("*",                      "Certificate",    "spec.usages", USAGES),
-    ("defaults",               "Certificate",    "spec.uris", ORDERS_VAKT),
-    ("existing-policy",        "Certificate",    "spec.uris", ORDERS_VAKT),
-    ("monitoring",             "Certificate",    "spec.uris", ORDERS_VAKT),
-    ("standalone",             "Certificate",    "spec.uris", ORDERS),
-    ("sidecar-existing-chart", "Certificate",    "spec.uris", ORDERS),
-    ("orders-chart",           "Certificate",    "spec.uris", ORDERS),
-    ("orders-chart-classic",   "Certificate",    "spec.uris", ORDERS),
     ("cert-manager",           "Certificate",    "spec.uris", HEALTH_JOURNAL),
-    ("oidc",                   "Certificate",    "spec.uris", CLUSTER_JOURNAL),
+    // Its approval: that SPIFFE ID only, from this namespace only, nothing else in the request.
+    ("cert-manager",           "CertificateRequestPolicy", "spec.allowed", CRP_ALLOWED),
+    ("*",                      "CertificateRequestPolicy", "spec.constraints.privateKey", r#"{"algorithm": "ECDSA", "minSize": 256, "maxSize": 256}"#),
+    ("*",                      "CertificateRequestPolicy", "spec.selector.namespace", r#"{"matchNames": ["shop"]}"#),
     // The config vakt runs: its listeners where the ports and the NetworkPolicy expect them,
     // the app on loopback only, TLS 1.3, JSON logs.
     ("*",                      "config",         "admin.listen", r#""0.0.0.0:15021""#),
@@ -164,16 +167,18 @@ const ADMIN_FROM_PODS: &str =
 const MESH_NAMESPACES: &str =
     r#"[{"namespaceSelector": {"matchLabels": {"vakt.io/mesh": "enabled"}}}]"#;
 const USAGES: &str = r#"["digital signature", "server auth", "client auth"]"#;
-const ORDERS_VAKT: &str = r#"["spiffe://cluster.local/ns/shop/sa/orders-vakt"]"#;
-const ORDERS: &str = r#"["spiffe://cluster.local/ns/shop/sa/orders"]"#;
 const HEALTH_JOURNAL: &str = r#"["spiffe://health.example.org/ns/shop/sa/journal"]"#;
-const CLUSTER_JOURNAL: &str = r#"["spiffe://cluster.local/ns/shop/sa/journal"]"#;
+const CRP_ALLOWED: &str = r#"{"isCA": false, "uris": {"values": ["spiffe://health.example.org/ns/shop/sa/journal"], "required": true}, "usages": ["digital signature", "server auth", "client auth"]}"#;
+/// The renders whose identity comes from csi-driver-spiffe (every one but two).
+const CSI: &str = "!cert-manager !existing-secret";
+const CSI_FS_GROUP: &str = r#"spec.volumes[name=vakt-identity].csi.volumeAttributes["spiffe.csi.cert-manager.io/fs-group"]"#;
 
 /// The kinds a row may name besides the roles `pod`, `vakt`, `apps`, `containers`, `config`.
 const KINDS: &[&str] = &[
     "Service",
     "NetworkPolicy",
     "Certificate",
+    "CertificateRequestPolicy",
     "ServiceAccount",
     "Deployment",
     "ConfigMap",
@@ -466,15 +471,95 @@ fn check_selectors_and_identity(r: &Rendered, mesh: &Mesh) {
                 "{label}: vakt reads {file}, but {dir} is not mounted ({mounted:?})"
             );
         }
-        if let [cert] = cert.as_slice() {
-            let volumes = pod["spec"]["volumes"].as_array().unwrap();
-            let identity = volumes.iter().find(|v| v["name"] == "vakt-identity");
-            assert_eq!(
-                identity.map(|v| &v["secret"]["secretName"]),
-                Some(&cert["spec"]["secretName"]),
-                "{label}: the pods mount the Secret cert-manager writes"
-            );
-        }
+        check_identity_volume(r, mesh, pod);
+    }
+}
+
+/// The identity volume fits its source. csi-driver-spiffe: the key files' group is one vakt
+/// runs in, and the pod's account may create CertificateRequests (nothing else). cert-manager:
+/// the pods mount the Secret the Certificate names, and approver-policy approves that SPIFFE ID
+/// for that issuer, from this namespace, for cert-manager's controller only.
+fn check_identity_volume(r: &Rendered, mesh: &Mesh, pod: &Value) {
+    let label = &r.label;
+    let volumes = pod["spec"]["volumes"].as_array().unwrap();
+    let identity = volumes
+        .iter()
+        .find(|v| v["name"] == "vakt-identity")
+        .unwrap_or_else(|| panic!("{label}: no vakt-identity volume"));
+    let roles = r.all("Role");
+    let bindings = r.all("RoleBinding");
+    let role_named = |name: &Value| {
+        let role = roles.iter().find(|ro| &ro["metadata"]["name"] == name);
+        role.unwrap_or_else(|| panic!("{label}: no Role {name}"))
+    };
+    if !identity["csi"].is_null() {
+        let group = str_of(
+            &identity["csi"]["volumeAttributes"]["spiffe.csi.cert-manager.io/fs-group"],
+            "fs-group",
+        );
+        let vakt = pod_containers(pod).find(|c| is_vakt(c)).unwrap();
+        let groups = [
+            &pod["spec"]["securityContext"]["fsGroup"],
+            &vakt["securityContext"]["runAsGroup"],
+            &pod["spec"]["securityContext"]["runAsGroup"],
+        ];
+        assert!(
+            groups
+                .iter()
+                .any(|g| g.as_i64().is_some_and(|g| g.to_string() == group))
+                || label == "openshift",
+            "{label}: the key files' group {group} is not one vakt runs in"
+        );
+        assert!(
+            r.all("Certificate").is_empty(),
+            "{label}: CSI and a Certificate"
+        );
+        assert!(r.all("CertificateRequestPolicy").is_empty(), "{label}");
+        let [binding] = bindings.as_slice() else {
+            panic!("{label}: one RoleBinding expected (the CSI driver's)")
+        };
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": mesh.service_account, "namespace": NS}]),
+            "{label}"
+        );
+        assert_eq!(
+            role_named(&binding["roleRef"]["name"])["rules"],
+            json!([{"apiGroups": ["cert-manager.io"], "resources": ["certificaterequests"], "verbs": ["create"]}]),
+            "{label}: the pod's account may create CertificateRequests, nothing more"
+        );
+        return;
+    }
+    if let [cert] = r.all("Certificate").as_slice() {
+        assert_eq!(
+            identity["secret"]["secretName"], cert["spec"]["secretName"],
+            "{label}: the pods mount the Secret cert-manager writes"
+        );
+        let policies = r.all("CertificateRequestPolicy");
+        let [policy] = policies.as_slice() else {
+            panic!("{label}: a Certificate without its CertificateRequestPolicy")
+        };
+        let spec = &policy["spec"];
+        assert_eq!(spec["allowed"]["uris"]["values"], json!([mesh.spiffe_id]));
+        assert_eq!(
+            spec["selector"]["issuerRef"], cert["spec"]["issuerRef"],
+            "{label}"
+        );
+        assert_eq!(spec["constraints"]["maxDuration"], cert["spec"]["duration"]);
+        let [binding] = bindings.as_slice() else {
+            panic!("{label}: one RoleBinding expected (approver-policy's)")
+        };
+        assert_eq!(
+            binding["subjects"],
+            json!([{"kind": "ServiceAccount", "name": "cert-manager", "namespace": "cert-manager"}]),
+            "{label}"
+        );
+        assert_eq!(
+            role_named(&binding["roleRef"]["name"])["rules"],
+            json!([{"apiGroups": ["policy.cert-manager.io"], "resources": ["certificaterequestpolicies"],
+                    "verbs": ["use"], "resourceNames": [policy["metadata"]["name"]]}]),
+            "{label}: cert-manager may use this policy, no other"
+        );
     }
 }
 
@@ -540,6 +625,8 @@ fn check_crds(r: &Rendered, fullname: &str) {
                 assert_eq!(svc["selector"], json!({"vakt.io/workload": fullname}));
             }
             "PrometheusRule" => check_rules(r, doc, fullname),
+            // Checked against the Certificate it approves, in `check_identity_volume`.
+            "CertificateRequestPolicy" => {}
             _ => unreachable!(),
         }
     }
