@@ -108,6 +108,21 @@ pub enum TokenError {
 }
 
 impl TokenError {
+    /// Refusals that point at a forged, replayed or misdirected token rather than at a client's
+    /// slip; each configured issuer has a series for them from the start.
+    pub const WATCHED: [TokenError; 10] = [
+        Self::BadSignature,
+        Self::UnknownKey,
+        Self::AlgNotAllowed,
+        Self::KeyAlgMismatch,
+        Self::Crit,
+        Self::WrongAudience,
+        Self::Expired,
+        Self::IssuedInFuture,
+        Self::DpopBadSignature,
+        Self::DpopReplayed,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Self::MultipleAuthorization => "multiple_authorization",

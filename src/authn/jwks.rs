@@ -19,6 +19,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use openidconnect::core::CoreProviderMetadata;
 use serde_json::Value;
 
+use super::error::TokenError;
 use super::http_client::{FetchError, IdpClient};
 use super::{Alg, IssuerConfig, OidcConfig};
 use crate::metrics as m;
@@ -245,16 +246,16 @@ impl IssuerKeys {
     }
 
     /// The key for `kid`, refetching the set once if it is unknown (rate-limited, single-flight).
-    pub async fn key(&self, kid: &str) -> Result<Arc<VerifyKey>, super::TokenError> {
+    pub async fn key(&self, kid: &str) -> Result<Arc<VerifyKey>, TokenError> {
         match self.lookup(kid) {
             KeyLookup::Found(key) => return Ok(key),
-            KeyLookup::Dropped => return Err(super::TokenError::UnknownKey),
+            KeyLookup::Dropped => return Err(TokenError::UnknownKey),
             KeyLookup::Unavailable if !self.is_ready() && self.current.load().is_none() => {}
-            KeyLookup::Unavailable => return Err(super::TokenError::KeysUnavailable),
+            KeyLookup::Unavailable => return Err(TokenError::KeysUnavailable),
             KeyLookup::Unknown => {}
         }
         if self.remembered_unknown(kid) {
-            return Err(super::TokenError::UnknownKey);
+            return Err(TokenError::UnknownKey);
         }
         let mut last = self.refetch.lock().await;
         // Another request may have refetched while we waited.
@@ -265,9 +266,9 @@ impl IssuerKeys {
         if !may_fetch {
             return Err(match self.lookup(kid) {
                 // No keys at all (the issuer has not answered yet).
-                KeyLookup::Unavailable => super::TokenError::KeysUnavailable,
+                KeyLookup::Unavailable => TokenError::KeysUnavailable,
                 // No fetch has looked for this kid: it may be a key published a moment ago.
-                _ => super::TokenError::UnknownKeyPending,
+                _ => TokenError::UnknownKeyPending,
             });
         }
         *last = Some(Instant::now());
@@ -278,13 +279,13 @@ impl IssuerKeys {
         }
         match (self.lookup(kid), fetched) {
             (KeyLookup::Found(key), _) => Ok(key),
-            (KeyLookup::Dropped, _) => Err(super::TokenError::UnknownKey),
-            (KeyLookup::Unavailable, _) => Err(super::TokenError::KeysUnavailable),
+            (KeyLookup::Dropped, _) => Err(TokenError::UnknownKey),
+            (KeyLookup::Unavailable, _) => Err(TokenError::KeysUnavailable),
             // The issuer could not be asked: nothing is known about this kid.
-            (KeyLookup::Unknown, Err(_)) => Err(super::TokenError::KeysUnavailable),
+            (KeyLookup::Unknown, Err(_)) => Err(TokenError::KeysUnavailable),
             (KeyLookup::Unknown, Ok(_)) => {
                 self.remember_unknown(kid);
-                Err(super::TokenError::UnknownKey)
+                Err(TokenError::UnknownKey)
             }
         }
     }
@@ -454,12 +455,17 @@ impl IssuerKeys {
         self: Arc<Self>,
         mut shutdown: tokio::sync::watch::Receiver<bool>,
     ) -> tokio::task::JoinHandle<()> {
-        // This issuer's fetch counters at zero: an alert sees its first failed fetch.
+        // This issuer's fetch counters and its watched token refusals at zero: an alert sees
+        // the first failed fetch and the first forged token.
         for result in ["success", "failure"] {
             for trigger in ["scheduled", "unknown_kid"] {
                 metrics::counter!(m::JWKS_FETCHES, "issuer" => self.issuer().to_owned(), "result" => result, "trigger" => trigger)
                     .increment(0);
             }
+        }
+        for error in TokenError::WATCHED {
+            metrics::counter!(m::AUTHN_FAILURES, "issuer" => self.issuer().to_owned(), "reason" => error.code())
+                .increment(0);
         }
         tokio::spawn(async move {
             let mut backoff = Duration::from_millis(500);

@@ -40,21 +40,37 @@ pub struct CertStore {
     last_seen: Mutex<Option<Result<[u8; 32], String>>>,
 }
 
+/// Handshake refusals that point at a peer outside the mesh or a broken identity rather than
+/// at the network; each has a series from the start.
+const REFUSALS_WATCHED: [&str; 8] = [
+    "no_client_certificate",
+    "unknown_ca",
+    "expired",
+    "not_yet_valid",
+    "trust_domain_not_accepted",
+    "wrong_key_usage",
+    "ca_used_as_leaf",
+    "unexpected_server_identity",
+];
+
 const RELOAD_SUCCESS: &str = "success";
 const RELOAD_FAILURE: &str = "failure";
 
 impl CertStore {
-    /// The reload counters and the refused handshakes from an unknown CA, both ways, at zero
-    /// (`metrics::register_at_zero`).
+    /// The reload counters, and the handshakes refused for a reason that says who is trying
+    /// what (an unknown CA, a certificate out of its time, another trust domain, ...), both ways,
+    /// at zero (`metrics::register_at_zero`).
     pub fn register_failure_series() {
         for result in [RELOAD_SUCCESS, RELOAD_FAILURE] {
             m::register_at_zero(m::CERT_RELOADS, &[("result", result)]);
         }
         for direction in [m::INBOUND, m::OUTBOUND] {
-            m::register_at_zero(
-                m::HANDSHAKE_FAILURES,
-                &[("direction", direction), ("reason", "unknown_ca")],
-            );
+            for reason in REFUSALS_WATCHED {
+                m::register_at_zero(
+                    m::HANDSHAKE_FAILURES,
+                    &[("direction", direction), ("reason", reason)],
+                );
+            }
         }
     }
 

@@ -1607,3 +1607,50 @@ fn platform_manifests_validate_and_fit_the_chart_defaults() {
         yaml(&std::fs::read_to_string(platform.join("cert-manager.values.yaml")).unwrap());
     assert_eq!(cert_manager["disableAutoApproval"], true);
 }
+
+/// The alert rules in `config/prometheus/` (for a Prometheus outside Kubernetes, and what the
+/// promtool unit tests exercise) are the chart's PrometheusRule, rendered for every vakt: one
+/// source. `VAKT_UPDATE_GOLDEN=1` rewrites the file from the chart.
+#[test]
+fn config_prometheus_alerts_are_the_charts_rules() {
+    let Some(t) = tools() else { return };
+    let out = template_with(
+        t,
+        &[
+            "--set",
+            "metrics.prometheusRule.enabled=true",
+            "--set-string",
+            r#"metrics.prometheusRule.selector=vakt_workload=~".*""#,
+            "--show-only",
+            "templates/prometheusrule.yaml",
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rendered = text(&out.stdout);
+    let spec = rendered
+        .split_once("\nspec:\n")
+        .expect("a PrometheusRule with a spec")
+        .1;
+    let groups: String = spec
+        .lines()
+        .map(|l| format!("{}\n", l.strip_prefix("  ").unwrap_or(l)))
+        .collect();
+    let expected = format!(
+        "# vakt's alert rules for a Prometheus that scrapes vakt, for every vakt it scrapes: the Helm\n\
+         # chart's PrometheusRule (helm/vakt/templates/prometheusrule.yaml) rendered with the selector\n\
+         # vakt_workload=~\".*\"; a chart test keeps the two equal ({}).\n\
+         #   promtool check rules config/prometheus/vakt-alerts.yaml\n\
+         #   promtool test rules config/prometheus/vakt-alerts.test.yaml\n{groups}",
+        golden::REGENERATE
+    );
+    let path = repo().join("config/prometheus/vakt-alerts.yaml");
+    if golden::updating() {
+        std::fs::write(&path, &expected).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).unwrap();
+    assert!(
+        committed == expected,
+        "config/prometheus/vakt-alerts.yaml is not the chart's rules; regenerate with {}",
+        golden::REGENERATE
+    );
+}

@@ -747,7 +747,7 @@ fn check_rules(r: &Rendered, doc: &Value, fullname: &str) {
         rules["VaktPolicyDenialSpike"]["expr"]
             .as_str()
             .unwrap()
-            .contains("sum by (namespace, route)"),
+            .contains("sum by (vakt_workload, route)"),
         "{label}: denials by route"
     );
     assert_eq!(rules.len(), 15, "{label}: {:?}", rules.keys());
@@ -810,8 +810,8 @@ fn metrics_in(expr: &str) -> Vec<String> {
             .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
             .unwrap_or(tail.len());
         let name = &tail[..end];
-        // A label matcher (`vakt_workload="..."`), not a metric.
-        if tail[end..].starts_with(['=', '!']) {
+        // The workload label (a matcher, or in `by (...)`), not a metric.
+        if name == "vakt_workload" {
             rest = &tail[end..];
             continue;
         }
