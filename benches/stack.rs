@@ -257,7 +257,7 @@ async fn setup() -> Bench {
         config.audit.queue_capacity,
     ));
     let oidc = config.oidc.as_ref().expect("oidc");
-    let client = IdpClient::new().expect("idp client");
+    let client = IdpClient::new(None).expect("idp client");
     let mut issuers = Vec::new();
     for issuer in &oidc.issuers {
         let keys = Arc::new(IssuerKeys::new(

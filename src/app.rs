@@ -219,7 +219,8 @@ impl App {
         let verifier = match &config.oidc {
             None => None,
             Some(oidc) => {
-                let client = IdpClient::new().map_err(StartError::Oidc)?;
+                let client =
+                    IdpClient::new(oidc.https_proxy_uri().as_ref()).map_err(StartError::Oidc)?;
                 let issuers: Vec<Arc<IssuerKeys>> = oidc
                     .issuers
                     .iter()

@@ -626,6 +626,43 @@ inbound:
     }
 
     #[test]
+    fn the_https_proxy_is_scheme_host_and_port_only() {
+        let with = |proxy: &str| {
+            format!(
+                "{MINIMAL}oidc:\n  https_proxy: \"{proxy}\"\n  issuers:\n  - issuer: https://idp.example\n    profile: helseid\n    audiences: [journal]\n    dpop:\n      required: false\n"
+            )
+        };
+        let ok = Config::from_yaml(&with("http://proxy.internal:3128")).unwrap();
+        let uri = ok.oidc.unwrap().https_proxy_uri().unwrap();
+        assert_eq!(uri.host(), Some("proxy.internal"));
+        for (proxy, why) in [
+            ("proxy.internal:3128", "must be an http:// URL"),
+            ("https://proxy.internal:3128", "must be an http:// URL"),
+            (
+                "http://user:secret@proxy.internal:3128",
+                "must not carry credentials",
+            ),
+            ("http://proxy.internal", "names no port"),
+            (
+                "http://proxy.internal:3128/path",
+                "just scheme, host and port",
+            ),
+            (
+                "http://proxy.internal:3128/?a=b",
+                "just scheme, host and port",
+            ),
+            ("http://", "is not a URL"),
+        ] {
+            let e = err(&with(proxy));
+            assert!(
+                e.contains("oidc.https_proxy") && e.contains(why),
+                "{proxy}: {e}"
+            );
+            assert!(!e.contains("secret"), "the password is repeated: {e}");
+        }
+    }
+
+    #[test]
     fn rejects_bad_configs_with_precise_messages() {
         let cases: &[(String, &str)] = &[
             (format!("{MINIMAL}bogus: 1\n"), "unknown field `bogus`"),

@@ -71,6 +71,11 @@ pub struct OidcConfig {
     /// How DPoP proofs are checked: the public URL, window, replay cache and nonces.
     #[serde(default)]
     pub dpop: DpopConfig,
+    /// An HTTP proxy (`http://host:port`) that discovery and JWKS requests to the providers go
+    /// through with CONNECT, for pods whose egress leaves only through a proxy. TLS stays end
+    /// to end with the provider; loopback development issuers are asked directly.
+    #[serde(default)]
+    pub https_proxy: Option<String>,
 }
 
 mod defaults {
@@ -99,7 +104,44 @@ mod defaults {
 }
 
 impl OidcConfig {
+    /// The proxy as a URI, once [`validate`](Self::validate) accepted it.
+    pub fn https_proxy_uri(&self) -> Option<http::Uri> {
+        self.https_proxy.as_deref().and_then(|p| p.parse().ok())
+    }
+
+    fn validate_proxy(proxy: &str) -> Result<(), (String, String)> {
+        let refuse = |why: &str| Err(("oidc.https_proxy".to_owned(), format!("\"{proxy}\" {why}")));
+        let Ok(uri) = proxy.parse::<http::Uri>() else {
+            return refuse("is not a URL");
+        };
+        if uri.scheme_str() != Some("http") {
+            return refuse(
+                "must be an http:// URL (the proxy is asked for a CONNECT tunnel; TLS to the provider goes through it)",
+            );
+        }
+        let Some(authority) = uri.authority() else {
+            return refuse("names no host");
+        };
+        if authority.as_str().contains('@') {
+            // Not repeated: the URL holds a password.
+            return Err((
+                "oidc.https_proxy".to_owned(),
+                "must not carry credentials (they would sit in the config in clear)".to_owned(),
+            ));
+        }
+        if authority.port_u16().is_none() {
+            return refuse("names no port (e.g. http://proxy.example:3128)");
+        }
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return refuse("must be just scheme, host and port");
+        }
+        Ok(())
+    }
+
     pub fn validate(&self) -> Result<(), (String, String)> {
+        if let Some(proxy) = &self.https_proxy {
+            Self::validate_proxy(proxy)?;
+        }
         if self.issuers.is_empty() {
             return Err((
                 "oidc.issuers".into(),

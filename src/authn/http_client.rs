@@ -1,6 +1,8 @@
 //! The HTTP client for identity providers: HTTPS on the process's one TLS stack (rustls on
 //! aws-lc-rs, Mozilla roots plus the system store), plain HTTP only to loopback development
-//! issuers, no redirects, a timeout and a body size limit.
+//! issuers, no redirects, a timeout and a body size limit. With `oidc.https_proxy`, HTTPS goes
+//! through that proxy's CONNECT tunnel (TLS stays end to end with the provider); loopback
+//! development issuers are asked directly.
 
 use std::time::Duration;
 
@@ -10,6 +12,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 /// Largest discovery document or key set accepted.
@@ -37,11 +40,22 @@ pub struct Fetched {
 
 #[derive(Clone)]
 pub struct IdpClient {
-    client: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    direct: Client<HttpsConnector<HttpConnector>, Empty<Bytes>>,
+    /// Through the configured HTTPS proxy, for every provider that is not on loopback.
+    proxied: Option<Proxied>,
+}
+
+#[derive(Clone)]
+struct Proxied {
+    client: Client<HttpsConnector<Tunnel<HttpConnector>>, Empty<Bytes>>,
+    /// `host:port` of the proxy, named in errors (the config refuses credentials in it).
+    proxy: String,
 }
 
 impl IdpClient {
-    pub fn new() -> Result<Self, std::io::Error> {
+    /// A client that reaches providers directly, or through the CONNECT proxy `https_proxy`
+    /// (an `http://host:port` URL, checked by the config).
+    pub fn new(https_proxy: Option<&Uri>) -> Result<Self, std::io::Error> {
         let mut roots = rustls::RootCertStore::empty();
         roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
         for cert in rustls_native_certs::load_native_certs().certs {
@@ -55,16 +69,31 @@ impl IdpClient {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_connect_timeout(Some(TIMEOUT));
-        let connector = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_tls_config(tls)
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        Ok(Self { client })
+        let https = || {
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls.clone())
+                .https_or_http()
+                .enable_http1()
+        };
+        let client = || {
+            let mut builder = Client::builder(TokioExecutor::new());
+            builder
+                .timer(TokioTimer::new())
+                .pool_timer(TokioTimer::new());
+            builder
+        };
+        let proxied = https_proxy.map(|proxy| Proxied {
+            client: client()
+                .build(https().wrap_connector(Tunnel::new(proxy.clone(), http.clone()))),
+            proxy: proxy
+                .authority()
+                .map(ToString::to_string)
+                .unwrap_or_default(),
+        });
+        Ok(Self {
+            direct: client().build(https().wrap_connector(http)),
+            proxied,
+        })
     }
 
     /// GET `url`; 2xx only, body at most [`MAX_BODY_BYTES`].
@@ -91,14 +120,21 @@ impl IdpClient {
             )
             .body(Empty::new())
             .map_err(|_| not_allowed())?;
-        let response = tokio::time::timeout(TIMEOUT, self.client.request(request))
+        let (sent, via) = match &self.proxied {
+            Some(p) if !loopback => (p.client.request(request), Some(p.proxy.as_str())),
+            _ => (self.direct.request(request), None),
+        };
+        let response = tokio::time::timeout(TIMEOUT, sent)
             .await
             .map_err(|_| FetchError::Timeout {
                 url: url.to_owned(),
             })?
             .map_err(|e| FetchError::Transport {
                 url: url.to_owned(),
-                message: e.to_string(),
+                message: match via {
+                    Some(proxy) => format!("through the proxy {proxy}: {}", error_chain(&e)),
+                    None => error_chain(&e),
+                },
             })?;
         if !response.status().is_success() {
             return Err(FetchError::Status {
@@ -121,4 +157,17 @@ impl IdpClient {
             body,
         })
     }
+}
+
+/// An error and its causes in one line ("client error (Connect): tunnel error: unsuccessful"),
+/// since the client's own message alone does not say what failed.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
 }

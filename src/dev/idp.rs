@@ -992,7 +992,8 @@ fn json_response(value: &Value) -> Response<Full<Bytes>> {
     }
 }
 
-fn discovery_document(issuer: &str) -> Value {
+/// The discovery document `issuer` publishes: its endpoints under the issuer URL.
+pub fn discovery_document(issuer: &str) -> Value {
     json!({
         "issuer": issuer,
         "authorization_endpoint": format!("{issuer}/authorize"),

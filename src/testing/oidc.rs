@@ -21,7 +21,7 @@ pub fn verifier(rt: &tokio::runtime::Runtime, idp: &DevIdp, cache: usize) -> Ver
     let keys = Arc::new(IssuerKeys::new(
         Arc::new(issuer),
         &oidc,
-        IdpClient::new().expect("client"),
+        IdpClient::new(None).expect("client"),
     ));
     rt.block_on(keys.refresh("scheduled"))
         .expect("JWKS fetched");

@@ -18,6 +18,7 @@ mod handshake;
 mod header_corpus;
 mod helm;
 mod host_corpus;
+mod idp_proxy;
 mod lifecycle;
 mod limits;
 mod mesh;

@@ -255,6 +255,7 @@ listen addresses, file paths and log format are fixed by the chart. The policy i
     "verified_token_cache" (int64 $o.verifiedTokenCache)
     "max_token_bytes" (int64 $o.maxTokenBytes)
     "dpop" $dpop) }}
+{{- with $o.httpsProxy }}{{ $_ := set $cfg.oidc "https_proxy" . }}{{ end }}
 {{- end }}
 {{- $a := $v.audit }}
 {{- $audit := dict

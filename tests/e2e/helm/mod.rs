@@ -319,7 +319,7 @@ const RENDERS: &[Render] = &[
         values: None,
         args: &[
             "--set",
-            "networkPolicy.egress.enabled=true,networkPolicy.egress.identityProviderCidrs={203.0.113.10/32}",
+            "networkPolicy.egress.enabled=true,networkPolicy.egress.identityProviderCidrs={203.0.113.10/32},config.oidc.httpsProxy=http://proxy.infra:3128",
         ],
     },
     Render {
@@ -1017,6 +1017,13 @@ fn schema_rejects_unknown_keys_and_wrong_types() {
         (
             &["--set", "identity.csi.fsGroup=0"],
             &["identity.csi.fsGroup"],
+        ),
+        (
+            &[
+                "--set",
+                "config.oidc.httpsProxy=http://user:pw@proxy.infra:3128",
+            ],
+            &["config.oidc.httpsProxy"],
         ),
         (&["--set", "trustDomain=Not A Domain"], &["trustDomain"]),
         (

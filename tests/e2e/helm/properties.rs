@@ -120,9 +120,10 @@ pub(super) const PROPERTIES: &[(&str, &str, &str, &str)] = &[
     ("*",                      "Service",        "spec.ports", SERVICE_PORTS),
     ("!egress-policy",         "NetworkPolicy",  "spec.policyTypes", r#"["Ingress"]"#),
     ("!egress-policy",         "NetworkPolicy",  "spec.egress", "null"),
-    // Egress, when asked for: DNS to kube-dns, 15443 to the mesh, 443 to the identity providers.
+    // Egress, when asked for: DNS to kube-dns, 15443 to the mesh, the identity providers (here
+    // through an HTTPS proxy, on its port).
     ("egress-policy",          "NetworkPolicy",  "spec.policyTypes", r#"["Ingress", "Egress"]"#),
-    ("egress-policy",          "NetworkPolicy",  "spec.egress[*].ports[*].port", "[53, 53, 15443, 443]"),
+    ("egress-policy",          "NetworkPolicy",  "spec.egress[*].ports[*].port", "[53, 53, 15443, 3128]"),
     ("egress-policy",          "NetworkPolicy",  "spec.egress[0].to[0].podSelector.matchLabels", r#"{"k8s-app": "kube-dns"}"#),
     ("egress-policy",          "NetworkPolicy",  "spec.egress[2].to[0].ipBlock.cidr", r#""203.0.113.10/32""#),
     ("*",                      "NetworkPolicy",  "spec.ingress[*].ports[*].port", "[15443, 15021]"),
