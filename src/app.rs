@@ -271,7 +271,7 @@ impl App {
                     config.hygiene.forwarded,
                     certs.clone(),
                 ),
-                Authenticate::new(verifier.clone()),
+                Authenticate::new(verifier.clone(), Some(store.clone())),
                 PolicyStage::new(store, pseudonyms.clone()),
                 RateLimitStage,
                 ToApp::new(

@@ -1,6 +1,8 @@
 //! The authentication stage: the bearer token, if any, is verified before the policy runs. A
 //! presented token that fails verification is refused (401) whatever the route says; a request
-//! without a token goes on, and the policy decides whether the route needs one.
+//! without a token goes on, and the policy decides whether the route needs one. Where the
+//! policy refuses the caller's peer whatever the token ([`TokenGate`]), the token is not looked
+//! at: the peer is refused as such.
 
 use std::sync::Arc;
 
@@ -20,21 +22,32 @@ use crate::stack::{Next, Req, Resp, Stage};
 #[derive(Clone)]
 pub struct OriginalAuthorization(pub HeaderValue);
 
+/// Whether a request's token is checked at all. The policy answers no only where the request
+/// is refused for its peer whatever the token says (an enforced route that admits no such
+/// peer): the caller is then denied as a peer, and a forged token costs no signature check.
+pub trait TokenGate: Send + Sync {
+    fn token_matters(&self, req: &Req) -> bool;
+}
+
 /// Verifies bearer tokens; without OIDC issuers configured it passes requests through untouched
 /// (the `Authorization` header is then the app's business).
 pub struct Authenticate {
     verifier: Option<Arc<Verifier>>,
+    gate: Option<Arc<dyn TokenGate>>,
 }
 
 impl Authenticate {
-    pub fn new(verifier: Option<Arc<Verifier>>) -> Self {
-        Self { verifier }
+    pub fn new(verifier: Option<Arc<Verifier>>, gate: Option<Arc<dyn TokenGate>>) -> Self {
+        Self { verifier, gate }
     }
 }
 
 impl Stage for Authenticate {
     async fn handle(&self, req: Req, next: Next) -> Resp {
         match &self.verifier {
+            Some(_) if self.gate.as_ref().is_some_and(|g| !g.token_matters(&req)) => {
+                next.run(req).await
+            }
             Some(verifier) => authenticate(verifier, req, next).await,
             None => next.run(req).await,
         }

@@ -131,6 +131,21 @@ impl Rule {
     }
 }
 
+impl Route {
+    /// Why the request's peer is refused before anything else is checked: on a route that is
+    /// not public, when no rule admits it.
+    pub fn peer_refusal(&self, ctx: &RequestCtx<'_>) -> Option<Reason> {
+        if self.public || self.rules.iter().any(|rule| rule.peers_hold(ctx)) {
+            return None;
+        }
+        Some(if ctx.peer.is_none() {
+            Reason::NoPeerIdentity
+        } else {
+            Reason::PeerNotAllowed
+        })
+    }
+}
+
 impl ClientBindings {
     /// Does a token of `principal` arriving from `peer` satisfy the bindings? Fails closed: a
     /// token from an issuer with bound clients must name its client, and a bound client's token
@@ -316,6 +331,11 @@ pub fn evaluate(policy: &Policy, ctx: &RequestCtx<'_>) -> Decision {
             captures,
             None,
         );
+    }
+    // The peer comes before any token: a workload no rule admits is refused as such, and is
+    // not told that a token is what it lacks.
+    if let Some(reason) = spec.peer_refusal(ctx) {
+        return finish(spec.mode, reason, Some(route), None, captures, None);
     }
     let principal = match spec.token {
         TokenRequirement::None => None,

@@ -7,8 +7,10 @@ use super::decide::{DecisionRecord, MatchedRoute, Outcome};
 use super::decide::{RequestCtx, evaluate};
 use super::file::{Mode, TokenRequirement};
 use super::reload::PolicyStore;
+use super::router::Lookup;
 use crate::authn::Principal;
 use crate::authn::headers::IdentityHeaders;
+use crate::authn::stage::TokenGate;
 use crate::error::DenyReason;
 use crate::exchange::{self, Target};
 use crate::hygiene::RequestIds;
@@ -90,6 +92,37 @@ fn apply_identity_headers(
         && let Ok(value) = http::HeaderValue::from_str(nid)
     {
         headers.insert(http::HeaderName::from_static("x-vakt-national-id"), value);
+    }
+}
+
+impl TokenGate for PolicyStore {
+    /// False only for a request to an enforced route whose rules admit none of its peer: it is
+    /// denied for that whatever its token. Anything else (no route yet known, dry-run, public)
+    /// has its token checked as usual.
+    fn token_matters(&self, req: &Req) -> bool {
+        let (Some(path), Some(host)) = (
+            req.extensions().get::<CanonicalPath>(),
+            req.extensions().get::<CanonicalHost>(),
+        ) else {
+            return true;
+        };
+        let policy = self.current();
+        let ctx = RequestCtx {
+            method: req.method(),
+            host: Some(host.name()),
+            path,
+            peer: req.extensions().get::<PeerIdentity>().map(|p| &p.spiffe_id),
+            principal: None,
+            now: 0,
+            upgrade: None,
+        };
+        match policy.lookup(&ctx) {
+            Lookup::Found { route, .. } => {
+                let route = &policy.routes[route];
+                route.mode == Mode::DryRun || route.peer_refusal(&ctx).is_none()
+            }
+            _ => true,
+        }
     }
 }
 

@@ -797,7 +797,8 @@ fn client_bindings_are_per_issuer_and_fail_closed() {
             who.issuer
         );
     }
-    // A bound client's token with no peer identity at all is refused too.
+    // A bound client's token with no peer identity at all is refused (by the bindings alone,
+    // and by the route, which refuses the missing peer first).
     let path = canonicalize("/a").unwrap();
     let web = principal(HELSEID, Some("journal-web"));
     assert_eq!(
@@ -818,7 +819,8 @@ fn client_bindings_are_per_issuer_and_fail_closed() {
             },
         )
         .reason,
-        Reason::ClientPeerMismatch
+        // The route names its peers: without a peer identity it is refused before the token.
+        Reason::NoPeerIdentity
     );
 
     // The map form (ids alone) with one issuer means that issuer's clients.
@@ -971,4 +973,37 @@ fn a_test_request_with_cnf_jkt_stands_for_a_dpop_request() {
     };
     assert_eq!(reason(&bound), Reason::RuleMatched);
     assert_eq!(reason(&bearer), Reason::DpopRequired);
+}
+
+#[test]
+fn the_peer_is_refused_before_the_token_is_asked_for() {
+    let yaml = format!(
+        "routes:\n  - id: r\n    methods: [GET]\n    path: /a\n    allow:\n      - peers: [{WEB_ID}]\n        min_loa: high\n  - id: open\n    methods: [GET]\n    path: /open\n    public: true\n    token: required\n"
+    );
+    let p = policy_with_issuers(&yaml, &[HELSEID]).unwrap();
+    let path = canonicalize("/a").unwrap();
+    let decide = |peer: Option<&SpiffeId>, path: &crate::hygiene::path::CanonicalPath| {
+        evaluate(
+            &p,
+            &RequestCtx {
+                method: &Method::GET,
+                host: None,
+                path,
+                peer,
+                principal: None,
+                now: 0,
+                upgrade: None,
+            },
+        )
+        .reason
+    };
+    let web: SpiffeId = WEB_ID.parse().unwrap();
+    let batch: SpiffeId = BATCH_ID.parse().unwrap();
+    // An admitted peer without a token is told it needs one; anyone else is refused as a peer.
+    assert_eq!(decide(Some(&web), &path), Reason::TokenRequired);
+    assert_eq!(decide(Some(&batch), &path), Reason::PeerNotAllowed);
+    assert_eq!(decide(None, &path), Reason::NoPeerIdentity);
+    // A public route admits every peer: there the token is what is missing.
+    let open = canonicalize("/open").unwrap();
+    assert_eq!(decide(Some(&batch), &open), Reason::TokenRequired);
 }
