@@ -42,8 +42,12 @@ pub enum ConfigError {
     },
     #[error("config file {path} is larger than {MAX_CONFIG_BYTES} bytes")]
     TooLarge { path: PathBuf },
-    #[error("{path}: {message}")]
-    Parse { path: PathBuf, message: String },
+    /// The file is not YAML of the config's shape.
+    #[error("{}: {error}", path.display())]
+    Parse {
+        path: PathBuf,
+        error: crate::serde_helpers::YamlError,
+    },
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
 }
@@ -273,9 +277,9 @@ impl Config {
         }
         let text = std::fs::read_to_string(path).map_err(io)?;
         let mut config = Self::from_yaml(&text).map_err(|e| match e {
-            ConfigError::Parse { message, .. } => ConfigError::Parse {
+            ConfigError::Parse { error, .. } => ConfigError::Parse {
                 path: path.to_owned(),
-                message,
+                error,
             },
             other => other,
         })?;
@@ -287,10 +291,11 @@ impl Config {
 
     /// Parse and check YAML text (paths stay as written).
     pub fn from_yaml(text: &str) -> Result<Self, ConfigError> {
-        let config: Config = serde_saphyr::from_str(text).map_err(|e| ConfigError::Parse {
-            path: PathBuf::from("<config>"),
-            message: e.to_string(),
-        })?;
+        let config: Config =
+            crate::serde_helpers::from_yaml(text).map_err(|error| ConfigError::Parse {
+                path: PathBuf::from("config"),
+                error,
+            })?;
         config.validate()?;
         Ok(config)
     }

@@ -92,10 +92,7 @@ impl CheckArgs {
                     }
                     println!("{}: OK ({} route(s))", path.display(), policy.routes.len())
                 }
-                Err(e) => {
-                    eprintln!("vakt: invalid policy:\n{e}");
-                    return ExitCode::from(2);
-                }
+                Err(e) => return super::invalid_policy(&path, &e),
             }
         }
         ExitCode::SUCCESS

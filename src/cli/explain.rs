@@ -82,10 +82,7 @@ impl ExplainArgs {
         };
         let policy = match Policy::from_file(&self.policy, &context) {
             Ok(p) => p,
-            Err(e) => {
-                eprintln!("vakt: invalid policy:\n{e}");
-                return ExitCode::from(2);
-            }
+            Err(e) => return super::invalid_policy(&self.policy, &e),
         };
         let request = RequestSpec {
             method: self.method,

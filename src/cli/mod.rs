@@ -91,3 +91,10 @@ fn bad_input(command: &str, error: impl std::fmt::Display) -> ExitCode {
     eprintln!("vakt {command}: {error}");
     ExitCode::from(2)
 }
+
+/// Says why the policy at `path` was refused, with the lines where parsing stopped (exit 2).
+fn invalid_policy(path: &std::path::Path, error: &vakt::policy::PolicyError) -> ExitCode {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    eprintln!("vakt: invalid policy:\n{error}\n{}", error.excerpt(&text));
+    ExitCode::from(2)
+}

@@ -62,7 +62,14 @@ async fn start(config: Config) -> Result<App, vakt::app::StartError> {
 /// Read and check a config file, or say why not (exit code 2).
 pub(super) fn load(path: &Path) -> Result<Config, ExitCode> {
     Config::from_file(path).map_err(|e| {
-        eprintln!("vakt: invalid configuration: {e}");
+        let excerpt = match &e {
+            vakt::config::ConfigError::Parse { error, .. } => error.excerpt(
+                &path.display().to_string(),
+                &std::fs::read_to_string(path).unwrap_or_default(),
+            ),
+            _ => String::new(),
+        };
+        eprintln!("vakt: invalid configuration: {e}\n{excerpt}");
         ExitCode::from(2)
     })
 }

@@ -29,18 +29,46 @@ pub enum PolicyError {
     },
     #[error("policy file {path} is larger than {MAX_POLICY_BYTES} bytes")]
     TooLarge { path: std::path::PathBuf },
-    #[error("{0}")]
-    Parse(String),
+    /// The file is not YAML of the policy's shape.
+    #[error("{}{error}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+    Parse {
+        file: Option<std::path::PathBuf>,
+        error: crate::serde_helpers::YamlError,
+    },
     /// One or more semantic problems, each naming its route.
     #[error("{}", .0.join("\n"))]
     Invalid(Vec<String>),
 }
 
 impl PolicyError {
+    /// For a terminal: the lines of `text` where parsing stopped (empty for other errors).
+    pub fn excerpt(&self, text: &str) -> String {
+        match self {
+            Self::Parse { file, error } => error.excerpt(
+                &file
+                    .as_ref()
+                    .map_or_else(|| "policy".to_owned(), |f| f.display().to_string()),
+                text,
+            ),
+            _ => String::new(),
+        }
+    }
+
+    /// The whole error on one line (several problems separated by `; `), for a log line.
+    pub fn one_line(&self) -> String {
+        match self {
+            Self::Invalid(problems) => problems.join("; "),
+            other => other.to_string(),
+        }
+    }
+
     /// Prefix messages with the file they are about.
     pub fn in_file(self, path: &Path) -> Self {
         match self {
-            Self::Parse(m) => Self::Parse(format!("{}: {m}", path.display())),
+            Self::Parse { error, .. } => Self::Parse {
+                file: Some(path.to_owned()),
+                error,
+            },
             Self::Invalid(problems) => Self::Invalid(
                 problems
                     .into_iter()
@@ -181,8 +209,8 @@ impl Policy {
     /// Parse and check. `trust_domains`: the peers' trust domains this sidecar accepts; a peer
     /// pattern outside them could never match and is an error. Empty: not checked.
     pub fn from_yaml(text: &str, ctx: &PolicyContext) -> Result<Self, PolicyError> {
-        let file: PolicyFile =
-            serde_saphyr::from_str(text).map_err(|e| PolicyError::Parse(e.to_string()))?;
+        let file: PolicyFile = crate::serde_helpers::from_yaml(text)
+            .map_err(|error| PolicyError::Parse { file: None, error })?;
         Self::compile(file, ctx)
     }
 

@@ -351,7 +351,7 @@ pub fn run_tests(file: &Path, out: &mut String) -> Result<bool, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
     let tests: TestFile =
-        serde_saphyr::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        crate::serde_helpers::from_yaml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
     let policy_path = crate::watch::parent_dir(file).join(&tests.policy);
     let context = PolicyContext {
         trust_domains: tests.trust_domains.clone(),

@@ -83,7 +83,7 @@ impl PolicyStore {
             }
             PolicyReload::Rejected(error) => {
                 metrics::counter!(m::POLICY_RELOADS, "result" => RELOAD_FAILURE).increment(1);
-                tracing::error!(path = %self.path.display(), %error, "new policy rejected; the running policy stays");
+                tracing::error!(path = %self.path.display(), error = %error.one_line(), "new policy rejected; the running policy stays");
             }
         }
         outcome

@@ -55,6 +55,13 @@ async fn unchanged_files_are_not_reloaded_and_a_broken_version_is_reported_once(
     assert_eq!(reloads(admin).await, [0.0, 1.0, 0.0, 0.0]);
     let rejected = "new policy rejected";
     assert_eq!(lines_with(&child.stderr, rejected), 1, "logged once");
+    // In one line that says where: no excerpt lines follow it in the log.
+    assert_eq!(lines_with(&child.stderr, "policy.yaml: line 1 column 9"), 1);
+    assert_eq!(
+        lines_with(&child.stderr, " | routes: ["),
+        0,
+        "an excerpt in the log"
+    );
 
     // A broken certificate: the same.
     let cert = dir.join(vakt::dev::certs::CERT_FILE);

@@ -673,7 +673,10 @@ async fn key_rotation_is_picked_up_on_first_use_with_one_fetch_and_random_kids_c
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()["retry-after"], "10");
     }
-    assert!(sent >= 500, "only {sent} requests in the hold: too few to mean anything");
+    assert!(
+        sent >= 500,
+        "only {sent} requests in the hold: too few to mean anything"
+    );
     assert!(
         s.idp.jwks_fetches() <= fetches + 1,
         "{} fetches for {sent} random kids",

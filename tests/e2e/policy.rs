@@ -699,3 +699,80 @@ routes:
         "{stdout}"
     );
 }
+
+/// A broken policy or config is refused (exit 2) with one line that names the file, the line and
+/// column, and the keys leading there, in plain words (not the parser's `expected sequence
+/// start` or `invalid u32`, no `<input>`), followed by the lines where it stopped. YAML 1.1
+/// booleans (`yes`, `on`, `y`) are refused rather than read as true.
+#[test]
+fn broken_files_are_refused_naming_file_line_and_key_in_plain_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "version: 1\nroutes:\n  id: a\n",
+            "line 3 column 3, routes: expected a list here",
+            "3 |   id: a",
+        ),
+        (
+            "version: 1\nroutes:\n  - id: a\n    methods: GET\n    path: /a\n    public: true\n",
+            "line 4 column 14, routes[0].methods: expected a list here",
+            "4 |     methods: GET",
+        ),
+        (
+            "version: 1\nroutes:\n  - id: a\n    methods: [GET]\n    path: /a\n    public: yes\n",
+            "line 6 column 13, routes[0].public: invalid boolean",
+            "6 |     public: yes",
+        ),
+        (
+            "version: 1\nroutes:\n  - id: a\n    methods: [GET]\n    path: /a\n    public: true\n  - id: b\n    methods: [GET]\n    path: /b\n    rate_limit: {per_second: -1, burst: 2}\n    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/b]\n",
+            "line 10 column 30, routes[1].rate_limit.per_second: expected a whole number, 0 or more",
+            "10 |     rate_limit: {per_second: -1, burst: 2}",
+        ),
+        (
+            "version: 1\nroutes:\n  - id: a\n    methods: [GET]\n    path: /a\n    allow:\n      - peers: [spiffe://cluster.local/ns/a/sa/b]\n        min_loa: ultra\n",
+            "line 8 column 18, routes[0].allow[0].min_loa: unknown variant `ultra`",
+            "8 |         min_loa: ultra",
+        ),
+    ];
+    for (i, (text, message, excerpt)) in cases.iter().enumerate() {
+        let file = dir.path().join(format!("policy-{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let (code, stdout, stderr) = run_vakt(&["check", "--policy", file.to_str().unwrap()]);
+        assert_eq!(code, 2, "{text}\n{stdout}{stderr}");
+        let first = stderr.lines().nth(1).unwrap_or_default();
+        assert!(
+            first.starts_with(&format!("{}: {message}", file.display())),
+            "{stderr}"
+        );
+        assert!(
+            stderr.contains(&format!("--> {}:", file.display())),
+            "{stderr}"
+        );
+        assert!(stderr.contains(excerpt), "{stderr}");
+        assert_eq!(stderr.matches("line ").count(), 1, "said once: {stderr}");
+        for jargon in [
+            "<input>",
+            "expected sequence start",
+            "invalid u32",
+            "mapping start",
+        ] {
+            assert!(!stderr.contains(jargon), "{jargon}: {stderr}");
+        }
+        assert!(stdout.is_empty(), "{stdout}");
+    }
+    let config = dir.path().join("vakt.yaml");
+    std::fs::write(
+        &config,
+        "identity:\n  trust_domain: cluster.local\n  cert: c.pem\n  key: k.pem\n  trust_bundle: b.pem\nruntime:\n  workers: 0\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = run_vakt(&["check", "--config", config.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}: line 7 column 3, runtime.workers: expected a whole number, 1 or more (not 0)",
+            config.display()
+        )),
+        "{stderr}"
+    );
+}
