@@ -38,6 +38,26 @@ pub struct ExplainArgs {
     /// The sidecar's OIDC issuers (repeatable); routes then default to token: required.
     #[arg(long = "issuer")]
     issuers: Vec<String>,
+    /// text (for a terminal) or json (every step and condition, for scripts).
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+/// How a report is printed.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
+/// `vakt explain`'s exit code for an outcome: 0 allowed, 1 denied, 3 would be denied (a dry-run
+/// route lets it through). 2 is bad input, as for every command.
+fn outcome_code(outcome: &str) -> ExitCode {
+    match outcome {
+        "allow" => ExitCode::SUCCESS,
+        "would_deny" => ExitCode::from(3),
+        _ => ExitCode::FAILURE,
+    }
 }
 
 impl ExplainArgs {
@@ -92,10 +112,16 @@ impl ExplainArgs {
             claims,
             profile: Some(profile),
         };
-        match vakt::policy::explain::explain(&policy, &request) {
-            Ok(report) => {
-                print!("{report}");
-                ExitCode::SUCCESS
+        match vakt::policy::explain::explanation(&policy, &request) {
+            Ok(explained) => {
+                match self.output {
+                    Output::Text => print!("{}", explained.text()),
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::to_string_pretty(&explained).unwrap_or_default()
+                    ),
+                }
+                outcome_code(explained.decision.outcome)
             }
             Err(e) => bad_input("explain", e),
         }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use http::Method;
 
-use super::compile::{ClientBindings, Policy, Route, Rule};
-use super::file::{BindTarget, Mode, TokenRequirement};
+use super::compile::{ClientBindings, ClientKey, Policy, Route, Rule};
+use super::file::{BindTarget, ClaimMatch, Mode, PeerPattern, TokenRequirement};
 use super::router::{Captures, Lookup};
 use crate::authn::{Loa, Principal};
 use crate::hygiene::path::CanonicalPath;
@@ -29,75 +29,138 @@ pub struct RequestCtx<'a> {
     pub upgrade: Option<&'a str>,
 }
 
+/// One condition a rule names, in the order rules are checked.
+#[derive(Debug, Clone, Copy)]
+pub enum Condition<'r> {
+    /// The caller's workload is one of these.
+    Peers(&'r [PeerPattern]),
+    /// The token comes from one of these issuers.
+    Issuers(&'r [String]),
+    /// The token names one of these clients (each with its issuer).
+    Clients(&'r [ClientKey]),
+    /// The token has every one of these scopes.
+    ScopesAll(&'r [String]),
+    /// The token has at least one of these scopes.
+    ScopesAny(&'r [String]),
+    /// The login's level of assurance is at least this.
+    MinLoa(Loa),
+    /// The login is at most this old.
+    MaxAuthAge(std::time::Duration),
+    /// The login used one of these methods.
+    AmrAny(&'r [String]),
+    /// The token's claim has this value.
+    Claim(&'r str, &'r ClaimMatch),
+    /// The path parameter (index among the route's) equals this part of the principal.
+    Bind(usize, BindTarget),
+}
+
+impl Condition<'_> {
+    /// The denial reason when this condition does not hold.
+    pub fn reason(&self) -> Reason {
+        match self {
+            Self::Peers(_) => Reason::PeerNotAllowed,
+            Self::Issuers(_) => Reason::IssuerNotAllowed,
+            Self::Clients(_) => Reason::ClientNotAllowed,
+            Self::ScopesAll(_) | Self::ScopesAny(_) => Reason::InsufficientScope,
+            Self::MinLoa(_) => Reason::InsufficientAssurance,
+            Self::MaxAuthAge(_) => Reason::AuthenticationTooOld,
+            Self::AmrAny(_) => Reason::AmrNotAllowed,
+            Self::Claim(..) => Reason::ClaimMismatch,
+            Self::Bind(..) => Reason::BindingMismatch,
+        }
+    }
+
+    /// Is it about the token (as opposed to the peer)?
+    pub fn needs_token(&self) -> bool {
+        !matches!(self, Self::Peers(_))
+    }
+}
+
 impl Rule {
-    /// `Ok` when every condition holds, else the first failing condition's reason.
+    /// `Ok` when every condition holds, else the first failing condition's reason
+    /// (`token_required` when a token condition meets a request without a token).
     pub fn check(
         &self,
         ctx: &RequestCtx<'_>,
         principal: Option<&Principal>,
         captures: &Captures,
     ) -> Result<(), Reason> {
-        if !self.peers_hold(ctx) {
-            return Err(if ctx.peer.is_none() {
-                Reason::NoPeerIdentity
-            } else {
-                Reason::PeerNotAllowed
+        let mut failed = None;
+        self.each_condition(ctx, principal, captures, |condition, held| {
+            if held {
+                return std::ops::ControlFlow::Continue(());
+            }
+            failed = Some(match condition {
+                Condition::Peers(_) if ctx.peer.is_none() => Reason::NoPeerIdentity,
+                c if c.needs_token() && principal.is_none() => Reason::TokenRequired,
+                c => c.reason(),
             });
+            std::ops::ControlFlow::Break(())
+        });
+        failed.map_or(Ok(()), Err)
+    }
+
+    /// Visit each condition this rule names, in order, with whether it holds for the request;
+    /// stops when `visit` breaks. A token condition does not hold without a token.
+    pub fn each_condition<'r>(
+        &'r self,
+        ctx: &RequestCtx<'_>,
+        principal: Option<&Principal>,
+        captures: &Captures,
+        mut visit: impl FnMut(Condition<'r>, bool) -> std::ops::ControlFlow<()>,
+    ) {
+        use std::ops::ControlFlow::Break;
+        macro_rules! visit {
+            ($condition:expr, $held:expr) => {
+                if let Break(()) = visit($condition, $held) {
+                    return;
+                }
+            };
+        }
+        if let Some(patterns) = &self.peers {
+            visit!(Condition::Peers(patterns), self.peers_hold(ctx));
         }
         let r = &self.spec;
-        if !r.has_token_conditions() {
-            return Ok(());
-        }
-        let Some(p) = principal else {
-            return Err(Reason::TokenRequired);
-        };
-        if let Some(issuers) = &r.issuers
-            && !issuers.iter().any(|i| **i == *p.issuer)
-        {
-            return Err(Reason::IssuerNotAllowed);
+        let p = principal;
+        if let Some(issuers) = &r.issuers {
+            let held = p.is_some_and(|p| issuers.iter().any(|i| **i == *p.issuer));
+            visit!(Condition::Issuers(issuers), held);
         }
         // A client id is compared together with its issuer: two issuers may use the same id.
-        if let Some(clients) = &self.clients
-            && !p
-                .client_id
-                .as_deref()
-                .is_some_and(|c| clients.iter().any(|allowed| allowed.is(&p.issuer, c)))
-        {
-            return Err(Reason::ClientNotAllowed);
+        if let Some(clients) = &self.clients {
+            let held = p.is_some_and(|p| {
+                p.client_id
+                    .as_deref()
+                    .is_some_and(|c| clients.iter().any(|allowed| allowed.is(&p.issuer, c)))
+            });
+            visit!(Condition::Clients(clients), held);
         }
-        if let Some(all) = &r.scopes_all
-            && !all.iter().all(|s| p.scopes.contains(s))
-        {
-            return Err(Reason::InsufficientScope);
+        if let Some(all) = &r.scopes_all {
+            let held = p.is_some_and(|p| all.iter().all(|s| p.scopes.contains(s)));
+            visit!(Condition::ScopesAll(all), held);
         }
-        if let Some(any) = &r.scopes_any
-            && !any.iter().any(|s| p.scopes.contains(s))
-        {
-            return Err(Reason::InsufficientScope);
+        if let Some(any) = &r.scopes_any {
+            let held = p.is_some_and(|p| any.iter().any(|s| p.scopes.contains(s)));
+            visit!(Condition::ScopesAny(any), held);
         }
-        if let Some(min) = r.min_loa
-            && p.loa < min
-        {
-            return Err(Reason::InsufficientAssurance);
+        if let Some(min) = r.min_loa {
+            visit!(Condition::MinLoa(min), p.is_some_and(|p| p.loa >= min));
         }
         if let Some(max_age) = r.max_auth_age {
-            let fresh = p
-                .auth_time
-                .is_some_and(|t| ctx.now - t <= max_age.as_secs() as i64);
-            if !fresh {
-                return Err(Reason::AuthenticationTooOld);
-            }
+            let held = p.is_some_and(|p| {
+                p.auth_time
+                    .is_some_and(|t| ctx.now - t <= max_age.as_secs() as i64)
+            });
+            visit!(Condition::MaxAuthAge(max_age), held);
         }
-        if let Some(amr) = &r.amr_any
-            && !amr.iter().any(|m| p.amr.contains(m))
-        {
-            return Err(Reason::AmrNotAllowed);
+        if let Some(amr) = &r.amr_any {
+            let held = p.is_some_and(|p| amr.iter().any(|m| p.amr.contains(m)));
+            visit!(Condition::AmrAny(amr), held);
         }
         if let Some(claims) = &r.claims {
             for (name, want) in claims {
-                if !p.claims.get(name).is_some_and(|v| want.accepts(v)) {
-                    return Err(Reason::ClaimMismatch);
-                }
+                let held = p.is_some_and(|p| p.claims.get(name).is_some_and(|v| want.accepts(v)));
+                visit!(Condition::Claim(name, want), held);
             }
         }
         for (param, target) in &self.bind {
@@ -105,16 +168,16 @@ impl Rule {
                 .params
                 .get(*param)
                 .map(|(_, range)| &ctx.path.as_str()[range.clone()]);
-            let bound = match target {
-                BindTarget::NationalId => p.national_id.as_deref(),
-                BindTarget::Subject => p.subject.as_deref(),
-                BindTarget::ClientId => p.client_id.as_deref(),
-            };
-            if value.is_none() || value != bound {
-                return Err(Reason::BindingMismatch);
-            }
+            let held = p.is_some_and(|p| {
+                let bound = match target {
+                    BindTarget::NationalId => p.national_id.as_deref(),
+                    BindTarget::Subject => p.subject.as_deref(),
+                    BindTarget::ClientId => p.client_id.as_deref(),
+                };
+                value.is_some() && value == bound
+            });
+            visit!(Condition::Bind(*param, *target), held);
         }
-        Ok(())
     }
 
     /// Do all of this rule's conditions hold? (Test and tool helper.)

@@ -6,9 +6,9 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use http::Method;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-use super::{Decision, Policy, PolicyContext, RequestCtx, TokenRequirement, evaluate};
+use super::{Decision, Policy, PolicyContext, Reason, RequestCtx, TokenRequirement, evaluate};
 use crate::authn::{Principal, Profile};
 use crate::hygiene::host::CanonicalHost;
 use crate::hygiene::path::{CanonicalPath, PathError, canonicalize};
@@ -140,175 +140,472 @@ pub fn decide(policy: &Policy, request: &RequestSpec) -> Result<Verdict, String>
     })
 }
 
-/// A readable account of one decision: canonical path, matched route, every rule and
-/// condition, and the outcome.
-pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String> {
+/// One decision laid out for a reader: what was asked, how the path and route were found, every
+/// condition of every rule with whether it held and why, and the outcome. `vakt explain`
+/// prints it as text or JSON.
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub request: ExplainedRequest,
+    /// The path as the policy sees it; `None` when it was refused before matching.
+    pub canonical_path: Option<String>,
+    /// Why the path was refused before any route was looked at.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_refused: Option<String>,
+    pub route: Option<ExplainedRoute>,
+    /// What the access token carries, as the sidecar reads it (no national id).
+    pub token: Option<ExplainedToken>,
+    /// The client binding of the token's issuer, where it binds clients to peers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub binding: Option<Held>,
+    pub rules: Vec<ExplainedRule>,
+    pub decision: ExplainedDecision,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainedRequest {
+    pub method: String,
+    pub path: String,
+    pub host: Option<String>,
+    pub peer: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainedRoute {
+    pub id: String,
+    pub methods: Vec<String>,
+    pub path: String,
+    pub host: Option<String>,
+    /// enforce or dry_run.
+    pub mode: &'static str,
+    pub public: bool,
+    /// required, optional or none.
+    pub token: &'static str,
+    pub params: Vec<Param>,
+    /// The peer is checked first: does any rule admit it (a public route admits every peer)?
+    pub peer_admitted: bool,
+}
+
+/// A path parameter and the value the request gave it.
+#[derive(Debug, Serialize)]
+pub struct Param {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainedToken {
+    pub issuer: String,
+    pub client_id: Option<String>,
+    pub loa: &'static str,
+    pub scopes: Vec<String>,
+    pub amr: Vec<String>,
+    pub dpop_bound: bool,
+}
+
+/// A condition and whether it held, in words.
+#[derive(Debug, Serialize)]
+pub struct Held {
+    /// What the policy asks (`min_loa high`).
+    pub condition: String,
+    pub held: bool,
+    /// What the request had instead, or why it holds.
+    pub why: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainedRule {
+    pub index: usize,
+    pub holds: bool,
+    /// The reason code this rule alone would deny with.
+    pub reason: Option<&'static str>,
+    pub conditions: Vec<Held>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExplainedDecision {
+    /// allow, deny or would_deny (a dry-run route lets it through).
+    pub outcome: &'static str,
+    pub reason: &'static str,
+    /// The HTTP status a denial is answered with (200 when it goes through).
+    pub status: u16,
+    /// The rule that allowed it.
+    pub rule: Option<usize>,
+}
+
+fn list(items: &[String]) -> String {
+    format!("[{}]", items.join(", "))
+}
+
+/// Each condition of `rule` with whether it held and why, for `principal` (the national id is
+/// never shown: a binding says only whether the values agree).
+fn conditions_of(
+    rule: &super::Rule,
+    route: &super::Route,
+    ctx: &RequestCtx<'_>,
+    principal: Option<&Principal>,
+    captures: &super::router::Captures,
+) -> Vec<Held> {
+    use super::Condition;
+    let mut out = Vec::new();
+    let no_token = "no token".to_owned();
+    let param_names: Vec<&str> = route
+        .pattern
+        .segments
+        .iter()
+        .filter_map(|s| match s {
+            super::router::PatternSegment::Param(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    rule.each_condition(ctx, principal, captures, |condition, held| {
+        let p = principal;
+        let (asked, why) = match condition {
+            Condition::Peers(patterns) => {
+                let listed: Vec<String> = patterns.iter().map(ToString::to_string).collect();
+                let why = match ctx.peer {
+                    None => "no peer identity (no client certificate)".to_owned(),
+                    Some(peer) if held => format!("{peer} is one of them"),
+                    Some(peer) => format!("{peer} is not one of them"),
+                };
+                (format!("peers {}", list(&listed)), why)
+            }
+            Condition::Issuers(issuers) => (
+                format!("issuers {}", list(issuers)),
+                p.map_or(no_token.clone(), |p| {
+                    format!("the token is from {}", p.issuer)
+                }),
+            ),
+            Condition::Clients(clients) => {
+                let listed: Vec<String> = clients.iter().map(ToString::to_string).collect();
+                let why = p.map_or(no_token.clone(), |p| match &p.client_id {
+                    Some(c) => format!("the token's client is {{issuer: {}, id: {c}}}", p.issuer),
+                    None => "the token names no client".to_owned(),
+                });
+                (format!("clients {}", list(&listed)), why)
+            }
+            Condition::ScopesAll(scopes) | Condition::ScopesAny(scopes) => {
+                let which = if matches!(condition, Condition::ScopesAll(_)) {
+                    "scopes_all"
+                } else {
+                    "scopes_any"
+                };
+                (
+                    format!("{which} {}", list(scopes)),
+                    p.map_or(no_token.clone(), |p| {
+                        format!("the token's scopes are {}", list(&p.scopes))
+                    }),
+                )
+            }
+            Condition::MinLoa(min) => (
+                format!("min_loa {}", min.as_str()),
+                p.map_or(no_token.clone(), |p| {
+                    format!("the login's level is {}", p.loa.as_str())
+                }),
+            ),
+            Condition::MaxAuthAge(max) => (
+                format!("max_auth_age {}", humantime::format_duration(max)),
+                p.map_or(no_token.clone(), |p| match p.auth_time {
+                    Some(t) => format!(
+                        "the login was {} ago",
+                        humantime::format_duration(std::time::Duration::from_secs(
+                            (ctx.now - t).max(0) as u64
+                        ))
+                    ),
+                    None => "the token has no auth_time".to_owned(),
+                }),
+            ),
+            Condition::AmrAny(methods) => (
+                format!("amr_any {}", list(methods)),
+                p.map_or(no_token.clone(), |p| {
+                    format!("the login used {}", list(&p.amr))
+                }),
+            ),
+            Condition::Claim(name, want) => (
+                format!(
+                    "claim {name} {}",
+                    match want {
+                        super::ClaimMatch::Equals(v) => format!("= {v}"),
+                        super::ClaimMatch::OneOf(vs) => format!(
+                            "one of [{}]",
+                            vs.iter()
+                                .map(ToString::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    }
+                ),
+                p.map_or(no_token.clone(), |p| match p.claims.get(name) {
+                    Some(v) => format!("the token's {name} is {v}"),
+                    None => format!("the token has no {name}"),
+                }),
+            ),
+            Condition::Bind(param, target) => {
+                let name = param_names.get(param).copied().unwrap_or("?");
+                let target = target.as_str();
+                let why = match (p, held) {
+                    (None, _) => no_token.clone(),
+                    (Some(_), true) => format!("the path's {name} is the token's {target}"),
+                    (Some(_), false) => {
+                        format!("the path's {name} is not the token's {target}")
+                    }
+                };
+                (format!("bind {name} = {target}"), why)
+            }
+        };
+        out.push(Held {
+            condition: asked,
+            held,
+            why,
+        });
+        std::ops::ControlFlow::Continue(())
+    });
+    out
+}
+
+/// Lay out how the sidecar decides `request` under `policy`.
+pub fn explanation(policy: &Policy, request: &RequestSpec) -> Result<Explanation, String> {
     let verdict = decide(policy, request)?;
-    let mut out = String::new();
-    let peer = request
-        .peer
-        .as_ref()
-        .map_or("(none)".to_owned(), ToString::to_string);
-    let _ = writeln!(
-        out,
-        "request:   {} {}  host: {}  peer: {peer}",
-        request.method.to_ascii_uppercase(),
-        request.path,
-        request.host.as_deref().unwrap_or("(any)")
-    );
-    match &verdict {
+    let principal = request.principal();
+    let mut explained = Explanation {
+        request: ExplainedRequest {
+            method: request.method.to_ascii_uppercase(),
+            path: request.path.clone(),
+            host: request.host.clone(),
+            peer: request.peer.as_ref().map(ToString::to_string),
+        },
+        canonical_path: None,
+        path_refused: None,
+        route: None,
+        token: principal.as_ref().map(|p| ExplainedToken {
+            issuer: p.issuer.to_string(),
+            client_id: p.client_id.as_deref().map(str::to_owned),
+            loa: p.loa.as_str(),
+            scopes: p.scopes.clone(),
+            amr: p.amr.clone(),
+            dpop_bound: p.dpop_jkt.is_some(),
+        }),
+        binding: None,
+        rules: Vec::new(),
+        decision: ExplainedDecision {
+            outcome: verdict.outcome(),
+            reason: verdict.reason(),
+            status: 200,
+            rule: None,
+        },
+    };
+    let (canonical, decision) = match &verdict {
         Verdict::InvalidPath(e) => {
-            let _ = writeln!(out, "path:      refused before matching: {e}");
+            explained.path_refused = Some(e.to_string());
+            explained.decision.status = 400;
+            return Ok(explained);
         }
         Verdict::Decided {
             canonical,
             decision,
-        } => {
+        } => (canonical, decision),
+    };
+    explained.canonical_path = Some(canonical.to_string());
+    explained.decision.rule = decision.rule;
+    if !decision.allowed {
+        explained.decision.status = crate::error::DenyReason::Policy(decision.reason)
+            .status()
+            .as_u16();
+    }
+    let Some(r) = decision.route else {
+        return Ok(explained);
+    };
+    let route = &policy.routes[r];
+    let ctx = RequestCtx {
+        method: &Method::GET,
+        host: None,
+        path: canonical,
+        peer: request.peer.as_ref(),
+        principal: principal.as_ref(),
+        now: unix_now(),
+        upgrade: None,
+    };
+    let names = route.pattern.segments.iter().filter_map(|s| match s {
+        super::router::PatternSegment::Param(n) => Some(n.clone()),
+        _ => None,
+    });
+    explained.route = Some(ExplainedRoute {
+        id: route.id.to_string(),
+        methods: route
+            .methods
+            .iter()
+            .map(|m| m.as_str().to_owned())
+            .collect(),
+        path: route.pattern.to_string(),
+        host: route.host.as_deref().map(str::to_owned),
+        mode: route.mode.as_str(),
+        public: route.public,
+        token: route.token.as_str(),
+        params: names
+            .zip(&decision.captures.params)
+            .map(|(name, (_, range))| Param {
+                name,
+                value: canonical.as_str()[range.clone()].to_owned(),
+            })
+            .collect(),
+        peer_admitted: route.peer_refusal(&ctx).is_none(),
+    });
+    // A route with `token: none` ignores tokens, as the sidecar does.
+    let principal = principal
+        .as_ref()
+        .filter(|_| route.token != TokenRequirement::None);
+    if let Some(p) = principal
+        && let Some(bound) = policy.client_bindings.of_issuer(&p.issuer)
+    {
+        let check = policy.client_bindings.check(p, request.peer.as_ref());
+        let condition = match p.client_id.as_deref() {
+            None => format!("{} binds its clients to peers", p.issuer),
+            Some(c) => match bound.get(c) {
+                None => format!("client {{issuer: {}, id: {c}}} (not bound)", p.issuer),
+                Some(peers) => format!(
+                    "client {{issuer: {}, id: {c}}} only from {}",
+                    p.issuer,
+                    list(&peers.iter().map(ToString::to_string).collect::<Vec<_>>())
+                ),
+            },
+        };
+        explained.binding = Some(Held {
+            condition,
+            held: check.is_ok(),
+            why: match check {
+                Ok(()) => {
+                    "the peer is one the client is bound to, or the client is not bound".into()
+                }
+                Err(reason) => reason.code().to_owned(),
+            },
+        });
+    }
+    for (index, rule) in route.rules.iter().enumerate() {
+        let outcome = rule.check(&ctx, principal, &decision.captures);
+        explained.rules.push(ExplainedRule {
+            index,
+            holds: outcome.is_ok(),
+            reason: outcome.err().map(Reason::code),
+            conditions: conditions_of(rule, route, &ctx, principal, &decision.captures),
+        });
+    }
+    Ok(explained)
+}
+
+impl Explanation {
+    /// The account as text for a terminal: one line per step and per condition.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let r = &self.request;
+        let _ = writeln!(
+            out,
+            "request:   {} {}  host: {}  peer: {}",
+            r.method,
+            r.path,
+            r.host.as_deref().unwrap_or("(any)"),
+            r.peer.as_deref().unwrap_or("(none)")
+        );
+        if let Some(why) = &self.path_refused {
+            let _ = writeln!(out, "path:      refused before matching: {why}");
+        }
+        if let Some(canonical) = &self.canonical_path {
             let _ = writeln!(out, "canonical: {canonical}");
-            match decision.route {
-                None => {
+        }
+        match &self.route {
+            None if self.path_refused.is_none() => {
+                let _ = writeln!(out, "route:     none matches ({})", self.decision.reason);
+            }
+            None => {}
+            Some(route) => {
+                let _ = writeln!(
+                    out,
+                    "route:     {} ({} {}{}, mode {})",
+                    route.id,
+                    route.methods.join(","),
+                    route.path,
+                    route
+                        .host
+                        .as_ref()
+                        .map_or(String::new(), |h| format!(" host {h}")),
+                    route.mode
+                );
+                for param in &route.params {
+                    let _ = writeln!(out, "  param:   {} = {}", param.name, param.value);
+                }
+                let peer = match (route.public, route.peer_admitted) {
+                    (true, _) => "public route: every verified peer is admitted".to_owned(),
+                    (false, true) => "admitted by a rule's peers".to_owned(),
+                    (false, false) => format!(
+                        "no rule admits it: refused before any token check ({})",
+                        if r.peer.is_some() {
+                            "peer_not_allowed"
+                        } else {
+                            "no_peer_identity"
+                        }
+                    ),
+                };
+                let _ = writeln!(out, "  peer:    {peer}");
+                let token = match &self.token {
+                    None => "none presented".to_owned(),
+                    Some(t) => format!(
+                        "from {}, client {}, level {}, scopes {}, amr {}{}",
+                        t.issuer,
+                        t.client_id.as_deref().unwrap_or("(none)"),
+                        t.loa,
+                        list(&t.scopes),
+                        list(&t.amr),
+                        if t.dpop_bound { ", DPoP-bound" } else { "" }
+                    ),
+                };
+                let _ = writeln!(out, "  token:   {token} (the route: token {})", route.token);
+                if let Some(b) = &self.binding {
                     let _ = writeln!(
                         out,
-                        "route:     none matches (reason {})",
-                        decision.reason.code()
+                        "  binding: {}: {} ({})",
+                        b.condition,
+                        if b.held { "held" } else { "did not hold" },
+                        b.why
                     );
                 }
-                Some(r) => {
-                    let route = &policy.routes[r];
-                    let methods: Vec<&str> = route.methods.iter().map(Method::as_str).collect();
+                for rule in &self.rules {
                     let _ = writeln!(
                         out,
-                        "route:     {} ({} {}{}, mode {})",
-                        route.id,
-                        methods.join(","),
-                        route.pattern,
-                        route
-                            .host
-                            .as_deref()
-                            .map_or(String::new(), |h| format!(" host {h}")),
-                        route.mode.as_str()
+                        "  rule {}:  {}",
+                        rule.index,
+                        match rule.reason {
+                            None => "HOLDS".to_owned(),
+                            Some(reason) => format!("does not hold ({reason})"),
+                        }
                     );
-                    let names = route.pattern.segments.iter().filter_map(|s| match s {
-                        super::router::PatternSegment::Param(n) => Some(n.as_str()),
-                        _ => None,
-                    });
-                    for (name, (_, range)) in names.zip(&decision.captures.params) {
+                    for c in &rule.conditions {
                         let _ = writeln!(
                             out,
-                            "  param:   {name} = {}",
-                            &canonical.as_str()[range.clone()]
+                            "    {:<13} {}: {}",
+                            if c.held { "held" } else { "did not hold" },
+                            c.condition,
+                            c.why
                         );
-                    }
-                    if route.public {
-                        let _ = writeln!(out, "  public:  every verified peer is allowed");
-                    }
-                    let principal = request.principal();
-                    let _ = writeln!(
-                        out,
-                        "  token:   {} (route requires: {:?}){}",
-                        if principal.is_some() {
-                            "presented"
-                        } else {
-                            "none"
-                        },
-                        route.token,
-                        principal.as_ref().map_or(String::new(), |p| format!(
-                            "; loa {}, client {}, scopes [{}]",
-                            p.loa.as_str(),
-                            p.client_id.as_deref().map_or("-".to_owned(), |c| format!(
-                                "{{issuer: {}, id: {c}}}",
-                                p.issuer
-                            )),
-                            p.scopes.join(" ")
-                        ))
-                    );
-                    if let Some(p) = principal
-                        .as_ref()
-                        .filter(|_| route.token != TokenRequirement::None)
-                        && let Some(bound) = policy.client_bindings.of_issuer(&p.issuer)
-                    {
-                        let verdict = match policy.client_bindings.check(p, request.peer.as_ref()) {
-                            Ok(()) => "passed".to_owned(),
-                            Err(reason) => format!("failed ({})", reason.code()),
-                        };
-                        let binding = match p.client_id.as_deref() {
-                            None => format!("{} binds clients and the token names none", p.issuer),
-                            Some(c) => match bound.get(c) {
-                                None => format!("{{issuer: {}, id: {c}}} is not bound", p.issuer),
-                                Some(peers) => format!(
-                                    "{{issuer: {}, id: {c}}} only from [{}]",
-                                    p.issuer,
-                                    peers
-                                        .iter()
-                                        .map(ToString::to_string)
-                                        .collect::<Vec<_>>()
-                                        .join(", ")
-                                ),
-                            },
-                        };
-                        let _ = writeln!(out, "  binding: {binding}: {verdict}");
-                    }
-                    let ctx = RequestCtx {
-                        method: &Method::GET,
-                        host: None,
-                        path: canonical,
-                        peer: request.peer.as_ref(),
-                        principal: principal.as_ref(),
-                        now: unix_now(),
-                        upgrade: None,
-                    };
-                    for (i, rule) in route.rules.iter().enumerate() {
-                        let outcome = rule.check(&ctx, principal.as_ref(), &decision.captures);
-                        let _ = writeln!(
-                            out,
-                            "  rule {i}:  {}",
-                            match outcome {
-                                Ok(()) => "HOLDS".to_owned(),
-                                Err(reason) => format!("does not hold ({})", reason.code()),
-                            }
-                        );
-                        // Each condition a rule names about who is calling: peers, and the
-                        // token's issuer and (issuer, client id) pair.
-                        let mut conditions: Vec<(&str, Vec<String>, bool)> = Vec::new();
-                        if let Some(patterns) = &rule.peers {
-                            let listed = patterns.iter().map(ToString::to_string).collect();
-                            conditions.push(("peers", listed, rule.peers_hold(&ctx)));
-                        }
-                        if let Some(issuers) = &rule.spec.issuers {
-                            let held = principal
-                                .as_ref()
-                                .is_some_and(|p| issuers.iter().any(|i| **i == *p.issuer));
-                            conditions.push(("issuers", issuers.clone(), held));
-                        }
-                        if let Some(clients) = &rule.clients {
-                            let held = principal.as_ref().is_some_and(|p| {
-                                p.client_id
-                                    .as_deref()
-                                    .is_some_and(|c| clients.iter().any(|k| k.is(&p.issuer, c)))
-                            });
-                            let listed = clients.iter().map(ToString::to_string).collect();
-                            conditions.push(("clients", listed, held));
-                        }
-                        for (name, listed, held) in conditions {
-                            let _ = writeln!(
-                                out,
-                                "    {name} [{}]: {}",
-                                listed.join(", "),
-                                if held { "passed" } else { "failed" }
-                            );
-                        }
                     }
                 }
             }
         }
+        let _ = writeln!(
+            out,
+            "decision:  {} ({}){}",
+            self.decision.outcome.to_ascii_uppercase(),
+            self.decision.reason,
+            match self.decision.outcome {
+                "allow" => String::new(),
+                "would_deny" => " — dry-run: it goes through".to_owned(),
+                _ => format!(" — answered {}", self.decision.status),
+            }
+        );
+        out
     }
-    let _ = writeln!(
-        out,
-        "decision:  {} ({})",
-        verdict.outcome().to_ascii_uppercase(),
-        verdict.reason()
-    );
-    Ok(out)
+}
+
+/// [`explanation`] as text.
+pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String> {
+    explanation(policy, request).map(|e| e.text())
 }
 
 /// A policy test file.

@@ -66,6 +66,17 @@ pub enum TokenRequirement {
     None,
 }
 
+impl TokenRequirement {
+    /// As written in the policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Required => "required",
+            Self::Optional => "optional",
+            Self::None => "none",
+        }
+    }
+}
+
 /// What a route policy is checked against: the sidecar's trust domains and OIDC issuers.
 #[derive(Debug, Clone, Default)]
 pub struct PolicyContext {
@@ -144,6 +155,17 @@ pub enum BindTarget {
     NationalId,
     Subject,
     ClientId,
+}
+
+impl BindTarget {
+    /// As written in the policy file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::NationalId => "national_id",
+            Self::Subject => "subject",
+            Self::ClientId => "client_id",
+        }
+    }
 }
 
 /// One value or a list of accepted values for a claim.

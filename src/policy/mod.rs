@@ -18,7 +18,8 @@ pub mod stage;
 
 pub use compile::{ClientBindings, ClientKey, Policy, PolicyError, Route, Rule};
 pub use decide::{
-    Decision, DecisionRecord, MatchedRoute, Outcome, Reason, RequestCtx, StepUp, evaluate,
+    Condition, Decision, DecisionRecord, MatchedRoute, Outcome, Reason, RequestCtx, StepUp,
+    evaluate,
 };
 pub use file::{
     BindTarget, ClaimMatch, ClientBindingSpec, ClientBindingsSpec, ClientRef, Mode, PeerPattern,

@@ -572,20 +572,77 @@ fn policy_cli_check_explain_and_test() {
         "--peer",
         "spiffe://test.vakt.local/ns/shop/sa/batch",
     ]);
-    assert_eq!(code, 0);
+    assert_eq!(code, 1, "a denial exits 1: {stdout}");
     for expected in [
         "canonical: /orders/42",
         "route:     orders-read (GET /orders/{id}, mode enforce)",
         "param:   id = 42",
-        "rule 0:  does not hold",
-        "peers [spiffe://test.vakt.local/ns/shop/sa/web]: failed",
-        "decision:  DENY (peer_not_allowed)",
+        "peer:    no rule admits it: refused before any token check (peer_not_allowed)",
+        "rule 0:  does not hold (peer_not_allowed)",
+        "did not hold  peers [spiffe://test.vakt.local/ns/shop/sa/web]: spiffe://test.vakt.local/ns/shop/sa/batch is not one of them",
+        "decision:  DENY (peer_not_allowed) — answered 403",
     ] {
         assert!(
             stdout.contains(expected),
             "{expected:?} missing in:\n{stdout}"
         );
     }
+    for jargon in ["Some(", "Required", "None"] {
+        assert!(
+            !stdout.contains(jargon),
+            "debug text {jargon:?} in:\n{stdout}"
+        );
+    }
+    // Exit codes: 0 allowed, 3 let through by a dry-run route that would deny it, 2 bad input;
+    // --output json carries the same account.
+    let explain = |method: &str, path: &str, sa: &str, json: bool| {
+        let peer = format!("spiffe://test.vakt.local/ns/shop/sa/{sa}");
+        let mut args = vec![
+            "explain", "--policy", p, "--method", method, "--path", path, "--peer", &peer,
+        ];
+        if json {
+            args.extend(["--output", "json"]);
+        }
+        run_vakt(&args)
+    };
+    let (code, stdout, _) = explain("GET", "/orders/7", "web", false);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains("decision:  ALLOW (rule_matched)"),
+        "{stdout}"
+    );
+    let (code, stdout, _) = explain("POST", "/orders/7", "web", false);
+    assert_eq!(code, 3, "{stdout}");
+    assert!(
+        stdout.contains("decision:  WOULD_DENY (peer_not_allowed) — dry-run: it goes through"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = explain("GET", "/orders/7", "batch", true);
+    assert_eq!(code, 1, "{stderr}");
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["decision"]["outcome"], "deny");
+    assert_eq!(json["decision"]["reason"], "peer_not_allowed");
+    assert_eq!(json["decision"]["status"], 403);
+    assert_eq!(json["route"]["id"], "orders-read");
+    assert_eq!(json["route"]["peer_admitted"], false);
+    assert_eq!(
+        json["route"]["params"][0],
+        serde_json::json!({"name": "id", "value": "7"})
+    );
+    assert_eq!(json["rules"][0]["conditions"][0]["held"], false);
+    let (code, _, stderr) = explain("GET", "/orders/7", "batch", false);
+    assert_eq!(code, 1, "{stderr}");
+    let (code, _, stderr) = run_vakt(&[
+        "explain",
+        "--policy",
+        p,
+        "--path",
+        "/x",
+        "--peer",
+        "not-spiffe",
+    ]);
+    assert_eq!(code, 2);
+    assert!(stderr.contains("--peer"), "{stderr}");
 
     let tests = tmp.path().join("policy.test.yaml");
     std::fs::write(
