@@ -8,6 +8,10 @@
 # ---- build -------------------------------------------------------------------------------------
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
+# The commit `vakt --version` names (.git is not in the build context):
+#   docker build --build-arg VAKT_COMMIT=$(git rev-parse --short=12 HEAD) ...
+ARG VAKT_COMMIT=unknown
+ENV VAKT_COMMIT=${VAKT_COMMIT}
 # Only what the release build reads: the manifest, the lock file, the build script, the sources
 # (benches/ because Cargo.toml declares bench targets by path, benches/mesh is a workspace member
 # and holds the code layout, vendor/ for the patched h2) and the build step itself.

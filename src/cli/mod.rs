@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(
     name = "vakt",
-    version,
+    version = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("VAKT_COMMIT"), ")"),
     about = "Zero-trust service-mesh sidecar (mTLS, SPIFFE, OIDC, policy, audit)"
 )]
 pub struct Cli {

@@ -100,11 +100,21 @@ pub(super) fn init_logging(format: LogFormat, level: &str) {
     // Logs on stderr: stdout carries the audit trail (`sink: stdout`) and its checkpoints.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour_on_stderr())
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
+}
+
+/// ANSI colour only for a person at a terminal: not when stderr is a file or a pipe, nor with
+/// `NO_COLOR` set (to anything; no-color.org) or `TERM=dumb`.
+fn colour_on_stderr() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+        && std::env::var("TERM").map_or(true, |t| t != "dumb")
 }
 
 async fn wait_for_shutdown_signal(app: &App) {

@@ -9,6 +9,7 @@ mod common;
 mod alerts;
 mod audit;
 mod capture;
+mod cli;
 mod code_layout;
 mod crash;
 mod dpop;

@@ -1,0 +1,84 @@
+//! Conventions every `vakt` command keeps, on the built binary: logs on stderr with colour only
+//! for a person at a terminal.
+
+use crate::common::*;
+
+/// `vakt run` logs to stderr; into a file or pipe without ANSI escapes; on a terminal (a pty
+/// made with `script`) in colour, unless `NO_COLOR` is set or `TERM=dumb`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_are_coloured_only_on_a_terminal_that_wants_colour() {
+    let workload = ChildWorkload::new("web-colour").await;
+    let (yaml, _, admin) = workload.child_config();
+    let mut child = spawn_vakt("colour", &workload.dir, &yaml, admin);
+    wait_ready(&child).await;
+    stop(&mut child).await;
+    let log = std::fs::read_to_string(&child.stderr).unwrap();
+    assert!(log.contains("INFO") || log.contains("DEBUG"), "{log}");
+    assert!(!log.contains('\u{1b}'), "escapes in a log file:\n{log}");
+    let stdout = std::fs::read_to_string(&child.stdout).unwrap();
+    assert!(
+        !stdout.contains("INFO") && !stdout.contains("DEBUG"),
+        "logs on stdout: {stdout}"
+    );
+
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped the terminal half: no `script` (util-linux)");
+        return;
+    }
+    let config = workload.dir.join("colour.yaml");
+    let on_a_terminal = |env: &[(&str, &str)]| {
+        let command = format!(
+            "timeout -s INT 2 {} run --config {}",
+            env!("CARGO_BIN_EXE_vakt"),
+            config.display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &command, "/dev/null"])
+            .env("RUST_LOG", "info")
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_a_terminal(&[]);
+    assert!(coloured.contains("INFO"), "{coloured}");
+    assert!(
+        coloured.contains('\u{1b}'),
+        "no colour on a terminal:\n{coloured}"
+    );
+    for env in [[("NO_COLOR", "1")], [("TERM", "dumb")]] {
+        let plain = on_a_terminal(&env);
+        assert!(plain.contains("INFO"), "{env:?}: {plain}");
+        assert!(
+            !plain.contains("\u{1b}["),
+            "{env:?}: colour anyway:\n{plain}"
+        );
+    }
+}
+
+/// `--version` names the commit the binary was built from.
+#[test]
+fn version_names_the_commit() {
+    let (code, stdout, _) = run_vakt(&["--version"]);
+    assert_eq!(code, 0);
+    let expected = std::process::Command::new("git")
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned());
+    assert!(
+        stdout.starts_with(&format!("vakt {} (commit ", env!("CARGO_PKG_VERSION"))),
+        "{stdout}"
+    );
+    if let Some(commit) = expected {
+        assert!(stdout.contains(&commit), "{stdout} is not {commit}");
+    }
+}
