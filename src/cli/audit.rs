@@ -24,6 +24,9 @@ pub enum AuditCommand {
         /// and lines that differ from their checkpoint.
         #[arg(long, value_name = "FILE")]
         checkpoints: Option<PathBuf>,
+        /// text (for a person) or json (for a SIEM or a script).
+        #[arg(long, value_enum, default_value = "text")]
+        output: super::explain::Output,
     },
     /// Accesses per route and action, denials by reason and peer, distinct subjects.
     Report {
@@ -46,18 +49,24 @@ impl AuditCommand {
                 files,
                 keys,
                 checkpoints,
+                output,
             } => {
                 let options = match verify_options(&keys, checkpoints.as_deref()) {
                     Ok(o) => o,
                     Err(e) => return bad_input("audit verify", e),
                 };
+                let print = |report: &vakt::audit::TrailReport| match output {
+                    super::explain::Output::Text => print!("{report}"),
+                    super::explain::Output::Json => println!("{}", verify_json(report)),
+                };
+                // Exit codes: 0 intact, 1 tampered or incomplete, 2 unreadable or bad input.
                 match vakt::audit::verify_trail(&files, &options) {
                     Ok(report) if report.is_intact() => {
-                        print!("{report}");
+                        print(&report);
                         ExitCode::SUCCESS
                     }
                     Ok(report) => {
-                        print!("{report}");
+                        print(&report);
                         eprintln!(
                             "vakt audit verify: {} problem(s), first: {}",
                             report.problems().count(),
@@ -69,10 +78,7 @@ impl AuditCommand {
                         );
                         ExitCode::FAILURE
                     }
-                    Err(e) => {
-                        eprintln!("vakt audit verify: {e}");
-                        ExitCode::FAILURE
-                    }
+                    Err(e) => bad_input("audit verify", e),
                 }
             }
             Self::Report { files, from, to } => {
@@ -116,4 +122,42 @@ fn verify_options(keys: &[String], checkpoints: Option<&Path>) -> Result<VerifyO
             Some(CheckpointFile::read_all(path).map_err(|e| format!("--checkpoints: {e}"))?);
     }
     Ok(options)
+}
+
+/// The verification as JSON: every segment and finding, with `intact` first.
+fn verify_json(report: &vakt::audit::TrailReport) -> String {
+    let segments: Vec<serde_json::Value> = report
+        .segments
+        .iter()
+        .map(|s| {
+            serde_json::json!({
+                "schema": s.schema.as_str(), "epoch": s.epoch, "key_id": s.key_id,
+                "first_seq": s.first_seq, "last_seq": s.last_seq, "events": s.events,
+            })
+        })
+        .collect();
+    let findings: Vec<serde_json::Value> = report
+        .findings
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "kind": f.kind.as_str(),
+                "problem": f.problem,
+                "first_seq": f.seqs.map(|s| s.0),
+                "last_seq": f.seqs.map(|s| s.1),
+                "file": f.at.as_ref().map(|(p, _)| p.display().to_string()),
+                "line": f.at.as_ref().map(|(_, l)| l),
+                "detail": f.detail,
+            })
+        })
+        .collect();
+    serde_json::to_string_pretty(&serde_json::json!({
+        "intact": report.is_intact(),
+        "files": report.files,
+        "events": report.events,
+        "checkpoints": report.checkpoints,
+        "segments": segments,
+        "findings": findings,
+    }))
+    .unwrap_or_default()
 }

@@ -132,17 +132,42 @@ impl ExplainArgs {
 pub struct TestArgs {
     /// The test file (it names the policy it tests).
     file: PathBuf,
+    /// Run only the cases whose name contains this text (route coverage is then not reported).
+    #[arg(long = "run", value_name = "PATTERN")]
+    run: Option<String>,
+    /// text (for a terminal), json, or junit (JUnit XML for CI).
+    #[arg(long, value_enum, default_value = "text")]
+    output: TestOutput,
+}
+
+/// How `vakt test` reports.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TestOutput {
+    Text,
+    Json,
+    Junit,
 }
 
 impl TestArgs {
+    /// Exit codes: 0 every case passed, 1 a case failed, 2 the test file (or its policy) is
+    /// wrong: unreadable, invalid, or an expectation no decision can meet.
     pub fn run(self) -> ExitCode {
-        let mut report = String::new();
-        let result = vakt::policy::explain::run_tests(&self.file, &mut report);
-        print!("{report}");
-        match result {
-            Ok(true) => ExitCode::SUCCESS,
-            Ok(false) => ExitCode::FAILURE,
-            Err(e) => bad_input("test", e),
+        let report = match vakt::policy::explain::run_tests(&self.file, self.run.as_deref()) {
+            Ok(report) => report,
+            Err(e) => return bad_input("test", e),
+        };
+        match self.output {
+            TestOutput::Text => print!("{}", report.text()),
+            TestOutput::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&report).unwrap_or_default()
+            ),
+            TestOutput::Junit => print!("{}", report.junit()),
+        }
+        if report.failed() == 0 {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
         }
     }
 }

@@ -286,6 +286,30 @@ pub enum Reason {
 }
 
 impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 20] = [
+        Self::RuleMatched,
+        Self::Public,
+        Self::NoRoute,
+        Self::MethodNotAllowed,
+        Self::PathNearMiss,
+        Self::UpgradeNotAllowed,
+        Self::PeerNotAllowed,
+        Self::NoPeerIdentity,
+        Self::TokenRequired,
+        Self::DpopRequired,
+        Self::IssuerNotAllowed,
+        Self::ClientNotAllowed,
+        Self::ClientPeerMismatch,
+        Self::ClientIdMissing,
+        Self::InsufficientScope,
+        Self::InsufficientAssurance,
+        Self::AuthenticationTooOld,
+        Self::AmrNotAllowed,
+        Self::ClaimMismatch,
+        Self::BindingMismatch,
+    ];
+
     pub fn code(self) -> &'static str {
         match self {
             Self::RuleMatched => "rule_matched",

@@ -362,6 +362,15 @@ fn conditions_of(
     out
 }
 
+/// The HTTP status the sidecar answers a policy denial with: a step-up denial (a token too weak
+/// or too old, RFC 9470) is 401 with what to log in with; the rest as `DenyReason` says.
+pub fn denial_status(reason: Reason, step_up: bool) -> u16 {
+    if step_up {
+        return 401;
+    }
+    crate::error::DenyReason::Policy(reason).status().as_u16()
+}
+
 /// Lay out how the sidecar decides `request` under `policy`.
 pub fn explanation(policy: &Policy, request: &RequestSpec) -> Result<Explanation, String> {
     let verdict = decide(policy, request)?;
@@ -407,9 +416,7 @@ pub fn explanation(policy: &Policy, request: &RequestSpec) -> Result<Explanation
     explained.canonical_path = Some(canonical.to_string());
     explained.decision.rule = decision.rule;
     if !decision.allowed {
-        explained.decision.status = crate::error::DenyReason::Policy(decision.reason)
-            .status()
-            .as_u16();
+        explained.decision.status = denial_status(decision.reason, decision.step_up.is_some());
     }
     let Some(r) = decision.route else {
         return Ok(explained);
@@ -608,7 +615,7 @@ pub fn explain(policy: &Policy, request: &RequestSpec) -> Result<String, String>
     explanation(policy, request).map(|e| e.text())
 }
 
-/// A policy test file.
+/// A policy test file (its JSON Schema: `docs/policy-test.schema.json`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TestFile {
@@ -621,7 +628,7 @@ pub struct TestFile {
     /// routes default to `token: none`).
     #[serde(default)]
     pub issuers: Vec<String>,
-    pub cases: Vec<TestCase>,
+    pub cases: Vec<serde_saphyr::Spanned<TestCase>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -643,61 +650,293 @@ pub struct Expectation {
     pub route: Option<String>,
 }
 
-/// Run a test file; the report goes to `out`. `Ok(true)` when every case passed.
-pub fn run_tests(file: &Path, out: &mut String) -> Result<bool, String> {
+/// What is wrong with a test file itself (not a failing case): the file, the policy it names,
+/// or an expectation that could never be met (an unknown reason code, `decision: denied`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TestFileError(pub String);
+
+/// The decision, reason and route of one request.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Observed {
+    pub decision: String,
+    pub reason: Option<String>,
+    pub route: Option<String>,
+}
+
+/// One case's result.
+#[derive(Debug, Serialize)]
+pub struct CaseResult {
+    pub name: String,
+    /// Where the case starts in the test file.
+    pub line: u64,
+    pub passed: bool,
+    pub expected: Observed,
+    pub actual: Observed,
+    /// For a failed case: what differs, in words.
+    pub mismatches: Vec<String>,
+    /// For a failed case: the explanation of the decision (route, rules, conditions).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<String>,
+}
+
+/// The results of a test file.
+#[derive(Debug, Serialize)]
+pub struct TestReport {
+    pub file: String,
+    pub policy: String,
+    pub cases: Vec<CaseResult>,
+    /// Cases left out by `--run`.
+    pub skipped: usize,
+    /// Routes of the policy no case reached (by the route the decision matched).
+    pub routes_not_covered: Vec<String>,
+}
+
+/// Every reason a decision of `vakt test` can give: the policy's, and `invalid_path`.
+pub fn reason_codes() -> Vec<&'static str> {
+    let mut codes: Vec<&str> = Reason::ALL.iter().map(|r| r.code()).collect();
+    codes.push("invalid_path");
+    codes
+}
+
+/// Run the cases of `file` whose name contains `filter` (all without one).
+pub fn run_tests(file: &Path, filter: Option<&str>) -> Result<TestReport, TestFileError> {
+    let at = |line: u64| format!("{}:{line}", file.display());
     let text = std::fs::read_to_string(file)
-        .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let tests: TestFile =
-        crate::serde_helpers::from_yaml(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+        .map_err(|e| TestFileError(format!("cannot read {}: {e}", file.display())))?;
+    let tests: TestFile = crate::serde_helpers::from_yaml(&text)
+        .map_err(|e| TestFileError(format!("{}: {e}", file.display())))?;
     let policy_path = crate::watch::parent_dir(file).join(&tests.policy);
     let context = PolicyContext {
         trust_domains: tests.trust_domains.clone(),
         issuers: Some(tests.issuers.clone()),
         dpop_public_url: None,
     };
-    let policy = Policy::from_file(&policy_path, &context).map_err(|e| e.to_string())?;
-    let mut failed = 0;
+    let policy = Policy::from_file(&policy_path, &context)
+        .map_err(|e| TestFileError(format!("the policy it tests is invalid:\n{}", e)))?;
+    let codes = reason_codes();
+    // Expectations that can never be met are mistakes in the file, reported before any case.
     for case in &tests.cases {
-        if !["allow", "deny", "would_deny"].contains(&case.expect.decision.as_str()) {
-            return Err(format!(
-                "case \"{}\": expect.decision \"{}\" must be allow, deny or would_deny",
-                case.name, case.expect.decision
-            ));
+        let (c, line) = (&case.value, case.referenced.line());
+        let e = &c.expect;
+        if !["allow", "deny", "would_deny"].contains(&e.decision.as_str()) {
+            return Err(TestFileError(format!(
+                "{}: case \"{}\": expect.decision \"{}\" is not allow, deny or would_deny",
+                at(line),
+                c.name,
+                e.decision
+            )));
         }
-        let verdict =
-            decide(&policy, &case.request).map_err(|e| format!("case \"{}\": {e}", case.name))?;
-        let mut mismatches = Vec::new();
-        if verdict.outcome() != case.expect.decision {
-            mismatches.push(format!(
-                "decision {} (expected {})",
-                verdict.outcome(),
-                case.expect.decision
-            ));
-        }
-        if let Some(reason) = &case.expect.reason
-            && verdict.reason() != reason
+        if let Some(reason) = &e.reason
+            && !codes.contains(&reason.as_str())
         {
-            mismatches.push(format!("reason {} (expected {reason})", verdict.reason()));
+            return Err(TestFileError(format!(
+                "{}: case \"{}\": expect.reason \"{reason}\" is not a reason vakt gives (one of: {})",
+                at(line),
+                c.name,
+                codes.join(", ")
+            )));
         }
-        if let Some(route) = &case.expect.route
-            && verdict.route(&policy) != Some(route.as_str())
+        if let Some(route) = &e.route
+            && route != "none"
+            && !policy.routes.iter().any(|r| *r.id == **route)
         {
-            mismatches.push(format!(
-                "route {} (expected {route})",
-                verdict.route(&policy).unwrap_or("none")
-            ));
-        }
-        if mismatches.is_empty() {
-            let _ = writeln!(out, "ok    {}", case.name);
-        } else {
-            failed += 1;
-            let _ = writeln!(out, "FAIL  {}: {}", case.name, mismatches.join("; "));
+            return Err(TestFileError(format!(
+                "{}: case \"{}\": expect.route \"{route}\" is not a route of {}",
+                at(line),
+                c.name,
+                policy_path.display()
+            )));
         }
     }
-    let _ = writeln!(
-        out,
-        "\n{} passed, {failed} failed",
-        tests.cases.len() - failed
-    );
-    Ok(failed == 0)
+    let mut reached = std::collections::BTreeSet::new();
+    let mut results = Vec::new();
+    let mut skipped = 0;
+    for case in &tests.cases {
+        let (c, line) = (&case.value, case.referenced.line());
+        if filter.is_some_and(|f| !c.name.contains(f)) {
+            skipped += 1;
+            continue;
+        }
+        let verdict = decide(&policy, &c.request)
+            .map_err(|e| TestFileError(format!("{}: case \"{}\": {e}", at(line), c.name)))?;
+        let route = verdict.route(&policy).map(str::to_owned);
+        if let Some(r) = &route {
+            reached.insert(r.clone());
+        }
+        let actual = Observed {
+            decision: verdict.outcome().to_owned(),
+            reason: Some(verdict.reason().to_owned()),
+            route: route.clone(),
+        };
+        let expected = Observed {
+            decision: c.expect.decision.clone(),
+            reason: c.expect.reason.clone(),
+            route: c.expect.route.clone(),
+        };
+        let mut mismatches = Vec::new();
+        if actual.decision != expected.decision {
+            mismatches.push(format!(
+                "decision {} (expected {})",
+                actual.decision, expected.decision
+            ));
+        }
+        if let Some(want) = &expected.reason
+            && actual.reason.as_deref() != Some(want.as_str())
+        {
+            mismatches.push(format!(
+                "reason {} (expected {want})",
+                actual.reason.as_deref().unwrap_or("none")
+            ));
+        }
+        if let Some(want) = &expected.route
+            && route.as_deref().unwrap_or("none") != want
+        {
+            mismatches.push(format!(
+                "route {} (expected {want})",
+                route.as_deref().unwrap_or("none")
+            ));
+        }
+        let passed = mismatches.is_empty();
+        let trace = (!passed)
+            .then(|| explain(&policy, &c.request).ok())
+            .flatten();
+        results.push(CaseResult {
+            name: c.name.clone(),
+            line,
+            passed,
+            expected,
+            actual,
+            mismatches,
+            trace,
+        });
+    }
+    let routes_not_covered = if filter.is_some() {
+        Vec::new()
+    } else {
+        policy
+            .routes
+            .iter()
+            .map(|r| r.id.to_string())
+            .filter(|id| !reached.contains(id))
+            .collect()
+    };
+    Ok(TestReport {
+        file: file.display().to_string(),
+        policy: policy_path.display().to_string(),
+        cases: results,
+        skipped,
+        routes_not_covered,
+    })
+}
+
+impl TestReport {
+    pub fn failed(&self) -> usize {
+        self.cases.iter().filter(|c| !c.passed).count()
+    }
+
+    /// For a terminal: a line per case; a failed case with its place in the file, expected and
+    /// actual decision and reason, and the decision's explanation.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        for case in &self.cases {
+            if case.passed {
+                let _ = writeln!(out, "ok    {}", case.name);
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "FAIL  {} ({}:{}): {}",
+                case.name,
+                self.file,
+                case.line,
+                case.mismatches.join("; ")
+            );
+            let show = |o: &Observed| {
+                format!(
+                    "{} ({}), route {}",
+                    o.decision,
+                    o.reason.as_deref().unwrap_or("any reason"),
+                    o.route
+                        .as_deref()
+                        .unwrap_or(if o.reason.is_none() { "any" } else { "none" })
+                )
+            };
+            let _ = writeln!(out, "      expected: {}", show(&case.expected));
+            let _ = writeln!(out, "      actual:   {}", show(&case.actual));
+            if let Some(trace) = &case.trace {
+                for line in trace.lines() {
+                    let _ = writeln!(out, "      | {line}");
+                }
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n{} passed, {} failed{}",
+            self.cases.len() - self.failed(),
+            self.failed(),
+            if self.skipped > 0 {
+                format!(", {} not run (--run)", self.skipped)
+            } else {
+                String::new()
+            }
+        );
+        if !self.routes_not_covered.is_empty() {
+            let _ = writeln!(
+                out,
+                "routes no case reached: {}",
+                self.routes_not_covered.join(", ")
+            );
+        }
+        out
+    }
+
+    /// JUnit XML, as CI systems read test results: one testsuite, a testcase per case, a
+    /// failure with the expected and actual decision and the explanation.
+    pub fn junit(&self) -> String {
+        let esc = |s: &str| {
+            s.replace('&', "&amp;")
+                .replace('<', "&lt;")
+                .replace('>', "&gt;")
+                .replace('"', "&quot;")
+        };
+        let mut out = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n");
+        let _ = writeln!(
+            out,
+            "<testsuites><testsuite name=\"{}\" tests=\"{}\" failures=\"{}\" skipped=\"{}\">",
+            esc(&self.file),
+            self.cases.len(),
+            self.failed(),
+            self.skipped
+        );
+        for case in &self.cases {
+            let _ = write!(
+                out,
+                "  <testcase classname=\"{}\" name=\"{}\" file=\"{}\" line=\"{}\"",
+                esc(&self.policy),
+                esc(&case.name),
+                esc(&self.file),
+                case.line
+            );
+            if case.passed {
+                out.push_str("/>\n");
+                continue;
+            }
+            let _ = writeln!(
+                out,
+                "><failure message=\"{}\">{}</failure></testcase>",
+                esc(&case.mismatches.join("; ")),
+                esc(case.trace.as_deref().unwrap_or(""))
+            );
+        }
+        if !self.routes_not_covered.is_empty() {
+            let _ = writeln!(
+                out,
+                "  <system-out>routes no case reached: {}</system-out>",
+                esc(&self.routes_not_covered.join(", "))
+            );
+        }
+        out.push_str("</testsuite></testsuites>\n");
+        out
+    }
 }

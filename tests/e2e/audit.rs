@@ -723,8 +723,34 @@ async fn verify_names_edits_cut_tails_and_wrong_keys() {
     assert_ne!(edited[11], original[11]);
     save(&audit, &edited);
     let (code, stdout, _) = verify_cli(&dir, &[&audit]);
-    assert_ne!(code, 0);
+    assert_eq!(code, 1, "tampered: exit 1");
     assert!(stdout.contains("seq 12: edited"), "{stdout}");
+    // The same as JSON, for a SIEM or a script.
+    let mut args = verify_args(
+        &dir,
+        &[&audit],
+        Some(&dir.join(vakt::dev::mesh::DEV_CHECKPOINT_FILE)),
+    );
+    args.extend(["--output".into(), "json".into()]);
+    let (code, stdout, _) = run_vakt_owned(&args);
+    assert_eq!(code, 1);
+    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["intact"], false);
+    let edit = json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["kind"] == "edited")
+        .unwrap_or_else(|| panic!("{stdout}"));
+    assert_eq!(
+        (edit["first_seq"].as_u64(), edit["problem"].as_bool()),
+        (Some(12), Some(true))
+    );
+    // Unreadable input is told apart from tampering: exit 2.
+    let missing = dir.join("no-such-audit.log");
+    let (code, _, stderr) = verify_cli(&dir, &[&missing]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("no-such-audit.log"), "{stderr}");
 
     // (b) The tail cut at a line boundary after the shutdown checkpoint (seq 30).
     save(&audit, &original[..25]);

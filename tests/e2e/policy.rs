@@ -650,14 +650,84 @@ fn policy_cli_check_explain_and_test() {
         "policy: policy.yaml\ncases:\n  - name: web reads\n    request: { method: GET, path: /orders/1, peer: spiffe://test.vakt.local/ns/shop/sa/web }\n    expect: { decision: allow, route: orders-read }\n  - name: wrong on purpose\n    request: { method: GET, path: /orders/1, peer: spiffe://test.vakt.local/ns/shop/sa/batch }\n    expect: { decision: allow }\n",
     )
     .unwrap();
-    let (code, stdout, _) = run_vakt(&["test", tests.to_str().unwrap()]);
+    let t = tests.to_str().unwrap();
+    let (code, stdout, _) = run_vakt(&["test", t]);
     assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("ok    web reads"), "{stdout}");
+    // A failure says where the case is, what was expected and what came, reason and route
+    // included, and how the decision came about.
+    for expected in [
+        format!("FAIL  wrong on purpose ({t}:6): decision deny (expected allow)"),
+        "      expected: allow (any reason), route any".to_owned(),
+        "      actual:   deny (peer_not_allowed), route orders-read".to_owned(),
+        "      |   rule 0:  does not hold (peer_not_allowed)".to_owned(),
+        "1 passed, 1 failed".to_owned(),
+        // Two of the three routes were never reached by a case.
+        "routes no case reached: orders-write, limited".to_owned(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "{expected:?} missing in:\n{stdout}"
+        );
+    }
+    // --run picks cases by name; coverage is then not claimed.
+    let (code, stdout, _) = run_vakt(&["test", t, "--run", "web"]);
+    assert_eq!(code, 0, "{stdout}");
     assert!(
-        stdout.contains("FAIL  wrong on purpose: decision deny (expected allow)"),
+        stdout.contains("1 passed, 0 failed, 1 not run (--run)"),
         "{stdout}"
     );
-    assert!(stdout.contains("1 passed, 1 failed"), "{stdout}");
+    assert!(!stdout.contains("routes no case reached"), "{stdout}");
+    // JSON and JUnit carry the same.
+    let (code, stdout, _) = run_vakt(&["test", t, "--output", "json"]);
+    assert_eq!(code, 1);
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["cases"][1]["line"], 6);
+    assert_eq!(report["cases"][1]["actual"]["reason"], "peer_not_allowed");
+    assert_eq!(
+        report["routes_not_covered"],
+        serde_json::json!(["orders-write", "limited"])
+    );
+    let (code, stdout, _) = run_vakt(&["test", t, "--output", "junit"]);
+    assert_eq!(code, 1);
+    assert!(
+        stdout.contains("<testsuite name=") && stdout.contains("tests=\"2\" failures=\"1\""),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("name=\"wrong on purpose\"")
+            && stdout.contains("line=\"6\"><failure message=\"decision deny (expected allow)\">"),
+        "{stdout}"
+    );
+
+    // Expectations no decision can meet are mistakes in the test file: exit 2, naming the case.
+    for (expect, message) in [
+        (
+            "{ decision: denied }",
+            "expect.decision \"denied\" is not allow, deny or would_deny",
+        ),
+        (
+            "{ decision: deny, reason: peer_denied }",
+            "expect.reason \"peer_denied\" is not a reason vakt gives",
+        ),
+        (
+            "{ decision: deny, route: order-read }",
+            "expect.route \"order-read\" is not a route of",
+        ),
+    ] {
+        let bad = tmp.path().join("bad.test.yaml");
+        std::fs::write(
+            &bad,
+            format!("policy: policy.yaml\ncases:\n  - name: typo\n    request: {{ method: GET, path: /orders/1 }}\n    expect: {expect}\n"),
+        )
+        .unwrap();
+        let (code, stdout, stderr) = run_vakt(&["test", bad.to_str().unwrap()]);
+        assert_eq!(code, 2, "{expect}: {stdout}{stderr}");
+        assert!(
+            stderr.contains(&format!("{}:3: case \"typo\": {message}", bad.display())),
+            "{expect}: {stderr}"
+        );
+    }
 }
 
 #[test]
@@ -832,4 +902,96 @@ fn broken_files_are_refused_naming_file_line_and_key_in_plain_words() {
         )),
         "{stderr}"
     );
+}
+
+/// The test-file schema knows every reason a decision can give and every key of the format,
+/// and the example test file is an instance of it (checked with jsonschema where the chart
+/// tools' Python has it).
+#[test]
+fn the_policy_test_format_has_a_matching_json_schema() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(root.join("docs/policy-test.schema.json")).unwrap(),
+    )
+    .unwrap();
+    let reasons: Vec<&str> = schema["$defs"]["expect"]["properties"]["reason"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    assert_eq!(reasons, vakt::policy::explain::reason_codes());
+    let keys = |v: &serde_json::Value| -> Vec<String> {
+        let mut k: Vec<String> = v["properties"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .cloned()
+            .collect();
+        k.sort();
+        k
+    };
+    assert_eq!(
+        keys(&schema),
+        ["cases", "issuers", "policy", "trust_domains"]
+    );
+    assert_eq!(
+        keys(&schema["$defs"]["case"]),
+        ["expect", "name", "request"]
+    );
+    assert_eq!(
+        keys(&schema["$defs"]["request"]),
+        ["claims", "host", "method", "path", "peer", "profile"]
+    );
+    assert_eq!(
+        keys(&schema["$defs"]["expect"]),
+        ["decision", "reason", "route"]
+    );
+    let python = std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
+        .join(".cache/vakt-tools/venv/bin/python3");
+    if !python.exists() {
+        eprintln!("skipped the instance check: no {}", python.display());
+        return;
+    }
+    let out = std::process::Command::new(python)
+        .args([
+            "-c",
+            "import json,sys,yaml,jsonschema; jsonschema.Draft202012Validator(json.load(open(sys.argv[1]))).validate(yaml.safe_load(open(sys.argv[2])))",
+        ])
+        .arg(root.join("docs/policy-test.schema.json"))
+        .arg(root.join("config/policy.test.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// docs/DECISIONS.md has a row for every policy reason, with the status vakt answers it with.
+#[test]
+fn every_policy_reason_is_documented_with_its_status() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/DECISIONS.md")).unwrap();
+    for reason in vakt::policy::Reason::ALL {
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with(&format!("| `{}` |", reason.code())))
+            .unwrap_or_else(|| panic!("docs/DECISIONS.md: no row for {}", reason.code()));
+        let status: u16 = row.split('|').nth(2).unwrap().trim().parse().unwrap();
+        // Step-up denials (a login too weak or too old) are answered 401 with what to log in
+        // with (RFC 9470).
+        let step_up = matches!(
+            reason,
+            vakt::policy::Reason::InsufficientAssurance
+                | vakt::policy::Reason::AuthenticationTooOld
+        );
+        let answered = if reason.is_allow() {
+            200
+        } else {
+            vakt::policy::explain::denial_status(reason, step_up)
+        };
+        assert_eq!(status, answered, "{row}");
+    }
 }
