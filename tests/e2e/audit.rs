@@ -734,7 +734,7 @@ async fn verify_names_edits_cut_tails_and_wrong_keys() {
     args.extend(["--output".into(), "json".into()]);
     let (code, stdout, _) = run_vakt_owned(&args);
     assert_eq!(code, 1);
-    let json: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let json: Value = serde_json::from_str(&stdout).unwrap();
     assert_eq!(json["intact"], false);
     let edit = json["findings"]
         .as_array()
