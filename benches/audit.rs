@@ -98,6 +98,7 @@ fn allowed_exchange(principal: Arc<Principal>, peer: &PeerIdentity) -> (Known, A
     let request_id = ensure_request_id(&mut headers);
     let trace_id = ensure_traceparent(&mut headers);
     let known = Known {
+        decision_id: Some(uuid::Uuid::new_v4()),
         request_id: request_id.to_str().ok().map(Label::sanitized),
         trace_id: Some(Label::sanitized(&trace_id)),
         target: Some(Target::Canonical(path)),

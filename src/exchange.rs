@@ -30,6 +30,8 @@ pub enum Target {
 /// What the stages have learnt about the request so far.
 #[derive(Debug, Default)]
 pub struct Known {
+    /// The id a denial body names as `decision_id`: the audit event takes it as its own id.
+    pub decision_id: Option<uuid::Uuid>,
     pub request_id: Option<Label>,
     pub trace_id: Option<Label>,
     pub target: Option<Target>,

@@ -475,6 +475,9 @@ pub fn build_event(
         event.rule = r.rule.and_then(|i| u32::try_from(i).ok());
         event.route_template = r.route_template.as_ref().map(Text::sanitized_shared);
     }
+    if let Some(id) = known.decision_id {
+        event.id = audit::EventId(id);
+    }
     event.request_id = known.request_id.clone();
     event.trace_id = known.trace_id.clone();
 
@@ -708,6 +711,7 @@ mod tests {
         let r = Redactor::national_ids(Arc::new(Pseudonymiser::from_secret("k1", &[3; 32])));
         let path = crate::hygiene::path::canonicalize("/a/b").unwrap();
         let known = Known {
+            decision_id: None,
             request_id: Some(Label::sanitized("r-1")),
             trace_id: None,
             target: Some(Target::Canonical(path)),
@@ -743,6 +747,7 @@ mod tests {
         );
         // Refused by hygiene: the redacted target.
         let known = Known {
+            decision_id: None,
             target: Some(Target::Redacted(audit::redact_target("/x/%2e/y?q"))),
             ..Known::default()
         };
@@ -789,6 +794,7 @@ mod tests {
         let get = http::Method::GET;
         let path_of = |target: Target| {
             let known = Known {
+                decision_id: None,
                 target: Some(target),
                 ..Known::default()
             };

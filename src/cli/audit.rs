@@ -28,6 +28,15 @@ pub enum AuditCommand {
         #[arg(long, value_enum, default_value = "text")]
         output: super::explain::Output,
     },
+    /// Print the audit event with this id: a denial body's `decision_id` (exit 1 when no file
+    /// has it).
+    Show {
+        /// The event id (`decision_id` in a denial body, `id` in the event).
+        id: String,
+        /// The audit files to search.
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+    },
     /// Accesses per route and action, denials by reason and peer, distinct subjects.
     Report {
         /// The audit files, oldest first.
@@ -81,6 +90,7 @@ impl AuditCommand {
                     Err(e) => bad_input("audit verify", e),
                 }
             }
+            Self::Show { id, files } => show(&id, &files),
             Self::Report { files, from, to } => {
                 let parse = |flag: &str, v: Option<String>| {
                     v.map(|t| {
@@ -160,4 +170,37 @@ fn verify_json(report: &vakt::audit::TrailReport) -> String {
         "findings": findings,
     }))
     .unwrap_or_default()
+}
+
+/// Find the event `id` in `files` and print it as indented JSON, with the file and line.
+fn show(id: &str, files: &[PathBuf]) -> ExitCode {
+    let Ok(wanted) = uuid::Uuid::parse_str(id) else {
+        return bad_input("audit show", format!("{id:?} is not an event id (a UUID)"));
+    };
+    let wanted = wanted.hyphenated().to_string();
+    for file in files {
+        let text = match std::fs::read_to_string(file) {
+            Ok(t) => t,
+            Err(e) => return bad_input("audit show", format!("{}: {e}", file.display())),
+        };
+        for (n, line) in text.lines().enumerate() {
+            // Cheap test first; lines that are not events (logs on a shared stream) are skipped.
+            if !line.contains(&wanted) {
+                continue;
+            }
+            let Ok(event) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            if event["id"] == wanted.as_str() {
+                println!("{}:{}", file.display(), n + 1);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&event).unwrap_or_default()
+                );
+                return ExitCode::SUCCESS;
+            }
+        }
+    }
+    eprintln!("vakt audit show: no event {wanted} in the files given");
+    ExitCode::FAILURE
 }

@@ -215,6 +215,7 @@ impl Stage for Hygiene {
         };
         if let Some(exchange) = exchange::of(&req) {
             exchange.learn(|k| {
+                k.decision_id = Some(ids.decision_id);
                 k.request_id = request_id.to_str().ok().map(Label::sanitized);
                 k.trace_id = Some(Label::sanitized(&ids.trace_id));
             });

@@ -960,3 +960,45 @@ async fn a_missing_chain_key_fails_closed() {
     assert_ne!(code, 0);
     assert!(stderr.contains("audit.chain_key"), "{stderr}");
 }
+
+/// The `decision_id` of a denial body finds its audit event with `vakt audit show`; an id no
+/// file has exits 1, something that is not an id exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_denials_decision_id_finds_its_event() {
+    let server = server(&["web"], "").await;
+    let dir = server.dir.clone();
+    let batch_dir = server
+        .pki
+        .workload("batch-show", &server.pki.spiffe_id("shop", "batch"))
+        .unwrap();
+    let batch = raw_client_config(Some(&batch_dir), &dir, &server.id, &[b"http/1.1"]);
+    let tls = mtls_connect(server.addr(), batch).await.unwrap();
+    let response = h1_send(tls, get("/refused/here", "orders.shop"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 403);
+    let body: Value = serde_json::from_str(&body_string(response).await).unwrap();
+    let id = body["decision_id"].as_str().unwrap().to_owned();
+    let audit = dir.join("audit.log");
+    wait_for_event(&audit, |e| e["id"] == id.as_str()).await;
+
+    let (code, stdout, stderr) = run_vakt(&["audit", "show", &id, audit.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    let (place, event) = stdout.split_once('\n').unwrap();
+    assert!(
+        place.starts_with(&format!("{}:", audit.display())),
+        "{place}"
+    );
+    let event: Value = serde_json::from_str(event).unwrap();
+    assert_eq!(event["id"], id.as_str());
+    assert_eq!(event["decision"], "deny");
+    assert_eq!(event["reason"], "peer_not_allowed");
+    assert_eq!(event["path"], "/refused/here");
+
+    let other = uuid::Uuid::new_v4().to_string();
+    let (code, _, stderr) = run_vakt(&["audit", "show", &other, audit.to_str().unwrap()]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains(&other), "{stderr}");
+    let (code, _, stderr) = run_vakt(&["audit", "show", "not-an-id", audit.to_str().unwrap()]);
+    assert_eq!(code, 2, "{stderr}");
+}
