@@ -12,7 +12,7 @@ use super::run::load;
 #[derive(Args)]
 pub struct CheckArgs {
     /// Sidecar config; its policy file is checked too.
-    #[arg(long, short, required_unless_present = "policy")]
+    #[arg(long, short, env = "VAKT_CONFIG", required_unless_present = "policy")]
     config: Option<PathBuf>,
     /// A policy file on its own.
     #[arg(long, short)]

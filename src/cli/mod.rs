@@ -50,6 +50,13 @@ enum Command {
         #[command(subcommand)]
         command: net::NetCommand,
     },
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print vakt's man page (roff): `vakt man > vakt.1 && man ./vakt.1`.
+    Man,
     /// Development PKI: a throwaway CA and workload certificates (never for production).
     #[cfg(feature = "dev")]
     Certs {
@@ -76,6 +83,18 @@ impl Cli {
             Command::Test(args) => args.run(),
             Command::Audit { command } => command.run(),
             Command::Net { command } => command.run(),
+            Command::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "vakt", &mut std::io::stdout());
+                ExitCode::SUCCESS
+            }
+            Command::Man => {
+                let page = clap_mangen::Man::new(<Cli as clap::CommandFactory>::command());
+                match page.render(&mut std::io::stdout()) {
+                    Ok(()) => ExitCode::SUCCESS,
+                    Err(e) => bad_input("man", e),
+                }
+            }
             #[cfg(feature = "dev")]
             Command::Certs { command } => command.run(),
             #[cfg(feature = "dev")]
@@ -97,4 +116,38 @@ fn invalid_policy(path: &std::path::Path, error: &vakt::policy::PolicyError) -> 
     let text = std::fs::read_to_string(path).unwrap_or_default();
     eprintln!("vakt: invalid policy:\n{error}\n{}", error.excerpt(&text));
     ExitCode::from(2)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every command and every flag has help text (what `--help`, the completions and the man
+    /// page show).
+    #[test]
+    fn every_command_and_flag_says_what_it_does() {
+        fn walk(command: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            let path = format!("{path} {}", command.get_name());
+            if command.get_about().is_none() && path != " vakt" {
+                missing.push(format!("{path}: no about"));
+            }
+            for arg in command.get_arguments() {
+                let id = arg.get_id().as_str();
+                if ["help", "version"].contains(&id) {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}: no help"));
+                }
+            }
+            for sub in command.get_subcommands() {
+                if sub.get_name() != "help" {
+                    walk(sub, &path, missing);
+                }
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "", &mut missing);
+        assert!(missing.is_empty(), "{missing:#?}");
+    }
 }

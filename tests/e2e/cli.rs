@@ -82,3 +82,41 @@ fn version_names_the_commit() {
         assert!(stdout.contains(&commit), "{stdout} is not {commit}");
     }
 }
+
+/// Shell completions and the man page come from the same definitions as the parser, so they
+/// name every command; `VAKT_CONFIG` stands in for `--config` in `check` as in `run`.
+#[test]
+fn completions_man_page_and_vakt_config() {
+    for shell in ["bash", "zsh", "fish"] {
+        let (code, stdout, stderr) = run_vakt(&["completions", shell]);
+        assert_eq!(code, 0, "{stderr}");
+        for command in ["explain", "audit", "verify", "net"] {
+            assert!(stdout.contains(command), "{shell}: {command} missing");
+        }
+    }
+    let (code, man, _) = run_vakt(&["man"]);
+    assert_eq!(code, 0);
+    assert!(
+        man.starts_with(".ie \\n(.g .ds Aq") || man.contains(".TH vakt"),
+        "{man}"
+    );
+    assert!(
+        man.contains("explain") && man.contains("Zero\\-trust"),
+        "{man}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("vakt.yaml");
+    std::fs::write(&config, "identity:\n  trust_domain: cluster.local\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_vakt"))
+        .arg("check")
+        .env("VAKT_CONFIG", &config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(&config.display().to_string()) && stderr.contains("missing field `cert`"),
+        "{stderr}"
+    );
+}
