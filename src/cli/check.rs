@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Args;
 use vakt::identity::TrustDomain;
-use vakt::policy::{Policy, PolicyContext, overlap_warnings};
+use vakt::policy::{Policy, PolicyContext};
 
 use super::run::load;
 
@@ -27,11 +27,15 @@ pub struct CheckArgs {
     /// Also load the certificate files the config names.
     #[arg(long)]
     with_certs: bool,
+    /// Exit 1 when there are warnings (errors always exit 2).
+    #[arg(long)]
+    fail_on_warn: bool,
 }
 
 impl CheckArgs {
     pub fn run(self) -> ExitCode {
         let mut policy_checks: Vec<(PathBuf, PolicyContext)> = Vec::new();
+        let mut warnings = 0usize;
         if let Some(path) = self.config {
             let config = match load(&path) {
                 Ok(c) => c,
@@ -46,11 +50,18 @@ impl CheckArgs {
             if let Some(inbound) = &config.inbound {
                 policy_checks.push((inbound.policy.clone(), config.policy_context()));
                 for name in &inbound.keep_headers {
+                    warnings += 1;
                     println!(
-                        "{}: warning: inbound.keep_headers lets clients send {name}, which other proxies set as identity (docs/HEADERS.md); the app must not trust it",
+                        "{}: warning[kept-identity-header]: inbound.keep_headers lets clients send {name}, which other proxies set as identity (docs/HEADERS.md); the app must not trust it",
                         path.display()
                     );
                 }
+            }
+            if !self.with_certs {
+                println!(
+                    "{}: note: the certificate, key and trust bundle files were not read (--with-certs reads them)",
+                    path.display()
+                );
             }
             println!(
                 "{}: OK (inbound: {}, outbound: {} upstream(s))",
@@ -87,13 +98,23 @@ impl CheckArgs {
         for (path, context) in policy_checks {
             match Policy::from_file(&path, &context) {
                 Ok(policy) => {
-                    for warning in overlap_warnings(&policy) {
-                        println!("{}: warning: {warning}", path.display());
+                    for warning in vakt::policy::lint(&policy, &context) {
+                        warnings += 1;
+                        println!(
+                            "{}: warning[{}]: {}",
+                            path.display(),
+                            warning.code,
+                            warning.message
+                        );
                     }
                     println!("{}: OK ({} route(s))", path.display(), policy.routes.len())
                 }
                 Err(e) => return super::invalid_policy(&path, &e),
             }
+        }
+        if warnings > 0 && self.fail_on_warn {
+            eprintln!("vakt check: {warnings} warning(s) and --fail-on-warn");
+            return ExitCode::FAILURE;
         }
         ExitCode::SUCCESS
     }

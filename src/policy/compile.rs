@@ -251,6 +251,13 @@ impl Policy {
             if !ids.insert(spec.id.clone()) {
                 problems.push(format!("{at}.id: duplicate route id"));
             }
+            // Metrics and audit events say `none` (and reports `-`) where no route matched.
+            if ["none", "-"].contains(&spec.id.as_str()) {
+                problems.push(format!(
+                    "{at}.id: \"{}\" is what metrics and audit events say when no route matched; choose another id",
+                    spec.id
+                ));
+            }
             if spec.methods.is_empty() {
                 problems.push(format!("{at}.methods: empty; the route could never match"));
             }

@@ -405,6 +405,14 @@ impl PeerPattern {
         &self.trust_domain
     }
 
+    /// `spiffe://<td>/ns/*/sa/*`: every workload of the trust domain.
+    pub fn admits_every_workload(&self) -> bool {
+        matches!(
+            self.segments.as_slice(),
+            [Some(ns), None, Some(sa), None] if ns == "ns" && sa == "sa"
+        ) || self.segments.iter().all(Option::is_none)
+    }
+
     /// Does this pattern match every SPIFFE ID `other` matches?
     pub fn covers(&self, other: &PeerPattern) -> bool {
         self.trust_domain == other.trust_domain

@@ -11,6 +11,7 @@ pub mod compile;
 pub mod decide;
 pub mod explain;
 pub mod file;
+pub mod lint;
 pub mod overlap;
 pub mod reload;
 pub(crate) mod router;
@@ -25,6 +26,7 @@ pub use file::{
     BindTarget, ClaimMatch, ClientBindingSpec, ClientBindingsSpec, ClientRef, Mode, PeerPattern,
     PolicyContext, PolicyFile, RouteSpec, RuleSpec, TokenRequirement,
 };
+pub use lint::{Lint, lint};
 pub use overlap::{OverlapWarning, overlap_warnings};
 pub use router::NearMiss;
 

@@ -137,7 +137,7 @@ fn check_warns_about_each_kept_header_and_refuses_a_protected_one() {
     for name in ["x-forwarded-user", "l5d-client-id"] {
         assert!(
             stdout.contains(&format!(
-                "warning: inbound.keep_headers lets clients send {name}"
+                "warning[kept-identity-header]: inbound.keep_headers lets clients send {name}"
             )),
             "{stdout}"
         );

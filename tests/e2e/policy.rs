@@ -807,16 +807,16 @@ routes:
     assert_eq!(code, 0, "{stderr}");
     let warnings: Vec<&str> = stdout
         .lines()
-        .filter(|l| l.starts_with(&format!("{p}: warning: ")))
+        .filter(|l| l.starts_with(&format!("{p}: warning[route-overlap]: ")))
         .collect();
     assert_eq!(
         warnings,
         [
             format!(
-                "{p}: warning: routes[1] (catch-all) /** lists POST but does not apply to the paths of routes[0] (admin) /admin: there those methods are answered 405 (method_not_allowed); add them to the specific route or narrow the wildcard; with path_near_miss: fall_back a near miss (letter case, trailing /) of those paths reaches catch-all and is granted them"
+                "{p}: warning[route-overlap]: routes[1] (catch-all) /** lists POST but does not apply to the paths of routes[0] (admin) /admin: there those methods are answered 405 (method_not_allowed); add them to the specific route or narrow the wildcard; with path_near_miss: fall_back a near miss (letter case, trailing /) of those paths reaches catch-all and is granted them"
             ),
             format!(
-                "{p}: warning: with path_near_miss: fall_back a near miss (letter case, trailing /) of the paths of routes[0] (admin) /admin reaches routes[1] (catch-all) /**, which admits spiffe://test.vakt.local/ns/shop/sa/web for GET where admin does not"
+                "{p}: warning[route-overlap]: with path_near_miss: fall_back a near miss (letter case, trailing /) of the paths of routes[0] (admin) /admin reaches routes[1] (catch-all) /**, which admits spiffe://test.vakt.local/ns/shop/sa/web for GET where admin does not"
             ),
         ],
         "{stdout}"
@@ -993,5 +993,83 @@ fn every_policy_reason_is_documented_with_its_status() {
             vakt::policy::explain::denial_status(reason, step_up)
         };
         assert_eq!(status, answered, "{row}");
+    }
+}
+
+/// Lint warnings have stable codes: a peer pattern admitting every workload on a route that is
+/// not public, a personal-looking path parameter no rule binds, trust domains not checked; the
+/// placeholder route ids are errors. `--fail-on-warn` turns warnings into exit 1.
+#[test]
+fn lint_warns_with_codes_and_fail_on_warn_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "version: 1\nroutes:\n  - id: journal\n    methods: [GET]\n    path: /patients/{fnr}/journal\n    allow:\n      - peers: [spiffe://cluster.local/ns/*/sa/*]\n  - id: health\n    methods: [GET]\n    path: /health\n    public: true\n",
+    )
+    .unwrap();
+    let p = policy.to_str().unwrap();
+    let (code, stdout, stderr) = run_vakt(&["check", "--policy", p]);
+    assert_eq!(code, 0, "{stderr}");
+    for expected in [
+        format!(
+            "{p}: warning[peers-admit-everyone]: routes[0] (journal).allow[0]: peers spiffe://cluster.local/ns/*/sa/* admits every workload of cluster.local"
+        ),
+        format!(
+            "{p}: warning[unbound-personal-param]: routes[0] (journal): {{fnr}} looks like a personal identifier but no rule binds it"
+        ),
+        format!(
+            "{p}: warning[trust-domains-not-checked]: the peers name trust domains cluster.local"
+        ),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "{expected:?} missing in:\n{stdout}"
+        );
+    }
+    let (code, _, stderr) = run_vakt(&[
+        "check",
+        "--policy",
+        p,
+        "--trust-domain",
+        "cluster.local",
+        "--fail-on-warn",
+    ]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains("2 warning(s) and --fail-on-warn"),
+        "{stderr}"
+    );
+    // A specific list of peers and a bound parameter: no warning, even with --fail-on-warn.
+    std::fs::write(
+        &policy,
+        "version: 1\nroutes:\n  - id: journal\n    methods: [GET]\n    path: /patients/{fnr}/journal\n    allow:\n      - peers: [spiffe://cluster.local/ns/web/sa/web]\n        bind: { fnr: national_id }\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_vakt(&[
+        "check",
+        "--policy",
+        p,
+        "--trust-domain",
+        "cluster.local",
+        "--issuer",
+        "https://idp.example",
+        "--fail-on-warn",
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(!stdout.contains("warning"), "{stdout}");
+    // Route ids metrics and audit use as placeholders are refused.
+    for id in ["none", "-"] {
+        std::fs::write(
+            &policy,
+            format!("version: 1\nroutes:\n  - id: \"{id}\"\n    methods: [GET]\n    path: /x\n    public: true\n"),
+        )
+        .unwrap();
+        let (code, _, stderr) = run_vakt(&["check", "--policy", p]);
+        assert_eq!(code, 2, "{id}: {stderr}");
+        assert!(
+            stderr.contains("is what metrics and audit events say when no route matched"),
+            "{stderr}"
+        );
     }
 }
