@@ -173,6 +173,57 @@ fn describe() {
         "Failed DNS lookups of egress destinations (their last addresses are kept)"
     );
     describe_counter!(
+        POLICY_DECISIONS,
+        "Policy decisions, by route, decision (allow, deny, would_deny) and reason"
+    );
+    describe_counter!(
+        POLICY_RELOADS,
+        "Policy reloads after a file change or SIGHUP, by result (success, failure)"
+    );
+    describe_gauge!(POLICY_ROUTES, "Routes in the running policy");
+    describe_counter!(
+        RATE_LIMITED,
+        "Requests over a route's per-peer rate limit, by route"
+    );
+    describe_counter!(AUDIT_WRITTEN, "Audit events written to the sink");
+    describe_counter!(
+        AUDIT_DROPPED,
+        "Audit events that could not be recorded, by reason"
+    );
+    describe_gauge!(
+        AUDIT_QUEUE,
+        "Audit events accepted and waiting for the writer"
+    );
+    describe_gauge!(
+        AUDIT_QUEUE_CAPACITY,
+        "audit.queue_capacity: a full queue refuses requests (on_audit_failure: deny) or drops events"
+    );
+    describe_gauge!(
+        AUDIT_HEALTHY,
+        "1 while the audit sink accepts writes, 0 while it fails"
+    );
+    describe_counter!(
+        AUTHN_FAILURES,
+        "Access tokens refused before the policy, by issuer and reason"
+    );
+    describe_counter!(
+        TOKEN_CACHE,
+        "Lookups in the verified-token cache, by result (hit, miss)"
+    );
+    describe_counter!(
+        JWKS_FETCHES,
+        "Key-set fetches from the identity providers, by issuer, result and trigger"
+    );
+    describe_gauge!(
+        JWKS_LAST_SUCCESS,
+        Unit::Seconds,
+        "Unix time of an issuer's last successful key-set fetch"
+    );
+    describe_counter!(
+        JWKS_KEYS_DROPPED,
+        "Published keys vakt does not use (weak or unusable), by issuer and reason"
+    );
+    describe_counter!(
         AUDIT_CHAIN_BREAKS,
         "Starts that opened a new audit chain epoch because the trail did not continue its last checkpoint, by reason"
     );

@@ -140,6 +140,14 @@ async fn failure_counters_are_scraped_at_zero_before_the_first_failure() {
             ],
         ),
     ];
+    // Every family says what it counts.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE vakt_")) {
+        let family = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family} has no # HELP"
+        );
+    }
     let unlabelled: Vec<&str> = text
         .lines()
         .filter(|l| l.starts_with("vakt_") && !l.contains("vakt_workload=\"shop/orders\""))

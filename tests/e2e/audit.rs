@@ -251,7 +251,16 @@ async fn metrics_exposition_parses_and_labels_stay_bounded() {
         "quantile",
     ];
     let mut samples = 0;
-    for line in metrics_text(server.vakt.admin_addr).await.lines() {
+    let text = metrics_text(server.vakt.admin_addr).await;
+    // Every family says what it counts.
+    for line in text.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let family = line.split_whitespace().nth(2).unwrap();
+        assert!(
+            text.contains(&format!("# HELP {family} ")),
+            "{family}: no # HELP"
+        );
+    }
+    for line in text.lines() {
         if line.starts_with('#') || line.is_empty() {
             continue;
         }
