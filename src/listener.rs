@@ -198,7 +198,7 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
                     .increment(1);
                 tracing::info!(%remote, direction, reason, "TLS handshake refused");
                 if let Some(auditor) = &auditor {
-                    auditor.handshake_refused(reason, None);
+                    auditor.handshake_refused(reason, None, Some(remote));
                 }
             };
             let tls = match tokio::time::timeout(ctx.limits.handshake_timeout, acceptor.accept(tcp)).await {
@@ -225,7 +225,7 @@ pub async fn serve_tls(listener: TcpListener, certs: Arc<CertStore>, ctx: Listen
                     .increment(1);
                 tracing::info!(%remote, peer = %spiffe_id, "connection refused: the peer's connection limit");
                 if let Some(auditor) = &auditor {
-                    auditor.handshake_refused("peer_connection_limit", Some(spiffe_id.as_str()));
+                    auditor.handshake_refused("peer_connection_limit", Some(spiffe_id.as_str()), Some(remote));
                 }
                 return;
             };

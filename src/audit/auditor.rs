@@ -246,13 +246,19 @@ impl Auditor {
     }
 
     /// A refused TLS handshake: who tried, and why.
-    pub fn handshake_refused(self: &Arc<Self>, reason: &'static str, peer: Option<&str>) {
+    pub fn handshake_refused(
+        self: &Arc<Self>,
+        reason: &'static str,
+        peer: Option<&str>,
+        source: Option<std::net::SocketAddr>,
+    ) {
         let mut event = AuditEvent::new(
             Direction::Handshake,
             Decision::Refused,
             Label::sanitized_static(reason),
         );
         event.peer = peer.map(Text::sanitized);
+        event.source = source.map(|a| Text::sanitized(&a.to_string()));
         self.record(event);
     }
 }
@@ -326,7 +332,7 @@ mod tests {
         b.record(testutil::event(2));
         assert_eq!(auditor.reserve().err(), Some(AuditUnavailable::QueueFull));
         // An event without a slot (a refused handshake) does not take a place held for another.
-        auditor.handshake_refused("unknown_ca", None);
+        auditor.handshake_refused("unknown_ca", None, None);
         c.record(testutil::event(3));
         assert_eq!(
             auditor.log.dropped(),

@@ -107,6 +107,10 @@ pub struct AuditEvent {
     /// (`address:port`, or `name:port(address:port)` once the name is known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Text>,
+    /// Refused handshakes: the address the connection came from (`ip:port`), the one thing
+    /// known about a caller that proved no identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<Text>,
     /// Token issuer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer: Option<Text>,
@@ -165,6 +169,7 @@ impl AuditEvent {
             path: None,
             peer: None,
             destination: None,
+            source: None,
             issuer: None,
             client_id: None,
             dpop_jkt: None,

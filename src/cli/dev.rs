@@ -78,6 +78,17 @@ impl CertsCommand {
                 .map_err(|e| format!("--spiffe-id {spiffe_id:?}: {e}"))
                 .and_then(|id| {
                     let ca = CertificateAuthority::load(&ca).map_err(|e| e.to_string())?;
+                    // A peer's identity is checked against the CA of its own trust domain: an
+                    // SVID for another trust domain from this CA would be refused everywhere.
+                    if let Some(td) = ca.trust_domain()
+                        && td != id.trust_domain_str()
+                    {
+                        return Err(format!(
+                            "--spiffe-id {id} is outside the CA's trust domain {td}; make a CA for {} (vakt certs init --trust-domain {} --dir DIR)",
+                            id.trust_domain_str(),
+                            id.trust_domain_str()
+                        ));
+                    }
                     let issued = ca
                         .issue(&LeafSpec::svid(id.as_str(), validity))
                         .map_err(|e| e.to_string())?;

@@ -131,6 +131,18 @@ impl fmt::Debug for CertificateAuthority {
 }
 
 impl CertificateAuthority {
+    /// The trust domain the CA was made for: its `spiffe://<td>` URI SAN.
+    pub fn trust_domain(&self) -> Option<String> {
+        let (_, cert) = x509_parser::parse_x509_certificate(&self.cert_der).ok()?;
+        let san = cert.subject_alternative_name().ok()??;
+        san.value.general_names.iter().find_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri
+                .strip_prefix("spiffe://")
+                .map(|td| td.trim_end_matches('/').to_owned()),
+            _ => None,
+        })
+    }
+
     /// New self-signed CA for `trust_domain` (e.g. `example.org`).
     ///
     /// Subject: CN = "<trust_domain> dev CA <8 random hex>", O = "vakt development CA",

@@ -50,6 +50,11 @@ async fn audited_refusals(server: &Server, reason: &str, at_least: usize) -> usi
             .filter(|e| {
                 e["direction"] == "handshake" && e["decision"] == "refused" && e["reason"] == reason
             })
+            .inspect(|e| {
+                // Who tried: the address it came from (the test's clients are on loopback).
+                let source = e["source"].as_str().unwrap_or_default();
+                assert!(source.starts_with("127.0.0.1:"), "no source address: {e}");
+            })
             .count();
         if count >= at_least || Instant::now() > deadline {
             return count;

@@ -202,6 +202,30 @@ fn certs_commands_make_an_identity_that_check_accepts() {
         .unwrap();
     assert_eq!(bad.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--spiffe-id"));
+    // An identity of another trust domain: this CA cannot vouch for it.
+    let foreign = vakt()
+        .args([
+            "certs",
+            "issue",
+            "--spiffe-id",
+            "spiffe://partner.example/ns/a/sa/b",
+            "--ca",
+        ])
+        .arg(&ca)
+        .arg("--out")
+        .arg(tmp.path().join("foreign"))
+        .output()
+        .unwrap();
+    assert_eq!(foreign.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&foreign.stderr);
+    assert!(
+        stderr.contains("is outside the CA's trust domain cluster.local"),
+        "{stderr}"
+    );
+    assert!(
+        !tmp.path().join("foreign").exists(),
+        "a certificate was written anyway"
+    );
 
     let config = tmp.path().join("vakt.yaml");
     std::fs::write(
