@@ -494,6 +494,7 @@ pub fn build_event(
     }
     if let Some(d) = &known.destination {
         event.destination = Some(Text::sanitized_shared(&d.authority));
+        event.expected_peer = Some(Text::sanitized_shared(&d.spiffe_id));
         // A response from upstream came over a handshake that proved this identity.
         if answer.is_some_and(|a| a.refusal.is_none()) {
             event.peer = Some(Text::sanitized_shared(&d.spiffe_id));

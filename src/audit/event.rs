@@ -107,6 +107,10 @@ pub struct AuditEvent {
     /// (`address:port`, or `name:port(address:port)` once the name is known).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub destination: Option<Text>,
+    /// Outbound to a mesh destination: the SPIFFE ID its sidecar had to prove (whether or not
+    /// it did: `peer` says who answered).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_peer: Option<Text>,
     /// Refused handshakes: the address the connection came from (`ip:port`), the one thing
     /// known about a caller that proved no identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -169,6 +173,7 @@ impl AuditEvent {
             path: None,
             peer: None,
             destination: None,
+            expected_peer: None,
             source: None,
             issuer: None,
             client_id: None,
@@ -346,6 +351,8 @@ mod tests {
         );
         e.peer = Some(Text::new("spiffe://cluster.local/ns/records/sa/web").unwrap());
         e.destination = Some(Text::new("billing.billing.svc:8080(10.0.3.7:8080)").unwrap());
+        e.expected_peer = Some(Text::new("spiffe://cluster.local/ns/billing/sa/billing").unwrap());
+        e.source = Some(Text::new("10.0.7.12:51234").unwrap());
         e.issuer = Some(Text::new("https://helseid.example/").unwrap());
         e.client_id = Some(Label::new("a1b2c3d4-records-web").unwrap());
         e.dpop_jkt = Some(Label::new("0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I").unwrap());
@@ -858,7 +865,7 @@ mod tests {
             .keys()
             .cloned()
             .collect();
-        assert_eq!(keys.len(), 33);
+        assert_eq!(keys.len(), 35);
         for key in &keys {
             let mut v = serde_json::to_value(&minimal).unwrap();
             v[key.as_str()] = serde_json::to_value(&full).unwrap()[key.as_str()].clone();

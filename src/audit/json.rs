@@ -58,6 +58,7 @@ impl AuditEvent {
         opt_string(out, key!("path"), text(&self.path));
         opt_string(out, key!("peer"), text(&self.peer));
         opt_string(out, key!("destination"), text(&self.destination));
+        opt_string(out, key!("expected_peer"), text(&self.expected_peer));
         opt_string(out, key!("source"), text(&self.source));
         opt_string(out, key!("issuer"), text(&self.issuer));
         opt_string(out, key!("client_id"), label(&self.client_id));

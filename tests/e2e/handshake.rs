@@ -387,6 +387,19 @@ async fn outbound_refuses_a_server_with_the_wrong_identity() {
         server.id
     );
     assert!(server.app.seen().is_empty(), "{:?}", server.app.seen());
+    // The client's trail names where the request went and whom it expected there; no peer,
+    // since none proved the expected identity.
+    client.shutdown().await;
+    let trail = std::fs::read_to_string(server.pki.path().join("web/audit.log")).unwrap();
+    let event: serde_json::Value = trail
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["direction"] == "outbound")
+        .unwrap_or_else(|| panic!("no outbound event:\n{trail}"));
+    assert_eq!(event["reason"], "upstream_identity_mismatch", "{event}");
+    assert_eq!(event["destination"], "orders.shop:80", "{event}");
+    assert_eq!(event["expected_peer"], expected.as_str(), "{event}");
+    assert!(event.get("peer").is_none(), "{event}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
