@@ -14,7 +14,8 @@ pub enum AuditCommand {
     /// range: edited lines, gaps, epochs, a truncated tail, key-id changes. Exits non-zero on
     /// any problem.
     Verify {
-        /// The audit files, oldest first (`audit.log.2 audit.log.1 audit.log`).
+        /// The audit files, oldest first (`audit.log.2 audit.log.1 audit.log`); `-` reads a
+        /// container's mixed output from stdin: its audit and checkpoint lines, skipping logs.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// A chain key file (`FILE`, or `KEY_ID=FILE`); repeat for rotated keys.
@@ -60,6 +61,22 @@ impl AuditCommand {
                 checkpoints,
                 output,
             } => {
+                // `-`: the stream's audit lines, and its checkpoint lines unless a file is given.
+                let stdin = if files.len() == 1 && files[0].as_os_str() == "-" {
+                    match split_stream(std::io::stdin().lock()) {
+                        Ok(split) => Some(split),
+                        Err(e) => return bad_input("audit verify", format!("stdin: {e}")),
+                    }
+                } else {
+                    None
+                };
+                let (files, checkpoints) = match &stdin {
+                    Some(split) => (
+                        vec![split.events.clone()],
+                        checkpoints.or_else(|| split.checkpoints.clone()),
+                    ),
+                    None => (files, checkpoints),
+                };
                 let options = match verify_options(&keys, checkpoints.as_deref()) {
                     Ok(o) => o,
                     Err(e) => return bad_input("audit verify", e),
@@ -203,4 +220,66 @@ fn show(id: &str, files: &[PathBuf]) -> ExitCode {
     }
     eprintln!("vakt audit show: no event {wanted} in the files given");
     ExitCode::FAILURE
+}
+
+/// A container's output split by line kind into temporary files: audit events (lines that
+/// begin `{"schema":"vakt.audit/`) and checkpoints (`{"type":"vakt.audit.checkpoint"`); logs
+/// and anything else are skipped. The files live as long as this value.
+struct SplitStream {
+    dir: PathBuf,
+    events: PathBuf,
+    checkpoints: Option<PathBuf>,
+}
+
+impl Drop for SplitStream {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The line prefixes that tell vakt's audit output from its logs (docs/AUDIT.md).
+const EVENT_PREFIX: &str = "{\"schema\":\"vakt.audit/";
+const CHECKPOINT_PREFIX: &str = "{\"type\":\"vakt.audit.checkpoint\"";
+
+fn split_stream(input: impl std::io::BufRead) -> std::io::Result<SplitStream> {
+    use std::io::Write as _;
+    use std::os::unix::fs::DirBuilderExt as _;
+    // A private directory of this process (0700), removed when the value is dropped.
+    let dir = std::env::temp_dir().join(format!(
+        "vakt-audit-verify-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::DirBuilder::new().mode(0o700).create(&dir)?;
+    let events = dir.join("events.log");
+    let checkpoints = dir.join("checkpoints.jsonl");
+    let mut event_out = std::io::BufWriter::new(std::fs::File::create(&events)?);
+    let mut checkpoint_out = std::io::BufWriter::new(std::fs::File::create(&checkpoints)?);
+    let (mut kept, mut marks, mut skipped) = (0u64, 0u64, 0u64);
+    for line in input.split(b'\n') {
+        let line = line?;
+        if line.starts_with(EVENT_PREFIX.as_bytes()) {
+            event_out.write_all(&line)?;
+            event_out.write_all(b"\n")?;
+            kept += 1;
+        } else if line.starts_with(CHECKPOINT_PREFIX.as_bytes()) {
+            checkpoint_out.write_all(&line)?;
+            checkpoint_out.write_all(b"\n")?;
+            marks += 1;
+        } else if !line.is_empty() {
+            skipped += 1;
+        }
+    }
+    event_out.flush()?;
+    checkpoint_out.flush()?;
+    eprintln!(
+        "stdin: {kept} audit line(s), {marks} checkpoint(s), {skipped} other line(s) skipped"
+    );
+    Ok(SplitStream {
+        dir,
+        events,
+        checkpoints: (marks > 0).then_some(checkpoints),
+    })
 }

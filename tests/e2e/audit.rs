@@ -1011,3 +1011,97 @@ async fn a_denials_decision_id_finds_its_event() {
     let (code, _, stderr) = run_vakt(&["audit", "show", "not-an-id", audit.to_str().unwrap()]);
     assert_eq!(code, 2, "{stderr}");
 }
+
+/// With `sink: stdout` the audit lines share the container's output with the logs (stderr,
+/// merged by the runtime). Lines that begin `{"schema":"vakt.audit/` are events, lines that begin
+/// `{"type":"vakt.audit.checkpoint"` checkpoints, and `vakt audit verify -` reads such a mixed
+/// stream: intact as written, tampered after one edit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mixed_container_stream_is_verified_from_stdin() {
+    let workload = ChildWorkload::new("web-stdout").await;
+    let (yaml, inbound, admin) = workload.child_config();
+    let audit_path = workload.dir.join("audit.log").display().to_string();
+    let yaml = yaml
+        .replace(
+            &format!("  sink: file\n  file:\n    path: {audit_path}\n    fsync: never\n"),
+            "  sink: stdout\n",
+        )
+        .replace("checkpoint_stdout: false", "checkpoint_stdout: true");
+    assert!(yaml.contains("sink: stdout"), "{yaml}");
+    let mut child = spawn_vakt_with_env(
+        "stdout-sink",
+        &workload.dir,
+        &yaml,
+        admin,
+        &[("RUST_LOG", "info")],
+    );
+    wait_ready(&child).await;
+    for _ in 0..5 {
+        let tls = mtls_connect(inbound, workload.web_h1.clone())
+            .await
+            .unwrap();
+        assert_eq!(
+            h1_send(tls, get("/x", "orders.shop"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+    stop(&mut child).await;
+    let out = std::fs::read_to_string(&child.stdout).unwrap();
+    let err = std::fs::read_to_string(&child.stderr).unwrap();
+    // As a container runtime merges them: log lines between the audit lines.
+    let mut mixed = String::new();
+    let mut logs = err.lines();
+    for line in out.lines() {
+        if let Some(log) = logs.next() {
+            mixed.push_str(log);
+            mixed.push('\n');
+        }
+        mixed.push_str(line);
+        mixed.push('\n');
+    }
+    for log in logs {
+        mixed.push_str(log);
+        mixed.push('\n');
+    }
+    let key = workload.dir.join(vakt::dev::mesh::DEV_CHAIN_KEY_FILE);
+    let verify = |input: &str| {
+        use std::io::Write as _;
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_vakt"))
+            .args(["audit", "verify", "--key"])
+            .arg(&key)
+            .arg("-")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = verify(&mixed);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("intact: 5 events"), "{stdout}");
+    assert!(stderr.contains("stdin: 5 audit line(s)"), "{stderr}");
+    assert!(
+        !stderr.contains(" 0 other line(s)"),
+        "no log line was mixed in: {stderr}"
+    );
+    // One event edited in the stream: tampered.
+    let tampered = mixed.replacen("\"status\":200", "\"status\":500", 1);
+    let (code, stdout, _) = verify(&tampered);
+    assert_eq!(code, Some(1), "{stdout}");
+    assert!(stdout.contains("edited"), "{stdout}");
+}
