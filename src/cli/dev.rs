@@ -111,10 +111,10 @@ impl CertsCommand {
 }
 
 /// `vakt demo`: a mesh on loopback with a throwaway PKI and issuer, explained.
-pub fn demo() -> ExitCode {
+pub fn demo(keep: Option<&std::path::Path>) -> ExitCode {
     init_logging(LogFormat::Text, "warn");
     let mut stdout = std::io::stdout();
-    match runtime(&RuntimeConfig::default()).block_on(vakt::dev::demo::run(&mut stdout)) {
+    match runtime(&RuntimeConfig::default()).block_on(vakt::dev::demo::run(&mut stdout, keep)) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

@@ -65,7 +65,11 @@ enum Command {
     },
     /// Start a mesh on loopback, send requests through it and explain what happened.
     #[cfg(feature = "dev")]
-    Demo,
+    Demo {
+        /// Keep the demo's audit trail, its checkpoints and chain key in this directory.
+        #[arg(long, value_name = "DIR")]
+        keep: Option<std::path::PathBuf>,
+    },
     /// Development OIDC issuer on loopback: serve discovery + JWKS, mint tokens, rotate keys.
     #[cfg(feature = "dev")]
     DevIdp {
@@ -98,7 +102,7 @@ impl Cli {
             #[cfg(feature = "dev")]
             Command::Certs { command } => command.run(),
             #[cfg(feature = "dev")]
-            Command::Demo => dev::demo(),
+            Command::Demo { keep } => dev::demo(keep.as_deref()),
             #[cfg(feature = "dev")]
             Command::DevIdp { command } => command.run(),
         }

@@ -33,7 +33,9 @@ struct Expectation {
     reason: Option<&'static str>,
 }
 
-pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
+/// Run the demo; with `keep`, copy orders' audit trail, its checkpoints and the (throwaway)
+/// chain key into that directory before the temporary files go.
+pub async fn run(out: &mut impl Write, keep: Option<&std::path::Path>) -> anyhow::Result<bool> {
     writeln!(
         out,
         "vakt demo — a service mesh on 127.0.0.1, built from scratch\n"
@@ -449,6 +451,24 @@ pub async fn run(out: &mut impl Write) -> anyhow::Result<bool> {
         "   raw national ids in the trail: {}",
         if leaked { "FOUND (UNEXPECTED)" } else { "none" }
     )?;
+    if let Some(dir) = keep {
+        std::fs::create_dir_all(dir).with_context(|| format!("--keep {}", dir.display()))?;
+        for name in [
+            "audit.log",
+            crate::dev::mesh::DEV_CHECKPOINT_FILE,
+            crate::dev::mesh::DEV_CHAIN_KEY_FILE,
+        ] {
+            std::fs::copy(orders_dir.join(name), dir.join(name))
+                .with_context(|| format!("keeping {name} in {}", dir.display()))?;
+        }
+        writeln!(
+            out,
+            "   kept in {d}: audit.log, {c}, {k} (a throwaway key); check it with\n     vakt audit verify --key {d}/{k} --checkpoints {d}/{c} {d}/audit.log",
+            d = dir.display(),
+            c = crate::dev::mesh::DEV_CHECKPOINT_FILE,
+            k = crate::dev::mesh::DEV_CHAIN_KEY_FILE,
+        )?;
+    }
     writeln!(
         out,
         "\n{}",

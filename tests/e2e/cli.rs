@@ -120,3 +120,21 @@ fn completions_man_page_and_vakt_config() {
         "{stderr}"
     );
 }
+
+/// `vakt demo --keep DIR` leaves the trail it showed, and the command it prints verifies it.
+#[test]
+fn the_demo_keeps_its_trail_on_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("trail");
+    let (code, stdout, stderr) = run_vakt(&["demo", "--keep", keep.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    let command = stdout
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("vakt audit verify --key "))
+        .unwrap_or_else(|| panic!("no verify command in:\n{stdout}"));
+    let args: Vec<&str> = command.split_whitespace().skip(1).collect();
+    let (code, out, err) = run_vakt(&args);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("intact"), "{out}");
+}
