@@ -47,6 +47,13 @@ impl CheckArgs {
                 eprintln!("vakt: certificates: {e}");
                 return ExitCode::from(2);
             }
+            if self.with_certs
+                && let Some(file) = &config.audit.file
+                && let Err(e) = writable_dir(&file.path)
+            {
+                eprintln!("vakt: audit.file.path: {e}");
+                return ExitCode::from(2);
+            }
             if let Some(inbound) = &config.inbound {
                 policy_checks.push((inbound.policy.clone(), config.policy_context()));
                 for name in &inbound.keep_headers {
@@ -118,4 +125,24 @@ impl CheckArgs {
         }
         ExitCode::SUCCESS
     }
+}
+
+/// The directory of `file` exists and this user may create files in it (what the audit sink
+/// needs at start): tried with a file created and removed at once.
+fn writable_dir(file: &std::path::Path) -> Result<(), String> {
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("{}: the directory does not exist", dir.display()));
+    }
+    let probe = dir.join(format!(".vakt-check-{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&probe)
+        .map_err(|e| format!("{}: cannot create files there: {e}", dir.display()))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
 }

@@ -240,6 +240,32 @@ fn certs_commands_make_an_identity_that_check_accepts() {
     .unwrap();
     let (code, _, stderr) = run_check(&config, &["--with-certs"]);
     assert_eq!(code, 0, "{stderr}");
+    // A file audit sink: --with-certs also checks that its directory can take files.
+    std::fs::write(tmp.path().join("chain.key"), "k".repeat(32)).unwrap();
+    let with_audit = |dir: &str| {
+        format!(
+            "identity:\n  trust_domain: cluster.local\n  cert: web/cert.pem\n  key: web/key.pem\n  trust_bundle: web/bundle.pem\ninbound:\n  policy: policy.yaml\naudit:\n  sink: file\n  file:\n    path: {dir}/audit.log\n  chain_key:\n    key_file: chain.key\n    key_id: k1\n  checkpoint_file: checkpoints.jsonl\n"
+        )
+    };
+    std::fs::write(&config, with_audit("no-such-dir")).unwrap();
+    let (code, _, _) = run_check(&config, &[]);
+    assert_eq!(code, 0, "without --with-certs the files are not looked at");
+    let (code, _, stderr) = run_check(&config, &["--with-certs"]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("audit.file.path")
+            && stderr.contains("no-such-dir: the directory does not exist"),
+        "{stderr}"
+    );
+    std::fs::create_dir(tmp.path().join("logs")).unwrap();
+    std::fs::write(&config, with_audit("logs")).unwrap();
+    let (code, _, stderr) = run_check(&config, &["--with-certs"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("logs")).unwrap().count(),
+        0,
+        "the probe stayed"
+    );
     // The same config with the wrong trust domain is refused once the certificate is read.
     std::fs::write(
         &config,
