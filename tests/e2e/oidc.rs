@@ -1372,3 +1372,27 @@ async fn a_peer_no_rule_admits_is_refused_as_a_peer_before_any_token_check() {
     );
     assert_token_refused(&s, &path, &forged, "bad_signature", "forged, admitted peer").await;
 }
+
+/// docs/CLAIMS.md names every step-up `acr_values` the profiles ask for.
+#[test]
+fn the_claims_document_names_every_profiles_step_up_values() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/CLAIMS.md")).unwrap();
+    for profile in vakt::authn::Profile::ALL {
+        assert!(
+            doc.contains(&format!("`{}`", profile.as_str())),
+            "{}",
+            profile.as_str()
+        );
+        for level in [Loa::Substantial, Loa::High] {
+            let value = profile.acr_value(level);
+            if profile != vakt::authn::Profile::Generic {
+                assert!(
+                    doc.contains(&format!("`{value}`")),
+                    "{}: {value}",
+                    profile.as_str()
+                );
+            }
+        }
+    }
+}
