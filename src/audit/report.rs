@@ -78,6 +78,12 @@ pub struct Report {
     pub denials_by_reason: BTreeMap<String, u64>,
     /// Deny and refused decisions by peer SPIFFE ID (`-` when there was none).
     pub denials_by_peer: BTreeMap<String, u64>,
+    /// Deny and refused decisions by (peer, route, reason): who was refused what, and why.
+    pub denials_by_peer_route_reason: BTreeMap<(String, String, String), u64>,
+    /// Dry-run `would_deny` by (peer, reason): what enforcing a dry-run route would refuse.
+    pub would_deny_by_peer_reason: BTreeMap<(String, String), u64>,
+    /// Decisions per hour (`YYYY-MM-DDTHH`, UTC).
+    pub by_hour: BTreeMap<String, Counts>,
     pub distinct_subjects: usize,
     pub distinct_national_ids: usize,
     /// The [`TOP_N`] national-id pseudonyms with the most events, most first (ties by name).
@@ -163,6 +169,22 @@ impl Report {
         self.first = Some(self.first.map_or(e.time, |t| t.min(e.time)));
         self.last = Some(self.last.map_or(e.time, |t| t.max(e.time)));
         self.decisions.add(e.decision);
+        let hour = e.time.to_string().get(..13).unwrap_or_default().to_owned();
+        self.by_hour.entry(hour).or_default().add(e.decision);
+        let peer = e.peer.as_ref().map_or("-", |p| p.as_str()).to_owned();
+        let route = e.route.as_ref().map_or("-", |r| r.as_str()).to_owned();
+        if e.decision == Decision::WouldDeny {
+            *self
+                .would_deny_by_peer_reason
+                .entry((peer.clone(), e.reason.as_str().to_owned()))
+                .or_default() += 1;
+        }
+        if e.decision.is_denial() {
+            *self
+                .denials_by_peer_route_reason
+                .entry((peer.clone(), route.clone(), e.reason.as_str().to_owned()))
+                .or_default() += 1;
+        }
         if e.direction == Direction::Handshake {
             self.handshakes_refused += 1;
         } else {
@@ -208,12 +230,18 @@ impl fmt::Display for Report {
         let open =
             |t: Option<Timestamp>, s: &'static str| t.map_or(s.to_owned(), |t| t.to_string());
         writeln!(f, "vakt audit report")?;
-        writeln!(
-            f,
-            "window: {} .. {} (from inclusive, to exclusive)",
-            open(self.from, "start"),
-            open(self.to, "end")
-        )?;
+        match (self.from, self.to, self.first, self.last) {
+            (None, None, Some(first), Some(last)) => writeln!(
+                f,
+                "window: {first} .. {last} (every event in the files; --from/--to narrow it)"
+            )?,
+            _ => writeln!(
+                f,
+                "window: {} .. {} (from inclusive, to exclusive)",
+                open(self.from, "the first event"),
+                open(self.to, "the last event")
+            )?,
+        }
         let c = &self.decisions;
         writeln!(
             f,
@@ -318,6 +346,47 @@ impl fmt::Display for Report {
             }
         }
 
+        writeln!(f, "\nDenials by peer, route and reason")?;
+        let mut rows: Vec<(&(String, String, String), &u64)> =
+            self.denials_by_peer_route_reason.iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        if rows.is_empty() {
+            writeln!(f, "  (none)")?;
+        }
+        for ((peer, route, reason), n) in rows {
+            writeln!(f, "  {peer}  {route}  {reason}  {n:>8}")?;
+        }
+        writeln!(
+            f,
+            "\nDry-run: would be denied, by peer and reason (what enforcing would refuse)"
+        )?;
+        let mut rows: Vec<(&(String, String), &u64)> =
+            self.would_deny_by_peer_reason.iter().collect();
+        rows.sort_by(|a, b| b.1.cmp(a.1).then_with(|| a.0.cmp(b.0)));
+        if rows.is_empty() {
+            writeln!(f, "  (none)")?;
+        }
+        for ((peer, reason), n) in rows {
+            writeln!(f, "  {peer}  {reason}  {n:>8}")?;
+        }
+        writeln!(f, "\nBy hour (UTC)")?;
+        writeln!(
+            f,
+            "  {:<13}  {:>8} {:>8} {:>8} {:>10} {:>8}",
+            "hour", "total", "allow", "deny", "would_deny", "refused"
+        )?;
+        for (hour, c) in &self.by_hour {
+            writeln!(
+                f,
+                "  {hour:<13}  {:>8} {:>8} {:>8} {:>10} {:>8}",
+                c.total(),
+                c.allow,
+                c.deny,
+                c.would_deny,
+                c.refused
+            )?;
+        }
+
         writeln!(
             f,
             "\nDistinct subjects (pseudonymised): {}",
@@ -335,6 +404,58 @@ impl fmt::Display for Report {
             writeln!(f, "  {pseudonym}  {n:>8}")?;
         }
         Ok(())
+    }
+}
+
+impl Report {
+    /// The summary as JSON, for a SIEM or a script: the same tables as the text.
+    pub fn json(&self) -> serde_json::Value {
+        let counts = |c: &Counts| {
+            serde_json::json!({"total": c.total(), "allow": c.allow, "deny": c.deny,
+                               "would_deny": c.would_deny, "refused": c.refused})
+        };
+        let time = |t: Option<Timestamp>| t.map(|t| t.to_string());
+        serde_json::json!({
+            "from": time(self.from), "to": time(self.to),
+            "first_event": time(self.first), "last_event": time(self.last),
+            "files": self.files, "events": self.events,
+            "unreadable_lines": self.unreadable_lines,
+            "decisions": counts(&self.decisions),
+            "accesses": self.accesses.iter().map(|((route, action), c)| {
+                let mut row = counts(c);
+                row["route"] = route.as_str().into();
+                row["action"] = action.map(Action::as_str).into();
+                row
+            }).collect::<Vec<_>>(),
+            "handshakes_refused": self.handshakes_refused,
+            "outcomes": self.outcomes,
+            "allowed_then_aborted": self.allowed_then_aborted,
+            "denials_by_reason": self.denials_by_reason,
+            "denials_by_peer": self.denials_by_peer,
+            "denials_by_peer_route_reason": self.denials_by_peer_route_reason.iter()
+                .map(|((peer, route, reason), n)| serde_json::json!(
+                    {"peer": peer, "route": route, "reason": reason, "count": n}))
+                .collect::<Vec<_>>(),
+            "would_deny_by_peer_reason": self.would_deny_by_peer_reason.iter()
+                .map(|((peer, reason), n)| serde_json::json!(
+                    {"peer": peer, "reason": reason, "count": n}))
+                .collect::<Vec<_>>(),
+            "by_hour": self.by_hour.iter().map(|(hour, c)| {
+                let mut row = counts(c);
+                row["hour"] = hour.as_str().into();
+                row
+            }).collect::<Vec<_>>(),
+            "distinct_subjects": self.distinct_subjects,
+            "distinct_national_ids": self.distinct_national_ids,
+            "busiest_national_ids": self.busiest_national_ids.iter()
+                .map(|(p, n)| serde_json::json!({"pseudonym": p, "count": n}))
+                .collect::<Vec<_>>(),
+            "epochs": self.epochs.iter()
+                .map(|(epoch, seq, start)| serde_json::json!(
+                    {"epoch": epoch, "first_seq": seq, "start": start.as_str(), "break": start.is_break()}))
+                .collect::<Vec<_>>(),
+            "gaps": self.gaps.iter().map(|(a, b)| serde_json::json!({"first_seq": a, "last_seq": b})).collect::<Vec<_>>(),
+        })
     }
 }
 

@@ -49,6 +49,16 @@ pub enum AuditCommand {
         /// RFC 3339 end of the window (exclusive).
         #[arg(long)]
         to: Option<String>,
+        /// A chain key file (`FILE` or `KEY_ID=FILE`): the trail is verified while it is read,
+        /// and a report over a tampered trail says so first (exit 1).
+        #[arg(long = "key", value_name = "KEY_FILE")]
+        keys: Vec<String>,
+        /// The checkpoint file, for the verification.
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<PathBuf>,
+        /// text (for a person) or json (for a SIEM or a script).
+        #[arg(long, value_enum, default_value = "text")]
+        output: super::explain::Output,
     },
 }
 
@@ -108,7 +118,28 @@ impl AuditCommand {
                 }
             }
             Self::Show { id, files } => show(&id, &files),
-            Self::Report { files, from, to } => {
+            Self::Report {
+                files,
+                from,
+                to,
+                keys,
+                checkpoints,
+                output,
+            } => {
+                // The trail first: a summary of edited lines would mislead.
+                let verdict = if keys.is_empty() {
+                    Ok(None)
+                } else {
+                    verify_options(&keys, checkpoints.as_deref()).and_then(|options| {
+                        vakt::audit::verify_trail(&files, &options)
+                            .map(Some)
+                            .map_err(|e| e.to_string())
+                    })
+                };
+                let verdict = match verdict {
+                    Ok(v) => v,
+                    Err(e) => return bad_input("audit report", e),
+                };
                 let parse = |flag: &str, v: Option<String>| {
                     v.map(|t| {
                         Timestamp::parse_rfc3339(&t).map_err(|e| format!("{flag} {t:?}: {e}"))
@@ -120,8 +151,36 @@ impl AuditCommand {
                     .and_then(|(f, t)| vakt::audit::report(&files, f, t).map_err(|e| e.to_string()))
                 {
                     Ok(report) => {
-                        print!("{report}");
-                        ExitCode::SUCCESS
+                        let tampered = verdict.as_ref().is_some_and(|v| !v.is_intact());
+                        let trail = match &verdict {
+                            None => "not verified (give --key, and --checkpoints, to check the chain while reading)".to_owned(),
+                            Some(v) if v.is_intact() => format!("intact ({} events verified)", v.events),
+                            Some(v) => format!(
+                                "TAMPERED OR INCOMPLETE: {} problem(s), first: {}; the tables below count what the files hold now",
+                                v.problems().count(),
+                                v.problems().next().map(ToString::to_string).unwrap_or_default()
+                            ),
+                        };
+                        match output {
+                            super::explain::Output::Text => print!("trail: {trail}\n{report}"),
+                            super::explain::Output::Json => {
+                                let mut json = report.json();
+                                json["trail"] = serde_json::json!({
+                                    "verified": verdict.is_some(),
+                                    "intact": verdict.as_ref().map(|v| v.is_intact()),
+                                    "summary": trail,
+                                });
+                                println!(
+                                    "{}",
+                                    serde_json::to_string_pretty(&json).unwrap_or_default()
+                                );
+                            }
+                        }
+                        if tampered {
+                            ExitCode::FAILURE
+                        } else {
+                            ExitCode::SUCCESS
+                        }
                     }
                     Err(e) => bad_input("audit report", e),
                 }

@@ -99,6 +99,58 @@ async fn one_event_per_request_and_refused_handshake_under_concurrency() {
     let (code, stdout, _) = run_vakt(&["audit", "report", audit_file.to_str().unwrap()]);
     assert_eq!(code, 0);
     assert!(stdout.contains("peer_not_allowed"), "{stdout}");
+    assert!(stdout.starts_with("trail: not verified"), "{stdout}");
+    // With the key, the report verifies the trail as it reads it, and has the reviewer's tables.
+    let key = server.dir.join(vakt::dev::mesh::DEV_CHAIN_KEY_FILE);
+    let checkpoints = server.dir.join(vakt::dev::mesh::DEV_CHECKPOINT_FILE);
+    let report_args = |json: bool| {
+        let mut args: Vec<String> = vec![
+            "audit".into(),
+            "report".into(),
+            "--key".into(),
+            key.display().to_string(),
+            "--checkpoints".into(),
+            checkpoints.display().to_string(),
+            audit_file.display().to_string(),
+        ];
+        if json {
+            args.extend(["--output".into(), "json".into()]);
+        }
+        args
+    };
+    let (code, stdout, stderr) = run_vakt_owned(&report_args(false));
+    assert_eq!(code, 0, "{stderr}");
+    let batch_id = server.pki.spiffe_id("shop", "batch");
+    for expected in [
+        format!(
+            "trail: intact ({} events verified)",
+            2000 + refused_handshakes
+        ),
+        "Denials by peer, route and reason".to_owned(),
+        format!("  {batch_id}  everything  peer_not_allowed       500"),
+        "By hour (UTC)".to_owned(),
+        "every event in the files".to_owned(),
+    ] {
+        assert!(
+            stdout.contains(&expected),
+            "{expected:?} missing in:\n{stdout}"
+        );
+    }
+    let (code, stdout, _) = run_vakt_owned(&report_args(true));
+    assert_eq!(code, 0);
+    let json: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(json["trail"]["intact"], true);
+    assert_eq!(json["decisions"]["deny"], 500);
+    assert_eq!(
+        json["denials_by_peer_route_reason"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["peer"] == batch_id.as_str())
+            .unwrap()["count"],
+        500
+    );
+    assert!(!json["by_hour"].as_array().unwrap().is_empty());
 
     // Tampering is caught: delete one line.
     let text = std::fs::read_to_string(&audit_file).unwrap();
@@ -108,6 +160,13 @@ async fn one_event_per_request_and_refused_handshake_under_concurrency() {
     let (code, _, stderr) = verify_cli(&server.dir, &[&audit_file]);
     assert_ne!(code, 0);
     assert!(stderr.contains("line 11"), "{stderr}");
+    // A report over it says so before anything else, and exits 1.
+    let (code, stdout, _) = run_vakt_owned(&report_args(false));
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.starts_with("trail: TAMPERED OR INCOMPLETE"),
+        "{stdout}"
+    );
 }
 
 /// A sink that cannot write (its rotation target is blocked by a directory) makes vakt refuse
