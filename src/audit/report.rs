@@ -280,12 +280,12 @@ impl fmt::Display for Report {
         for (a, b) in &self.gaps {
             writeln!(
                 f,
-                "warning: seq {a}..={b} missing from the files; run `vakt audit verify`"
+                "warning: seq {a} to {b} missing from the files; run `vakt audit verify`"
             )?;
         }
         for (a, b) in &self.rotated_out {
             let show = |v: &Option<u64>| v.map_or_else(|| "?".to_owned(), |v| v.to_string());
-            writeln!(f, "rotated out (recorded): seq {}..={}", show(a), show(b))?;
+            writeln!(f, "rotated out (recorded): seq {} to {}", show(a), show(b))?;
         }
 
         writeln!(f, "\nAccesses by route and action")?;
@@ -638,7 +638,7 @@ mod tests {
             }))
             .text,
         );
-        // seq 7..=8 deleted from the file.
+        // seq 7 to 8 deleted from the file.
         w.seal(event(7));
         w.seal(event(8));
         lines.push(w.seal(event(9)).text);
@@ -674,8 +674,8 @@ mod tests {
         let text = r.to_string();
         for needle in [
             "warning: epoch 2 begins at seq 20 (truncated)",
-            "warning: seq 7..=8 missing from the files",
-            "rotated out (recorded): seq 1..=3",
+            "warning: seq 7 to 8 missing from the files",
+            "rotated out (recorded): seq 1 to 3",
         ] {
             assert!(text.contains(needle), "missing {needle:?} in\n{text}");
         }

@@ -102,7 +102,7 @@ impl fmt::Display for Finding {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.seqs {
             Some((a, b)) if a == b => write!(f, "seq {a}: ")?,
-            Some((a, b)) => write!(f, "seq {a}..={b}: ")?,
+            Some((a, b)) => write!(f, "seq {a} to {b}: ")?,
             None => {}
         }
         write!(f, "{}: {}", self.kind.as_str(), self.detail)?;
@@ -138,7 +138,7 @@ impl fmt::Display for Segment {
         }
         write!(
             f,
-            ": seq {}..={} ({} event{})",
+            ": seq {} to {} ({} event{})",
             self.first_seq,
             self.last_seq,
             self.events,
@@ -588,7 +588,7 @@ impl<'a> Walk<'a> {
             let missing = match (note.found_seq, note.checkpoint_seq) {
                 (found, Some(cp)) if found.unwrap_or(0) < cp => {
                     format!(
-                        "; seq {}..={cp} were checkpointed and are gone",
+                        "; seq {} to {cp} were checkpointed and are gone",
                         found.unwrap_or(0) + 1
                     )
                 }
@@ -712,7 +712,7 @@ impl<'a> Walk<'a> {
                         None,
                         false,
                         format!(
-                            "rotated out: the record at seq {at} names the file of seq {from}..={} (earlier seqs were in files rotated out before it)",
+                            "rotated out: the record at seq {at} names the file of seq {from} to {} (earlier seqs were in files rotated out before it)",
                             first - 1
                         ),
                     );
@@ -833,7 +833,7 @@ mod tests {
         assert_eq!(r.segments.len(), 1);
         let text = r.to_string();
         assert!(
-            text.contains("vakt.audit/2 epoch 1 key t1: seq 1..=100 (100 events)"),
+            text.contains("vakt.audit/2 epoch 1 key t1: seq 1 to 100 (100 events)"),
             "{text}"
         );
         assert!(text.contains("intact: 100 events"), "{text}");
@@ -870,7 +870,7 @@ mod tests {
             [(FindingKind::TruncatedTail, Some((71, 80)))],
             "{r}"
         );
-        assert!(r.to_string().contains("seq 71..=80: truncated_tail"), "{r}");
+        assert!(r.to_string().contains("seq 71 to 80: truncated_tail"), "{r}");
     }
 
     #[test]
@@ -942,7 +942,7 @@ mod tests {
     fn epochs_rotation_and_gaps_are_told_apart() {
         let dir = tempfile::tempdir().unwrap();
         let key = test_key();
-        // seq 1..=10 were in a file rotation deleted (the record below says so): the first
+        // seq 1 to 10 were in a file rotation deleted (the record below says so): the first
         // kept line links to that file's last line.
         let mut lines: Vec<String> = Vec::new();
         let pos = ChainPosition {
@@ -990,7 +990,7 @@ mod tests {
         assert_eq!(rotated[0].seqs, Some((1, 10)), "{text}");
         assert!(!rotated[0].problem);
         assert!(
-            text.contains("epoch 2 starts at seq 31 (truncated): previous epoch 1, last checkpointed seq 30, last seq found 21; seq 22..=30 were checkpointed and are gone"),
+            text.contains("epoch 2 starts at seq 31 (truncated): previous epoch 1, last checkpointed seq 30, last seq found 21; seq 22 to 30 were checkpointed and are gone"),
             "{text}"
         );
         assert_eq!(r.segments.len(), 2, "{text}");
@@ -1066,7 +1066,7 @@ mod tests {
         assert_eq!(both.segments, r.segments);
         let schemas: Vec<SchemaVersion> = r.segments.iter().map(|s| s.schema).collect();
         assert_eq!(schemas, [SchemaVersion::V1, SchemaVersion::V2]);
-        assert!(r.to_string().contains("vakt.audit/1: seq 1..=20"), "{r}");
+        assert!(r.to_string().contains("vakt.audit/1: seq 1 to 20"), "{r}");
         assert!(r.to_string().contains("upgraded_from_v1"), "{r}");
     }
 }

@@ -47,7 +47,7 @@ impl fmt::Display for VerifyReport {
             if self.files == 1 { "" } else { "s" }
         )?;
         if let (Some(first), Some(last)) = (self.first_seq, self.last_seq) {
-            write!(f, " (seq {first}..={last}")?;
+            write!(f, " (seq {first} to {last}")?;
             if !self.starts_at_genesis {
                 write!(
                     f,

@@ -139,7 +139,7 @@ impl Name {
         self.expire(now);
         let after: Vec<IpAddr> = self.addresses.keys().copied().collect();
         if after != before {
-            tracing::info!(name = %self.host, addresses = ?after, "egress destination resolved");
+            tracing::info!(name = %self.host, addresses = %after.iter().map(ToString::to_string).collect::<Vec<_>>().join(","), "egress destination resolved");
         }
         after != before
     }

@@ -249,7 +249,7 @@ async fn a_deleted_audit_file_is_noticed_reopened_and_recorded() {
     ]);
     assert_ne!(code, 0, "lost lines are a problem: {stdout}");
     assert!(
-        stdout.contains(&format!("seq 1..={last_before}")),
+        stdout.contains(&format!("seq 1 to {last_before}")),
         "{stdout}"
     );
 }
