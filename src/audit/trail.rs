@@ -870,7 +870,10 @@ mod tests {
             [(FindingKind::TruncatedTail, Some((71, 80)))],
             "{r}"
         );
-        assert!(r.to_string().contains("seq 71 to 80: truncated_tail"), "{r}");
+        assert!(
+            r.to_string().contains("seq 71 to 80: truncated_tail"),
+            "{r}"
+        );
     }
 
     #[test]

@@ -173,7 +173,11 @@ impl Stage for PolicyStage {
         };
         let record = DecisionRecord::from_decision(&policy, &decision);
         if record.outcome == Outcome::WouldDeny {
-            tracing::info!(route = record.route_id.as_deref().unwrap_or("none"), reason = record.reason, "dry-run: request would have been denied");
+            tracing::info!(
+                route = record.route_id.as_deref().unwrap_or("none"),
+                reason = record.reason,
+                "dry-run: request would have been denied"
+            );
         }
         if !decision.allowed {
             let deny = match (decision.step_up, principal.as_deref()) {

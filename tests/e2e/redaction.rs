@@ -510,3 +510,25 @@ async fn no_raw_national_id_in_any_output() {
     // The app did receive them: the sidecars redact what they log, not what they forward.
     assert!(app.seen().iter().any(|s| s.path_and_query.contains(&fnr)));
 }
+
+/// docs/HEADERS.md describes every identity header vakt can set for the app.
+#[test]
+fn every_identity_header_is_documented() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/HEADERS.md")).unwrap();
+    let source = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/src/authn/rendered.rs"
+    ))
+    .unwrap();
+    let mut names = 0;
+    for name in source.split('"').filter(|s| s.starts_with("x-vakt-")) {
+        names += 1;
+        assert!(
+            doc.contains(&format!("| `{name}` |")),
+            "docs/HEADERS.md: no row for {name}"
+        );
+    }
+    assert!(names >= 10, "{names}");
+    assert!(doc.contains("| `x-vakt-national-id` |"));
+}
