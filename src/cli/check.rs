@@ -105,7 +105,11 @@ impl CheckArgs {
         for (path, context) in policy_checks {
             match Policy::from_file(&path, &context) {
                 Ok(policy) => {
-                    for warning in vakt::policy::lint(&policy, &context) {
+                    let text = std::fs::read_to_string(&path).unwrap_or_default();
+                    let lints = vakt::policy::text_lints(&text)
+                        .into_iter()
+                        .chain(vakt::policy::lint(&policy, &context));
+                    for warning in lints {
                         warnings += 1;
                         println!(
                             "{}: warning[{}]: {}",

@@ -41,6 +41,32 @@ fn looks_personal(name: &str) -> bool {
     PERSONAL_NAMES.contains(&lower.as_str())
 }
 
+/// Booleans spelt other than `true`/`false` in the policy's text (`True`, `FALSE`): YAML 1.2
+/// reads them as booleans, other tools as strings; one spelling leaves no doubt. (`yes`, `on`,
+/// `y` are refused when the file is read.)
+pub fn text_lints(text: &str) -> Vec<Lint> {
+    let mut lints = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let code = line.split(" #").next().unwrap_or(line);
+        let spelled = code
+            .split([':', ',', '[', ']', '{', '}', '-'])
+            .skip(1)
+            .map(str::trim)
+            .find(|v| ["True", "TRUE", "False", "FALSE"].contains(v));
+        if let Some(value) = spelled {
+            lints.push(Lint {
+                code: "boolean-spelling",
+                message: format!(
+                    "line {}: {value}: write {}",
+                    n + 1,
+                    value.to_ascii_lowercase()
+                ),
+            });
+        }
+    }
+    lints
+}
+
 /// Every warning for `policy`, checked with `context` (empty trust domains: not given).
 pub fn lint(policy: &Policy, context: &PolicyContext) -> Vec<Lint> {
     let mut lints = Vec::new();
@@ -77,11 +103,15 @@ pub fn lint(policy: &Policy, context: &PolicyContext) -> Vec<Lint> {
                     *p == index && matches!(target, BindTarget::NationalId | BindTarget::Subject)
                 })
             });
-            if looks_personal(name) && !bound && !route.public {
+            // Only where an end user's token is involved: a service acting on any person's
+            // record is the service's job; a user reaching another person's is the risk.
+            let end_user = route.token != super::file::TokenRequirement::None
+                && route.rules.iter().any(|r| r.spec.has_token_conditions());
+            if looks_personal(name) && !bound && !route.public && end_user {
                 lints.push(Lint {
                     code: "unbound-personal-param",
                     message: format!(
-                        "{at}: {{{name}}} looks like a personal identifier but no rule binds it (bind: {{{name}: national_id}}): any admitted caller may ask for any person's {name}"
+                        "{at}: {{{name}}} looks like a personal identifier but no rule binds it to the user's token (bind: {{{name}: national_id}}): any admitted user may ask for any person's {name}"
                     ),
                 });
             }

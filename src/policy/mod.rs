@@ -26,7 +26,7 @@ pub use file::{
     BindTarget, ClaimMatch, ClientBindingSpec, ClientBindingsSpec, ClientRef, Mode, PeerPattern,
     PolicyContext, PolicyFile, RouteSpec, RuleSpec, TokenRequirement,
 };
-pub use lint::{Lint, lint};
+pub use lint::{Lint, lint, text_lints};
 pub use overlap::{OverlapWarning, overlap_warnings};
 pub use router::NearMiss;
 

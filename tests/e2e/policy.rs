@@ -1005,11 +1005,12 @@ fn lint_warns_with_codes_and_fail_on_warn_fails() {
     let policy = dir.path().join("policy.yaml");
     std::fs::write(
         &policy,
-        "version: 1\nroutes:\n  - id: journal\n    methods: [GET]\n    path: /patients/{fnr}/journal\n    allow:\n      - peers: [spiffe://cluster.local/ns/*/sa/*]\n  - id: health\n    methods: [GET]\n    path: /health\n    public: true\n",
+        "version: 1\nroutes:\n  - id: journal\n    methods: [GET]\n    path: /patients/{fnr}/journal\n    allow:\n      - peers: [spiffe://cluster.local/ns/*/sa/*]\n        min_loa: high\n  - id: health\n    methods: [GET]\n    path: /health\n    public: true\n",
     )
     .unwrap();
     let p = policy.to_str().unwrap();
-    let (code, stdout, stderr) = run_vakt(&["check", "--policy", p]);
+    let (code, stdout, stderr) =
+        run_vakt(&["check", "--policy", p, "--issuer", "https://idp.example"]);
     assert_eq!(code, 0, "{stderr}");
     for expected in [
         format!(
@@ -1033,6 +1034,8 @@ fn lint_warns_with_codes_and_fail_on_warn_fails() {
         p,
         "--trust-domain",
         "cluster.local",
+        "--issuer",
+        "https://idp.example",
         "--fail-on-warn",
     ]);
     assert_eq!(code, 1, "{stderr}");
@@ -1058,6 +1061,20 @@ fn lint_warns_with_codes_and_fail_on_warn_fails() {
     ]);
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stdout.contains("warning"), "{stdout}");
+    // A boolean spelt True is read, and warned about.
+    std::fs::write(
+        &policy,
+        "version: 1\nroutes:\n  - id: health\n    methods: [GET]\n    path: /health\n    public: True\n",
+    )
+    .unwrap();
+    let (code, stdout, stderr) = run_vakt(&["check", "--policy", p]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "{p}: warning[boolean-spelling]: line 6: True: write true"
+        )),
+        "{stdout}"
+    );
     // Route ids metrics and audit use as placeholders are refused.
     for id in ["none", "-"] {
         std::fs::write(
