@@ -852,18 +852,17 @@ impl TestReport {
                 case.line,
                 case.mismatches.join("; ")
             );
-            let show = |o: &Observed| {
+            // What the case leaves out is "any"; what the decision has not is "none".
+            let show = |o: &Observed, unset: &str| {
                 format!(
                     "{} ({}), route {}",
                     o.decision,
                     o.reason.as_deref().unwrap_or("any reason"),
-                    o.route
-                        .as_deref()
-                        .unwrap_or(if o.reason.is_none() { "any" } else { "none" })
+                    o.route.as_deref().unwrap_or(unset)
                 )
             };
-            let _ = writeln!(out, "      expected: {}", show(&case.expected));
-            let _ = writeln!(out, "      actual:   {}", show(&case.actual));
+            let _ = writeln!(out, "      expected: {}", show(&case.expected, "any"));
+            let _ = writeln!(out, "      actual:   {}", show(&case.actual, "none"));
             if let Some(trace) = &case.trace {
                 for line in trace.lines() {
                     let _ = writeln!(out, "      | {line}");
