@@ -8,6 +8,18 @@ use vakt::audit::{ChainKey, CheckpointFile, Timestamp, VerifyKey, VerifyOptions}
 
 use super::bad_input;
 
+/// The chain key(s) and checkpoints a trail is verified with.
+#[derive(clap::Args)]
+pub struct ChainArgs {
+    /// A chain key file (`FILE`, or `KEY_ID=FILE`); repeat for rotated keys.
+    #[arg(long = "key", value_name = "KEY_FILE")]
+    keys: Vec<String>,
+    /// The checkpoint file (`audit.checkpoint_file`): finds a tail cut off after a checkpoint
+    /// and lines that differ from their checkpoint.
+    #[arg(long, value_name = "FILE")]
+    checkpoints: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 pub enum AuditCommand {
     /// Walk audit files (oldest first, across rotation) and report every problem with its seq
@@ -18,13 +30,8 @@ pub enum AuditCommand {
         /// container's mixed output from stdin: its audit and checkpoint lines, skipping logs.
         #[arg(required = true)]
         files: Vec<PathBuf>,
-        /// A chain key file (`FILE`, or `KEY_ID=FILE`); repeat for rotated keys.
-        #[arg(long = "key", value_name = "KEY_FILE")]
-        keys: Vec<String>,
-        /// The checkpoint file (`audit.checkpoint_file`): finds a tail cut off after a checkpoint
-        /// and lines that differ from their checkpoint.
-        #[arg(long, value_name = "FILE")]
-        checkpoints: Option<PathBuf>,
+        #[command(flatten)]
+        chain: ChainArgs,
         /// text (for a person) or json (for a SIEM or a script).
         #[arg(long, value_enum, default_value = "text")]
         output: super::explain::Output,
@@ -49,13 +56,10 @@ pub enum AuditCommand {
         /// RFC 3339 end of the window (exclusive).
         #[arg(long)]
         to: Option<String>,
-        /// A chain key file (`FILE` or `KEY_ID=FILE`): the trail is verified while it is read,
-        /// and a report over a tampered trail says so first (exit 1).
-        #[arg(long = "key", value_name = "KEY_FILE")]
-        keys: Vec<String>,
-        /// The checkpoint file, for the verification.
-        #[arg(long, value_name = "FILE")]
-        checkpoints: Option<PathBuf>,
+        /// With --key, the trail is verified while it is read, and a report over a tampered
+        /// trail says so first (exit 1).
+        #[command(flatten)]
+        chain: ChainArgs,
         /// text (for a person) or json (for a SIEM or a script).
         #[arg(long, value_enum, default_value = "text")]
         output: super::explain::Output,
@@ -67,8 +71,7 @@ impl AuditCommand {
         match self {
             Self::Verify {
                 files,
-                keys,
-                checkpoints,
+                chain: ChainArgs { keys, checkpoints },
                 output,
             } => {
                 // `-`: the stream's audit lines, and its checkpoint lines unless a file is given.
@@ -122,8 +125,7 @@ impl AuditCommand {
                 files,
                 from,
                 to,
-                keys,
-                checkpoints,
+                chain: ChainArgs { keys, checkpoints },
                 output,
             } => {
                 // The trail first: a summary of edited lines would mislead.

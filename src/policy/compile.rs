@@ -347,14 +347,7 @@ impl Policy {
                     ));
                 }
             }
-            let param_names: Vec<&str> = pattern
-                .segments
-                .iter()
-                .filter_map(|s| match s {
-                    super::router::PatternSegment::Param(n) => Some(n.as_str()),
-                    _ => None,
-                })
-                .collect();
+            let param_names: Vec<&str> = pattern.param_names().collect();
             let mut rules = Vec::with_capacity(spec.allow.len());
             for (r, rule) in spec.allow.into_iter().enumerate() {
                 let rule_at = format!("{at}.allow[{r}]");

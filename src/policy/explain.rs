@@ -248,15 +248,7 @@ fn conditions_of(
     use super::Condition;
     let mut out = Vec::new();
     let no_token = "no token".to_owned();
-    let param_names: Vec<&str> = route
-        .pattern
-        .segments
-        .iter()
-        .filter_map(|s| match s {
-            super::router::PatternSegment::Param(n) => Some(n.as_str()),
-            _ => None,
-        })
-        .collect();
+    let param_names: Vec<&str> = route.pattern.param_names().collect();
     rule.each_condition(ctx, principal, captures, |condition, held| {
         let p = principal;
         let (asked, why) = match condition {
@@ -431,10 +423,7 @@ pub fn explanation(policy: &Policy, request: &RequestSpec) -> Result<Explanation
         now: unix_now(),
         upgrade: None,
     };
-    let names = route.pattern.segments.iter().filter_map(|s| match s {
-        super::router::PatternSegment::Param(n) => Some(n.clone()),
-        _ => None,
-    });
+    let names = route.pattern.param_names().map(str::to_owned);
     explained.route = Some(ExplainedRoute {
         id: route.id.to_string(),
         methods: route

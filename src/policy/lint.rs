@@ -7,7 +7,6 @@ use std::collections::BTreeSet;
 use super::compile::Policy;
 use super::file::{BindTarget, PolicyContext};
 use super::overlap::overlap_warnings;
-use super::router::PatternSegment;
 
 /// One warning: a stable code and what to do about it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,11 +92,7 @@ pub fn lint(policy: &Policy, context: &PolicyContext) -> Vec<Lint> {
                 }
             }
         }
-        let params = route.pattern.segments.iter().filter_map(|s| match s {
-            PatternSegment::Param(name) => Some(name.as_str()),
-            _ => None,
-        });
-        for (index, name) in params.enumerate() {
+        for (index, name) in route.pattern.param_names().enumerate() {
             let bound = route.rules.iter().any(|rule| {
                 rule.bind.iter().any(|(p, target)| {
                     *p == index && matches!(target, BindTarget::NationalId | BindTarget::Subject)

@@ -41,6 +41,14 @@ impl fmt::Display for PathPattern {
 }
 
 impl PathPattern {
+    /// The names of the `{param}` segments, in order.
+    pub fn param_names(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            PatternSegment::Param(name) => Some(name.as_str()),
+            _ => None,
+        })
+    }
+
     /// The pattern with parameter names erased: two routes with the same shape can never both
     /// be selected for one request and method.
     pub fn shape(&self) -> String {

@@ -190,6 +190,16 @@ async fn get_journal(
     (status, body_string(response).await)
 }
 
+/// A token of `issuer` for [`person`], signed with `keys`.
+fn mint(keys: &KeyStore, issuer: &str) -> String {
+    keys.mint(
+        issuer,
+        devidp::claims(vakt::authn::Profile::Helseid, &person()),
+        &MintOptions::default(),
+    )
+    .unwrap()
+}
+
 fn person() -> Person {
     Person {
         sub: "clinician-1".into(),
@@ -227,13 +237,7 @@ async fn provider_keys_come_through_the_proxy_tunnel_and_its_tokens_verify() {
         assert!(text.lines().any(|l| l == line), "{line}?\n{text}");
     }
 
-    let token = keys
-        .mint(
-            &issuer,
-            devidp::claims(vakt::authn::Profile::Helseid, &person()),
-            &MintOptions::default(),
-        )
-        .unwrap();
+    let token = mint(&keys, &issuer);
     let (status, body) = get_journal(&w, inbound, Some(&token)).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(w.app.seen().len(), 1);
@@ -286,13 +290,7 @@ async fn a_proxy_that_refuses_the_tunnel_leaves_vakt_unready_and_tokens_refused(
     assert_eq!(ready.status(), 503);
     let body = body_string(ready).await;
     assert!(body.contains("signing keys"), "{body}");
-    let token = keys
-        .mint(
-            &issuer,
-            devidp::claims(vakt::authn::Profile::Helseid, &person()),
-            &MintOptions::default(),
-        )
-        .unwrap();
+    let token = mint(&keys, &issuer);
     let (status, body) = get_journal(&w, inbound, Some(&token)).await;
     assert_ne!(status, 200, "{body}");
     assert!(
