@@ -34,6 +34,21 @@ pub struct Counts {
     pub refused: u64,
 }
 
+/// A row of the decision columns: total, allow, deny, would_deny, refused.
+impl fmt::Display for Counts {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:>8} {:>8} {:>8} {:>10} {:>8}",
+            self.total(),
+            self.allow,
+            self.deny,
+            self.would_deny,
+            self.refused
+        )
+    }
+}
+
 impl Counts {
     fn add(&mut self, d: Decision) {
         match d {
@@ -307,14 +322,9 @@ impl fmt::Display for Report {
             for ((route, action), c) in &self.accesses {
                 writeln!(
                     f,
-                    "  {:<width$}  {:<7} {:>8} {:>8} {:>8} {:>10} {:>8}",
+                    "  {:<width$}  {:<7} {c}",
                     route,
                     action.map_or("-", Action::as_str),
-                    c.total(),
-                    c.allow,
-                    c.deny,
-                    c.would_deny,
-                    c.refused
                 )?;
             }
         }
@@ -376,15 +386,7 @@ impl fmt::Display for Report {
             "hour", "total", "allow", "deny", "would_deny", "refused"
         )?;
         for (hour, c) in &self.by_hour {
-            writeln!(
-                f,
-                "  {hour:<13}  {:>8} {:>8} {:>8} {:>10} {:>8}",
-                c.total(),
-                c.allow,
-                c.deny,
-                c.would_deny,
-                c.refused
-            )?;
+            writeln!(f, "  {hour:<13}  {c}")?;
         }
 
         writeln!(

@@ -409,21 +409,8 @@ fn validate(t: &Tools, r: &Rendered) {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("rendered.yaml");
     std::fs::write(&file, &r.text).unwrap();
-    let out = run(
-        &t.validate,
-        &[
-            "--strict",
-            "--kubernetes-version",
-            KUBE_VERSION,
-            &file.to_string_lossy(),
-        ],
-    );
-    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
-    assert!(
-        out.status.success(),
-        "{}: kubernetes-validate failed:\n{report}",
-        r.label
-    );
+    let (ok, report) = kubernetes_validate(t, &file);
+    assert!(ok, "{}: kubernetes-validate failed:\n{report}", r.label);
     assert!(
         !report.contains("ERROR"),
         "{}: kubernetes-validate:\n{report}",
@@ -470,6 +457,21 @@ fn validate(t: &Tools, r: &Rendered) {
         r.label
     );
     validate_custom_resources(t, r, &file);
+}
+
+/// `kubernetes-validate --strict` on `file` against [`KUBE_VERSION`]: success, and what it said.
+fn kubernetes_validate(t: &Tools, file: &Path) -> (bool, String) {
+    let out = run(
+        &t.validate,
+        &[
+            "--strict",
+            "--kubernetes-version",
+            KUBE_VERSION,
+            &file.to_string_lossy(),
+        ],
+    );
+    let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    (out.status.success(), report)
 }
 
 /// Every custom resource of `r` against its CRD's schema (`tests/fixtures/crds/validate.py`).
@@ -1536,20 +1538,8 @@ fn platform_manifests_validate_and_fit_the_chart_defaults() {
         let file = platform.join(name);
         let manifest = std::fs::read_to_string(&file).unwrap();
         let parsed: Vec<Value> = serde_saphyr::from_multiple(&manifest).unwrap();
-        let out = run(
-            &t.validate,
-            &[
-                "--strict",
-                "--kubernetes-version",
-                KUBE_VERSION,
-                &file.to_string_lossy(),
-            ],
-        );
-        let report = format!("{}{}", text(&out.stdout), text(&out.stderr));
-        assert!(
-            out.status.success() && !report.contains("ERROR"),
-            "{name}:\n{report}"
-        );
+        let (ok, report) = kubernetes_validate(t, &file);
+        assert!(ok && !report.contains("ERROR"), "{name}:\n{report}");
         let r = Rendered {
             label: name.to_owned(),
             command: String::new(),
