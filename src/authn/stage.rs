@@ -44,8 +44,12 @@ impl Authenticate {
 
 impl Stage for Authenticate {
     async fn handle(&self, req: Req, next: Next) -> Resp {
+        // The gate is asked only when there is a token to skip: a request without one pays
+        // no second route lookup.
+        let presented = req.headers().contains_key(http::header::AUTHORIZATION)
+            || req.headers().contains_key(DPOP);
         match &self.verifier {
-            Some(_) if self.gate.as_ref().is_some_and(|g| !g.token_matters(&req)) => {
+            Some(_) if presented && self.gate.as_ref().is_some_and(|g| !g.token_matters(&req)) => {
                 next.run(req).await
             }
             Some(verifier) => authenticate(verifier, req, next).await,
