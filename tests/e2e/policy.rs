@@ -1028,16 +1028,20 @@ fn lint_warns_with_codes_and_fail_on_warn_fails() {
             "{expected:?} missing in:\n{stdout}"
         );
     }
-    let (code, _, stderr) = run_vakt(&[
-        "check",
-        "--policy",
-        p,
-        "--trust-domain",
-        "cluster.local",
-        "--issuer",
-        "https://idp.example",
-        "--fail-on-warn",
-    ]);
+    // Everything given that check compares against, and warnings fail.
+    let strict_check = || {
+        run_vakt(&[
+            "check",
+            "--policy",
+            p,
+            "--trust-domain",
+            "cluster.local",
+            "--issuer",
+            "https://idp.example",
+            "--fail-on-warn",
+        ])
+    };
+    let (code, _, stderr) = strict_check();
     assert_eq!(code, 1, "{stderr}");
     assert!(
         stderr.contains("2 warning(s) and --fail-on-warn"),
@@ -1049,16 +1053,7 @@ fn lint_warns_with_codes_and_fail_on_warn_fails() {
         "version: 1\nroutes:\n  - id: journal\n    methods: [GET]\n    path: /patients/{fnr}/journal\n    allow:\n      - peers: [spiffe://cluster.local/ns/web/sa/web]\n        bind: { fnr: national_id }\n",
     )
     .unwrap();
-    let (code, stdout, stderr) = run_vakt(&[
-        "check",
-        "--policy",
-        p,
-        "--trust-domain",
-        "cluster.local",
-        "--issuer",
-        "https://idp.example",
-        "--fail-on-warn",
-    ]);
+    let (code, stdout, stderr) = strict_check();
     assert_eq!(code, 0, "{stdout}{stderr}");
     assert!(!stdout.contains("warning"), "{stdout}");
     // A boolean spelt True is read, and warned about.
